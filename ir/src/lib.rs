@@ -1,0 +1,26 @@
+//! ortho-ir: the intermediate representation of ortho-opt.
+//!
+//! A [`Module`] holds graphs (the main graph, subgraphs of control-flow ops, function bodies) and
+//! an arena of weights. Graphs are SSA: every value is a result of exactly one node, graph inputs
+//! and constants included. The textual form (`text`) round-trips; `verify` checks invariants and
+//! reports every error at once; `shape` infers types with symbolic dimensions.
+
+pub mod attr;
+pub mod diag;
+pub mod graph;
+pub mod module;
+pub mod numeric;
+pub mod op;
+pub mod shape;
+pub mod tensor;
+pub mod text;
+pub mod types;
+pub mod verify;
+
+pub use attr::{Attr, AttrKind, AttrValue};
+pub use diag::{Diagnostic, Diagnostics};
+pub use graph::{Graph, GraphId, GraphOutput, Node, NodeId, Output, ValueId};
+pub use module::{Function, ModelMeta, Module, OpsetImport};
+pub use op::{attrs, Op, Opaque};
+pub use tensor::{Backing, Storage, TensorData, TensorId};
+pub use types::{DType, Dim, TensorType, Type};

@@ -1,0 +1,306 @@
+//! Dimension algebra shared by every op family: broadcasting, unification of dimensions that
+//! must be equal, refinement of a declared type by an inferred one, and symbolic products.
+//!
+//! Dimensions form a small lattice: `Fixed(n)` is more precise than `Sym(s)`, which is more
+//! precise than `Unknown`. Two different symbols may still be equal at run time, so they never
+//! conflict; only two different fixed sizes do.
+
+use crate::types::{DType, Dim, TensorType, Type};
+
+/// Builds a tensor type; an unknown dtype with no shape carries no information at all.
+pub(crate) fn tensor(dtype: DType, shape: Option<Vec<Dim>>) -> Type {
+    if dtype == DType::Undefined && shape.is_none() {
+        Type::Unknown
+    } else {
+        Type::Tensor(TensorType { dtype, shape })
+    }
+}
+
+/// A shape written for messages: `[batch, 128, ?]`.
+pub(crate) fn fmt_shape(dims: &[Dim]) -> String {
+    let parts: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+    format!("[{}]", parts.join(", "))
+}
+
+/// Normalizes an axis that may be negative against `rank`.
+pub(crate) fn axis(a: i64, rank: usize, what: &str) -> Result<usize, String> {
+    let r = rank as i64;
+    let n = if a < 0 { a + r } else { a };
+    if n < 0 || n >= r {
+        Err(format!("{what} {a} is out of range for rank {rank}"))
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Like [`axis`], but for positions in `0..=rank` (Unsqueeze, Flatten).
+pub(crate) fn axis_incl(a: i64, rank: usize, what: &str) -> Result<usize, String> {
+    axis(a, rank + 1, what)
+}
+
+/// Multidirectional (numpy) broadcasting of one pair of dimensions.
+pub(crate) fn broadcast_dim(a: &Dim, b: &Dim) -> Result<Dim, String> {
+    use Dim::*;
+    Ok(match (a, b) {
+        (Fixed(1), x) | (x, Fixed(1)) => x.clone(),
+        (Fixed(x), Fixed(y)) if x == y => Fixed(*x),
+        (Fixed(x), Fixed(y)) => return Err(format!("dimensions {x} and {y} do not broadcast")),
+        // A symbol is either 1 or equal to the fixed size; either way the result is that size.
+        (Fixed(x), _) | (_, Fixed(x)) => Fixed(*x),
+        (Sym(s), Sym(t)) if s == t => Sym(s.clone()),
+        // Either side may be 1 at run time, so nothing can be said.
+        _ => Unknown,
+    })
+}
+
+/// Broadcasts two shapes (aligned at the right).
+pub(crate) fn broadcast(a: &[Dim], b: &[Dim]) -> Result<Vec<Dim>, String> {
+    let n = a.len().max(b.len());
+    let one = Dim::Fixed(1);
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let da = if i + a.len() >= n { &a[i + a.len() - n] } else { &one };
+        let db = if i + b.len() >= n { &b[i + b.len() - n] } else { &one };
+        out.push(
+            broadcast_dim(da, db)
+                .map_err(|e| format!("shapes {} and {} do not broadcast: {e}", fmt_shape(a), fmt_shape(b)))?,
+        );
+    }
+    Ok(out)
+}
+
+/// Two dimensions that must be equal (a contraction, a concatenation's other axes): the more
+/// precise one wins; two different fixed sizes are an error.
+pub(crate) fn unify_dim(a: &Dim, b: &Dim) -> Result<Dim, String> {
+    use Dim::*;
+    Ok(match (a, b) {
+        (Fixed(x), Fixed(y)) if x != y => return Err(format!("{x} vs {y}")),
+        (Fixed(x), _) | (_, Fixed(x)) => Fixed(*x),
+        (Sym(s), _) | (_, Sym(s)) => Sym(s.clone()),
+        _ => Unknown,
+    })
+}
+
+/// The most precise dimension that is true of both `a` and `b` when either may occur (the two
+/// branches of an `If`, the iterations of a `Loop`).
+pub(crate) fn join_dim(a: &Dim, b: &Dim) -> Dim {
+    if a == b {
+        a.clone()
+    } else {
+        Dim::Unknown
+    }
+}
+
+/// [`join_dim`] lifted to types.
+pub(crate) fn join_type(a: &Type, b: &Type) -> Type {
+    match (a, b) {
+        (Type::Tensor(x), Type::Tensor(y)) => {
+            let dtype = if x.dtype == y.dtype { x.dtype } else { DType::Undefined };
+            let shape = match (&x.shape, &y.shape) {
+                (Some(p), Some(q)) if p.len() == q.len() => Some(p.iter().zip(q).map(|(u, v)| join_dim(u, v)).collect()),
+                _ => None,
+            };
+            tensor(dtype, shape)
+        }
+        _ if a == b => a.clone(),
+        _ => Type::Unknown,
+    }
+}
+
+/// Refines a declared dimension with an inferred one; `Err` on two different fixed sizes.
+fn refine_dim(declared: &Dim, inferred: &Dim) -> Result<Dim, ()> {
+    use Dim::*;
+    match (declared, inferred) {
+        (Fixed(x), Fixed(y)) if x != y => Err(()),
+        (Fixed(x), _) => Ok(Fixed(*x)),
+        (Sym(_), Fixed(y)) => Ok(Fixed(*y)),
+        (Sym(s), _) => Ok(Sym(s.clone())),
+        (Unknown, x) => Ok(x.clone()),
+    }
+}
+
+/// Combines a declared type with an inferred one: every dimension keeps the more precise of the
+/// two, so a declared fact is never lost. On a conflict the declared type is kept whole (the
+/// model's own claim, so that downstream nodes report their own mistakes and not this one's) and
+/// a message says what differs.
+pub(crate) fn refine(declared: &Type, inferred: &Type) -> (Type, Option<String>) {
+    let conflict = || Some(format!("declared {declared} but inferred {inferred}"));
+    match (declared, inferred) {
+        (_, Type::Unknown) => (declared.clone(), None),
+        (Type::Unknown, _) => (inferred.clone(), None),
+        (Type::Tensor(d), Type::Tensor(i)) => {
+            let dtype = match (d.dtype, i.dtype) {
+                (DType::Undefined, x) | (x, DType::Undefined) => x,
+                (x, y) if x == y => x,
+                _ => return (declared.clone(), conflict()),
+            };
+            let shape = match (&d.shape, &i.shape) {
+                (None, s) | (s, None) => s.clone(),
+                (Some(p), Some(q)) if p.len() != q.len() => return (declared.clone(), conflict()),
+                (Some(p), Some(q)) => {
+                    let mut dims = Vec::with_capacity(p.len());
+                    for (x, y) in p.iter().zip(q) {
+                        match refine_dim(x, y) {
+                            Ok(z) => dims.push(z),
+                            Err(()) => return (declared.clone(), conflict()),
+                        }
+                    }
+                    Some(dims)
+                }
+            };
+            (Type::Tensor(TensorType { dtype, shape }), None)
+        }
+        _ if declared == inferred => (declared.clone(), None),
+        _ => (declared.clone(), conflict()),
+    }
+}
+
+/// Sum of two dimensions (concatenation, padding, past + new sequence length).
+pub(crate) fn add_dim(a: &Dim, b: &Dim) -> Dim {
+    match (a, b) {
+        (Dim::Fixed(x), Dim::Fixed(y)) => x.checked_add(*y).map_or(Dim::Unknown, Dim::Fixed),
+        (Dim::Fixed(0), x) | (x, Dim::Fixed(0)) => x.clone(),
+        _ => Dim::Unknown,
+    }
+}
+
+/// Product of two dimensions.
+pub(crate) fn mul_dim(a: &Dim, b: &Dim) -> Dim {
+    Product::of(&[a.clone(), b.clone()]).to_dim()
+}
+
+/// `a / b` when it is exact; `Err` when both are fixed and `b` does not divide `a`.
+pub(crate) fn div_dim(a: &Dim, b: &Dim) -> Result<Dim, String> {
+    Product::of(std::slice::from_ref(a)).div(&Product::of(std::slice::from_ref(b)))
+}
+
+/// A product of dimensions kept as `coef × sym₁ × sym₂ × …`, so that symbols cancel in
+/// divisions: `[batch, seq, 576]` reshaped to `[batch, seq, -1, 64]` gives 9.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Product {
+    coef: i64,
+    /// Symbols of the product, sorted (a multiset).
+    syms: Vec<String>,
+    /// Some factor is unknown (or the coefficient overflowed).
+    unknown: bool,
+}
+
+impl Product {
+    pub(crate) fn of(dims: &[Dim]) -> Product {
+        let mut p = Product { coef: 1, syms: Vec::new(), unknown: false };
+        for d in dims {
+            match d {
+                Dim::Fixed(n) if *n >= 0 => match p.coef.checked_mul(*n) {
+                    Some(c) => p.coef = c,
+                    None => p.unknown = true,
+                },
+                Dim::Sym(s) => p.syms.push(s.clone()),
+                _ => p.unknown = true,
+            }
+        }
+        p.syms.sort();
+        p
+    }
+
+    /// The product as a dimension: fixed, a single symbol, or unknown. A zero factor makes the
+    /// whole product zero even when other factors are not known.
+    pub(crate) fn to_dim(&self) -> Dim {
+        if self.coef == 0 && !self.unknown {
+            return Dim::Fixed(0);
+        }
+        match (self.unknown, self.syms.len(), self.coef) {
+            (false, 0, c) => Dim::Fixed(c),
+            (false, 1, 1) => Dim::Sym(self.syms[0].clone()),
+            _ => Dim::Unknown,
+        }
+    }
+
+    /// Whether every factor is a known number.
+    pub(crate) fn fixed(&self) -> Option<i64> {
+        (!self.unknown && self.syms.is_empty()).then_some(self.coef)
+    }
+
+    /// Exact division; symbols of the divisor must appear in the dividend to cancel.
+    pub(crate) fn div(&self, d: &Product) -> Result<Dim, String> {
+        if self.unknown || d.unknown || d.coef == 0 {
+            return Ok(Dim::Unknown);
+        }
+        let mut rest = self.syms.clone();
+        for s in &d.syms {
+            match rest.iter().position(|x| x == s) {
+                Some(i) => {
+                    rest.remove(i);
+                }
+                None => return Ok(Dim::Unknown),
+            }
+        }
+        if self.coef % d.coef != 0 {
+            // Only a fully numeric division is certainly wrong; with symbols left over, the
+            // product could still divide at run time.
+            if rest.is_empty() && d.syms.is_empty() && self.syms.is_empty() {
+                return Err(format!("{} is not divisible by {}", self.coef, d.coef));
+            }
+            return Ok(Dim::Unknown);
+        }
+        Ok(Product { coef: self.coef / d.coef, syms: rest, unknown: false }.to_dim())
+    }
+}
+
+/// ONNX `TensorProto.DataType` codes, as used by the `to` attribute of `Cast` and the
+/// `stash_type` of normalizations. (The frontend owns the protobuf mapping; these codes are
+/// part of the op definitions themselves, so the IR needs them to type those ops.)
+pub(crate) fn dtype_from_onnx(code: i64) -> DType {
+    use DType::*;
+    const CODES: [DType; 25] = [
+        Undefined, F32, U8, I8, U16, I16, I32, I64, Str, Bool, F16, F64, U32, U64, C64, C128, BF16, F8E4M3FN,
+        F8E4M3FNUZ, F8E5M2, F8E5M2FNUZ, U4, I4, F4E2M1, F8E8M0,
+    ];
+    usize::try_from(code)
+        .ok()
+        .and_then(|i| CODES.get(i).copied())
+        .unwrap_or_else(|| DType::Other(i32::try_from(code).unwrap_or(-1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Dim::*;
+
+    fn s(x: &str) -> Dim {
+        Sym(x.to_string())
+    }
+
+    #[test]
+    fn broadcasting_with_symbols() {
+        assert_eq!(broadcast_dim(&s("b"), &Fixed(1)), Ok(s("b")));
+        assert_eq!(broadcast_dim(&s("b"), &s("b")), Ok(s("b")));
+        assert_eq!(broadcast_dim(&s("b"), &s("c")), Ok(Unknown));
+        assert_eq!(broadcast_dim(&s("b"), &Fixed(4)), Ok(Fixed(4)));
+        assert!(broadcast_dim(&Fixed(3), &Fixed(4)).is_err());
+        let r = broadcast(&[s("b"), Fixed(1), Fixed(5)], &[Fixed(7), Fixed(1)]);
+        assert_eq!(r, Ok(vec![s("b"), Fixed(7), Fixed(5)]));
+    }
+
+    #[test]
+    fn products_cancel_symbols() {
+        let total = Product::of(&[s("batch"), s("seq"), Fixed(576)]);
+        let known = Product::of(&[s("seq"), s("batch"), Fixed(64)]);
+        assert_eq!(total.div(&known), Ok(Fixed(9)));
+        let known = Product::of(&[Fixed(576)]);
+        assert_eq!(total.div(&known), Ok(Unknown));
+        let known = Product::of(&[s("seq"), Fixed(576)]);
+        assert_eq!(total.div(&known), Ok(s("batch")));
+        assert!(Product::of(&[Fixed(10)]).div(&Product::of(&[Fixed(3)])).is_err());
+    }
+
+    #[test]
+    fn refine_keeps_the_more_precise_dim() {
+        let d = Type::tensor(DType::F32, vec![s("batch"), Fixed(3), Unknown]);
+        let i = Type::tensor(DType::F32, vec![Unknown, Fixed(3), s("seq")]);
+        let (t, c) = refine(&d, &i);
+        assert!(c.is_none());
+        assert_eq!(t, Type::tensor(DType::F32, vec![s("batch"), Fixed(3), s("seq")]));
+        let bad = Type::tensor(DType::F32, vec![Unknown, Fixed(4), Unknown]);
+        assert!(refine(&d, &bad).1.is_some());
+    }
+}

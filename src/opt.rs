@@ -1,0 +1,182 @@
+//! The optimizer command: read → verify → passes → write.
+
+use crate::cli::OptArgs;
+use crate::DriverOutput;
+use ortho_ir::text::{parse_module, print_module, PrintOptions};
+use ortho_ir::Module;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Emit {
+    Onnx,
+    Oir,
+}
+
+/// Everything the command needs besides the module, resolved from the arguments.
+struct Job {
+    print: PrintOptions,
+    emit: Emit,
+}
+
+pub fn run(a: OptArgs) -> DriverOutput {
+    let mut err = String::new();
+    if a.list_passes {
+        return DriverOutput::ok(crate::passes_glue::list_passes(), String::new());
+    }
+    let Some(input) = a.input.clone() else {
+        return DriverOutput { code: 2, stdout: String::new(), stderr: "error: no input file (see --help)\n".into() };
+    };
+    let print = match a.elide_above.as_str() {
+        "none" => PrintOptions { elide_above: None },
+        s => match s.parse() {
+            Ok(n) => PrintOptions { elide_above: Some(n) },
+            Err(_) => return DriverOutput::error(format!("error: --elide-above expects a number or 'none', got '{s}'\n")),
+        },
+    };
+    let emit = match (a.emit.as_deref(), &a.output) {
+        (Some("onnx"), _) => Emit::Onnx,
+        (Some(_), _) => Emit::Oir,
+        (None, Some(o)) if o.extension().is_some_and(|e| e == "oir") => Emit::Oir,
+        (None, Some(_)) => Emit::Onnx,
+        (None, None) => Emit::Oir,
+    };
+    if emit == Emit::Onnx && a.output.is_none() {
+        return DriverOutput::error("error: ONNX output needs -o FILE (or use --emit=oir)\n".into());
+    }
+    if let Some(o) = &a.output {
+        if same_file(o, &input) {
+            return DriverOutput::error(format!("error: refusing to write the output over the input '{}'\n", input.display()));
+        }
+    }
+    let job = Job { print, emit };
+    let is_oir = input.extension().is_some_and(|e| e == "oir");
+    if a.split_input_file {
+        if !is_oir {
+            return DriverOutput::error("error: --split-input-file needs a .oir input\n".into());
+        }
+        let text = match std::fs::read_to_string(&input) {
+            Ok(t) => t,
+            Err(e) => return DriverOutput::error(format!("error: {}: {e}\n", input.display())),
+        };
+        // Each case runs on its own; a failing case prints its diagnostic and the run goes on,
+        // so one file can hold both valid and invalid cases (as mlir-opt's -split-input-file).
+        let mut outs = Vec::new();
+        let mut code = 0;
+        for (i, case) in text.split("\n// -----").enumerate() {
+            let mut case_err = String::new();
+            match parse_module(case) {
+                Err(e) => {
+                    code = 1;
+                    let _ = writeln!(case_err, "error: {}: case {}: {e}", input.display(), i + 1);
+                }
+                Ok(m) => match process(m, &a, &input, &job, &mut case_err) {
+                    Ok(Some(t)) => outs.push(t),
+                    Ok(None) => {}
+                    Err(()) => code = 1,
+                },
+            }
+            if !case_err.is_empty() {
+                outs.push(case_err.lines().map(|l| format!("// {l}\n")).collect());
+            }
+        }
+        let stdout = outs.join("// -----\n");
+        return DriverOutput { code, stdout, stderr: err };
+    }
+    let t0 = Instant::now();
+    let module = if is_oir {
+        match std::fs::read_to_string(&input) {
+            Ok(t) => match parse_module(&t) {
+                Ok(m) => m,
+                Err(e) => return DriverOutput::error(format!("error: {}:{e}\n", input.display())),
+            },
+            Err(e) => return DriverOutput::error(format!("error: {}: {e}\n", input.display())),
+        }
+    } else {
+        match ortho_frontends::import_file(&input) {
+            Ok(m) => m,
+            Err(e) => return DriverOutput::error(format!("error: {e}\n")),
+        }
+    };
+    let import_time = t0.elapsed();
+    if a.timing {
+        let _ = writeln!(err, "import: {:.3} s", import_time.as_secs_f64());
+    }
+    match process(module, &a, &input, &job, &mut err) {
+        Ok(Some(text)) => DriverOutput::ok(text, err),
+        Ok(None) => DriverOutput::ok(String::new(), err),
+        Err(()) => DriverOutput { code: 1, stdout: String::new(), stderr: err },
+    }
+}
+
+/// Verifies, runs the pipeline and writes the result. Returns text for stdout when there is no -o.
+fn process(mut m: Module, a: &OptArgs, input: &Path, job: &Job, err: &mut String) -> Result<Option<String>, ()> {
+    if let Err(d) = crate::passes_glue::verify(&m) {
+        let _ = write!(err, "error: {} failed verification: {d}", input.display());
+        return Err(());
+    }
+    crate::passes_glue::run_pipeline(&mut m, a, input, job.print, err)?;
+    let t0 = Instant::now();
+    let out = match (job.emit, &a.output) {
+        (Emit::Oir, None) => Some(print_module(&m, job.print)),
+        (Emit::Oir, Some(path)) => {
+            write_atomic(path, print_module(&m, job.print).as_bytes()).map_err(|e| {
+                let _ = writeln!(err, "error: {}: {e}", path.display());
+            })?;
+            None
+        }
+        (Emit::Onnx, Some(path)) => {
+            let opts = ortho_frontends::ExportOptions { external_min_bytes: a.external_data, protected: vec![input.to_path_buf()] };
+            match ortho_frontends::export_file(&m, path, &opts) {
+                Ok(stats) => {
+                    if stats.external_forced {
+                        let _ = writeln!(
+                            err,
+                            "note: the model exceeds 2 GiB; {} tensors ({} bytes) were written to {}.data",
+                            stats.external_tensors,
+                            stats.external_bytes,
+                            path.display()
+                        );
+                    }
+                }
+                Err(e) => {
+                    let _ = writeln!(err, "error: {e}");
+                    return Err(());
+                }
+            }
+            None
+        }
+        (Emit::Onnx, None) => None,
+    };
+    if a.timing {
+        let _ = writeln!(err, "export: {:.3} s", t0.elapsed().as_secs_f64());
+    }
+    Ok(out)
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// Writes through a temporary file in the same folder and renames it into place.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let r = (|| {
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, path)
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
+}
