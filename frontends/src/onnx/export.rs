@@ -411,6 +411,21 @@ impl<'m> Exporter<'m> {
             }
         };
         p.type_ = attr_type(kind).into();
+        // The proto3 messages omit scalars equal to their default, but ONNX readers use proto2
+        // presence: an INT attribute without `i` is invalid to the checker. Write such zeros as
+        // explicit fields through the unknown-field list (f = 2 fixed32, i = 3 varint, s = 4).
+        if let AttrValue::Float(x) = a.value {
+            if x == 0.0 {
+                p.f = 0.0;
+                p.special_fields.mut_unknown_fields().add_fixed32(2, x.to_bits());
+            }
+        }
+        if a.value == AttrValue::Int(0) {
+            p.special_fields.mut_unknown_fields().add_varint(3, 0);
+        }
+        if a.value == AttrValue::String(Vec::new()) {
+            p.special_fields.mut_unknown_fields().add_length_delimited(4, Vec::new());
+        }
         Ok(p)
     }
 }

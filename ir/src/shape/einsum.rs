@@ -1,0 +1,144 @@
+//! `Einsum`: the equation is parsed (`"bij,bjk->bik"`, with `...` for broadcast dimensions and
+//! the implicit output form without `->`), labels are bound to operand dimensions, and the
+//! result shape is read off the output term.
+
+use super::cx::{Infer, NodeCx};
+use super::dims::{broadcast, tensor, unify_dim};
+use crate::op::attrs;
+use crate::types::{DType, Dim};
+use std::collections::BTreeMap;
+
+/// One term of the equation: its labels, and where the ellipsis sits among them.
+#[derive(Debug, PartialEq)]
+struct Term {
+    labels: Vec<char>,
+    ellipsis: Option<usize>,
+}
+
+fn parse_term(t: &str) -> Result<Term, String> {
+    let mut labels = Vec::new();
+    let mut ellipsis = None;
+    let mut rest = t;
+    while let Some(c) = rest.chars().next() {
+        if let Some(r) = rest.strip_prefix("...") {
+            if ellipsis.is_some() {
+                return Err(format!("term '{t}' has two ellipses"));
+            }
+            ellipsis = Some(labels.len());
+            rest = r;
+        } else if c.is_ascii_alphabetic() {
+            labels.push(c);
+            rest = &rest[1..];
+        } else {
+            return Err(format!("unexpected '{c}' in term '{t}'"));
+        }
+    }
+    Ok(Term { labels, ellipsis })
+}
+
+/// Parses an equation into input terms and the explicit output term, if any.
+fn parse(eq: &str) -> Result<(Vec<Term>, Option<Term>), String> {
+    let eq: String = eq.chars().filter(|c| !c.is_whitespace()).collect();
+    let (lhs, rhs) = match eq.split_once("->") {
+        Some((l, r)) => (l, Some(r)),
+        None => (eq.as_str(), None),
+    };
+    let inputs = lhs.split(',').map(parse_term).collect::<Result<Vec<_>, _>>()?;
+    let output = rhs.map(parse_term).transpose()?;
+    Ok((inputs, output))
+}
+
+pub(crate) fn einsum(cx: &NodeCx, at: &attrs::Einsum) -> Infer {
+    let Some(eq) = &at.equation else {
+        return Err("Einsum has no 'equation' attribute".into());
+    };
+    let (inputs, output) = parse(eq).map_err(|e| format!("bad equation '{eq}': {e}"))?;
+    if inputs.len() != cx.n_in() {
+        return Err(format!("equation '{eq}' has {} operand terms but the node has {} operands", inputs.len(), cx.n_in()));
+    }
+    let dtype = (0..cx.n_in()).map(|s| cx.dtype(s)).find(|d| *d != DType::Undefined).unwrap_or(DType::Undefined);
+    let mut bound: BTreeMap<char, Dim> = BTreeMap::new();
+    let mut counts: BTreeMap<char, usize> = BTreeMap::new();
+    let mut ell: Option<Vec<Dim>> = Some(Vec::new());
+    let mut ranked = true;
+    for (i, term) in inputs.iter().enumerate() {
+        for &c in &term.labels {
+            *counts.entry(c).or_default() += 1;
+        }
+        let Some(shape) = cx.shape(i) else {
+            // Without the rank the ellipsis cannot be placed; labels stay unbound.
+            ranked &= term.ellipsis.is_none();
+            for &c in &term.labels {
+                bound.entry(c).or_insert(Dim::Unknown);
+            }
+            continue;
+        };
+        let n = term.labels.len();
+        let ell_rank = match (term.ellipsis, shape.len().checked_sub(n)) {
+            (_, None) | (None, Some(1..)) => {
+                return Err(format!("term {i} has {n} labels but operand {i} has rank {}", shape.len()));
+            }
+            (_, Some(r)) => r,
+        };
+        let split = term.ellipsis.unwrap_or(n);
+        let (head, tail) = term.labels.split_at(split);
+        let label_dims = shape[..split].iter().chain(&shape[split + ell_rank..]);
+        for (&c, d) in head.iter().chain(tail).zip(label_dims) {
+            let merged = match bound.get(&c) {
+                // Einsum allows a size-1 dimension to broadcast against its label's size.
+                Some(prev) if *prev == Dim::Fixed(1) => d.clone(),
+                Some(prev) if *d == Dim::Fixed(1) => prev.clone(),
+                Some(prev) => unify_dim(prev, d).map_err(|e| format!("label '{c}' has two sizes ({e})"))?,
+                None => d.clone(),
+            };
+            bound.insert(c, merged);
+        }
+        if term.ellipsis.is_some() {
+            let dims = &shape[split..split + ell_rank];
+            ell = match ell {
+                Some(acc) => Some(broadcast(&acc, dims)?),
+                None => None,
+            };
+        }
+    }
+    if !ranked {
+        return Ok(vec![tensor(dtype, None)]);
+    }
+    let ell = ell.unwrap_or_default();
+    let out_term = match output {
+        Some(t) => t,
+        None => {
+            // Implicit output: the broadcast dimensions, then labels used once, alphabetically.
+            let labels: Vec<char> = counts.iter().filter(|(_, &n)| n == 1).map(|(&c, _)| c).collect();
+            Term { labels, ellipsis: Some(0) }
+        }
+    };
+    let mut shape = Vec::new();
+    for (i, c) in out_term.labels.iter().enumerate() {
+        if out_term.ellipsis == Some(i) {
+            shape.extend(ell.iter().cloned());
+        }
+        match bound.get(c) {
+            Some(d) => shape.push(d.clone()),
+            None => return Err(format!("output label '{c}' does not occur in any operand")),
+        }
+    }
+    if out_term.ellipsis == Some(out_term.labels.len()) {
+        shape.extend(ell.iter().cloned());
+    }
+    Ok(vec![tensor(dtype, Some(shape))])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_terms() {
+        let (ins, out) = parse("b...ij, bjk -> b...ik").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ins.len(), 2);
+        assert_eq!(ins[0], Term { labels: vec!['b', 'i', 'j'], ellipsis: Some(1) });
+        assert_eq!(out.map(|t| t.labels), Some(vec!['b', 'i', 'k']));
+        assert!(parse("i..j").is_err());
+    }
+}
