@@ -113,7 +113,7 @@ pub fn run(a: OptArgs) -> DriverOutput {
 
 /// Verifies, runs the pipeline and writes the result. Returns text for stdout when there is no -o.
 fn process(mut m: Module, a: &OptArgs, input: &Path, job: &Job, err: &mut String) -> Result<Option<String>, ()> {
-    if let Err(d) = crate::passes_glue::verify(&m) {
+    if let Err(d) = ortho_ir::verify::verify_module(&m) {
         let _ = write!(err, "error: {} failed verification: {d}", input.display());
         return Err(());
     }

@@ -17,6 +17,3 @@ pub fn run_pipeline(_m: &mut Module, a: &OptArgs, _input: &Path, _print: PrintOp
     Err(())
 }
 
-pub fn verify(_m: &Module) -> Result<(), ortho_ir::Diagnostics> {
-    Ok(())
-}

@@ -169,7 +169,7 @@ define_ops! {
         ReduceSumSquare(1, 2 => 1, 1) { axes: Vec<i64> = "axes", keepdims: i64 = "keepdims", noop_with_empty_axes: i64 = "noop_with_empty_axes" },
         LayerNormalization(2, 3 => 1, 3) { axis: i64 = "axis", epsilon: f32 = "epsilon", stash_type: i64 = "stash_type" },
         RMSNormalization(2, 2 => 1, 1) { axis: i64 = "axis", epsilon: f32 = "epsilon", stash_type: i64 = "stash_type" },
-        Attention(3, 6 => 1, 4) {
+        Attention(3, 7 => 1, 4) {
             is_causal: i64 = "is_causal", kv_num_heads: i64 = "kv_num_heads", q_num_heads: i64 = "q_num_heads",
             qk_matmul_output_mode: i64 = "qk_matmul_output_mode", scale: f32 = "scale", softcap: f32 = "softcap",
             softmax_precision: i64 = "softmax_precision",

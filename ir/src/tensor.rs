@@ -97,6 +97,11 @@ pub trait Backing: Send + Sync + fmt::Debug {
     fn bytes(&self) -> &[u8];
     /// A description for error messages (the file path).
     fn describe(&self) -> String;
+    /// The open file behind `bytes()`, when there is one: writers can then copy ranges inside
+    /// the kernel (`copy_file_range`) instead of through the mapping.
+    fn file(&self) -> Option<&std::fs::File> {
+        None
+    }
 }
 
 /// Where the bytes of a tensor are.

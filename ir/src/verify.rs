@@ -1,1 +1,628 @@
-//! placeholder
+//! The verifier: checks the invariants every pass may rely on and reports every violation at
+//! once, each naming its graph and node (graph-level problems have an empty node).
+//!
+//! Checked, per graph and recursively through subgraphs and function bodies:
+//! - SSA: operands name existing, named results; value names are unique in a graph and do not
+//!   shadow names of enclosing graphs; captures resolve in an enclosing graph; input nodes are
+//!   exactly the graph's listed inputs; graph outputs name existing, named values;
+//! - acyclicity (naming a node that lies on the cycle);
+//! - operand and result counts against [`Op::arity`] (opaque ops are not checked);
+//! - tensors: dims whose element count overflows, byte sizes that do not match dtype × dims;
+//! - element types per op (operands that must agree, boolean and index operands);
+//! - declared result types against inferred ones (`shape`): different element types, ranks or
+//!   fixed sizes are errors; symbols and unknown dimensions agree with anything.
+//!
+//! Type checks run only on graphs whose structure is sound, since inference needs an acyclic
+//! graph with valid operands. Inside `If` branches, failing shape rules are not errors (the
+//! branch may never run); structural and element-type checks still are.
+
+use crate::diag::Diagnostics;
+use crate::graph::{Graph, GraphId, NodeId, ValueId};
+use crate::module::Module;
+use crate::op::{Op, VAR};
+use crate::shape::{self, dtype_from_onnx, InferOptions, Scope};
+use crate::tensor::{numel, Storage, TensorId};
+use crate::types::{DType, Dim, Type};
+use std::collections::{HashMap, HashSet};
+
+/// Verifies the main graph, every function body and every subgraph.
+pub fn verify_module(m: &Module) -> Result<(), Diagnostics> {
+    let mut v = Verifier { m, diags: Diagnostics::default(), stack: Vec::new() };
+    v.graph(m.main, &Scope::new(), false);
+    for f in &m.functions {
+        // Function bodies see nothing of the graphs that call them.
+        if f.graph != m.main {
+            v.graph(f.graph, &Scope::new(), false);
+        }
+    }
+    v.finish()
+}
+
+/// Verifies one graph and its subgraphs; `outer` lists the names its captures may refer to.
+pub fn verify_graph(m: &Module, g: GraphId, outer: &[&str]) -> Result<(), Diagnostics> {
+    let scope: Scope = outer.iter().map(|n| (n.to_string(), Type::Unknown)).collect();
+    let mut v = Verifier { m, diags: Diagnostics::default(), stack: Vec::new() };
+    v.graph(g, &scope, false);
+    v.finish()
+}
+
+struct Verifier<'m> {
+    m: &'m Module,
+    diags: Diagnostics,
+    /// Graphs being verified, outermost first (to catch a graph that contains itself).
+    stack: Vec<GraphId>,
+}
+
+/// "exactly 2", "1 to 3", "at least 1".
+fn count_text(min: usize, max: usize) -> String {
+    match (min, max) {
+        (a, b) if a == b => format!("exactly {a}"),
+        (a, VAR) => format!("at least {a}"),
+        (a, b) => format!("{a} to {b}"),
+    }
+}
+
+impl Verifier<'_> {
+    fn finish(self) -> Result<(), Diagnostics> {
+        // A subgraph shared by two nodes is verified twice; report each problem once.
+        let mut seen = HashSet::new();
+        let mut out = Diagnostics::default();
+        for d in self.diags.0 {
+            if seen.insert((d.graph.clone(), d.node.clone(), d.message.clone())) {
+                out.0.push(d);
+            }
+        }
+        out.into_result()
+    }
+
+    fn err(&mut self, g: &Graph, node: Option<NodeId>, msg: impl Into<String>) {
+        let at = node.filter(|n| g.contains(*n)).map(|n| g.describe(n)).unwrap_or_default();
+        self.diags.push(&g.name, at, msg);
+    }
+
+    /// Verifies a graph and its subgraphs. `conditional`: the graph is (inside) a branch of an
+    /// `If`, where failing shape rules are not errors (see `shape::InferOptions`).
+    fn graph(&mut self, gid: GraphId, outer: &Scope, conditional: bool) {
+        let m = self.m;
+        if gid.index() >= m.graphs.len() {
+            self.diags.push("", "", format!("graph #{} does not exist", gid.index()));
+            return;
+        }
+        let g = m.graph(gid);
+        if self.stack.contains(&gid) {
+            self.err(g, None, "graph contains itself through a subgraph attribute");
+            return;
+        }
+        self.stack.push(gid);
+        let mut nodes = g.node_ids();
+        nodes.sort_by_key(|&n| g.node(n).seq());
+        let mut sound = self.inputs(g);
+        let mut names: HashMap<&str, NodeId> = HashMap::new();
+        for &id in &nodes {
+            sound &= self.node(g, id, outer, &mut names);
+        }
+        self.outputs(g);
+        if g.toposort().is_err() {
+            sound = false;
+            let on_cycle = find_cycle(g);
+            let path: Vec<String> = on_cycle.iter().take(8).map(|&n| g.describe(n)).collect();
+            let more = if on_cycle.len() > 8 { " → …" } else { "" };
+            self.err(g, on_cycle.first().copied(), format!("is on a cycle: {}{more}", path.join(" → ")));
+        }
+        let types = if sound {
+            let inf = shape::infer_graph(m, gid, outer, InferOptions { subgraphs: false, conditional });
+            self.diags.0.extend(inf.diags.0);
+            for &id in &nodes {
+                self.dtype_rules(g, id, &inf.types);
+            }
+            inf.types
+        } else {
+            HashMap::new()
+        };
+        let mut scope = outer.clone();
+        for &id in &nodes {
+            for (i, o) in g.node(id).outputs.iter().enumerate() {
+                if !o.name.is_empty() {
+                    let v = ValueId { node: id, output: i as u32 };
+                    scope.insert(o.name.clone(), types.get(&v).cloned().unwrap_or_else(|| o.ty.clone()));
+                }
+            }
+        }
+        for &id in &nodes {
+            let op = &g.node(id).op;
+            let branch = conditional || matches!(op, Op::If(_));
+            for sub in op.subgraphs() {
+                self.graph(sub, &scope, branch);
+            }
+        }
+        self.stack.pop();
+    }
+
+    /// The input list names existing input nodes, each once. Returns whether it is sound.
+    fn inputs(&mut self, g: &Graph) -> bool {
+        let mut ok = true;
+        let mut seen = HashSet::new();
+        for (k, &i) in g.inputs().iter().enumerate() {
+            if !g.contains(i) {
+                self.err(g, None, format!("input {k} refers to a node that does not exist"));
+                ok = false;
+            } else if !matches!(g.node(i).op, Op::Input { .. }) {
+                self.err(g, Some(i), format!("is listed as graph input {k} but is not an input node"));
+            } else if !seen.insert(i) {
+                self.err(g, Some(i), "is listed twice among the graph inputs");
+            }
+        }
+        ok
+    }
+
+    /// Checks one node; returns false when its operands make the graph unfit for inference.
+    fn node<'g>(&mut self, g: &'g Graph, id: NodeId, outer: &Scope, names: &mut HashMap<&'g str, NodeId>) -> bool {
+        let n = g.node(id);
+        let mut sound = true;
+        if matches!(n.op, Op::Input { .. }) && !g.inputs().contains(&id) {
+            self.err(g, Some(id), "is an input node but is not listed among the graph inputs");
+        }
+        for o in &n.outputs {
+            if o.name.is_empty() {
+                if n.op.is_structural() {
+                    self.err(g, Some(id), "has no result name");
+                }
+                continue;
+            }
+            if let Some(&prev) = names.get(o.name.as_str()) {
+                let p = g.describe(prev);
+                self.err(g, Some(id), format!("defines %{}, which {p} already defines", o.name));
+            } else {
+                names.insert(&o.name, id);
+            }
+            match (&n.op, outer.contains_key(&o.name)) {
+                (Op::Capture, false) => {
+                    self.err(g, Some(id), format!("captures %{}, which no enclosing graph defines", o.name));
+                }
+                (Op::Capture, true) | (_, false) => {}
+                (_, true) => {
+                    self.err(g, Some(id), format!("defines %{}, which shadows a value of an enclosing graph", o.name))
+                }
+            }
+        }
+        for (slot, o) in n.operands().iter().enumerate() {
+            let Some(v) = o else { continue };
+            if !g.is_valid_value(*v) {
+                self.err(g, Some(id), format!("operand {slot} refers to a value that does not exist"));
+                sound = false;
+            } else if g.value_name(*v).is_empty() {
+                let p = g.describe(v.node);
+                self.err(g, Some(id), format!("operand {slot} uses result {} of {p}, which has no name", v.output));
+            }
+        }
+        self.arity(g, id);
+        for t in n.op.tensors() {
+            self.tensor(g, id, t);
+        }
+        for o in &n.outputs {
+            self.value_type(g, id, &o.name, &o.ty);
+        }
+        sound
+    }
+
+    fn arity(&mut self, g: &Graph, id: NodeId) {
+        let n = g.node(id);
+        if matches!(n.op, Op::Opaque(_)) {
+            return;
+        }
+        let a = n.op.arity();
+        let nin = n.operands().len();
+        if nin < a.min_in || nin > a.max_in {
+            self.err(g, Some(id), format!("takes {} operands but has {nin}", count_text(a.min_in, a.max_in)));
+        } else if !matches!(n.op, Op::Loop(_)) {
+            // Loop's first two operands (trip count, condition) are optional; elsewhere the
+            // leading `min_in` operands are required.
+            for slot in 0..a.min_in {
+                if n.operand(slot).is_none() {
+                    self.err(g, Some(id), format!("required operand {slot} is missing"));
+                }
+            }
+        }
+        let nout = n.outputs.len();
+        if nout < a.min_out || nout > a.max_out {
+            self.err(g, Some(id), format!("has {} results but {nout} are given", count_text(a.min_out, a.max_out)));
+        }
+    }
+
+    fn tensor(&mut self, g: &Graph, id: NodeId, t: TensorId) {
+        if t.index() >= self.m.tensors.len() {
+            self.err(g, Some(id), format!("refers to tensor #{} which does not exist", t.index()));
+            return;
+        }
+        let td = self.m.tensor(t);
+        let label = if td.name.is_empty() { "its tensor".to_string() } else { format!("tensor '{}'", td.name) };
+        let Some(n) = numel(&td.dims) else {
+            self.err(
+                g,
+                Some(id),
+                format!("{label} has dims {:?}, whose element count is negative or overflows", td.dims),
+            );
+            return;
+        };
+        match &td.storage {
+            Storage::Elided { .. } => {}
+            Storage::Strings(s) => {
+                if td.dtype != DType::Str {
+                    self.err(g, Some(id), format!("{label} holds strings but its element type is {}", td.dtype));
+                } else if s.len() as u64 != n {
+                    self.err(g, Some(id), format!("{label} holds {} strings but dims {:?} need {n}", s.len(), td.dims));
+                }
+            }
+            Storage::Bytes(_) | Storage::Mapped { .. } => {
+                if td.bytes().is_none() {
+                    self.err(g, Some(id), format!("{label} lies outside its backing file"));
+                } else if let Some(need) = td.dtype.bytes_for(n) {
+                    if need != td.byte_len() {
+                        let have = td.byte_len();
+                        self.err(
+                            g,
+                            Some(id),
+                            format!("{label} holds {have} bytes but {} × {:?} needs {need}", td.dtype, td.dims),
+                        );
+                    }
+                } else if td.dtype == DType::Str {
+                    self.err(g, Some(id), format!("{label} has element type str but holds raw bytes"));
+                }
+            }
+        }
+    }
+
+    /// A declared type's fixed dimensions must be non-negative and have a representable product.
+    fn value_type(&mut self, g: &Graph, id: NodeId, name: &str, ty: &Type) {
+        let t = match ty {
+            Type::Tensor(t) | Type::SparseTensor(t) => t,
+            Type::Sequence(e) | Type::Optional(e) | Type::Map(_, e) => return self.value_type(g, id, name, e),
+            Type::Unknown => return,
+        };
+        let Some(shape) = &t.shape else { return };
+        let fixed: Vec<i64> = shape.iter().filter_map(Dim::fixed).collect();
+        if let Some(d) = fixed.iter().find(|&&d| d < 0) {
+            self.err(g, Some(id), format!("result %{name} has a negative dimension {d} in {ty}"));
+        } else if numel(&fixed).is_none() {
+            self.err(g, Some(id), format!("result %{name} has type {ty}, whose element count overflows"));
+        }
+    }
+
+    fn outputs(&mut self, g: &Graph) {
+        for (k, o) in g.outputs.iter().enumerate() {
+            if o.name.is_empty() {
+                self.err(g, None, format!("output {k} has no name"));
+            }
+            if !g.is_valid_value(o.value) {
+                self.err(g, None, format!("output {k} ('{}') refers to a value that does not exist", o.name));
+            } else if g.value_name(o.value).is_empty() {
+                self.err(
+                    g,
+                    None,
+                    format!("output {k} ('{}') is an unnamed result of {}", o.name, g.describe(o.value.node)),
+                );
+            }
+        }
+    }
+
+    /// Element-type rules on operands (result types are checked against inference).
+    fn dtype_rules(&mut self, g: &Graph, id: NodeId, types: &HashMap<ValueId, Type>) {
+        use Op::*;
+        let n = g.node(id);
+        let dt = |slot: usize| -> Option<DType> {
+            n.operand(slot).and_then(|v| types.get(&v)).and_then(Type::dtype).filter(|d| *d != DType::Undefined)
+        };
+        let present: Vec<usize> = (0..n.operands().len()).filter(|&s| n.operand(s).is_some()).collect();
+        let mut errs: Vec<String> = Vec::new();
+        let same = |slots: &[usize], errs: &mut Vec<String>| {
+            let known: Vec<(usize, DType)> = slots.iter().filter_map(|&s| dt(s).map(|d| (s, d))).collect();
+            if let Some(&(s0, d0)) = known.first() {
+                if let Some(&(s1, d1)) = known.iter().find(|(_, d)| *d != d0) {
+                    errs.push(format!("operands {s0} and {s1} have different element types ({d0} and {d1})"));
+                }
+            }
+        };
+        let is = |slot: usize, ok: &[DType], what: &str, errs: &mut Vec<String>| {
+            if let Some(d) = dt(slot) {
+                if !ok.contains(&d) {
+                    errs.push(format!("operand {slot} must be {what}, not {d}"));
+                }
+            }
+        };
+        const IDX: &[DType] = &[DType::I32, DType::I64];
+        match &n.op {
+            Add | Sub | Mul | Div | Mod(_) | PRelu | BitwiseAnd | BitwiseOr | BitwiseXor | Max | Min | Sum | Mean
+            | MatMul | Concat(_) | Range | Equal | Less | LessOrEqual | Greater | GreaterOrEqual => {
+                same(&present, &mut errs)
+            }
+            Gemm(_) => same(&[0, 1, 2], &mut errs),
+            And | Or | Xor | Not => {
+                for &s in &present {
+                    is(s, &[DType::Bool], "bool", &mut errs);
+                }
+            }
+            Where => {
+                is(0, &[DType::Bool], "bool", &mut errs);
+                same(&[1, 2], &mut errs);
+            }
+            If(_) => is(0, &[DType::Bool], "bool", &mut errs),
+            Gather(_) | GatherElements(_) | GatherND(_) => is(1, IDX, "i32 or i64 indices", &mut errs),
+            ScatterND(_) | ScatterElements(_) => {
+                is(1, IDX, "i32 or i64 indices", &mut errs);
+                same(&[0, 2], &mut errs);
+            }
+            Reshape(_) | Expand | Tile | Unsqueeze | Squeeze | Split(_) => {
+                is(1, &[DType::I64], "an i64 shape", &mut errs)
+            }
+            ConstantOfShape(_) => is(0, &[DType::I64], "an i64 shape", &mut errs),
+            Slice => {
+                for s in 1..5 {
+                    is(s, IDX, "i32 or i64", &mut errs);
+                }
+                same(&[1, 2, 3, 4], &mut errs);
+            }
+            // Codes the IR does not name (newer ONNX types) are carried as `Other`; only
+            // UNDEFINED and negative codes are certainly wrong.
+            Cast(a) => {
+                if let Some(c) = a.to.filter(|&c| dtype_from_onnx(c) == DType::Undefined || c < 0) {
+                    errs.push(format!("'to' = {c} is not an element type"));
+                }
+            }
+            _ => {}
+        }
+        for e in errs {
+            self.err(g, Some(id), e);
+        }
+    }
+}
+
+/// A node on a cycle, followed by the rest of that cycle, found by depth-first search along
+/// operands (petgraph's own error names any node it could not order, which may lie downstream
+/// of the cycle rather than on it).
+pub(crate) fn find_cycle(g: &Graph) -> Vec<NodeId> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        Active,
+        Done,
+    }
+    let preds =
+        |n: NodeId| -> Vec<NodeId> { g.node(n).inputs().filter(|v| g.is_valid_value(*v)).map(|v| v.node).collect() };
+    let mut mark: HashMap<NodeId, Mark> = HashMap::new();
+    let mut order = g.node_ids();
+    order.sort_by_key(|&n| g.node(n).seq());
+    for root in order {
+        if mark.contains_key(&root) {
+            continue;
+        }
+        // Each frame: the node and its predecessors not yet explored.
+        let mut stack: Vec<(NodeId, Vec<NodeId>)> = vec![(root, preds(root))];
+        mark.insert(root, Mark::Active);
+        while let Some((node, pending)) = stack.last_mut() {
+            let node = *node;
+            match pending.pop() {
+                Some(p) => match mark.get(&p) {
+                    Some(Mark::Active) => {
+                        // The stack from `p` to here is the cycle, read against the edges.
+                        let start = stack.iter().position(|(n, _)| *n == p).unwrap_or(0);
+                        let mut cyc: Vec<NodeId> = stack[start..].iter().map(|(n, _)| *n).collect();
+                        cyc.reverse();
+                        cyc.rotate_right(1);
+                        return cyc;
+                    }
+                    Some(Mark::Done) => {}
+                    None => {
+                        mark.insert(p, Mark::Active);
+                        stack.push((p, preds(p)));
+                    }
+                },
+                None => {
+                    mark.insert(node, Mark::Done);
+                    stack.pop();
+                }
+            }
+        }
+    }
+    Vec::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::Output;
+    use crate::tensor::TensorData;
+    use crate::text::parse_module;
+
+    fn module(body: &str) -> Module {
+        let src = format!("module {{opset_import = [\"\" = 17]}}\n{body}");
+        parse_module(&src).unwrap_or_else(|e| panic!("parse error {e} in\n{src}"))
+    }
+
+    fn errors(m: &Module) -> Vec<String> {
+        match verify_module(m) {
+            Ok(()) => Vec::new(),
+            Err(d) => d.0.iter().map(|x| x.to_string()).collect(),
+        }
+    }
+
+    fn has(errs: &[String], needle: &str) -> bool {
+        errs.iter().any(|e| e.contains(needle))
+    }
+
+    #[test]
+    fn a_sound_module_verifies() {
+        let m = module(
+            r#"graph @main(%x: tensor<"b"x"s"x576xf32>, %w: tensor<576xf32>) -> (%y) {
+  %c = const tensor<1xi64> dense<[-1]>
+  %sq = onnx.Mul(%x, %x) : tensor<"b"x"s"x576xf32>
+  %m = onnx.ReduceMean(%sq) {axes = [-1]} : tensor<"b"x"s"x1xf32>
+  %d = onnx.Div(%x, %m) : ?
+  %y = onnx.Mul(%d, %w) : tensor<"b"x"s"x576xf32>
+}"#,
+        );
+        assert_eq!(errors(&m), Vec::<String>::new());
+    }
+
+    #[test]
+    fn matmul_shape_conflict_names_the_node() {
+        let m = module(
+            r#"graph @main(%x: tensor<"b"x576xf32>) -> (%y) {
+  %w = const tensor<576x1536xf32> elided<"0000000000000003", 3538944>
+  %y = onnx.MatMul(%x, %w) : tensor<"b"x1535xf32> loc("/mlp/up_proj")
+}"#,
+        );
+        let e = errors(&m);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("graph @main: MatMul '/mlp/up_proj': result %y"), "{e:?}");
+    }
+
+    #[test]
+    fn a_cycle_is_reported_at_a_node_on_it() {
+        // %a is not on the cycle but cannot be ordered either; the report must name %b or %c.
+        let m = module(
+            r#"graph @main(%x: tensor<4xf32>) -> (%a) {
+  %a = onnx.Relu(%c) : ?
+  %b = onnx.Add(%x, %c) : ?
+  %c = onnx.Neg(%b) : ?
+}"#,
+        );
+        let e = errors(&m);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].contains("is on a cycle"), "{e:?}");
+        assert!(
+            e[0].starts_with("graph @main: Add producing '%b'") || e[0].starts_with("graph @main: Neg producing '%c'"),
+            "{e:?}"
+        );
+        assert!(!e[0].contains("Relu"), "{e:?}");
+    }
+
+    #[test]
+    fn independent_errors_are_all_reported() {
+        let m = module(
+            r#"graph @main(%x: tensor<4xf32>, %h: tensor<4xf16>, %i: tensor<4xf32>) -> (%a) {
+  %a = onnx.Add(%x, %h) : ? loc("mixed")
+  %b = onnx.Where(%x, %x, %x) : ? loc("cond")
+  %c = onnx.Gather(%x, %i) : ? loc("gather")
+  %d = onnx.Shape(%x) : tensor<1xf32> loc("shape")
+  %e = onnx.Relu(%x, %x) : ? loc("relu")
+  %f = onnx.Cast(%x) {to = 7} : tensor<4xi32> loc("cast")
+}"#,
+        );
+        let e = errors(&m);
+        assert!(has(&e, "Add 'mixed': operands 0 and 1 have different element types (f32 and f16)"), "{e:?}");
+        assert!(has(&e, "Where 'cond': operand 0 must be bool"), "{e:?}");
+        assert!(has(&e, "Gather 'gather': operand 1 must be i32 or i64 indices"), "{e:?}");
+        assert!(has(&e, "Shape 'shape': result %d: declared tensor<1xf32> but inferred tensor<1xi64>"), "{e:?}");
+        assert!(has(&e, "Relu 'relu': takes exactly 1 operands but has 2"), "{e:?}");
+        assert!(has(&e, "Cast 'cast': result %f"), "{e:?}");
+        assert_eq!(e.len(), 6, "{e:?}");
+    }
+
+    #[test]
+    fn scoping_captures_and_subgraphs() {
+        let m = module(
+            r#"graph @main(%c: tensor<bool>, %x: tensor<4xf32>) -> (%r) {
+  %r = onnx.If(%c) {then_branch = graph @then() -> (%t) {
+    %x = capture : ?
+    %t = onnx.Relu(%x) : ?
+  }, else_branch = graph @else() -> (%e) {
+    %nope = capture : ?
+    %c = onnx.Neg(%nope) : ?
+    %e = onnx.MatMul(%c, %c, %c) : ?
+  }} : ?
+}"#,
+        );
+        let e = errors(&m);
+        assert!(
+            has(&e, "graph @else: capture producing '%nope': captures %nope, which no enclosing graph defines"),
+            "{e:?}"
+        );
+        assert!(
+            has(&e, "graph @else: Neg producing '%c': defines %c, which shadows a value of an enclosing graph"),
+            "{e:?}"
+        );
+        assert!(has(&e, "graph @else: MatMul producing '%e': takes exactly 2 operands but has 3"), "{e:?}");
+        assert_eq!(e.len(), 3, "{e:?}");
+    }
+
+    #[test]
+    fn inputs_duplicates_and_outputs() {
+        let m = module(
+            r#"graph @main(%x: tensor<4xf32>) -> (%a) {
+  %stray = input : tensor<4xf32>
+  %a = onnx.Relu(%x) : ?
+  %b = op<"com.example", "Y">(%stray) : tensor<9223372036854775807x4xf32>
+  %m = onnx.Add(_, %x) : ?
+}"#,
+        );
+        let e = errors(&m);
+        assert!(has(&e, "input producing '%stray': is an input node but is not listed"), "{e:?}");
+        assert!(
+            has(
+                &e,
+                "Y producing '%b': result %b has type tensor<9223372036854775807x4xf32>, whose element count overflows"
+            ),
+            "{e:?}"
+        );
+        assert!(has(&e, "Add producing '%m': required operand 0 is missing"), "{e:?}");
+        assert_eq!(e.len(), 3, "{e:?}");
+    }
+
+    #[test]
+    fn programmatic_breakage_is_reported_without_panics() {
+        let mut m = module(
+            r#"graph @main(%x: tensor<4xf32>) -> (%a) {
+  %a = onnx.Relu(%x) : ?
+}"#,
+        );
+        let bad = m.add_tensor(TensorData::from_bytes(DType::F32, vec![3], vec![0; 4]));
+        let huge = m.add_tensor(TensorData::from_bytes(DType::F32, vec![i64::MAX, 4], vec![]));
+        let g = m.main_graph_mut();
+        let c = g.add_node(Op::Const(bad), vec![], vec![Output::new("w", Type::Unknown)]);
+        g.add_node(Op::Const(huge), vec![], vec![Output::new("big", Type::Unknown)]);
+        // A result without a name, used as an operand and as a graph output.
+        let anon =
+            g.add_node(Op::Neg, vec![Some(ValueId { node: c, output: 0 })], vec![Output::new("", Type::Unknown)]);
+        let user =
+            g.add_node(Op::Relu, vec![Some(ValueId { node: anon, output: 0 })], vec![Output::new("u", Type::Unknown)]);
+        // A dangling operand: the node it named is gone.
+        let gone = g.add_node(Op::Relu, vec![], vec![Output::new("gone", Type::Unknown)]);
+        g.add_node(
+            Op::Abs,
+            vec![Some(ValueId { node: gone, output: 0 })],
+            vec![Output::new("dangling", Type::Unknown)],
+        );
+        g.remove_node(gone);
+        g.outputs.push(crate::graph::GraphOutput { value: ValueId { node: anon, output: 0 }, name: "anon".into() });
+        let _ = user;
+        let e = errors(&m);
+        assert!(has(&e, "const producing '%w': its tensor holds 4 bytes but f32 × [3] needs 12"), "{e:?}");
+        assert!(has(&e, "const producing '%big': its tensor has dims"), "{e:?}");
+        assert!(has(&e, "Relu producing '%u': operand 0 uses result 0 of Neg"), "{e:?}");
+        assert!(has(&e, "Abs producing '%dangling': operand 0 refers to a value that does not exist"), "{e:?}");
+        assert!(has(&e, "graph @main: output 1 ('anon') is an unnamed result"), "{e:?}");
+        assert_eq!(e.len(), 5, "{e:?}");
+    }
+
+    #[test]
+    fn verify_graph_accepts_outer_names() {
+        let m = module(
+            r#"graph @main(%c: tensor<bool>) -> (%r) {
+  %r = onnx.If(%c) {then_branch = graph @then() -> (%t) {
+    %y = capture : tensor<2xf32>
+    %t = onnx.Relu(%y) : ?
+  }, else_branch = graph @else() -> (%e) {
+    %y = capture : tensor<2xf32>
+    %e = onnx.Neg(%y) : ?
+  }} : ?
+}"#,
+        );
+        // From the main graph, %y resolves nowhere; checked alone with %y in scope, it does.
+        assert!(verify_module(&m).is_err());
+        let then = m.main_graph().node_ids().into_iter().find_map(|n| match &m.main_graph().node(n).op {
+            Op::If(a) => a.then_branch,
+            _ => None,
+        });
+        let then = then.unwrap_or_else(|| panic!("no If"));
+        assert_eq!(verify_graph(&m, then, &["y"]), Ok(()));
+    }
+}

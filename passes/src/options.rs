@@ -38,7 +38,7 @@ impl OptionKind {
 }
 
 /// One option a pass accepts: kebab-case name, type, default (as pipeline text) and a doc line.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct OptionSpec {
     pub name: &'static str,
     pub kind: OptionKind,

@@ -237,10 +237,12 @@ impl Parser<'_> {
                 self.options(&name, &mut opts)?;
             }
             let max = opts.uint("max-iterations").map_err(|m| PipelineError { pos: start, message: m })?;
-            let open = self.pos;
-            if !self.eat('(') {
-                return self.err(self.pos, format!("fixpoint needs a nested pipeline: fixpoint{{max-iterations=N}}(pass,…), found {}", self.found()));
+            if self.peek() != Some('(') {
+                let found = self.found();
+                return self.err(self.pos, format!("fixpoint needs a nested pipeline: fixpoint{{…}}(pass,…), found {found}"));
             }
+            let open = self.pos;
+            self.pos += 1;
             let body = self.pipeline(Some(open))?;
             return Ok(PipelineItem::Fixpoint(Fixpoint { max_iterations: max as usize, body }));
         }
@@ -360,16 +362,25 @@ fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     candidates.iter().map(|c| (edit_distance(word, c), *c)).filter(|(d, _)| *d <= limit).min().map(|(_, c)| c)
 }
 
+/// Edit distance counting an adjacent transposition as one edit (`fodl` → `fold`).
 fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != *cb);
-            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
     }
-    prev[b.len()]
+    for (j, v) in d[0].iter_mut().enumerate() {
+        *v = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[a.len()][b.len()]
 }

@@ -6,7 +6,7 @@
 //! leaves a half-written model; the input model and its external data are never overwritten.
 
 use super::convert::{dtype_code, type_to_proto};
-use super::wire::{encoded_len, write_model_streaming};
+use super::wire::{encoded_len, write_model_streaming, RawSink};
 use super::OnnxError;
 use onnx_protobuf::{
     attribute_proto::AttributeType, tensor_proto::DataLocation, AttributeProto, FunctionProto, GraphProto, Message, ModelProto, NodeProto,
@@ -113,15 +113,17 @@ pub fn export_file(m: &Module, path: &Path, opts: &ExportOptions) -> Result<Expo
                 w.write_all(bytes).map_err(io(&tmp_data))?;
                 off += pad + bytes.len() as u64;
             }
-            let f = w.into_inner().map_err(|e| OnnxError::Io { path: tmp_data.clone(), source: e.into_error() })?;
-            f.sync_all().map_err(io(&tmp_data))?;
+            w.into_inner().map_err(|e| OnnxError::Io { path: tmp_data.clone(), source: e.into_error() })?;
             stats.external_bytes = off;
         }
         let f = File::create(&tmp_model).map_err(io(&tmp_model))?;
-        let mut w = BufWriter::with_capacity(1 << 20, f);
+        let mut w = FileSink { w: BufWriter::with_capacity(1 << 20, f), sources: mapped_sources(m), kernel_copy: true };
         stats.model_bytes = write_model_streaming(&mut w, &model, &inits).map_err(io(&tmp_model))?;
-        let f = w.into_inner().map_err(|e| OnnxError::Io { path: tmp_model.clone(), source: e.into_error() })?;
-        f.sync_all().map_err(io(&tmp_model))?;
+        let f = w.w.into_inner().map_err(|e| OnnxError::Io { path: tmp_model.clone(), source: e.into_error() })?;
+        // No fsync: the rename already guarantees that readers see either nothing or the whole
+        // file when this process fails; durability across power loss is the caller's choice
+        // (and `cp`, the baseline users compare with, does not sync either).
+        drop(f);
         if !ex.external.is_empty() {
             std::fs::rename(&tmp_data, &data_path).map_err(io(&data_path))?;
         }
@@ -448,4 +450,92 @@ fn attr_type(k: AttrKind) -> AttributeType {
         AttrKind::Types => AttributeType::TYPE_PROTOS,
         AttrKind::Undefined => AttributeType::UNDEFINED,
     }
+}
+
+/// The mapped files behind a module's weights: (their bytes, the open file).
+fn mapped_sources(m: &Module) -> Vec<(&[u8], &File)> {
+    let mut v: Vec<(&[u8], &File)> = Vec::new();
+    for (_, t) in m.tensors.iter() {
+        if let Storage::Mapped { backing, .. } = &t.storage {
+            if let Some(f) = backing.file() {
+                let b = backing.bytes();
+                if !v.iter().any(|(x, _)| x.as_ptr() == b.as_ptr()) {
+                    v.push((b, f));
+                }
+            }
+        }
+    }
+    v
+}
+
+/// The model file writer: buffered for the small pieces, and for large raw tensors that lie in a
+/// mapped input file, an in-kernel `copy_file_range` from that file (what `cp` does), which
+/// avoids touching the mapping at all.
+struct FileSink<'a> {
+    w: BufWriter<File>,
+    sources: Vec<(&'a [u8], &'a File)>,
+    /// Cleared after the kernel refuses once (another filesystem, an old kernel).
+    kernel_copy: bool,
+}
+
+impl Write for FileSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.w.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.w.flush()
+    }
+}
+
+impl RawSink for FileSink<'_> {
+    fn write_raw(&mut self, raw: &[u8]) -> std::io::Result<()> {
+        const MIN_KERNEL_COPY: usize = 1 << 16;
+        if self.kernel_copy && raw.len() >= MIN_KERNEL_COPY {
+            let p = raw.as_ptr() as usize;
+            let src = self.sources.iter().find(|(b, _)| {
+                let base = b.as_ptr() as usize;
+                p >= base && p + raw.len() <= base + b.len()
+            });
+            if let Some(&(b, file)) = src {
+                let offset = (p - b.as_ptr() as usize) as i64;
+                self.w.flush()?;
+                match copy_range(file, offset, self.w.get_ref(), raw.len()) {
+                    Ok(0) => return Ok(()),
+                    // Nothing was copied yet: fall back to an ordinary write from now on.
+                    Ok(_) => self.kernel_copy = false,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.w.write_all(raw)
+    }
+}
+
+/// Copies `len` bytes from `src` at `offset` to the current position of `dst` inside the kernel.
+/// Returns the number of bytes still to copy when the kernel refuses the very first call
+/// (`len`), so the caller can fall back to `write`; 0 when everything was copied.
+fn copy_range(src: &File, offset: i64, dst: &File, len: usize) -> std::io::Result<usize> {
+    use std::os::unix::io::AsRawFd;
+    let mut off_in: libc::loff_t = offset;
+    let mut left = len;
+    while left > 0 {
+        // SAFETY: both descriptors are open for the duration of the call; off_in is a valid
+        // pointer; a null off_out makes the kernel use and advance dst's file position.
+        let n = unsafe { libc::copy_file_range(src.as_raw_fd(), &mut off_in, dst.as_raw_fd(), std::ptr::null_mut(), left, 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if left == len && matches!(e.raw_os_error(), Some(libc::EXDEV | libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP | libc::EBADF)) {
+                return Ok(len);
+            }
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "copy_file_range copied nothing"));
+        }
+        left -= n as usize;
+    }
+    Ok(0)
 }

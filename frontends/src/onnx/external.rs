@@ -15,6 +15,7 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub struct MappedFile {
     map: Option<memmap2::Mmap>,
+    file: File,
     path: PathBuf,
 }
 
@@ -31,7 +32,7 @@ impl MappedFile {
             // being truncated while the module is alive (the exporter refuses to write over it).
             Some(unsafe { memmap2::Mmap::map(&f) }.map_err(io)?)
         };
-        Ok(Arc::new(MappedFile { map, path: path.to_path_buf() }))
+        Ok(Arc::new(MappedFile { map, file: f, path: path.to_path_buf() }))
     }
 }
 
@@ -41,6 +42,9 @@ impl Backing for MappedFile {
     }
     fn describe(&self) -> String {
         self.path.display().to_string()
+    }
+    fn file(&self) -> Option<&File> {
+        Some(&self.file)
     }
 }
 

@@ -279,6 +279,16 @@ fn put_header<W: Write>(w: &mut W, written: &mut u64, tag: u8, len: u64) -> io::
     put(w, written, &buf[..=n])
 }
 
+/// A writer that may copy large raw tensor bytes by a faster route than `write_all`
+/// (the exporter copies ranges of mapped files inside the kernel).
+pub trait RawSink: Write {
+    fn write_raw(&mut self, raw: &[u8]) -> io::Result<()> {
+        self.write_all(raw)
+    }
+}
+
+impl RawSink for Vec<u8> {}
+
 /// Writes a ModelProto. `model.graph.initializer` must be empty (the caller passes them
 /// separately); each initializer is (header TensorProto with empty raw_data, raw bytes which,
 /// when non-empty, are written as field raw_data=9).
@@ -288,7 +298,7 @@ fn put_header<W: Write>(w: &mut W, written: &mut u64, tag: u8, len: u64) -> io::
 /// `initializers`. Should a header carry raw_data as well as a
 /// non-empty `raw`, both are written and `raw` wins on reading. Many small writes are made, so
 /// `w` should be buffered.
-pub fn write_model_streaming<W: Write>(
+pub fn write_model_streaming<W: RawSink>(
     w: &mut W,
     model: &ModelProto,
     initializers: &[(TensorProto, &[u8])],
@@ -325,7 +335,8 @@ pub fn write_model_streaming<W: Write>(
         put(w, &mut written, &header_bytes)?;
         if !raw.is_empty() {
             put_header(w, &mut written, TAG_RAW_DATA, raw.len() as u64)?;
-            put(w, &mut written, raw)?;
+            w.write_raw(raw)?;
+            written += raw.len() as u64;
         }
     }
     put(w, &mut written, &body[split..])?;

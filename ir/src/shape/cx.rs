@@ -3,7 +3,7 @@
 //! written with `?` on these accessors degrades to "unknown" instead of panicking on a malformed
 //! model.
 
-use crate::graph::{Graph, Node, NodeId, ValueId};
+use crate::graph::{Node, ValueId};
 use crate::module::Module;
 use crate::types::{DType, Dim, TensorType, Type};
 use std::collections::HashMap;
@@ -17,8 +17,6 @@ static UNKNOWN: Type = Type::Unknown;
 /// A node under inference.
 pub(crate) struct NodeCx<'a> {
     pub m: &'a Module,
-    pub g: &'a Graph,
-    pub id: NodeId,
     pub node: &'a Node,
     pub types: &'a HashMap<ValueId, Type>,
     pub values: &'a HashMap<ValueId, Vec<Dim>>,
@@ -66,15 +64,5 @@ impl<'a> NodeCx<'a> {
     /// The known contents of operand `slot` when every element is a number.
     pub fn ints(&self, slot: usize) -> Option<Vec<i64>> {
         self.value(slot)?.iter().map(Dim::fixed).collect()
-    }
-
-    /// The declared type of result `i`.
-    pub fn declared(&self, i: usize) -> &'a Type {
-        self.node.outputs.get(i).map_or(&UNKNOWN, |o| &o.ty)
-    }
-
-    /// The default-domain opset the module imports (the newest we know when it says nothing).
-    pub fn opset(&self) -> i64 {
-        self.m.opset("").unwrap_or(23)
     }
 }

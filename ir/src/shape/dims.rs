@@ -33,9 +33,16 @@ pub(crate) fn axis(a: i64, rank: usize, what: &str) -> Result<usize, String> {
     }
 }
 
-/// Like [`axis`], but for positions in `0..=rank` (Unsqueeze, Flatten).
-pub(crate) fn axis_incl(a: i64, rank: usize, what: &str) -> Result<usize, String> {
-    axis(a, rank + 1, what)
+/// A split point in `0..=rank` (`Flatten`); a negative value counts from the end, so `-1`
+/// is `rank - 1`, not `rank`.
+pub(crate) fn split_point(a: i64, rank: usize, what: &str) -> Result<usize, String> {
+    let r = rank as i64;
+    let n = if a < 0 { a + r } else { a };
+    if n < 0 || n > r {
+        Err(format!("{what} {a} is out of range for rank {rank} (allowed: -{rank}..={rank})"))
+    } else {
+        Ok(n as usize)
+    }
 }
 
 /// Multidirectional (numpy) broadcasting of one pair of dimensions.
@@ -97,7 +104,9 @@ pub(crate) fn join_type(a: &Type, b: &Type) -> Type {
         (Type::Tensor(x), Type::Tensor(y)) => {
             let dtype = if x.dtype == y.dtype { x.dtype } else { DType::Undefined };
             let shape = match (&x.shape, &y.shape) {
-                (Some(p), Some(q)) if p.len() == q.len() => Some(p.iter().zip(q).map(|(u, v)| join_dim(u, v)).collect()),
+                (Some(p), Some(q)) if p.len() == q.len() => {
+                    Some(p.iter().zip(q).map(|(u, v)| join_dim(u, v)).collect())
+                }
                 _ => None,
             };
             tensor(dtype, shape)
@@ -128,31 +137,47 @@ pub(crate) fn refine(declared: &Type, inferred: &Type) -> (Type, Option<String>)
     match (declared, inferred) {
         (_, Type::Unknown) => (declared.clone(), None),
         (Type::Unknown, _) => (inferred.clone(), None),
-        (Type::Tensor(d), Type::Tensor(i)) => {
-            let dtype = match (d.dtype, i.dtype) {
-                (DType::Undefined, x) | (x, DType::Undefined) => x,
-                (x, y) if x == y => x,
-                _ => return (declared.clone(), conflict()),
-            };
-            let shape = match (&d.shape, &i.shape) {
-                (None, s) | (s, None) => s.clone(),
-                (Some(p), Some(q)) if p.len() != q.len() => return (declared.clone(), conflict()),
-                (Some(p), Some(q)) => {
-                    let mut dims = Vec::with_capacity(p.len());
-                    for (x, y) in p.iter().zip(q) {
-                        match refine_dim(x, y) {
-                            Ok(z) => dims.push(z),
-                            Err(()) => return (declared.clone(), conflict()),
-                        }
-                    }
-                    Some(dims)
-                }
-            };
-            (Type::Tensor(TensorType { dtype, shape }), None)
-        }
+        (Type::Tensor(d), Type::Tensor(i)) => match refine_tensor(d, i) {
+            Some(t) => (Type::Tensor(t), None),
+            None => (declared.clone(), conflict()),
+        },
+        (Type::SparseTensor(d), Type::SparseTensor(i)) => match refine_tensor(d, i) {
+            Some(t) => (Type::SparseTensor(t), None),
+            None => (declared.clone(), conflict()),
+        },
+        // Containers refine their element types; a conflict inside is a conflict of the whole.
+        (Type::Sequence(d), Type::Sequence(i)) => match refine(d, i) {
+            (t, None) => (Type::Sequence(Box::new(t)), None),
+            _ => (declared.clone(), conflict()),
+        },
+        (Type::Optional(d), Type::Optional(i)) => match refine(d, i) {
+            (t, None) => (Type::Optional(Box::new(t)), None),
+            _ => (declared.clone(), conflict()),
+        },
+        (Type::Map(kd, d), Type::Map(ki, i)) if kd == ki => match refine(d, i) {
+            (t, None) => (Type::Map(*kd, Box::new(t)), None),
+            _ => (declared.clone(), conflict()),
+        },
         _ if declared == inferred => (declared.clone(), None),
         _ => (declared.clone(), conflict()),
     }
+}
+
+/// [`refine`] on tensor types; `None` on a conflict.
+fn refine_tensor(d: &TensorType, i: &TensorType) -> Option<TensorType> {
+    let dtype = match (d.dtype, i.dtype) {
+        (DType::Undefined, x) | (x, DType::Undefined) => x,
+        (x, y) if x == y => x,
+        _ => return None,
+    };
+    let shape = match (&d.shape, &i.shape) {
+        (None, s) | (s, None) => s.clone(),
+        (Some(p), Some(q)) if p.len() != q.len() => return None,
+        (Some(p), Some(q)) => {
+            Some(p.iter().zip(q).map(|(x, y)| refine_dim(x, y)).collect::<Result<Vec<_>, ()>>().ok()?)
+        }
+    };
+    Some(TensorType { dtype, shape })
 }
 
 /// Sum of two dimensions (concatenation, padding, past + new sequence length).

@@ -54,7 +54,11 @@ pub(crate) fn einsum(cx: &NodeCx, at: &attrs::Einsum) -> Infer {
     };
     let (inputs, output) = parse(eq).map_err(|e| format!("bad equation '{eq}': {e}"))?;
     if inputs.len() != cx.n_in() {
-        return Err(format!("equation '{eq}' has {} operand terms but the node has {} operands", inputs.len(), cx.n_in()));
+        return Err(format!(
+            "equation '{eq}' has {} operand terms but the node has {} operands",
+            inputs.len(),
+            cx.n_in()
+        ));
     }
     let dtype = (0..cx.n_in()).map(|s| cx.dtype(s)).find(|d| *d != DType::Undefined).unwrap_or(DType::Undefined);
     let mut bound: BTreeMap<char, Dim> = BTreeMap::new();

@@ -4,7 +4,7 @@
 //! shape computations, see `values.rs`).
 
 use super::cx::{Infer, NodeCx};
-use super::dims::{add_dim, axis, axis_incl, broadcast, fmt_shape, mul_dim, tensor, unify_dim, Product};
+use super::dims::{add_dim, axis, broadcast, fmt_shape, mul_dim, split_point, tensor, unify_dim, Product};
 use crate::op::attrs;
 use crate::types::{DType, Dim, Type};
 
@@ -43,7 +43,11 @@ pub(crate) fn reshape(cx: &NodeCx, at: &attrs::Reshape) -> Infer {
                 Some(s) => match s.get(i) {
                     Some(x) => out.push(x.clone()),
                     None => {
-                        return Err(format!("0 at position {i} of {} copies a dimension the rank-{} input lacks", fmt_shape(target), s.len()));
+                        return Err(format!(
+                            "0 at position {i} of {} copies a dimension the rank-{} input lacks",
+                            fmt_shape(target),
+                            s.len()
+                        ));
                     }
                 },
                 None => out.push(Dim::Unknown),
@@ -65,14 +69,18 @@ pub(crate) fn reshape(cx: &NodeCx, at: &attrs::Reshape) -> Infer {
         match minus_one {
             Some(i) => {
                 let rest: Vec<Dim> = out.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, d)| d.clone()).collect();
-                out[i] = total.div(&Product::of(&rest)).map_err(|e| {
-                    format!("cannot reshape {} to {}: {e}", fmt_shape(inp), fmt_shape(target))
-                })?;
+                out[i] = total
+                    .div(&Product::of(&rest))
+                    .map_err(|e| format!("cannot reshape {} to {}: {e}", fmt_shape(inp), fmt_shape(target)))?;
             }
             None => {
                 if let (Some(a), Some(b)) = (total.fixed(), Product::of(&out).fixed()) {
                     if a != b {
-                        return Err(format!("cannot reshape {} ({a} elements) to {} ({b} elements)", fmt_shape(inp), fmt_shape(&out)));
+                        return Err(format!(
+                            "cannot reshape {} ({a} elements) to {} ({b} elements)",
+                            fmt_shape(inp),
+                            fmt_shape(&out)
+                        ));
                     }
                 }
             }
@@ -120,14 +128,15 @@ pub(crate) fn unsqueeze(cx: &NodeCx) -> Infer {
     let r = shape.len() + axes.len();
     let mut ins = vec![false; r];
     for &a in &axes {
-        let i = axis(a, r, "unsqueeze axis")?;
+        let i = axis(a, r, "unsqueeze axis (against the output rank)")?;
         if ins[i] {
             return Err(format!("axis {a} is repeated in {axes:?}"));
         }
         ins[i] = true;
     }
     let mut src = shape.iter();
-    let out = ins.iter().map(|&new| if new { Dim::Fixed(1) } else { src.next().cloned().unwrap_or(Dim::Unknown) }).collect();
+    let out =
+        ins.iter().map(|&new| if new { Dim::Fixed(1) } else { src.next().cloned().unwrap_or(Dim::Unknown) }).collect();
     Ok(vec![tensor(dtype, Some(out))])
 }
 
@@ -166,7 +175,7 @@ pub(crate) fn flatten(cx: &NodeCx, at: &attrs::Flatten) -> Infer {
     let Some(shape) = cx.shape(0) else {
         return Ok(vec![unknown_rank(dtype, Some(2))]);
     };
-    let a = axis_incl(at.axis.unwrap_or(1), shape.len(), "axis")?;
+    let a = split_point(at.axis.unwrap_or(1), shape.len(), "axis")?;
     let (l, r) = shape.split_at(a);
     Ok(vec![tensor(dtype, Some(vec![Product::of(l).to_dim(), Product::of(r).to_dim()]))])
 }
@@ -244,17 +253,17 @@ pub(crate) fn split(cx: &NodeCx, at: &attrs::Split) -> Infer {
         (Some(s), _) => Some(s.iter().map(|&x| Dim::Fixed(x)).collect()),
         (None, true) => cx.value(1).map(<[Dim]>::to_vec),
         (None, false) => match shape[a] {
-            Dim::Fixed(d) if n > 0 => {
+            Dim::Fixed(d) if n > 0 && d >= 0 => {
                 let k = n as i64;
                 if at.num_outputs.is_none() && d % k != 0 {
                     return Err(format!("axis of size {d} cannot be split evenly into {n} parts"));
                 }
                 // Opset 18: every chunk has ceil(d/n) elements except a smaller last one.
-                let chunk = (d + k - 1) / k;
-                let last = d - chunk * (k - 1);
-                if last < 0 {
+                let chunk = d / k + i64::from(d % k != 0);
+                let last = chunk.checked_mul(k - 1).map(|c| d - c).filter(|l| *l >= 0);
+                let Some(last) = last else {
                     return Err(format!("axis of size {d} cannot be split into {n} non-empty parts"));
-                }
+                };
                 Some((0..n).map(|i| Dim::Fixed(if i + 1 == n { last } else { chunk })).collect())
             }
             _ => None,
@@ -303,7 +312,7 @@ pub(crate) fn pad(cx: &NodeCx) -> Infer {
         (0..r).collect()
     };
     if pads.len() != 2 * axes.len() {
-        return Err(format!("{} pads for {} axes", pads.len(), axes.len()));
+        return Err(format!("{} pads for {} axes (need begin and end for each)", pads.len(), axes.len()));
     }
     let mut out = shape.to_vec();
     for (k, &i) in axes.iter().enumerate() {

@@ -76,13 +76,18 @@ pub(crate) fn layer_norm(cx: &NodeCx, at: &attrs::LayerNormalization) -> Infer {
         return Ok(vec![x, tensor(stash, None), tensor(stash, None)]);
     };
     let ax = axis(at.axis.unwrap_or(-1), shape.len(), "axis")?;
-    let stats: Vec<Dim> = shape.iter().enumerate().map(|(i, d)| if i < ax { d.clone() } else { Dim::Fixed(1) }).collect();
+    let stats: Vec<Dim> =
+        shape.iter().enumerate().map(|(i, d)| if i < ax { d.clone() } else { Dim::Fixed(1) }).collect();
     Ok(vec![x, tensor(stash, Some(stats.clone())), tensor(stash, Some(stats))])
 }
 
-/// `RMSNormalization` (opset 23): Y like X.
+/// `RMSNormalization` (opset 23): Y has X's shape and the scale's element type (`V`).
 pub(crate) fn rms_norm(cx: &NodeCx, at: &attrs::RMSNormalization) -> Infer {
-    super::elementwise::same_with_axis(cx, at.axis, -1)
+    if let Some(r) = cx.shape(0).map(<[Dim]>::len) {
+        axis(at.axis.unwrap_or(-1), r, "axis")?;
+    }
+    let dtype = if cx.dtype(1) != DType::Undefined { cx.dtype(1) } else { cx.dtype(0) };
+    Ok(vec![tensor(dtype, cx.shape(0).map(<[Dim]>::to_vec))])
 }
 
 /// `RotaryEmbedding` (opset 23): Y like X, which is `[batch, seq, hidden]` or
@@ -144,7 +149,8 @@ pub(crate) fn attention(cx: &NodeCx, at: &attrs::Attention) -> Infer {
     let [qb, qh, qs, qd] = heads_form(cx.shape(0), at.q_num_heads, "Q")?;
     let [kb, kh, ks, kd] = heads_form(cx.shape(1), at.kv_num_heads, "K")?;
     let [vb, vh, vs, vd] = heads_form(cx.shape(2), at.kv_num_heads, "V")?;
-    let batch = unify_dim(&qb, &kb).and_then(|b| unify_dim(&b, &vb)).map_err(|e| format!("batch sizes differ ({e})"))?;
+    let batch =
+        unify_dim(&qb, &kb).and_then(|b| unify_dim(&b, &vb)).map_err(|e| format!("batch sizes differ ({e})"))?;
     let kvh = unify_dim(&kh, &vh).map_err(|e| format!("K and V head counts differ ({e})"))?;
     let kv_seq = unify_dim(&ks, &vs).map_err(|e| format!("K and V sequence lengths differ ({e})"))?;
     let head = unify_dim(&qd, &kd).map_err(|e| format!("Q and K head sizes differ ({e})"))?;

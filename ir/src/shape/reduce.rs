@@ -57,8 +57,16 @@ pub(crate) fn reduce(cx: &NodeCx, at: ReduceAttrs) -> Infer {
     let out = match (&axes, keep) {
         // With unknown axes and keepdims, the rank is kept but any dimension may become 1.
         (Axes::Unknown, true) => Some(vec![Dim::Unknown; rank]),
-        (Axes::Unknown, false) => None,
-        (_, true) => Some(shape.iter().enumerate().map(|(i, d)| if reduced(i) { Dim::Fixed(1) } else { d.clone() }).collect()),
+        // Without keepdims, the rank drops by the number of axes when the operand's type says it.
+        (Axes::Unknown, false) => match cx.shape(1) {
+            Some([Dim::Fixed(n)]) if *n > 0 => {
+                usize::try_from(*n).ok().and_then(|n| rank.checked_sub(n)).map(|r| vec![Dim::Unknown; r])
+            }
+            _ => None,
+        },
+        (_, true) => {
+            Some(shape.iter().enumerate().map(|(i, d)| if reduced(i) { Dim::Fixed(1) } else { d.clone() }).collect())
+        }
         (_, false) => Some(shape.iter().enumerate().filter(|(i, _)| !reduced(*i)).map(|(_, d)| d.clone()).collect()),
     };
     Ok(vec![tensor(dtype, out)])

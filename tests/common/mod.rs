@@ -1,0 +1,67 @@
+//! Shared helpers of the integration tests: where the fixtures are, how to call the driver.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+/// The fixtures folder: `$ORTHO_FIXTURES`, else `~/.cache/ortho-opt/fixtures` (what
+/// `scripts/fixtures.sh` prepares). Panics with instructions when it is missing, because a test
+/// that silently skips proves nothing.
+pub fn fixtures() -> PathBuf {
+    let p = std::env::var_os("ORTHO_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/ortho-opt/fixtures"));
+    assert!(
+        p.join("smollm2-135m/decomposed.onnx").exists(),
+        "fixtures not found in {} — run scripts/fixtures.sh (or set ORTHO_FIXTURES)",
+        p.display()
+    );
+    p
+}
+
+/// The Python of the fixtures' virtual environment (onnx, onnxruntime).
+pub fn python() -> PathBuf {
+    std::env::var_os("ORTHO_PYTHON").map(PathBuf::from).unwrap_or_else(|| fixtures().join("venv/bin/python"))
+}
+
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fresh temporary folder under target/, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = repo().join("target/test-tmp").join(format!("{tag}-{}-{:?}", std::process::id(), std::thread::current().id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs the driver in-process with string arguments.
+pub fn run(args: &[&str]) -> ortho_opt::DriverOutput {
+    let mut v = vec!["ortho-opt".to_string()];
+    v.extend(args.iter().map(|s| s.to_string()));
+    ortho_opt::Driver::run(&v)
+}
+
+/// Runs a Python script of fixtures/tools and returns its stdout.
+pub fn python_tool(script: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(python())
+        .arg(repo().join("fixtures/tools").join(script))
+        .args(args)
+        .output()
+        .expect("run python");
+    assert!(out.status.success(), "{script} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
