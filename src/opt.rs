@@ -24,7 +24,11 @@ struct Job {
 pub fn run(a: OptArgs) -> DriverOutput {
     let mut err = String::new();
     if a.list_passes {
-        return DriverOutput::ok(crate::passes_glue::list_passes(), String::new());
+        let mut t = crate::passes_glue::list_passes();
+        if !t.ends_with('\n') {
+            t.push('\n');
+        }
+        return DriverOutput::ok(t, String::new());
     }
     let Some(input) = a.input.clone() else {
         return DriverOutput { code: 2, stdout: String::new(), stderr: "error: no input file (see --help)\n".into() };

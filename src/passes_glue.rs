@@ -1,19 +1,66 @@
-//! Glue between the CLI options and the pass manager.
+//! Glue between the command line and the pass manager: flags → `ManagerOptions`, events and
+//! reports → stderr text.
 
 use crate::cli::OptArgs;
 use ortho_ir::text::PrintOptions;
 use ortho_ir::Module;
+use ortho_passes::{ManagerOptions, PassManager, Pipeline};
 use std::path::Path;
 
 pub fn list_passes() -> String {
-    String::new()
+    ortho_passes::list_passes()
 }
 
-pub fn run_pipeline(_m: &mut Module, a: &OptArgs, _input: &Path, _print: PrintOptions, err: &mut String) -> Result<(), ()> {
-    if a.pass_pipeline.is_empty() {
+/// Runs the pipeline of `a` on `m`; IR dumps, reports and errors are appended to `err`.
+pub fn run_pipeline(m: &mut Module, a: &OptArgs, input: &Path, print: PrintOptions, err: &mut String) -> Result<(), ()> {
+    let pipeline = match Pipeline::parse(&a.pass_pipeline) {
+        Ok(p) => p,
+        Err(e) => {
+            err.push_str(&format!("error: invalid --pass-pipeline: {}\n", e.render(&a.pass_pipeline)));
+            return Err(());
+        }
+    };
+    let wants_report = a.timing || a.statistics;
+    if pipeline.is_empty() && !wants_report && a.opt_bisect_limit.is_none() {
         return Ok(());
     }
-    err.push_str("error: passes are not wired yet\n");
-    Err(())
+    let opts = ManagerOptions {
+        verify_each: a.verify_each,
+        print_ir_before: a.print_ir_before.clone(),
+        print_ir_after: a.print_ir_after.clone(),
+        print_ir_after_all: a.print_ir_after_all,
+        print_ir_after_change: a.print_ir_after_change,
+        timing: a.timing,
+        statistics: a.statistics,
+        bisect_limit: a.opt_bisect_limit,
+        print_options: print,
+    };
+    let pm = match PassManager::new(pipeline, opts.clone()) {
+        Ok(pm) => pm,
+        Err(e) => {
+            err.push_str(&format!("error: {e}\n"));
+            return Err(());
+        }
+    };
+    let input = input.display().to_string();
+    let mut sink = |ev: ortho_passes::IrEvent| {
+        let mut t = ev.render();
+        if !t.ends_with('\n') {
+            t.push('\n');
+        }
+        err.push_str(&t);
+    };
+    let result = pm.run(m, &input, &mut sink);
+    match result {
+        Ok(report) => {
+            if wants_report || !report.notes.is_empty() || !report.fixpoints.is_empty() || !report.bisect_skipped.is_empty() {
+                err.push_str(&report.render(&opts));
+            }
+            Ok(())
+        }
+        Err(f) => {
+            err.push_str(&format!("error: {f}\n"));
+            Err(())
+        }
+    }
 }
-

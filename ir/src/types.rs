@@ -66,7 +66,53 @@ const NAMES: &[(DType, &str)] = &[
     (DType::Undefined, "undef"),
 ];
 
+/// Element types in the order of their ONNX `TensorProto.DataType` codes (index = code).
+const CODE_ORDER: [DType; 25] = [
+    DType::Undefined,
+    DType::F32,
+    DType::U8,
+    DType::I8,
+    DType::U16,
+    DType::I16,
+    DType::I32,
+    DType::I64,
+    DType::Str,
+    DType::Bool,
+    DType::F16,
+    DType::F64,
+    DType::U32,
+    DType::U64,
+    DType::C64,
+    DType::C128,
+    DType::BF16,
+    DType::F8E4M3FN,
+    DType::F8E4M3FNUZ,
+    DType::F8E5M2,
+    DType::F8E5M2FNUZ,
+    DType::U4,
+    DType::I4,
+    DType::F4E2M1,
+    DType::F8E8M0,
+];
+
 impl DType {
+    /// The dtype of an ONNX `DataType` code. The codes are part of op definitions themselves
+    /// (`Cast.to`, `stash_type`), which is why the IR knows them; unknown codes are kept as `Other`.
+    pub fn from_code(code: i64) -> DType {
+        usize::try_from(code)
+            .ok()
+            .and_then(|i| CODE_ORDER.get(i).copied())
+            .unwrap_or_else(|| DType::Other(i32::try_from(code).unwrap_or(-1)))
+    }
+
+    /// The ONNX `DataType` code of this dtype.
+    pub fn code(self) -> i32 {
+        match self {
+            DType::Other(c) => c,
+            d => CODE_ORDER.iter().position(|x| *x == d).map(|i| i as i32).unwrap_or(0),
+        }
+    }
+
     /// The textual name used by `.oir`.
     pub fn name(self) -> String {
         match self {

@@ -20,7 +20,7 @@ pub mod transforms;
 mod tests;
 
 pub use manager::{
-    DumpWhen, FailureKind, FixpointReport, IrEvent, ManagerOptions, PassFailure, PassManager, PassRun, RunReport,
+    DumpWhen, FailureKind, FixpointReport, IrEvent, ManagerError, ManagerOptions, PassFailure, PassManager, PassRun, RunReport,
     StopReason, Verifier,
 };
 pub use options::{OptionKind, OptionSpec, OptionValue, PassOptions};

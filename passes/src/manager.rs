@@ -7,7 +7,7 @@
 //! `--opt-bisect-limit=N` compares with and what messages call "run #N".
 
 use crate::pass::{Pass, PassContext, PassError, Statistics};
-use crate::pipeline::{Pipeline, PipelineError, PipelineItem};
+use crate::pipeline::{Pipeline, PipelineItem};
 use crate::registry::{Registry, FIXPOINT_NAME};
 use ortho_ir::text::{print_module, PrintOptions};
 use ortho_ir::{Diagnostics, Module};
@@ -267,6 +267,16 @@ impl fmt::Display for PassFailure {
 
 impl std::error::Error for PassFailure {}
 
+/// Why a [`PassManager`] could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManagerError {
+    #[error("--print-ir-before/after names unknown pass '{0}'")]
+    UnknownPrintName(String),
+    /// A pass refused its options (the pipeline parser normally catches this first).
+    #[error("pass '{pass}': {message}")]
+    Build { pass: String, message: String },
+}
+
 /// A pass or loop ready to run.
 enum Step {
     Pass { pass: Box<dyn Pass>, label: String, path: String, slot: usize, top: usize },
@@ -284,12 +294,12 @@ pub struct PassManager {
 impl PassManager {
     /// Builds every pass of `pipeline`. Fails when a name in `print_ir_before/after` is neither a
     /// builtin pass nor in the pipeline (a typo there would otherwise print nothing, silently).
-    pub fn new(pipeline: Pipeline, options: ManagerOptions) -> Result<PassManager, PipelineError> {
+    pub fn new(pipeline: Pipeline, options: ManagerOptions) -> Result<PassManager, ManagerError> {
         let registry = Registry::builtin();
         let in_pipeline = pipeline.pass_names();
         for n in options.print_ir_before.iter().chain(&options.print_ir_after) {
             if !registry.knows(n) && !in_pipeline.contains(&n.as_str()) {
-                return Err(PipelineError { pos: 0, message: format!("--print-ir-before/after names unknown pass '{n}'") });
+                return Err(ManagerError::UnknownPrintName(n.clone()));
             }
         }
         let mut slot = 0;
@@ -343,14 +353,14 @@ fn default_verifier(m: &Module) -> Result<(), Diagnostics> {
     ortho_ir::verify::verify_module(m)
 }
 
-fn build_steps(p: &Pipeline, prefix: &str, top: Option<usize>, slot: &mut usize) -> Result<Vec<Step>, PipelineError> {
+fn build_steps(p: &Pipeline, prefix: &str, top: Option<usize>, slot: &mut usize) -> Result<Vec<Step>, ManagerError> {
     let mut steps = Vec::new();
     for (i, item) in p.items.iter().enumerate() {
         let top = top.unwrap_or(i);
         match item {
             PipelineItem::Pass(spec) => {
                 let pass = (spec.info.build)(&spec.options)
-                    .map_err(|m| PipelineError { pos: 0, message: format!("pass '{}': {m}", spec.info.name) })?;
+                    .map_err(|message| ManagerError::Build { pass: spec.info.name.to_string(), message })?;
                 *slot += 1;
                 let path = format!("{prefix}{}", spec.info.name);
                 steps.push(Step::Pass { pass, label: spec.to_string(), path, slot: *slot, top });

@@ -3,44 +3,12 @@
 use ortho_ir::types::{DType, Dim, TensorType, Type};
 use onnx_protobuf::{tensor_shape_proto, type_proto, TensorShapeProto, TypeProto};
 
-/// ONNX `TensorProto.DataType` codes in the order of the IR's dtypes.
-const CODES: &[(DType, i32)] = &[
-    (DType::Undefined, 0),
-    (DType::F32, 1),
-    (DType::U8, 2),
-    (DType::I8, 3),
-    (DType::U16, 4),
-    (DType::I16, 5),
-    (DType::I32, 6),
-    (DType::I64, 7),
-    (DType::Str, 8),
-    (DType::Bool, 9),
-    (DType::F16, 10),
-    (DType::F64, 11),
-    (DType::U32, 12),
-    (DType::U64, 13),
-    (DType::C64, 14),
-    (DType::C128, 15),
-    (DType::BF16, 16),
-    (DType::F8E4M3FN, 17),
-    (DType::F8E4M3FNUZ, 18),
-    (DType::F8E5M2, 19),
-    (DType::F8E5M2FNUZ, 20),
-    (DType::U4, 21),
-    (DType::I4, 22),
-    (DType::F4E2M1, 23),
-    (DType::F8E8M0, 24),
-];
-
 pub fn dtype_from_code(code: i32) -> DType {
-    CODES.iter().find(|(_, c)| *c == code).map(|(d, _)| *d).unwrap_or(DType::Other(code))
+    DType::from_code(code as i64)
 }
 
 pub fn dtype_code(d: DType) -> i32 {
-    match d {
-        DType::Other(c) => c,
-        d => CODES.iter().find(|(x, _)| *x == d).map(|(_, c)| *c).unwrap_or(0),
-    }
+    d.code()
 }
 
 fn shape_from_proto(s: &TensorShapeProto) -> Vec<Dim> {

@@ -271,19 +271,9 @@ impl Product {
     }
 }
 
-/// ONNX `TensorProto.DataType` codes, as used by the `to` attribute of `Cast` and the
-/// `stash_type` of normalizations. (The frontend owns the protobuf mapping; these codes are
-/// part of the op definitions themselves, so the IR needs them to type those ops.)
+/// The dtype of an ONNX `DataType` code (`Cast.to`, `stash_type`).
 pub(crate) fn dtype_from_onnx(code: i64) -> DType {
-    use DType::*;
-    const CODES: [DType; 25] = [
-        Undefined, F32, U8, I8, U16, I16, I32, I64, Str, Bool, F16, F64, U32, U64, C64, C128, BF16, F8E4M3FN,
-        F8E4M3FNUZ, F8E5M2, F8E5M2FNUZ, U4, I4, F4E2M1, F8E8M0,
-    ];
-    usize::try_from(code)
-        .ok()
-        .and_then(|i| CODES.get(i).copied())
-        .unwrap_or_else(|| DType::Other(i32::try_from(code).unwrap_or(-1)))
+    DType::from_code(code)
 }
 
 #[cfg(test)]

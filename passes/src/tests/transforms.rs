@@ -273,3 +273,24 @@ fn infer_shapes_refines_types() {
     let r = run("infer-shapes", &mut m);
     assert!(!r.changed);
 }
+
+#[test]
+fn cse_never_removes_a_captured_name() {
+    // %b equals %a, but the then-branch captures %b by name, so it must stay defined.
+    let mut m = parse(&body(&IF_GRAPH.replace("%b = onnx.Abs(%x)", "%b = onnx.Neg(%x)")));
+    let r = run("cse", &mut m);
+    assert_eq!(r.statistics.get("cse.merged"), Some(0));
+    assert!(print(&m).contains("%b = onnx.Neg(%x)"));
+}
+
+#[test]
+fn invalid_or_unencodable_folds_are_left_alone() {
+    let c = "  %x = const tensor<3xi64> dense<[1, 2, 3]>\n  %i = const tensor<1xi64> dense<[3]>\n  %h = const tensor<2xf16> dense<\"0x003c003c\">\n  %z = const tensor<0xi64> dense<[]>\n  %s = const tensor<1xi64> dense<[0]>";
+    // The verifier rejects this input, so call the pass directly: folding must not either crash
+    // or invent a value for an out-of-range index.
+    let mut m = parse(&body(&format!("graph @main() -> (%y) {{\n{c}\n  %y = onnx.Gather(%x, %i) {{axis = 0}} : tensor<1xi64>\n}}")));
+    assert_eq!(canonicalize(&mut m, &CanonicalizeOptions::default()).folded, 0);
+    assert!(folded(c, "onnx.Add(%h, %h)", "tensor<2xf16>", "").contains("onnx.Add"), "f16 results are not encoded");
+    assert_eq!(folded(c, "onnx.Equal(%h, %h)", "tensor<2xbool>", ""), "%y = const tensor<2xbool> dense<[1, 1]>");
+    assert_eq!(folded(c, "onnx.Slice(%z, %s, %i)", "tensor<0xi64>", ""), "%y = const tensor<0xi64> dense<[]>");
+}

@@ -152,8 +152,8 @@ fn plan(m: &Module, g: GraphId, opts: &CanonicalizeOptions, stats: &mut Canonica
         }
         if let Op::Constant(a) = &node.op {
             let nc = match materialize(a) {
-                Some(Ok(t)) => NewConst::Existing(t),
-                Some(Err(td)) => {
+                Some(Materialized::Existing(t)) => NewConst::Existing(t),
+                Some(Materialized::New(td)) => {
                     plan.tensors.push(td);
                     NewConst::New(plan.tensors.len() - 1)
                 }
@@ -212,10 +212,17 @@ fn apply(m: &mut Module, g: GraphId, plan: Plan) {
     }
 }
 
-/// A `Constant` op's value: an arena tensor, or a new one built from a scalar/list attribute.
-fn materialize(a: &attrs::Constant) -> Option<Result<TensorId, TensorData>> {
+/// A `Constant` op's value.
+enum Materialized {
+    /// The `value` attribute's tensor, already in the arena.
+    Existing(TensorId),
+    /// A tensor built from a scalar or list attribute.
+    New(TensorData),
+}
+
+fn materialize(a: &attrs::Constant) -> Option<Materialized> {
     if let Some(t) = a.value {
-        return Some(Ok(t));
+        return Some(Materialized::Existing(t));
     }
     let td = if let Some(x) = a.value_float {
         TensorData::from_f32(vec![], &[x])
@@ -236,7 +243,7 @@ fn materialize(a: &attrs::Constant) -> Option<Result<TensorId, TensorData>> {
     } else {
         return None;
     };
-    Some(Err(td))
+    Some(Materialized::New(td))
 }
 
 /// The graph as the plan so far sees it.

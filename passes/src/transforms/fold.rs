@@ -98,27 +98,9 @@ fn fold_op(m: &Module, op: &Op, ins: &[Option<Operand<'_>>], budget: u64) -> R {
     }
 }
 
-/// ONNX `TensorProto.DataType` codes of the dtypes folding can produce. The full table lives in
-/// the ONNX frontend, which this crate must not depend on; `Cast.to` is the only place passes
-/// meet a raw code.
+/// The dtype a `Cast.to` code names.
 pub(crate) fn dtype_from_onnx(code: i64) -> DType {
-    match code {
-        1 => DType::F32,
-        2 => DType::U8,
-        3 => DType::I8,
-        4 => DType::U16,
-        5 => DType::I16,
-        6 => DType::I32,
-        7 => DType::I64,
-        8 => DType::Str,
-        9 => DType::Bool,
-        10 => DType::F16,
-        11 => DType::F64,
-        12 => DType::U32,
-        13 => DType::U64,
-        16 => DType::BF16,
-        c => DType::Other(c as i32),
-    }
+    DType::from_code(code)
 }
 
 fn elem_size(d: DType) -> Option<usize> {
