@@ -69,22 +69,29 @@ pub fn run(a: OptArgs) -> DriverOutput {
         // so one file can hold both valid and invalid cases (as mlir-opt's -split-input-file).
         let mut outs = Vec::new();
         let mut code = 0;
-        for (i, case) in text.split("\n// -----").enumerate() {
+        let mut line_offset = 0;
+        for case in text.split("\n// -----") {
+            // Padding with the newlines of the cases before keeps error positions file-relative.
+            let padded = format!("{}{case}", "\n".repeat(line_offset));
+            line_offset += case.matches('\n').count() + 1;
             let mut case_err = String::new();
-            match parse_module(case) {
+            let mut chunk = String::new();
+            match parse_module(&padded) {
                 Err(e) => {
                     code = 1;
-                    let _ = writeln!(case_err, "error: {}: case {}: {e}", input.display(), i + 1);
+                    let _ = writeln!(case_err, "error: {}:{e}", input.display());
                 }
                 Ok(m) => match process(m, &a, &input, &job, &mut case_err) {
-                    Ok(Some(t)) => outs.push(t),
+                    Ok(Some(t)) => chunk.push_str(&t),
                     Ok(None) => {}
                     Err(()) => code = 1,
                 },
             }
-            if !case_err.is_empty() {
-                outs.push(case_err.lines().map(|l| format!("// {l}\n")).collect());
+            // A case's diagnostics stay in its own chunk, as comments, so chunks map to cases.
+            for l in case_err.lines() {
+                let _ = writeln!(chunk, "// {l}");
             }
+            outs.push(chunk);
         }
         let stdout = outs.join("// -----\n");
         return DriverOutput { code, stdout, stderr: err };

@@ -16,7 +16,8 @@ pub fn run_pipeline(m: &mut Module, a: &OptArgs, input: &Path, print: PrintOptio
     let pipeline = match Pipeline::parse(&a.pass_pipeline) {
         Ok(p) => p,
         Err(e) => {
-            err.push_str(&format!("error: invalid --pass-pipeline: {}\n", e.render(&a.pass_pipeline)));
+            let rendered = e.render(&a.pass_pipeline);
+            err.push_str(&format!("error: invalid --pass-pipeline: {}\n", rendered.strip_prefix("error: ").unwrap_or(&rendered)));
             return Err(());
         }
     };

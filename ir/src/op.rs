@@ -252,10 +252,12 @@ impl Op {
         }
     }
 
-    /// Whether the op may have effects beyond its results (randomness, unknown ops), so DCE and
-    /// CSE must not remove or merge it.
+    /// Whether the op may have effects beyond its results (randomness, ops of unknown domains),
+    /// so DCE and CSE must not remove or merge it.
     pub fn has_side_effects(&self) -> bool {
         match self {
+            // An op of another domain is unknown to us, so it may print, log or keep state.
+            Op::Opaque(o) if !matches!(o.domain.as_str(), "" | "ai.onnx" | "ortho") => true,
             Op::Opaque(o) => o.op_type.contains("Random") || o.op_type == "Multinomial" || o.op_type == "Bernoulli",
             Op::Dropout(_) => true,
             _ => false,

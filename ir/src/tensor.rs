@@ -182,7 +182,8 @@ impl TensorData {
         }
     }
 
-    /// A content hash of dtype, dims and data, stable across runs and machines.
+    /// A content hash of the data bytes (not of dtype or dims, which print beside it), stable
+    /// across runs and machines.
     pub fn content_hash(&self) -> u64 {
         if let Storage::Elided { hash, .. } = self.storage {
             return hash;

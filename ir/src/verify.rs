@@ -289,9 +289,19 @@ impl Verifier<'_> {
     }
 
     fn outputs(&mut self, g: &Graph) {
+        // An output exposed under a name other than its value's becomes an Identity on export;
+        // that name must then be free, or the exported graph would define it twice.
+        let names = g.value_names();
+        let mut exposed: std::collections::HashSet<&str> = std::collections::HashSet::new();
         for (k, o) in g.outputs.iter().enumerate() {
             if o.name.is_empty() {
                 self.err(g, None, format!("output {k} has no name"));
+            } else if !exposed.insert(o.name.as_str()) {
+                self.err(g, None, format!("output {k}: the name '{}' is exposed twice", o.name));
+            } else if let Some(v) = names.get(&o.name) {
+                if *v != o.value {
+                    self.err(g, None, format!("output {k} is exposed as '{}', which names another value", o.name));
+                }
             }
             if !g.is_valid_value(o.value) {
                 self.err(g, None, format!("output {k} ('{}') refers to a value that does not exist", o.name));

@@ -563,13 +563,15 @@ impl<'s> Parser<'s> {
             self.expect(">")?;
             return Ok((d, t));
         }
+        self.ws();
+        let start = self.pos;
         let w = self.word()?;
         if let Some(t) = w.strip_prefix("onnx.") {
             Ok((String::new(), t.to_string()))
         } else if let Some(t) = w.strip_prefix("ortho.") {
             Ok(("ortho".to_string(), t.to_string()))
         } else {
-            self.err(format!("unknown operation '{w}' (expected onnx.X, ortho.X or op<\"domain\", \"X\">)"))
+            Err(self.err_at(start, format!("unknown operation '{w}' (expected onnx.X, ortho.X or op<\"domain\", \"X\">)")))
         }
     }
 
@@ -752,6 +754,7 @@ impl<'s> Parser<'s> {
 
     /// `tensor<2x3xf32> dense<…>|elided<"hash", len> [name(..)] [doc(..)]`
     fn tensor_literal(&mut self) -> PResult<TensorId> {
+        self.ws();
         let start = self.pos;
         self.expect("tensor<")?;
         let tt = self.tensor_type_body()?;
