@@ -89,6 +89,9 @@ pub struct Driver;
 impl Driver {
     /// Runs one command line (`args[0]` is the program name) and returns its output and status.
     pub fn run(args: &[String]) -> DriverOutput {
+        if args.get(1).map(String::as_str) == Some("analyze") {
+            return crate::analyze::run(&args[1..]);
+        }
         match OptArgs::try_parse_from(args) {
             Ok(a) => crate::opt::run(a),
             Err(e) => {

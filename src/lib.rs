@@ -3,6 +3,7 @@
 //! `Driver::run(args)` parses a command line, does the work, and returns what the CLI would
 //! print and its exit status, so `tests/filetests.rs` can run RUN lines without spawning processes.
 
+mod analyze;
 mod cli;
 mod opt;
 mod passes_glue;

@@ -5,6 +5,7 @@
 //! and constants included. The textual form (`text`) round-trips; `verify` checks invariants and
 //! reports every error at once; `shape` infers types with symbolic dimensions.
 
+pub mod analysis;
 pub mod attr;
 pub mod diag;
 pub mod graph;

@@ -30,3 +30,4 @@ pub use registry::{list_passes, PassInfo, Registry};
 pub use transforms::{
     canonicalize, cse, dce, infer_shapes, CanonicalizeOptions, CanonicalizeStats, CseStats, DceStats, InferShapesStats,
 };
+pub use transforms::{fold_norms, gauge_verify, rotate_residual, FoldNormsStats, GaugeVerifyOptions, RotateResidualOptions, RotateResidualStats, RotationKind};

@@ -28,7 +28,10 @@ static BUILTIN: &[&PassInfo] = &[
     &transforms::canonicalize::INFO,
     &transforms::cse::INFO,
     &transforms::dce::INFO,
+    &transforms::fold_norms::INFO,
+    &transforms::gauge_verify::INFO,
     &transforms::infer_shapes::INFO,
+    &transforms::rotate_residual::INFO,
 ];
 
 /// The pipeline construct `fixpoint{max-iterations=N}(…)`; not a pass, but listed and parsed

@@ -65,7 +65,7 @@ fn unknown_pass_names_position_and_suggests() {
     let e = err("dce,foo");
     assert_eq!(e.pos, 4);
     assert!(e.message.starts_with("unknown pass 'foo'"), "{}", e.message);
-    assert!(e.message.contains("known: canonicalize, cse, dce, infer-shapes, fixpoint"), "{}", e.message);
+    assert!(e.message.contains("known: canonicalize, cse, dce, fold-norms, gauge-verify, infer-shapes, rotate-residual, fixpoint"), "{}", e.message);
     let e = err("cse,dcee");
     assert!(e.message.contains("did you mean 'dce'?"), "{}", e.message);
     assert_eq!(e.render("cse,dcee"), format!("error: {}\n  cse,dcee\n      ^", e.message));

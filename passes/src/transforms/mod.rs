@@ -4,11 +4,19 @@
 pub mod canonicalize;
 pub mod cse;
 pub mod dce;
+pub mod fold_norms;
+pub mod gauge_verify;
 pub(crate) mod fold;
 pub mod infer_shapes;
+pub mod orthogonal;
+pub mod rotate_residual;
 pub(crate) mod scope;
+pub(crate) mod weights;
 
 pub use canonicalize::{canonicalize, CanonicalizeOptions, CanonicalizeStats};
 pub use cse::{cse, CseStats};
 pub use dce::{dce, DceStats};
 pub use infer_shapes::{infer_shapes, InferShapesStats};
+pub use fold_norms::{fold_norms, FoldNormsStats};
+pub use gauge_verify::{gauge_verify, GaugeReport, GaugeVerifyOptions};
+pub use rotate_residual::{rotate_residual, RotateResidualOptions, RotateResidualStats, RotationKind};

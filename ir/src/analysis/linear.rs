@@ -1,0 +1,142 @@
+//! Linear layers: `MatMul(x, W)` with a constant 2-D weight (stored `[in, out]`, or `[out, in]`
+//! behind a `Transpose`, as a tied head reads the embedding) and `Gemm(x, B, C)` in either
+//! `transB` layout; a constant bias is the `Gemm`'s `C` or an `Add` right after the `MatMul`.
+//!
+//! Everything is found from the ops and the constants' shapes; names play no part.
+
+use super::util::{const_data, const_tensor, other_operand, out0, sole_user};
+use crate::graph::{Graph, NodeId, ValueId};
+use crate::module::Module;
+use crate::op::Op;
+use crate::tensor::TensorId;
+
+/// A constant weight as a linear layer reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WeightRef {
+    /// The node that holds the constant (`Op::Const` or a `Constant` op).
+    pub konst: NodeId,
+    pub tensor: TensorId,
+    /// A `Transpose` between the constant and the layer, when there is one.
+    pub transpose: Option<NodeId>,
+    /// The axis of the stored constant that runs over the input features.
+    pub in_axis: usize,
+}
+
+impl WeightRef {
+    /// The axis of the stored constant that runs over the output features.
+    pub fn out_axis(&self) -> usize {
+        1 - self.in_axis
+    }
+}
+
+/// A constant bias added to a linear layer's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BiasRef {
+    /// The node that adds it (the `Gemm` itself or an `Add`) and the operand slot it sits in.
+    pub node: NodeId,
+    pub slot: usize,
+    pub konst: NodeId,
+    pub tensor: TensorId,
+}
+
+/// Which op computes the product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinearOp {
+    MatMul,
+    Gemm,
+}
+
+/// A linear layer `y = x W (+ b)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Linear {
+    /// The `MatMul` or `Gemm`.
+    pub node: NodeId,
+    pub op: LinearOp,
+    pub input: ValueId,
+    /// The operand slot of the weight on `node`.
+    pub weight_slot: usize,
+    pub weight: WeightRef,
+    pub bias: Option<BiasRef>,
+    /// The layer's result: the bias `Add` when there is one, else `node`'s result.
+    pub output: ValueId,
+    pub in_features: i64,
+    pub out_features: i64,
+}
+
+/// The constant 2-D weight behind operand `w`, directly or through one 2-D `Transpose`.
+/// `transposed_use` says whether the layer reads the operand transposed (`Gemm` with `transB`).
+fn weight_ref(m: &Module, g: &Graph, w: ValueId, transposed_use: bool) -> Option<WeightRef> {
+    let (konst_val, through) = match &g.node(w.node).op {
+        Op::Transpose(a) => {
+            let perm_ok = match &a.perm {
+                None => true,
+                Some(p) => p.as_slice() == [1, 0],
+            };
+            if !perm_ok {
+                return None;
+            }
+            (g.node(w.node).operand(0)?, Some(w.node))
+        }
+        _ => (w, None),
+    };
+    let tensor = const_tensor(g, konst_val)?;
+    let data = m.tensor(tensor);
+    if data.dims.len() != 2 || !data.dtype.is_float() {
+        return None;
+    }
+    // The stored constant is [in, out] unless exactly one of (Transpose node, transB) flips it.
+    let flipped = through.is_some() != transposed_use;
+    Some(WeightRef { konst: konst_val.node, tensor, transpose: through, in_axis: if flipped { 1 } else { 0 } })
+}
+
+/// The linear layer computed by node `n`, if it is one.
+pub fn match_linear(m: &Module, g: &Graph, n: NodeId) -> Option<Linear> {
+    let node = g.node(n);
+    let (op, input, wv, trans_b, mut bias) = match &node.op {
+        Op::MatMul => (LinearOp::MatMul, node.operand(0)?, node.operand(1)?, false, None),
+        Op::Gemm(a) => {
+            if a.trans_a.unwrap_or(0) != 0 {
+                return None;
+            }
+            let bias = match node.operand(2) {
+                Some(c) => {
+                    let t = const_tensor(g, c)?;
+                    Some(BiasRef { node: n, slot: 2, konst: c.node, tensor: t })
+                }
+                None => None,
+            };
+            (LinearOp::Gemm, node.operand(0)?, node.operand(1)?, a.trans_b.unwrap_or(0) != 0, bias)
+        }
+        _ => return None,
+    };
+    if const_tensor(g, input).is_some() {
+        return None;
+    }
+    let weight = weight_ref(m, g, wv, trans_b)?;
+    let dims = &m.tensor(weight.tensor).dims;
+    let in_features = dims[weight.in_axis];
+    let out_features = dims[weight.out_axis()];
+    let mut output = out0(n);
+    if op == LinearOp::MatMul {
+        // A bias is an Add of a constant with `out_features` elements along the last axis.
+        if let Some(user) = sole_user(g, output) {
+            if matches!(g.node(user).op, Op::Add) {
+                if let Some(b) = other_operand(g, user, output) {
+                    let ok = const_data(m, g, b)
+                        .is_some_and(|d| d.numel() == Some(out_features as u64) && d.dims.last() == Some(&out_features));
+                    if let (true, Some(t)) = (ok, const_tensor(g, b)) {
+                        let slot = if g.node(user).operand(0) == Some(b) { 0 } else { 1 };
+                        bias = Some(BiasRef { node: user, slot, konst: b.node, tensor: t });
+                        output = out0(user);
+                    }
+                }
+            }
+        }
+    }
+    Some(Linear { node: n, op, input, weight_slot: 1, weight, bias, output, in_features, out_features })
+}
+
+/// Every linear layer of a graph, in node-index order.
+pub fn find_linears(m: &Module, g: &Graph) -> Vec<Linear> {
+    g.node_ids().into_iter().filter_map(|n| match_linear(m, g, n)).collect()
+}

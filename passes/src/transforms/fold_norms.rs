@@ -1,0 +1,181 @@
+//! `fold-norms`: moves the gains of RMSNorm / LayerNorm layers into the linear layers that read
+//! them (ALGORITHMS.md §0.1.1), so the norms become O(d)-equivariant.
+//!
+//! Needs: nothing beyond a valid module; norms are found in every spelling (`ortho_ir::analysis::norm`).
+//! Leaves: for every norm over the last axis whose output feeds only linear readers (pre-norm),
+//! `W ← diag(γ) W` for each reader and `γ = 1`; for a LayerNorm with a shift β, each reader's
+//! bias gets `b ← b + β W` and `β = 0` (only when every reader has a bias; otherwise the norm is
+//! left alone and a note says why). Computed in f64 and cast once to each weight's dtype. Weights
+//! are copy-on-write: a weight that something else also reads — the embedding table a tied head
+//! reads through a Transpose — is copied for the folded reader (the head is untied; the
+//! embedding stays unscaled). Norms on the stream itself (post-LN, sandwich norms) cannot be
+//! folded and are reported in notes. LayerNorm stays a LayerNorm (its mean subtraction still
+//! admits only permutations; converting it to RMSNorm as SliceGPT does is not implemented).
+
+use crate::pass::{Pass, PassContext, PassError, PassResult};
+use crate::registry::PassInfo;
+use crate::transforms::weights::{self, Rewrite};
+use ortho_ir::analysis::norm::{NormKind, Norms};
+use ortho_ir::analysis::{match_linear, Linear};
+use ortho_ir::{Module, TensorData, TensorId};
+
+pub const INFO: PassInfo = PassInfo {
+    name: "fold-norms",
+    summary: "Folds RMSNorm/LayerNorm gains (and LayerNorm shifts) into the linear layers reading them.",
+    options: &[],
+    build,
+};
+
+fn build(_: &crate::options::PassOptions) -> Result<Box<dyn Pass>, String> {
+    Ok(Box::new(FoldNorms))
+}
+
+/// What [`fold_norms`] did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FoldNormsStats {
+    /// Norms whose parameters were folded.
+    pub folded: usize,
+    /// Reader weights rewritten.
+    pub readers: usize,
+    /// Weights copied because another reader kept the original (e.g. an untied head).
+    pub untied: usize,
+    /// Norms with a non-trivial gain or shift that could not be folded, with the reason.
+    pub skipped: Vec<String>,
+}
+
+/// How one rewritten constant is computed.
+enum Transform {
+    /// Multiply the fibers along `axis` by `s` (a reader's input features by γ).
+    Scale { axis: usize, s: Vec<f64> },
+    /// `b + β W` for the bias of a reader with weight `w` (input features on `in_axis`).
+    ShiftBias { w: TensorId, in_axis: usize, beta: Vec<f64> },
+    Fill(f64),
+}
+
+/// Folds every foldable norm of the main graph.
+pub fn fold_norms(m: &mut Module) -> Result<FoldNormsStats, PassError> {
+    let gid = m.main;
+    let g = m.graph(gid);
+    let norms = Norms::find(m, g);
+    let mut stats = FoldNormsStats::default();
+    let mut rewrites: Vec<Rewrite> = Vec::new();
+    let mut transforms: Vec<Transform> = Vec::new();
+    let mut push = |rw: &mut Vec<Rewrite>, t: Transform, consumer, slot, konst, transpose| {
+        transforms.push(t);
+        rw.push(Rewrite { consumer, slot, konst, transpose, key: transforms.len() - 1 });
+    };
+    for norm in &norms.list {
+        let gain = norm.gain.filter(|p| !p.trivial);
+        let shift = norm.bias.filter(|p| !p.trivial && norm.kind == NormKind::Layer);
+        if gain.is_none() && shift.is_none() {
+            continue;
+        }
+        let at = g.describe(norm.node);
+        if !norm.last_axis {
+            stats.skipped.push(format!("{at}: normalizes another axis than the last"));
+            continue;
+        }
+        let users = g.users(norm.output);
+        let readers: Option<Vec<Linear>> = users.iter().map(|&(u, slot)| if slot == 0 { match_linear(m, g, u) } else { None }).collect();
+        let readers = match readers {
+            Some(r) if !r.is_empty() && !g.outputs.iter().any(|o| o.value == norm.output) => r,
+            _ => {
+                stats.skipped.push(format!("{at}: its output is not read only by linear layers (a norm on the stream: post-LN or sandwich)"));
+                continue;
+            }
+        };
+        let vec_of = |p: ortho_ir::analysis::norm::NormParam, n: i64| -> Result<Vec<f64>, PassError> {
+            let v = weights::decode(m.tensor(p.tensor)).map_err(|e| PassError::at(g, p.konst, e))?;
+            match v.len() {
+                1 => Ok(vec![v[0]; n as usize]),
+                k if k as i64 == n => Ok(v),
+                k => Err(PassError::at(g, p.konst, format!("a norm parameter of {k} elements for {n} features"))),
+            }
+        };
+        let width = readers[0].in_features;
+        if readers.iter().any(|r| r.in_features != width) {
+            stats.skipped.push(format!("{at}: its readers disagree on the input width"));
+            continue;
+        }
+        if shift.is_some() && readers.iter().any(|r| r.bias.is_none()) {
+            stats.skipped.push(format!("{at}: LayerNorm shift β ≠ 0 and a reader without a bias to take it"));
+            continue;
+        }
+        for r in &readers {
+            if let Some(p) = gain {
+                push(&mut rewrites, Transform::Scale { axis: r.weight.in_axis, s: vec_of(p, width)? }, r.node, r.weight_slot, r.weight.konst, r.weight.transpose);
+            }
+            if let (Some(p), Some(b)) = (shift, r.bias) {
+                let t = Transform::ShiftBias { w: r.weight.tensor, in_axis: r.weight.in_axis, beta: vec_of(p, width)? };
+                push(&mut rewrites, t, b.node, b.slot, b.konst, None);
+            }
+        }
+        if let Some(p) = gain {
+            push(&mut rewrites, Transform::Fill(1.0), p.consumer, p.slot, p.konst, None);
+        }
+        if let Some(p) = shift {
+            push(&mut rewrites, Transform::Fill(0.0), p.consumer, p.slot, p.konst, None);
+        }
+        stats.folded += 1;
+        stats.readers += readers.len();
+    }
+    if rewrites.is_empty() {
+        return Ok(stats);
+    }
+    // The bias shifts read the original weights: take them before anything is replaced.
+    let originals: std::collections::HashMap<TensorId, Vec<f64>> = transforms
+        .iter()
+        .filter_map(|t| match t {
+            Transform::ShiftBias { w, .. } => Some(*w),
+            _ => None,
+        })
+        .map(|w| weights::decode(m.tensor(w)).map(|v| (w, v)))
+        .collect::<Result<_, _>>()
+        .map_err(PassError::new)?;
+    let dims_of: std::collections::HashMap<TensorId, Vec<i64>> = originals.keys().map(|&w| (w, m.tensor(w).dims.clone())).collect();
+    let make = |key: usize, old: &TensorData| -> Result<TensorData, String> {
+        let mut v = weights::decode(old)?;
+        match &transforms[key] {
+            Transform::Scale { axis, s } => weights::scale_axis(&mut v, &old.dims, *axis, s)?,
+            Transform::Fill(x) => v.iter_mut().for_each(|e| *e = *x),
+            Transform::ShiftBias { w, in_axis, beta } => {
+                let (wv, dims) = (&originals[w], &dims_of[w]);
+                let (rows, cols) = (dims[0] as usize, dims[1] as usize);
+                let out = if *in_axis == 0 { cols } else { rows };
+                if v.len() != out {
+                    return Err(format!("a bias of {} elements for {out} outputs", v.len()));
+                }
+                for (o, b) in v.iter_mut().enumerate() {
+                    *b += (0..beta.len()).map(|i| beta[i] * if *in_axis == 0 { wv[i * cols + o] } else { wv[o * cols + i] }).sum::<f64>();
+                }
+            }
+        }
+        weights::encode_like(old, &v)
+    };
+    let applied = weights::apply(m, gid, &rewrites, "folded", &make)?;
+    stats.untied = applied.copies;
+    Ok(stats)
+}
+
+struct FoldNorms;
+
+impl Pass for FoldNorms {
+    fn name(&self) -> &'static str {
+        INFO.name
+    }
+
+    fn run(&self, m: &mut Module, cx: &mut PassContext) -> Result<PassResult, PassError> {
+        let s = fold_norms(m)?;
+        cx.stat("folded", s.folded as u64);
+        cx.stat("readers", s.readers as u64);
+        cx.stat("untied", s.untied as u64);
+        cx.stat("skipped", s.skipped.len() as u64);
+        for n in &s.skipped {
+            cx.note(format!("not folded: {n}"));
+        }
+        if s.untied > 0 {
+            cx.note(format!("{} weight(s) copied so that other readers keep the original values (e.g. a head untied from the embedding)", s.untied));
+        }
+        Ok(PassResult::changed(s.folded > 0))
+    }
+}

@@ -1,0 +1,252 @@
+//! The orthogonal toolkit (ALGORITHMS.md §0.2): seeded construction of orthogonal matrices for
+//! any size, in f64, and their orthogonality error. Not a pass.
+//!
+//! - Haar: QR of a Gaussian matrix (faer), columns multiplied by `sign(diag R)` so the
+//!   distribution is exactly Haar on O(d).
+//! - Randomized Hadamard for any d: with `d = 2^k · m`, `m` odd, `Q = diag(s) · (H_{2^k}/√2^k ⊗ R_m)`
+//!   where `H` is Sylvester's Hadamard matrix, `R_m` a Haar m×m block and `s` random signs
+//!   (plain randomized Hadamard when m = 1; 576 = 64 · 9 gets H₆₄ ⊗ R₉).
+//! - Signed permutations and permutations, stored as index maps (applied without products).
+//!
+//! Convention: a row vector `v` of the stream maps to `v Q`. For a signed permutation,
+//! `(vQ)_j = s_j · v_{π(j)}`.
+
+use faer::Mat;
+
+/// A seeded generator (SplitMix64): small, portable, and the same stream on every machine.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x6A09_E667_F3BC_C909)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in (0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box–Muller).
+    pub fn normal(&mut self) -> f64 {
+        let (u, v) = (self.uniform(), self.uniform());
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    pub fn sign(&mut self) -> f64 {
+        if self.next_u64() & 1 == 0 {
+            1.0
+        } else {
+            -1.0
+        }
+    }
+}
+
+/// An orthogonal transform of the stream.
+#[derive(Debug, Clone)]
+pub enum Orthogonal {
+    Dense(Mat<f64>),
+    /// `(vQ)_j = signs[j] · v[perm[j]]`.
+    SignedPerm { perm: Vec<usize>, signs: Vec<f64> },
+}
+
+impl Orthogonal {
+    pub fn dim(&self) -> usize {
+        match self {
+            Orthogonal::Dense(q) => q.nrows(),
+            Orthogonal::SignedPerm { perm, .. } => perm.len(),
+        }
+    }
+
+    /// The dense matrix (for tests and error reports).
+    pub fn to_dense(&self) -> Mat<f64> {
+        match self {
+            Orthogonal::Dense(q) => q.clone(),
+            Orthogonal::SignedPerm { perm, signs } => {
+                let d = perm.len();
+                Mat::from_fn(d, d, |i, j| if perm[j] == i { signs[j] } else { 0.0 })
+            }
+        }
+    }
+
+    /// `‖QᵀQ − I‖_F`, computed in f64.
+    pub fn orthogonality_error(&self) -> f64 {
+        match self {
+            Orthogonal::SignedPerm { perm, signs } => {
+                // Exactly orthogonal when perm is a bijection and every sign is ±1.
+                let mut seen = vec![false; perm.len()];
+                let bijective = perm.iter().all(|&p| p < seen.len() && !std::mem::replace(&mut seen[p], true));
+                if bijective && signs.iter().all(|s| s.abs() == 1.0) {
+                    0.0
+                } else {
+                    f64::INFINITY
+                }
+            }
+            Orthogonal::Dense(q) => {
+                let mut qtq = Mat::<f64>::zeros(q.ncols(), q.ncols());
+                faer::linalg::matmul::matmul(qtq.as_mut(), faer::Accum::Replace, q.transpose(), q.as_ref(), 1.0, faer::Par::rayon(0));
+                let mut s = 0.0;
+                for j in 0..q.ncols() {
+                    for i in 0..q.ncols() {
+                        let e = qtq[(i, j)] - if i == j { 1.0 } else { 0.0 };
+                        s += e * e;
+                    }
+                }
+                s.sqrt()
+            }
+        }
+    }
+}
+
+/// A Haar-distributed orthogonal d×d matrix.
+pub fn haar(d: usize, rng: &mut Rng) -> Mat<f64> {
+    let g = Mat::from_fn(d, d, |_, _| rng.normal());
+    let qr = g.qr();
+    let mut q = qr.compute_Q();
+    let r = qr.R();
+    for j in 0..d {
+        if r[(j, j)] < 0.0 {
+            for i in 0..d {
+                q[(i, j)] = -q[(i, j)];
+            }
+        }
+    }
+    q
+}
+
+/// A randomized Hadamard transform for any d (see the module doc); returns it and a description.
+pub fn hadamard(d: usize, rng: &mut Rng) -> (Mat<f64>, String) {
+    let k = d.trailing_zeros();
+    let p = 1usize << k;
+    let m = d / p;
+    if p == 1 {
+        return (haar(d, rng), format!("Haar {d} (d has no power-of-two factor)"));
+    }
+    // Sylvester: H[i][j] = (-1)^popcount(i & j), normalized.
+    let scale = 1.0 / (p as f64).sqrt();
+    let h = |i: usize, j: usize| if (i & j).count_ones() % 2 == 0 { scale } else { -scale };
+    let r = if m > 1 { Some(haar(m, rng)) } else { None };
+    let signs: Vec<f64> = (0..d).map(|_| rng.sign()).collect();
+    let q = Mat::from_fn(d, d, |row, col| {
+        let (i, a) = (row / m, row % m);
+        let (j, b) = (col / m, col % m);
+        let block = match &r {
+            Some(r) => r[(a, b)],
+            None => 1.0,
+        };
+        signs[row] * h(i, j) * block
+    });
+    let desc = if m == 1 { format!("randomized Hadamard {p}") } else { format!("randomized Hadamard {p} ⊗ Haar {m}") };
+    (q, desc)
+}
+
+/// A uniformly random permutation (Fisher–Yates).
+pub fn permutation(d: usize, rng: &mut Rng) -> Vec<usize> {
+    let mut p: Vec<usize> = (0..d).collect();
+    for i in (1..d).rev() {
+        let j = rng.below(i + 1);
+        p.swap(i, j);
+    }
+    p
+}
+
+/// `Y = X Q` for `X` stored row-major as `rows × d` (single-threaded: callers parallelize
+/// over tensors).
+pub fn right_multiply(x: &[f64], rows: usize, q: &Orthogonal) -> Vec<f64> {
+    let d = q.dim();
+    match q {
+        Orthogonal::SignedPerm { perm, signs } => {
+            let mut y = vec![0.0; x.len()];
+            for r in 0..rows {
+                let (src, dst) = (&x[r * d..(r + 1) * d], &mut y[r * d..(r + 1) * d]);
+                for j in 0..d {
+                    dst[j] = signs[j] * src[perm[j]];
+                }
+            }
+            y
+        }
+        Orthogonal::Dense(qm) => {
+            let mut y = vec![0.0; x.len()];
+            let xm = faer::MatRef::from_row_major_slice(x, rows, d);
+            let ym = faer::MatMut::from_row_major_slice_mut(&mut y, rows, d);
+            faer::linalg::matmul::matmul(ym, faer::Accum::Replace, xm, qm.as_ref(), 1.0, faer::Par::Seq);
+            y
+        }
+    }
+}
+
+/// `Y = Qᵀ X` for `X` stored row-major as `d × cols` (every column `w` becomes `Qᵀ w`, i.e.
+/// the row vector `wᵀ` becomes `wᵀ Q`).
+pub fn left_multiply_transposed(x: &[f64], cols: usize, q: &Orthogonal) -> Vec<f64> {
+    let d = q.dim();
+    match q {
+        Orthogonal::SignedPerm { perm, signs } => {
+            let mut y = vec![0.0; x.len()];
+            for j in 0..d {
+                let src = &x[perm[j] * cols..(perm[j] + 1) * cols];
+                for (c, v) in y[j * cols..(j + 1) * cols].iter_mut().enumerate() {
+                    *v = signs[j] * src[c];
+                }
+            }
+            y
+        }
+        Orthogonal::Dense(qm) => {
+            let mut y = vec![0.0; x.len()];
+            let xm = faer::MatRef::from_row_major_slice(x, d, cols);
+            let ym = faer::MatMut::from_row_major_slice_mut(&mut y, d, cols);
+            faer::linalg::matmul::matmul(ym, faer::Accum::Replace, qm.transpose(), xm, 1.0, faer::Par::Seq);
+            y
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constructions_are_orthogonal() {
+        let mut rng = Rng::new(7);
+        for d in [1, 2, 9, 64, 576] {
+            let q = Orthogonal::Dense(haar(d, &mut rng));
+            assert!(q.orthogonality_error() < 1e-12, "haar {d}: {}", q.orthogonality_error());
+        }
+        for d in [8, 12, 576, 3] {
+            let (h, desc) = hadamard(d, &mut rng);
+            let e = Orthogonal::Dense(h).orthogonality_error();
+            assert!(e < 1e-12, "{desc}: {e}");
+        }
+        let p = permutation(10, &mut rng);
+        let mut s = p.clone();
+        s.sort();
+        assert_eq!(s, (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn products_agree_with_the_dense_form() {
+        let mut rng = Rng::new(3);
+        let d = 6;
+        let perm = permutation(d, &mut rng);
+        let signs: Vec<f64> = (0..d).map(|_| rng.sign()).collect();
+        let sp = Orthogonal::SignedPerm { perm, signs };
+        let dense = Orthogonal::Dense(sp.to_dense());
+        let x: Vec<f64> = (0..2 * d).map(|i| i as f64 * 0.5 - 1.0).collect();
+        assert_eq!(right_multiply(&x, 2, &sp), right_multiply(&x, 2, &dense));
+        let w: Vec<f64> = (0..d * 3).map(|i| (i as f64).sin()).collect();
+        let a = left_multiply_transposed(&w, 3, &sp);
+        let b = left_multiply_transposed(&w, 3, &dense);
+        assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-15));
+    }
+}
