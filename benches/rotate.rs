@@ -14,21 +14,35 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let fixtures = std::env::var_os("ORTHO_FIXTURES").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/ortho-opt/fixtures")
-    });
-    let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(3).max(1);
+    let fixtures = std::env::var_os("ORTHO_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/ortho-opt/fixtures")
+        });
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
+        .max(1);
     let out_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-rotate");
     let _ = std::fs::create_dir_all(&out_dir);
-    println!("{:<12} {:<20} {:>10} {:>10} {:>10} {:>12}", "model", "kind", "import s", "export s", "fold s", "rotate s");
+    println!(
+        "{:<12} {:<20} {:>10} {:>10} {:>10} {:>12}",
+        "model", "kind", "import s", "export s", "fold s", "rotate s"
+    );
     for style in ["decomposed", "fused"] {
         let model = fixtures.join(format!("smollm2-135m/{style}.onnx"));
         if !model.is_file() {
-            println!("rotate bench: {} missing (run scripts/fixtures.sh); skipping", model.display());
+            println!(
+                "rotate bench: {} missing (run scripts/fixtures.sh); skipping",
+                model.display()
+            );
             return;
         }
         for kind in ["haar", "hadamard", "signed-permutation"] {
-            let (mut imp, mut exp, mut fold, mut rot) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let (mut imp, mut exp, mut fold, mut rot) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for _ in 0..runs {
                 let t = Instant::now();
                 let Ok(mut m) = ortho_frontends::import_file(&model) else {
@@ -43,7 +57,11 @@ fn main() {
                 }
                 fold.push(t.elapsed().as_secs_f64());
                 let t = Instant::now();
-                let opts = ortho_passes::RotateResidualOptions { kind: ortho_passes::RotationKind::parse(kind).unwrap_or(ortho_passes::RotationKind::Haar), seed: 7 };
+                let opts = ortho_passes::RotateResidualOptions {
+                    kind: ortho_passes::RotationKind::parse(kind)
+                        .unwrap_or(ortho_passes::RotationKind::Haar),
+                    seed: 7,
+                };
                 if let Err(e) = ortho_passes::rotate_residual(&mut m, &opts) {
                     println!("rotate-residual failed: {e}");
                     return;

@@ -38,7 +38,11 @@ fn main() {
             PathBuf::from(home).join(".cache/ortho-opt/fixtures")
         });
     let model_dir = fixtures.join("smollm2-135m");
-    let missing: Vec<&str> = MODELS.iter().copied().filter(|m| !model_dir.join(m).is_file()).collect();
+    let missing: Vec<&str> = MODELS
+        .iter()
+        .copied()
+        .filter(|m| !model_dir.join(m).is_file())
+        .collect();
     if !missing.is_empty() {
         println!(
             "roundtrip bench: fixtures missing in {} ({}).\n\
@@ -62,9 +66,16 @@ fn main() {
         .unwrap_or_else(|| fixtures.join("venv/bin/python"));
     let have_python = python.is_file();
     if !have_python {
-        println!("note: {} not found (set ORTHO_PYTHON); skipping the Python reference", python.display());
+        println!(
+            "note: {} not found (set ORTHO_PYTHON); skipping the Python reference",
+            python.display()
+        );
     }
-    let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|s| s.parse().ok()).filter(|&n| n > 0).unwrap_or(3);
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(3);
     let gnu_time = Path::new(GNU_TIME).is_file();
     if !gnu_time {
         println!("note: {GNU_TIME} not found; reporting wall time only (no peak RSS)");
@@ -85,20 +96,35 @@ fn main() {
         let model = model_dir.join(name);
         let model_bytes = std::fs::metadata(&model).map(|m| m.len()).unwrap_or(1) as f64;
         let mut tools = vec![
-            Tool { label: "cp", argv: vec!["/bin/cp".into(), s(&model), s(&out)] },
+            Tool {
+                label: "cp",
+                argv: vec!["/bin/cp".into(), s(&model), s(&out)],
+            },
             Tool {
                 label: "ortho-opt (import+export)",
                 argv: vec![s(&bin), s(&model), "-o".into(), s(&out)],
             },
             Tool {
                 label: "ortho-opt --external-data",
-                argv: vec![s(&bin), s(&model), "-o".into(), s(&out), "--external-data".into()],
+                argv: vec![
+                    s(&bin),
+                    s(&model),
+                    "-o".into(),
+                    s(&out),
+                    "--external-data".into(),
+                ],
             },
         ];
         if have_python {
             tools.push(Tool {
                 label: "python onnx.load+save",
-                argv: vec![s(&python), "-c".into(), PY_ROUNDTRIP.into(), s(&model), s(&out)],
+                argv: vec![
+                    s(&python),
+                    "-c".into(),
+                    PY_ROUNDTRIP.into(),
+                    s(&model),
+                    s(&out),
+                ],
             });
         }
         let mut cp_secs = None;
@@ -124,9 +150,14 @@ fn main() {
                 name,
                 tool.label,
                 m.secs,
-                m.rss_kib.map_or("-".into(), |k| format!("{:.0}", k as f64 / 1024.0)),
+                m.rss_kib
+                    .map_or("-".into(), |k| format!("{:.0}", k as f64 / 1024.0)),
                 vs_cp.map_or("-".into(), |v| format!("{v:.2}×")),
-                if tool.label == "cp" { String::new() } else { rss_ratio.map_or("-".into(), |r| format!("{r:.2}×")) },
+                if tool.label == "cp" {
+                    String::new()
+                } else {
+                    rss_ratio.map_or("-".into(), |r| format!("{r:.2}×"))
+                },
             );
         }
         verdicts.push((name, verdict));
@@ -140,7 +171,9 @@ fn main() {
             Some((t, rss)) => {
                 let t_ok = t <= TARGET_TIME;
                 let r_ok = rss.is_none_or(|r| r <= TARGET_RSS);
-                let rss_txt = rss.map_or("RSS n/a".into(), |r| format!("RSS {r:.2}× {}", ok(r <= TARGET_RSS)));
+                let rss_txt = rss.map_or("RSS n/a".into(), |r| {
+                    format!("RSS {r:.2}× {}", ok(r <= TARGET_RSS))
+                });
                 format!(
                     "{} (time {t:.2}× {}, {rss_txt})",
                     if t_ok && r_ok { "PASS" } else { "MISS" },
@@ -174,7 +207,11 @@ fn measure(tool: &Tool, runs: usize, gnu_time: bool, tmp: &Path) -> Result<Measu
     rss.sort_unstable();
     Ok(Measurement {
         secs: secs[secs.len() / 2],
-        rss_kib: if rss.len() == runs { Some(rss[rss.len() / 2]) } else { None },
+        rss_kib: if rss.len() == runs {
+            Some(rss[rss.len() / 2])
+        } else {
+            None
+        },
     })
 }
 
@@ -187,16 +224,24 @@ fn run_once(tool: &Tool, gnu_time: bool, tmp: &Path) -> Result<(f64, Option<u64>
     let time_file = tmp.join("time.txt");
     let mut cmd = if gnu_time {
         let mut c = Command::new(GNU_TIME);
-        c.arg("-f").arg("%e %M").arg("-o").arg(&time_file).args(&tool.argv);
+        c.arg("-f")
+            .arg("%e %M")
+            .arg("-o")
+            .arg(&time_file)
+            .args(&tool.argv);
         c
     } else {
         let mut c = Command::new(&tool.argv[0]);
         c.args(&tool.argv[1..]);
         c
     };
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     let start = Instant::now();
-    let output = cmd.output().map_err(|e| format!("spawn {}: {e}", tool.argv[0]))?;
+    let output = cmd
+        .output()
+        .map_err(|e| format!("spawn {}: {e}", tool.argv[0]))?;
     let secs = start.elapsed().as_secs_f64();
     if !output.status.success() {
         let err = String::from_utf8_lossy(&output.stderr);
@@ -205,9 +250,12 @@ fn run_once(tool: &Tool, gnu_time: bool, tmp: &Path) -> Result<(f64, Option<u64>
         return Err(format!("{} — {}", output.status, tail.join(" | ")));
     }
     let rss = if gnu_time {
-        std::fs::read_to_string(&time_file)
-            .ok()
-            .and_then(|t| t.lines().last().and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse().ok()))
+        std::fs::read_to_string(&time_file).ok().and_then(|t| {
+            t.lines()
+                .last()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse().ok())
+        })
     } else {
         None
     };

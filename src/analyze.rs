@@ -4,7 +4,9 @@
 use crate::DriverOutput;
 use clap::Parser;
 use ortho_ir::analysis::transformer::{Block, Branch, BranchKind, Placement, Structure};
-use ortho_ir::analysis::{analyze_transformer, head_spaces, Attention, Linear, Mlp, Norm, StreamClass};
+use ortho_ir::analysis::{
+    analyze_transformer, head_spaces, Attention, Linear, Mlp, Norm, StreamClass,
+};
 use ortho_ir::{Graph, Module, NodeId, ValueId};
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -31,7 +33,15 @@ pub fn run(args: &[String]) -> DriverOutput {
         Err(e) => {
             let code = if e.use_stderr() { 2 } else { 0 };
             let text = e.render().to_string();
-            return if code == 0 { DriverOutput::ok(text, String::new()) } else { DriverOutput { code, stdout: String::new(), stderr: text } };
+            return if code == 0 {
+                DriverOutput::ok(text, String::new())
+            } else {
+                DriverOutput {
+                    code,
+                    stdout: String::new(),
+                    stderr: text,
+                }
+            };
         }
     };
     let shown = a.input.display().to_string();
@@ -47,7 +57,10 @@ pub fn run(args: &[String]) -> DriverOutput {
         let mut outs = Vec::new();
         let mut code = 0;
         for (i, case) in text.split("\n// -----").enumerate() {
-            match ortho_ir::text::parse_module(case).map_err(|e| e.to_string()).and_then(|m| render(&m, &shown, a.json)) {
+            match ortho_ir::text::parse_module(case)
+                .map_err(|e| e.to_string())
+                .and_then(|m| render(&m, &shown, a.json))
+            {
                 Ok(t) => outs.push(t),
                 Err(e) => {
                     code = 1;
@@ -55,7 +68,11 @@ pub fn run(args: &[String]) -> DriverOutput {
                 }
             }
         }
-        return DriverOutput { code, stdout: outs.join("// -----\n"), stderr: String::new() };
+        return DriverOutput {
+            code,
+            stdout: outs.join("// -----\n"),
+            stderr: String::new(),
+        };
     }
     let module = if is_oir {
         match std::fs::read_to_string(&a.input) {
@@ -83,7 +100,11 @@ fn render(m: &Module, shown: &str, json: bool) -> Result<String, String> {
     }
     let s = analyze_transformer(m, m.main);
     let g = m.main_graph();
-    Ok(if json { to_json(m, g, &s, shown).to_string() + "\n" } else { summary(m, g, &s, shown) })
+    Ok(if json {
+        to_json(m, g, &s, shown).to_string() + "\n"
+    } else {
+        summary(m, g, &s, shown)
+    })
 }
 
 fn val(g: &Graph, v: ValueId) -> String {
@@ -91,7 +112,11 @@ fn val(g: &Graph, v: ValueId) -> String {
 }
 
 fn const_name(g: &Graph, n: NodeId) -> String {
-    g.node(n).outputs.first().map(|o| format!("%{}", o.name)).unwrap_or_default()
+    g.node(n)
+        .outputs
+        .first()
+        .map(|o| format!("%{}", o.name))
+        .unwrap_or_default()
 }
 
 fn linear_text(l: &Linear) -> String {
@@ -102,18 +127,38 @@ fn norm_text(s: &Structure, i: Option<usize>) -> String {
     match i {
         Some(i) => {
             let n = &s.gauge.norms.list[i];
-            format!("{}{}", n.describe(), if n.gain_is_one() { " γ=1" } else { "" })
+            format!(
+                "{}{}",
+                n.describe(),
+                if n.gain_is_one() { " γ=1" } else { "" }
+            )
         }
         None => "no norm".into(),
     }
 }
 
 fn attention_text(a: &Attention) -> String {
-    let p = |name: &str, l: Option<Linear>| l.map(|l| format!("{name} {}", linear_text(&l))).unwrap_or_else(|| format!("{name} ?"));
-    let mut t = format!("attention {}, {}, {}, o {}", p("q", a.q), p("k", a.k), p("v", a.v), linear_text(&a.o));
+    let p = |name: &str, l: Option<Linear>| {
+        l.map(|l| format!("{name} {}", linear_text(&l)))
+            .unwrap_or_else(|| format!("{name} ?"))
+    };
+    let mut t = format!(
+        "attention {}, {}, {}, o {}",
+        p("q", a.q),
+        p("k", a.k),
+        p("v", a.v),
+        linear_text(&a.o)
+    );
     let opt = |x: Option<i64>| x.map(|v| v.to_string()).unwrap_or_else(|| "?".into());
-    let plural = |x: Option<i64>, what: &str| format!("{} {what}{}", opt(x), if x == Some(1) { "" } else { "s" });
-    let _ = write!(t, "; {}, {}", plural(a.heads, "head"), plural(a.kv_heads, "KV head"));
+    let plural = |x: Option<i64>, what: &str| {
+        format!("{} {what}{}", opt(x), if x == Some(1) { "" } else { "s" })
+    };
+    let _ = write!(
+        t,
+        "; {}, {}",
+        plural(a.heads, "head"),
+        plural(a.kv_heads, "KV head")
+    );
     if let Some(gs) = a.group_size().filter(|&x| x > 1) {
         let _ = write!(t, " (GQA, groups of {gs})");
     }
@@ -131,20 +176,35 @@ fn attention_text(a: &Attention) -> String {
 
 fn mlp_text(m: &Mlp) -> String {
     let gate = if m.gate.is_some() { "gate/up" } else { "up" };
-    format!("{} MLP {}→{}→{} ({gate}, activation {})", m.kind.name(), m.up.in_features, m.hidden, m.down.out_features, m.activation)
+    format!(
+        "{} MLP {}→{}→{} ({gate}, activation {})",
+        m.kind.name(),
+        m.up.in_features,
+        m.hidden,
+        m.down.out_features,
+        m.activation
+    )
 }
 
 fn branch_text(s: &Structure, b: &Branch) -> String {
     let what = match &b.kind {
         BranchKind::Attention(a) => attention_text(a),
         BranchKind::Mlp(m) => mlp_text(m),
-        BranchKind::Unknown => format!("unrecognized branch writing through {}", linear_text(&b.writer)),
+        BranchKind::Unknown => format!(
+            "unrecognized branch writing through {}",
+            linear_text(&b.writer)
+        ),
     };
     format!("{} → {what}", norm_text(s, b.norm))
 }
 
 fn block_text(s: &Structure, b: &Block) -> String {
-    [b.attention, b.mlp, b.other].iter().flatten().map(|&i| branch_text(s, &s.branches[i])).collect::<Vec<_>>().join(" | ")
+    [b.attention, b.mlp, b.other]
+        .iter()
+        .flatten()
+        .map(|&i| branch_text(s, &s.branches[i]))
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 fn placement(p: Placement) -> &'static str {
@@ -157,17 +217,37 @@ fn placement(p: Placement) -> &'static str {
 
 fn summary(m: &Module, g: &Graph, s: &Structure, shown: &str) -> String {
     let mut o = String::new();
-    let ops = g.node_ids().into_iter().filter(|n| !g.node(*n).op.is_structural()).count();
+    let ops = g
+        .node_ids()
+        .into_iter()
+        .filter(|n| !g.node(*n).op.is_structural())
+        .count();
     let _ = writeln!(o, "model: {shown}");
     let _ = writeln!(o, "graph @{}: {ops} ops ({} independent of the stream: positions, masks, tables, weight layouts)", g.name, s.auxiliary);
     let Some(main) = s.gauge.main() else {
-        let _ = writeln!(o, "residual stream: none found (no Gather of a constant [vocab, d] table)");
+        let _ = writeln!(
+            o,
+            "residual stream: none found (no Gather of a constant [vocab, d] table)"
+        );
         unmatched(&mut o, g, s);
         return o;
     };
-    let _ = writeln!(o, "residual stream: d = {}, {} stream tensors, {}", main.width, s.stream.len(), placement(s.placement));
+    let _ = writeln!(
+        o,
+        "residual stream: d = {}, {} stream tensors, {}",
+        main.width,
+        s.stream.len(),
+        placement(s.placement)
+    );
     for e in &s.embeddings {
-        let _ = writeln!(o, "embedding: {} of a [{}, {}] table {}", g.describe(e.node), e.vocab, e.width, const_name(g, e.table));
+        let _ = writeln!(
+            o,
+            "embedding: {} of a [{}, {}] table {}",
+            g.describe(e.node),
+            e.vocab,
+            e.width,
+            const_name(g, e.table)
+        );
     }
     let _ = writeln!(o, "blocks: {}", s.blocks.len());
     let mut i = 0;
@@ -177,20 +257,43 @@ fn summary(m: &Module, g: &Graph, s: &Structure, shown: &str) -> String {
         while j < s.blocks.len() && block_text(s, &s.blocks[j]) == t {
             j += 1;
         }
-        let range = if j - i == 1 { format!("block {i}") } else { format!("blocks {i}–{} ({}×)", j - 1, j - i) };
+        let range = if j - i == 1 {
+            format!("block {i}")
+        } else {
+            format!("blocks {i}–{} ({}×)", j - 1, j - i)
+        };
         let _ = writeln!(o, "  {range}: {t}");
         i = j;
     }
     if let Some(f) = s.final_norm {
-        let _ = writeln!(o, "final norm: {} at {}", norm_text(s, Some(f)), g.describe(s.gauge.norms.list[f].node));
+        let _ = writeln!(
+            o,
+            "final norm: {} at {}",
+            norm_text(s, Some(f)),
+            g.describe(s.gauge.norms.list[f].node)
+        );
     }
     for h in &s.heads {
-        let tie = if h.tied { "tied to the embedding" } else { "untied" };
-        let _ = writeln!(o, "head: {} {} ({tie}, weight {})", g.describe(h.linear.node), linear_text(&h.linear), const_name(g, h.linear.weight.konst));
+        let tie = if h.tied {
+            "tied to the embedding"
+        } else {
+            "untied"
+        };
+        let _ = writeln!(
+            o,
+            "head: {} {} ({tie}, weight {})",
+            g.describe(h.linear.node),
+            linear_text(&h.linear),
+            const_name(g, h.linear.weight.konst)
+        );
     }
     let norms: Vec<&Norm> = main.norms.iter().map(|&i| &s.gauge.norms.list[i]).collect();
     let gains = norms.iter().filter(|n| !n.gain_is_one()).count();
-    let _ = writeln!(o, "norms: {} on the stream ({gains} with a gain γ ≠ 1)", norms.len());
+    let _ = writeln!(
+        o,
+        "norms: {} on the stream ({gains} with a gain γ ≠ 1)",
+        norms.len()
+    );
     unmatched(&mut o, g, s);
     for (k, c) in s.gauge.classes.iter().enumerate() {
         class_text(&mut o, m, g, c, k);
@@ -199,14 +302,26 @@ fn summary(m: &Module, g: &Graph, s: &Structure, shown: &str) -> String {
     for space in ["q/k", "v/o"] {
         let of: Vec<_> = spaces.iter().filter(|h| h.space == space).collect();
         if let Some(first) = of.first() {
-            let why = first.blocker.as_ref().map(|(n, r)| format!(" — {r} (first at {})", g.describe(*n))).unwrap_or_default();
+            let why = first
+                .blocker
+                .as_ref()
+                .map(|(n, r)| format!(" — {r} (first at {})", g.describe(*n)))
+                .unwrap_or_default();
             let what = match (space, first.admits) {
-                ("v/o", ortho_ir::analysis::Kind::Orthogonal) => "O(head_dim) per KV head".to_string(),
-                ("q/k", ortho_ir::analysis::Kind::Orthogonal) => "O(head_dim) per head, shared by q and k".to_string(),
+                ("v/o", ortho_ir::analysis::Kind::Orthogonal) => {
+                    "O(head_dim) per KV head".to_string()
+                }
+                ("q/k", ortho_ir::analysis::Kind::Orthogonal) => {
+                    "O(head_dim) per head, shared by q and k".to_string()
+                }
                 (_, k) => k.to_string(),
             };
             let same = of.iter().filter(|h| h.admits == first.admits).count();
-            let _ = writeln!(o, "head spaces {space}: {same} of {} attention branches admit {what}{why}", of.len());
+            let _ = writeln!(
+                o,
+                "head spaces {space}: {same} of {} attention branches admit {what}{why}",
+                of.len()
+            );
         }
     }
     o
@@ -243,11 +358,29 @@ fn class_text(o: &mut String, _m: &Module, g: &Graph, c: &StreamClass, k: usize)
         c.count_role(SiteRole::Bias),
         c.params.len()
     );
-    for need in [Group::ORTHOGONAL, Group::SIGNED_PERMUTATION, Group::PERMUTATION] {
-        let blocking: Vec<_> = c.blockers.iter().filter(|b| !b.allows.contains(need)).collect();
+    for need in [
+        Group::ORTHOGONAL,
+        Group::SIGNED_PERMUTATION,
+        Group::PERMUTATION,
+    ] {
+        let blocking: Vec<_> = c
+            .blockers
+            .iter()
+            .filter(|b| !b.allows.contains(need))
+            .collect();
         if let Some(b) = blocking.first() {
-            let more = if blocking.len() > 1 { format!(" (and {} more)", blocking.len() - 1) } else { String::new() };
-            let _ = writeln!(o, "  {} blocked by {}: {}{more}", need.strongest(), g.describe(b.node), b.reason());
+            let more = if blocking.len() > 1 {
+                format!(" (and {} more)", blocking.len() - 1)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                o,
+                "  {} blocked by {}: {}{more}",
+                need.strongest(),
+                g.describe(b.node),
+                b.reason()
+            );
         }
     }
 }
@@ -326,7 +459,14 @@ fn linear_json(g: &Graph, l: &Linear) -> Json {
         ("in", Json::Int(l.in_features)),
         ("out", Json::Int(l.out_features)),
         ("weight", Json::s(const_name(g, l.weight.konst))),
-        ("layout", Json::s(if l.weight.in_axis == 0 { "[in, out]" } else { "[out, in]" })),
+        (
+            "layout",
+            Json::s(if l.weight.in_axis == 0 {
+                "[in, out]"
+            } else {
+                "[out, in]"
+            }),
+        ),
         ("bias", Json::Bool(l.bias.is_some())),
     ])
 }
@@ -344,29 +484,41 @@ fn branch_json(g: &Graph, s: &Structure, i: usize) -> Json {
             ("kv_heads", Json::opt(a.kv_heads)),
             ("group_size", Json::opt(a.group_size())),
             ("head_dim", Json::opt(a.head_dim)),
-            ("rope", match a.rope {
-                Some(ortho_ir::analysis::RopeForm::Op) => Json::s("op"),
-                Some(ortho_ir::analysis::RopeForm::Decomposed) => Json::s("decomposed"),
-                None => Json::Null,
-            }),
+            (
+                "rope",
+                match a.rope {
+                    Some(ortho_ir::analysis::RopeForm::Op) => Json::s("op"),
+                    Some(ortho_ir::analysis::RopeForm::Decomposed) => Json::s("decomposed"),
+                    None => Json::Null,
+                },
+            ),
             ("fused", Json::Bool(a.fused.is_some())),
         ]),
         BranchKind::Mlp(m) => Json::obj(vec![
             ("type", Json::s("mlp")),
             ("kind", Json::s(m.kind.name())),
             ("activation", Json::s(m.activation.clone())),
-            ("gate", m.gate.map(|l| linear_json(g, &l)).unwrap_or(Json::Null)),
+            (
+                "gate",
+                m.gate.map(|l| linear_json(g, &l)).unwrap_or(Json::Null),
+            ),
             ("up", linear_json(g, &m.up)),
             ("down", linear_json(g, &m.down)),
             ("hidden", Json::Int(m.hidden)),
         ]),
-        BranchKind::Unknown => Json::obj(vec![("type", Json::s("unknown")), ("writer", linear_json(g, &b.writer))]),
+        BranchKind::Unknown => Json::obj(vec![
+            ("type", Json::s("unknown")),
+            ("writer", linear_json(g, &b.writer)),
+        ]),
     };
     let mut kv = match body {
         Json::Obj(kv) => kv,
         _ => Vec::new(),
     };
-    kv.push(("norm".into(), b.norm.map(|n| Json::Int(n as i64)).unwrap_or(Json::Null)));
+    kv.push((
+        "norm".into(),
+        b.norm.map(|n| Json::Int(n as i64)).unwrap_or(Json::Null),
+    ));
     kv.push(("residual_add".into(), Json::s(g.describe(b.add))));
     kv.push(("nodes".into(), Json::Int(b.nodes.len() as i64)));
     Json::Obj(kv)
@@ -395,7 +547,12 @@ fn to_json(_m: &Module, g: &Graph, s: &Structure, shown: &str) -> Json {
         .enumerate()
         .map(|(i, b)| {
             let part = |x: Option<usize>| x.map(|x| branch_json(g, s, x)).unwrap_or(Json::Null);
-            Json::obj(vec![("index", Json::Int(i as i64)), ("attention", part(b.attention)), ("mlp", part(b.mlp)), ("other", part(b.other))])
+            Json::obj(vec![
+                ("index", Json::Int(i as i64)),
+                ("attention", part(b.attention)),
+                ("mlp", part(b.mlp)),
+                ("other", part(b.other)),
+            ])
         })
         .collect();
     let classes = s
@@ -407,9 +564,39 @@ fn to_json(_m: &Module, g: &Graph, s: &Structure, shown: &str) -> Json {
             Json::obj(vec![
                 ("width", Json::Int(c.width)),
                 ("admits", admits),
-                ("families", Json::Arr(c.admits.families().into_iter().map(Json::s).collect())),
-                ("tensors", Json::Arr(c.values.iter().map(|v| Json::obj(vec![("value", Json::s(val(g, *v))), ("admits", Json::s(c.admits.strongest().key()))])).collect())),
-                ("blockers", Json::Arr(c.blockers.iter().map(|b| Json::obj(vec![("node", Json::s(g.describe(b.node))), ("reason", Json::s(b.reason())), ("allows", Json::s(b.allows.strongest().key()))])).collect())),
+                (
+                    "families",
+                    Json::Arr(c.admits.families().into_iter().map(Json::s).collect()),
+                ),
+                (
+                    "tensors",
+                    Json::Arr(
+                        c.values
+                            .iter()
+                            .map(|v| {
+                                Json::obj(vec![
+                                    ("value", Json::s(val(g, *v))),
+                                    ("admits", Json::s(c.admits.strongest().key())),
+                                ])
+                            })
+                            .collect(),
+                    ),
+                ),
+                (
+                    "blockers",
+                    Json::Arr(
+                        c.blockers
+                            .iter()
+                            .map(|b| {
+                                Json::obj(vec![
+                                    ("node", Json::s(g.describe(b.node))),
+                                    ("reason", Json::s(b.reason())),
+                                    ("allows", Json::s(b.allows.strongest().key())),
+                                ])
+                            })
+                            .collect(),
+                    ),
+                ),
                 ("fold_sites", Json::Int(c.sites.len() as i64)),
                 ("gains", Json::Int(c.params.len() as i64)),
             ])
@@ -422,7 +609,12 @@ fn to_json(_m: &Module, g: &Graph, s: &Structure, shown: &str) -> Json {
                 ("branch", Json::Int(h.branch as i64)),
                 ("space", Json::s(h.space)),
                 ("admits", Json::s(h.admits.key())),
-                ("blocker", h.blocker.map(|(n, r)| Json::s(format!("{}: {r}", g.describe(n)))).unwrap_or(Json::Null)),
+                (
+                    "blocker",
+                    h.blocker
+                        .map(|(n, r)| Json::s(format!("{}: {r}", g.describe(n))))
+                        .unwrap_or(Json::Null),
+                ),
             ])
         })
         .collect();
@@ -431,14 +623,73 @@ fn to_json(_m: &Module, g: &Graph, s: &Structure, shown: &str) -> Json {
         ("graph", Json::s(g.name.clone())),
         ("width", Json::opt(s.width)),
         ("placement", Json::s(placement(s.placement))),
-        ("embeddings", Json::Arr(s.embeddings.iter().map(|e| Json::obj(vec![("node", Json::s(g.describe(e.node))), ("table", Json::s(const_name(g, e.table))), ("vocab", Json::Int(e.vocab)), ("width", Json::Int(e.width))])).collect())),
-        ("stream", Json::Arr(s.stream.iter().map(|v| Json::s(val(g, *v))).collect())),
+        (
+            "embeddings",
+            Json::Arr(
+                s.embeddings
+                    .iter()
+                    .map(|e| {
+                        Json::obj(vec![
+                            ("node", Json::s(g.describe(e.node))),
+                            ("table", Json::s(const_name(g, e.table))),
+                            ("vocab", Json::Int(e.vocab)),
+                            ("width", Json::Int(e.width)),
+                        ])
+                    })
+                    .collect(),
+            ),
+        ),
+        (
+            "stream",
+            Json::Arr(s.stream.iter().map(|v| Json::s(val(g, *v))).collect()),
+        ),
         ("blocks", Json::Arr(blocks)),
         ("norms", Json::Arr(norms)),
-        ("final_norm", s.final_norm.map(|i| Json::Int(i as i64)).unwrap_or(Json::Null)),
-        ("heads", Json::Arr(s.heads.iter().map(|h| Json::obj(vec![("linear", linear_json(g, &h.linear)), ("tied", Json::Bool(h.tied)), ("norm", h.norm.map(|i| Json::Int(i as i64)).unwrap_or(Json::Null))])).collect())),
-        ("unmatched", Json::Arr(s.unmatched.iter().map(|u| Json::obj(vec![("node", Json::s(g.describe(u.node))), ("why", Json::s(u.why.clone()))])).collect())),
+        (
+            "final_norm",
+            s.final_norm
+                .map(|i| Json::Int(i as i64))
+                .unwrap_or(Json::Null),
+        ),
+        (
+            "heads",
+            Json::Arr(
+                s.heads
+                    .iter()
+                    .map(|h| {
+                        Json::obj(vec![
+                            ("linear", linear_json(g, &h.linear)),
+                            ("tied", Json::Bool(h.tied)),
+                            (
+                                "norm",
+                                h.norm.map(|i| Json::Int(i as i64)).unwrap_or(Json::Null),
+                            ),
+                        ])
+                    })
+                    .collect(),
+            ),
+        ),
+        (
+            "unmatched",
+            Json::Arr(
+                s.unmatched
+                    .iter()
+                    .map(|u| {
+                        Json::obj(vec![
+                            ("node", Json::s(g.describe(u.node))),
+                            ("why", Json::s(u.why.clone())),
+                        ])
+                    })
+                    .collect(),
+            ),
+        ),
         ("auxiliary_nodes", Json::Int(s.auxiliary as i64)),
-        ("gauge", Json::obj(vec![("classes", Json::Arr(classes)), ("head_spaces", Json::Arr(spaces))])),
+        (
+            "gauge",
+            Json::obj(vec![
+                ("classes", Json::Arr(classes)),
+                ("head_spaces", Json::Arr(spaces)),
+            ]),
+        ),
     ])
 }

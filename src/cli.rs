@@ -100,7 +100,11 @@ impl Driver {
                 if code == 0 {
                     DriverOutput::ok(text, String::new())
                 } else {
-                    DriverOutput { code, stdout: String::new(), stderr: text }
+                    DriverOutput {
+                        code,
+                        stdout: String::new(),
+                        stderr: text,
+                    }
                 }
             }
         }

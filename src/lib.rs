@@ -20,9 +20,17 @@ pub struct DriverOutput {
 
 impl DriverOutput {
     pub fn ok(stdout: String, stderr: String) -> Self {
-        DriverOutput { code: 0, stdout, stderr }
+        DriverOutput {
+            code: 0,
+            stdout,
+            stderr,
+        }
     }
     pub fn error(stderr: String) -> Self {
-        DriverOutput { code: 1, stdout: String::new(), stderr }
+        DriverOutput {
+            code: 1,
+            stdout: String::new(),
+            stderr,
+        }
     }
 }

@@ -31,13 +31,23 @@ pub fn run(a: OptArgs) -> DriverOutput {
         return DriverOutput::ok(t, String::new());
     }
     let Some(input) = a.input.clone() else {
-        return DriverOutput { code: 2, stdout: String::new(), stderr: "error: no input file (see --help)\n".into() };
+        return DriverOutput {
+            code: 2,
+            stdout: String::new(),
+            stderr: "error: no input file (see --help)\n".into(),
+        };
     };
     let print = match a.elide_above.as_str() {
         "none" => PrintOptions { elide_above: None },
         s => match s.parse() {
-            Ok(n) => PrintOptions { elide_above: Some(n) },
-            Err(_) => return DriverOutput::error(format!("error: --elide-above expects a number or 'none', got '{s}'\n")),
+            Ok(n) => PrintOptions {
+                elide_above: Some(n),
+            },
+            Err(_) => {
+                return DriverOutput::error(format!(
+                    "error: --elide-above expects a number or 'none', got '{s}'\n"
+                ))
+            }
         },
     };
     let emit = match (a.emit.as_deref(), &a.output) {
@@ -48,11 +58,16 @@ pub fn run(a: OptArgs) -> DriverOutput {
         (None, None) => Emit::Oir,
     };
     if emit == Emit::Onnx && a.output.is_none() {
-        return DriverOutput::error("error: ONNX output needs -o FILE (or use --emit=oir)\n".into());
+        return DriverOutput::error(
+            "error: ONNX output needs -o FILE (or use --emit=oir)\n".into(),
+        );
     }
     if let Some(o) = &a.output {
         if same_file(o, &input) {
-            return DriverOutput::error(format!("error: refusing to write the output over the input '{}'\n", input.display()));
+            return DriverOutput::error(format!(
+                "error: refusing to write the output over the input '{}'\n",
+                input.display()
+            ));
         }
     }
     let job = Job { print, emit };
@@ -94,7 +109,11 @@ pub fn run(a: OptArgs) -> DriverOutput {
             outs.push(chunk);
         }
         let stdout = outs.join("// -----\n");
-        return DriverOutput { code, stdout, stderr: err };
+        return DriverOutput {
+            code,
+            stdout,
+            stderr: err,
+        };
     }
     let t0 = Instant::now();
     let module = if is_oir {
@@ -118,12 +137,22 @@ pub fn run(a: OptArgs) -> DriverOutput {
     match process(module, &a, &input, &job, &mut err) {
         Ok(Some(text)) => DriverOutput::ok(text, err),
         Ok(None) => DriverOutput::ok(String::new(), err),
-        Err(()) => DriverOutput { code: 1, stdout: String::new(), stderr: err },
+        Err(()) => DriverOutput {
+            code: 1,
+            stdout: String::new(),
+            stderr: err,
+        },
     }
 }
 
 /// Verifies, runs the pipeline and writes the result. Returns text for stdout when there is no -o.
-fn process(mut m: Module, a: &OptArgs, input: &Path, job: &Job, err: &mut String) -> Result<Option<String>, ()> {
+fn process(
+    mut m: Module,
+    a: &OptArgs,
+    input: &Path,
+    job: &Job,
+    err: &mut String,
+) -> Result<Option<String>, ()> {
     if let Err(d) = ortho_ir::verify::verify_module(&m) {
         let _ = write!(err, "error: {} failed verification: {d}", input.display());
         return Err(());
@@ -139,7 +168,10 @@ fn process(mut m: Module, a: &OptArgs, input: &Path, job: &Job, err: &mut String
             None
         }
         (Emit::Onnx, Some(path)) => {
-            let opts = ortho_frontends::ExportOptions { external_min_bytes: a.external_data, protected: vec![input.to_path_buf()] };
+            let opts = ortho_frontends::ExportOptions {
+                external_min_bytes: a.external_data,
+                protected: vec![input.to_path_buf()],
+            };
             match ortho_frontends::export_file(&m, path, &opts) {
                 Ok(stats) => {
                     if stats.external_forced {
@@ -180,7 +212,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let r = (|| {
         std::fs::write(&tmp, bytes)?;

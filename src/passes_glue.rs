@@ -12,12 +12,21 @@ pub fn list_passes() -> String {
 }
 
 /// Runs the pipeline of `a` on `m`; IR dumps, reports and errors are appended to `err`.
-pub fn run_pipeline(m: &mut Module, a: &OptArgs, input: &Path, print: PrintOptions, err: &mut String) -> Result<(), ()> {
+pub fn run_pipeline(
+    m: &mut Module,
+    a: &OptArgs,
+    input: &Path,
+    print: PrintOptions,
+    err: &mut String,
+) -> Result<(), ()> {
     let pipeline = match Pipeline::parse(&a.pass_pipeline) {
         Ok(p) => p,
         Err(e) => {
             let rendered = e.render(&a.pass_pipeline);
-            err.push_str(&format!("error: invalid --pass-pipeline: {}\n", rendered.strip_prefix("error: ").unwrap_or(&rendered)));
+            err.push_str(&format!(
+                "error: invalid --pass-pipeline: {}\n",
+                rendered.strip_prefix("error: ").unwrap_or(&rendered)
+            ));
             return Err(());
         }
     };
@@ -54,7 +63,11 @@ pub fn run_pipeline(m: &mut Module, a: &OptArgs, input: &Path, print: PrintOptio
     let result = pm.run(m, &input, &mut sink);
     match result {
         Ok(report) => {
-            if wants_report || !report.notes.is_empty() || !report.fixpoints.is_empty() || !report.bisect_skipped.is_empty() {
+            if wants_report
+                || !report.notes.is_empty()
+                || !report.fixpoints.is_empty()
+                || !report.bisect_skipped.is_empty()
+            {
                 err.push_str(&report.render(&opts));
             }
             Ok(())

@@ -4,7 +4,10 @@
 mod common;
 
 use common::{run, TempDir};
-use onnx_protobuf::{tensor_proto::DataLocation, type_proto, GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto, TypeProto, ValueInfoProto};
+use onnx_protobuf::{
+    tensor_proto::DataLocation, type_proto, GraphProto, Message, ModelProto, NodeProto,
+    OperatorSetIdProto, StringStringEntryProto, TensorProto, TypeProto, ValueInfoProto,
+};
 use std::path::Path;
 
 fn vi(name: &str, dims: &[i64]) -> ValueInfoProto {
@@ -71,13 +74,28 @@ fn write(dir: &Path, name: &str, m: &ModelProto) -> String {
 fn assert_refused(dir: &Path, input: &str, needles: &[&str]) {
     let out = dir.join("out.onnx");
     let r = run(&[input, "-o", out.to_str().expect("utf8")]);
-    assert_ne!(r.code, 0, "expected failure, got success; stderr: {}", r.stderr);
+    assert_ne!(
+        r.code, 0,
+        "expected failure, got success; stderr: {}",
+        r.stderr
+    );
     for n in needles {
-        assert!(r.stderr.contains(n), "stderr should mention {n:?}:\n{}", r.stderr);
+        assert!(
+            r.stderr.contains(n),
+            "stderr should mention {n:?}:\n{}",
+            r.stderr
+        );
     }
     assert!(!out.exists(), "no output file may be written on error");
-    let leftovers: Vec<_> = std::fs::read_dir(dir).expect("read dir").flatten().filter(|e| e.file_name().to_string_lossy().contains(".tmp-")).collect();
-    assert!(leftovers.is_empty(), "temporary files left behind: {leftovers:?}");
+    let leftovers: Vec<_> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "temporary files left behind: {leftovers:?}"
+    );
 }
 
 #[test]
@@ -98,7 +116,11 @@ fn truncated_file() {
     let bytes = model().write_to_bytes().expect("encode");
     let p = d.path().join("trunc.onnx");
     std::fs::write(&p, &bytes[..bytes.len() - 7]).expect("write");
-    assert_refused(d.path(), p.to_str().expect("utf8"), &["trunc.onnx", "not a valid ONNX model"]);
+    assert_refused(
+        d.path(),
+        p.to_str().expect("utf8"),
+        &["trunc.onnx", "not a valid ONNX model"],
+    );
 }
 
 #[test]
@@ -125,7 +147,11 @@ fn missing_initializer() {
     let mut m = model();
     m.graph.as_mut().expect("graph").initializer.clear();
     let input = write(d.path(), "m.onnx", &m);
-    assert_refused(d.path(), &input, &["m.onnx", "Add 'add0'", "input 'w' is not produced"]);
+    assert_refused(
+        d.path(),
+        &input,
+        &["m.onnx", "Add 'add0'", "input 'w' is not produced"],
+    );
 }
 
 #[test]
@@ -134,7 +160,11 @@ fn edge_to_nothing() {
     let mut m = model();
     m.graph.as_mut().expect("graph").output[0].name = "nowhere".into();
     let input = write(d.path(), "m.onnx", &m);
-    assert_refused(d.path(), &input, &["m.onnx", "output 'nowhere' is not produced"]);
+    assert_refused(
+        d.path(),
+        &input,
+        &["m.onnx", "output 'nowhere' is not produced"],
+    );
 }
 
 #[test]
@@ -155,7 +185,11 @@ fn duplicate_value_names() {
     let g = m.graph.as_mut().expect("graph");
     g.node.push(node("Neg", "neg0", &["x"], &["s"]));
     let input = write(d.path(), "m.onnx", &m);
-    assert_refused(d.path(), &input, &["m.onnx", "Neg 'neg0'", "'s' is produced more than once"]);
+    assert_refused(
+        d.path(),
+        &input,
+        &["m.onnx", "Neg 'neg0'", "'s' is produced more than once"],
+    );
 }
 
 #[test]
@@ -174,14 +208,22 @@ fn data_size_mismatch() {
     let mut m = model();
     m.graph.as_mut().expect("graph").initializer[0].dims = vec![3];
     let input = write(d.path(), "m.onnx", &m);
-    assert_refused(d.path(), &input, &["tensor 'w'", "has 8 bytes of data", "needs 12"]);
+    assert_refused(
+        d.path(),
+        &input,
+        &["tensor 'w'", "has 8 bytes of data", "needs 12"],
+    );
 }
 
 fn external(m: &mut ModelProto, location: &str, offset: u64, length: u64) {
     let w = &mut m.graph.as_mut().expect("graph").initializer[0];
     w.raw_data.clear();
     w.data_location = DataLocation::EXTERNAL.into();
-    for (k, v) in [("location", location.to_string()), ("offset", offset.to_string()), ("length", length.to_string())] {
+    for (k, v) in [
+        ("location", location.to_string()),
+        ("offset", offset.to_string()),
+        ("length", length.to_string()),
+    ] {
         let mut e = StringStringEntryProto::new();
         e.key = k.into();
         e.value = v;
@@ -192,7 +234,15 @@ fn external(m: &mut ModelProto, location: &str, offset: u64, length: u64) {
 #[test]
 fn external_data_works_inside_the_folder() {
     let d = TempDir::new("ext-ok");
-    std::fs::write(d.path().join("w.bin"), [0u8; 4].iter().chain(&weight("w").raw_data).copied().collect::<Vec<u8>>()).expect("write");
+    std::fs::write(
+        d.path().join("w.bin"),
+        [0u8; 4]
+            .iter()
+            .chain(&weight("w").raw_data)
+            .copied()
+            .collect::<Vec<u8>>(),
+    )
+    .expect("write");
     let mut m = model();
     external(&mut m, "w.bin", 4, 8);
     let input = write(d.path(), "m.onnx", &m);
@@ -200,7 +250,11 @@ fn external_data_works_inside_the_folder() {
     let r = run(&[&input, "-o", out.to_str().expect("utf8")]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let back = ModelProto::parse_from_bytes(&std::fs::read(&out).expect("read")).expect("parse");
-    assert_eq!(back.graph.initializer[0].raw_data, weight("w").raw_data, "external data is read and inlined");
+    assert_eq!(
+        back.graph.initializer[0].raw_data,
+        weight("w").raw_data,
+        "external data is read and inlined"
+    );
 }
 
 #[test]
@@ -218,7 +272,11 @@ fn external_data_absolute_path() {
     let mut m = model();
     external(&mut m, "/etc/passwd", 0, 8);
     let input = write(d.path(), "m.onnx", &m);
-    assert_refused(d.path(), &input, &["tensor 'w'", "'/etc/passwd'", "absolute"]);
+    assert_refused(
+        d.path(),
+        &input,
+        &["tensor 'w'", "'/etc/passwd'", "absolute"],
+    );
 }
 
 #[test]
@@ -226,11 +284,16 @@ fn external_data_symlink_escape() {
     let d = TempDir::new("ext-link");
     let outside = TempDir::new("ext-link-outside");
     std::fs::write(outside.path().join("secret.bin"), [7u8; 8]).expect("write");
-    std::os::unix::fs::symlink(outside.path().join("secret.bin"), d.path().join("w.bin")).expect("symlink");
+    std::os::unix::fs::symlink(outside.path().join("secret.bin"), d.path().join("w.bin"))
+        .expect("symlink");
     let mut m = model();
     external(&mut m, "w.bin", 0, 8);
     let input = write(d.path(), "m.onnx", &m);
-    assert_refused(d.path(), &input, &["tensor 'w'", "outside the model's folder"]);
+    assert_refused(
+        d.path(),
+        &input,
+        &["tensor 'w'", "outside the model's folder"],
+    );
 }
 
 #[test]
@@ -251,7 +314,11 @@ fn output_over_input_is_refused() {
     let r = run(&[&input, "-o", &input]);
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("refusing"), "{}", r.stderr);
-    assert_eq!(std::fs::read(&input).expect("read"), before, "input untouched");
+    assert_eq!(
+        std::fs::read(&input).expect("read"),
+        before,
+        "input untouched"
+    );
 }
 
 #[test]
@@ -277,7 +344,14 @@ fn unknown_op_is_carried_through() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     let back = ModelProto::parse_from_bytes(&std::fs::read(&out).expect("read")).expect("parse");
     let f = &back.graph.node[1];
-    assert_eq!((f.domain.as_str(), f.op_type.as_str(), f.name.as_str()), ("com.example", "FancyNewOp", "fancy"));
+    assert_eq!(
+        (f.domain.as_str(), f.op_type.as_str(), f.name.as_str()),
+        ("com.example", "FancyNewOp", "fancy")
+    );
     assert_eq!(f.attribute[0].ints, vec![3, 1, 4]);
-    assert_eq!(f.write_to_bytes().expect("enc"), m.graph.node[1].write_to_bytes().expect("enc"), "opaque node byte-for-byte");
+    assert_eq!(
+        f.write_to_bytes().expect("enc"),
+        m.graph.node[1].write_to_bytes().expect("enc"),
+        "opaque node byte-for-byte"
+    );
 }

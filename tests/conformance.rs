@@ -11,9 +11,18 @@ use ortho_ir::text::{parse_module, print_module, PrintOptions};
 #[test]
 fn node_tests_round_trip() {
     let node_dir = fixtures().join("onnx-node-tests/node");
-    let mut tests: Vec<_> = std::fs::read_dir(&node_dir).expect("node tests").flatten().map(|e| e.path()).filter(|p| p.join("model.onnx").exists()).collect();
+    let mut tests: Vec<_> = std::fs::read_dir(&node_dir)
+        .expect("node tests")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("model.onnx").exists())
+        .collect();
     tests.sort();
-    assert!(tests.len() > 1800, "expected the full node-test set, found {}", tests.len());
+    assert!(
+        tests.len() > 1800,
+        "expected the full node-test set, found {}",
+        tests.len()
+    );
     let tmp = TempDir::new("conformance");
     let mut failures = Vec::new();
     for t in &tests {
@@ -44,24 +53,64 @@ fn node_tests_round_trip() {
         }
         let out_dir = tmp.path().join(&name);
         std::fs::create_dir_all(&out_dir).expect("mkdir");
-        if let Err(e) = ortho_frontends::export_file(&m, &out_dir.join("model.onnx"), &Default::default()) {
+        if let Err(e) =
+            ortho_frontends::export_file(&m, &out_dir.join("model.onnx"), &Default::default())
+        {
             std::fs::write(out_dir.join("ERROR"), e.to_string()).expect("write");
         }
     }
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     let json_path = tmp.path().join("report.json");
-    let summary = python_tool("check_exports.py", &[node_dir.to_str().expect("utf8"), tmp.path().to_str().expect("utf8"), "--json", json_path.to_str().expect("utf8"), "-q"]);
+    let summary = python_tool(
+        "check_exports.py",
+        &[
+            node_dir.to_str().expect("utf8"),
+            tmp.path().to_str().expect("utf8"),
+            "--json",
+            json_path.to_str().expect("utf8"),
+            "-q",
+        ],
+    );
     let report = std::fs::read_to_string(&json_path).expect("report");
     let num = |key: &str| -> i64 {
         let pat = format!("\"{key}\": ");
-        let at = report.find(&pat).unwrap_or_else(|| panic!("key {key} in report"));
-        report[at + pat.len()..].chars().take_while(|c| c.is_ascii_digit()).collect::<String>().parse().expect("number")
+        let at = report
+            .find(&pat)
+            .unwrap_or_else(|| panic!("key {key} in report"));
+        report[at + pat.len()..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect::<String>()
+            .parse()
+            .expect("number")
     };
     println!("{summary}");
-    println!("node tests: total {} checker_ok {} ort_identical {} ort_unsupported {}", num("total"), num("checker_ok"), num("ort_identical"), num("ort_unsupported"));
+    println!(
+        "node tests: total {} checker_ok {} ort_identical {} ort_unsupported {}",
+        num("total"),
+        num("checker_ok"),
+        num("ort_identical"),
+        num("ort_unsupported")
+    );
     assert_eq!(num("total"), tests.len() as i64);
     // A model whose original already fails the checker is not counted against us.
-    assert_eq!(num("checker_ok") + num("checker_failed_orig_too"), tests.len() as i64, "checker rejected exports:\n{summary}");
-    assert_eq!(num("ort_identical") + num("ort_unsupported") + num("ort_nondeterministic_ok"), tests.len() as i64, "onnxruntime outputs differ:\n{summary}");
-    assert!(num("ort_identical") >= 1600, "too few identical runs:\n{summary}");
+    assert_eq!(
+        num("checker_ok") + num("checker_failed_orig_too"),
+        tests.len() as i64,
+        "checker rejected exports:\n{summary}"
+    );
+    assert_eq!(
+        num("ort_identical") + num("ort_unsupported") + num("ort_nondeterministic_ok"),
+        tests.len() as i64,
+        "onnxruntime outputs differ:\n{summary}"
+    );
+    assert!(
+        num("ort_identical") >= 1600,
+        "too few identical runs:\n{summary}"
+    );
 }

@@ -47,7 +47,12 @@ fn run_file(path: &Path) -> (String, Vec<String>) {
         .find_map(|l| l.trim().strip_prefix("// RUN:"))
         .unwrap_or_else(|| panic!("{}: no '// RUN:' line", path.display()));
     let mut args = shell_words(run.trim());
-    assert_eq!(args.first().map(String::as_str), Some("ortho-opt"), "{}: RUN must call ortho-opt", path.display());
+    assert_eq!(
+        args.first().map(String::as_str),
+        Some("ortho-opt"),
+        "{}: RUN must call ortho-opt",
+        path.display()
+    );
     for a in &mut args {
         if a == "%s" {
             *a = path.to_string_lossy().into_owned();
@@ -66,9 +71,16 @@ fn run_file(path: &Path) -> (String, Vec<String>) {
     let root = format!("{}/", env!("CARGO_MANIFEST_DIR"));
     let rendered = rendered.replace(&root, "");
     let mut problems = Vec::new();
-    let expected_exit: i32 = text.lines().find_map(|l| l.trim().strip_prefix("// CHECK-EXIT:")).map(|s| s.trim().parse().expect("CHECK-EXIT number")).unwrap_or(0);
+    let expected_exit: i32 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("// CHECK-EXIT:"))
+        .map(|s| s.trim().parse().expect("CHECK-EXIT number"))
+        .unwrap_or(0);
     if out.code != expected_exit {
-        problems.push(format!("exit status {} (expected {expected_exit})", out.code));
+        problems.push(format!(
+            "exit status {} (expected {expected_exit})",
+            out.code
+        ));
     }
     let lines: Vec<&str> = rendered.lines().collect();
     let mut at = 0;
@@ -98,16 +110,31 @@ fn filecheck() {
         count += 1;
         let (rendered, problems) = run_file(path);
         if !problems.is_empty() {
-            failures.push(format!("{}:\n  {}\n--- output ---\n{rendered}", path.display(), problems.join("\n  ")));
+            failures.push(format!(
+                "{}:\n  {}\n--- output ---\n{rendered}",
+                path.display(),
+                problems.join("\n  ")
+            ));
         }
         insta::assert_snapshot!(rendered);
     });
-    assert!(failures.is_empty(), "{} file test(s) failed:\n{}", failures.len(), failures.join("\n"));
-    assert!(count >= 10, "expected the file tests to be found, found {count}");
+    assert!(
+        failures.is_empty(),
+        "{} file test(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(
+        count >= 10,
+        "expected the file tests to be found, found {count}"
+    );
 }
 
 #[test]
 fn shell_words_split() {
-    assert_eq!(shell_words("ortho-opt %s --pass-pipeline='a{x=1 y=2},b'"), vec!["ortho-opt", "%s", "--pass-pipeline=a{x=1 y=2},b"]);
+    assert_eq!(
+        shell_words("ortho-opt %s --pass-pipeline='a{x=1 y=2},b'"),
+        vec!["ortho-opt", "%s", "--pass-pipeline=a{x=1 y=2},b"]
+    );
     assert_eq!(shell_words("a \"b c\" ''"), vec!["a", "b c", ""]);
 }

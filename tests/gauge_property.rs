@@ -40,27 +40,49 @@ struct Text {
 
 impl Text {
     fn new(seed: u64) -> Text {
-        Text { rng: Rng(seed), consts: String::new(), body: String::new() }
+        Text {
+            rng: Rng(seed),
+            consts: String::new(),
+            body: String::new(),
+        }
     }
 
     fn tensor(&mut self, name: &str, dims: &[usize], vals: &[f64]) {
         let shape: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
-        let ty = if dims.is_empty() { "tensor<f32>".to_string() } else { format!("tensor<{}xf32>", shape.join("x")) };
+        let ty = if dims.is_empty() {
+            "tensor<f32>".to_string()
+        } else {
+            format!("tensor<{}xf32>", shape.join("x"))
+        };
         let v: Vec<String> = vals.iter().map(|x| format!("{:?}", *x as f32)).collect();
-        let _ = writeln!(self.consts, "  %{name} = const {ty} dense<[{}]>", v.join(", "));
+        let _ = writeln!(
+            self.consts,
+            "  %{name} = const {ty} dense<[{}]>",
+            v.join(", ")
+        );
     }
 
     /// A random weight, uniform in ±scale (plus `offset`).
     fn weight(&mut self, name: &str, dims: &[usize], scale: f64, offset: f64) {
         let n: usize = dims.iter().product();
-        let vals: Vec<f64> = (0..n).map(|_| offset + scale * (2.0 * self.rng.next() - 1.0)).collect();
+        let vals: Vec<f64> = (0..n)
+            .map(|_| offset + scale * (2.0 * self.rng.next() - 1.0))
+            .collect();
         self.tensor(name, dims, &vals);
     }
 
     fn ints(&mut self, name: &str, vals: &[i64]) {
         let v: Vec<String> = vals.iter().map(|x| x.to_string()).collect();
-        let ty = if vals.len() == 1 && name.starts_with('s') { "tensor<i64>".to_string() } else { format!("tensor<{}xi64>", vals.len()) };
-        let _ = writeln!(self.consts, "  %{name} = const {ty} dense<[{}]>", v.join(", "));
+        let ty = if vals.len() == 1 && name.starts_with('s') {
+            "tensor<i64>".to_string()
+        } else {
+            format!("tensor<{}xi64>", vals.len())
+        };
+        let _ = writeln!(
+            self.consts,
+            "  %{name} = const {ty} dense<[{}]>",
+            v.join(", ")
+        );
     }
 
     fn op(&mut self, line: &str) {
@@ -127,18 +149,26 @@ fn llama(seed: u64, style: NormStyle, unit_gains: bool) -> String {
     let norm = |t: &mut Text, x: &str, out: &str, g: &str| match style {
         NormStyle::Decomposed => {
             t.op(&format!("%{out}_sq = onnx.Mul(%{x}, %{x}) : ?"));
-            t.op(&format!("%{out}_mean = onnx.ReduceMean(%{out}_sq) {{axes = [-1], keepdims = 1}} : ?"));
+            t.op(&format!(
+                "%{out}_mean = onnx.ReduceMean(%{out}_sq) {{axes = [-1], keepdims = 1}} : ?"
+            ));
             t.op(&format!("%{out}_eps = onnx.Add(%{out}_mean, %eps) : ?"));
             t.op(&format!("%{out}_rms = onnx.Sqrt(%{out}_eps) : ?"));
             t.op(&format!("%{out}_n = onnx.Div(%{x}, %{out}_rms) : ?"));
             t.op(&format!("%{out} = onnx.Mul(%{out}_n, %{g}) : ?"));
         }
-        NormStyle::Op => t.op(&format!("%{out} = onnx.RMSNormalization(%{x}, %{g}) {{axis = -1, epsilon = 1e-5}} : ?")),
+        NormStyle::Op => t.op(&format!(
+            "%{out} = onnx.RMSNormalization(%{x}, %{g}) {{axis = -1, epsilon = 1e-5}} : ?"
+        )),
     };
     let rope = |t: &mut Text, x: &str, out: &str| {
-        t.op(&format!("%{out}_a, %{out}_b = onnx.Split(%{x}, %half) {{axis = -1}} : ?, ?"));
+        t.op(&format!(
+            "%{out}_a, %{out}_b = onnx.Split(%{x}, %half) {{axis = -1}} : ?, ?"
+        ));
         t.op(&format!("%{out}_nb = onnx.Neg(%{out}_b) : ?"));
-        t.op(&format!("%{out}_rot = onnx.Concat(%{out}_nb, %{out}_a) {{axis = -1}} : ?"));
+        t.op(&format!(
+            "%{out}_rot = onnx.Concat(%{out}_nb, %{out}_a) {{axis = -1}} : ?"
+        ));
         t.op(&format!("%{out}_xc = onnx.Mul(%{x}, %cos) : ?"));
         t.op(&format!("%{out}_rs = onnx.Mul(%{out}_rot, %sin) : ?"));
         t.op(&format!("%{out} = onnx.Add(%{out}_xc, %{out}_rs) : ?"));
@@ -148,28 +178,49 @@ fn llama(seed: u64, style: NormStyle, unit_gains: bool) -> String {
         let p = format!("l{l}");
         gain(&mut t, &format!("{p}_g1"));
         gain(&mut t, &format!("{p}_g2"));
-        for (w, dims) in [("wq", [d, d]), ("wk", [d, hd]), ("wv", [d, hd]), ("wo", [d, d]), ("wg", [d, ffn]), ("wu", [d, ffn]), ("wd", [ffn, d])] {
+        for (w, dims) in [
+            ("wq", [d, d]),
+            ("wk", [d, hd]),
+            ("wv", [d, hd]),
+            ("wo", [d, d]),
+            ("wg", [d, ffn]),
+            ("wu", [d, ffn]),
+            ("wd", [ffn, d]),
+        ] {
             t.weight(&format!("{p}_{w}"), &dims, 0.5, 0.0);
         }
         norm(&mut t, &x, &format!("{p}_n1"), &format!("{p}_g1"));
         for (w, shape) in [("q", "q_shape"), ("k", "kv_shape"), ("v", "kv_shape")] {
             t.op(&format!("%{p}_{w} = onnx.MatMul(%{p}_n1, %{p}_w{w}) : ?"));
             t.op(&format!("%{p}_{w}r = onnx.Reshape(%{p}_{w}, %{shape}) : ?"));
-            t.op(&format!("%{p}_{w}t = onnx.Transpose(%{p}_{w}r) {{perm = [0, 2, 1, 3]}} : ?"));
+            t.op(&format!(
+                "%{p}_{w}t = onnx.Transpose(%{p}_{w}r) {{perm = [0, 2, 1, 3]}} : ?"
+            ));
         }
         rope(&mut t, &format!("{p}_qt"), &format!("{p}_qrope"));
         rope(&mut t, &format!("{p}_kt"), &format!("{p}_krope"));
-        t.op(&format!("%{p}_kT = onnx.Transpose(%{p}_krope) {{perm = [0, 1, 3, 2]}} : ?"));
+        t.op(&format!(
+            "%{p}_kT = onnx.Transpose(%{p}_krope) {{perm = [0, 1, 3, 2]}} : ?"
+        ));
         t.op(&format!("%{p}_qk = onnx.MatMul(%{p}_qrope, %{p}_kT) : ?"));
         t.op(&format!("%{p}_sc = onnx.Mul(%{p}_qk, %scale) : ?"));
         t.op(&format!("%{p}_masked = onnx.Add(%{p}_sc, %mask) : ?"));
-        t.op(&format!("%{p}_p = onnx.Softmax(%{p}_masked) {{axis = -1}} : ?"));
+        t.op(&format!(
+            "%{p}_p = onnx.Softmax(%{p}_masked) {{axis = -1}} : ?"
+        ));
         t.op(&format!("%{p}_pv = onnx.MatMul(%{p}_p, %{p}_vt) : ?"));
-        t.op(&format!("%{p}_ot = onnx.Transpose(%{p}_pv) {{perm = [0, 2, 1, 3]}} : ?"));
+        t.op(&format!(
+            "%{p}_ot = onnx.Transpose(%{p}_pv) {{perm = [0, 2, 1, 3]}} : ?"
+        ));
         t.op(&format!("%{p}_or = onnx.Reshape(%{p}_ot, %o_shape) : ?"));
         t.op(&format!("%{p}_o = onnx.MatMul(%{p}_or, %{p}_wo) : ?"));
         t.op(&format!("%{p}_r1 = onnx.Add(%{x}, %{p}_o) : ?"));
-        norm(&mut t, &format!("{p}_r1"), &format!("{p}_n2"), &format!("{p}_g2"));
+        norm(
+            &mut t,
+            &format!("{p}_r1"),
+            &format!("{p}_n2"),
+            &format!("{p}_g2"),
+        );
         t.op(&format!("%{p}_gate = onnx.MatMul(%{p}_n2, %{p}_wg) : ?"));
         t.op(&format!("%{p}_up = onnx.MatMul(%{p}_n2, %{p}_wu) : ?"));
         t.op(&format!("%{p}_sig = onnx.Sigmoid(%{p}_gate) : ?"));
@@ -184,7 +235,11 @@ fn llama(seed: u64, style: NormStyle, unit_gains: bool) -> String {
     t.op("%ET = onnx.Transpose(%E) {perm = [1, 0]} : ?");
     t.op("%logits_raw = onnx.MatMul(%nf, %ET) : ?");
     let opset = if style == NormStyle::Op { 23 } else { 17 };
-    t.finish(&format!("module {{ir_version = 8, opset_import = [\"\" = {opset}]}}"), "tiny_llama", VOCAB)
+    t.finish(
+        &format!("module {{ir_version = 8, opset_import = [\"\" = {opset}]}}"),
+        "tiny_llama",
+        VOCAB,
+    )
 }
 
 /// A BERT-like post-LN encoder: LayerNorm on the embedding and after each residual add,
@@ -231,12 +286,18 @@ fn bert(seed: u64) -> String {
     t.op("%r2 = onnx.Add(%h1, %down) : ?");
     ln(&mut t, "r2", "h2");
     lin(&mut t, "h2", "logits_raw", d, VOCAB);
-    t.finish("module {ir_version = 8, opset_import = [\"\" = 17]}", "tiny_bert", VOCAB)
+    t.finish(
+        "module {ir_version = 8, opset_import = [\"\" = 17]}",
+        "tiny_bert",
+        VOCAB,
+    )
 }
 
 fn tokens(dir: &Path) -> String {
     let mut rng = Rng(99);
-    let bytes: Vec<u8> = (0..4 * SEQ).flat_map(|_| ((rng.next() * VOCAB as f64) as u16).to_le_bytes()).collect();
+    let bytes: Vec<u8> = (0..4 * SEQ)
+        .flat_map(|_| ((rng.next() * VOCAB as f64) as u16).to_le_bytes())
+        .collect();
     let p = dir.join("tokens.bin");
     std::fs::write(&p, bytes).expect("write tokens");
     p.to_string_lossy().into_owned()
@@ -253,10 +314,27 @@ fn max_diff(dir: &Path, text: &str, pipeline: &str) -> f64 {
     let pp = format!("--pass-pipeline={pipeline}");
     let r = run(&[&s(&src), "-o", &s(&b), &pp]);
     assert_eq!(r.code, 0, "{pipeline}: {}", r.stderr);
-    let out = python_tool("ort_logits.py", &[&s(&a), &s(&b), &tokens(dir), "--seqlen", &SEQ.to_string(), "--windows", "4"]);
+    let out = python_tool(
+        "ort_logits.py",
+        &[
+            &s(&a),
+            &s(&b),
+            &tokens(dir),
+            "--seqlen",
+            &SEQ.to_string(),
+            "--windows",
+            "4",
+        ],
+    );
     let key = "\"max_abs_diff\": ";
-    let at = out.find(key).map(|i| i + key.len()).expect("max_abs_diff in the report");
-    let num: String = out[at..].chars().take_while(|c| !matches!(c, ',' | '}')).collect();
+    let at = out
+        .find(key)
+        .map(|i| i + key.len())
+        .expect("max_abs_diff in the report");
+    let num: String = out[at..]
+        .chars()
+        .take_while(|c| !matches!(c, ',' | '}'))
+        .collect();
     num.trim().parse().unwrap_or(f64::INFINITY)
 }
 
@@ -270,7 +348,11 @@ fn refused(dir: &Path, text: &str, pipeline: &str, expect: &[&str]) {
     assert_eq!(r.code, 1, "{pipeline} must be refused: {}", r.stderr);
     assert!(!out.exists(), "a refused pipeline writes nothing");
     for e in expect {
-        assert!(r.stderr.contains(e), "{pipeline}: stderr lacks '{e}': {}", r.stderr);
+        assert!(
+            r.stderr.contains(e),
+            "{pipeline}: stderr lacks '{e}': {}",
+            r.stderr
+        );
     }
 }
 
@@ -291,7 +373,11 @@ fn admitted_rotations_preserve_outputs() {
             assert!(d < 1e-5, "seed {seed}, {p}: max |Δ| = {d}");
         }
         // Unit gains: a rotation is admitted without folding.
-        let d = max_diff(tmp.path(), &llama(seed, NormStyle::Decomposed, true), &format!("rotate-residual{{kind=haar seed={seed}}}"));
+        let d = max_diff(
+            tmp.path(),
+            &llama(seed, NormStyle::Decomposed, true),
+            &format!("rotate-residual{{kind=haar seed={seed}}}"),
+        );
         assert!(d < 1e-4, "unit gains, seed {seed}: max |Δ| = {d}");
     }
 }
@@ -313,12 +399,40 @@ fn harness_detects_a_broken_model() {
     std::fs::write(&src, &b).expect("write");
     let (pa, pb) = (tmp.path().join("pa.onnx"), tmp.path().join("pb.onnx"));
     std::fs::write(tmp.path().join("model.oir"), &a).expect("write");
-    assert_eq!(run(&[&tmp.path().join("model.oir").to_string_lossy(), "-o", &pa.to_string_lossy()]).code, 0);
-    assert_eq!(run(&[&src.to_string_lossy(), "-o", &pb.to_string_lossy()]).code, 0);
-    let out = python_tool("ort_logits.py", &[&pa.to_string_lossy(), &pb.to_string_lossy(), &tokens(tmp.path()), "--seqlen", "8", "--windows", "4"]);
+    assert_eq!(
+        run(&[
+            &tmp.path().join("model.oir").to_string_lossy(),
+            "-o",
+            &pa.to_string_lossy()
+        ])
+        .code,
+        0
+    );
+    assert_eq!(
+        run(&[&src.to_string_lossy(), "-o", &pb.to_string_lossy()]).code,
+        0
+    );
+    let out = python_tool(
+        "ort_logits.py",
+        &[
+            &pa.to_string_lossy(),
+            &pb.to_string_lossy(),
+            &tokens(tmp.path()),
+            "--seqlen",
+            "8",
+            "--windows",
+            "4",
+        ],
+    );
     let key = "\"max_abs_diff\": ";
     let at = out.find(key).map(|i| i + key.len()).expect("max_abs_diff");
-    let d: f64 = out[at..].chars().take_while(|c| !matches!(c, ',' | '}')).collect::<String>().trim().parse().unwrap_or(0.0);
+    let d: f64 = out[at..]
+        .chars()
+        .take_while(|c| !matches!(c, ',' | '}'))
+        .collect::<String>()
+        .trim()
+        .parse()
+        .unwrap_or(0.0);
     assert!(d > 1e-3, "a changed weight must show: max |Δ| = {d}");
 }
 
@@ -326,13 +440,41 @@ fn harness_detects_a_broken_model() {
 fn blocked_rotations_are_refused() {
     let tmp = TempDir::new("gauge-refuse");
     // γ ≠ 1 not folded: O(d) refused, the first norm gain named, signed permutations offered.
-    refused(tmp.path(), &llama(5, NormStyle::Decomposed, false), "rotate-residual{kind=haar seed=1}", &["Mul producing '%l0_n1'", "γ ≠ 1", "kind=signed-permutation"]);
-    refused(tmp.path(), &llama(5, NormStyle::Op, false), "rotate-residual{kind=hadamard}", &["RMSNormalization producing '%l0_n1'", "kind=signed-permutation"]);
+    refused(
+        tmp.path(),
+        &llama(5, NormStyle::Decomposed, false),
+        "rotate-residual{kind=haar seed=1}",
+        &["Mul producing '%l0_n1'", "γ ≠ 1", "kind=signed-permutation"],
+    );
+    refused(
+        tmp.path(),
+        &llama(5, NormStyle::Op, false),
+        "rotate-residual{kind=hadamard}",
+        &[
+            "RMSNormalization producing '%l0_n1'",
+            "kind=signed-permutation",
+        ],
+    );
     // Post-LN LayerNorm: O(d) and signed permutations refused, permutations offered.
     let b = bert(7);
-    refused(tmp.path(), &b, "rotate-residual{kind=haar seed=1}", &["LayerNormalization producing '%h0'", "kind=permutation"]);
-    refused(tmp.path(), &b, "fold-norms,rotate-residual{kind=signed-permutation}", &["LayerNorm mean subtraction"]);
-    refused(tmp.path(), &b, "gauge-verify{require=orthogonal}", &["does not admit orthogonal"]);
+    refused(
+        tmp.path(),
+        &b,
+        "rotate-residual{kind=haar seed=1}",
+        &["LayerNormalization producing '%h0'", "kind=permutation"],
+    );
+    refused(
+        tmp.path(),
+        &b,
+        "fold-norms,rotate-residual{kind=signed-permutation}",
+        &["LayerNorm mean subtraction"],
+    );
+    refused(
+        tmp.path(),
+        &b,
+        "gauge-verify{require=orthogonal}",
+        &["does not admit orthogonal"],
+    );
 }
 
 #[test]
@@ -340,16 +482,30 @@ fn post_norm_encoder_accepts_a_permutation() {
     let tmp = TempDir::new("gauge-bert");
     let b = bert(7);
     for seed in [1u64, 2] {
-        let d = max_diff(tmp.path(), &b, &format!("rotate-residual{{kind=permutation seed={seed}}}"));
+        let d = max_diff(
+            tmp.path(),
+            &b,
+            &format!("rotate-residual{{kind=permutation seed={seed}}}"),
+        );
         assert!(d < 1e-5, "permutation seed {seed}: max |Δ| = {d}");
     }
     // fold-norms leaves post-LN norms alone (their output is the stream) and says so.
     let src = tmp.path().join("bert.oir");
     std::fs::write(&src, &b).expect("write");
-    let r = run(&[&src.to_string_lossy(), "--pass-pipeline=fold-norms", "--statistics"]);
+    let r = run(&[
+        &src.to_string_lossy(),
+        "--pass-pipeline=fold-norms",
+        "--statistics",
+    ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     // Only the last LayerNorm feeds nothing but a linear layer (the head): it is folded,
     // shift included (the head has a bias); the two on the stream are reported.
-    assert!(r.stderr.lines().any(|l| l.contains("fold-norms.folded") && l.trim_end().ends_with(" 1")), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .lines()
+            .any(|l| l.contains("fold-norms.folded") && l.trim_end().ends_with(" 1")),
+        "{}",
+        r.stderr
+    );
     assert_eq!(r.stderr.matches("not folded").count(), 2, "{}", r.stderr);
 }

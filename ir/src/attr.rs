@@ -48,7 +48,11 @@ const KIND_NAMES: &[(AttrKind, &str)] = &[
 
 impl AttrKind {
     pub fn name(self) -> &'static str {
-        KIND_NAMES.iter().find(|(k, _)| *k == self).map(|(_, n)| *n).unwrap_or("undefined")
+        KIND_NAMES
+            .iter()
+            .find(|(k, _)| *k == self)
+            .map(|(_, n)| *n)
+            .unwrap_or("undefined")
     }
     pub fn from_name(s: &str) -> Option<Self> {
         KIND_NAMES.iter().find(|(_, n)| *n == s).map(|(k, _)| *k)
@@ -74,7 +78,10 @@ pub enum AttrValue {
     SparseTensors(Vec<Vec<u8>>),
     Types(Vec<Type>),
     /// Inside a function body: the value of the caller's attribute `name`.
-    Ref { name: String, kind: AttrKind },
+    Ref {
+        name: String,
+        kind: AttrKind,
+    },
 }
 
 impl AttrValue {
@@ -127,7 +134,11 @@ pub struct Attr {
 
 impl Attr {
     pub fn new(name: impl Into<String>, value: AttrValue) -> Self {
-        Attr { name: name.into(), value, doc: String::new() }
+        Attr {
+            name: name.into(),
+            value,
+            doc: String::new(),
+        }
     }
 }
 
@@ -139,7 +150,11 @@ pub trait AttrType: Sized {
 
 impl AttrType for i64 {
     fn from_value(v: &AttrValue) -> Option<Self> {
-        if let AttrValue::Int(x) = v { Some(*x) } else { None }
+        if let AttrValue::Int(x) = v {
+            Some(*x)
+        } else {
+            None
+        }
     }
     fn to_value(&self) -> AttrValue {
         AttrValue::Int(*self)
@@ -147,7 +162,11 @@ impl AttrType for i64 {
 }
 impl AttrType for f32 {
     fn from_value(v: &AttrValue) -> Option<Self> {
-        if let AttrValue::Float(x) = v { Some(*x) } else { None }
+        if let AttrValue::Float(x) = v {
+            Some(*x)
+        } else {
+            None
+        }
     }
     fn to_value(&self) -> AttrValue {
         AttrValue::Float(*self)
@@ -155,7 +174,11 @@ impl AttrType for f32 {
 }
 impl AttrType for Vec<i64> {
     fn from_value(v: &AttrValue) -> Option<Self> {
-        if let AttrValue::Ints(x) = v { Some(x.clone()) } else { None }
+        if let AttrValue::Ints(x) = v {
+            Some(x.clone())
+        } else {
+            None
+        }
     }
     fn to_value(&self) -> AttrValue {
         AttrValue::Ints(self.clone())
@@ -163,7 +186,11 @@ impl AttrType for Vec<i64> {
 }
 impl AttrType for Vec<f32> {
     fn from_value(v: &AttrValue) -> Option<Self> {
-        if let AttrValue::Floats(x) = v { Some(x.clone()) } else { None }
+        if let AttrValue::Floats(x) = v {
+            Some(x.clone())
+        } else {
+            None
+        }
     }
     fn to_value(&self) -> AttrValue {
         AttrValue::Floats(self.clone())
@@ -171,7 +198,11 @@ impl AttrType for Vec<f32> {
 }
 impl AttrType for String {
     fn from_value(v: &AttrValue) -> Option<Self> {
-        if let AttrValue::String(x) = v { String::from_utf8(x.clone()).ok() } else { None }
+        if let AttrValue::String(x) = v {
+            String::from_utf8(x.clone()).ok()
+        } else {
+            None
+        }
     }
     fn to_value(&self) -> AttrValue {
         AttrValue::String(self.as_bytes().to_vec())
@@ -179,7 +210,11 @@ impl AttrType for String {
 }
 impl AttrType for TensorId {
     fn from_value(v: &AttrValue) -> Option<Self> {
-        if let AttrValue::Tensor(x) = v { Some(*x) } else { None }
+        if let AttrValue::Tensor(x) = v {
+            Some(*x)
+        } else {
+            None
+        }
     }
     fn to_value(&self) -> AttrValue {
         AttrValue::Tensor(*self)
@@ -187,7 +222,11 @@ impl AttrType for TensorId {
 }
 impl AttrType for GraphId {
     fn from_value(v: &AttrValue) -> Option<Self> {
-        if let AttrValue::Graph(x) = v { Some(*x) } else { None }
+        if let AttrValue::Graph(x) = v {
+            Some(*x)
+        } else {
+            None
+        }
     }
     fn to_value(&self) -> AttrValue {
         AttrValue::Graph(*self)

@@ -32,7 +32,11 @@ impl Diagnostics {
         self.0.is_empty()
     }
     pub fn push(&mut self, graph: &str, node: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Diagnostic { graph: graph.to_string(), node: node.into(), message: message.into() });
+        self.0.push(Diagnostic {
+            graph: graph.to_string(),
+            node: node.into(),
+            message: message.into(),
+        });
     }
     pub fn into_result(self) -> Result<(), Diagnostics> {
         if self.0.is_empty() {

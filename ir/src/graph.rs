@@ -43,7 +43,10 @@ pub struct Output {
 
 impl Output {
     pub fn new(name: impl Into<String>, ty: Type) -> Self {
-        Output { name: name.into(), ty }
+        Output {
+            name: name.into(),
+            ty,
+        }
     }
 }
 
@@ -122,7 +125,10 @@ pub struct Cycle {
 
 impl Graph {
     pub fn new(name: impl Into<String>) -> Self {
-        Graph { name: name.into(), ..Default::default() }
+        Graph {
+            name: name.into(),
+            ..Default::default()
+        }
     }
 
     /// Increases on every structural change; side tables compare it to detect staleness.
@@ -135,10 +141,22 @@ impl Graph {
     }
 
     /// Adds a node; operands may be set later with [`Graph::set_operands`].
-    pub fn add_node(&mut self, op: Op, operands: Vec<Option<ValueId>>, outputs: Vec<Output>) -> NodeId {
+    pub fn add_node(
+        &mut self,
+        op: Op,
+        operands: Vec<Option<ValueId>>,
+        outputs: Vec<Output>,
+    ) -> NodeId {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let idx = self.g.add_node(Node { op, name: String::new(), doc: String::new(), operands: Vec::new(), outputs, seq });
+        let idx = self.g.add_node(Node {
+            op,
+            name: String::new(),
+            doc: String::new(),
+            operands: Vec::new(),
+            outputs,
+            seq,
+        });
         let id = NodeId(idx);
         self.set_operands(id, operands);
         id
@@ -146,9 +164,16 @@ impl Graph {
 
     /// Adds a graph input and returns its value.
     pub fn add_input(&mut self, name: impl Into<String>, ty: Type) -> ValueId {
-        let id = self.add_node(Op::Input { default: None }, Vec::new(), vec![Output::new(name, ty)]);
+        let id = self.add_node(
+            Op::Input { default: None },
+            Vec::new(),
+            vec![Output::new(name, ty)],
+        );
         self.inputs.push(id);
-        ValueId { node: id, output: 0 }
+        ValueId {
+            node: id,
+            output: 0,
+        }
     }
 
     /// The graph's inputs in order.
@@ -187,13 +212,24 @@ impl Graph {
 
     /// Replaces a node's operand list and its edges.
     pub fn set_operands(&mut self, id: NodeId, operands: Vec<Option<ValueId>>) {
-        let old: Vec<_> = self.g.edges_directed(id.0, Direction::Incoming).map(|e| e.id()).collect();
+        let old: Vec<_> = self
+            .g
+            .edges_directed(id.0, Direction::Incoming)
+            .map(|e| e.id())
+            .collect();
         for e in old {
             self.g.remove_edge(e);
         }
         for (slot, v) in operands.iter().enumerate() {
             if let Some(v) = v {
-                self.g.add_edge(v.node.0, id.0, Edge { output: v.output, slot: slot as u32 });
+                self.g.add_edge(
+                    v.node.0,
+                    id.0,
+                    Edge {
+                        output: v.output,
+                        slot: slot as u32,
+                    },
+                );
             }
         }
         self.g[id.0].operands = operands;
@@ -224,12 +260,16 @@ impl Graph {
 
     /// Whether `v` names an existing result of an existing node.
     pub fn is_valid_value(&self, v: ValueId) -> bool {
-        self.g.node_weight(v.node.0).is_some_and(|n| (v.output as usize) < n.outputs.len())
+        self.g
+            .node_weight(v.node.0)
+            .is_some_and(|n| (v.output as usize) < n.outputs.len())
     }
 
     /// The values of a node's results.
     pub fn results(&self, id: NodeId) -> Vec<ValueId> {
-        (0..self.g[id.0].outputs.len() as u32).map(|output| ValueId { node: id, output }).collect()
+        (0..self.g[id.0].outputs.len() as u32)
+            .map(|output| ValueId { node: id, output })
+            .collect()
     }
 
     /// Users of a value as (node, operand slot), in a deterministic order.
@@ -238,7 +278,13 @@ impl Graph {
             .g
             .edges_directed(v.node.0, Direction::Outgoing)
             .filter(|e| e.weight().output == v.output)
-            .map(|e| (NodeId(e.target()), e.weight().slot as usize, self.g[e.target()].seq))
+            .map(|e| {
+                (
+                    NodeId(e.target()),
+                    e.weight().slot as usize,
+                    self.g[e.target()].seq,
+                )
+            })
             .collect();
         u.sort_by_key(|&(_, slot, seq)| (seq, slot));
         u.into_iter().map(|(n, s, _)| (n, s)).collect()
@@ -246,12 +292,20 @@ impl Graph {
 
     /// Whether any node or graph output uses a result of `id`.
     pub fn has_uses(&self, id: NodeId) -> bool {
-        self.g.edges_directed(id.0, Direction::Outgoing).next().is_some() || self.outputs.iter().any(|o| o.value.node == id)
+        self.g
+            .edges_directed(id.0, Direction::Outgoing)
+            .next()
+            .is_some()
+            || self.outputs.iter().any(|o| o.value.node == id)
     }
 
     /// Nodes that consume a result of `id`.
     pub fn successors(&self, id: NodeId) -> Vec<NodeId> {
-        let mut s: Vec<NodeId> = self.g.neighbors_directed(id.0, Direction::Outgoing).map(NodeId).collect();
+        let mut s: Vec<NodeId> = self
+            .g
+            .neighbors_directed(id.0, Direction::Outgoing)
+            .map(NodeId)
+            .collect();
         s.sort();
         s.dedup();
         s
@@ -283,7 +337,8 @@ impl Graph {
         let mut indeg: HashMap<NodeIndex<u32>, usize> = HashMap::new();
         let mut heap = BinaryHeap::new();
         for n in self.g.node_indices() {
-            let mut preds: Vec<NodeIndex<u32>> = self.g.neighbors_directed(n, Direction::Incoming).collect();
+            let mut preds: Vec<NodeIndex<u32>> =
+                self.g.neighbors_directed(n, Direction::Incoming).collect();
             preds.sort();
             preds.dedup();
             indeg.insert(n, preds.len());
@@ -294,7 +349,8 @@ impl Graph {
         let mut order = Vec::with_capacity(self.g.node_count());
         while let Some(std::cmp::Reverse((_, n))) = heap.pop() {
             order.push(NodeId(n));
-            let mut succ: Vec<NodeIndex<u32>> = self.g.neighbors_directed(n, Direction::Outgoing).collect();
+            let mut succ: Vec<NodeIndex<u32>> =
+                self.g.neighbors_directed(n, Direction::Outgoing).collect();
             succ.sort();
             succ.dedup();
             for s in succ {
@@ -315,7 +371,9 @@ impl Graph {
                 .filter(|n| indeg.get(n).copied().unwrap_or(0) > 0)
                 .min_by_key(|n| self.g[*n].seq)
                 .map(NodeId);
-            Err(Cycle { node: stuck.unwrap_or(NodeId(NodeIndex::new(0))) })
+            Err(Cycle {
+                node: stuck.unwrap_or(NodeId(NodeIndex::new(0))),
+            })
         }
     }
 
@@ -325,7 +383,13 @@ impl Graph {
         for n in self.g.node_indices() {
             for (i, o) in self.g[n].outputs.iter().enumerate() {
                 if !o.name.is_empty() {
-                    m.insert(o.name.clone(), ValueId { node: NodeId(n), output: i as u32 });
+                    m.insert(
+                        o.name.clone(),
+                        ValueId {
+                            node: NodeId(n),
+                            output: i as u32,
+                        },
+                    );
                 }
             }
         }
@@ -337,13 +401,20 @@ impl Graph {
         if !taken.contains_key(base) {
             return base.to_string();
         }
-        (1..).map(|i| format!("{base}_{i}")).find(|n| !taken.contains_key(n)).unwrap_or_default()
+        (1..)
+            .map(|i| format!("{base}_{i}"))
+            .find(|n| !taken.contains_key(n))
+            .unwrap_or_default()
     }
 
     /// How a node is named in diagnostics: its name, or its first result, or its op.
     pub fn describe(&self, id: NodeId) -> String {
         let n = self.node(id);
-        let first = n.outputs.iter().find(|o| !o.name.is_empty()).map(|o| o.name.as_str());
+        let first = n
+            .outputs
+            .iter()
+            .find(|o| !o.name.is_empty())
+            .map(|o| o.name.as_str());
         match (n.name.is_empty(), first) {
             (false, _) => format!("{} '{}'", n.op.name(), n.name),
             (true, Some(v)) => format!("{} producing '%{}'", n.op.name(), v),

@@ -95,8 +95,17 @@ impl Module {
 
     /// The opset version imported for a domain (`""` and `"ai.onnx"` are the same domain).
     pub fn opset(&self, domain: &str) -> Option<i64> {
-        let norm = |d: &str| if d == "ai.onnx" { String::new() } else { d.to_string() };
-        self.opsets.iter().find(|o| norm(&o.domain) == norm(domain)).map(|o| o.version)
+        let norm = |d: &str| {
+            if d == "ai.onnx" {
+                String::new()
+            } else {
+                d.to_string()
+            }
+        };
+        self.opsets
+            .iter()
+            .find(|o| norm(&o.domain) == norm(domain))
+            .map(|o| o.version)
     }
 
     /// Every graph reachable from the main graph and the functions, parents before children.

@@ -42,24 +42,43 @@ pub fn bf16_to_f32(h: u16) -> f32 {
 
 pub fn decode_f64(dtype: DType, b: &[u8]) -> Option<Vec<f64>> {
     Some(match dtype {
-        DType::F32 => chunks::<4>(b)?.map(|a| f32::from_le_bytes(a) as f64).collect(),
+        DType::F32 => chunks::<4>(b)?
+            .map(|a| f32::from_le_bytes(a) as f64)
+            .collect(),
         DType::F64 => chunks::<8>(b)?.map(f64::from_le_bytes).collect(),
-        DType::F16 => chunks::<2>(b)?.map(|a| f16_to_f32(u16::from_le_bytes(a)) as f64).collect(),
-        DType::BF16 => chunks::<2>(b)?.map(|a| bf16_to_f32(u16::from_le_bytes(a)) as f64).collect(),
-        _ => decode_i64(dtype, b)?.into_iter().map(|v| v as f64).collect(),
+        DType::F16 => chunks::<2>(b)?
+            .map(|a| f16_to_f32(u16::from_le_bytes(a)) as f64)
+            .collect(),
+        DType::BF16 => chunks::<2>(b)?
+            .map(|a| bf16_to_f32(u16::from_le_bytes(a)) as f64)
+            .collect(),
+        _ => decode_i64(dtype, b)?
+            .into_iter()
+            .map(|v| v as f64)
+            .collect(),
     })
 }
 
 pub fn decode_i64(dtype: DType, b: &[u8]) -> Option<Vec<i64>> {
     Some(match dtype {
         DType::I64 => chunks::<8>(b)?.map(i64::from_le_bytes).collect(),
-        DType::I32 => chunks::<4>(b)?.map(|a| i32::from_le_bytes(a) as i64).collect(),
-        DType::I16 => chunks::<2>(b)?.map(|a| i16::from_le_bytes(a) as i64).collect(),
+        DType::I32 => chunks::<4>(b)?
+            .map(|a| i32::from_le_bytes(a) as i64)
+            .collect(),
+        DType::I16 => chunks::<2>(b)?
+            .map(|a| i16::from_le_bytes(a) as i64)
+            .collect(),
         DType::I8 => b.iter().map(|&x| x as i8 as i64).collect(),
         DType::U8 | DType::Bool => b.iter().map(|&x| x as i64).collect(),
-        DType::U16 => chunks::<2>(b)?.map(|a| u16::from_le_bytes(a) as i64).collect(),
-        DType::U32 => chunks::<4>(b)?.map(|a| u32::from_le_bytes(a) as i64).collect(),
-        DType::U64 => chunks::<8>(b)?.map(|a| u64::from_le_bytes(a) as i64).collect(),
+        DType::U16 => chunks::<2>(b)?
+            .map(|a| u16::from_le_bytes(a) as i64)
+            .collect(),
+        DType::U32 => chunks::<4>(b)?
+            .map(|a| u32::from_le_bytes(a) as i64)
+            .collect(),
+        DType::U64 => chunks::<8>(b)?
+            .map(|a| u64::from_le_bytes(a) as i64)
+            .collect(),
         _ => return None,
     })
 }

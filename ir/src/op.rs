@@ -233,7 +233,12 @@ impl Op {
     /// Subgraphs held in the op's attributes.
     pub fn subgraphs(&self) -> Vec<GraphId> {
         match self {
-            Op::If(a) => a.then_branch.iter().chain(a.else_branch.iter()).copied().collect(),
+            Op::If(a) => a
+                .then_branch
+                .iter()
+                .chain(a.else_branch.iter())
+                .copied()
+                .collect(),
             Op::Loop(a) => a.body.iter().copied().collect(),
             Op::Opaque(o) => o.attrs.iter().flat_map(|a| a.value.graphs()).collect(),
             _ => Vec::new(),
@@ -258,7 +263,11 @@ impl Op {
         match self {
             // An op of another domain is unknown to us, so it may print, log or keep state.
             Op::Opaque(o) if !matches!(o.domain.as_str(), "" | "ai.onnx" | "ortho") => true,
-            Op::Opaque(o) => o.op_type.contains("Random") || o.op_type == "Multinomial" || o.op_type == "Bernoulli",
+            Op::Opaque(o) => {
+                o.op_type.contains("Random")
+                    || o.op_type == "Multinomial"
+                    || o.op_type == "Bernoulli"
+            }
             Op::Dropout(_) => true,
             _ => false,
         }

@@ -18,7 +18,10 @@ pub struct Handle<T> {
 
 impl<T> Handle<T> {
     fn new(idx: usize) -> Self {
-        Handle { idx: idx as u32, _marker: PhantomData }
+        Handle {
+            idx: idx as u32,
+            _marker: PhantomData,
+        }
     }
     /// A stable small number, for printing and hashing only.
     pub fn index(self) -> usize {
@@ -88,7 +91,10 @@ impl<T> Arena<T> {
         self.items.is_empty()
     }
     pub fn iter(&self) -> impl Iterator<Item = (Handle<T>, &T)> {
-        self.items.iter().enumerate().map(|(i, t)| (Handle::new(i), t))
+        self.items
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (Handle::new(i), t))
     }
 }
 
@@ -110,7 +116,11 @@ pub enum Storage {
     /// Little-endian element bytes owned by the IR.
     Bytes(Arc<[u8]>),
     /// A byte range of a mapped file.
-    Mapped { backing: Arc<dyn Backing>, offset: usize, len: usize },
+    Mapped {
+        backing: Arc<dyn Backing>,
+        offset: usize,
+        len: usize,
+    },
     /// String elements (dtype `str`).
     Strings(Vec<Vec<u8>>),
     /// The data was elided in a textual dump; only its hash and size are known.
@@ -121,7 +131,11 @@ impl fmt::Debug for Storage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Storage::Bytes(b) => write!(f, "Bytes({} B)", b.len()),
-            Storage::Mapped { backing, offset, len } => {
+            Storage::Mapped {
+                backing,
+                offset,
+                len,
+            } => {
                 write!(f, "Mapped({}@{offset}+{len})", backing.describe())
             }
             Storage::Strings(s) => write!(f, "Strings({})", s.len()),
@@ -145,7 +159,13 @@ pub type TensorId = Handle<TensorData>;
 
 impl TensorData {
     pub fn from_bytes(dtype: DType, dims: Vec<i64>, bytes: Vec<u8>) -> Self {
-        TensorData { dtype, dims, storage: Storage::Bytes(bytes.into()), name: String::new(), doc: String::new() }
+        TensorData {
+            dtype,
+            dims,
+            storage: Storage::Bytes(bytes.into()),
+            name: String::new(),
+            doc: String::new(),
+        }
     }
 
     pub fn from_f32(dims: Vec<i64>, vals: &[f32]) -> Self {
@@ -167,7 +187,11 @@ impl TensorData {
     pub fn bytes(&self) -> Option<&[u8]> {
         match &self.storage {
             Storage::Bytes(b) => Some(b),
-            Storage::Mapped { backing, offset, len } => backing.bytes().get(*offset..offset + len),
+            Storage::Mapped {
+                backing,
+                offset,
+                len,
+            } => backing.bytes().get(*offset..offset + len),
             Storage::Strings(_) | Storage::Elided { .. } => None,
         }
     }
@@ -216,7 +240,13 @@ impl TensorData {
 
 /// Product of dims with overflow and sign checks.
 pub fn numel(dims: &[i64]) -> Option<u64> {
-    dims.iter().try_fold(1u64, |acc, &d| if d < 0 { None } else { acc.checked_mul(d as u64) })
+    dims.iter().try_fold(1u64, |acc, &d| {
+        if d < 0 {
+            None
+        } else {
+            acc.checked_mul(d as u64)
+        }
+    })
 }
 
 /// A fast, portable 64-bit content hash (not cryptographic): words are mixed with a multiply-rotate.
@@ -233,10 +263,15 @@ impl Default for Hasher64 {
 
 impl Hasher64 {
     pub fn new() -> Self {
-        Hasher64 { state: 0x243F_6A88_85A3_08D3, len: 0 }
+        Hasher64 {
+            state: 0x243F_6A88_85A3_08D3,
+            len: 0,
+        }
     }
     fn mix(&mut self, w: u64) {
-        self.state = (self.state ^ w).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(31);
+        self.state = (self.state ^ w)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(31);
     }
     pub fn write(&mut self, bytes: &[u8]) {
         self.len += bytes.len() as u64;

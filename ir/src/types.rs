@@ -109,7 +109,11 @@ impl DType {
     pub fn code(self) -> i32 {
         match self {
             DType::Other(c) => c,
-            d => CODE_ORDER.iter().position(|x| *x == d).map(|i| i as i32).unwrap_or(0),
+            d => CODE_ORDER
+                .iter()
+                .position(|x| *x == d)
+                .map(|i| i as i32)
+                .unwrap_or(0),
         }
     }
 
@@ -157,15 +161,7 @@ impl DType {
         use DType::*;
         matches!(
             self,
-            F32 | F16
-                | BF16
-                | F64
-                | F8E4M3FN
-                | F8E4M3FNUZ
-                | F8E5M2
-                | F8E5M2FNUZ
-                | F4E2M1
-                | F8E8M0
+            F32 | F16 | BF16 | F64 | F8E4M3FN | F8E4M3FNUZ | F8E5M2 | F8E5M2FNUZ | F4E2M1 | F8E8M0
         )
     }
 
@@ -222,7 +218,10 @@ pub struct TensorType {
 
 impl TensorType {
     pub fn new(dtype: DType, shape: Vec<Dim>) -> Self {
-        TensorType { dtype, shape: Some(shape) }
+        TensorType {
+            dtype,
+            shape: Some(shape),
+        }
     }
     pub fn fixed(dtype: DType, dims: &[i64]) -> Self {
         TensorType::new(dtype, dims.iter().map(|&d| Dim::Fixed(d)).collect())

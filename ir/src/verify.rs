@@ -27,7 +27,11 @@ use std::collections::{HashMap, HashSet};
 
 /// Verifies the main graph, every function body and every subgraph.
 pub fn verify_module(m: &Module) -> Result<(), Diagnostics> {
-    let mut v = Verifier { m, diags: Diagnostics::default(), stack: Vec::new() };
+    let mut v = Verifier {
+        m,
+        diags: Diagnostics::default(),
+        stack: Vec::new(),
+    };
     v.graph(m.main, &Scope::new(), false);
     for f in &m.functions {
         // Function bodies see nothing of the graphs that call them.
@@ -40,8 +44,15 @@ pub fn verify_module(m: &Module) -> Result<(), Diagnostics> {
 
 /// Verifies one graph and its subgraphs; `outer` lists the names its captures may refer to.
 pub fn verify_graph(m: &Module, g: GraphId, outer: &[&str]) -> Result<(), Diagnostics> {
-    let scope: Scope = outer.iter().map(|n| (n.to_string(), Type::Unknown)).collect();
-    let mut v = Verifier { m, diags: Diagnostics::default(), stack: Vec::new() };
+    let scope: Scope = outer
+        .iter()
+        .map(|n| (n.to_string(), Type::Unknown))
+        .collect();
+    let mut v = Verifier {
+        m,
+        diags: Diagnostics::default(),
+        stack: Vec::new(),
+    };
     v.graph(g, &scope, false);
     v.finish()
 }
@@ -76,7 +87,10 @@ impl Verifier<'_> {
     }
 
     fn err(&mut self, g: &Graph, node: Option<NodeId>, msg: impl Into<String>) {
-        let at = node.filter(|n| g.contains(*n)).map(|n| g.describe(n)).unwrap_or_default();
+        let at = node
+            .filter(|n| g.contains(*n))
+            .map(|n| g.describe(n))
+            .unwrap_or_default();
         self.diags.push(&g.name, at, msg);
     }
 
@@ -85,12 +99,17 @@ impl Verifier<'_> {
     fn graph(&mut self, gid: GraphId, outer: &Scope, conditional: bool) {
         let m = self.m;
         if gid.index() >= m.graphs.len() {
-            self.diags.push("", "", format!("graph #{} does not exist", gid.index()));
+            self.diags
+                .push("", "", format!("graph #{} does not exist", gid.index()));
             return;
         }
         let g = m.graph(gid);
         if self.stack.contains(&gid) {
-            self.err(g, None, "graph contains itself through a subgraph attribute");
+            self.err(
+                g,
+                None,
+                "graph contains itself through a subgraph attribute",
+            );
             return;
         }
         self.stack.push(gid);
@@ -107,10 +126,22 @@ impl Verifier<'_> {
             let on_cycle = find_cycle(g);
             let path: Vec<String> = on_cycle.iter().take(8).map(|&n| g.describe(n)).collect();
             let more = if on_cycle.len() > 8 { " → …" } else { "" };
-            self.err(g, on_cycle.first().copied(), format!("is on a cycle: {}{more}", path.join(" → ")));
+            self.err(
+                g,
+                on_cycle.first().copied(),
+                format!("is on a cycle: {}{more}", path.join(" → ")),
+            );
         }
         let types = if sound {
-            let inf = shape::infer_graph(m, gid, outer, InferOptions { subgraphs: false, conditional });
+            let inf = shape::infer_graph(
+                m,
+                gid,
+                outer,
+                InferOptions {
+                    subgraphs: false,
+                    conditional,
+                },
+            );
             self.diags.0.extend(inf.diags.0);
             for &id in &nodes {
                 self.dtype_rules(g, id, &inf.types);
@@ -123,8 +154,14 @@ impl Verifier<'_> {
         for &id in &nodes {
             for (i, o) in g.node(id).outputs.iter().enumerate() {
                 if !o.name.is_empty() {
-                    let v = ValueId { node: id, output: i as u32 };
-                    scope.insert(o.name.clone(), types.get(&v).cloned().unwrap_or_else(|| o.ty.clone()));
+                    let v = ValueId {
+                        node: id,
+                        output: i as u32,
+                    };
+                    scope.insert(
+                        o.name.clone(),
+                        types.get(&v).cloned().unwrap_or_else(|| o.ty.clone()),
+                    );
                 }
             }
         }
@@ -144,10 +181,18 @@ impl Verifier<'_> {
         let mut seen = HashSet::new();
         for (k, &i) in g.inputs().iter().enumerate() {
             if !g.contains(i) {
-                self.err(g, None, format!("input {k} refers to a node that does not exist"));
+                self.err(
+                    g,
+                    None,
+                    format!("input {k} refers to a node that does not exist"),
+                );
                 ok = false;
             } else if !matches!(g.node(i).op, Op::Input { .. }) {
-                self.err(g, Some(i), format!("is listed as graph input {k} but is not an input node"));
+                self.err(
+                    g,
+                    Some(i),
+                    format!("is listed as graph input {k} but is not an input node"),
+                );
             } else if !seen.insert(i) {
                 self.err(g, Some(i), "is listed twice among the graph inputs");
             }
@@ -156,11 +201,21 @@ impl Verifier<'_> {
     }
 
     /// Checks one node; returns false when its operands make the graph unfit for inference.
-    fn node<'g>(&mut self, g: &'g Graph, id: NodeId, outer: &Scope, names: &mut HashMap<&'g str, NodeId>) -> bool {
+    fn node<'g>(
+        &mut self,
+        g: &'g Graph,
+        id: NodeId,
+        outer: &Scope,
+        names: &mut HashMap<&'g str, NodeId>,
+    ) -> bool {
         let n = g.node(id);
         let mut sound = true;
         if matches!(n.op, Op::Input { .. }) && !g.inputs().contains(&id) {
-            self.err(g, Some(id), "is an input node but is not listed among the graph inputs");
+            self.err(
+                g,
+                Some(id),
+                "is an input node but is not listed among the graph inputs",
+            );
         }
         for o in &n.outputs {
             if o.name.is_empty() {
@@ -171,28 +226,52 @@ impl Verifier<'_> {
             }
             if let Some(&prev) = names.get(o.name.as_str()) {
                 let p = g.describe(prev);
-                self.err(g, Some(id), format!("defines %{}, which {p} already defines", o.name));
+                self.err(
+                    g,
+                    Some(id),
+                    format!("defines %{}, which {p} already defines", o.name),
+                );
             } else {
                 names.insert(&o.name, id);
             }
             match (&n.op, outer.contains_key(&o.name)) {
                 (Op::Capture, false) => {
-                    self.err(g, Some(id), format!("captures %{}, which no enclosing graph defines", o.name));
+                    self.err(
+                        g,
+                        Some(id),
+                        format!("captures %{}, which no enclosing graph defines", o.name),
+                    );
                 }
                 (Op::Capture, true) | (_, false) => {}
-                (_, true) => {
-                    self.err(g, Some(id), format!("defines %{}, which shadows a value of an enclosing graph", o.name))
-                }
+                (_, true) => self.err(
+                    g,
+                    Some(id),
+                    format!(
+                        "defines %{}, which shadows a value of an enclosing graph",
+                        o.name
+                    ),
+                ),
             }
         }
         for (slot, o) in n.operands().iter().enumerate() {
             let Some(v) = o else { continue };
             if !g.is_valid_value(*v) {
-                self.err(g, Some(id), format!("operand {slot} refers to a value that does not exist"));
+                self.err(
+                    g,
+                    Some(id),
+                    format!("operand {slot} refers to a value that does not exist"),
+                );
                 sound = false;
             } else if g.value_name(*v).is_empty() {
                 let p = g.describe(v.node);
-                self.err(g, Some(id), format!("operand {slot} uses result {} of {p}, which has no name", v.output));
+                self.err(
+                    g,
+                    Some(id),
+                    format!(
+                        "operand {slot} uses result {} of {p}, which has no name",
+                        v.output
+                    ),
+                );
             }
         }
         self.arity(g, id);
@@ -213,7 +292,14 @@ impl Verifier<'_> {
         let a = n.op.arity();
         let nin = n.operands().len();
         if nin < a.min_in || nin > a.max_in {
-            self.err(g, Some(id), format!("takes {} operands but has {nin}", count_text(a.min_in, a.max_in)));
+            self.err(
+                g,
+                Some(id),
+                format!(
+                    "takes {} operands but has {nin}",
+                    count_text(a.min_in, a.max_in)
+                ),
+            );
         } else if !matches!(n.op, Op::Loop(_)) {
             // Loop's first two operands (trip count, condition) are optional; elsewhere the
             // leading `min_in` operands are required.
@@ -225,22 +311,40 @@ impl Verifier<'_> {
         }
         let nout = n.outputs.len();
         if nout < a.min_out || nout > a.max_out {
-            self.err(g, Some(id), format!("has {} results but {nout} are given", count_text(a.min_out, a.max_out)));
+            self.err(
+                g,
+                Some(id),
+                format!(
+                    "has {} results but {nout} are given",
+                    count_text(a.min_out, a.max_out)
+                ),
+            );
         }
     }
 
     fn tensor(&mut self, g: &Graph, id: NodeId, t: TensorId) {
         if t.index() >= self.m.tensors.len() {
-            self.err(g, Some(id), format!("refers to tensor #{} which does not exist", t.index()));
+            self.err(
+                g,
+                Some(id),
+                format!("refers to tensor #{} which does not exist", t.index()),
+            );
             return;
         }
         let td = self.m.tensor(t);
-        let label = if td.name.is_empty() { "its tensor".to_string() } else { format!("tensor '{}'", td.name) };
+        let label = if td.name.is_empty() {
+            "its tensor".to_string()
+        } else {
+            format!("tensor '{}'", td.name)
+        };
         let Some(n) = numel(&td.dims) else {
             self.err(
                 g,
                 Some(id),
-                format!("{label} has dims {:?}, whose element count is negative or overflows", td.dims),
+                format!(
+                    "{label} has dims {:?}, whose element count is negative or overflows",
+                    td.dims
+                ),
             );
             return;
         };
@@ -248,25 +352,48 @@ impl Verifier<'_> {
             Storage::Elided { .. } => {}
             Storage::Strings(s) => {
                 if td.dtype != DType::Str {
-                    self.err(g, Some(id), format!("{label} holds strings but its element type is {}", td.dtype));
+                    self.err(
+                        g,
+                        Some(id),
+                        format!("{label} holds strings but its element type is {}", td.dtype),
+                    );
                 } else if s.len() as u64 != n {
-                    self.err(g, Some(id), format!("{label} holds {} strings but dims {:?} need {n}", s.len(), td.dims));
+                    self.err(
+                        g,
+                        Some(id),
+                        format!(
+                            "{label} holds {} strings but dims {:?} need {n}",
+                            s.len(),
+                            td.dims
+                        ),
+                    );
                 }
             }
             Storage::Bytes(_) | Storage::Mapped { .. } => {
                 if td.bytes().is_none() {
-                    self.err(g, Some(id), format!("{label} lies outside its backing file"));
+                    self.err(
+                        g,
+                        Some(id),
+                        format!("{label} lies outside its backing file"),
+                    );
                 } else if let Some(need) = td.dtype.bytes_for(n) {
                     if need != td.byte_len() {
                         let have = td.byte_len();
                         self.err(
                             g,
                             Some(id),
-                            format!("{label} holds {have} bytes but {} × {:?} needs {need}", td.dtype, td.dims),
+                            format!(
+                                "{label} holds {have} bytes but {} × {:?} needs {need}",
+                                td.dtype, td.dims
+                            ),
                         );
                     }
                 } else if td.dtype == DType::Str {
-                    self.err(g, Some(id), format!("{label} has element type str but holds raw bytes"));
+                    self.err(
+                        g,
+                        Some(id),
+                        format!("{label} has element type str but holds raw bytes"),
+                    );
                 }
             }
         }
@@ -276,15 +403,25 @@ impl Verifier<'_> {
     fn value_type(&mut self, g: &Graph, id: NodeId, name: &str, ty: &Type) {
         let t = match ty {
             Type::Tensor(t) | Type::SparseTensor(t) => t,
-            Type::Sequence(e) | Type::Optional(e) | Type::Map(_, e) => return self.value_type(g, id, name, e),
+            Type::Sequence(e) | Type::Optional(e) | Type::Map(_, e) => {
+                return self.value_type(g, id, name, e)
+            }
             Type::Unknown => return,
         };
         let Some(shape) = &t.shape else { return };
         let fixed: Vec<i64> = shape.iter().filter_map(Dim::fixed).collect();
         if let Some(d) = fixed.iter().find(|&&d| d < 0) {
-            self.err(g, Some(id), format!("result %{name} has a negative dimension {d} in {ty}"));
+            self.err(
+                g,
+                Some(id),
+                format!("result %{name} has a negative dimension {d} in {ty}"),
+            );
         } else if numel(&fixed).is_none() {
-            self.err(g, Some(id), format!("result %{name} has type {ty}, whose element count overflows"));
+            self.err(
+                g,
+                Some(id),
+                format!("result %{name} has type {ty}, whose element count overflows"),
+            );
         }
     }
 
@@ -297,19 +434,41 @@ impl Verifier<'_> {
             if o.name.is_empty() {
                 self.err(g, None, format!("output {k} has no name"));
             } else if !exposed.insert(o.name.as_str()) {
-                self.err(g, None, format!("output {k}: the name '{}' is exposed twice", o.name));
+                self.err(
+                    g,
+                    None,
+                    format!("output {k}: the name '{}' is exposed twice", o.name),
+                );
             } else if let Some(v) = names.get(&o.name) {
                 if *v != o.value {
-                    self.err(g, None, format!("output {k} is exposed as '{}', which names another value", o.name));
+                    self.err(
+                        g,
+                        None,
+                        format!(
+                            "output {k} is exposed as '{}', which names another value",
+                            o.name
+                        ),
+                    );
                 }
             }
             if !g.is_valid_value(o.value) {
-                self.err(g, None, format!("output {k} ('{}') refers to a value that does not exist", o.name));
+                self.err(
+                    g,
+                    None,
+                    format!(
+                        "output {k} ('{}') refers to a value that does not exist",
+                        o.name
+                    ),
+                );
             } else if g.value_name(o.value).is_empty() {
                 self.err(
                     g,
                     None,
-                    format!("output {k} ('{}') is an unnamed result of {}", o.name, g.describe(o.value.node)),
+                    format!(
+                        "output {k} ('{}') is an unnamed result of {}",
+                        o.name,
+                        g.describe(o.value.node)
+                    ),
                 );
             }
         }
@@ -320,15 +479,25 @@ impl Verifier<'_> {
         use Op::*;
         let n = g.node(id);
         let dt = |slot: usize| -> Option<DType> {
-            n.operand(slot).and_then(|v| types.get(&v)).and_then(Type::dtype).filter(|d| *d != DType::Undefined)
+            n.operand(slot)
+                .and_then(|v| types.get(&v))
+                .and_then(Type::dtype)
+                .filter(|d| *d != DType::Undefined)
         };
-        let present: Vec<usize> = (0..n.operands().len()).filter(|&s| n.operand(s).is_some()).collect();
+        let present: Vec<usize> = (0..n.operands().len())
+            .filter(|&s| n.operand(s).is_some())
+            .collect();
         let mut errs: Vec<String> = Vec::new();
         let same = |slots: &[usize], errs: &mut Vec<String>| {
-            let known: Vec<(usize, DType)> = slots.iter().filter_map(|&s| dt(s).map(|d| (s, d))).collect();
+            let known: Vec<(usize, DType)> = slots
+                .iter()
+                .filter_map(|&s| dt(s).map(|d| (s, d)))
+                .collect();
             if let Some(&(s0, d0)) = known.first() {
                 if let Some(&(s1, d1)) = known.iter().find(|(_, d)| *d != d0) {
-                    errs.push(format!("operands {s0} and {s1} have different element types ({d0} and {d1})"));
+                    errs.push(format!(
+                        "operands {s0} and {s1} have different element types ({d0} and {d1})"
+                    ));
                 }
             }
         };
@@ -341,10 +510,9 @@ impl Verifier<'_> {
         };
         const IDX: &[DType] = &[DType::I32, DType::I64];
         match &n.op {
-            Add | Sub | Mul | Div | Mod(_) | PRelu | BitwiseAnd | BitwiseOr | BitwiseXor | Max | Min | Sum | Mean
-            | MatMul | Concat(_) | Range | Equal | Less | LessOrEqual | Greater | GreaterOrEqual => {
-                same(&present, &mut errs)
-            }
+            Add | Sub | Mul | Div | Mod(_) | PRelu | BitwiseAnd | BitwiseOr | BitwiseXor | Max
+            | Min | Sum | Mean | MatMul | Concat(_) | Range | Equal | Less | LessOrEqual
+            | Greater | GreaterOrEqual => same(&present, &mut errs),
             Gemm(_) => same(&[0, 1, 2], &mut errs),
             And | Or | Xor | Not => {
                 for &s in &present {
@@ -356,7 +524,9 @@ impl Verifier<'_> {
                 same(&[1, 2], &mut errs);
             }
             If(_) => is(0, &[DType::Bool], "bool", &mut errs),
-            Gather(_) | GatherElements(_) | GatherND(_) => is(1, IDX, "i32 or i64 indices", &mut errs),
+            Gather(_) | GatherElements(_) | GatherND(_) => {
+                is(1, IDX, "i32 or i64 indices", &mut errs)
+            }
             ScatterND(_) | ScatterElements(_) => {
                 is(1, IDX, "i32 or i64 indices", &mut errs);
                 same(&[0, 2], &mut errs);
@@ -374,7 +544,9 @@ impl Verifier<'_> {
             // Codes the IR does not name (newer ONNX types) are carried as `Other`; only
             // UNDEFINED and negative codes are certainly wrong.
             Cast(a) => {
-                if let Some(c) = a.to.filter(|&c| dtype_from_onnx(c) == DType::Undefined || c < 0) {
+                if let Some(c) =
+                    a.to.filter(|&c| dtype_from_onnx(c) == DType::Undefined || c < 0)
+                {
                     errs.push(format!("'to' = {c} is not an element type"));
                 }
             }
@@ -395,8 +567,13 @@ pub(crate) fn find_cycle(g: &Graph) -> Vec<NodeId> {
         Active,
         Done,
     }
-    let preds =
-        |n: NodeId| -> Vec<NodeId> { g.node(n).inputs().filter(|v| g.is_valid_value(*v)).map(|v| v.node).collect() };
+    let preds = |n: NodeId| -> Vec<NodeId> {
+        g.node(n)
+            .inputs()
+            .filter(|v| g.is_valid_value(*v))
+            .map(|v| v.node)
+            .collect()
+    };
     let mut mark: HashMap<NodeId, Mark> = HashMap::new();
     let mut order = g.node_ids();
     order.sort_by_key(|&n| g.node(n).seq());
@@ -482,7 +659,10 @@ mod tests {
         );
         let e = errors(&m);
         assert_eq!(e.len(), 1, "{e:?}");
-        assert!(e[0].starts_with("graph @main: MatMul '/mlp/up_proj': result %y"), "{e:?}");
+        assert!(
+            e[0].starts_with("graph @main: MatMul '/mlp/up_proj': result %y"),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -499,7 +679,8 @@ mod tests {
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(e[0].contains("is on a cycle"), "{e:?}");
         assert!(
-            e[0].starts_with("graph @main: Add producing '%b'") || e[0].starts_with("graph @main: Neg producing '%c'"),
+            e[0].starts_with("graph @main: Add producing '%b'")
+                || e[0].starts_with("graph @main: Neg producing '%c'"),
             "{e:?}"
         );
         assert!(!e[0].contains("Relu"), "{e:?}");
@@ -518,11 +699,29 @@ mod tests {
 }"#,
         );
         let e = errors(&m);
-        assert!(has(&e, "Add 'mixed': operands 0 and 1 have different element types (f32 and f16)"), "{e:?}");
+        assert!(
+            has(
+                &e,
+                "Add 'mixed': operands 0 and 1 have different element types (f32 and f16)"
+            ),
+            "{e:?}"
+        );
         assert!(has(&e, "Where 'cond': operand 0 must be bool"), "{e:?}");
-        assert!(has(&e, "Gather 'gather': operand 1 must be i32 or i64 indices"), "{e:?}");
-        assert!(has(&e, "Shape 'shape': result %d: declared tensor<1xf32> but inferred tensor<1xi64>"), "{e:?}");
-        assert!(has(&e, "Relu 'relu': takes exactly 1 operands but has 2"), "{e:?}");
+        assert!(
+            has(&e, "Gather 'gather': operand 1 must be i32 or i64 indices"),
+            "{e:?}"
+        );
+        assert!(
+            has(
+                &e,
+                "Shape 'shape': result %d: declared tensor<1xf32> but inferred tensor<1xi64>"
+            ),
+            "{e:?}"
+        );
+        assert!(
+            has(&e, "Relu 'relu': takes exactly 1 operands but has 2"),
+            "{e:?}"
+        );
         assert!(has(&e, "Cast 'cast': result %f"), "{e:?}");
         assert_eq!(e.len(), 6, "{e:?}");
     }
@@ -550,7 +749,13 @@ mod tests {
             has(&e, "graph @else: Neg producing '%c': defines %c, which shadows a value of an enclosing graph"),
             "{e:?}"
         );
-        assert!(has(&e, "graph @else: MatMul producing '%e': takes exactly 2 operands but has 3"), "{e:?}");
+        assert!(
+            has(
+                &e,
+                "graph @else: MatMul producing '%e': takes exactly 2 operands but has 3"
+            ),
+            "{e:?}"
+        );
         assert_eq!(e.len(), 3, "{e:?}");
     }
 
@@ -565,7 +770,13 @@ mod tests {
 }"#,
         );
         let e = errors(&m);
-        assert!(has(&e, "input producing '%stray': is an input node but is not listed"), "{e:?}");
+        assert!(
+            has(
+                &e,
+                "input producing '%stray': is an input node but is not listed"
+            ),
+            "{e:?}"
+        );
         assert!(
             has(
                 &e,
@@ -573,7 +784,10 @@ mod tests {
             ),
             "{e:?}"
         );
-        assert!(has(&e, "Add producing '%m': required operand 0 is missing"), "{e:?}");
+        assert!(
+            has(&e, "Add producing '%m': required operand 0 is missing"),
+            "{e:?}"
+        );
         assert_eq!(e.len(), 3, "{e:?}");
     }
 
@@ -585,31 +799,82 @@ mod tests {
 }"#,
         );
         let bad = m.add_tensor(TensorData::from_bytes(DType::F32, vec![3], vec![0; 4]));
-        let huge = m.add_tensor(TensorData::from_bytes(DType::F32, vec![i64::MAX, 4], vec![]));
+        let huge = m.add_tensor(TensorData::from_bytes(
+            DType::F32,
+            vec![i64::MAX, 4],
+            vec![],
+        ));
         let g = m.main_graph_mut();
-        let c = g.add_node(Op::Const(bad), vec![], vec![Output::new("w", Type::Unknown)]);
-        g.add_node(Op::Const(huge), vec![], vec![Output::new("big", Type::Unknown)]);
+        let c = g.add_node(
+            Op::Const(bad),
+            vec![],
+            vec![Output::new("w", Type::Unknown)],
+        );
+        g.add_node(
+            Op::Const(huge),
+            vec![],
+            vec![Output::new("big", Type::Unknown)],
+        );
         // A result without a name, used as an operand and as a graph output.
-        let anon =
-            g.add_node(Op::Neg, vec![Some(ValueId { node: c, output: 0 })], vec![Output::new("", Type::Unknown)]);
-        let user =
-            g.add_node(Op::Relu, vec![Some(ValueId { node: anon, output: 0 })], vec![Output::new("u", Type::Unknown)]);
+        let anon = g.add_node(
+            Op::Neg,
+            vec![Some(ValueId { node: c, output: 0 })],
+            vec![Output::new("", Type::Unknown)],
+        );
+        let user = g.add_node(
+            Op::Relu,
+            vec![Some(ValueId {
+                node: anon,
+                output: 0,
+            })],
+            vec![Output::new("u", Type::Unknown)],
+        );
         // A dangling operand: the node it named is gone.
         let gone = g.add_node(Op::Relu, vec![], vec![Output::new("gone", Type::Unknown)]);
         g.add_node(
             Op::Abs,
-            vec![Some(ValueId { node: gone, output: 0 })],
+            vec![Some(ValueId {
+                node: gone,
+                output: 0,
+            })],
             vec![Output::new("dangling", Type::Unknown)],
         );
         g.remove_node(gone);
-        g.outputs.push(crate::graph::GraphOutput { value: ValueId { node: anon, output: 0 }, name: "anon".into() });
+        g.outputs.push(crate::graph::GraphOutput {
+            value: ValueId {
+                node: anon,
+                output: 0,
+            },
+            name: "anon".into(),
+        });
         let _ = user;
         let e = errors(&m);
-        assert!(has(&e, "const producing '%w': its tensor holds 4 bytes but f32 × [3] needs 12"), "{e:?}");
-        assert!(has(&e, "const producing '%big': its tensor has dims"), "{e:?}");
-        assert!(has(&e, "Relu producing '%u': operand 0 uses result 0 of Neg"), "{e:?}");
-        assert!(has(&e, "Abs producing '%dangling': operand 0 refers to a value that does not exist"), "{e:?}");
-        assert!(has(&e, "graph @main: output 1 ('anon') is an unnamed result"), "{e:?}");
+        assert!(
+            has(
+                &e,
+                "const producing '%w': its tensor holds 4 bytes but f32 × [3] needs 12"
+            ),
+            "{e:?}"
+        );
+        assert!(
+            has(&e, "const producing '%big': its tensor has dims"),
+            "{e:?}"
+        );
+        assert!(
+            has(&e, "Relu producing '%u': operand 0 uses result 0 of Neg"),
+            "{e:?}"
+        );
+        assert!(
+            has(
+                &e,
+                "Abs producing '%dangling': operand 0 refers to a value that does not exist"
+            ),
+            "{e:?}"
+        );
+        assert!(
+            has(&e, "graph @main: output 1 ('anon') is an unnamed result"),
+            "{e:?}"
+        );
         assert_eq!(e.len(), 5, "{e:?}");
     }
 
@@ -628,10 +893,14 @@ mod tests {
         );
         // From the main graph, %y resolves nowhere; checked alone with %y in scope, it does.
         assert!(verify_module(&m).is_err());
-        let then = m.main_graph().node_ids().into_iter().find_map(|n| match &m.main_graph().node(n).op {
-            Op::If(a) => a.then_branch,
-            _ => None,
-        });
+        let then =
+            m.main_graph()
+                .node_ids()
+                .into_iter()
+                .find_map(|n| match &m.main_graph().node(n).op {
+                    Op::If(a) => a.then_branch,
+                    _ => None,
+                });
         let then = then.unwrap_or_else(|| panic!("no If"));
         assert_eq!(verify_graph(&m, then, &["y"]), Ok(()));
     }

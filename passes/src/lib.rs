@@ -20,14 +20,18 @@ pub mod transforms;
 mod tests;
 
 pub use manager::{
-    DumpWhen, FailureKind, FixpointReport, IrEvent, ManagerError, ManagerOptions, PassFailure, PassManager, PassRun, RunReport,
-    StopReason, Verifier,
+    DumpWhen, FailureKind, FixpointReport, IrEvent, ManagerError, ManagerOptions, PassFailure,
+    PassManager, PassRun, RunReport, StopReason, Verifier,
 };
 pub use options::{OptionKind, OptionSpec, OptionValue, PassOptions};
 pub use pass::{Pass, PassContext, PassError, PassResult, Statistics};
 pub use pipeline::{parse_pipeline, Fixpoint, PassSpec, Pipeline, PipelineError, PipelineItem};
 pub use registry::{list_passes, PassInfo, Registry};
 pub use transforms::{
-    canonicalize, cse, dce, infer_shapes, CanonicalizeOptions, CanonicalizeStats, CseStats, DceStats, InferShapesStats,
+    canonicalize, cse, dce, infer_shapes, CanonicalizeOptions, CanonicalizeStats, CseStats,
+    DceStats, InferShapesStats,
 };
-pub use transforms::{fold_norms, gauge_verify, rotate_residual, FoldNormsStats, GaugeVerifyOptions, RotateResidualOptions, RotateResidualStats, RotationKind};
+pub use transforms::{
+    fold_norms, gauge_verify, rotate_residual, FoldNormsStats, GaugeVerifyOptions,
+    RotateResidualOptions, RotateResidualStats, RotationKind,
+};

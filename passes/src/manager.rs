@@ -68,16 +68,30 @@ pub enum DumpWhen {
 /// Something the caller may want to print while the pipeline runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IrEvent {
-    Dump { when: DumpWhen, pass: String, index: usize, ir: String },
+    Dump {
+        when: DumpWhen,
+        pass: String,
+        index: usize,
+        ir: String,
+    },
     /// One `--opt-bisect-limit` decision.
-    Bisect { index: usize, pass: String, ran: bool },
+    Bisect {
+        index: usize,
+        pass: String,
+        ran: bool,
+    },
 }
 
 impl IrEvent {
     /// The text to print, MLIR- and LLVM-style.
     pub fn render(&self) -> String {
         match self {
-            IrEvent::Dump { when, pass, index, ir } => {
+            IrEvent::Dump {
+                when,
+                pass,
+                index,
+                ir,
+            } => {
                 let w = match when {
                     DumpWhen::Before => "Before",
                     DumpWhen::After => "After",
@@ -86,7 +100,10 @@ impl IrEvent {
                 format!("// -----// IR Dump {w} {pass} (#{index}) //----- //\n{ir}")
             }
             IrEvent::Bisect { index, pass, ran } => {
-                format!("BISECT: {} pass ({index}) {pass}", if *ran { "running" } else { "NOT running" })
+                format!(
+                    "BISECT: {} pass ({index}) {pass}",
+                    if *ran { "running" } else { "NOT running" }
+                )
             }
         }
     }
@@ -124,9 +141,13 @@ impl fmt::Display for StopReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StopReason::Converged { iterations: 1 } => write!(f, "converged after 1 iteration"),
-            StopReason::Converged { iterations } => write!(f, "converged after {iterations} iterations"),
+            StopReason::Converged { iterations } => {
+                write!(f, "converged after {iterations} iterations")
+            }
             StopReason::MaxIterations { limit } => write!(f, "hit max-iterations={limit}"),
-            StopReason::BisectLimit { iterations } => write!(f, "stopped by opt-bisect-limit in iteration {iterations}"),
+            StopReason::BisectLimit { iterations } => {
+                write!(f, "stopped by opt-bisect-limit in iteration {iterations}")
+            }
         }
     }
 }
@@ -175,10 +196,19 @@ impl RunReport {
         }
         rows.sort_by_key(|r| r.0);
         let mut out = String::from("=== Pass execution timing ===\n");
-        let _ = writeln!(out, "  {:>11}  {:>6}  {:>4}  name", "wall (ms)", "%", "runs");
+        let _ = writeln!(
+            out,
+            "  {:>11}  {:>6}  {:>4}  name",
+            "wall (ms)", "%", "runs"
+        );
         let mut line = |name: &str, runs: String, d: Duration| {
             let s = d.as_secs_f64();
-            let _ = writeln!(out, "  {:>11.3}  {:>5.1}%  {runs:>4}  {name}", s * 1e3, 100.0 * s / total);
+            let _ = writeln!(
+                out,
+                "  {:>11.3}  {:>5.1}%  {runs:>4}  {name}",
+                s * 1e3,
+                100.0 * s / total
+            );
         };
         for (_, path, n, d) in &rows {
             line(path, n.to_string(), *d);
@@ -191,7 +221,12 @@ impl RunReport {
     /// Every counter, in the order first recorded.
     pub fn statistics_table(&self) -> String {
         let mut out = String::from("=== Pass statistics ===\n");
-        let width = self.statistics.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        let width = self
+            .statistics
+            .iter()
+            .map(|(k, _)| k.len())
+            .max()
+            .unwrap_or(0);
         for (k, v) in self.statistics.iter() {
             let _ = writeln!(out, "  {k:<width$}  {v:>10}");
         }
@@ -205,7 +240,11 @@ impl RunReport {
             let _ = writeln!(out, "{}: {}", f.path, f.stop);
         }
         if let Some((first, _)) = self.bisect_skipped.first() {
-            let _ = writeln!(out, "opt-bisect-limit: skipped {} pass run(s) from #{first}", self.bisect_skipped.len());
+            let _ = writeln!(
+                out,
+                "opt-bisect-limit: skipped {} pass run(s) from #{first}",
+                self.bisect_skipped.len()
+            );
         }
         for n in &self.notes {
             let _ = writeln!(out, "note: {n}");
@@ -256,7 +295,9 @@ impl fmt::Display for PassFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let at = format!("pass '{}' (run #{})", self.pass, self.index);
         match &self.kind {
-            FailureKind::InvalidInput(d) => write!(f, "the input failed verification before any pass ran: {d}")?,
+            FailureKind::InvalidInput(d) => {
+                write!(f, "the input failed verification before any pass ran: {d}")?
+            }
             FailureKind::Pass(e) => writeln!(f, "{at} failed: {e}")?,
             FailureKind::Verify(d) => write!(f, "verification failed after {at}: {d}")?,
             FailureKind::Panic(m) => writeln!(f, "{at} panicked: {m}")?,
@@ -279,8 +320,18 @@ pub enum ManagerError {
 
 /// A pass or loop ready to run.
 enum Step {
-    Pass { pass: Box<dyn Pass>, label: String, path: String, slot: usize, top: usize },
-    Fixpoint { max_iterations: usize, body: Vec<Step>, path: String },
+    Pass {
+        pass: Box<dyn Pass>,
+        label: String,
+        path: String,
+        slot: usize,
+        top: usize,
+    },
+    Fixpoint {
+        max_iterations: usize,
+        body: Vec<Step>,
+        path: String,
+    },
 }
 
 /// Runs a pipeline.
@@ -297,14 +348,23 @@ impl PassManager {
     pub fn new(pipeline: Pipeline, options: ManagerOptions) -> Result<PassManager, ManagerError> {
         let registry = Registry::builtin();
         let in_pipeline = pipeline.pass_names();
-        for n in options.print_ir_before.iter().chain(&options.print_ir_after) {
+        for n in options
+            .print_ir_before
+            .iter()
+            .chain(&options.print_ir_after)
+        {
             if !registry.knows(n) && !in_pipeline.contains(&n.as_str()) {
                 return Err(ManagerError::UnknownPrintName(n.clone()));
             }
         }
         let mut slot = 0;
         let steps = build_steps(&pipeline, "", None, &mut slot)?;
-        Ok(PassManager { pipeline, steps, options, verifier: default_verifier })
+        Ok(PassManager {
+            pipeline,
+            steps,
+            options,
+            verifier: default_verifier,
+        })
     }
 
     /// Replaces the verifier (tests, or a stricter checker before export).
@@ -322,7 +382,12 @@ impl PassManager {
     }
 
     /// Runs the pipeline over `m`. `input` is the path the module came from, for the reproducer.
-    pub fn run(&self, m: &mut Module, input: &str, sink: &mut dyn FnMut(IrEvent)) -> Result<RunReport, Box<PassFailure>> {
+    pub fn run(
+        &self,
+        m: &mut Module,
+        input: &str,
+        sink: &mut dyn FnMut(IrEvent),
+    ) -> Result<RunReport, Box<PassFailure>> {
         let start = Instant::now();
         let mut ex = Exec {
             mgr: self,
@@ -331,7 +396,10 @@ impl PassManager {
             input,
             start,
             count: 0,
-            report: RunReport { pipeline: self.pipeline.canonical(), ..Default::default() },
+            report: RunReport {
+                pipeline: self.pipeline.canonical(),
+                ..Default::default()
+            },
         };
         if self.options.verify_each {
             let t = Instant::now();
@@ -353,22 +421,40 @@ fn default_verifier(m: &Module) -> Result<(), Diagnostics> {
     ortho_ir::verify::verify_module(m)
 }
 
-fn build_steps(p: &Pipeline, prefix: &str, top: Option<usize>, slot: &mut usize) -> Result<Vec<Step>, ManagerError> {
+fn build_steps(
+    p: &Pipeline,
+    prefix: &str,
+    top: Option<usize>,
+    slot: &mut usize,
+) -> Result<Vec<Step>, ManagerError> {
     let mut steps = Vec::new();
     for (i, item) in p.items.iter().enumerate() {
         let top = top.unwrap_or(i);
         match item {
             PipelineItem::Pass(spec) => {
-                let pass = (spec.info.build)(&spec.options)
-                    .map_err(|message| ManagerError::Build { pass: spec.info.name.to_string(), message })?;
+                let pass =
+                    (spec.info.build)(&spec.options).map_err(|message| ManagerError::Build {
+                        pass: spec.info.name.to_string(),
+                        message,
+                    })?;
                 *slot += 1;
                 let path = format!("{prefix}{}", spec.info.name);
-                steps.push(Step::Pass { pass, label: spec.to_string(), path, slot: *slot, top });
+                steps.push(Step::Pass {
+                    pass,
+                    label: spec.to_string(),
+                    path,
+                    slot: *slot,
+                    top,
+                });
             }
             PipelineItem::Fixpoint(f) => {
                 let path = format!("{prefix}{FIXPOINT_NAME}");
                 let body = build_steps(&f.body, &format!("{path}/"), Some(top), slot)?;
-                steps.push(Step::Fixpoint { max_iterations: f.max_iterations, body, path });
+                steps.push(Step::Fixpoint {
+                    max_iterations: f.max_iterations,
+                    body,
+                    path,
+                });
             }
         }
     }
@@ -391,14 +477,30 @@ impl Exec<'_> {
         let mut changed = false;
         for s in steps {
             changed |= match s {
-                Step::Pass { pass, label, path, slot, top } => self.pass(pass.as_ref(), label, path, *slot, *top)?,
-                Step::Fixpoint { max_iterations, body, path, .. } => self.fixpoint(*max_iterations, body, path)?,
+                Step::Pass {
+                    pass,
+                    label,
+                    path,
+                    slot,
+                    top,
+                } => self.pass(pass.as_ref(), label, path, *slot, *top)?,
+                Step::Fixpoint {
+                    max_iterations,
+                    body,
+                    path,
+                    ..
+                } => self.fixpoint(*max_iterations, body, path)?,
             };
         }
         Ok(changed)
     }
 
-    fn fixpoint(&mut self, max: usize, body: &[Step], path: &str) -> Result<bool, Box<PassFailure>> {
+    fn fixpoint(
+        &mut self,
+        max: usize,
+        body: &[Step],
+        path: &str,
+    ) -> Result<bool, Box<PassFailure>> {
         let mut any = false;
         let mut stop = StopReason::MaxIterations { limit: max };
         let mut iterations = 0;
@@ -418,7 +520,11 @@ impl Exec<'_> {
                 break;
             }
         }
-        self.report.fixpoints.push(FixpointReport { path: path.to_string(), iterations, stop });
+        self.report.fixpoints.push(FixpointReport {
+            path: path.to_string(),
+            iterations,
+            stop,
+        });
         Ok(any)
     }
 
@@ -430,7 +536,14 @@ impl Exec<'_> {
         (self.sink)(e);
     }
 
-    fn pass(&mut self, pass: &dyn Pass, label: &str, path: &str, slot: usize, top: usize) -> Result<bool, Box<PassFailure>> {
+    fn pass(
+        &mut self,
+        pass: &dyn Pass,
+        label: &str,
+        path: &str,
+        slot: usize,
+        top: usize,
+    ) -> Result<bool, Box<PassFailure>> {
         self.count += 1;
         let index = self.count;
         let name = pass.name();
@@ -448,7 +561,11 @@ impl Exec<'_> {
         };
         if let Some(limit) = opts.bisect_limit {
             let ran = index <= limit;
-            self.emit(IrEvent::Bisect { index, pass: label.to_string(), ran });
+            self.emit(IrEvent::Bisect {
+                index,
+                pass: label.to_string(),
+                ran,
+            });
             if !ran {
                 self.report.bisect_skipped.push((index, label.to_string()));
                 run.ran = false;
@@ -459,7 +576,12 @@ impl Exec<'_> {
         let listed = |list: &[String]| list.iter().any(|n| n == name);
         if listed(&opts.print_ir_before) {
             let ir = self.print();
-            self.emit(IrEvent::Dump { when: DumpWhen::Before, pass: label.to_string(), index, ir });
+            self.emit(IrEvent::Dump {
+                when: DumpWhen::Before,
+                pass: label.to_string(),
+                index,
+                ir,
+            });
         }
         let before = opts.print_ir_after_change.then(|| self.print());
 
@@ -468,11 +590,18 @@ impl Exec<'_> {
         let outcome = catch_unwind(AssertUnwindSafe(|| pass.run(self.m, &mut cx)));
         run.wall = t.elapsed();
         self.report.statistics.merge(cx.statistics());
-        self.report.notes.extend(cx.notes().iter().map(|n| format!("{name}: {n}")));
+        self.report
+            .notes
+            .extend(cx.notes().iter().map(|n| format!("{name}: {n}")));
         let result = match outcome {
             Err(payload) => {
                 self.report.runs.push(run);
-                return Err(self.fail(label.to_string(), index, top, FailureKind::Panic(panic_message(payload.as_ref()))));
+                return Err(self.fail(
+                    label.to_string(),
+                    index,
+                    top,
+                    FailureKind::Panic(panic_message(payload.as_ref())),
+                ));
             }
             Ok(Err(e)) => {
                 self.report.runs.push(run);
@@ -486,7 +615,9 @@ impl Exec<'_> {
         let after = before.as_ref().map(|_| self.print());
         if let (Some(b), Some(a)) = (&before, &after) {
             if !result.changed && a != b {
-                self.report.notes.push(format!("{name}: run #{index} reported no change but changed the IR"));
+                self.report.notes.push(format!(
+                    "{name}: run #{index} reported no change but changed the IR"
+                ));
             }
         }
         if opts.verify_each {
@@ -496,7 +627,12 @@ impl Exec<'_> {
             if let Err(d) = verified {
                 if wants_after || opts.print_ir_after_change {
                     let ir = after.unwrap_or_else(|| self.print());
-                    self.emit(IrEvent::Dump { when: DumpWhen::AfterFailure, pass: label.to_string(), index, ir });
+                    self.emit(IrEvent::Dump {
+                        when: DumpWhen::AfterFailure,
+                        pass: label.to_string(),
+                        index,
+                        ir,
+                    });
                 }
                 self.report.runs.push(run);
                 return Err(self.fail(label.to_string(), index, top, FailureKind::Verify(d)));
@@ -508,18 +644,39 @@ impl Exec<'_> {
             _ => None,
         };
         if let Some(ir) = dump {
-            self.emit(IrEvent::Dump { when: DumpWhen::After, pass: label.to_string(), index, ir });
+            self.emit(IrEvent::Dump {
+                when: DumpWhen::After,
+                pass: label.to_string(),
+                index,
+                ir,
+            });
         }
         self.report.runs.push(run);
         Ok(result.changed)
     }
 
-    fn fail(&mut self, pass: String, index: usize, top: usize, kind: FailureKind) -> Box<PassFailure> {
+    fn fail(
+        &mut self,
+        pass: String,
+        index: usize,
+        top: usize,
+        kind: FailureKind,
+    ) -> Box<PassFailure> {
         let cut = if index == 0 { 0 } else { top + 1 };
         let pipeline = self.mgr.pipeline.prefix(cut).canonical();
         self.report.total_wall = self.start.elapsed();
-        let reproducer = format!("ortho-opt {} --pass-pipeline={}", shell_word(self.input), shell_quote(&pipeline));
-        Box::new(PassFailure { pass, index, kind, reproducer, report: std::mem::take(&mut self.report) })
+        let reproducer = format!(
+            "ortho-opt {} --pass-pipeline={}",
+            shell_word(self.input),
+            shell_quote(&pipeline)
+        );
+        Box::new(PassFailure {
+            pass,
+            index,
+            kind,
+            reproducer,
+            report: std::mem::take(&mut self.report),
+        })
     }
 }
 

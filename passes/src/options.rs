@@ -12,7 +12,10 @@ use std::fmt;
 pub enum OptionKind {
     Bool,
     /// An integer in `min..=max`.
-    Int { min: i64, max: i64 },
+    Int {
+        min: i64,
+        max: i64,
+    },
     Float,
     /// One of a fixed set of words.
     Enum(&'static [&'static str]),
@@ -21,13 +24,19 @@ pub enum OptionKind {
 
 impl OptionKind {
     /// A non-negative integer.
-    pub const UINT: OptionKind = OptionKind::Int { min: 0, max: i64::MAX };
+    pub const UINT: OptionKind = OptionKind::Int {
+        min: 0,
+        max: i64::MAX,
+    };
 
     /// A short description for listings and error messages.
     pub fn describe(&self) -> String {
         match self {
             OptionKind::Bool => "bool".into(),
-            OptionKind::Int { min: 0, max: i64::MAX } => "uint".into(),
+            OptionKind::Int {
+                min: 0,
+                max: i64::MAX,
+            } => "uint".into(),
             OptionKind::Int { min, max: i64::MAX } => format!("int >= {min}"),
             OptionKind::Int { min, max } => format!("int in {min}..={max}"),
             OptionKind::Float => "float".into(),
@@ -99,7 +108,9 @@ impl fmt::Display for OptionValue {
             OptionValue::Bool(b) => write!(f, "{b}"),
             OptionValue::Int(i) => write!(f, "{i}"),
             OptionValue::Float(x) => write!(f, "{x:?}"),
-            OptionValue::Str(s) if !s.is_empty() && s.chars().all(is_bare_value_char) => f.write_str(s),
+            OptionValue::Str(s) if !s.is_empty() && s.chars().all(is_bare_value_char) => {
+                f.write_str(s)
+            }
             OptionValue::Str(s) => {
                 f.write_str("\"")?;
                 for c in s.chars() {
@@ -127,7 +138,10 @@ impl PassOptions {
     pub fn defaults(specs: &'static [OptionSpec]) -> Result<PassOptions, String> {
         let values = specs
             .iter()
-            .map(|s| OptionValue::parse(s.kind, s.default).map_err(|e| format!("default of option '{}': {e}", s.name)))
+            .map(|s| {
+                OptionValue::parse(s.kind, s.default)
+                    .map_err(|e| format!("default of option '{}': {e}", s.name))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(PassOptions { specs, values })
     }
@@ -139,13 +153,21 @@ impl PassOptions {
     /// Sets option `name` from pipeline text. The error is the message only; the pipeline parser
     /// adds the position and the pass name.
     pub fn set(&mut self, name: &str, text: &str) -> Result<(), SetError> {
-        let i = self.specs.iter().position(|s| s.name == name).ok_or(SetError::Unknown)?;
-        self.values[i] = OptionValue::parse(self.specs[i].kind, text).map_err(SetError::BadValue)?;
+        let i = self
+            .specs
+            .iter()
+            .position(|s| s.name == name)
+            .ok_or(SetError::Unknown)?;
+        self.values[i] =
+            OptionValue::parse(self.specs[i].kind, text).map_err(SetError::BadValue)?;
         Ok(())
     }
 
     pub fn get(&self, name: &str) -> Option<&OptionValue> {
-        self.specs.iter().position(|s| s.name == name).map(|i| &self.values[i])
+        self.specs
+            .iter()
+            .position(|s| s.name == name)
+            .map(|i| &self.values[i])
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&'static OptionSpec, &OptionValue)> {
@@ -172,7 +194,8 @@ impl PassOptions {
 
     /// An integer option declared with a non-negative minimum.
     pub fn uint(&self, name: &str) -> Result<u64, String> {
-        self.int(name).and_then(|i| u64::try_from(i).map_err(|_| Self::missing(name)))
+        self.int(name)
+            .and_then(|i| u64::try_from(i).map_err(|_| Self::missing(name)))
     }
 
     pub fn float(&self, name: &str) -> Result<f64, String> {

@@ -34,12 +34,20 @@ pub struct PassError {
 impl PassError {
     /// A module-level error.
     pub fn new(message: impl Into<String>) -> Self {
-        PassError { graph: String::new(), node: String::new(), message: message.into() }
+        PassError {
+            graph: String::new(),
+            node: String::new(),
+            message: message.into(),
+        }
     }
 
     /// An error about node `id` of `g`.
     pub fn at(g: &Graph, id: NodeId, message: impl Into<String>) -> Self {
-        PassError { graph: g.name.clone(), node: g.describe(id), message: message.into() }
+        PassError {
+            graph: g.name.clone(),
+            node: g.describe(id),
+            message: message.into(),
+        }
     }
 }
 
@@ -103,7 +111,11 @@ pub struct PassContext {
 impl PassContext {
     /// A context for one run of the pass called `pass`; counters are prefixed with that name.
     pub fn new(pass: &str) -> Self {
-        PassContext { pass: pass.to_string(), stats: Statistics::default(), notes: Vec::new() }
+        PassContext {
+            pass: pass.to_string(),
+            stats: Statistics::default(),
+            notes: Vec::new(),
+        }
     }
 
     /// Adds `n` to the counter `<pass>.<name>`.

@@ -55,7 +55,9 @@ impl Pipeline {
 
     /// The first `n` top-level items (for reproducers that stop at a failing pass).
     pub fn prefix(&self, n: usize) -> Pipeline {
-        Pipeline { items: self.items[..n.min(self.items.len())].to_vec() }
+        Pipeline {
+            items: self.items[..n.min(self.items.len())].to_vec(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -90,7 +92,11 @@ impl fmt::Display for PipelineItem {
         match self {
             PipelineItem::Pass(p) => write!(f, "{p}"),
             PipelineItem::Fixpoint(fp) => {
-                write!(f, "{FIXPOINT_NAME}{{max-iterations={}}}({})", fp.max_iterations, fp.body)
+                write!(
+                    f,
+                    "{FIXPOINT_NAME}{{max-iterations={}}}({})",
+                    fp.max_iterations, fp.body
+                )
             }
         }
     }
@@ -125,7 +131,12 @@ impl PipelineError {
 
 impl fmt::Display for PipelineError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "pipeline error at column {}: {}", self.pos + 1, self.message)
+        write!(
+            f,
+            "pipeline error at column {}: {}",
+            self.pos + 1,
+            self.message
+        )
     }
 }
 
@@ -133,7 +144,11 @@ impl std::error::Error for PipelineError {}
 
 /// Parses a pipeline string, resolving pass names and options in `registry`.
 pub fn parse_pipeline(text: &str, registry: &Registry) -> Result<Pipeline, PipelineError> {
-    let mut p = Parser { src: text, pos: 0, registry };
+    let mut p = Parser {
+        src: text,
+        pos: 0,
+        registry,
+    };
     let pipeline = p.pipeline(None)?;
     Ok(pipeline)
 }
@@ -148,7 +163,10 @@ type PResult<T> = Result<T, PipelineError>;
 
 impl Parser<'_> {
     fn err<T>(&self, pos: usize, message: impl Into<String>) -> PResult<T> {
-        Err(PipelineError { pos, message: message.into() })
+        Err(PipelineError {
+            pos,
+            message: message.into(),
+        })
     }
 
     fn ws(&mut self) {
@@ -181,7 +199,9 @@ impl Parser<'_> {
     fn ident(&mut self) -> &str {
         self.ws();
         let rest = &self.src[self.pos..];
-        let n = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_')).unwrap_or(rest.len());
+        let n = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+            .unwrap_or(rest.len());
         self.pos += n;
         &rest[..n]
     }
@@ -195,7 +215,10 @@ impl Parser<'_> {
         };
         if at_end(self) {
             if let Some(open) = close {
-                return self.err(open, "empty nested pipeline: fixpoint needs at least one pass");
+                return self.err(
+                    open,
+                    "empty nested pipeline: fixpoint needs at least one pass",
+                );
             }
             return Ok(Pipeline { items });
         }
@@ -211,14 +234,22 @@ impl Parser<'_> {
                     if self.peek().is_none() {
                         return self.err(open, "unbalanced '(': missing ')'");
                     }
-                    return self.err(self.pos, format!("expected ',' or ')', found {}", self.found()));
+                    return self.err(
+                        self.pos,
+                        format!("expected ',' or ')', found {}", self.found()),
+                    );
                 }
             }
             None => match self.peek() {
                 None => {}
                 Some(')') => return self.err(self.pos, "unbalanced ')'"),
                 Some('}') => return self.err(self.pos, "unbalanced '}'"),
-                Some(_) => return self.err(self.pos, format!("expected ',' between passes, found {}", self.found())),
+                Some(_) => {
+                    return self.err(
+                        self.pos,
+                        format!("expected ',' between passes, found {}", self.found()),
+                    )
+                }
             },
         }
         Ok(Pipeline { items })
@@ -229,32 +260,55 @@ impl Parser<'_> {
         let start = self.pos;
         let name = self.ident().to_string();
         if name.is_empty() {
-            return self.err(start, format!("expected a pass name, found {}", self.found()));
+            return self.err(
+                start,
+                format!("expected a pass name, found {}", self.found()),
+            );
         }
         if name == FIXPOINT_NAME {
-            let mut opts = PassOptions::defaults(FIXPOINT_OPTIONS).map_err(|m| PipelineError { pos: start, message: m })?;
+            let mut opts = PassOptions::defaults(FIXPOINT_OPTIONS).map_err(|m| PipelineError {
+                pos: start,
+                message: m,
+            })?;
             if self.peek() == Some('{') {
                 self.options(&name, &mut opts)?;
             }
-            let max = opts.uint("max-iterations").map_err(|m| PipelineError { pos: start, message: m })?;
+            let max = opts.uint("max-iterations").map_err(|m| PipelineError {
+                pos: start,
+                message: m,
+            })?;
             if self.peek() != Some('(') {
                 let found = self.found();
-                return self.err(self.pos, format!("fixpoint needs a nested pipeline: fixpoint{{…}}(pass,…), found {found}"));
+                return self.err(
+                    self.pos,
+                    format!(
+                        "fixpoint needs a nested pipeline: fixpoint{{…}}(pass,…), found {found}"
+                    ),
+                );
             }
             let open = self.pos;
             self.pos += 1;
             let body = self.pipeline(Some(open))?;
-            return Ok(PipelineItem::Fixpoint(Fixpoint { max_iterations: max as usize, body }));
+            return Ok(PipelineItem::Fixpoint(Fixpoint {
+                max_iterations: max as usize,
+                body,
+            }));
         }
         let Some(info) = self.registry.get(&name) else {
             return self.err(start, unknown_pass_message(&name, self.registry));
         };
-        let mut options = PassOptions::defaults(info.options).map_err(|m| PipelineError { pos: start, message: m })?;
+        let mut options = PassOptions::defaults(info.options).map_err(|m| PipelineError {
+            pos: start,
+            message: m,
+        })?;
         if self.peek() == Some('{') {
             self.options(&name, &mut options)?;
         }
         if self.peek() == Some('(') {
-            return self.err(self.pos, format!("pass '{name}' does not take a nested pipeline (only fixpoint does)"));
+            return self.err(
+                self.pos,
+                format!("pass '{name}' does not take a nested pipeline (only fixpoint does)"),
+            );
         }
         // Building validates combinations of options that single values cannot.
         if let Err(m) = (info.build)(&options) {
@@ -280,22 +334,36 @@ impl Parser<'_> {
             let key_pos = self.pos;
             let key = self.ident().to_string();
             if key.is_empty() {
-                return self.err(key_pos, format!("expected an option name or '}}', found {}", self.found()));
+                return self.err(
+                    key_pos,
+                    format!("expected an option name or '}}', found {}", self.found()),
+                );
             }
             if !self.eat('=') {
-                return self.err(self.pos, format!("expected '=' after option '{key}', found {}", self.found()));
+                return self.err(
+                    self.pos,
+                    format!("expected '=' after option '{key}', found {}", self.found()),
+                );
             }
             self.ws();
             let value_pos = self.pos;
             let value = self.value()?;
             if seen.contains(&key) {
-                return self.err(key_pos, format!("option '{key}' of pass '{pass}' is given twice"));
+                return self.err(
+                    key_pos,
+                    format!("option '{key}' of pass '{pass}' is given twice"),
+                );
             }
             match opts.set(&key, &value) {
                 Ok(()) => seen.push(key),
-                Err(SetError::Unknown) => return self.err(key_pos, unknown_option_message(pass, &key, opts)),
+                Err(SetError::Unknown) => {
+                    return self.err(key_pos, unknown_option_message(pass, &key, opts))
+                }
                 Err(SetError::BadValue(m)) => {
-                    return self.err(value_pos, format!("bad value '{value}' for option '{key}' of pass '{pass}': {m}"))
+                    return self.err(
+                        value_pos,
+                        format!("bad value '{value}' for option '{key}' of pass '{pass}': {m}"),
+                    )
                 }
             }
         }
@@ -316,14 +384,21 @@ impl Parser<'_> {
                     }
                     '\\' => match chars.next() {
                         Some((_, e @ ('"' | '\\'))) => out.push(e),
-                        _ => return self.err(self.pos + 1 + i, "bad escape in quoted value (only \\\" and \\\\)"),
+                        _ => {
+                            return self.err(
+                                self.pos + 1 + i,
+                                "bad escape in quoted value (only \\\" and \\\\)",
+                            )
+                        }
                     },
                     c => out.push(c),
                 }
             }
             return self.err(start, "unterminated quoted value");
         }
-        let n = rest.find(|c: char| !is_bare_value_char(c)).unwrap_or(rest.len());
+        let n = rest
+            .find(|c: char| !is_bare_value_char(c))
+            .unwrap_or(rest.len());
         if n == 0 {
             return self.err(start, format!("missing value, found {}", self.found()));
         }
@@ -359,7 +434,12 @@ fn unknown_option_message(pass: &str, key: &str, opts: &PassOptions) -> String {
 /// The candidate within a small edit distance of `word`, if any.
 fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     let limit = (word.len() / 3).max(1);
-    candidates.iter().map(|c| (edit_distance(word, c), *c)).filter(|(d, _)| *d <= limit).min().map(|(_, c)| c)
+    candidates
+        .iter()
+        .map(|c| (edit_distance(word, c), *c))
+        .filter(|(d, _)| *d <= limit)
+        .min()
+        .map(|(_, c)| c)
 }
 
 /// Edit distance counting an adjacent transposition as one edit (`fodl` → `fold`).
@@ -375,7 +455,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for i in 1..=a.len() {
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut v = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            let mut v = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 v = v.min(d[i - 2][j - 2] + 1);
             }

@@ -41,7 +41,10 @@ pub const FIXPOINT_SUMMARY: &str =
     "Repeats the nested pipeline until an iteration changes nothing, at most max-iterations times.";
 pub static FIXPOINT_OPTIONS: &[OptionSpec] = &[OptionSpec {
     name: "max-iterations",
-    kind: OptionKind::Int { min: 1, max: 1_000_000 },
+    kind: OptionKind::Int {
+        min: 1,
+        max: 1_000_000,
+    },
     default: "8",
     doc: "Upper bound on iterations; the report says whether the loop converged or hit it.",
 }];
@@ -61,13 +64,18 @@ impl Default for Registry {
 impl Registry {
     /// The passes this crate provides.
     pub fn builtin() -> Registry {
-        Registry { passes: BUILTIN.to_vec() }
+        Registry {
+            passes: BUILTIN.to_vec(),
+        }
     }
 
     /// Adds a pass; a name that is taken (or is `fixpoint`) is refused.
     pub fn register(&mut self, info: &'static PassInfo) -> Result<(), String> {
         if info.name == FIXPOINT_NAME || self.get(info.name).is_some() {
-            return Err(format!("a pass named '{}' is already registered", info.name));
+            return Err(format!(
+                "a pass named '{}' is already registered",
+                info.name
+            ));
         }
         self.passes.push(info);
         Ok(())
@@ -93,7 +101,12 @@ impl Registry {
             write_entry(&mut out, p.name, p.summary, p.options);
         }
         out.push_str("\nPipeline constructs:\n");
-        write_entry(&mut out, "fixpoint{…}(PIPELINE)", FIXPOINT_SUMMARY, FIXPOINT_OPTIONS);
+        write_entry(
+            &mut out,
+            "fixpoint{…}(PIPELINE)",
+            FIXPOINT_SUMMARY,
+            FIXPOINT_OPTIONS,
+        );
         out
     }
 }

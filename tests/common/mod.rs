@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 pub fn fixtures() -> PathBuf {
     let p = std::env::var_os("ORTHO_FIXTURES")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/ortho-opt/fixtures"));
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/ortho-opt/fixtures")
+        });
     assert!(
         p.join("smollm2-135m/decomposed.onnx").exists(),
         "fixtures not found in {} — run scripts/fixtures.sh (or set ORTHO_FIXTURES)",
@@ -20,7 +23,9 @@ pub fn fixtures() -> PathBuf {
 
 /// The Python of the fixtures' virtual environment (onnx, onnxruntime).
 pub fn python() -> PathBuf {
-    std::env::var_os("ORTHO_PYTHON").map(PathBuf::from).unwrap_or_else(|| fixtures().join("venv/bin/python"))
+    std::env::var_os("ORTHO_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| fixtures().join("venv/bin/python"))
 }
 
 pub fn repo() -> &'static Path {
@@ -32,7 +37,11 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        let p = repo().join("target/test-tmp").join(format!("{tag}-{}-{:?}", std::process::id(), std::thread::current().id()));
+        let p = repo().join("target/test-tmp").join(format!(
+            "{tag}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).expect("create temp dir");
         TempDir(p)
@@ -62,6 +71,10 @@ pub fn python_tool(script: &str, args: &[&str]) -> String {
         .args(args)
         .output()
         .expect("run python");
-    assert!(out.status.success(), "{script} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{script} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).to_string()
 }

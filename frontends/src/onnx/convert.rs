@@ -1,7 +1,7 @@
 //! Conversions between protobuf messages and IR types: dtype codes, value types, attributes.
 
-use ortho_ir::types::{DType, Dim, TensorType, Type};
 use onnx_protobuf::{tensor_shape_proto, type_proto, TensorShapeProto, TypeProto};
+use ortho_ir::types::{DType, Dim, TensorType, Type};
 
 pub fn dtype_from_code(code: i32) -> DType {
     DType::from_code(code as i64)
@@ -46,15 +46,26 @@ pub fn type_from_proto(t: &TypeProto) -> Type {
             dtype: dtype_from_code(tt.elem_type),
             shape: tt.shape.as_ref().map(shape_from_proto),
         }),
-        Some(type_proto::Value::SequenceType(s)) => {
-            Type::Sequence(Box::new(s.elem_type.as_ref().map(type_from_proto).unwrap_or_default()))
-        }
-        Some(type_proto::Value::OptionalType(s)) => {
-            Type::Optional(Box::new(s.elem_type.as_ref().map(type_from_proto).unwrap_or_default()))
-        }
+        Some(type_proto::Value::SequenceType(s)) => Type::Sequence(Box::new(
+            s.elem_type
+                .as_ref()
+                .map(type_from_proto)
+                .unwrap_or_default(),
+        )),
+        Some(type_proto::Value::OptionalType(s)) => Type::Optional(Box::new(
+            s.elem_type
+                .as_ref()
+                .map(type_from_proto)
+                .unwrap_or_default(),
+        )),
         Some(type_proto::Value::MapType(m)) => Type::Map(
             dtype_from_code(m.key_type),
-            Box::new(m.value_type.as_ref().map(type_from_proto).unwrap_or_default()),
+            Box::new(
+                m.value_type
+                    .as_ref()
+                    .map(type_from_proto)
+                    .unwrap_or_default(),
+            ),
         ),
         _ => Type::Unknown,
     }

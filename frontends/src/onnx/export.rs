@@ -9,8 +9,9 @@ use super::convert::{dtype_code, type_to_proto};
 use super::wire::{encoded_len, write_model_streaming, RawSink};
 use super::OnnxError;
 use onnx_protobuf::{
-    attribute_proto::AttributeType, tensor_proto::DataLocation, AttributeProto, FunctionProto, GraphProto, Message, ModelProto, NodeProto,
-    OperatorSetIdProto, SparseTensorProto, StringStringEntryProto, TensorAnnotation, TensorProto, TrainingInfoProto, ValueInfoProto,
+    attribute_proto::AttributeType, tensor_proto::DataLocation, AttributeProto, FunctionProto,
+    GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto, SparseTensorProto,
+    StringStringEntryProto, TensorAnnotation, TensorProto, TrainingInfoProto, ValueInfoProto,
 };
 use ortho_ir::tensor::Storage;
 use ortho_ir::{Attr, AttrKind, AttrValue, GraphId, Module, Op, OpsetImport, TensorId};
@@ -56,9 +57,19 @@ struct Exporter<'m> {
 }
 
 /// Writes `m` to `path` as ONNX.
-pub fn export_file(m: &Module, path: &Path, opts: &ExportOptions) -> Result<ExportStats, OnnxError> {
-    let err = |message: String| OnnxError::Model { path: path.to_path_buf(), message };
-    let file_name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| err("the output path has no file name".into()))?;
+pub fn export_file(
+    m: &Module,
+    path: &Path,
+    opts: &ExportOptions,
+) -> Result<ExportStats, OnnxError> {
+    let err = |message: String| OnnxError::Model {
+        path: path.to_path_buf(),
+        message,
+    };
+    let file_name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| err("the output path has no file name".into()))?;
     let data_file_name = format!("{file_name}.data");
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -79,20 +90,37 @@ pub fn export_file(m: &Module, path: &Path, opts: &ExportOptions) -> Result<Expo
         if let Ok(t) = target.canonicalize() {
             for p in &protected {
                 if p.canonicalize().is_ok_and(|c| c == t) {
-                    return Err(err(format!("refusing to overwrite the input file '{}'", p.display())));
+                    return Err(err(format!(
+                        "refusing to overwrite the input file '{}'",
+                        p.display()
+                    )));
                 }
             }
         }
     }
-    let mut ex = Exporter { m, path: path.to_path_buf(), external_min: opts.external_min_bytes, data_file_name, external: Vec::new(), external_offset: 0 };
+    let mut ex = Exporter {
+        m,
+        path: path.to_path_buf(),
+        external_min: opts.external_min_bytes,
+        data_file_name,
+        external: Vec::new(),
+        external_offset: 0,
+    };
     let (mut model, mut inits) = ex.model()?;
     let mut forced = false;
     if ex.external_min.is_none() && encoded_len(&model, &inits) > PROTOBUF_LIMIT {
         forced = true;
-        ex = Exporter { external_min: Some(AUTO_EXTERNAL_MIN_BYTES), external: Vec::new(), external_offset: 0, ..ex };
+        ex = Exporter {
+            external_min: Some(AUTO_EXTERNAL_MIN_BYTES),
+            external: Vec::new(),
+            external_offset: 0,
+            ..ex
+        };
         (model, inits) = ex.model()?;
         if encoded_len(&model, &inits) > PROTOBUF_LIMIT {
-            return Err(err("the model exceeds 2 GiB even with its large tensors in external data".into()));
+            return Err(err(
+                "the model exceeds 2 GiB even with its large tensors in external data".into(),
+            ));
         }
     }
     let tmp_model = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
@@ -100,26 +128,45 @@ pub fn export_file(m: &Module, path: &Path, opts: &ExportOptions) -> Result<Expo
     let result = (|| -> Result<ExportStats, OnnxError> {
         let io = |p: &Path| {
             let p = p.to_path_buf();
-            move |source| OnnxError::Io { path: p.clone(), source }
+            move |source| OnnxError::Io {
+                path: p.clone(),
+                source,
+            }
         };
-        let mut stats = ExportStats { external_forced: forced, external_tensors: ex.external.len(), ..Default::default() };
+        let mut stats = ExportStats {
+            external_forced: forced,
+            external_tensors: ex.external.len(),
+            ..Default::default()
+        };
         if !ex.external.is_empty() {
             let f = File::create(&tmp_data).map_err(io(&tmp_data))?;
             let mut w = BufWriter::with_capacity(1 << 20, f);
             let mut off = 0u64;
             for bytes in &ex.external {
                 let pad = off.next_multiple_of(EXTERNAL_ALIGN) - off;
-                w.write_all(&vec![0u8; pad as usize]).map_err(io(&tmp_data))?;
+                w.write_all(&vec![0u8; pad as usize])
+                    .map_err(io(&tmp_data))?;
                 w.write_all(bytes).map_err(io(&tmp_data))?;
                 off += pad + bytes.len() as u64;
             }
-            w.into_inner().map_err(|e| OnnxError::Io { path: tmp_data.clone(), source: e.into_error() })?;
+            w.into_inner().map_err(|e| OnnxError::Io {
+                path: tmp_data.clone(),
+                source: e.into_error(),
+            })?;
             stats.external_bytes = off;
         }
         let f = File::create(&tmp_model).map_err(io(&tmp_model))?;
-        let mut w = FileSink { w: BufWriter::with_capacity(1 << 20, f), sources: mapped_sources(m), kernel_copy: true };
-        stats.model_bytes = write_model_streaming(&mut w, &model, &inits).map_err(io(&tmp_model))?;
-        let f = w.w.into_inner().map_err(|e| OnnxError::Io { path: tmp_model.clone(), source: e.into_error() })?;
+        let mut w = FileSink {
+            w: BufWriter::with_capacity(1 << 20, f),
+            sources: mapped_sources(m),
+            kernel_copy: true,
+        };
+        stats.model_bytes =
+            write_model_streaming(&mut w, &model, &inits).map_err(io(&tmp_model))?;
+        let f = w.w.into_inner().map_err(|e| OnnxError::Io {
+            path: tmp_model.clone(),
+            source: e.into_error(),
+        })?;
         // No fsync: the rename already guarantees that readers see either nothing or the whole
         // file when this process fails; durability across power loss is the caller's choice
         // (and `cp`, the baseline users compare with, does not sync either).
@@ -168,7 +215,10 @@ fn value_info(name: &str, ty: &ortho_ir::Type) -> ValueInfoProto {
 
 impl<'m> Exporter<'m> {
     fn err(&self, message: impl Into<String>) -> OnnxError {
-        OnnxError::Model { path: self.path.clone(), message: message.into() }
+        OnnxError::Model {
+            path: self.path.clone(),
+            message: message.into(),
+        }
     }
 
     fn model(&mut self) -> Result<(ModelProto, Vec<(TensorProto, &'m [u8])>), OnnxError> {
@@ -184,7 +234,8 @@ impl<'m> Exporter<'m> {
         mp.opset_import = opsets(&m.opsets);
         for f in &m.opaque_fields {
             if f.field == 20 {
-                let t = TrainingInfoProto::parse_from_bytes(&f.bytes).map_err(|e| self.err(format!("training_info: {e}")))?;
+                let t = TrainingInfoProto::parse_from_bytes(&f.bytes)
+                    .map_err(|e| self.err(format!("training_info: {e}")))?;
                 mp.training_info.push(t);
             }
         }
@@ -214,16 +265,29 @@ impl<'m> Exporter<'m> {
 
     /// Converts a graph. For the main graph (`top`) initializers are returned separately with
     /// their bytes borrowed; for subgraphs they are embedded with copied bytes.
-    fn graph(&mut self, gid: GraphId, top: bool) -> Result<(GraphProto, Vec<(TensorProto, &'m [u8])>), OnnxError> {
+    fn graph(
+        &mut self,
+        gid: GraphId,
+        top: bool,
+    ) -> Result<(GraphProto, Vec<(TensorProto, &'m [u8])>), OnnxError> {
         let g = self.m.graph(gid);
         let mut gp = GraphProto::new();
         gp.name = g.name.clone();
         gp.doc_string = g.doc.clone();
         gp.metadata_props = props(&g.extra.metadata_props);
         for b in &g.extra.quantization_annotations {
-            gp.quantization_annotation.push(TensorAnnotation::parse_from_bytes(b).map_err(|e| self.err(format!("quantization annotation: {e}")))?);
+            gp.quantization_annotation.push(
+                TensorAnnotation::parse_from_bytes(b)
+                    .map_err(|e| self.err(format!("quantization annotation: {e}")))?,
+            );
         }
-        let order = g.toposort().map_err(|c| self.err(format!("graph '{}': cycle through {}", g.name, g.describe(c.node))))?;
+        let order = g.toposort().map_err(|c| {
+            self.err(format!(
+                "graph '{}': cycle through {}",
+                g.name,
+                g.describe(c.node)
+            ))
+        })?;
         let mut inits: Vec<(TensorProto, &'m [u8])> = Vec::new();
         let mut push_init = |ex: &mut Self, name: &str, t: TensorId| -> Result<(), OnnxError> {
             let (mut tp, bytes) = ex.tensor(t, top)?;
@@ -239,7 +303,12 @@ impl<'m> Exporter<'m> {
                 push_init(self, &o.name, t)?;
             }
         }
-        let output_values: std::collections::HashSet<_> = g.outputs.iter().filter(|o| g.value_name(o.value) == o.name).map(|o| o.value).collect();
+        let output_values: std::collections::HashSet<_> = g
+            .outputs
+            .iter()
+            .filter(|o| g.value_name(o.value) == o.name)
+            .map(|o| o.value)
+            .collect();
         for id in order {
             let n = g.node(id);
             match &n.op {
@@ -252,7 +321,11 @@ impl<'m> Exporter<'m> {
                     np.op_type = op_type;
                     np.name = n.name.clone();
                     np.doc_string = n.doc.clone();
-                    np.input = n.operands().iter().map(|o| o.map(|v| g.value_name(v).to_string()).unwrap_or_default()).collect();
+                    np.input = n
+                        .operands()
+                        .iter()
+                        .map(|o| o.map(|v| g.value_name(v).to_string()).unwrap_or_default())
+                        .collect();
                     // Trailing omitted operands are dropped, as ONNX writers do.
                     while np.input.last().is_some_and(String::is_empty) {
                         np.input.pop();
@@ -263,7 +336,10 @@ impl<'m> Exporter<'m> {
                     }
                     gp.node.push(np);
                     for (k, o) in n.outputs.iter().enumerate() {
-                        let v = ortho_ir::ValueId { node: id, output: k as u32 };
+                        let v = ortho_ir::ValueId {
+                            node: id,
+                            output: k as u32,
+                        };
                         if !o.name.is_empty() && !o.ty.is_unknown() && !output_values.contains(&v) {
                             gp.value_info.push(value_info(&o.name, &o.ty));
                         }
@@ -364,7 +440,10 @@ impl<'m> Exporter<'m> {
                 AttrKind::Graph
             }
             AttrValue::SparseTensor(b) => {
-                p.sparse_tensor = protobuf::MessageField::some(SparseTensorProto::parse_from_bytes(b).map_err(|e| self.err(format!("attribute '{}': {e}", a.name)))?);
+                p.sparse_tensor = protobuf::MessageField::some(
+                    SparseTensorProto::parse_from_bytes(b)
+                        .map_err(|e| self.err(format!("attribute '{}': {e}", a.name)))?,
+                );
                 AttrKind::SparseTensor
             }
             AttrValue::Type(t) => {
@@ -399,7 +478,10 @@ impl<'m> Exporter<'m> {
             }
             AttrValue::SparseTensors(v) => {
                 for b in v {
-                    p.sparse_tensors.push(SparseTensorProto::parse_from_bytes(b).map_err(|e| self.err(format!("attribute '{}': {e}", a.name)))?);
+                    p.sparse_tensors.push(
+                        SparseTensorProto::parse_from_bytes(b)
+                            .map_err(|e| self.err(format!("attribute '{}': {e}", a.name)))?,
+                    );
                 }
                 AttrKind::SparseTensors
             }
@@ -419,14 +501,18 @@ impl<'m> Exporter<'m> {
         if let AttrValue::Float(x) = a.value {
             if x == 0.0 {
                 p.f = 0.0;
-                p.special_fields.mut_unknown_fields().add_fixed32(2, x.to_bits());
+                p.special_fields
+                    .mut_unknown_fields()
+                    .add_fixed32(2, x.to_bits());
             }
         }
         if a.value == AttrValue::Int(0) {
             p.special_fields.mut_unknown_fields().add_varint(3, 0);
         }
         if a.value == AttrValue::String(Vec::new()) {
-            p.special_fields.mut_unknown_fields().add_length_delimited(4, Vec::new());
+            p.special_fields
+                .mut_unknown_fields()
+                .add_length_delimited(4, Vec::new());
         }
         Ok(p)
     }
@@ -521,10 +607,26 @@ fn copy_range(src: &File, offset: i64, dst: &File, len: usize) -> std::io::Resul
     while left > 0 {
         // SAFETY: both descriptors are open for the duration of the call; off_in is a valid
         // pointer; a null off_out makes the kernel use and advance dst's file position.
-        let n = unsafe { libc::copy_file_range(src.as_raw_fd(), &mut off_in, dst.as_raw_fd(), std::ptr::null_mut(), left, 0) };
+        let n = unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                &mut off_in,
+                dst.as_raw_fd(),
+                std::ptr::null_mut(),
+                left,
+                0,
+            )
+        };
         if n < 0 {
             let e = std::io::Error::last_os_error();
-            if left == len && matches!(e.raw_os_error(), Some(libc::EXDEV | libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP | libc::EBADF)) {
+            if left == len
+                && matches!(
+                    e.raw_os_error(),
+                    Some(
+                        libc::EXDEV | libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP | libc::EBADF
+                    )
+                )
+            {
                 return Ok(len);
             }
             if e.kind() == std::io::ErrorKind::Interrupted {
@@ -533,7 +635,10 @@ fn copy_range(src: &File, offset: i64, dst: &File, len: usize) -> std::io::Resul
             return Err(e);
         }
         if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "copy_file_range copied nothing"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "copy_file_range copied nothing",
+            ));
         }
         left -= n as usize;
     }

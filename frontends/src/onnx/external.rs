@@ -21,7 +21,10 @@ pub struct MappedFile {
 
 impl MappedFile {
     pub fn open(path: &Path) -> Result<Arc<MappedFile>, OnnxError> {
-        let io = |source| OnnxError::Io { path: path.to_path_buf(), source };
+        let io = |source| OnnxError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let f = File::open(path).map_err(io)?;
         let len = f.metadata().map_err(io)?.len();
         // Mapping an empty file fails on some systems; an empty file simply has no bytes.
@@ -32,7 +35,11 @@ impl MappedFile {
             // being truncated while the module is alive (the exporter refuses to write over it).
             Some(unsafe { memmap2::Mmap::map(&f) }.map_err(io)?)
         };
-        Ok(Arc::new(MappedFile { map, file: f, path: path.to_path_buf() }))
+        Ok(Arc::new(MappedFile {
+            map,
+            file: f,
+            path: path.to_path_buf(),
+        }))
     }
 }
 
@@ -57,10 +64,21 @@ pub struct ExternalResolver {
 
 impl ExternalResolver {
     pub fn new(model_path: &Path) -> Self {
-        let base = model_path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+        let base = model_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let base = if base.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base
+        };
         let canonical_base = base.canonicalize().ok();
-        ExternalResolver { base, canonical_base, files: HashMap::new() }
+        ExternalResolver {
+            base,
+            canonical_base,
+            files: HashMap::new(),
+        }
     }
 
     /// Maps `location` and returns (file, offset, length) after every check.
@@ -72,7 +90,11 @@ impl ExternalResolver {
         offset: Option<u64>,
         length: Option<u64>,
     ) -> Result<(Arc<MappedFile>, usize, usize), OnnxError> {
-        let err = |message: String| OnnxError::Tensor { path: model.to_path_buf(), tensor: tensor.to_string(), message };
+        let err = |message: String| OnnxError::Tensor {
+            path: model.to_path_buf(),
+            tensor: tensor.to_string(),
+            message,
+        };
         if location.is_empty() {
             return Err(err("external data has no location".into()));
         }
@@ -80,7 +102,10 @@ impl ExternalResolver {
         if rel.is_absolute() || location.starts_with('/') || location.starts_with('\\') {
             return Err(err(format!("external data location '{location}' is an absolute path; only paths inside the model's folder are allowed")));
         }
-        if rel.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
+        if rel
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+        {
             return Err(err(format!("external data location '{location}' leaves the model's folder ('..' is not allowed)")));
         }
         let joined = self.base.join(rel);
@@ -107,9 +132,15 @@ impl ExternalResolver {
         let offset = offset.unwrap_or(0);
         let length = match length {
             Some(l) => l,
-            None => size.checked_sub(offset).ok_or_else(|| err(format!("offset {offset} is past the end of '{location}' ({size} bytes)")))?,
+            None => size.checked_sub(offset).ok_or_else(|| {
+                err(format!(
+                    "offset {offset} is past the end of '{location}' ({size} bytes)"
+                ))
+            })?,
         };
-        let end = offset.checked_add(length).ok_or_else(|| err("offset + length overflows".into()))?;
+        let end = offset
+            .checked_add(length)
+            .ok_or_else(|| err("offset + length overflows".into()))?;
         if end > size {
             return Err(err(format!(
                 "external data range {offset}..{end} is past the end of '{location}' ({size} bytes)"

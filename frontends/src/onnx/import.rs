@@ -9,11 +9,17 @@ use super::convert::{dtype_from_code, type_from_proto};
 use super::external::{ExternalResolver, MappedFile};
 use super::wire::{parse_model_lazy, RawRef};
 use super::OnnxError;
-use onnx_protobuf::{attribute_proto::AttributeType, tensor_proto::DataLocation, AttributeProto, GraphProto, Message, ModelProto, NodeProto, TensorProto};
-use ortho_ir::tensor::{numel, Storage};
-use ortho_ir::{Attr, AttrKind, AttrValue, Backing, DType, Dim, Function, Graph, GraphId, GraphOutput, Module, Op, OpsetImport, Output, TensorData, Type, ValueId};
+use onnx_protobuf::{
+    attribute_proto::AttributeType, tensor_proto::DataLocation, AttributeProto, GraphProto,
+    Message, ModelProto, NodeProto, TensorProto,
+};
 use ortho_ir::module::OpaqueField;
+use ortho_ir::tensor::{numel, Storage};
 use ortho_ir::types::TensorType;
+use ortho_ir::{
+    Attr, AttrKind, AttrValue, Backing, DType, Dim, Function, Graph, GraphId, GraphOutput, Module,
+    Op, OpsetImport, Output, TensorData, Type, ValueId,
+};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,9 +27,16 @@ use std::sync::Arc;
 /// Reads an ONNX model file; weights stay memory-mapped.
 pub fn import_file(path: &Path) -> Result<Module, OnnxError> {
     let file = MappedFile::open(path)?;
-    let lazy = parse_model_lazy(file.bytes()).map_err(|source| OnnxError::Wire { path: path.to_path_buf(), source })?;
+    let lazy = parse_model_lazy(file.bytes()).map_err(|source| OnnxError::Wire {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let backing: Arc<dyn Backing> = file.clone();
-    let mut imp = Importer { path: path.to_path_buf(), m: Module::new("main"), resolver: ExternalResolver::new(path) };
+    let mut imp = Importer {
+        path: path.to_path_buf(),
+        m: Module::new("main"),
+        resolver: ExternalResolver::new(path),
+    };
     imp.model(&lazy.model, Some((&backing, &lazy.raw)))?;
     Ok(imp.m)
 }
@@ -34,7 +47,11 @@ pub fn import_bytes(bytes: &[u8], path: &Path) -> Result<Module, OnnxError> {
         path: path.to_path_buf(),
         message: format!("not a valid ONNX model: {e}"),
     })?;
-    let mut imp = Importer { path: path.to_path_buf(), m: Module::new("main"), resolver: ExternalResolver::new(path) };
+    let mut imp = Importer {
+        path: path.to_path_buf(),
+        m: Module::new("main"),
+        resolver: ExternalResolver::new(path),
+    };
     imp.model(&model, None)?;
     Ok(imp.m)
 }
@@ -50,19 +67,35 @@ type Scope = HashMap<String, Type>;
 
 impl Importer {
     fn model_err(&self, message: impl Into<String>) -> OnnxError {
-        OnnxError::Model { path: self.path.clone(), message: message.into() }
+        OnnxError::Model {
+            path: self.path.clone(),
+            message: message.into(),
+        }
     }
 
     fn node_err(&self, graph: &str, node: &NodeProto, message: impl Into<String>) -> OnnxError {
         let desc = if node.name.is_empty() {
-            format!("{} producing '{}'", node.op_type, node.output.first().map(String::as_str).unwrap_or(""))
+            format!(
+                "{} producing '{}'",
+                node.op_type,
+                node.output.first().map(String::as_str).unwrap_or("")
+            )
         } else {
             format!("{} '{}'", node.op_type, node.name)
         };
-        OnnxError::Node { path: self.path.clone(), graph: graph.to_string(), node: desc, message: message.into() }
+        OnnxError::Node {
+            path: self.path.clone(),
+            graph: graph.to_string(),
+            node: desc,
+            message: message.into(),
+        }
     }
 
-    fn model(&mut self, mp: &ModelProto, raw: Option<(&Arc<dyn Backing>, &[RawRef])>) -> Result<(), OnnxError> {
+    fn model(
+        &mut self,
+        mp: &ModelProto,
+        raw: Option<(&Arc<dyn Backing>, &[RawRef])>,
+    ) -> Result<(), OnnxError> {
         let meta = &mut self.m.meta;
         meta.ir_version = mp.ir_version;
         meta.producer_name = mp.producer_name.clone();
@@ -70,10 +103,23 @@ impl Importer {
         meta.domain = mp.domain.clone();
         meta.model_version = mp.model_version;
         meta.doc = mp.doc_string.clone();
-        meta.metadata_props = mp.metadata_props.iter().map(|p| (p.key.clone(), p.value.clone())).collect();
-        self.m.opsets = mp.opset_import.iter().map(|o| OpsetImport { domain: o.domain.clone(), version: o.version }).collect();
+        meta.metadata_props = mp
+            .metadata_props
+            .iter()
+            .map(|p| (p.key.clone(), p.value.clone()))
+            .collect();
+        self.m.opsets = mp
+            .opset_import
+            .iter()
+            .map(|o| OpsetImport {
+                domain: o.domain.clone(),
+                version: o.version,
+            })
+            .collect();
         for t in &mp.training_info {
-            let bytes = t.write_to_bytes().map_err(|e| self.model_err(format!("training_info: {e}")))?;
+            let bytes = t
+                .write_to_bytes()
+                .map_err(|e| self.model_err(format!("training_info: {e}")))?;
             self.m.opaque_fields.push(OpaqueField { field: 20, bytes });
         }
         let Some(gp) = mp.graph.as_ref() else {
@@ -84,7 +130,15 @@ impl Importer {
         for f in &mp.functions {
             let mut g = Graph::new(f.name.clone());
             g.doc = String::new();
-            let types: Scope = f.value_info.iter().filter_map(|v| v.type_.as_ref().map(|t| (v.name.clone(), type_from_proto(t)))).collect();
+            let types: Scope = f
+                .value_info
+                .iter()
+                .filter_map(|v| {
+                    v.type_
+                        .as_ref()
+                        .map(|t| (v.name.clone(), type_from_proto(t)))
+                })
+                .collect();
             let mut defs: HashMap<String, ValueId> = HashMap::new();
             for name in &f.input {
                 let v = g.add_input(name.clone(), types.get(name).cloned().unwrap_or_default());
@@ -93,8 +147,15 @@ impl Importer {
             let gname = format!("{}.{}", f.domain, f.name);
             self.nodes(&mut g, &gname, &f.node, &[], &types, &mut defs)?;
             for name in &f.output {
-                let value = *defs.get(name).ok_or_else(|| self.model_err(format!("function '{gname}': output '{name}' is not produced by any node")))?;
-                g.outputs.push(GraphOutput { value, name: name.clone() });
+                let value = *defs.get(name).ok_or_else(|| {
+                    self.model_err(format!(
+                        "function '{gname}': output '{name}' is not produced by any node"
+                    ))
+                })?;
+                g.outputs.push(GraphOutput {
+                    value,
+                    name: name.clone(),
+                });
             }
             let graph = self.m.graphs.alloc(g);
             let mut defaults = Vec::new();
@@ -108,25 +169,49 @@ impl Importer {
                 graph,
                 attributes: f.attribute.clone(),
                 attribute_defaults: defaults,
-                opsets: f.opset_import.iter().map(|o| OpsetImport { domain: o.domain.clone(), version: o.version }).collect(),
+                opsets: f
+                    .opset_import
+                    .iter()
+                    .map(|o| OpsetImport {
+                        domain: o.domain.clone(),
+                        version: o.version,
+                    })
+                    .collect(),
                 doc: f.doc_string.clone(),
-                metadata_props: f.metadata_props.iter().map(|p| (p.key.clone(), p.value.clone())).collect(),
+                metadata_props: f
+                    .metadata_props
+                    .iter()
+                    .map(|p| (p.key.clone(), p.value.clone()))
+                    .collect(),
             });
         }
         Ok(())
     }
 
     /// Converts a graph; `outer` lists the scopes of enclosing graphs, innermost last.
-    fn graph(&mut self, gp: &GraphProto, outer: &[&Scope], raw: Option<(&Arc<dyn Backing>, &[RawRef])>) -> Result<GraphId, OnnxError> {
+    fn graph(
+        &mut self,
+        gp: &GraphProto,
+        outer: &[&Scope],
+        raw: Option<(&Arc<dyn Backing>, &[RawRef])>,
+    ) -> Result<GraphId, OnnxError> {
         let gname = gp.name.clone();
         if !gp.sparse_initializer.is_empty() {
-            return Err(self.model_err(format!("graph '{gname}': sparse initializers are not supported")));
+            return Err(self.model_err(format!(
+                "graph '{gname}': sparse initializers are not supported"
+            )));
         }
         let mut g = Graph::new(gname.clone());
         g.doc = gp.doc_string.clone();
-        g.extra.metadata_props = gp.metadata_props.iter().map(|p| (p.key.clone(), p.value.clone())).collect();
+        g.extra.metadata_props = gp
+            .metadata_props
+            .iter()
+            .map(|p| (p.key.clone(), p.value.clone()))
+            .collect();
         for qa in &gp.quantization_annotation {
-            let b = qa.write_to_bytes().map_err(|e| self.model_err(format!("graph '{gname}': quantization annotation: {e}")))?;
+            let b = qa.write_to_bytes().map_err(|e| {
+                self.model_err(format!("graph '{gname}': quantization annotation: {e}"))
+            })?;
             g.extra.quantization_annotations.push(b);
         }
         // Types known for each name: value_info first, then inputs and outputs, which are authoritative.
@@ -136,7 +221,9 @@ impl Importer {
                 types.insert(vi.name.clone(), type_from_proto(t));
             }
         }
-        let raw_by_init: HashMap<usize, RawRef> = raw.map(|(_, r)| r.iter().map(|x| (x.initializer, *x)).collect()).unwrap_or_default();
+        let raw_by_init: HashMap<usize, RawRef> = raw
+            .map(|(_, r)| r.iter().map(|x| (x.initializer, *x)).collect())
+            .unwrap_or_default();
         let mut inits: HashMap<&str, (usize, &TensorProto)> = HashMap::new();
         for (i, t) in gp.initializer.iter().enumerate() {
             if inits.insert(t.name.as_str(), (i, t)).is_some() {
@@ -151,13 +238,32 @@ impl Importer {
                 Some(&(i, t)) => {
                     let td = self.tensor(t, raw.map(|(b, _)| b), raw_by_init.get(&i))?;
                     // An initializer is named by its value; keeping the name twice would only drift.
-                    Some(self.m.add_tensor(TensorData { name: String::new(), ..td }))
+                    Some(self.m.add_tensor(TensorData {
+                        name: String::new(),
+                        ..td
+                    }))
                 }
                 None => None,
             };
-            let id = g.add_node(Op::Input { default }, vec![], vec![Output::new(vi.name.clone(), ty)]);
-            if defs.insert(vi.name.clone(), ValueId { node: id, output: 0 }).is_some() {
-                return Err(self.model_err(format!("graph '{gname}': input '{}' is declared twice", vi.name)));
+            let id = g.add_node(
+                Op::Input { default },
+                vec![],
+                vec![Output::new(vi.name.clone(), ty)],
+            );
+            if defs
+                .insert(
+                    vi.name.clone(),
+                    ValueId {
+                        node: id,
+                        output: 0,
+                    },
+                )
+                .is_some()
+            {
+                return Err(self.model_err(format!(
+                    "graph '{gname}': input '{}' is declared twice",
+                    vi.name
+                )));
             }
             inputs.push(id);
         }
@@ -167,11 +273,27 @@ impl Importer {
                 continue;
             }
             let td = self.tensor(t, raw.map(|(b, _)| b), raw_by_init.get(&i))?;
-            let td = TensorData { name: String::new(), ..td };
-            let ty = Type::Tensor(TensorType::new(td.dtype, td.dims.iter().map(|&d| Dim::Fixed(d)).collect()));
+            let td = TensorData {
+                name: String::new(),
+                ..td
+            };
+            let ty = Type::Tensor(TensorType::new(
+                td.dtype,
+                td.dims.iter().map(|&d| Dim::Fixed(d)).collect(),
+            ));
             let tid = self.m.add_tensor(td);
-            let id = g.add_node(Op::Const(tid), vec![], vec![Output::new(t.name.clone(), ty)]);
-            defs.insert(t.name.clone(), ValueId { node: id, output: 0 });
+            let id = g.add_node(
+                Op::Const(tid),
+                vec![],
+                vec![Output::new(t.name.clone(), ty)],
+            );
+            defs.insert(
+                t.name.clone(),
+                ValueId {
+                    node: id,
+                    output: 0,
+                },
+            );
         }
         self.nodes(&mut g, &gname, &gp.node, outer, &types, &mut defs)?;
         for vi in &gp.output {
@@ -191,12 +313,23 @@ impl Importer {
                     g.set_value_type(value, t.clone());
                 }
             }
-            g.outputs.push(GraphOutput { value, name: vi.name.clone() });
+            g.outputs.push(GraphOutput {
+                value,
+                name: vi.name.clone(),
+            });
         }
         Ok(self.m.graphs.alloc(g))
     }
 
-    fn nodes(&mut self, g: &mut Graph, gname: &str, nodes: &[NodeProto], outer: &[&Scope], types: &Scope, defs: &mut HashMap<String, ValueId>) -> Result<(), OnnxError> {
+    fn nodes(
+        &mut self,
+        g: &mut Graph,
+        gname: &str,
+        nodes: &[NodeProto],
+        outer: &[&Scope],
+        types: &Scope,
+        defs: &mut HashMap<String, ValueId>,
+    ) -> Result<(), OnnxError> {
         // Every name this graph defines, so a subgraph can capture values defined later in the file.
         let mut scope: Scope = HashMap::new();
         for (name, v) in defs.iter() {
@@ -220,7 +353,20 @@ impl Importer {
                 attrs.push(at);
             }
             let op = Op::from_parts(&n.domain, &n.op_type, attrs);
-            let outputs: Vec<Output> = n.output.iter().map(|o| Output::new(o.clone(), if o.is_empty() { Type::Unknown } else { types.get(o).cloned().unwrap_or_default() })).collect();
+            let outputs: Vec<Output> = n
+                .output
+                .iter()
+                .map(|o| {
+                    Output::new(
+                        o.clone(),
+                        if o.is_empty() {
+                            Type::Unknown
+                        } else {
+                            types.get(o).cloned().unwrap_or_default()
+                        },
+                    )
+                })
+                .collect();
             let id = g.add_node(op, vec![], outputs);
             let node = g.node_mut(id);
             node.name = n.name.clone();
@@ -229,8 +375,21 @@ impl Importer {
                 if o.is_empty() {
                     continue;
                 }
-                if defs.insert(o.clone(), ValueId { node: id, output: i as u32 }).is_some() {
-                    return Err(self.node_err(gname, n, format!("value '{o}' is produced more than once (duplicate value name)")));
+                if defs
+                    .insert(
+                        o.clone(),
+                        ValueId {
+                            node: id,
+                            output: i as u32,
+                        },
+                    )
+                    .is_some()
+                {
+                    return Err(self.node_err(
+                        gname,
+                        n,
+                        format!("value '{o}' is produced more than once (duplicate value name)"),
+                    ));
                 }
             }
             created.push(id);
@@ -260,26 +419,42 @@ impl Importer {
         Ok(())
     }
 
-    fn attr(&mut self, a: &AttributeProto, gname: &str, outer: &[&Scope]) -> Result<Attr, OnnxError> {
+    fn attr(
+        &mut self,
+        a: &AttributeProto,
+        gname: &str,
+        outer: &[&Scope],
+    ) -> Result<Attr, OnnxError> {
         let kind = attr_kind(a);
         let value = if !a.ref_attr_name.is_empty() {
-            AttrValue::Ref { name: a.ref_attr_name.clone(), kind }
+            AttrValue::Ref {
+                name: a.ref_attr_name.clone(),
+                kind,
+            }
         } else {
             match kind {
                 AttrKind::Float => AttrValue::Float(a.f),
                 AttrKind::Int => AttrValue::Int(a.i),
                 AttrKind::String => AttrValue::String(a.s.clone()),
                 AttrKind::Tensor => {
-                    let t = a.t.as_ref().ok_or_else(|| self.model_err(format!("attribute '{}' has no tensor", a.name)))?;
+                    let t = a.t.as_ref().ok_or_else(|| {
+                        self.model_err(format!("attribute '{}' has no tensor", a.name))
+                    })?;
                     let td = self.tensor(t, None, None)?;
                     AttrValue::Tensor(self.m.add_tensor(td))
                 }
                 AttrKind::Graph => {
-                    let gp = a.g.as_ref().ok_or_else(|| self.model_err(format!("attribute '{}' has no graph", a.name)))?;
+                    let gp = a.g.as_ref().ok_or_else(|| {
+                        self.model_err(format!("attribute '{}' has no graph", a.name))
+                    })?;
                     AttrValue::Graph(self.graph(gp, outer, None)?)
                 }
-                AttrKind::SparseTensor => AttrValue::SparseTensor(self.encode(a.sparse_tensor.as_ref(), gname)?),
-                AttrKind::Type => AttrValue::Type(a.tp.as_ref().map(type_from_proto).unwrap_or_default()),
+                AttrKind::SparseTensor => {
+                    AttrValue::SparseTensor(self.encode(a.sparse_tensor.as_ref(), gname)?)
+                }
+                AttrKind::Type => {
+                    AttrValue::Type(a.tp.as_ref().map(type_from_proto).unwrap_or_default())
+                }
                 AttrKind::Floats => AttrValue::Floats(a.floats.clone()),
                 AttrKind::Ints => AttrValue::Ints(a.ints.clone()),
                 AttrKind::Strings => AttrValue::Strings(a.strings.clone()),
@@ -305,36 +480,69 @@ impl Importer {
                     }
                     AttrValue::SparseTensors(v)
                 }
-                AttrKind::Types => AttrValue::Types(a.type_protos.iter().map(type_from_proto).collect()),
-                AttrKind::Undefined => return Err(self.model_err(format!("attribute '{}' has no type and no value", a.name))),
+                AttrKind::Types => {
+                    AttrValue::Types(a.type_protos.iter().map(type_from_proto).collect())
+                }
+                AttrKind::Undefined => {
+                    return Err(
+                        self.model_err(format!("attribute '{}' has no type and no value", a.name))
+                    )
+                }
             }
         };
-        Ok(Attr { name: a.name.clone(), value, doc: a.doc_string.clone() })
+        Ok(Attr {
+            name: a.name.clone(),
+            value,
+            doc: a.doc_string.clone(),
+        })
     }
 
     fn encode<M: Message>(&self, m: Option<&M>, gname: &str) -> Result<Vec<u8>, OnnxError> {
         match m {
-            Some(m) => m.write_to_bytes().map_err(|e| self.model_err(format!("graph '{gname}': {e}"))),
+            Some(m) => m
+                .write_to_bytes()
+                .map_err(|e| self.model_err(format!("graph '{gname}': {e}"))),
             None => Ok(Vec::new()),
         }
     }
 
     fn tensor_err(&self, tensor: &str, message: impl Into<String>) -> OnnxError {
-        OnnxError::Tensor { path: self.path.clone(), tensor: tensor.to_string(), message: message.into() }
+        OnnxError::Tensor {
+            path: self.path.clone(),
+            tensor: tensor.to_string(),
+            message: message.into(),
+        }
     }
 
     /// Converts a TensorProto; `raw` points at its raw bytes in the mapped model when they were not copied.
-    fn tensor(&mut self, t: &TensorProto, backing: Option<&Arc<dyn Backing>>, raw: Option<&RawRef>) -> Result<TensorData, OnnxError> {
+    fn tensor(
+        &mut self,
+        t: &TensorProto,
+        backing: Option<&Arc<dyn Backing>>,
+        raw: Option<&RawRef>,
+    ) -> Result<TensorData, OnnxError> {
         let dtype = dtype_from_code(t.data_type);
         if let Some(&d) = t.dims.iter().find(|&&d| d < 0) {
             return Err(self.tensor_err(&t.name, format!("negative dimension {d} in {:?}", t.dims)));
         }
-        let n = numel(&t.dims).ok_or_else(|| self.tensor_err(&t.name, format!("the product of dims {:?} overflows", t.dims)))?;
+        let n = numel(&t.dims).ok_or_else(|| {
+            self.tensor_err(
+                &t.name,
+                format!("the product of dims {:?} overflows", t.dims),
+            )
+        })?;
         let storage = if t.data_location.enum_value() == Ok(DataLocation::EXTERNAL) {
             let mut location = String::new();
             let (mut offset, mut length) = (None, None);
             for e in &t.external_data {
-                let num = |s: &str| s.parse::<u64>().map_err(|_| self.tensor_err(&t.name, format!("external data {} '{s}' is not a number", e.key)));
+                let num = |s: &str| {
+                    s.parse::<u64>().map_err(|_| {
+                        self.tensor_err(
+                            &t.name,
+                            format!("external data {} '{s}' is not a number", e.key),
+                        )
+                    })
+                };
                 match e.key.as_str() {
                     "location" => location = e.value.clone(),
                     "offset" => offset = Some(num(&e.value)?),
@@ -342,29 +550,59 @@ impl Importer {
                     _ => {}
                 }
             }
-            let (file, off, len) = self.resolver.resolve(&self.path, &t.name, &location, offset, length)?;
-            Storage::Mapped { backing: file, offset: off, len }
+            let (file, off, len) = self
+                .resolver
+                .resolve(&self.path, &t.name, &location, offset, length)?;
+            Storage::Mapped {
+                backing: file,
+                offset: off,
+                len,
+            }
         } else if let (Some(b), Some(r)) = (backing, raw) {
-            Storage::Mapped { backing: b.clone(), offset: r.offset, len: r.len }
+            Storage::Mapped {
+                backing: b.clone(),
+                offset: r.offset,
+                len: r.len,
+            }
         } else if !t.raw_data.is_empty() {
             Storage::Bytes(t.raw_data.clone().into())
         } else {
             typed_storage(t, dtype)
         };
-        let td = TensorData { dtype, dims: t.dims.clone(), storage, name: String::new(), doc: t.doc_string.clone() };
+        let td = TensorData {
+            dtype,
+            dims: t.dims.clone(),
+            storage,
+            name: String::new(),
+            doc: t.doc_string.clone(),
+        };
         if let Some(expected) = dtype.bytes_for(n) {
             let got = td.byte_len();
             if got != expected {
-                return Err(self.tensor_err(&t.name, format!("has {got} bytes of data but {dtype} × {:?} needs {expected}", t.dims)));
+                return Err(self.tensor_err(
+                    &t.name,
+                    format!(
+                        "has {got} bytes of data but {dtype} × {:?} needs {expected}",
+                        t.dims
+                    ),
+                ));
             }
-        } else if dtype == DType::Str && td.byte_len() > 0 || matches!(td.storage, Storage::Strings(ref s) if s.len() as u64 != n) {
+        } else if dtype == DType::Str && td.byte_len() > 0
+            || matches!(td.storage, Storage::Strings(ref s) if s.len() as u64 != n)
+        {
             if let Storage::Strings(s) = &td.storage {
                 if s.len() as u64 != n {
-                    return Err(self.tensor_err(&t.name, format!("has {} strings but dims {:?} need {n}", s.len(), t.dims)));
+                    return Err(self.tensor_err(
+                        &t.name,
+                        format!("has {} strings but dims {:?} need {n}", s.len(), t.dims),
+                    ));
                 }
             }
         }
-        Ok(TensorData { name: t.name.clone(), ..td })
+        Ok(TensorData {
+            name: t.name.clone(),
+            ..td
+        })
     }
 }
 
@@ -375,10 +613,18 @@ fn typed_storage(t: &TensorProto, dtype: DType) -> Storage {
         DType::F32 | DType::C64 => t.float_data.iter().flat_map(|x| x.to_le_bytes()).collect(),
         DType::F64 | DType::C128 => t.double_data.iter().flat_map(|x| x.to_le_bytes()).collect(),
         DType::I64 => t.int64_data.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        DType::U32 => t.uint64_data.iter().flat_map(|x| (*x as u32).to_le_bytes()).collect(),
+        DType::U32 => t
+            .uint64_data
+            .iter()
+            .flat_map(|x| (*x as u32).to_le_bytes())
+            .collect(),
         DType::U64 => t.uint64_data.iter().flat_map(|x| x.to_le_bytes()).collect(),
         DType::I32 => t.int32_data.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        DType::I16 | DType::U16 | DType::F16 | DType::BF16 => t.int32_data.iter().flat_map(|x| (*x as u16).to_le_bytes()).collect(),
+        DType::I16 | DType::U16 | DType::F16 | DType::BF16 => t
+            .int32_data
+            .iter()
+            .flat_map(|x| (*x as u16).to_le_bytes())
+            .collect(),
         // One byte per int32: 8-bit types hold one element, 4-bit types two packed elements.
         _ => t.int32_data.iter().map(|x| *x as u8).collect(),
     };
@@ -432,5 +678,8 @@ fn capture_type(outer: &[&Scope], name: &str) -> Option<Type> {
 
 fn add_capture(g: &mut Graph, name: &str, ty: Type) -> ValueId {
     let id = g.add_node(Op::Capture, vec![], vec![Output::new(name, ty)]);
-    ValueId { node: id, output: 0 }
+    ValueId {
+        node: id,
+        output: 0,
+    }
 }

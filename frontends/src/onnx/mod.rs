@@ -22,13 +22,28 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum OnnxError {
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: not a valid ONNX model: {source}", path.display())]
-    Wire { path: PathBuf, source: wire::WireError },
+    Wire {
+        path: PathBuf,
+        source: wire::WireError,
+    },
     #[error("{}: tensor '{tensor}': {message}", path.display())]
-    Tensor { path: PathBuf, tensor: String, message: String },
+    Tensor {
+        path: PathBuf,
+        tensor: String,
+        message: String,
+    },
     #[error("{}: graph '{graph}': node {node}: {message}", path.display())]
-    Node { path: PathBuf, graph: String, node: String, message: String },
+    Node {
+        path: PathBuf,
+        graph: String,
+        node: String,
+        message: String,
+    },
     #[error("{}: {message}", path.display())]
     Model { path: PathBuf, message: String },
 }

@@ -59,7 +59,11 @@ pub enum WireError {
     #[error("varint longer than 10 bytes at byte offset {offset}")]
     MalformedVarint { offset: usize },
     #[error("length {len} at byte offset {offset} runs past the end of its message ({available} bytes left)")]
-    LengthPastEnd { offset: usize, len: u64, available: usize },
+    LengthPastEnd {
+        offset: usize,
+        len: u64,
+        available: usize,
+    },
     #[error("invalid tag {tag} at byte offset {offset}")]
     InvalidTag { offset: usize, tag: u64 },
     #[error("invalid or unsupported wire type {wire_type} at byte offset {offset} (groups are rejected)")]
@@ -103,7 +107,11 @@ fn read_varint(buf: &[u8], pos: usize, end: usize) -> Result<(u64, usize), WireE
 fn advance(pos: usize, len: u64, end: usize) -> Result<usize, WireError> {
     let available = end.saturating_sub(pos);
     if len > available as u64 {
-        return Err(WireError::LengthPastEnd { offset: pos, len, available });
+        return Err(WireError::LengthPastEnd {
+            offset: pos,
+            len,
+            available,
+        });
     }
     Ok(pos + len as usize)
 }
@@ -124,9 +132,19 @@ fn next_field(buf: &[u8], pos: usize, end: usize) -> Result<Field, WireError> {
             q..advance(q, len, end)?
         }
         5 => p..advance(p, 4, end)?,
-        _ => return Err(WireError::InvalidWireType { offset: pos, wire_type }),
+        _ => {
+            return Err(WireError::InvalidWireType {
+                offset: pos,
+                wire_type,
+            })
+        }
     };
-    Ok(Field { number, wire_type, start: pos, value })
+    Ok(Field {
+        number,
+        wire_type,
+        start: pos,
+        value,
+    })
 }
 
 /// Merges `bytes` (whole fields of `M`) into `msg`, naming `message` in errors.
@@ -134,7 +152,11 @@ fn merge<M: Message>(msg: &mut M, bytes: &[u8], message: &str) -> Result<(), Wir
     if bytes.is_empty() {
         return Ok(());
     }
-    msg.merge_from_bytes(bytes).map_err(|source| WireError::Decode { message: message.to_owned(), source })
+    msg.merge_from_bytes(bytes)
+        .map_err(|source| WireError::Decode {
+            message: message.to_owned(),
+            source,
+        })
 }
 
 /// Scans the message in `buf[range]`: every length-delimited field numbered `special` goes to
@@ -177,25 +199,50 @@ pub fn parse_model_lazy(bytes: &[u8]) -> Result<LazyModel, WireError> {
     let mut graph: Option<GraphProto> = None;
     let mut initializers: Vec<TensorProto> = Vec::new();
     let mut raw = Vec::new();
-    scan(bytes, 0..bytes.len(), MODEL_GRAPH, &mut model, "ModelProto", |graph_range| {
-        let graph = graph.get_or_insert_with(GraphProto::new);
-        scan(bytes, graph_range, GRAPH_INITIALIZER, graph, "GraphProto", |tensor_range| {
-            let index = initializers.len();
-            let mut tensor = TensorProto::new();
-            let mut raw_range = None;
-            // The last raw_data field wins, as for any singular field.
-            let message = format!("TensorProto #{index}");
-            scan(bytes, tensor_range, TENSOR_RAW_DATA, &mut tensor, &message, |r| {
-                raw_range = Some(r);
-                Ok(())
-            })?;
-            if let Some(r) = raw_range {
-                raw.push(RawRef { initializer: index, offset: r.start, len: r.len() });
-            }
-            initializers.push(tensor);
-            Ok(())
-        })
-    })?;
+    scan(
+        bytes,
+        0..bytes.len(),
+        MODEL_GRAPH,
+        &mut model,
+        "ModelProto",
+        |graph_range| {
+            let graph = graph.get_or_insert_with(GraphProto::new);
+            scan(
+                bytes,
+                graph_range,
+                GRAPH_INITIALIZER,
+                graph,
+                "GraphProto",
+                |tensor_range| {
+                    let index = initializers.len();
+                    let mut tensor = TensorProto::new();
+                    let mut raw_range = None;
+                    // The last raw_data field wins, as for any singular field.
+                    let message = format!("TensorProto #{index}");
+                    scan(
+                        bytes,
+                        tensor_range,
+                        TENSOR_RAW_DATA,
+                        &mut tensor,
+                        &message,
+                        |r| {
+                            raw_range = Some(r);
+                            Ok(())
+                        },
+                    )?;
+                    if let Some(r) = raw_range {
+                        raw.push(RawRef {
+                            initializer: index,
+                            offset: r.start,
+                            len: r.len(),
+                        });
+                    }
+                    initializers.push(tensor);
+                    Ok(())
+                },
+            )
+        },
+    )?;
     if let Some(mut graph) = graph {
         // Runs never hold initializers: every length-delimited field 5 was taken out above.
         graph.initializer.extend(initializers);
@@ -216,20 +263,31 @@ fn field_len(len: u64) -> u64 {
 
 /// Payload size of one streamed initializer, given its header's size.
 fn tensor_len(header_len: u64, raw: &[u8]) -> u64 {
-    header_len + if raw.is_empty() { 0 } else { field_len(raw.len() as u64) }
+    header_len
+        + if raw.is_empty() {
+            0
+        } else {
+            field_len(raw.len() as u64)
+        }
 }
 
 /// Size in bytes that write_model_streaming would write (to decide whether a model exceeds
 /// 2 GiB before writing).
 pub fn encoded_len(model: &ModelProto, initializers: &[(TensorProto, &[u8])]) -> u64 {
-    let graph_field = model.graph.as_ref().map_or(0, |g| field_len(g.compute_size()));
+    let graph_field = model
+        .graph
+        .as_ref()
+        .map_or(0, |g| field_len(g.compute_size()));
     let head = model.compute_size().saturating_sub(graph_field);
     // Like rust-protobuf, an unset graph is omitted unless there are initializers to hold.
     if model.graph.is_none() && initializers.is_empty() {
         return head;
     }
     let body = model.graph.as_ref().map_or(0, |g| g.compute_size());
-    let inits: u64 = initializers.iter().map(|(h, raw)| field_len(tensor_len(h.compute_size(), raw))).sum();
+    let inits: u64 = initializers
+        .iter()
+        .map(|(h, raw)| field_len(tensor_len(h.compute_size(), raw)))
+        .sum();
     head + field_len(body + inits)
 }
 
@@ -314,7 +372,11 @@ pub fn write_model_streaming<W: RawSink>(
     };
     // Every length is known before the graph starts, so nothing needs to be buffered.
     let header_lens: Vec<u64> = initializers.iter().map(|(h, _)| h.compute_size()).collect();
-    let inits: u64 = initializers.iter().zip(&header_lens).map(|((_, raw), &h)| field_len(tensor_len(h, raw))).sum();
+    let inits: u64 = initializers
+        .iter()
+        .zip(&header_lens)
+        .map(|((_, raw), &h)| field_len(tensor_len(h, raw)))
+        .sum();
     put_header(w, &mut written, TAG_GRAPH, body.len() as u64 + inits)?;
     // The initializers go after `node` (1) and `name` (2), where rust-protobuf puts them, so a
     // model without stray fields comes out byte for byte as `write_to_bytes` would write it.
@@ -329,9 +391,16 @@ pub fn write_model_streaming<W: RawSink>(
     for ((header, raw), &header_len) in initializers.iter().zip(&header_lens) {
         let header_bytes = to_bytes(header)?;
         if header_bytes.len() as u64 != header_len {
-            return Err(io::Error::other("TensorProto size changed between compute_size and write"));
+            return Err(io::Error::other(
+                "TensorProto size changed between compute_size and write",
+            ));
         }
-        put_header(w, &mut written, TAG_INITIALIZER, tensor_len(header_len, raw))?;
+        put_header(
+            w,
+            &mut written,
+            TAG_INITIALIZER,
+            tensor_len(header_len, raw),
+        )?;
         put(w, &mut written, &header_bytes)?;
         if !raw.is_empty() {
             put_header(w, &mut written, TAG_RAW_DATA, raw.len() as u64)?;

@@ -28,13 +28,22 @@ use std::collections::{HashMap, HashSet};
 pub enum BlockerKind {
     /// A norm gain γ ≠ 1. `foldable`: the norm's output feeds only linear readers, so
     /// `fold-norms` can move γ into them; otherwise it sits on the stream (post-LN, sandwich).
-    NormGain { norm: usize, foldable: bool },
+    NormGain {
+        norm: usize,
+        foldable: bool,
+    },
     /// LayerNorm subtracts the mean, which only permutations preserve.
-    LayerNormMean { norm: usize },
+    LayerNormMean {
+        norm: usize,
+    },
     /// A norm over another axis than the last.
-    NormAxis { norm: usize },
+    NormAxis {
+        norm: usize,
+    },
     /// An elementwise nonlinearity applied to the stream.
-    Elementwise { op: String },
+    Elementwise {
+        op: String,
+    },
     /// A product with a per-channel constant on the stream (a gain outside a norm).
     ChannelScale,
     /// A scalar or broadcast constant added to the stream.
@@ -43,7 +52,9 @@ pub enum BlockerKind {
     GraphInput,
     GraphOutput,
     /// Anything else, with a description of what was found.
-    Unsupported { what: String },
+    Unsupported {
+        what: String,
+    },
 }
 
 /// One constraint on a class, at the node that imposes it.
@@ -164,7 +175,9 @@ impl GaugeAnalysis {
 /// Whether node `n` is an embedding lookup: `Gather(axis 0)` of a constant 2-D float table.
 pub fn is_embedding(m: &Module, g: &Graph, n: NodeId) -> bool {
     let node = g.node(n);
-    let Op::Gather(a) = &node.op else { return false };
+    let Op::Gather(a) = &node.op else {
+        return false;
+    };
     if a.axis.unwrap_or(0) != 0 {
         return false;
     }
@@ -185,17 +198,31 @@ pub fn analyze_gauge(m: &Module, gid: GraphId) -> GaugeAnalysis {
         if !is_embedding(m, g, n) || claimed.contains(&out0(n)) {
             continue;
         }
-        let width = g.node(n).operand(0).and_then(|t| const_data(m, g, t)).map(|d| d.dims[1]).unwrap_or(0);
+        let width = g
+            .node(n)
+            .operand(0)
+            .and_then(|t| const_data(m, g, t))
+            .map(|d| d.dims[1])
+            .unwrap_or(0);
         let mut w = Walker::new(m, g, &norms, width);
         w.join(out0(n));
         w.run();
         let mut class = w.finish(&rank);
         claimed.extend(class.values.iter().copied());
-        class.seeds = class.values.iter().filter(|v| is_embedding(m, g, v.node)).map(|v| v.node).collect();
+        class.seeds = class
+            .values
+            .iter()
+            .filter(|v| is_embedding(m, g, v.node))
+            .map(|v| v.node)
+            .collect();
         classes.push(class);
     }
     classes.sort_by_key(|c| std::cmp::Reverse(c.sites.len()));
-    GaugeAnalysis { graph: Some(gid), norms, classes }
+    GaugeAnalysis {
+        graph: Some(gid),
+        norms,
+        classes,
+    }
 }
 
 struct Walker<'a> {
@@ -250,11 +277,24 @@ impl<'a> Walker<'a> {
     }
 
     fn unsupported(&mut self, node: NodeId, what: impl Into<String>) {
-        self.constrain(node, BlockerKind::Unsupported { what: what.into() }, Group::NONE);
+        self.constrain(
+            node,
+            BlockerKind::Unsupported { what: what.into() },
+            Group::NONE,
+        );
     }
 
-    fn site(&mut self, role: SiteRole, consumer: NodeId, slot: usize, transpose: Option<NodeId>, axis: usize) {
-        let Some(v) = self.g.node(consumer).operand(slot) else { return };
+    fn site(
+        &mut self,
+        role: SiteRole,
+        consumer: NodeId,
+        slot: usize,
+        transpose: Option<NodeId>,
+        axis: usize,
+    ) {
+        let Some(v) = self.g.node(consumer).operand(slot) else {
+            return;
+        };
         let (kv, transpose) = match transpose {
             Some(t) => match self.g.node(t).operand(0) {
                 Some(k) => (k, Some(t)),
@@ -262,9 +302,19 @@ impl<'a> Walker<'a> {
             },
             None => (v, None),
         };
-        let Some(tensor) = const_tensor(self.g, kv) else { return };
+        let Some(tensor) = const_tensor(self.g, kv) else {
+            return;
+        };
         if self.site_keys.insert((consumer, slot)) {
-            self.sites.push(FoldSite { role, consumer, slot, konst: kv.node, tensor, transpose, axis });
+            self.sites.push(FoldSite {
+                role,
+                consumer,
+                slot,
+                konst: kv.node,
+                tensor,
+                transpose,
+                axis,
+            });
         }
     }
 
@@ -277,7 +327,9 @@ impl<'a> Walker<'a> {
 
     /// A constant or stream operand of an `Add`/`Sub` on the stream.
     fn summand(&mut self, n: NodeId, slot: usize) {
-        let Some(v) = self.g.node(n).operand(slot) else { return };
+        let Some(v) = self.g.node(n).operand(slot) else {
+            return;
+        };
         let Some(d) = const_data(self.m, self.g, v) else {
             self.join(v);
             return;
@@ -292,7 +344,14 @@ impl<'a> Walker<'a> {
             }
             self.constrain(n, BlockerKind::BroadcastConstant, Group::PERMUTATION);
         } else {
-            self.unsupported(n, format!("{} adds a constant of shape {:?}", self.g.node(n).op.name(), d.dims));
+            self.unsupported(
+                n,
+                format!(
+                    "{} adds a constant of shape {:?}",
+                    self.g.node(n).op.name(),
+                    d.dims
+                ),
+            );
         }
     }
 
@@ -300,16 +359,30 @@ impl<'a> Walker<'a> {
     /// per-channel vector only with monomial transforms.
     fn scaled(&mut self, n: NodeId, stream: ValueId) -> bool {
         let node = self.g.node(n);
-        let slot = if node.operand(0) == Some(stream) { 1 } else { 0 };
-        let Some(c) = node.operand(slot) else { return false };
-        let Some(d) = const_data(self.m, self.g, c) else { return false };
+        let slot = if node.operand(0) == Some(stream) {
+            1
+        } else {
+            0
+        };
+        let Some(c) = node.operand(slot) else {
+            return false;
+        };
+        let Some(d) = const_data(self.m, self.g, c) else {
+            return false;
+        };
         let numel = d.numel().unwrap_or(0);
         if numel == 1 {
             return true;
         }
         if d.dims.last() == Some(&self.width) && numel == self.width as u64 {
             if let Some(tensor) = const_tensor(self.g, c) {
-                self.params.push(ParamSite { norm: None, consumer: n, slot, konst: c.node, tensor });
+                self.params.push(ParamSite {
+                    norm: None,
+                    consumer: n,
+                    slot,
+                    konst: c.node,
+                    tensor,
+                });
             }
             self.constrain(n, BlockerKind::ChannelScale, Group::MONOMIAL);
             return true;
@@ -323,7 +396,10 @@ impl<'a> Walker<'a> {
         }
         self.norm_set.push(i);
         let norm = &self.norms.list[i];
-        for v in [Some(norm.input), norm.skip, Some(norm.output), norm.sum].into_iter().flatten() {
+        for v in [Some(norm.input), norm.skip, Some(norm.output), norm.sum]
+            .into_iter()
+            .flatten()
+        {
             self.join(v);
         }
         if !norm.last_axis {
@@ -333,16 +409,34 @@ impl<'a> Walker<'a> {
         // A norm rescales every row by its own statistic: no diagonal scaling survives.
         self.admits = self.admits.meet(Group::ORTHOGONAL);
         // Its output feeds only foldable readers (pre-norm): fold-norms can take γ.
-        let foldable = self.g.users(norm.output).iter().all(|&(u, slot)| slot == 0 && match_linear(self.m, self.g, u).is_some())
+        let foldable = self
+            .g
+            .users(norm.output)
+            .iter()
+            .all(|&(u, slot)| slot == 0 && match_linear(self.m, self.g, u).is_some())
             && !self.g.outputs.iter().any(|o| o.value == norm.output);
         if let Some(gain) = norm.gain.filter(|p| !p.trivial) {
             if gain.per_channel {
-                self.params.push(ParamSite { norm: Some(i), consumer: gain.consumer, slot: gain.slot, konst: gain.konst, tensor: gain.tensor });
-                self.constrain(gain.consumer, BlockerKind::NormGain { norm: i, foldable }, Group::SIGNED_PERMUTATION);
+                self.params.push(ParamSite {
+                    norm: Some(i),
+                    consumer: gain.consumer,
+                    slot: gain.slot,
+                    konst: gain.konst,
+                    tensor: gain.tensor,
+                });
+                self.constrain(
+                    gain.consumer,
+                    BlockerKind::NormGain { norm: i, foldable },
+                    Group::SIGNED_PERMUTATION,
+                );
             }
         }
         if norm.kind == NormKind::Layer {
-            self.constrain(norm.node, BlockerKind::LayerNormMean { norm: i }, Group::PERMUTATION);
+            self.constrain(
+                norm.node,
+                BlockerKind::LayerNormMean { norm: i },
+                Group::PERMUTATION,
+            );
             if let Some(b) = norm.bias.filter(|p| !p.trivial && p.per_channel) {
                 let axis = self.m.tensor(b.tensor).dims.len().saturating_sub(1);
                 self.site(SiteRole::Bias, b.consumer, b.slot, None, axis);
@@ -368,15 +462,26 @@ impl<'a> Walker<'a> {
             }
             Op::MatMul | Op::Gemm(_) => match match_linear(self.m, self.g, p) {
                 Some(l) if l.out_features == self.width => {
-                    self.site(SiteRole::Writer, p, l.weight_slot, l.weight.transpose, l.weight.out_axis());
+                    self.site(
+                        SiteRole::Writer,
+                        p,
+                        l.weight_slot,
+                        l.weight.transpose,
+                        l.weight.out_axis(),
+                    );
                     if let Some(b) = l.bias.filter(|b| b.node == p) {
                         let axis = self.m.tensor(b.tensor).dims.len().saturating_sub(1);
                         self.site(SiteRole::Bias, p, b.slot, None, axis);
                     }
                 }
-                _ => self.unsupported(p, "a product without a constant weight of the stream's width writes the stream"),
+                _ => self.unsupported(
+                    p,
+                    "a product without a constant weight of the stream's width writes the stream",
+                ),
             },
-            Op::Gather(_) if is_embedding(self.m, self.g, p) => self.site(SiteRole::Embedding, p, 0, None, 1),
+            Op::Gather(_) if is_embedding(self.m, self.g, p) => {
+                self.site(SiteRole::Embedding, p, 0, None, 1)
+            }
             Op::Identity | Op::Cast(_) => {
                 if let Some(x) = node.operand(0) {
                     self.join(x);
@@ -391,7 +496,13 @@ impl<'a> Walker<'a> {
             }
             op => match unary_group(op) {
                 Some(grp) => {
-                    self.constrain(p, BlockerKind::Elementwise { op: op.name().to_string() }, grp);
+                    self.constrain(
+                        p,
+                        BlockerKind::Elementwise {
+                            op: op.name().to_string(),
+                        },
+                        grp,
+                    );
                     if let Some(x) = node.operand(0) {
                         self.join(x);
                     }
@@ -450,6 +561,15 @@ impl<'a> Walker<'a> {
         norms.sort_by_key(|&i| key(&self.norms.list[i].node));
         let mut params = self.params;
         params.sort_by_key(|p| (key(&p.consumer), p.slot));
-        StreamClass { values, width: self.width, seeds: Vec::new(), norms, sites, params, blockers, admits: self.admits }
+        StreamClass {
+            values,
+            width: self.width,
+            seeds: Vec::new(),
+            norms,
+            sites,
+            params,
+            blockers,
+            admits: self.admits,
+        }
     }
 }

@@ -55,7 +55,12 @@ impl Group {
     /// Names of the families, for machine-readable output.
     pub fn families(self) -> Vec<&'static str> {
         let mut v = Vec::new();
-        for (bit, name) in [(Self::ROTATION, "rotation"), (Self::SIGN, "sign"), (Self::PERM, "permutation"), (Self::SCALE, "positive-scale")] {
+        for (bit, name) in [
+            (Self::ROTATION, "rotation"),
+            (Self::SIGN, "sign"),
+            (Self::PERM, "permutation"),
+            (Self::SCALE, "positive-scale"),
+        ] {
             if self.0 & bit != 0 {
                 v.push(name);
             }
@@ -117,9 +122,17 @@ pub fn unary_group(op: &crate::op::Op) -> Option<Group> {
         Op::Identity | Op::Neg => Group::ALL,
         Op::Relu | Op::LeakyRelu(_) => Group::POSITIVE_MONOMIAL,
         // Odd functions commute with sign flips too.
-        Op::Tanh | Op::Sin | Op::Erf | Op::Atan | Op::Asinh | Op::Sinh | Op::Softsign | Op::Tan | Op::Asin | Op::Atanh | Op::Sign => {
-            Group::SIGNED_PERMUTATION
-        }
+        Op::Tanh
+        | Op::Sin
+        | Op::Erf
+        | Op::Atan
+        | Op::Asinh
+        | Op::Sinh
+        | Op::Softsign
+        | Op::Tan
+        | Op::Asin
+        | Op::Atanh
+        | Op::Sign => Group::SIGNED_PERMUTATION,
         Op::Abs
         | Op::Sigmoid
         | Op::Exp

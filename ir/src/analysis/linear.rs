@@ -86,14 +86,25 @@ fn weight_ref(m: &Module, g: &Graph, w: ValueId, transposed_use: bool) -> Option
     }
     // The stored constant is [in, out] unless exactly one of (Transpose node, transB) flips it.
     let flipped = through.is_some() != transposed_use;
-    Some(WeightRef { konst: konst_val.node, tensor, transpose: through, in_axis: if flipped { 1 } else { 0 } })
+    Some(WeightRef {
+        konst: konst_val.node,
+        tensor,
+        transpose: through,
+        in_axis: if flipped { 1 } else { 0 },
+    })
 }
 
 /// The linear layer computed by node `n`, if it is one.
 pub fn match_linear(m: &Module, g: &Graph, n: NodeId) -> Option<Linear> {
     let node = g.node(n);
     let (op, input, wv, trans_b, mut bias) = match &node.op {
-        Op::MatMul => (LinearOp::MatMul, node.operand(0)?, node.operand(1)?, false, None),
+        Op::MatMul => (
+            LinearOp::MatMul,
+            node.operand(0)?,
+            node.operand(1)?,
+            false,
+            None,
+        ),
         Op::Gemm(a) => {
             if a.trans_a.unwrap_or(0) != 0 {
                 return None;
@@ -101,11 +112,22 @@ pub fn match_linear(m: &Module, g: &Graph, n: NodeId) -> Option<Linear> {
             let bias = match node.operand(2) {
                 Some(c) => {
                     let t = const_tensor(g, c)?;
-                    Some(BiasRef { node: n, slot: 2, konst: c.node, tensor: t })
+                    Some(BiasRef {
+                        node: n,
+                        slot: 2,
+                        konst: c.node,
+                        tensor: t,
+                    })
                 }
                 None => None,
             };
-            (LinearOp::Gemm, node.operand(0)?, node.operand(1)?, a.trans_b.unwrap_or(0) != 0, bias)
+            (
+                LinearOp::Gemm,
+                node.operand(0)?,
+                node.operand(1)?,
+                a.trans_b.unwrap_or(0) != 0,
+                bias,
+            )
         }
         _ => return None,
     };
@@ -122,21 +144,45 @@ pub fn match_linear(m: &Module, g: &Graph, n: NodeId) -> Option<Linear> {
         if let Some(user) = sole_user(g, output) {
             if matches!(g.node(user).op, Op::Add) {
                 if let Some(b) = other_operand(g, user, output) {
-                    let ok = const_data(m, g, b)
-                        .is_some_and(|d| d.numel() == Some(out_features as u64) && d.dims.last() == Some(&out_features));
+                    let ok = const_data(m, g, b).is_some_and(|d| {
+                        d.numel() == Some(out_features as u64)
+                            && d.dims.last() == Some(&out_features)
+                    });
                     if let (true, Some(t)) = (ok, const_tensor(g, b)) {
-                        let slot = if g.node(user).operand(0) == Some(b) { 0 } else { 1 };
-                        bias = Some(BiasRef { node: user, slot, konst: b.node, tensor: t });
+                        let slot = if g.node(user).operand(0) == Some(b) {
+                            0
+                        } else {
+                            1
+                        };
+                        bias = Some(BiasRef {
+                            node: user,
+                            slot,
+                            konst: b.node,
+                            tensor: t,
+                        });
                         output = out0(user);
                     }
                 }
             }
         }
     }
-    Some(Linear { node: n, op, input, weight_slot: 1, weight, bias, output, in_features, out_features })
+    Some(Linear {
+        node: n,
+        op,
+        input,
+        weight_slot: 1,
+        weight,
+        bias,
+        output,
+        in_features,
+        out_features,
+    })
 }
 
 /// Every linear layer of a graph, in node-index order.
 pub fn find_linears(m: &Module, g: &Graph) -> Vec<Linear> {
-    g.node_ids().into_iter().filter_map(|n| match_linear(m, g, n)).collect()
+    g.node_ids()
+        .into_iter()
+        .filter_map(|n| match_linear(m, g, n))
+        .collect()
 }

@@ -18,7 +18,9 @@ pub mod transformer;
 mod transformer_parts;
 pub mod util;
 
-pub use gauge::{analyze_gauge, Blocker, BlockerKind, FoldSite, GaugeAnalysis, ParamSite, SiteRole, StreamClass};
+pub use gauge::{
+    analyze_gauge, Blocker, BlockerKind, FoldSite, GaugeAnalysis, ParamSite, SiteRole, StreamClass,
+};
 pub use group::{Group, Kind};
 pub use linear::{match_linear, Linear};
 pub use norm::{Norm, NormForm, NormKind, Norms};

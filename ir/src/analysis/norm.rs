@@ -10,7 +10,10 @@
 //!
 //! A norm records every node of its pattern, so callers can treat it as one unit.
 
-use super::util::{const_all_equal, const_data, const_scalar, const_tensor, other_operand, out0, reduces_last_axis, sole_user};
+use super::util::{
+    const_all_equal, const_data, const_scalar, const_tensor, other_operand, out0,
+    reduces_last_axis, sole_user,
+};
 use crate::graph::{Graph, NodeId, ValueId};
 use crate::module::Module;
 use crate::op::Op;
@@ -96,27 +99,46 @@ impl Norm {
     }
 }
 
-fn param(m: &Module, g: &Graph, consumer: NodeId, slot: usize, trivial_value: f64) -> Option<NormParam> {
+fn param(
+    m: &Module,
+    g: &Graph,
+    consumer: NodeId,
+    slot: usize,
+    trivial_value: f64,
+) -> Option<NormParam> {
     let v = g.node(consumer).operand(slot)?;
     let tensor = const_tensor(g, v)?;
     let d = m.tensor(tensor);
     let n = d.numel()?;
     let per_channel = d.dims.last().is_some_and(|&l| l as u64 == n) && n > 1;
-    Some(NormParam { consumer, slot, konst: v.node, tensor, trivial: const_all_equal(m, g, v, trivial_value), per_channel })
+    Some(NormParam {
+        consumer,
+        slot,
+        konst: v.node,
+        tensor,
+        trivial: const_all_equal(m, g, v, trivial_value),
+        per_channel,
+    })
 }
 
 fn int_attr(attrs: &[crate::attr::Attr], name: &str) -> Option<i64> {
-    attrs.iter().find(|a| a.name == name).and_then(|a| match a.value {
-        crate::attr::AttrValue::Int(i) => Some(i),
-        _ => None,
-    })
+    attrs
+        .iter()
+        .find(|a| a.name == name)
+        .and_then(|a| match a.value {
+            crate::attr::AttrValue::Int(i) => Some(i),
+            _ => None,
+        })
 }
 
 fn float_attr(attrs: &[crate::attr::Attr], name: &str) -> Option<f64> {
-    attrs.iter().find(|a| a.name == name).and_then(|a| match a.value {
-        crate::attr::AttrValue::Float(f) => Some(f as f64),
-        _ => None,
-    })
+    attrs
+        .iter()
+        .find(|a| a.name == name)
+        .and_then(|a| match a.value {
+            crate::attr::AttrValue::Float(f) => Some(f as f64),
+            _ => None,
+        })
 }
 
 /// A norm written as one op at node `n`.
@@ -162,14 +184,18 @@ fn match_op(m: &Module, g: &Graph, n: NodeId) -> Option<Norm> {
                 }
                 "SkipSimplifiedLayerNormalization" => {
                     let res = g.results(n);
-                    if res.iter().skip(1).take(2).any(|v| !g.users(*v).is_empty()) || node.operand(3).is_some() {
+                    if res.iter().skip(1).take(2).any(|v| !g.users(*v).is_empty())
+                        || node.operand(3).is_some()
+                    {
                         return None;
                     }
                     let mut u = unit(NormKind::Rms, NormForm::OrtSkip, None, None);
                     u.eps = eps;
                     u.skip = node.operand(1);
                     u.gain = param(m, g, n, 2, 1.0);
-                    u.sum = res.get(3).copied().filter(|v| !g.users(*v).is_empty() || g.outputs.iter().any(|o| o.value == *v));
+                    u.sum = res.get(3).copied().filter(|v| {
+                        !g.users(*v).is_empty() || g.outputs.iter().any(|o| o.value == *v)
+                    });
                     Some(u)
                 }
                 _ => None,
@@ -184,7 +210,10 @@ fn is_square_of(m: &Module, g: &Graph, n: NodeId, x: ValueId) -> bool {
     let node = g.node(n);
     match node.op {
         Op::Mul => node.operand(0) == Some(x) && node.operand(1) == Some(x),
-        Op::Pow => node.operand(0) == Some(x) && node.operand(1).and_then(|e| const_scalar(m, g, e)) == Some(2.0),
+        Op::Pow => {
+            node.operand(0) == Some(x)
+                && node.operand(1).and_then(|e| const_scalar(m, g, e)) == Some(2.0)
+        }
         _ => false,
     }
 }
@@ -192,7 +221,10 @@ fn is_square_of(m: &Module, g: &Graph, n: NodeId, x: ValueId) -> bool {
 /// The RMS core on `x`: `x / sqrt(mean(x²) + eps)`. Returns the normalized value, the nodes and eps.
 fn rms_core(m: &Module, g: &Graph, x: ValueId) -> Option<(ValueId, Vec<NodeId>, Option<f64>)> {
     let users = g.users(x);
-    let sq = users.iter().map(|u| u.0).find(|&u| is_square_of(m, g, u, x))?;
+    let sq = users
+        .iter()
+        .map(|u| u.0)
+        .find(|&u| is_square_of(m, g, u, x))?;
     let mean = sole_user(g, out0(sq))?;
     if !reduces_last_axis(m, g, mean) {
         return None;
@@ -234,7 +266,10 @@ fn rms_core(m: &Module, g: &Graph, x: ValueId) -> Option<(ValueId, Vec<NodeId>, 
             }
         }
         Op::Pow => {
-            let e = g.node(next).operand(1).and_then(|e| const_scalar(m, g, e))?;
+            let e = g
+                .node(next)
+                .operand(1)
+                .and_then(|e| const_scalar(m, g, e))?;
             if e != -0.5 || g.node(next).operand(0) != Some(out0(add)) {
                 return None;
             }
@@ -252,10 +287,16 @@ fn match_decomposed(m: &Module, g: &Graph, x: ValueId) -> Option<Norm> {
     let mut centred = None;
     for (u, _) in g.users(x) {
         let un = g.node(u);
-        if matches!(un.op, Op::ReduceMean(_)) && un.operand(0) == Some(x) && reduces_last_axis(m, g, u) {
+        if matches!(un.op, Op::ReduceMean(_))
+            && un.operand(0) == Some(x)
+            && reduces_last_axis(m, g, u)
+        {
             for (s, _) in g.users(out0(u)) {
                 let sn = g.node(s);
-                if matches!(sn.op, Op::Sub) && sn.operand(0) == Some(x) && sn.operand(1) == Some(out0(u)) {
+                if matches!(sn.op, Op::Sub)
+                    && sn.operand(0) == Some(x)
+                    && sn.operand(1) == Some(out0(u))
+                {
                     centred = Some((u, s));
                 }
             }
@@ -274,7 +315,11 @@ fn match_decomposed(m: &Module, g: &Graph, x: ValueId) -> Option<Norm> {
         if matches!(g.node(u).op, Op::Mul) {
             if let Some(gv) = other_operand(g, u, output) {
                 if const_data(m, g, gv).is_some() {
-                    let slot = if g.node(u).operand(0) == Some(gv) { 0 } else { 1 };
+                    let slot = if g.node(u).operand(0) == Some(gv) {
+                        0
+                    } else {
+                        1
+                    };
                     gain = param(m, g, u, slot, 1.0);
                     nodes.push(u);
                     output = out0(u);
@@ -287,7 +332,11 @@ fn match_decomposed(m: &Module, g: &Graph, x: ValueId) -> Option<Norm> {
             if matches!(g.node(u).op, Op::Add) {
                 if let Some(bv) = other_operand(g, u, output) {
                     if const_data(m, g, bv).is_some() {
-                        let slot = if g.node(u).operand(0) == Some(bv) { 0 } else { 1 };
+                        let slot = if g.node(u).operand(0) == Some(bv) {
+                            0
+                        } else {
+                            1
+                        };
                         bias = param(m, g, u, slot, 0.0);
                         nodes.push(u);
                         output = out0(u);
@@ -297,7 +346,20 @@ fn match_decomposed(m: &Module, g: &Graph, x: ValueId) -> Option<Norm> {
         }
     }
     let node = output.node;
-    Some(Norm { kind, form: NormForm::Decomposed, node, nodes, input: x, skip: None, sum: None, output, gain, bias, eps, last_axis: true })
+    Some(Norm {
+        kind,
+        form: NormForm::Decomposed,
+        node,
+        nodes,
+        input: x,
+        skip: None,
+        sum: None,
+        output,
+        gain,
+        bias,
+        eps,
+        last_axis: true,
+    })
 }
 
 /// Every norm of a graph, with lookups by input, output and member node.

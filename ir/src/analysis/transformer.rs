@@ -123,7 +123,11 @@ pub fn analyze_transformer(m: &Module, gid: GraphId) -> Structure {
         s.unmatched = order
             .iter()
             .filter(|n| !g.node(**n).op.is_structural())
-            .map(|&node| Unmatched { node, why: "no embedding lookup (Gather of a constant table) starts a residual stream".into() })
+            .map(|&node| Unmatched {
+                node,
+                why: "no embedding lookup (Gather of a constant table) starts a residual stream"
+                    .into(),
+            })
             .collect();
         s.gauge = gauge;
         return s;
@@ -136,7 +140,12 @@ pub fn analyze_transformer(m: &Module, gid: GraphId) -> Structure {
         .filter_map(|&n| {
             let t = g.node(n).operand(0)?;
             let d = const_data(m, g, t)?;
-            Some(Embedding { node: n, table: t.node, vocab: d.dims[0], width: d.dims[1] })
+            Some(Embedding {
+                node: n,
+                table: t.node,
+                vocab: d.dims[0],
+                width: d.dims[1],
+            })
         })
         .collect();
     // Residual adds: an Add of the stream and a branch output.
@@ -152,7 +161,11 @@ pub fn analyze_transformer(m: &Module, gid: GraphId) -> Structure {
                 // A norm with the residual add fused in: its summands are stream and branch,
                 // its `sum` result (when used) is the stream.
                 if v == norm.output {
-                    for x in [Some(norm.input), norm.skip].into_iter().flatten().filter(|x| ctx.is_branch_out(*x)) {
+                    for x in [Some(norm.input), norm.skip]
+                        .into_iter()
+                        .flatten()
+                        .filter(|x| ctx.is_branch_out(*x))
+                    {
                         for w in ctx.writers_of(x) {
                             if let Some(b) = ctx.branch(norm.node, w) {
                                 claimed.extend(b.nodes.iter().copied());
@@ -191,8 +204,14 @@ pub fn analyze_transformer(m: &Module, gid: GraphId) -> Structure {
         }
     }
     let in_branch: HashSet<NodeId> = claimed.clone();
-    for site in main.sites.iter().filter(|x| x.role == SiteRole::Reader && !in_branch.contains(&x.consumer)) {
-        let Some(linear) = match_linear(m, g, site.consumer) else { continue };
+    for site in main
+        .sites
+        .iter()
+        .filter(|x| x.role == SiteRole::Reader && !in_branch.contains(&x.consumer))
+    {
+        let Some(linear) = match_linear(m, g, site.consumer) else {
+            continue;
+        };
         let norm = gauge.norms.by_output.get(&linear.input).copied();
         let tied = s.embeddings.iter().any(|e| e.table == linear.weight.konst);
         s.heads.push(Head { linear, norm, tied });
@@ -209,7 +228,8 @@ pub fn analyze_transformer(m: &Module, gid: GraphId) -> Structure {
         (false, false) => Placement::PreNorm,
     };
     s.blocks = group_blocks(&s.branches);
-    let blockers: HashMap<NodeId, String> = main.blockers.iter().map(|b| (b.node, b.reason())).collect();
+    let blockers: HashMap<NodeId, String> =
+        main.blockers.iter().map(|b| (b.node, b.reason())).collect();
     for &n in &order {
         if g.node(n).op.is_structural() {
             continue;
@@ -217,13 +237,19 @@ pub fn analyze_transformer(m: &Module, gid: GraphId) -> Structure {
         if !ctx.dep.contains(&n) {
             s.auxiliary += 1;
         } else if !claimed.contains(&n) {
-            let why = blockers.get(&n).cloned().unwrap_or_else(|| "depends on the stream but is part of no recognized layer".into());
+            let why = blockers.get(&n).cloned().unwrap_or_else(|| {
+                "depends on the stream but is part of no recognized layer".into()
+            });
             s.unmatched.push(Unmatched { node: n, why });
         }
     }
     for b in &s.branches {
         if b.kind == BranchKind::Unknown {
-            s.unmatched.push(Unmatched { node: b.writer.node, why: "writes the stream from an unrecognized branch (neither attention nor MLP)".into() });
+            s.unmatched.push(Unmatched {
+                node: b.writer.node,
+                why: "writes the stream from an unrecognized branch (neither attention nor MLP)"
+                    .into(),
+            });
         }
     }
     s.gauge = gauge;
@@ -236,10 +262,22 @@ fn group_blocks(branches: &[Branch]) -> Vec<Block> {
     for (i, b) in branches.iter().enumerate() {
         let open = blocks.last_mut();
         match (&b.kind, open) {
-            (BranchKind::Attention(_), _) => blocks.push(Block { attention: Some(i), mlp: None, other: None }),
+            (BranchKind::Attention(_), _) => blocks.push(Block {
+                attention: Some(i),
+                mlp: None,
+                other: None,
+            }),
             (BranchKind::Mlp(_), Some(bl)) if bl.mlp.is_none() => bl.mlp = Some(i),
-            (BranchKind::Mlp(_), _) => blocks.push(Block { attention: None, mlp: Some(i), other: None }),
-            (BranchKind::Unknown, _) => blocks.push(Block { attention: None, mlp: None, other: Some(i) }),
+            (BranchKind::Mlp(_), _) => blocks.push(Block {
+                attention: None,
+                mlp: Some(i),
+                other: None,
+            }),
+            (BranchKind::Unknown, _) => blocks.push(Block {
+                attention: None,
+                mlp: None,
+                other: Some(i),
+            }),
         }
     }
     blocks
@@ -260,8 +298,20 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    fn new(m: &'a Module, g: &'a Graph, gauge: &'a GaugeAnalysis, main: &'a StreamClass, order: &[NodeId]) -> Self {
-        let role = |r: SiteRole| main.sites.iter().filter(|s| s.role == r).map(|s| s.consumer).collect::<HashSet<_>>();
+    fn new(
+        m: &'a Module,
+        g: &'a Graph,
+        gauge: &'a GaugeAnalysis,
+        main: &'a StreamClass,
+        order: &[NodeId],
+    ) -> Self {
+        let role = |r: SiteRole| {
+            main.sites
+                .iter()
+                .filter(|s| s.role == r)
+                .map(|s| s.consumer)
+                .collect::<HashSet<_>>()
+        };
         let mut dep: HashSet<NodeId> = main.seeds.iter().copied().collect();
         let mut trig: HashSet<NodeId> = HashSet::new();
         for &n in order {
@@ -269,7 +319,8 @@ impl<'a> Ctx<'a> {
             if node.inputs().any(|v| dep.contains(&v.node)) {
                 dep.insert(n);
             }
-            if matches!(node.op, Op::Sin | Op::Cos) || node.inputs().any(|v| trig.contains(&v.node)) {
+            if matches!(node.op, Op::Sin | Op::Cos) || node.inputs().any(|v| trig.contains(&v.node))
+            {
                 trig.insert(n);
             }
         }
@@ -306,7 +357,8 @@ impl<'a> Ctx<'a> {
         let node = self.g.node(v.node);
         match node.op {
             Op::Add => {
-                let ins: Vec<ValueId> = node.inputs().filter(|x| self.members.contains(x)).collect();
+                let ins: Vec<ValueId> =
+                    node.inputs().filter(|x| self.members.contains(x)).collect();
                 !ins.is_empty() && ins.iter().all(|&x| self.branch_out_rec(x, seen))
             }
             _ => false,
@@ -374,7 +426,9 @@ impl<'a> Ctx<'a> {
         // Bias adds and sandwich norms between the writer and the residual add.
         let mut x = writer.output;
         while x.node != add {
-            let Some(&(u, _)) = self.g.users(x).first() else { break };
+            let Some(&(u, _)) = self.g.users(x).first() else {
+                break;
+            };
             if u == add || !self.members.contains(&out0(u)) {
                 break;
             }
@@ -390,14 +444,31 @@ impl<'a> Ctx<'a> {
             nodes.push(b.node);
         }
         let set: HashSet<NodeId> = nodes.iter().copied().collect();
-        let mut readers: Vec<Linear> =
-            nodes.iter().filter(|n| self.readers.contains(n)).filter_map(|&n| match_linear(self.m, self.g, n)).collect();
+        let mut readers: Vec<Linear> = nodes
+            .iter()
+            .filter(|n| self.readers.contains(n))
+            .filter_map(|&n| match_linear(self.m, self.g, n))
+            .collect();
         readers.sort_by_key(|l| self.g.node(l.node).seq());
-        let norms: HashSet<usize> = readers.iter().filter_map(|l| self.gauge.norms.by_output.get(&l.input).copied()).collect();
-        let norm = if norms.len() == 1 { norms.into_iter().next() } else { None };
+        let norms: HashSet<usize> = readers
+            .iter()
+            .filter_map(|l| self.gauge.norms.by_output.get(&l.input).copied())
+            .collect();
+        let norm = if norms.len() == 1 {
+            norms.into_iter().next()
+        } else {
+            None
+        };
         let kind = super::transformer_parts::classify(self, &set, &readers, &writer);
         nodes.sort_by_key(|n| self.g.node(*n).seq());
         nodes.dedup();
-        Some(Branch { add, norm, readers, writer, nodes, kind })
+        Some(Branch {
+            add,
+            norm,
+            readers,
+            writer,
+            nodes,
+            kind,
+        })
     }
 }

@@ -108,15 +108,26 @@ fn reader_in<'l>(readers: &'l [Linear], nodes: &HashSet<NodeId>) -> Option<&'l L
 }
 
 /// Classifies the branch with nodes `set`.
-pub(crate) fn classify(cx: &Ctx<'_>, set: &HashSet<NodeId>, readers: &[Linear], writer: &Linear) -> super::transformer::BranchKind {
+pub(crate) fn classify(
+    cx: &Ctx<'_>,
+    set: &HashSet<NodeId>,
+    readers: &[Linear],
+    writer: &Linear,
+) -> super::transformer::BranchKind {
     use super::transformer::BranchKind;
     let g = cx.g;
     let mut ids: Vec<NodeId> = set.iter().copied().collect();
     ids.sort_by_key(|n| g.node(*n).seq());
-    if let Some(&a) = ids.iter().find(|n| matches!(g.node(**n).op, Op::Attention(_))) {
+    if let Some(&a) = ids
+        .iter()
+        .find(|n| matches!(g.node(**n).op, Op::Attention(_)))
+    {
         return BranchKind::Attention(fused_attention(cx, set, readers, writer, a));
     }
-    if let Some(&s) = ids.iter().find(|n| matches!(g.node(**n).op, Op::Softmax(_))) {
+    if let Some(&s) = ids
+        .iter()
+        .find(|n| matches!(g.node(**n).op, Op::Softmax(_)))
+    {
         if let Some(att) = decomposed_attention(cx, set, readers, writer, s) {
             return BranchKind::Attention(att);
         }
@@ -138,14 +149,28 @@ fn rope_in(cx: &Ctx<'_>, nodes: &HashSet<NodeId>) -> Option<RopeForm> {
     }) {
         return Some(RopeForm::Op);
     }
-    let trig_operand = nodes.iter().any(|n| g.node(*n).inputs().any(|v| cx.trig.contains(&v.node) && !cx.dep.contains(&v.node)));
+    let trig_operand = nodes.iter().any(|n| {
+        g.node(*n)
+            .inputs()
+            .any(|v| cx.trig.contains(&v.node) && !cx.dep.contains(&v.node))
+    });
     trig_operand.then_some(RopeForm::Decomposed)
 }
 
-fn fused_attention(cx: &Ctx<'_>, set: &HashSet<NodeId>, readers: &[Linear], writer: &Linear, a: NodeId) -> Attention {
+fn fused_attention(
+    cx: &Ctx<'_>,
+    set: &HashSet<NodeId>,
+    readers: &[Linear],
+    writer: &Linear,
+    a: NodeId,
+) -> Attention {
     let g = cx.g;
     let node = g.node(a);
-    let side = |slot: usize| node.operand(slot).map(|v| behind(cx, set, v)).unwrap_or_default();
+    let side = |slot: usize| {
+        node.operand(slot)
+            .map(|v| behind(cx, set, v))
+            .unwrap_or_default()
+    };
     let (qs, ks, vs) = (side(0), side(1), side(2));
     let (mut heads, mut kv_heads) = match &node.op {
         Op::Attention(at) => (at.q_num_heads, at.kv_num_heads),
@@ -184,9 +209,17 @@ fn fused_attention(cx: &Ctx<'_>, set: &HashSet<NodeId>, readers: &[Linear], writ
 }
 
 /// `MatMul(q, k) → … → Softmax → … → MatMul(p, v)`.
-fn decomposed_attention(cx: &Ctx<'_>, set: &HashSet<NodeId>, readers: &[Linear], writer: &Linear, s: NodeId) -> Option<Attention> {
+fn decomposed_attention(
+    cx: &Ctx<'_>,
+    set: &HashSet<NodeId>,
+    readers: &[Linear],
+    writer: &Linear,
+    s: NodeId,
+) -> Option<Attention> {
     let g = cx.g;
-    let is_core = |n: NodeId| matches!(g.node(n).op, Op::MatMul) && !cx.readers.contains(&n) && set.contains(&n);
+    let is_core = |n: NodeId| {
+        matches!(g.node(n).op, Op::MatMul) && !cx.readers.contains(&n) && set.contains(&n)
+    };
     // Scores: the first MatMul behind the softmax input.
     let mut stack = vec![g.node(s).operand(0)?.node];
     let mut seen = HashSet::new();
@@ -236,7 +269,11 @@ fn decomposed_attention(cx: &Ctx<'_>, set: &HashSet<NodeId>, readers: &[Linear],
     for n in ids {
         let node = g.node(n);
         if matches!(node.op, Op::Reshape(_)) {
-            if let Some(shape) = node.operand(1).and_then(|v| const_data(cx.m, g, v)).and_then(|d| d.to_i64_vec()) {
+            if let Some(shape) = node
+                .operand(1)
+                .and_then(|v| const_data(cx.m, g, v))
+                .and_then(|d| d.to_i64_vec())
+            {
                 if let Some(&last) = shape.last().filter(|&&l| l > 0) {
                     head_dim = Some(last);
                 }
@@ -271,7 +308,11 @@ fn scale_head_dim(cx: &Ctx<'_>, set: &HashSet<NodeId>, qk: NodeId, s: NodeId) ->
         let node = g.node(n);
         let c = node.inputs().find_map(|v| const_scalar(cx.m, g, v));
         let from_qk = node.inputs().any(|v| v.node == qk);
-        let to_s = g.users(crate::graph::ValueId { node: n, output: 0 }).iter().any(|(u, _)| *u == s) || from_qk;
+        let to_s = g
+            .users(crate::graph::ValueId { node: n, output: 0 })
+            .iter()
+            .any(|(u, _)| *u == s)
+            || from_qk;
         if let (Some(c), true) = (c, to_s && from_qk) {
             let d = match node.op {
                 Op::Mul if c > 0.0 => 1.0 / (c * c),
@@ -328,7 +369,14 @@ fn mlp(cx: &Ctx<'_>, set: &HashSet<NodeId>, readers: &[Linear], writer: &Linear)
                 Some((a, _, k)) => (a, k),
                 None => ("none".into(), MlpKind::Plain),
             };
-            Some(Mlp { kind, activation: act, gate: None, up: *only, down: *writer, hidden: only.out_features })
+            Some(Mlp {
+                kind,
+                activation: act,
+                gate: None,
+                up: *only,
+                down: *writer,
+                hidden: only.out_features,
+            })
         }
         [_, _] => {
             // The product of the two paths: a Mul whose operands lie behind different readers.
@@ -337,20 +385,37 @@ fn mlp(cx: &Ctx<'_>, set: &HashSet<NodeId>, readers: &[Linear], writer: &Linear)
                 if !matches!(node.op, Op::Mul) || cx.readers.contains(&n) {
                     continue;
                 }
-                let (Some(a), Some(b)) = (node.operand(0), node.operand(1)) else { continue };
+                let (Some(a), Some(b)) = (node.operand(0), node.operand(1)) else {
+                    continue;
+                };
                 let (sa, sb) = (behind(cx, set, a), behind(cx, set, b));
-                let (Some(ra), Some(rb)) = (reader_in(readers, &sa), reader_in(readers, &sb)) else { continue };
+                let (Some(ra), Some(rb)) = (reader_in(readers, &sa), reader_in(readers, &sb))
+                else {
+                    continue;
+                };
                 if ra.node == rb.node {
                     continue;
                 }
-                let strip = |s: &HashSet<NodeId>, r: &Linear| s.iter().copied().filter(|x| *x != r.node).collect::<HashSet<_>>();
+                let strip = |s: &HashSet<NodeId>, r: &Linear| {
+                    s.iter()
+                        .copied()
+                        .filter(|x| *x != r.node)
+                        .collect::<HashSet<_>>()
+                };
                 let (pa, pb) = (strip(&sa, ra), strip(&sb, rb));
                 let (gate, up, act) = match (activation(cx, &pa), activation(cx, &pb)) {
                     (Some(x), None) => (ra, rb, x),
                     (None, Some(x)) => (rb, ra, x),
                     _ => continue,
                 };
-                return Some(Mlp { kind: act.1, activation: act.0, gate: Some(*gate), up: *up, down: *writer, hidden: up.out_features });
+                return Some(Mlp {
+                    kind: act.1,
+                    activation: act.0,
+                    gate: Some(*gate),
+                    up: *up,
+                    down: *writer,
+                    hidden: up.out_features,
+                });
             }
             None
         }
@@ -378,18 +443,43 @@ pub fn head_spaces(s: &super::transformer::Structure) -> Vec<HeadSpace> {
     use super::transformer::BranchKind;
     let mut out = Vec::new();
     for (i, b) in s.branches.iter().enumerate() {
-        let BranchKind::Attention(a) = &b.kind else { continue };
+        let BranchKind::Attention(a) = &b.kind else {
+            continue;
+        };
         let qk = match a.rope {
             Some(_) => {
                 let node = a.q.map(|q| q.node).unwrap_or(a.o.node);
-                HeadSpace { branch: i, space: "q/k", admits: Kind::None, blocker: Some((node, "RoPE'd q/k: only RoPE-commuting 2×2 maps per frequency pair".into())) }
+                HeadSpace {
+                    branch: i,
+                    space: "q/k",
+                    admits: Kind::None,
+                    blocker: Some((
+                        node,
+                        "RoPE'd q/k: only RoPE-commuting 2×2 maps per frequency pair".into(),
+                    )),
+                }
             }
-            None => HeadSpace { branch: i, space: "q/k", admits: Kind::Orthogonal, blocker: None },
+            None => HeadSpace {
+                branch: i,
+                space: "q/k",
+                admits: Kind::Orthogonal,
+                blocker: None,
+            },
         };
         out.push(qk);
         let vo = match (a.v, a.head_dim) {
-            (Some(_), Some(_)) => HeadSpace { branch: i, space: "v/o", admits: Kind::Orthogonal, blocker: None },
-            _ => HeadSpace { branch: i, space: "v/o", admits: Kind::None, blocker: Some((a.o.node, "v projection or head size not found".into())) },
+            (Some(_), Some(_)) => HeadSpace {
+                branch: i,
+                space: "v/o",
+                admits: Kind::Orthogonal,
+                blocker: None,
+            },
+            _ => HeadSpace {
+                branch: i,
+                space: "v/o",
+                admits: Kind::None,
+                blocker: Some((a.o.node, "v projection or head size not found".into())),
+            },
         };
         out.push(vo);
     }

@@ -57,12 +57,18 @@ pub fn reduces_last_axis(m: &Module, g: &Graph, n: NodeId) -> bool {
     // From opset 18 the axes are an operand; before, an attribute.
     let axes = match axes_attr {
         Some(a) => a,
-        None => match node.operand(1).and_then(|v| const_data(m, g, v)).and_then(TensorData::to_i64_vec) {
+        None => match node
+            .operand(1)
+            .and_then(|v| const_data(m, g, v))
+            .and_then(TensorData::to_i64_vec)
+        {
             Some(a) => a,
             None => return false,
         },
     };
-    let Some(x) = node.operand(0) else { return false };
+    let Some(x) = node.operand(0) else {
+        return false;
+    };
     match axes.as_slice() {
         [-1] => true,
         [a] => rank_of(g, x).is_some_and(|r| *a >= 0 && *a as usize + 1 == r),

@@ -39,7 +39,10 @@ impl<'a> NodeCx<'a> {
 
     /// The type of operand `slot`; unknown when absent.
     pub fn ty(&self, slot: usize) -> &'a Type {
-        self.node.operand(slot).and_then(|v| self.types.get(&v)).unwrap_or(&UNKNOWN)
+        self.node
+            .operand(slot)
+            .and_then(|v| self.types.get(&v))
+            .unwrap_or(&UNKNOWN)
     }
 
     pub fn tensor(&self, slot: usize) -> Option<&'a TensorType> {
@@ -58,7 +61,10 @@ impl<'a> NodeCx<'a> {
 
     /// The known contents of a small integer operand (a shape tensor), as dimensions.
     pub fn value(&self, slot: usize) -> Option<&'a [Dim]> {
-        self.node.operand(slot).and_then(|v| self.values.get(&v)).map(Vec::as_slice)
+        self.node
+            .operand(slot)
+            .and_then(|v| self.values.get(&v))
+            .map(Vec::as_slice)
     }
 
     /// The known contents of operand `slot` when every element is a number.

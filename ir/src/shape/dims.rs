@@ -39,7 +39,9 @@ pub(crate) fn split_point(a: i64, rank: usize, what: &str) -> Result<usize, Stri
     let r = rank as i64;
     let n = if a < 0 { a + r } else { a };
     if n < 0 || n > r {
-        Err(format!("{what} {a} is out of range for rank {rank} (allowed: -{rank}..={rank})"))
+        Err(format!(
+            "{what} {a} is out of range for rank {rank} (allowed: -{rank}..={rank})"
+        ))
     } else {
         Ok(n as usize)
     }
@@ -66,12 +68,23 @@ pub(crate) fn broadcast(a: &[Dim], b: &[Dim]) -> Result<Vec<Dim>, String> {
     let one = Dim::Fixed(1);
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
-        let da = if i + a.len() >= n { &a[i + a.len() - n] } else { &one };
-        let db = if i + b.len() >= n { &b[i + b.len() - n] } else { &one };
-        out.push(
-            broadcast_dim(da, db)
-                .map_err(|e| format!("shapes {} and {} do not broadcast: {e}", fmt_shape(a), fmt_shape(b)))?,
-        );
+        let da = if i + a.len() >= n {
+            &a[i + a.len() - n]
+        } else {
+            &one
+        };
+        let db = if i + b.len() >= n {
+            &b[i + b.len() - n]
+        } else {
+            &one
+        };
+        out.push(broadcast_dim(da, db).map_err(|e| {
+            format!(
+                "shapes {} and {} do not broadcast: {e}",
+                fmt_shape(a),
+                fmt_shape(b)
+            )
+        })?);
     }
     Ok(out)
 }
@@ -102,7 +115,11 @@ pub(crate) fn join_dim(a: &Dim, b: &Dim) -> Dim {
 pub(crate) fn join_type(a: &Type, b: &Type) -> Type {
     match (a, b) {
         (Type::Tensor(x), Type::Tensor(y)) => {
-            let dtype = if x.dtype == y.dtype { x.dtype } else { DType::Undefined };
+            let dtype = if x.dtype == y.dtype {
+                x.dtype
+            } else {
+                DType::Undefined
+            };
             let shape = match (&x.shape, &y.shape) {
                 (Some(p), Some(q)) if p.len() == q.len() => {
                     Some(p.iter().zip(q).map(|(u, v)| join_dim(u, v)).collect())
@@ -173,9 +190,13 @@ fn refine_tensor(d: &TensorType, i: &TensorType) -> Option<TensorType> {
     let shape = match (&d.shape, &i.shape) {
         (None, s) | (s, None) => s.clone(),
         (Some(p), Some(q)) if p.len() != q.len() => return None,
-        (Some(p), Some(q)) => {
-            Some(p.iter().zip(q).map(|(x, y)| refine_dim(x, y)).collect::<Result<Vec<_>, ()>>().ok()?)
-        }
+        (Some(p), Some(q)) => Some(
+            p.iter()
+                .zip(q)
+                .map(|(x, y)| refine_dim(x, y))
+                .collect::<Result<Vec<_>, ()>>()
+                .ok()?,
+        ),
     };
     Some(TensorType { dtype, shape })
 }
@@ -212,7 +233,11 @@ pub(crate) struct Product {
 
 impl Product {
     pub(crate) fn of(dims: &[Dim]) -> Product {
-        let mut p = Product { coef: 1, syms: Vec::new(), unknown: false };
+        let mut p = Product {
+            coef: 1,
+            syms: Vec::new(),
+            unknown: false,
+        };
         for d in dims {
             match d {
                 Dim::Fixed(n) if *n >= 0 => match p.coef.checked_mul(*n) {
@@ -267,7 +292,12 @@ impl Product {
             }
             return Ok(Dim::Unknown);
         }
-        Ok(Product { coef: self.coef / d.coef, syms: rest, unknown: false }.to_dim())
+        Ok(Product {
+            coef: self.coef / d.coef,
+            syms: rest,
+            unknown: false,
+        }
+        .to_dim())
     }
 }
 
@@ -305,7 +335,9 @@ mod tests {
         assert_eq!(total.div(&known), Ok(Unknown));
         let known = Product::of(&[s("seq"), Fixed(576)]);
         assert_eq!(total.div(&known), Ok(s("batch")));
-        assert!(Product::of(&[Fixed(10)]).div(&Product::of(&[Fixed(3)])).is_err());
+        assert!(Product::of(&[Fixed(10)])
+            .div(&Product::of(&[Fixed(3)]))
+            .is_err());
     }
 
     #[test]
@@ -314,7 +346,10 @@ mod tests {
         let i = Type::tensor(DType::F32, vec![Unknown, Fixed(3), s("seq")]);
         let (t, c) = refine(&d, &i);
         assert!(c.is_none());
-        assert_eq!(t, Type::tensor(DType::F32, vec![s("batch"), Fixed(3), s("seq")]));
+        assert_eq!(
+            t,
+            Type::tensor(DType::F32, vec![s("batch"), Fixed(3), s("seq")])
+        );
         let bad = Type::tensor(DType::F32, vec![Unknown, Fixed(4), Unknown]);
         assert!(refine(&d, &bad).1.is_some());
     }

@@ -43,7 +43,10 @@ fn parse(eq: &str) -> Result<(Vec<Term>, Option<Term>), String> {
         Some((l, r)) => (l, Some(r)),
         None => (eq.as_str(), None),
     };
-    let inputs = lhs.split(',').map(parse_term).collect::<Result<Vec<_>, _>>()?;
+    let inputs = lhs
+        .split(',')
+        .map(parse_term)
+        .collect::<Result<Vec<_>, _>>()?;
     let output = rhs.map(parse_term).transpose()?;
     Ok((inputs, output))
 }
@@ -60,7 +63,10 @@ pub(crate) fn einsum(cx: &NodeCx, at: &attrs::Einsum) -> Infer {
             cx.n_in()
         ));
     }
-    let dtype = (0..cx.n_in()).map(|s| cx.dtype(s)).find(|d| *d != DType::Undefined).unwrap_or(DType::Undefined);
+    let dtype = (0..cx.n_in())
+        .map(|s| cx.dtype(s))
+        .find(|d| *d != DType::Undefined)
+        .unwrap_or(DType::Undefined);
     let mut bound: BTreeMap<char, Dim> = BTreeMap::new();
     let mut counts: BTreeMap<char, usize> = BTreeMap::new();
     let mut ell: Option<Vec<Dim>> = Some(Vec::new());
@@ -80,7 +86,10 @@ pub(crate) fn einsum(cx: &NodeCx, at: &attrs::Einsum) -> Infer {
         let n = term.labels.len();
         let ell_rank = match (term.ellipsis, shape.len().checked_sub(n)) {
             (_, None) | (None, Some(1..)) => {
-                return Err(format!("term {i} has {n} labels but operand {i} has rank {}", shape.len()));
+                return Err(format!(
+                    "term {i} has {n} labels but operand {i} has rank {}",
+                    shape.len()
+                ));
             }
             (_, Some(r)) => r,
         };
@@ -92,7 +101,9 @@ pub(crate) fn einsum(cx: &NodeCx, at: &attrs::Einsum) -> Infer {
                 // Einsum allows a size-1 dimension to broadcast against its label's size.
                 Some(prev) if *prev == Dim::Fixed(1) => d.clone(),
                 Some(prev) if *d == Dim::Fixed(1) => prev.clone(),
-                Some(prev) => unify_dim(prev, d).map_err(|e| format!("label '{c}' has two sizes ({e})"))?,
+                Some(prev) => {
+                    unify_dim(prev, d).map_err(|e| format!("label '{c}' has two sizes ({e})"))?
+                }
                 None => d.clone(),
             };
             bound.insert(c, merged);
@@ -113,8 +124,15 @@ pub(crate) fn einsum(cx: &NodeCx, at: &attrs::Einsum) -> Infer {
         Some(t) => t,
         None => {
             // Implicit output: the broadcast dimensions, then labels used once, alphabetically.
-            let labels: Vec<char> = counts.iter().filter(|(_, &n)| n == 1).map(|(&c, _)| c).collect();
-            Term { labels, ellipsis: Some(0) }
+            let labels: Vec<char> = counts
+                .iter()
+                .filter(|(_, &n)| n == 1)
+                .map(|(&c, _)| c)
+                .collect();
+            Term {
+                labels,
+                ellipsis: Some(0),
+            }
         }
     };
     let mut shape = Vec::new();
@@ -141,7 +159,13 @@ mod tests {
     fn parses_terms() {
         let (ins, out) = parse("b...ij, bjk -> b...ik").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(ins.len(), 2);
-        assert_eq!(ins[0], Term { labels: vec!['b', 'i', 'j'], ellipsis: Some(1) });
+        assert_eq!(
+            ins[0],
+            Term {
+                labels: vec!['b', 'i', 'j'],
+                ellipsis: Some(1)
+            }
+        );
         assert_eq!(out.map(|t| t.labels), Some(vec!['b', 'i', 'k']));
         assert!(parse("i..j").is_err());
     }

@@ -18,9 +18,18 @@ pub(crate) fn same_shape_as(cx: &NodeCx, dtype: DType) -> Infer {
 
 /// Broadcasts the shapes of `slots`; the result's element type is `out`, or else the first
 /// element type known among `dtype_slots`.
-pub(crate) fn broadcast_slots(cx: &NodeCx, slots: &[usize], dtype_slots: &[usize], out: Option<DType>) -> Infer {
+pub(crate) fn broadcast_slots(
+    cx: &NodeCx,
+    slots: &[usize],
+    dtype_slots: &[usize],
+    out: Option<DType>,
+) -> Infer {
     let dtype = out.unwrap_or_else(|| {
-        dtype_slots.iter().map(|&s| cx.dtype(s)).find(|d| *d != DType::Undefined).unwrap_or(DType::Undefined)
+        dtype_slots
+            .iter()
+            .map(|&s| cx.dtype(s))
+            .find(|d| *d != DType::Undefined)
+            .unwrap_or(DType::Undefined)
     });
     let mut shape: Option<Vec<Dim>> = Some(Vec::new());
     for &s in slots {

@@ -19,7 +19,9 @@ pub(crate) fn gather(cx: &NodeCx, at: &attrs::Gather) -> Infer {
     let a = axis(at.axis.unwrap_or(0), data.len(), "axis")?;
     if let (Dim::Fixed(d @ 0..), Some(vals)) = (&data[a], cx.ints(1)) {
         if let Some(bad) = vals.iter().find(|&&i| i < -d || i >= *d) {
-            return Err(format!("index {bad} is out of range for an axis of size {d}"));
+            return Err(format!(
+                "index {bad} is out of range for an axis of size {d}"
+            ));
         }
     }
     let mut out = data[..a].to_vec();
@@ -31,7 +33,11 @@ pub(crate) fn gather(cx: &NodeCx, at: &attrs::Gather) -> Infer {
 pub(crate) fn gather_elements(cx: &NodeCx) -> Infer {
     if let (Some(d), Some(i)) = (cx.shape(0), cx.shape(1)) {
         if d.len() != i.len() {
-            return Err(format!("data has rank {} but indices rank {}", d.len(), i.len()));
+            return Err(format!(
+                "data has rank {} but indices rank {}",
+                d.len(),
+                i.len()
+            ));
         }
     }
     Ok(vec![tensor(cx.dtype(0), cx.shape(1).map(<[Dim]>::to_vec))])
@@ -42,19 +48,25 @@ pub(crate) fn gather_nd(cx: &NodeCx, at: &attrs::GatherND) -> Infer {
     let (Some(data), Some(idx)) = (cx.shape(0), cx.shape(1)) else {
         return Ok(vec![tensor(dtype, None)]);
     };
-    let b = usize::try_from(at.batch_dims.unwrap_or(0)).map_err(|_| "batch_dims must be ≥ 0".to_string())?;
+    let b = usize::try_from(at.batch_dims.unwrap_or(0))
+        .map_err(|_| "batch_dims must be ≥ 0".to_string())?;
     let Some((last, lead)) = idx.split_last() else {
         return Err("indices must have rank ≥ 1".into());
     };
     if b >= data.len().min(idx.len()) {
-        return Err(format!("batch_dims {b} must be less than the ranks of data and indices"));
+        return Err(format!(
+            "batch_dims {b} must be less than the ranks of data and indices"
+        ));
     }
     let Dim::Fixed(k) = last else {
         return Ok(vec![tensor(dtype, None)]);
     };
     let k = usize::try_from(*k).ok().filter(|k| b + k <= data.len());
     let Some(k) = k else {
-        return Err(format!("index tuples of length {last} do not fit data {} with {b} batch dims", fmt_shape(data)));
+        return Err(format!(
+            "index tuples of length {last} do not fit data {} with {b} batch dims",
+            fmt_shape(data)
+        ));
     };
     let mut out = lead.to_vec();
     out.extend(data[b + k..].iter().cloned());
@@ -113,7 +125,11 @@ pub(crate) fn slice_params(cx: &NodeCx, rank: usize) -> Result<Option<SliceParam
         vec![1; n]
     };
     if axes.len() != n || steps.len() != n {
-        return Err(format!("{n} starts, {} axes and {} steps", axes.len(), steps.len()));
+        return Err(format!(
+            "{n} starts, {} axes and {} steps",
+            axes.len(),
+            steps.len()
+        ));
     }
     if steps.contains(&0) {
         return Err("slice step 0".into());
@@ -126,7 +142,12 @@ pub(crate) fn slice_params(cx: &NodeCx, rank: usize) -> Result<Option<SliceParam
         }
         ax.push(i);
     }
-    Ok(Some(SliceParams { axes: ax, starts: starts.to_vec(), ends: ends.to_vec(), steps }))
+    Ok(Some(SliceParams {
+        axes: ax,
+        starts: starts.to_vec(),
+        ends: ends.to_vec(),
+        steps,
+    }))
 }
 
 pub(crate) fn slice(cx: &NodeCx) -> Infer {
@@ -153,7 +174,9 @@ pub(crate) fn slice(cx: &NodeCx) -> Infer {
     for (k, &a) in p.axes.iter().enumerate() {
         let step = p.steps[k];
         out[a] = match (&shape[a], &p.starts[k], &p.ends[k]) {
-            (Dim::Fixed(d), Dim::Fixed(s), Dim::Fixed(e)) => Dim::Fixed(slice_range(*d, *s, *e, step).0),
+            (Dim::Fixed(d), Dim::Fixed(s), Dim::Fixed(e)) => {
+                Dim::Fixed(slice_range(*d, *s, *e, step).0)
+            }
             (d, Dim::Fixed(0), Dim::Fixed(e)) if step == 1 && *e >= TO_END => d.clone(),
             // `x[:n]` with a symbolic n: the symbol, assuming (as exporters do) that it fits.
             (_, Dim::Fixed(0), Dim::Sym(n)) if step == 1 => Dim::Sym(n.clone()),
@@ -188,7 +211,9 @@ pub(crate) fn size(_cx: &NodeCx) -> Infer {
 }
 
 pub(crate) fn nonzero(cx: &NodeCx) -> Infer {
-    let r = cx.shape(0).map_or(Dim::Unknown, |s| Dim::Fixed(s.len() as i64));
+    let r = cx
+        .shape(0)
+        .map_or(Dim::Unknown, |s| Dim::Fixed(s.len() as i64));
     Ok(vec![Type::tensor(DType::I64, vec![r, Dim::Unknown])])
 }
 
@@ -201,13 +226,21 @@ fn scalar(cx: &NodeCx, slot: usize) -> Option<Dim> {
 }
 
 pub(crate) fn range(cx: &NodeCx) -> Infer {
-    let dtype = [0, 1, 2].into_iter().map(|s| cx.dtype(s)).find(|d| *d != DType::Undefined).unwrap_or(DType::Undefined);
+    let dtype = [0, 1, 2]
+        .into_iter()
+        .map(|s| cx.dtype(s))
+        .find(|d| *d != DType::Undefined)
+        .unwrap_or(DType::Undefined);
     let len = match (scalar(cx, 0), scalar(cx, 1), scalar(cx, 2)) {
         (_, _, Some(Dim::Fixed(0))) => return Err("Range delta is 0".into()),
         (Some(Dim::Fixed(s)), Some(Dim::Fixed(l)), Some(Dim::Fixed(d))) => {
             // In i128 so that no pair of i64 bounds can overflow.
             let (span, d) = (i128::from(l) - i128::from(s), i128::from(d));
-            let n = if (span > 0) != (d > 0) || span == 0 { 0 } else { 1 + (span.abs() - 1) / d.abs() };
+            let n = if (span > 0) != (d > 0) || span == 0 {
+                0
+            } else {
+                1 + (span.abs() - 1) / d.abs()
+            };
             i64::try_from(n).map_or(Dim::Unknown, Dim::Fixed)
         }
         (Some(Dim::Fixed(0)), Some(Dim::Sym(l)), Some(Dim::Fixed(1))) => Dim::Sym(l),
@@ -226,7 +259,9 @@ pub(crate) fn constant_of_shape(cx: &NodeCx, at: &attrs::ConstantOfShape) -> Inf
             Some(v.to_vec())
         }
         None => match cx.shape(0) {
-            Some([Dim::Fixed(n)]) if (0..=4096).contains(n) => Some(vec![Dim::Unknown; *n as usize]),
+            Some([Dim::Fixed(n)]) if (0..=4096).contains(n) => {
+                Some(vec![Dim::Unknown; *n as usize])
+            }
             _ => None,
         },
     };

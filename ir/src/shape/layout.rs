@@ -4,7 +4,9 @@
 //! shape computations, see `values.rs`).
 
 use super::cx::{Infer, NodeCx};
-use super::dims::{add_dim, axis, broadcast, fmt_shape, mul_dim, split_point, tensor, unify_dim, Product};
+use super::dims::{
+    add_dim, axis, broadcast, fmt_shape, mul_dim, split_point, tensor, unify_dim, Product,
+};
 use crate::op::attrs;
 use crate::types::{DType, Dim, Type};
 
@@ -52,7 +54,12 @@ pub(crate) fn reshape(cx: &NodeCx, at: &attrs::Reshape) -> Infer {
                 },
                 None => out.push(Dim::Unknown),
             },
-            Dim::Fixed(n) if *n < 0 => return Err(format!("invalid dimension {n} in shape {}", fmt_shape(target))),
+            Dim::Fixed(n) if *n < 0 => {
+                return Err(format!(
+                    "invalid dimension {n} in shape {}",
+                    fmt_shape(target)
+                ))
+            }
             Dim::Unknown => {
                 // The entry may be -1 or 0 at run time: nothing can be inferred from the rest.
                 opaque_entry = true;
@@ -68,10 +75,19 @@ pub(crate) fn reshape(cx: &NodeCx, at: &attrs::Reshape) -> Infer {
         let total = Product::of(inp);
         match minus_one {
             Some(i) => {
-                let rest: Vec<Dim> = out.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, d)| d.clone()).collect();
-                out[i] = total
-                    .div(&Product::of(&rest))
-                    .map_err(|e| format!("cannot reshape {} to {}: {e}", fmt_shape(inp), fmt_shape(target)))?;
+                let rest: Vec<Dim> = out
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, d)| d.clone())
+                    .collect();
+                out[i] = total.div(&Product::of(&rest)).map_err(|e| {
+                    format!(
+                        "cannot reshape {} to {}: {e}",
+                        fmt_shape(inp),
+                        fmt_shape(target)
+                    )
+                })?;
             }
             None => {
                 if let (Some(a), Some(b)) = (total.fixed(), Product::of(&out).fixed()) {
@@ -116,13 +132,19 @@ pub(crate) fn transpose(cx: &NodeCx, at: &attrs::Transpose) -> Infer {
             out
         }
     };
-    Ok(vec![tensor(dtype, Some(perm.iter().map(|&i| shape[i].clone()).collect()))])
+    Ok(vec![tensor(
+        dtype,
+        Some(perm.iter().map(|&i| shape[i].clone()).collect()),
+    )])
 }
 
 pub(crate) fn unsqueeze(cx: &NodeCx) -> Infer {
     let dtype = cx.dtype(0);
     let (Some(shape), Some(axes)) = (cx.shape(0), cx.ints(1)) else {
-        let rank = cx.shape(0).zip(operand_len(cx, 1)).map(|(s, n)| s.len() + n);
+        let rank = cx
+            .shape(0)
+            .zip(operand_len(cx, 1))
+            .map(|(s, n)| s.len() + n);
         return Ok(vec![unknown_rank(dtype, rank)]);
     };
     let r = shape.len() + axes.len();
@@ -135,8 +157,16 @@ pub(crate) fn unsqueeze(cx: &NodeCx) -> Infer {
         ins[i] = true;
     }
     let mut src = shape.iter();
-    let out =
-        ins.iter().map(|&new| if new { Dim::Fixed(1) } else { src.next().cloned().unwrap_or(Dim::Unknown) }).collect();
+    let out = ins
+        .iter()
+        .map(|&new| {
+            if new {
+                Dim::Fixed(1)
+            } else {
+                src.next().cloned().unwrap_or(Dim::Unknown)
+            }
+        })
+        .collect();
     Ok(vec![tensor(dtype, Some(out))])
 }
 
@@ -150,7 +180,16 @@ pub(crate) fn squeeze(cx: &NodeCx) -> Infer {
         if shape.iter().any(|d| d.fixed().is_none()) {
             return Ok(vec![tensor(dtype, None)]);
         }
-        return Ok(vec![tensor(dtype, Some(shape.iter().filter(|d| **d != Dim::Fixed(1)).cloned().collect()))]);
+        return Ok(vec![tensor(
+            dtype,
+            Some(
+                shape
+                    .iter()
+                    .filter(|d| **d != Dim::Fixed(1))
+                    .cloned()
+                    .collect(),
+            ),
+        )]);
     }
     let Some(axes) = cx.ints(1) else {
         let rank = operand_len(cx, 1).and_then(|n| shape.len().checked_sub(n));
@@ -166,7 +205,12 @@ pub(crate) fn squeeze(cx: &NodeCx) -> Infer {
         }
         drop[i] = true;
     }
-    let out = shape.iter().zip(&drop).filter(|(_, &d)| !d).map(|(x, _)| x.clone()).collect();
+    let out = shape
+        .iter()
+        .zip(&drop)
+        .filter(|(_, &d)| !d)
+        .map(|(x, _)| x.clone())
+        .collect();
     Ok(vec![tensor(dtype, Some(out))])
 }
 
@@ -177,7 +221,10 @@ pub(crate) fn flatten(cx: &NodeCx, at: &attrs::Flatten) -> Infer {
     };
     let a = split_point(at.axis.unwrap_or(1), shape.len(), "axis")?;
     let (l, r) = shape.split_at(a);
-    Ok(vec![tensor(dtype, Some(vec![Product::of(l).to_dim(), Product::of(r).to_dim()]))])
+    Ok(vec![tensor(
+        dtype,
+        Some(vec![Product::of(l).to_dim(), Product::of(r).to_dim()]),
+    )])
 }
 
 pub(crate) fn expand(cx: &NodeCx) -> Infer {
@@ -185,7 +232,10 @@ pub(crate) fn expand(cx: &NodeCx) -> Infer {
     match (cx.shape(0), cx.value(1)) {
         (Some(s), Some(t)) => Ok(vec![tensor(dtype, Some(broadcast(s, t)?))]),
         (s, _) => {
-            let rank = s.map(<[Dim]>::len).zip(operand_len(cx, 1)).map(|(a, b)| a.max(b));
+            let rank = s
+                .map(<[Dim]>::len)
+                .zip(operand_len(cx, 1))
+                .map(|(a, b)| a.max(b));
             Ok(vec![unknown_rank(dtype, rank)])
         }
     }
@@ -200,9 +250,16 @@ pub(crate) fn tile(cx: &NodeCx) -> Infer {
         return Ok(vec![unknown_rank(dtype, Some(shape.len()))]);
     };
     if reps.len() != shape.len() {
-        return Err(format!("{} repeats for a rank-{} input", reps.len(), shape.len()));
+        return Err(format!(
+            "{} repeats for a rank-{} input",
+            reps.len(),
+            shape.len()
+        ));
     }
-    Ok(vec![tensor(dtype, Some(shape.iter().zip(reps).map(|(d, r)| mul_dim(d, r)).collect()))])
+    Ok(vec![tensor(
+        dtype,
+        Some(shape.iter().zip(reps).map(|(d, r)| mul_dim(d, r)).collect()),
+    )])
 }
 
 pub(crate) fn concat(cx: &NodeCx, at: &attrs::Concat) -> Infer {
@@ -210,7 +267,11 @@ pub(crate) fn concat(cx: &NodeCx, at: &attrs::Concat) -> Infer {
         return Err("Concat has no 'axis' attribute".into());
     };
     let slots: Vec<usize> = (0..cx.n_in()).filter(|&s| cx.has(s)).collect();
-    let dtype = slots.iter().map(|&s| cx.dtype(s)).find(|d| *d != DType::Undefined).unwrap_or(DType::Undefined);
+    let dtype = slots
+        .iter()
+        .map(|&s| cx.dtype(s))
+        .find(|d| *d != DType::Undefined)
+        .unwrap_or(DType::Undefined);
     let Some(rank) = slots.iter().find_map(|&s| cx.shape(s).map(<[Dim]>::len)) else {
         return Ok(vec![tensor(dtype, None)]);
     };
@@ -223,13 +284,17 @@ pub(crate) fn concat(cx: &NodeCx, at: &attrs::Concat) -> Infer {
             continue;
         };
         if sh.len() != rank {
-            return Err(format!("operand {s} has rank {} but operands before it have rank {rank}", sh.len()));
+            return Err(format!(
+                "operand {s} has rank {} but operands before it have rank {rank}",
+                sh.len()
+            ));
         }
         for (i, d) in sh.iter().enumerate() {
             if i == a {
                 sum = sum.map(|acc| add_dim(&acc, d));
             } else {
-                out[i] = unify_dim(&out[i], d).map_err(|e| format!("operand {s} differs on axis {i} ({e})"))?;
+                out[i] = unify_dim(&out[i], d)
+                    .map_err(|e| format!("operand {s} differs on axis {i} ({e})"))?;
             }
         }
     }
@@ -256,15 +321,23 @@ pub(crate) fn split(cx: &NodeCx, at: &attrs::Split) -> Infer {
             Dim::Fixed(d) if n > 0 && d >= 0 => {
                 let k = n as i64;
                 if at.num_outputs.is_none() && d % k != 0 {
-                    return Err(format!("axis of size {d} cannot be split evenly into {n} parts"));
+                    return Err(format!(
+                        "axis of size {d} cannot be split evenly into {n} parts"
+                    ));
                 }
                 // Opset 18: every chunk has ceil(d/n) elements except a smaller last one.
                 let chunk = d / k + i64::from(d % k != 0);
                 let last = chunk.checked_mul(k - 1).map(|c| d - c).filter(|l| *l >= 0);
                 let Some(last) = last else {
-                    return Err(format!("axis of size {d} cannot be split into {n} non-empty parts"));
+                    return Err(format!(
+                        "axis of size {d} cannot be split into {n} non-empty parts"
+                    ));
                 };
-                Some((0..n).map(|i| Dim::Fixed(if i + 1 == n { last } else { chunk })).collect())
+                Some(
+                    (0..n)
+                        .map(|i| Dim::Fixed(if i + 1 == n { last } else { chunk }))
+                        .collect(),
+                )
             }
             _ => None,
         },
@@ -277,7 +350,9 @@ pub(crate) fn split(cx: &NodeCx, at: &attrs::Split) -> Infer {
             let parts: Option<Vec<i64>> = s.iter().map(Dim::fixed).collect();
             if let (Some(parts), Dim::Fixed(d)) = (parts, &shape[a]) {
                 if parts.iter().any(|&p| p < 0) || parts.iter().sum::<i64>() != *d {
-                    return Err(format!("split sizes {parts:?} do not add up to the axis size {d}"));
+                    return Err(format!(
+                        "split sizes {parts:?} do not add up to the axis size {d}"
+                    ));
                 }
             }
             s
@@ -307,12 +382,18 @@ pub(crate) fn pad(cx: &NodeCx) -> Infer {
         let Some(v) = cx.ints(3) else {
             return Ok(vec![unknown_rank(dtype, Some(r))]);
         };
-        v.iter().map(|&a| axis(a, r, "pad axis")).collect::<Result<_, _>>()?
+        v.iter()
+            .map(|&a| axis(a, r, "pad axis"))
+            .collect::<Result<_, _>>()?
     } else {
         (0..r).collect()
     };
     if pads.len() != 2 * axes.len() {
-        return Err(format!("{} pads for {} axes (need begin and end for each)", pads.len(), axes.len()));
+        return Err(format!(
+            "{} pads for {} axes (need begin and end for each)",
+            pads.len(),
+            axes.len()
+        ));
     }
     let mut out = shape.to_vec();
     for (k, &i) in axes.iter().enumerate() {

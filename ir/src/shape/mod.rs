@@ -116,7 +116,15 @@ pub struct InferStats {
 /// Infers the types of one graph (and, for captures, nothing from outside it); `Err` lists
 /// every problem found, including those in subgraphs (but not the warnings of `If` branches).
 pub fn infer_types(m: &Module, g: GraphId) -> Result<HashMap<ValueId, Type>, Diagnostics> {
-    let r = infer_graph(m, g, &Scope::new(), InferOptions { subgraphs: true, conditional: false });
+    let r = infer_graph(
+        m,
+        g,
+        &Scope::new(),
+        InferOptions {
+            subgraphs: true,
+            conditional: false,
+        },
+    );
     let d = r.all_diags();
     if d.is_empty() {
         Ok(r.types)
@@ -139,8 +147,14 @@ pub fn infer_shapes(m: &mut Module) -> InferStats {
             tops.push(f.graph);
         }
     }
-    let opts = InferOptions { subgraphs: true, conditional: false };
-    let mut stack: Vec<GraphInference> = tops.into_iter().map(|g| infer_graph(m, g, &Scope::new(), opts)).collect();
+    let opts = InferOptions {
+        subgraphs: true,
+        conditional: false,
+    };
+    let mut stack: Vec<GraphInference> = tops
+        .into_iter()
+        .map(|g| infer_graph(m, g, &Scope::new(), opts))
+        .collect();
     stack.reverse();
     let mut stats = InferStats::default();
     while let Some(r) = stack.pop() {
@@ -182,15 +196,27 @@ fn scope_of(graph: &Graph, types: &HashMap<ValueId, Type>, outer: &Scope) -> Sco
     for id in graph.node_ids() {
         for (i, o) in graph.node(id).outputs.iter().enumerate() {
             if !o.name.is_empty() {
-                let v = ValueId { node: id, output: i as u32 };
-                s.insert(o.name.clone(), types.get(&v).cloned().unwrap_or_else(|| o.ty.clone()));
+                let v = ValueId {
+                    node: id,
+                    output: i as u32,
+                };
+                s.insert(
+                    o.name.clone(),
+                    types.get(&v).cloned().unwrap_or_else(|| o.ty.clone()),
+                );
             }
         }
     }
     s
 }
 
-fn infer_impl(m: &Module, g: GraphId, outer: &Scope, opts: InferOptions, depth: usize) -> GraphInference {
+fn infer_impl(
+    m: &Module,
+    g: GraphId,
+    outer: &Scope,
+    opts: InferOptions,
+    depth: usize,
+) -> GraphInference {
     let mut res = GraphInference {
         graph: g,
         types: HashMap::new(),
@@ -200,19 +226,28 @@ fn infer_impl(m: &Module, g: GraphId, outer: &Scope, opts: InferOptions, depth: 
         subgraphs: Vec::new(),
     };
     if g.index() >= m.graphs.len() {
-        res.diags.push("", "", format!("graph #{} does not exist", g.index()));
+        res.diags
+            .push("", "", format!("graph #{} does not exist", g.index()));
         return res;
     }
     let graph = m.graph(g);
     if depth > MAX_DEPTH {
-        res.diags.push(&graph.name, "", "subgraphs nest too deeply (a graph contains itself?)");
+        res.diags.push(
+            &graph.name,
+            "",
+            "subgraphs nest too deeply (a graph contains itself?)",
+        );
         return res;
     }
     let order = match graph.toposort() {
         Ok(o) => o,
         Err(_) => {
-            let at = crate::verify::find_cycle(graph).first().map(|&n| graph.describe(n)).unwrap_or_default();
-            res.diags.push(&graph.name, at, "is on a cycle; types were not inferred");
+            let at = crate::verify::find_cycle(graph)
+                .first()
+                .map(|&n| graph.describe(n))
+                .unwrap_or_default();
+            res.diags
+                .push(&graph.name, at, "is on a cycle; types were not inferred");
             return res;
         }
     };
@@ -221,29 +256,61 @@ fn infer_impl(m: &Module, g: GraphId, outer: &Scope, opts: InferOptions, depth: 
         let inferred: Infer = match &node.op {
             Op::If(a) => {
                 let scope = scope_of(graph, &res.types, outer);
-                if_types(m, node.outputs.len(), a, &scope, opts, depth, &mut res.subgraphs)
+                if_types(
+                    m,
+                    node.outputs.len(),
+                    a,
+                    &scope,
+                    opts,
+                    depth,
+                    &mut res.subgraphs,
+                )
             }
             Op::Loop(a) => {
                 let scope = scope_of(graph, &res.types, outer);
                 let carried: Vec<Type> = (2..node.operands().len())
-                    .map(|s| node.operand(s).and_then(|v| res.types.get(&v)).cloned().unwrap_or_default())
+                    .map(|s| {
+                        node.operand(s)
+                            .and_then(|v| res.types.get(&v))
+                            .cloned()
+                            .unwrap_or_default()
+                    })
                     .collect();
-                loop_types(m, node.outputs.len(), a, &carried, &scope, opts, depth, &mut res.subgraphs)
+                loop_types(
+                    m,
+                    node.outputs.len(),
+                    a,
+                    &carried,
+                    &scope,
+                    opts,
+                    depth,
+                    &mut res.subgraphs,
+                )
             }
             Op::Opaque(_) if opts.subgraphs && !node.op.subgraphs().is_empty() => {
                 let scope = scope_of(graph, &res.types, outer);
                 for sub in node.op.subgraphs() {
-                    res.subgraphs.push(infer_impl(m, sub, &scope, opts, depth + 1));
+                    res.subgraphs
+                        .push(infer_impl(m, sub, &scope, opts, depth + 1));
                 }
                 Ok(Vec::new())
             }
             _ => {
-                let cx = NodeCx { m, node, types: &res.types, values: &res.shape_values };
+                let cx = NodeCx {
+                    m,
+                    node,
+                    types: &res.types,
+                    values: &res.shape_values,
+                };
                 infer_node(&cx, outer)
             }
         };
         // In a graph that may not run, a failing rule may be the reason it does not.
-        let sink = if opts.conditional { &mut res.warnings } else { &mut res.diags };
+        let sink = if opts.conditional {
+            &mut res.warnings
+        } else {
+            &mut res.diags
+        };
         let inferred = match inferred {
             Ok(v) => v,
             Err(msg) => {
@@ -256,13 +323,31 @@ fn infer_impl(m: &Module, g: GraphId, outer: &Scope, opts: InferOptions, depth: 
             let (ty, conflict) = dims::refine(&out.ty, guess);
             // Unnamed results are omitted optional outputs: whatever they declare does not exist.
             if let (Some(c), false) = (conflict, out.name.is_empty()) {
-                sink.push(&graph.name, graph.describe(id), format!("result %{}: {c}", out.name));
+                sink.push(
+                    &graph.name,
+                    graph.describe(id),
+                    format!("result %{}: {c}", out.name),
+                );
             }
-            res.types.insert(ValueId { node: id, output: i as u32 }, ty);
+            res.types.insert(
+                ValueId {
+                    node: id,
+                    output: i as u32,
+                },
+                ty,
+            );
         }
         if node.outputs.len() == 1 {
-            let v0 = ValueId { node: id, output: 0 };
-            let cx = NodeCx { m, node, types: &res.types, values: &res.shape_values };
+            let v0 = ValueId {
+                node: id,
+                output: 0,
+            };
+            let cx = NodeCx {
+                m,
+                node,
+                types: &res.types,
+                values: &res.shape_values,
+            };
             let known = res.types.get(&v0).and_then(|t| values::propagate(&cx, t));
             if let Some(known) = known {
                 res.shape_values.insert(v0, known);
@@ -282,18 +367,31 @@ fn body_outputs(
     subs: &mut Vec<GraphInference>,
 ) -> Result<Vec<Type>, String> {
     if g.index() >= m.graphs.len() {
-        return Err(format!("refers to graph #{} which does not exist", g.index()));
+        return Err(format!(
+            "refers to graph #{} which does not exist",
+            g.index()
+        ));
     }
     let body = m.graph(g);
     if !opts.subgraphs {
         return Ok(body
             .outputs
             .iter()
-            .map(|o| if body.is_valid_value(o.value) { body.value_type(o.value).clone() } else { Type::Unknown })
+            .map(|o| {
+                if body.is_valid_value(o.value) {
+                    body.value_type(o.value).clone()
+                } else {
+                    Type::Unknown
+                }
+            })
             .collect());
     }
     let sub = infer_impl(m, g, scope, opts, depth + 1);
-    let tys = body.outputs.iter().map(|o| sub.types.get(&o.value).cloned().unwrap_or_default()).collect();
+    let tys = body
+        .outputs
+        .iter()
+        .map(|o| sub.types.get(&o.value).cloned().unwrap_or_default())
+        .collect();
     subs.push(sub);
     Ok(tys)
 }
@@ -310,14 +408,25 @@ fn if_types(
     let (Some(t), Some(e)) = (a.then_branch, a.else_branch) else {
         return Err("If needs both then_branch and else_branch".into());
     };
-    let branch = InferOptions { conditional: true, ..opts };
+    let branch = InferOptions {
+        conditional: true,
+        ..opts
+    };
     let tt = body_outputs(m, t, scope, branch, depth, subs)?;
     let et = body_outputs(m, e, scope, branch, depth, subs)?;
     if tt.len() != et.len() || tt.len() != n_out {
-        return Err(format!("If has {n_out} results but its branches return {} and {} values", tt.len(), et.len()));
+        return Err(format!(
+            "If has {n_out} results but its branches return {} and {} values",
+            tt.len(),
+            et.len()
+        ));
     }
     // Either branch may run: keep what both agree on.
-    Ok(tt.iter().zip(&et).map(|(x, y)| dims::join_type(x, y)).collect())
+    Ok(tt
+        .iter()
+        .zip(&et)
+        .map(|(x, y)| dims::join_type(x, y))
+        .collect())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -337,15 +446,26 @@ fn loop_types(
     let bt = body_outputs(m, body, scope, opts, depth, subs)?;
     let n = carried.len();
     if bt.len() < 1 + n || n_out != bt.len() - 1 {
-        return Err(format!("Loop carries {n} values and has {n_out} results but its body returns {}", bt.len()));
+        return Err(format!(
+            "Loop carries {n} values and has {n_out} results but its body returns {}",
+            bt.len()
+        ));
     }
-    let mut out: Vec<Type> = carried.iter().zip(&bt[1..]).map(|(init, next)| dims::join_type(init, next)).collect();
+    let mut out: Vec<Type> = carried
+        .iter()
+        .zip(&bt[1..])
+        .map(|(init, next)| dims::join_type(init, next))
+        .collect();
     // Scan outputs stack one body result per iteration along a new leading axis.
     for t in &bt[1 + n..] {
         out.push(match t.as_tensor() {
             Some(tt) => dims::tensor(
                 tt.dtype,
-                tt.shape.as_ref().map(|s| std::iter::once(Dim::Unknown).chain(s.iter().cloned()).collect()),
+                tt.shape.as_ref().map(|s| {
+                    std::iter::once(Dim::Unknown)
+                        .chain(s.iter().cloned())
+                        .collect()
+                }),
             ),
             None => Type::Unknown,
         });
@@ -381,17 +501,22 @@ fn infer_node(cx: &NodeCx, outer: &Scope) -> Infer {
             }
             Ok(vec![ew::tensor_type(cx.m.tensor(*t))])
         }
-        Capture => Ok(vec![node.outputs.first().and_then(|o| outer.get(&o.name)).cloned().unwrap_or_default()]),
-        Identity | Neg | Abs | Sqrt | Reciprocal | Exp | Log | Sin | Cos | Tan | Tanh | Asin | Acos | Atan | Sinh
-        | Cosh | Asinh | Acosh | Atanh | Erf | Sigmoid | Relu | Floor | Ceil | Round | Sign | Softplus | Softsign
-        | HardSwish | Mish | BitwiseNot | Clip | Gelu(_) | LeakyRelu(_) | Elu(_) | Celu(_) | Selu(_)
-        | HardSigmoid(_) | ThresholdedRelu(_) | CumSum(_) | Trilu(_) | ScatterND(_) | ScatterElements(_) => {
+        Capture => Ok(vec![node
+            .outputs
+            .first()
+            .and_then(|o| outer.get(&o.name))
+            .cloned()
+            .unwrap_or_default()]),
+        Identity | Neg | Abs | Sqrt | Reciprocal | Exp | Log | Sin | Cos | Tan | Tanh | Asin
+        | Acos | Atan | Sinh | Cosh | Asinh | Acosh | Atanh | Erf | Sigmoid | Relu | Floor
+        | Ceil | Round | Sign | Softplus | Softsign | HardSwish | Mish | BitwiseNot | Clip
+        | Gelu(_) | LeakyRelu(_) | Elu(_) | Celu(_) | Selu(_) | HardSigmoid(_)
+        | ThresholdedRelu(_) | CumSum(_) | Trilu(_) | ScatterND(_) | ScatterElements(_) => {
             ew::same(cx)
         }
         Not | IsNaN | IsInf(_) => ew::same_shape_as(cx, DType::Bool),
-        Add | Sub | Mul | Div | Mod(_) | PRelu | BitwiseAnd | BitwiseOr | BitwiseXor | Max | Min | Sum | Mean => {
-            ew::broadcast_all(cx, None)
-        }
+        Add | Sub | Mul | Div | Mod(_) | PRelu | BitwiseAnd | BitwiseOr | BitwiseXor | Max
+        | Min | Sum | Mean => ew::broadcast_all(cx, None),
         And | Or | Xor | Equal | Less | LessOrEqual | Greater | GreaterOrEqual => {
             ew::broadcast_all(cx, Some(DType::Bool))
         }

@@ -3,14 +3,20 @@
 //! (opset 23, 3-D and 4-D forms, grouped-query heads, KV cache outputs).
 
 use super::cx::{Infer, NodeCx};
-use super::dims::{add_dim, axis, broadcast, div_dim, dtype_from_onnx, fmt_shape, mul_dim, tensor, unify_dim};
+use super::dims::{
+    add_dim, axis, broadcast, div_dim, dtype_from_onnx, fmt_shape, mul_dim, tensor, unify_dim,
+};
 use crate::op::attrs;
 use crate::types::{DType, Dim};
 
 /// `MatMul` with numpy semantics: 1-D operands are promoted and the added axis removed again,
 /// batch dimensions broadcast.
 pub(crate) fn matmul(cx: &NodeCx) -> Infer {
-    let dtype = if cx.dtype(0) != DType::Undefined { cx.dtype(0) } else { cx.dtype(1) };
+    let dtype = if cx.dtype(0) != DType::Undefined {
+        cx.dtype(0)
+    } else {
+        cx.dtype(1)
+    };
     let (Some(a), Some(b)) = (cx.shape(0), cx.shape(1)) else {
         return Ok(vec![tensor(dtype, None)]);
     };
@@ -32,8 +38,13 @@ pub(crate) fn matmul_shape(a: &[Dim], b: &[Dim]) -> Result<Vec<Dim>, String> {
     }
     let (ab, am) = a2.split_at(a2.len() - 2);
     let (bb, bm) = b2.split_at(b2.len() - 2);
-    unify_dim(&am[1], &bm[0])
-        .map_err(|e| format!("inner dimensions differ ({e}): {} × {}", fmt_shape(a), fmt_shape(b)))?;
+    unify_dim(&am[1], &bm[0]).map_err(|e| {
+        format!(
+            "inner dimensions differ ({e}): {} × {}",
+            fmt_shape(a),
+            fmt_shape(b)
+        )
+    })?;
     let mut out = broadcast(ab, bb).map_err(|e| format!("batch dimensions: {e}"))?;
     if a.len() > 1 {
         out.push(am[0].clone());
@@ -51,17 +62,32 @@ pub(crate) fn gemm(cx: &NodeCx, at: &attrs::Gemm) -> Infer {
         return Ok(vec![tensor(dtype, None)]);
     };
     if a.len() != 2 || b.len() != 2 {
-        return Err(format!("Gemm needs 2-D operands, got {} and {}", fmt_shape(a), fmt_shape(b)));
+        return Err(format!(
+            "Gemm needs 2-D operands, got {} and {}",
+            fmt_shape(a),
+            fmt_shape(b)
+        ));
     }
-    let (m, ka) = if at.trans_a.unwrap_or(0) != 0 { (&a[1], &a[0]) } else { (&a[0], &a[1]) };
-    let (kb, n) = if at.trans_b.unwrap_or(0) != 0 { (&b[1], &b[0]) } else { (&b[0], &b[1]) };
+    let (m, ka) = if at.trans_a.unwrap_or(0) != 0 {
+        (&a[1], &a[0])
+    } else {
+        (&a[0], &a[1])
+    };
+    let (kb, n) = if at.trans_b.unwrap_or(0) != 0 {
+        (&b[1], &b[0])
+    } else {
+        (&b[0], &b[1])
+    };
     unify_dim(ka, kb).map_err(|e| format!("Gemm inner dimensions differ ({e})"))?;
     let out = vec![m.clone(), n.clone()];
     if let Some(c) = cx.shape(2) {
         // C broadcasts unidirectionally to the result.
         let r = broadcast(&out, c).map_err(|e| format!("Gemm C: {e}"))?;
         if r.len() != 2 {
-            return Err(format!("Gemm C of shape {} does not broadcast to a matrix", fmt_shape(c)));
+            return Err(format!(
+                "Gemm C of shape {} does not broadcast to a matrix",
+                fmt_shape(c)
+            ));
         }
     }
     Ok(vec![tensor(dtype, Some(out))])
@@ -76,9 +102,16 @@ pub(crate) fn layer_norm(cx: &NodeCx, at: &attrs::LayerNormalization) -> Infer {
         return Ok(vec![x, tensor(stash, None), tensor(stash, None)]);
     };
     let ax = axis(at.axis.unwrap_or(-1), shape.len(), "axis")?;
-    let stats: Vec<Dim> =
-        shape.iter().enumerate().map(|(i, d)| if i < ax { d.clone() } else { Dim::Fixed(1) }).collect();
-    Ok(vec![x, tensor(stash, Some(stats.clone())), tensor(stash, Some(stats))])
+    let stats: Vec<Dim> = shape
+        .iter()
+        .enumerate()
+        .map(|(i, d)| if i < ax { d.clone() } else { Dim::Fixed(1) })
+        .collect();
+    Ok(vec![
+        x,
+        tensor(stash, Some(stats.clone())),
+        tensor(stash, Some(stats)),
+    ])
 }
 
 /// `RMSNormalization` (opset 23): Y has X's shape and the scale's element type (`V`).
@@ -86,7 +119,11 @@ pub(crate) fn rms_norm(cx: &NodeCx, at: &attrs::RMSNormalization) -> Infer {
     if let Some(r) = cx.shape(0).map(<[Dim]>::len) {
         axis(at.axis.unwrap_or(-1), r, "axis")?;
     }
-    let dtype = if cx.dtype(1) != DType::Undefined { cx.dtype(1) } else { cx.dtype(0) };
+    let dtype = if cx.dtype(1) != DType::Undefined {
+        cx.dtype(1)
+    } else {
+        cx.dtype(0)
+    };
     Ok(vec![tensor(dtype, cx.shape(0).map(<[Dim]>::to_vec))])
 }
 
@@ -96,11 +133,17 @@ pub(crate) fn rotary(cx: &NodeCx, at: &attrs::RotaryEmbedding) -> Infer {
     if let Some(x) = cx.shape(0) {
         match x.len() {
             3 | 4 => {}
-            r => return Err(format!("RotaryEmbedding input must be 3-D or 4-D, got rank {r}")),
+            r => {
+                return Err(format!(
+                    "RotaryEmbedding input must be 3-D or 4-D, got rank {r}"
+                ))
+            }
         }
         if let (3, Some(h), Dim::Fixed(hidden)) = (x.len(), at.num_heads, &x[2]) {
             if h <= 0 || hidden % h != 0 {
-                return Err(format!("hidden size {hidden} is not a multiple of num_heads {h}"));
+                return Err(format!(
+                    "hidden size {hidden} is not a multiple of num_heads {h}"
+                ));
             }
         }
     }
@@ -108,22 +151,34 @@ pub(crate) fn rotary(cx: &NodeCx, at: &attrs::RotaryEmbedding) -> Infer {
 }
 
 fn dim(shape: Option<&[Dim]>, i: usize) -> Dim {
-    shape.and_then(|s| s.get(i)).cloned().unwrap_or(Dim::Unknown)
+    shape
+        .and_then(|s| s.get(i))
+        .cloned()
+        .unwrap_or(Dim::Unknown)
 }
 
 /// Splits `[batch, seq, heads·head]` or `[batch, heads, seq, head]` into (batch, heads, seq, head).
-fn heads_form(shape: Option<&[Dim]>, heads_attr: Option<i64>, what: &str) -> Result<[Dim; 4], String> {
+fn heads_form(
+    shape: Option<&[Dim]>,
+    heads_attr: Option<i64>,
+    what: &str,
+) -> Result<[Dim; 4], String> {
     match shape.map(<[Dim]>::len) {
         Some(3) => {
             let hidden = dim(shape, 2);
             let (heads, head) = match heads_attr {
                 Some(h) if h > 0 => {
-                    let head = div_dim(&hidden, &Dim::Fixed(h))
-                        .map_err(|_| format!("{what} hidden size {hidden} is not a multiple of its {h} heads"))?;
+                    let head = div_dim(&hidden, &Dim::Fixed(h)).map_err(|_| {
+                        format!("{what} hidden size {hidden} is not a multiple of its {h} heads")
+                    })?;
                     (Dim::Fixed(h), head)
                 }
                 Some(h) => return Err(format!("{what} head count {h} must be positive")),
-                None => return Err(format!("3-D {what} needs the q_num_heads and kv_num_heads attributes")),
+                None => {
+                    return Err(format!(
+                        "3-D {what} needs the q_num_heads and kv_num_heads attributes"
+                    ))
+                }
             };
             Ok([dim(shape, 0), heads, dim(shape, 1), head])
         }
@@ -149,14 +204,18 @@ pub(crate) fn attention(cx: &NodeCx, at: &attrs::Attention) -> Infer {
     let [qb, qh, qs, qd] = heads_form(cx.shape(0), at.q_num_heads, "Q")?;
     let [kb, kh, ks, kd] = heads_form(cx.shape(1), at.kv_num_heads, "K")?;
     let [vb, vh, vs, vd] = heads_form(cx.shape(2), at.kv_num_heads, "V")?;
-    let batch =
-        unify_dim(&qb, &kb).and_then(|b| unify_dim(&b, &vb)).map_err(|e| format!("batch sizes differ ({e})"))?;
+    let batch = unify_dim(&qb, &kb)
+        .and_then(|b| unify_dim(&b, &vb))
+        .map_err(|e| format!("batch sizes differ ({e})"))?;
     let kvh = unify_dim(&kh, &vh).map_err(|e| format!("K and V head counts differ ({e})"))?;
-    let kv_seq = unify_dim(&ks, &vs).map_err(|e| format!("K and V sequence lengths differ ({e})"))?;
+    let kv_seq =
+        unify_dim(&ks, &vs).map_err(|e| format!("K and V sequence lengths differ ({e})"))?;
     let head = unify_dim(&qd, &kd).map_err(|e| format!("Q and K head sizes differ ({e})"))?;
     if let (Dim::Fixed(q), Dim::Fixed(k)) = (&qh, &kvh) {
         if *k <= 0 || q % k != 0 {
-            return Err(format!("q_num_heads {q} is not a multiple of kv_num_heads {k}"));
+            return Err(format!(
+                "q_num_heads {q} is not a multiple of kv_num_heads {k}"
+            ));
         }
     }
     // A KV cache extends the key/value sequence: present = concat(past, new) on the seq axis.
@@ -174,10 +233,16 @@ pub(crate) fn attention(cx: &NodeCx, at: &attrs::Attention) -> Infer {
     let qdt = cx.dtype(0);
     let mut out = vec![tensor(qdt, y_shape)];
     if cx.n_out() > 1 {
-        out.push(tensor(cx.dtype(1), Some(vec![batch.clone(), kvh.clone(), total.clone(), head])));
+        out.push(tensor(
+            cx.dtype(1),
+            Some(vec![batch.clone(), kvh.clone(), total.clone(), head]),
+        ));
     }
     if cx.n_out() > 2 {
-        out.push(tensor(cx.dtype(2), Some(vec![batch.clone(), kvh, total.clone(), vd])));
+        out.push(tensor(
+            cx.dtype(2),
+            Some(vec![batch.clone(), kvh, total.clone(), vd]),
+        ));
     }
     if cx.n_out() > 3 {
         out.push(tensor(qdt, Some(vec![batch, qh, qs, total])));

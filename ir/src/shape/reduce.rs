@@ -59,15 +59,27 @@ pub(crate) fn reduce(cx: &NodeCx, at: ReduceAttrs) -> Infer {
         (Axes::Unknown, true) => Some(vec![Dim::Unknown; rank]),
         // Without keepdims, the rank drops by the number of axes when the operand's type says it.
         (Axes::Unknown, false) => match cx.shape(1) {
-            Some([Dim::Fixed(n)]) if *n > 0 => {
-                usize::try_from(*n).ok().and_then(|n| rank.checked_sub(n)).map(|r| vec![Dim::Unknown; r])
-            }
+            Some([Dim::Fixed(n)]) if *n > 0 => usize::try_from(*n)
+                .ok()
+                .and_then(|n| rank.checked_sub(n))
+                .map(|r| vec![Dim::Unknown; r]),
             _ => None,
         },
-        (_, true) => {
-            Some(shape.iter().enumerate().map(|(i, d)| if reduced(i) { Dim::Fixed(1) } else { d.clone() }).collect())
-        }
-        (_, false) => Some(shape.iter().enumerate().filter(|(i, _)| !reduced(*i)).map(|(_, d)| d.clone()).collect()),
+        (_, true) => Some(
+            shape
+                .iter()
+                .enumerate()
+                .map(|(i, d)| if reduced(i) { Dim::Fixed(1) } else { d.clone() })
+                .collect(),
+        ),
+        (_, false) => Some(
+            shape
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !reduced(*i))
+                .map(|(_, d)| d.clone())
+                .collect(),
+        ),
     };
     Ok(vec![tensor(dtype, out)])
 }
@@ -106,5 +118,8 @@ pub(crate) fn topk(cx: &NodeCx, ax: Option<i64>) -> Infer {
     }
     let mut out = shape.to_vec();
     out[a] = k;
-    Ok(vec![tensor(dtype, Some(out.clone())), tensor(DType::I64, Some(out))])
+    Ok(vec![
+        tensor(dtype, Some(out.clone())),
+        tensor(DType::I64, Some(out)),
+    ])
 }

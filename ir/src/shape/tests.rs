@@ -13,12 +13,25 @@ fn module(body: &str) -> Module {
 /// Inferred types of the main graph's values, printed, by value name.
 fn infer(body: &str) -> (HashMap<String, String>, Diagnostics) {
     let m = module(body);
-    let r = infer_graph(&m, m.main, &Scope::new(), InferOptions { subgraphs: true, conditional: false });
+    let r = infer_graph(
+        &m,
+        m.main,
+        &Scope::new(),
+        InferOptions {
+            subgraphs: true,
+            conditional: false,
+        },
+    );
     let g = m.main_graph();
     let names = g
         .value_names()
         .into_iter()
-        .map(|(n, v)| (n, r.types.get(&v).map(|t| t.to_string()).unwrap_or_default()))
+        .map(|(n, v)| {
+            (
+                n,
+                r.types.get(&v).map(|t| t.to_string()).unwrap_or_default(),
+            )
+        })
         .collect();
     (names, r.all_diags())
 }
@@ -32,14 +45,19 @@ fn ok(body: &str) -> HashMap<String, String> {
 
 fn check(types: &HashMap<String, String>, expect: &[(&str, &str)]) {
     for (name, ty) in expect {
-        assert_eq!(types.get(*name).map(String::as_str), Some(*ty), "type of %{name}");
+        assert_eq!(
+            types.get(*name).map(String::as_str),
+            Some(*ty),
+            "type of %{name}"
+        );
     }
 }
 
 #[test]
 fn decomposed_prologue_resolves_symbolically() {
     // The shared part of decomposed.onnx: sizes from Shape, positions, the causal mask.
-    let t = ok(r#"graph @main(%ids: tensor<"batch"x"seq"xi64>) -> (%mask, %h) {
+    let t = ok(
+        r#"graph @main(%ids: tensor<"batch"x"seq"xi64>) -> (%mask, %h) {
   %emb = const tensor<100x8xf32> elided<"00000000000000aa", 3200>
   %c0 = const tensor<1xi64> dense<[0]>
   %c1 = const tensor<1xi64> dense<[1]>
@@ -61,7 +79,8 @@ fn decomposed_prologue_resolves_symbolically() {
   %h = onnx.Gather(%emb, %ids) {axis = 0} : ?
   %BS = onnx.Concat(%B, %S) {axis = 0} : ?
   %pid = onnx.Expand(%col, %BS) : ?
-}"#);
+}"#,
+    );
     check(
         &t,
         &[
@@ -80,7 +99,8 @@ fn decomposed_prologue_resolves_symbolically() {
 #[test]
 fn decomposed_attention_block() {
     // GQA through a 5-D broadcasting MatMul, as decomposed.onnx builds it (9 query / 3 KV heads).
-    let t = ok(r#"graph @main(%x: tensor<"batch"x"seq"x576xf32>, %mask: tensor<"seq"x"seq"xf32>) -> (%out) {
+    let t = ok(
+        r#"graph @main(%x: tensor<"batch"x"seq"x576xf32>, %mask: tensor<"seq"x"seq"xf32>) -> (%out) {
   %wq = const tensor<576x576xf32> elided<"0000000000000001", 1327104>
   %wk = const tensor<576x192xf32> elided<"0000000000000002", 442368>
   %q5s = const tensor<5xi64> dense<[0, 0, 3, 3, 64]>
@@ -106,7 +126,8 @@ fn decomposed_attention_block() {
   %o5 = onnx.MatMul(%p, %v5) : ?
   %ot = onnx.Transpose(%o5) {perm = [0, 3, 1, 2, 4]} : ?
   %out = onnx.Reshape(%ot, %o3s) : ?
-}"#);
+}"#,
+    );
     check(
         &t,
         &[
@@ -125,7 +146,8 @@ fn decomposed_attention_block() {
 
 #[test]
 fn rmsnorm_decomposed_and_fused() {
-    let t = ok(r#"graph @main(%x: tensor<"batch"x"seq"x576xf32>, %w: tensor<576xf32>) -> (%y, %z, %r18) {
+    let t = ok(
+        r#"graph @main(%x: tensor<"batch"x"seq"x576xf32>, %w: tensor<576xf32>) -> (%y, %z, %r18) {
   %eps = const tensor<f32> dense<[1e-5]>
   %axes = const tensor<1xi64> dense<[-1]>
   %sq = onnx.Mul(%x, %x) : ?
@@ -136,7 +158,8 @@ fn rmsnorm_decomposed_and_fused() {
   %d = onnx.Div(%x, %rt) : ?
   %y = onnx.Mul(%d, %w) : ?
   %z = onnx.RMSNormalization(%x, %w) {axis = -1, epsilon = 1e-5} : ?
-}"#);
+}"#,
+    );
     check(
         &t,
         &[
@@ -176,7 +199,14 @@ fn attention_4d_with_past_and_bad_heads() {
   %y, %nk, %nv = onnx.Attention(%q, %k, %v, _, %pk, %pv) : ?, ?, ?
 }"#,
     );
-    check(&t, &[("y", "tensor<2x9x5x32xf16>"), ("nk", "tensor<2x3x15x64xf16>"), ("nv", "tensor<2x3x15x32xf16>")]);
+    check(
+        &t,
+        &[
+            ("y", "tensor<2x9x5x32xf16>"),
+            ("nk", "tensor<2x3x15x64xf16>"),
+            ("nv", "tensor<2x3x15x32xf16>"),
+        ],
+    );
     let (_, d) = infer(
         r#"graph @main(%q: tensor<1x4x8xf32>, %k: tensor<1x4x6xf32>) -> (%y) {
   %y = onnx.Attention(%q, %k, %k) {q_num_heads = 4, kv_num_heads = 3} : ?
@@ -222,7 +252,8 @@ fn reshape_with_minus_one_and_zero() {
 #[test]
 fn reshape_target_from_shape_computation() {
     // A torch-style target: Concat(Shape(x)[0:2], [9, 64]), with a Gather of a scalar too.
-    let t = ok(r#"graph @main(%x: tensor<"batch"x"seq"x576xf32>) -> (%r, %n) {
+    let t = ok(
+        r#"graph @main(%x: tensor<"batch"x"seq"x576xf32>) -> (%r, %n) {
   %c0 = const tensor<1xi64> dense<[0]>
   %c2 = const tensor<1xi64> dense<[2]>
   %tail = const tensor<2xi64> dense<[9, 64]>
@@ -236,7 +267,8 @@ fn reshape_target_from_shape_computation() {
   %tgt2 = onnx.Concat(%seq1, %tail) {axis = 0} : ?
   %fill = onnx.ConstantOfShape(%tgt2) {value = tensor<1xf32> dense<[0.0]>} : ?
   %n = onnx.Shape(%x) {start = -1} : ?
-}"#);
+}"#,
+    );
     check(
         &t,
         &[
@@ -291,7 +323,14 @@ fn slices_clamp_and_count_from_the_end() {
   %e3 = const tensor<1xi64> dense<[3]>
   %c = onnx.Slice(%x, %s3, %e3) : ?
 }"#);
-    check(&t, &[("a", r#"tensor<3x"s"x8xf32>"#), ("b", r#"tensor<10x"s"x4xf32>"#), ("c", r#"tensor<2x"s"x8xf32>"#)]);
+    check(
+        &t,
+        &[
+            ("a", r#"tensor<3x"s"x8xf32>"#),
+            ("b", r#"tensor<10x"s"x4xf32>"#),
+            ("c", r#"tensor<2x"s"x8xf32>"#),
+        ],
+    );
 }
 
 #[test]
@@ -372,7 +411,10 @@ fn matmul_conflict_names_the_node() {
   %y = onnx.MatMul(%x, %w) : ?
 }"#,
     );
-    assert!(d.0.len() == 1 && d.0[0].message.contains("inner dimensions"), "{d}");
+    assert!(
+        d.0.len() == 1 && d.0[0].message.contains("inner dimensions"),
+        "{d}"
+    );
 }
 
 #[test]
@@ -388,7 +430,12 @@ fn infer_shapes_refines_in_place_without_losing_precision() {
     assert!(stats.diags.is_empty(), "{}", stats.diags);
     let g = m.main_graph();
     let names = g.value_names();
-    let ty = |n: &str| names.get(n).map(|v| g.value_type(*v).to_string()).unwrap_or_default();
+    let ty = |n: &str| {
+        names
+            .get(n)
+            .map(|v| g.value_type(*v).to_string())
+            .unwrap_or_default()
+    };
     // The declared 7 is more precise than the symbol "b" and stays; ? becomes 4.
     assert_eq!(ty("y"), "tensor<7x4xf32>");
     assert_eq!(ty("z"), "tensor<7x4xf32>");
@@ -401,7 +448,8 @@ fn infer_shapes_refines_in_place_without_losing_precision() {
 
 #[test]
 fn if_branches_and_captures() {
-    let t = ok(r#"graph @main(%c: tensor<bool>, %x: tensor<"b"x4xf32>) -> (%r) {
+    let t = ok(
+        r#"graph @main(%c: tensor<bool>, %x: tensor<"b"x4xf32>) -> (%r) {
   %r = onnx.If(%c) {then_branch = graph @then() -> (%t) {
     %x = capture : ?
     %t = onnx.Relu(%x) : ?
@@ -409,7 +457,8 @@ fn if_branches_and_captures() {
     %x = capture : ?
     %e = onnx.Neg(%x) : ?
   }} : ?
-}"#);
+}"#,
+    );
     check(&t, &[("r", r#"tensor<"b"x4xf32>"#)]);
 }
 
@@ -456,8 +505,16 @@ fn malformed_nodes_give_diagnostics_not_panics() {
     let mut m = module(src);
     let errs = crate::verify::verify_module(&m).err().unwrap_or_default();
     // Every node above except %z is malformed; each must be reported against its own node.
-    for name in ["%a", "%b", "%c", "%e", "%f", "%j", "%k", "%l", "%m", "%p", "%r", "%s", "%u", "%v", "%w", "%y"] {
-        assert!(errs.0.iter().any(|d| d.node.ends_with(&format!("'{name}'"))), "no diagnostic for {name}:\n{errs}");
+    for name in [
+        "%a", "%b", "%c", "%e", "%f", "%j", "%k", "%l", "%m", "%p", "%r", "%s", "%u", "%v", "%w",
+        "%y",
+    ] {
+        assert!(
+            errs.0
+                .iter()
+                .any(|d| d.node.ends_with(&format!("'{name}'"))),
+            "no diagnostic for {name}:\n{errs}"
+        );
     }
     let stats = infer_shapes(&mut m);
     assert!(!stats.diags.is_empty());
@@ -477,7 +534,15 @@ fn problems_in_if_branches_are_warnings() {
   }} : ?
 }"#;
     let m = module(src);
-    let r = infer_graph(&m, m.main, &Scope::new(), InferOptions { subgraphs: true, conditional: false });
+    let r = infer_graph(
+        &m,
+        m.main,
+        &Scope::new(),
+        InferOptions {
+            subgraphs: true,
+            conditional: false,
+        },
+    );
     assert!(r.all_diags().is_empty(), "{}", r.all_diags());
     assert_eq!(r.all_warnings().0.len(), 1, "{}", r.all_warnings());
     assert_eq!(crate::verify::verify_module(&m), Ok(()));
@@ -490,12 +555,22 @@ fn flatten_counts_negative_axes_from_the_end() {
   %b = onnx.Flatten(%x) {axis = 0} : ?
   %c = onnx.Flatten(%x) {axis = 4} : ?
 }"#);
-    check(&t, &[("a", "tensor<24x5xf32>"), ("b", "tensor<1x120xf32>"), ("c", "tensor<120x1xf32>")]);
+    check(
+        &t,
+        &[
+            ("a", "tensor<24x5xf32>"),
+            ("b", "tensor<1x120xf32>"),
+            ("c", "tensor<120x1xf32>"),
+        ],
+    );
 }
 
 #[test]
 fn containers_refine_their_elements() {
-    let d = Type::Sequence(Box::new(Type::Tensor(crate::types::TensorType { dtype: DType::F32, shape: None })));
+    let d = Type::Sequence(Box::new(Type::Tensor(crate::types::TensorType {
+        dtype: DType::F32,
+        shape: None,
+    })));
     let i = Type::Sequence(Box::new(Type::tensor(DType::F32, vec![Dim::Fixed(5)])));
     assert_eq!(dims::refine(&d, &i), (i.clone(), None));
     let bad = Type::Sequence(Box::new(Type::tensor(DType::I64, vec![Dim::Fixed(5)])));

@@ -22,7 +22,9 @@ pub(crate) const MAX_ELEMS: usize = 64;
 /// The known value of the node's (single) result, whose inferred type is `out`.
 pub(crate) fn propagate(cx: &NodeCx, out: &Type) -> Option<Vec<Dim>> {
     let t = out.as_tensor()?;
-    if !(t.dtype.is_int() || t.dtype == crate::types::DType::Bool) || t.rank().is_some_and(|r| r > 1) {
+    if !(t.dtype.is_int() || t.dtype == crate::types::DType::Bool)
+        || t.rank().is_some_and(|r| r > 1)
+    {
         return None;
     }
     compute(cx).filter(|v| v.len() <= MAX_ELEMS)
@@ -56,9 +58,12 @@ fn compute(cx: &NodeCx) -> Option<Vec<Dim>> {
         }
         Op::Size => Some(vec![Product::of(cx.shape(0)?).to_dim()]),
         // Rank changes between scalar and 1-D, and casts among integers, keep the contents.
-        Op::Identity | Op::Cast(_) | Op::Reshape(_) | Op::Unsqueeze | Op::Squeeze | Op::Flatten(_) => {
-            cx.value(0).map(<[Dim]>::to_vec)
-        }
+        Op::Identity
+        | Op::Cast(_)
+        | Op::Reshape(_)
+        | Op::Unsqueeze
+        | Op::Squeeze
+        | Op::Flatten(_) => cx.value(0).map(<[Dim]>::to_vec),
         Op::Gather(a) => {
             let data = cx.value(0)?;
             if cx.shape(0).map(<[Dim]>::len) != Some(1) || !matches!(a.axis.unwrap_or(0), 0 | -1) {
@@ -67,7 +72,12 @@ fn compute(cx: &NodeCx) -> Option<Vec<Dim>> {
             let n = data.len() as i64;
             cx.ints(1)?
                 .into_iter()
-                .map(|i| usize::try_from(if i < 0 { i + n } else { i }).ok().and_then(|i| data.get(i)).cloned())
+                .map(|i| {
+                    usize::try_from(if i < 0 { i + n } else { i })
+                        .ok()
+                        .and_then(|i| data.get(i))
+                        .cloned()
+                })
                 .collect()
         }
         Op::Slice => {
@@ -78,7 +88,14 @@ fn compute(cx: &NodeCx) -> Option<Vec<Dim>> {
             };
             let step = *p.steps.first()?;
             let (count, first) = slice_range(data.len() as i64, *s, *e, step);
-            (0..count).map(|k| usize::try_from(first + k * step).ok().and_then(|i| data.get(i)).cloned()).collect()
+            (0..count)
+                .map(|k| {
+                    usize::try_from(first + k * step)
+                        .ok()
+                        .and_then(|i| data.get(i))
+                        .cloned()
+                })
+                .collect()
         }
         Op::Concat(_) => {
             let mut out = Vec::new();
@@ -114,7 +131,9 @@ fn compute(cx: &NodeCx) -> Option<Vec<Dim>> {
         Op::Max | Op::Min => {
             let max = matches!(cx.node.op, Op::Max);
             binary(cx, move |a, b| match (a, b) {
-                (Dim::Fixed(x), Dim::Fixed(y)) => Some(Dim::Fixed(if max { *x.max(y) } else { *x.min(y) })),
+                (Dim::Fixed(x), Dim::Fixed(y)) => {
+                    Some(Dim::Fixed(if max { *x.max(y) } else { *x.min(y) }))
+                }
                 (x, y) if x == y => Some(x.clone()),
                 _ => Some(Dim::Unknown),
             })
@@ -123,14 +142,22 @@ fn compute(cx: &NodeCx) -> Option<Vec<Dim>> {
             (Dim::Fixed(x), Dim::Fixed(y)) => Some(Dim::Fixed(i64::from(x == y))),
             (Dim::Sym(x), Dim::Sym(y)) if x == y => Some(Dim::Fixed(1)),
             // A symbolic dimension is never negative (exporters test shapes against -1).
-            (Dim::Sym(_), Dim::Fixed(n)) | (Dim::Fixed(n), Dim::Sym(_)) if *n < 0 => Some(Dim::Fixed(0)),
+            (Dim::Sym(_), Dim::Fixed(n)) | (Dim::Fixed(n), Dim::Sym(_)) if *n < 0 => {
+                Some(Dim::Fixed(0))
+            }
             _ => Some(Dim::Unknown),
         }),
         Op::Where => {
             let cond = cx.value(0)?;
             let (x, y) = (cx.value(1)?, cx.value(2)?);
             let n = cond.len().max(x.len()).max(y.len());
-            let at = |v: &[Dim], i: usize| if v.len() == 1 { v.first().cloned() } else { v.get(i).cloned() };
+            let at = |v: &[Dim], i: usize| {
+                if v.len() == 1 {
+                    v.first().cloned()
+                } else {
+                    v.get(i).cloned()
+                }
+            };
             (0..n)
                 .map(|i| match at(cond, i)? {
                     Dim::Fixed(0) => at(y, i),
@@ -147,7 +174,9 @@ fn compute(cx: &NodeCx) -> Option<Vec<Dim>> {
                 Some(t) => int_tensor(cx.m, t)?.first()?.clone(),
                 None => return None,
             };
-            (0..=MAX_ELEMS as i64).contains(&n).then(|| vec![fill; n as usize])
+            (0..=MAX_ELEMS as i64)
+                .contains(&n)
+                .then(|| vec![fill; n as usize])
         }
         _ => None,
     }
@@ -162,6 +191,12 @@ fn binary(cx: &NodeCx, f: impl Fn(&Dim, &Dim) -> Option<Dim>) -> Option<Vec<Dim>
         (x, 1) => x,
         _ => return None,
     };
-    let at = |v: &[Dim], i: usize| if v.len() == 1 { v.first().cloned() } else { v.get(i).cloned() };
+    let at = |v: &[Dim], i: usize| {
+        if v.len() == 1 {
+            v.first().cloned()
+        } else {
+            v.get(i).cloned()
+        }
+    };
     (0..n).map(|i| f(&at(a, i)?, &at(b, i)?)).collect()
 }

@@ -39,7 +39,11 @@ struct Parser<'s> {
 
 /// Parses a module from `.oir` text.
 pub fn parse_module(src: &str) -> Result<Module, ParseError> {
-    let mut p = Parser { src, pos: 0, m: Module::new("main") };
+    let mut p = Parser {
+        src,
+        pos: 0,
+        m: Module::new("main"),
+    };
     p.module()?;
     Ok(p.m)
 }
@@ -58,8 +62,15 @@ impl<'s> Parser<'s> {
     fn err_at(&self, pos: usize, msg: impl Into<String>) -> ParseError {
         let before = &self.src[..pos.min(self.src.len())];
         let line = before.matches('\n').count() + 1;
-        let col = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
-        ParseError { line, col, message: msg.into() }
+        let col = before
+            .rfind('\n')
+            .map_or(before.len(), |i| before.len() - i - 1)
+            + 1;
+        ParseError {
+            line,
+            col,
+            message: msg.into(),
+        }
     }
 
     fn rest(&self) -> &'s str {
@@ -107,7 +118,9 @@ impl<'s> Parser<'s> {
     fn eat_kw(&mut self, kw: &str) -> bool {
         self.ws();
         let r = self.rest();
-        if r.starts_with(kw) && !r[kw.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+        if r.starts_with(kw)
+            && !r[kw.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+        {
             self.pos += kw.len();
             true
         } else {
@@ -118,7 +131,9 @@ impl<'s> Parser<'s> {
     fn word(&mut self) -> PResult<String> {
         self.ws();
         let r = self.rest();
-        let n = r.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.')).unwrap_or(r.len());
+        let n = r
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+            .unwrap_or(r.len());
         if n == 0 {
             return self.err("expected a word");
         }
@@ -226,13 +241,15 @@ impl<'s> Parser<'s> {
     fn int(&mut self) -> PResult<i64> {
         let start = self.pos;
         let t = self.number_text()?;
-        t.parse().map_err(|_| self.err_at(start, format!("expected an integer, found '{t}'")))
+        t.parse()
+            .map_err(|_| self.err_at(start, format!("expected an integer, found '{t}'")))
     }
 
     fn u64(&mut self) -> PResult<u64> {
         let start = self.pos;
         let t = self.number_text()?;
-        t.parse().map_err(|_| self.err_at(start, format!("expected an unsigned integer, found '{t}'")))
+        t.parse()
+            .map_err(|_| self.err_at(start, format!("expected an unsigned integer, found '{t}'")))
     }
 
     fn float(&mut self) -> PResult<f64> {
@@ -245,18 +262,24 @@ impl<'s> Parser<'s> {
     fn float32(&mut self) -> PResult<f32> {
         let start = self.pos;
         let t = self.number_text()?;
-        parse_float32(&t).ok_or_else(|| self.err_at(start, format!("expected a number, found '{t}'")))
+        parse_float32(&t)
+            .ok_or_else(|| self.err_at(start, format!("expected a number, found '{t}'")))
     }
 
     fn hex(&mut self) -> PResult<Vec<u8>> {
         let start = self.pos;
         let s = self.string()?;
-        let h = s.strip_prefix("0x").ok_or_else(|| self.err_at(start, "expected a \"0x…\" hex literal"))?;
+        let h = s
+            .strip_prefix("0x")
+            .ok_or_else(|| self.err_at(start, "expected a \"0x…\" hex literal"))?;
         if h.len() % 2 != 0 {
             return Err(self.err_at(start, "odd number of hex digits"));
         }
         (0..h.len() / 2)
-            .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).map_err(|_| self.err_at(start, "bad hex digit")))
+            .map(|i| {
+                u8::from_str_radix(&h[2 * i..2 * i + 2], 16)
+                    .map_err(|_| self.err_at(start, "bad hex digit"))
+            })
             .collect()
     }
 
@@ -333,7 +356,10 @@ impl<'s> Parser<'s> {
         while !self.eat("]") {
             let domain = self.string()?;
             self.expect("=")?;
-            v.push(OpsetImport { domain, version: self.int()? });
+            v.push(OpsetImport {
+                domain,
+                version: self.int()?,
+            });
             self.eat(",");
         }
         Ok(v)
@@ -341,8 +367,10 @@ impl<'s> Parser<'s> {
 
     fn function(&mut self) -> PResult<()> {
         self.expect("{")?;
-        let (mut name, mut domain, mut overload, mut doc) = (String::new(), String::new(), String::new(), String::new());
-        let (mut attributes, mut attribute_defaults, mut opsets, mut metadata_props) = (vec![], vec![], vec![], vec![]);
+        let (mut name, mut domain, mut overload, mut doc) =
+            (String::new(), String::new(), String::new(), String::new());
+        let (mut attributes, mut attribute_defaults, mut opsets, mut metadata_props) =
+            (vec![], vec![], vec![], vec![]);
         loop {
             if self.eat("}") {
                 break;
@@ -375,7 +403,17 @@ impl<'s> Parser<'s> {
             return self.err("expected the function's 'graph'");
         }
         let graph = self.graph_body()?;
-        self.m.functions.push(Function { name, domain, overload, graph, attributes, attribute_defaults, opsets, doc, metadata_props });
+        self.m.functions.push(Function {
+            name,
+            domain,
+            overload,
+            graph,
+            attributes,
+            attribute_defaults,
+            opsets,
+            doc,
+            metadata_props,
+        });
         Ok(())
     }
 
@@ -394,9 +432,26 @@ impl<'s> Parser<'s> {
             let vname = self.name()?;
             self.expect(":")?;
             let ty = self.ty()?;
-            let default = if self.eat("=") { Some(self.tensor_literal()?) } else { None };
-            let id = g.add_node(Op::Input { default }, vec![], vec![Output::new(vname.clone(), ty)]);
-            if defs.insert(vname.clone(), ValueId { node: id, output: 0 }).is_some() {
+            let default = if self.eat("=") {
+                Some(self.tensor_literal()?)
+            } else {
+                None
+            };
+            let id = g.add_node(
+                Op::Input { default },
+                vec![],
+                vec![Output::new(vname.clone(), ty)],
+            );
+            if defs
+                .insert(
+                    vname.clone(),
+                    ValueId {
+                        node: id,
+                        output: 0,
+                    },
+                )
+                .is_some()
+            {
                 return Err(self.err_at(at, format!("value %{vname} is defined twice")));
             }
             inputs.push(id);
@@ -410,7 +465,11 @@ impl<'s> Parser<'s> {
             let at = self.pos;
             self.expect("%")?;
             let v = self.name()?;
-            let exposed = if self.eat_kw("as") { self.string()? } else { v.clone() };
+            let exposed = if self.eat_kw("as") {
+                self.string()?
+            } else {
+                v.clone()
+            };
             outs.push((v, exposed, at));
             self.eat(",");
         }
@@ -459,13 +518,23 @@ impl<'s> Parser<'s> {
             g.set_operands(p.id, operands);
         }
         for (v, exposed, at) in outs {
-            let value = *defs.get(&v).ok_or_else(|| self.err_at(at, format!("graph result %{v} is not defined")))?;
-            g.outputs.push(GraphOutput { value, name: exposed });
+            let value = *defs
+                .get(&v)
+                .ok_or_else(|| self.err_at(at, format!("graph result %{v} is not defined")))?;
+            g.outputs.push(GraphOutput {
+                value,
+                name: exposed,
+            });
         }
         Ok(self.m.graphs.alloc(g))
     }
 
-    fn statement(&mut self, g: &mut Graph, defs: &mut HashMap<String, ValueId>, pending: &mut Vec<PendingNode>) -> PResult<()> {
+    fn statement(
+        &mut self,
+        g: &mut Graph,
+        defs: &mut HashMap<String, ValueId>,
+        pending: &mut Vec<PendingNode>,
+    ) -> PResult<()> {
         self.ws();
         let stmt_at = self.pos;
         let mut results: Vec<(String, usize)> = Vec::new();
@@ -491,7 +560,11 @@ impl<'s> Parser<'s> {
         } else if self.eat_kw("input") {
             self.expect(":")?;
             let ty = self.ty()?;
-            let default = if self.eat("=") { Some(self.tensor_literal()?) } else { None };
+            let default = if self.eat("=") {
+                Some(self.tensor_literal()?)
+            } else {
+                None
+            };
             (Op::Input { default }, vec![], Some(vec![ty]))
         } else {
             let (domain, op_type) = self.op_name()?;
@@ -507,26 +580,47 @@ impl<'s> Parser<'s> {
                 }
                 self.eat(",");
             }
-            let attrs = if self.eat("{") { self.attr_list("}")? } else { Vec::new() };
+            let attrs = if self.eat("{") {
+                self.attr_list("}")?
+            } else {
+                Vec::new()
+            };
             self.expect(":")?;
             let mut tys = vec![self.ty()?];
             while self.eat(",") {
                 tys.push(self.ty()?);
             }
-            (Op::from_parts(&domain, &op_type, attrs), operands, Some(tys))
+            (
+                Op::from_parts(&domain, &op_type, attrs),
+                operands,
+                Some(tys),
+            )
         };
         let outputs: Vec<Output> = match &op {
             Op::Const(t) => {
                 let td = self.m.tensor(*t);
-                let ty = Type::Tensor(TensorType::new(td.dtype, td.dims.iter().map(|&d| Dim::Fixed(d)).collect()));
-                results.iter().map(|(n, _)| Output::new(n.clone(), ty.clone())).collect()
+                let ty = Type::Tensor(TensorType::new(
+                    td.dtype,
+                    td.dims.iter().map(|&d| Dim::Fixed(d)).collect(),
+                ));
+                results
+                    .iter()
+                    .map(|(n, _)| Output::new(n.clone(), ty.clone()))
+                    .collect()
             }
             _ => {
                 let tys = types.unwrap_or_default();
                 if tys.len() != results.len() {
-                    return Err(self.err_at(stmt_at, format!("{} results but {} types", results.len(), tys.len())));
+                    return Err(self.err_at(
+                        stmt_at,
+                        format!("{} results but {} types", results.len(), tys.len()),
+                    ));
                 }
-                results.iter().zip(tys).map(|((n, _), t)| Output::new(n.clone(), t)).collect()
+                results
+                    .iter()
+                    .zip(tys)
+                    .map(|((n, _), t)| Output::new(n.clone(), t))
+                    .collect()
             }
         };
         let id = g.add_node(op, vec![], outputs);
@@ -547,7 +641,16 @@ impl<'s> Parser<'s> {
             if n.is_empty() {
                 continue;
             }
-            if defs.insert(n.clone(), ValueId { node: id, output: i as u32 }).is_some() {
+            if defs
+                .insert(
+                    n.clone(),
+                    ValueId {
+                        node: id,
+                        output: i as u32,
+                    },
+                )
+                .is_some()
+            {
                 return Err(self.err_at(*at, format!("value %{n} is defined twice")));
             }
         }
@@ -571,7 +674,12 @@ impl<'s> Parser<'s> {
         } else if let Some(t) = w.strip_prefix("ortho.") {
             Ok(("ortho".to_string(), t.to_string()))
         } else {
-            Err(self.err_at(start, format!("unknown operation '{w}' (expected onnx.X, ortho.X or op<\"domain\", \"X\">)")))
+            Err(self.err_at(
+                start,
+                format!(
+                    "unknown operation '{w}' (expected onnx.X, ortho.X or op<\"domain\", \"X\">)"
+                ),
+            ))
         }
     }
 
@@ -620,7 +728,8 @@ impl<'s> Parser<'s> {
             let name = self.string()?;
             self.expect(",")?;
             let k = self.word()?;
-            let kind = AttrKind::from_name(&k).ok_or_else(|| self.err_at(self.pos, format!("unknown attribute kind '{k}'")))?;
+            let kind = AttrKind::from_name(&k)
+                .ok_or_else(|| self.err_at(self.pos, format!("unknown attribute kind '{k}'")))?;
             self.expect(">")?;
             return Ok(AttrValue::Ref { name, kind });
         }
@@ -649,9 +758,13 @@ impl<'s> Parser<'s> {
         let start = self.pos;
         let t = self.number_text()?;
         if is_float_text(&t) {
-            parse_float32(&t).map(AttrValue::Float).ok_or_else(|| self.err_at(start, "bad float"))
+            parse_float32(&t)
+                .map(AttrValue::Float)
+                .ok_or_else(|| self.err_at(start, "bad float"))
         } else {
-            t.parse().map(AttrValue::Int).map_err(|_| self.err_at(start, format!("bad integer '{t}'")))
+            t.parse()
+                .map(AttrValue::Int)
+                .map_err(|_| self.err_at(start, format!("bad integer '{t}'")))
         }
     }
 
@@ -683,7 +796,8 @@ impl<'s> Parser<'s> {
     fn dtype(&mut self) -> PResult<DType> {
         let start = self.pos;
         let w = self.word()?;
-        DType::from_name(&w).ok_or_else(|| self.err_at(start, format!("unknown element type '{w}'")))
+        DType::from_name(&w)
+            .ok_or_else(|| self.err_at(start, format!("unknown element type '{w}'")))
     }
 
     /// Parses `dims x ... x dtype` up to (not including) `>`.
@@ -703,12 +817,17 @@ impl<'s> Parser<'s> {
                 dims.push(Dim::Sym(self.string()?));
             } else if r.starts_with(|c: char| c.is_ascii_digit()) {
                 let n = r.find(|c: char| !c.is_ascii_digit()).unwrap_or(r.len());
-                let v: i64 = r[..n].parse().map_err(|_| self.err_at(self.pos, "dimension too large"))?;
+                let v: i64 = r[..n]
+                    .parse()
+                    .map_err(|_| self.err_at(self.pos, "dimension too large"))?;
                 self.pos += n;
                 dims.push(Dim::Fixed(v));
             } else {
                 let dtype = self.dtype()?;
-                return Ok(TensorType { dtype, shape: Some(dims) });
+                return Ok(TensorType {
+                    dtype,
+                    shape: Some(dims),
+                });
             }
             if !self.rest().starts_with('x') {
                 return self.err("expected 'x' after a dimension");
@@ -769,7 +888,8 @@ impl<'s> Parser<'s> {
         let dtype = tt.dtype;
         let storage = if self.eat("elided<") {
             let hs = self.string()?;
-            let hash = u64::from_str_radix(&hs, 16).map_err(|_| self.err_at(self.pos, "bad hash"))?;
+            let hash =
+                u64::from_str_radix(&hs, 16).map_err(|_| self.err_at(self.pos, "bad hash"))?;
             self.expect(",")?;
             let len = self.u64()?;
             self.expect(">")?;
@@ -780,7 +900,13 @@ impl<'s> Parser<'s> {
             self.expect(">")?;
             s
         };
-        let mut td = TensorData { dtype, dims, storage, name: String::new(), doc: String::new() };
+        let mut td = TensorData {
+            dtype,
+            dims,
+            storage,
+            name: String::new(),
+            doc: String::new(),
+        };
         loop {
             if self.eat_kw("name") {
                 self.expect("(")?;
@@ -797,7 +923,13 @@ impl<'s> Parser<'s> {
         if let Some(expected) = td.numel().and_then(|n| td.dtype.bytes_for(n)) {
             if let Storage::Bytes(b) = &td.storage {
                 if b.len() as u64 != expected {
-                    return Err(self.err_at(start, format!("tensor literal has {} bytes, its type needs {expected}", b.len())));
+                    return Err(self.err_at(
+                        start,
+                        format!(
+                            "tensor literal has {} bytes, its type needs {expected}",
+                            b.len()
+                        ),
+                    ));
                 }
             }
         }
@@ -827,8 +959,9 @@ impl<'s> Parser<'s> {
                 DType::U64 => bytes.extend(self.u64()?.to_le_bytes()),
                 _ => {
                     let v = self.int()?;
-                    let enc = crate::numeric::encode_i64(dtype, &[v])
-                        .ok_or_else(|| self.err_at(start, format!("no decimal literal form for {dtype}")))?;
+                    let enc = crate::numeric::encode_i64(dtype, &[v]).ok_or_else(|| {
+                        self.err_at(start, format!("no decimal literal form for {dtype}"))
+                    })?;
                     bytes.extend(enc);
                 }
             }

@@ -19,7 +19,9 @@ pub struct PrintOptions {
 
 impl Default for PrintOptions {
     fn default() -> Self {
-        PrintOptions { elide_above: Some(16) }
+        PrintOptions {
+            elide_above: Some(16),
+        }
     }
 }
 
@@ -31,7 +33,11 @@ struct Printer<'m> {
 
 /// Prints a whole module.
 pub fn print_module(m: &Module, opts: PrintOptions) -> String {
-    let mut p = Printer { m, opts, out: String::new() };
+    let mut p = Printer {
+        m,
+        opts,
+        out: String::new(),
+    };
     p.module_header();
     p.graph(m.main, 0);
     p.out.push('\n');
@@ -46,7 +52,12 @@ pub fn print_module(m: &Module, opts: PrintOptions) -> String {
         );
         p.attr_list(&f.attribute_defaults, 0);
         let _ = write!(p.out, "}}, opset_import = {}", opsets(&f.opsets));
-        let _ = write!(p.out, ", doc = {}, metadata_props = {}}}\n", quote(&f.doc), props(&f.metadata_props));
+        let _ = write!(
+            p.out,
+            ", doc = {}, metadata_props = {}}}\n",
+            quote(&f.doc),
+            props(&f.metadata_props)
+        );
         p.graph(f.graph, 0);
         p.out.push('\n');
     }
@@ -55,19 +66,29 @@ pub fn print_module(m: &Module, opts: PrintOptions) -> String {
 
 /// Prints one graph of a module (for `--print-ir-*` of a single graph).
 pub fn print_graph(m: &Module, g: GraphId, opts: PrintOptions) -> String {
-    let mut p = Printer { m, opts, out: String::new() };
+    let mut p = Printer {
+        m,
+        opts,
+        out: String::new(),
+    };
     p.graph(g, 0);
     p.out.push('\n');
     p.out
 }
 
 fn opsets(o: &[OpsetImport]) -> String {
-    let items: Vec<String> = o.iter().map(|o| format!("{} = {}", quote(&o.domain), o.version)).collect();
+    let items: Vec<String> = o
+        .iter()
+        .map(|o| format!("{} = {}", quote(&o.domain), o.version))
+        .collect();
     format!("[{}]", items.join(", "))
 }
 
 fn props(p: &[(String, String)]) -> String {
-    let items: Vec<String> = p.iter().map(|(k, v)| format!("{} = {}", quote(k), quote(v))).collect();
+    let items: Vec<String> = p
+        .iter()
+        .map(|(k, v)| format!("{} = {}", quote(k), quote(v)))
+        .collect();
     format!("[{}]", items.join(", "))
 }
 
@@ -76,7 +97,11 @@ pub(crate) fn fmt_float(x: f64, is_f32: bool) -> String {
     if x.is_nan() {
         "nan".into()
     } else if x.is_infinite() {
-        if x > 0.0 { "inf".into() } else { "-inf".into() }
+        if x > 0.0 {
+            "inf".into()
+        } else {
+            "-inf".into()
+        }
     } else if is_f32 {
         format!("{:?}", x as f32)
     } else {
@@ -100,8 +125,12 @@ impl Printer<'_> {
             props(&meta.metadata_props)
         );
         if !self.m.opaque_fields.is_empty() {
-            let items: Vec<String> =
-                self.m.opaque_fields.iter().map(|f| format!("{} = {}", f.field, hex_literal(&f.bytes))).collect();
+            let items: Vec<String> = self
+                .m
+                .opaque_fields
+                .iter()
+                .map(|f| format!("{} = {}", f.field, hex_literal(&f.bytes)))
+                .collect();
             let _ = write!(self.out, ", opaque_fields = [{}]", items.join(", "));
         }
         self.out.push_str("}\n");
@@ -145,7 +174,11 @@ impl Printer<'_> {
         }
         let x = &g.extra;
         if !x.metadata_props.is_empty() || !x.quantization_annotations.is_empty() {
-            let qa: Vec<String> = x.quantization_annotations.iter().map(|b| hex_literal(b)).collect();
+            let qa: Vec<String> = x
+                .quantization_annotations
+                .iter()
+                .map(|b| hex_literal(b))
+                .collect();
             let _ = write!(
                 self.out,
                 " attributes {{metadata_props = {}, quantization_annotations = [{}]}}",
@@ -182,8 +215,17 @@ impl Printer<'_> {
     fn node(&mut self, g: &Graph, id: NodeId, level: usize) {
         let n = g.node(id);
         self.indent(level);
-        let names: Vec<String> =
-            n.outputs.iter().map(|o| if o.name.is_empty() { "_".to_string() } else { format!("%{}", quote_name(&o.name)) }).collect();
+        let names: Vec<String> = n
+            .outputs
+            .iter()
+            .map(|o| {
+                if o.name.is_empty() {
+                    "_".to_string()
+                } else {
+                    format!("%{}", quote_name(&o.name))
+                }
+            })
+            .collect();
         if !names.is_empty() {
             let _ = write!(self.out, "{} = ", names.join(", "));
         }
@@ -211,7 +253,9 @@ impl Printer<'_> {
                     .operands()
                     .iter()
                     .map(|o| match o {
-                        Some(v) if g.is_valid_value(*v) => format!("%{}", quote_name(g.value_name(*v))),
+                        Some(v) if g.is_valid_value(*v) => {
+                            format!("%{}", quote_name(g.value_name(*v)))
+                        }
                         Some(_) => "%<invalid>".to_string(),
                         None => "_".to_string(),
                     })
@@ -273,7 +317,10 @@ impl Printer<'_> {
                     AttrValue::Floats(v) => v.iter().map(|x| fmt_float(*x as f64, true)).collect(),
                     AttrValue::Ints(v) => v.iter().map(|x| x.to_string()).collect(),
                     AttrValue::Strings(v) => v.iter().map(|x| quote_bytes(x)).collect(),
-                    AttrValue::SparseTensors(v) => v.iter().map(|x| format!("sparse<{}>", hex_literal(x))).collect(),
+                    AttrValue::SparseTensors(v) => v
+                        .iter()
+                        .map(|x| format!("sparse<{}>", hex_literal(x)))
+                        .collect(),
                     AttrValue::Types(v) => v.iter().map(|x| format!("type<{x}>")).collect(),
                     AttrValue::Tensors(v) => {
                         let mut items = Vec::new();
@@ -306,7 +353,10 @@ impl Printer<'_> {
 
     fn tensor_literal(&mut self, t: TensorId) {
         let td = self.m.tensor(t);
-        let ty = Type::Tensor(TensorType::new(td.dtype, td.dims.iter().map(|&d| Dim::Fixed(d)).collect()));
+        let ty = Type::Tensor(TensorType::new(
+            td.dtype,
+            td.dims.iter().map(|&d| Dim::Fixed(d)).collect(),
+        ));
         let _ = write!(self.out, "{ty} {}", tensor_body(td, self.opts));
         if !td.name.is_empty() {
             let _ = write!(self.out, " name({})", quote(&td.name));
@@ -319,7 +369,10 @@ impl Printer<'_> {
 
 /// `onnx.Op`, `ortho.Op`, or `op<"domain", "Op">`.
 pub(crate) fn op_mnemonic(domain: &str, op_type: &str) -> String {
-    let ident = !op_type.is_empty() && op_type.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    let ident = !op_type.is_empty()
+        && op_type
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_');
     match domain {
         "" if ident => format!("onnx.{op_type}"),
         "ortho" if ident => format!("ortho.{op_type}"),
@@ -342,7 +395,8 @@ fn tensor_body(td: &TensorData, opts: PrintOptions) -> String {
         Storage::Strings(s) => s.len() as u64,
         _ => td.numel().unwrap_or(u64::MAX),
     };
-    let elide = matches!(td.storage, Storage::Elided { .. }) || opts.elide_above.is_some_and(|n| numel > n);
+    let elide =
+        matches!(td.storage, Storage::Elided { .. }) || opts.elide_above.is_some_and(|n| numel > n);
     if elide {
         return format!("elided<\"{:016x}\", {}>", td.content_hash(), td.byte_len());
     }
@@ -354,12 +408,21 @@ fn tensor_body(td: &TensorData, opts: PrintOptions) -> String {
     let decimal = match td.dtype {
         DType::F32 | DType::F64 => crate::numeric::decode_f64(td.dtype, bytes)
             .filter(|v| v.iter().all(|x| !x.is_nan()))
-            .map(|v| v.iter().map(|x| fmt_float(*x, td.dtype == DType::F32)).collect::<Vec<_>>()),
-        DType::I8 | DType::I16 | DType::I32 | DType::I64 | DType::U8 | DType::U16 | DType::U32 | DType::Bool => {
-            crate::numeric::decode_i64(td.dtype, bytes)
-                .filter(|v| td.dtype != DType::Bool || v.iter().all(|&x| x == 0 || x == 1))
-                .map(|v| v.iter().map(|x| x.to_string()).collect())
-        }
+            .map(|v| {
+                v.iter()
+                    .map(|x| fmt_float(*x, td.dtype == DType::F32))
+                    .collect::<Vec<_>>()
+            }),
+        DType::I8
+        | DType::I16
+        | DType::I32
+        | DType::I64
+        | DType::U8
+        | DType::U16
+        | DType::U32
+        | DType::Bool => crate::numeric::decode_i64(td.dtype, bytes)
+            .filter(|v| td.dtype != DType::Bool || v.iter().all(|&x| x == 0 || x == 1))
+            .map(|v| v.iter().map(|x| x.to_string()).collect()),
         DType::U64 => Some(
             bytes
                 .chunks_exact(8)

@@ -28,7 +28,11 @@ impl Pass for StripOne {
     }
     fn run(&self, m: &mut Module, cx: &mut PassContext) -> Result<PassResult, PassError> {
         let g = m.main_graph_mut();
-        let found = g.toposort().unwrap_or_default().into_iter().find(|&n| matches!(g.node(n).op, Op::Identity));
+        let found = g
+            .toposort()
+            .unwrap_or_default()
+            .into_iter()
+            .find(|&n| matches!(g.node(n).op, Op::Identity));
         let Some(n) = found else {
             return Ok(PassResult::changed(false));
         };
@@ -50,7 +54,8 @@ impl Pass for Break {
     }
     fn run(&self, m: &mut Module, _: &mut PassContext) -> Result<PassResult, PassError> {
         let ty = Type::Tensor(TensorType::fixed(DType::F32, &[2]));
-        m.main_graph_mut().add_node(Op::Neg, vec![], vec![Output::new("broken", ty)]);
+        m.main_graph_mut()
+            .add_node(Op::Neg, vec![], vec![Output::new("broken", ty)]);
         Ok(PassResult::changed(true))
     }
 }
@@ -63,7 +68,12 @@ impl Pass for Fail {
     }
     fn run(&self, m: &mut Module, _: &mut PassContext) -> Result<PassResult, PassError> {
         let g = m.main_graph();
-        match g.toposort().unwrap_or_default().into_iter().find(|&n| !g.inputs().contains(&n)) {
+        match g
+            .toposort()
+            .unwrap_or_default()
+            .into_iter()
+            .find(|&n| !g.inputs().contains(&n))
+        {
             Some(n) => Err(PassError::at(g, n, "cannot handle this node")),
             None => Err(PassError::new("empty graph")),
         }
@@ -143,8 +153,16 @@ fn fixpoint_converges_and_says_so() {
     let r = run("fixpoint{max-iterations=8}(canonicalize,cse,dce)", &mut m);
     assert_eq!(r.fixpoints.len(), 1);
     assert_eq!(r.fixpoints[0].stop, StopReason::Converged { iterations: 2 });
-    assert_eq!(r.fixpoints[0].stop.to_string(), "converged after 2 iterations");
-    assert!(r.summary().contains("fixpoint: converged after 2 iterations"), "{}", r.summary());
+    assert_eq!(
+        r.fixpoints[0].stop.to_string(),
+        "converged after 2 iterations"
+    );
+    assert!(
+        r.summary()
+            .contains("fixpoint: converged after 2 iterations"),
+        "{}",
+        r.summary()
+    );
     assert_eq!(r.runs.len(), 6);
     assert!(r.changed);
     assert_eq!(r.statistics.get("cse.merged"), Some(2));
@@ -155,32 +173,55 @@ fn fixpoint_converges_and_says_so() {
 #[test]
 fn fixpoint_bound_stops_a_pass_that_never_settles() {
     let mut m = parse(SIMPLE);
-    let r = run_with(&registry(), "fixpoint{max-iterations=8}(test-always-change)", &mut m, ManagerOptions::default())
-        .unwrap_or_else(|e| panic!("{e}"));
+    let r = run_with(
+        &registry(),
+        "fixpoint{max-iterations=8}(test-always-change)",
+        &mut m,
+        ManagerOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.fixpoints[0].stop, StopReason::MaxIterations { limit: 8 });
     assert_eq!(r.fixpoints[0].stop.to_string(), "hit max-iterations=8");
     assert_eq!(r.runs.len(), 8);
 
     let mut m = parse(CHAIN);
-    let r = run_with(&registry(), "fixpoint{max-iterations=2}(test-strip-one)", &mut m, ManagerOptions::default())
-        .unwrap_or_else(|e| panic!("{e}"));
+    let r = run_with(
+        &registry(),
+        "fixpoint{max-iterations=2}(test-strip-one)",
+        &mut m,
+        ManagerOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.fixpoints[0].stop, StopReason::MaxIterations { limit: 2 });
     assert_eq!(r.statistics.get("test-strip-one.stripped"), Some(2));
 
     let mut m = parse(CHAIN);
-    let r = run_with(&registry(), "fixpoint(test-strip-one)", &mut m, ManagerOptions::default())
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(r.fixpoints[0].stop.to_string(), "converged after 4 iterations");
+    let r = run_with(
+        &registry(),
+        "fixpoint(test-strip-one)",
+        &mut m,
+        ManagerOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        r.fixpoints[0].stop.to_string(),
+        "converged after 4 iterations"
+    );
 }
 
 #[test]
 fn bisect_limit_skips_later_passes() {
     let mut m = parse(SIMPLE);
-    let opts = ManagerOptions { bisect_limit: Some(1), ..Default::default() };
+    let opts = ManagerOptions {
+        bisect_limit: Some(1),
+        ..Default::default()
+    };
     let p = Pipeline::parse("canonicalize,cse,dce").unwrap_or_default();
     let pm = PassManager::new(p, opts).unwrap_or_else(|e| panic!("{e}"));
     let mut events = Vec::new();
-    let r = pm.run(&mut m, "model.oir", &mut |e| events.push(e)).unwrap_or_else(|e| panic!("{e}"));
+    let r = pm
+        .run(&mut m, "model.oir", &mut |e| events.push(e))
+        .unwrap_or_else(|e| panic!("{e}"));
     let lines: Vec<String> = events.iter().map(IrEvent::render).collect();
     assert_eq!(
         lines,
@@ -190,56 +231,123 @@ fn bisect_limit_skips_later_passes() {
             "BISECT: NOT running pass (3) dce",
         ]
     );
-    assert_eq!(r.bisect_skipped, vec![(2, "cse".to_string()), (3, "dce".to_string())]);
+    assert_eq!(
+        r.bisect_skipped,
+        vec![(2, "cse".to_string()), (3, "dce".to_string())]
+    );
     assert_eq!(r.runs.iter().filter(|r| r.ran).count(), 1);
     let text = print(&m);
-    assert!(!text.contains("Identity") && text.contains("%c2 = const"), "canonicalize ran, cse did not:\n{text}");
-    assert!(r.summary().contains("opt-bisect-limit: skipped 2 pass run(s) from #2"), "{}", r.summary());
+    assert!(
+        !text.contains("Identity") && text.contains("%c2 = const"),
+        "canonicalize ran, cse did not:\n{text}"
+    );
+    assert!(
+        r.summary()
+            .contains("opt-bisect-limit: skipped 2 pass run(s) from #2"),
+        "{}",
+        r.summary()
+    );
 }
 
 #[test]
 fn bisect_limit_inside_a_fixpoint() {
     let mut m = parse(SIMPLE);
-    let opts = ManagerOptions { bisect_limit: Some(3), ..Default::default() };
-    let r = run_with(&registry(), "fixpoint{max-iterations=8}(test-always-change)", &mut m, opts)
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(r.fixpoints[0].stop, StopReason::BisectLimit { iterations: 4 });
+    let opts = ManagerOptions {
+        bisect_limit: Some(3),
+        ..Default::default()
+    };
+    let r = run_with(
+        &registry(),
+        "fixpoint{max-iterations=8}(test-always-change)",
+        &mut m,
+        opts,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        r.fixpoints[0].stop,
+        StopReason::BisectLimit { iterations: 4 }
+    );
     assert_eq!(r.runs.iter().filter(|r| r.ran).count(), 3);
 }
 
 #[test]
 fn verify_each_names_the_broken_pass_and_node() {
     let mut m = parse(SIMPLE);
-    let e = run_with(&registry(), "dce,test-break,cse", &mut m, ManagerOptions::default()).err();
-    let Some(e) = e else { panic!("the broken pass was not caught") };
+    let e = run_with(
+        &registry(),
+        "dce,test-break,cse",
+        &mut m,
+        ManagerOptions::default(),
+    )
+    .err();
+    let Some(e) = e else {
+        panic!("the broken pass was not caught")
+    };
     assert_eq!((e.pass.as_str(), e.index), ("test-break", 2));
-    let FailureKind::Verify(d) = &e.kind else { panic!("{e}") };
+    let FailureKind::Verify(d) = &e.kind else {
+        panic!("{e}")
+    };
     assert!(d.0.iter().any(|d| d.node.contains("broken")), "{d}");
     let text = e.to_string();
-    assert!(text.starts_with("verification failed after pass 'test-break' (run #2)"), "{text}");
+    assert!(
+        text.starts_with("verification failed after pass 'test-break' (run #2)"),
+        "{text}"
+    );
     assert!(text.contains("broken"), "{text}");
-    assert_eq!(e.reproducer, "ortho-opt model.oir --pass-pipeline='dce,test-break'");
-    assert!(text.ends_with("reproduce with: ortho-opt model.oir --pass-pipeline='dce,test-break'"), "{text}");
-    assert_eq!(e.report.runs.len(), 2, "the partial report covers the passes that ran");
+    assert_eq!(
+        e.reproducer,
+        "ortho-opt model.oir --pass-pipeline='dce,test-break'"
+    );
+    assert!(
+        text.ends_with("reproduce with: ortho-opt model.oir --pass-pipeline='dce,test-break'"),
+        "{text}"
+    );
+    assert_eq!(
+        e.report.runs.len(),
+        2,
+        "the partial report covers the passes that ran"
+    );
 
     // Inside a loop the reproducer keeps the whole loop: earlier iterations lead to the failure.
     let mut m = parse(SIMPLE);
-    let e = run_with(&registry(), "cse,fixpoint{max-iterations=2}(dce,test-break),dce", &mut m, ManagerOptions::default()).err();
-    let Some(e) = e else { panic!("the broken pass was not caught") };
-    assert_eq!(e.reproducer, "ortho-opt model.oir --pass-pipeline='cse,fixpoint{max-iterations=2}(dce,test-break)'");
+    let e = run_with(
+        &registry(),
+        "cse,fixpoint{max-iterations=2}(dce,test-break),dce",
+        &mut m,
+        ManagerOptions::default(),
+    )
+    .err();
+    let Some(e) = e else {
+        panic!("the broken pass was not caught")
+    };
+    assert_eq!(
+        e.reproducer,
+        "ortho-opt model.oir --pass-pipeline='cse,fixpoint{max-iterations=2}(dce,test-break)'"
+    );
 
     // Without verify-each the same pipeline "succeeds".
     let mut m = parse(SIMPLE);
-    let opts = ManagerOptions { verify_each: false, ..Default::default() };
+    let opts = ManagerOptions {
+        verify_each: false,
+        ..Default::default()
+    };
     assert!(run_with(&registry(), "dce,test-break", &mut m, opts).is_ok());
 }
 
 #[test]
 fn pass_errors_and_panics_become_failures_with_reproducers() {
     let mut m = parse(SIMPLE);
-    let e = run_with(&registry(), "cse,test-fail", &mut m, ManagerOptions::default()).err();
+    let e = run_with(
+        &registry(),
+        "cse,test-fail",
+        &mut m,
+        ManagerOptions::default(),
+    )
+    .err();
     let Some(e) = e else { panic!("no failure") };
-    let FailureKind::Pass(pe) = &e.kind else { panic!("{e}") };
+    let FailureKind::Pass(pe) = &e.kind else {
+        panic!("{e}")
+    };
     assert_eq!(pe.node, "Identity producing '%a'");
     assert!(e.to_string().starts_with("pass 'test-fail' (run #2) failed: graph @main: Identity producing '%a': cannot handle this node"), "{e}");
 
@@ -247,7 +355,10 @@ fn pass_errors_and_panics_become_failures_with_reproducers() {
     let e = run_with(&registry(), "test-panic", &mut m, ManagerOptions::default()).err();
     let Some(e) = e else { panic!("no failure") };
     assert_eq!(e.kind, FailureKind::Panic("boom".into()));
-    assert_eq!(e.reproducer, "ortho-opt model.oir --pass-pipeline='test-panic'");
+    assert_eq!(
+        e.reproducer,
+        "ortho-opt model.oir --pass-pipeline='test-panic'"
+    );
 }
 
 #[test]
@@ -266,26 +377,52 @@ fn dumps_go_to_the_sink() {
         print_ir_after: vec!["dce".into()],
         ..Default::default()
     };
-    let pm = PassManager::new(Pipeline::parse("canonicalize,cse,dce").unwrap_or_default(), opts).unwrap_or_else(|e| panic!("{e}"));
+    let pm = PassManager::new(
+        Pipeline::parse("canonicalize,cse,dce").unwrap_or_default(),
+        opts,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let mut m = parse(SIMPLE);
     let mut events = Vec::new();
     assert!(pm.run(&mut m, "m.oir", &mut |e| events.push(e)).is_ok());
     let heads: Vec<(DumpWhen, String, usize)> = events
         .iter()
         .map(|e| match e {
-            IrEvent::Dump { when, pass, index, .. } => (*when, pass.clone(), *index),
+            IrEvent::Dump {
+                when, pass, index, ..
+            } => (*when, pass.clone(), *index),
             other => panic!("unexpected {other:?}"),
         })
         .collect();
-    assert_eq!(heads, vec![(DumpWhen::Before, "cse".into(), 2), (DumpWhen::After, "dce".into(), 3)]);
+    assert_eq!(
+        heads,
+        vec![
+            (DumpWhen::Before, "cse".into(), 2),
+            (DumpWhen::After, "dce".into(), 3)
+        ]
+    );
     let first = events[0].render();
-    assert!(first.starts_with("// -----// IR Dump Before cse (#2) //----- //\nmodule {"), "{first}");
-    assert!(first.contains("%z = onnx.Add"), "before cse the duplicate is there:\n{first}");
+    assert!(
+        first.starts_with("// -----// IR Dump Before cse (#2) //----- //\nmodule {"),
+        "{first}"
+    );
+    assert!(
+        first.contains("%z = onnx.Add"),
+        "before cse the duplicate is there:\n{first}"
+    );
 
     // After-change prints only passes whose output differs; after-all prints every pass.
     for (all, expected) in [(false, 2), (true, 3)] {
-        let opts = ManagerOptions { print_ir_after_change: !all, print_ir_after_all: all, ..Default::default() };
-        let pm = PassManager::new(Pipeline::parse("canonicalize,cse,dce").unwrap_or_default(), opts).unwrap_or_else(|e| panic!("{e}"));
+        let opts = ManagerOptions {
+            print_ir_after_change: !all,
+            print_ir_after_all: all,
+            ..Default::default()
+        };
+        let pm = PassManager::new(
+            Pipeline::parse("canonicalize,cse,dce").unwrap_or_default(),
+            opts,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let mut m = parse(SIMPLE);
         let mut n = 0;
         assert!(pm.run(&mut m, "m.oir", &mut |_| n += 1).is_ok());
@@ -295,20 +432,36 @@ fn dumps_go_to_the_sink() {
 
 #[test]
 fn after_change_catches_a_pass_that_hides_a_change() {
-    let opts = ManagerOptions { print_ir_after_change: true, ..Default::default() };
+    let opts = ManagerOptions {
+        print_ir_after_change: true,
+        ..Default::default()
+    };
     let mut m = parse(SIMPLE);
-    let r = run_with(&registry(), "test-silent-change", &mut m, opts).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(r.notes, vec!["test-silent-change: run #1 reported no change but changed the IR".to_string()]);
+    let r =
+        run_with(&registry(), "test-silent-change", &mut m, opts).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        r.notes,
+        vec!["test-silent-change: run #1 reported no change but changed the IR".to_string()]
+    );
 }
 
 #[test]
 fn print_names_are_checked() {
-    let opts = ManagerOptions { print_ir_after: vec!["csee".into()], ..Default::default() };
+    let opts = ManagerOptions {
+        print_ir_after: vec!["csee".into()],
+        ..Default::default()
+    };
     let e = PassManager::new(Pipeline::parse("cse").unwrap_or_default(), opts).err();
-    assert_eq!(e.map(|e| e.to_string()).as_deref(), Some("--print-ir-before/after names unknown pass 'csee'"));
+    assert_eq!(
+        e.map(|e| e.to_string()).as_deref(),
+        Some("--print-ir-before/after names unknown pass 'csee'")
+    );
     // A registered test pass in the pipeline is a valid name too.
     let p = parse_pipeline("test-strip-one", &registry()).unwrap_or_default();
-    let opts = ManagerOptions { print_ir_before: vec!["test-strip-one".into()], ..Default::default() };
+    let opts = ManagerOptions {
+        print_ir_before: vec!["test-strip-one".into()],
+        ..Default::default()
+    };
     assert!(PassManager::new(p, opts).is_ok());
 }
 
@@ -317,16 +470,37 @@ fn timing_and_statistics_tables() {
     let mut m = parse(SIMPLE);
     let r = run("canonicalize,fixpoint{max-iterations=4}(cse,dce)", &mut m);
     let t = r.timing_table();
-    for row in ["canonicalize", "fixpoint/cse", "fixpoint/dce", "(verify)", "total"] {
+    for row in [
+        "canonicalize",
+        "fixpoint/cse",
+        "fixpoint/dce",
+        "(verify)",
+        "total",
+    ] {
         assert!(t.contains(row), "{t}");
     }
     let s = r.statistics_table();
-    for key in ["canonicalize.folded", "canonicalize.removed-noops", "cse.merged", "dce.removed"] {
+    for key in [
+        "canonicalize.folded",
+        "canonicalize.removed-noops",
+        "cse.merged",
+        "dce.removed",
+    ] {
         assert!(s.contains(key), "{s}");
     }
-    let opts = ManagerOptions { timing: true, statistics: true, ..Default::default() };
+    let opts = ManagerOptions {
+        timing: true,
+        statistics: true,
+        ..Default::default()
+    };
     let all = r.render(&opts);
-    assert!(all.contains("=== Pass execution timing ===") && all.contains("=== Pass statistics ==="), "{all}");
+    assert!(
+        all.contains("=== Pass execution timing ===") && all.contains("=== Pass statistics ==="),
+        "{all}"
+    );
     assert!(!r.render(&ManagerOptions::default()).contains("==="));
-    assert_eq!(r.pipeline, "canonicalize{fold=true max-fold-bytes=65536},fixpoint{max-iterations=4}(cse,dce)");
+    assert_eq!(
+        r.pipeline,
+        "canonicalize{fold=true max-fold-bytes=65536},fixpoint{max-iterations=4}(cse,dce)"
+    );
 }

@@ -59,7 +59,10 @@ graph @f(%a: ?) -> (%b) {
     assert_eq!(r.statistics.get("canonicalize.removed-noops"), Some(1));
     assert_eq!(r.statistics.get("dce.removed"), Some(1));
     let text = print(&m);
-    assert!(text.contains("%b = onnx.Abs(%a)") && !text.contains("%dead"), "{text}");
+    assert!(
+        text.contains("%b = onnx.Abs(%a)") && !text.contains("%dead"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -70,20 +73,35 @@ fn dce_cleans_subgraphs_first_and_respects_captures() {
     // In the then-branch the dead Neg and then the unused capture of %b go; in the main graph
     // %b is then dead too, while %a stays because the branch still captures it.
     assert_eq!(r.statistics.get("dce.removed"), Some(3), "{text}");
-    assert!(text.contains("%a = onnx.Neg(%x)") && !text.contains("onnx.Abs"), "{text}");
-    assert!(!text.contains("%b = capture") && !text.contains("%dead"), "{text}");
+    assert!(
+        text.contains("%a = onnx.Neg(%x)") && !text.contains("onnx.Abs"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("%b = capture") && !text.contains("%dead"),
+        "{text}"
+    );
 }
 
 #[test]
 fn canonicalize_keeps_names_that_subgraphs_capture() {
     // %a is captured by the then-branch: removing the Identity that defines it would leave the
     // capture dangling, so it stays; the Identities inside the branches go.
-    let mut m = parse(&body(&IF_GRAPH.replace("%a = onnx.Neg(%x)", "%a = onnx.Identity(%x)")));
+    let mut m = parse(&body(
+        &IF_GRAPH.replace("%a = onnx.Neg(%x)", "%a = onnx.Identity(%x)"),
+    ));
     let r = run("canonicalize", &mut m);
     let text = print(&m);
     assert!(text.contains("%a = onnx.Identity(%x)"), "{text}");
-    assert_eq!(r.statistics.get("canonicalize.removed-noops"), Some(2), "{text}");
-    assert!(text.contains("-> (%a as \"t\")") && text.contains("-> (%x as \"e\")"), "{text}");
+    assert_eq!(
+        r.statistics.get("canonicalize.removed-noops"),
+        Some(2),
+        "{text}"
+    );
+    assert!(
+        text.contains("-> (%a as \"t\")") && text.contains("-> (%x as \"e\")"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -110,8 +128,14 @@ fn cse_merges_equal_nodes_and_constants() {
     assert_eq!(r.statistics.get("cse.merged"), Some(4));
     assert_eq!(r.statistics.get("cse.merged-consts"), Some(1));
     let text = main_graph(&m);
-    assert!(text.starts_with("graph @main(%x: tensor<4xf32>) -> (%r1, %r1 as \"r2\", %s1, %s2) {"), "{text}");
-    assert!(text.contains("%d1, %m1 = onnx.Dropout") && text.contains("%d2, %m2 = onnx.Dropout"), "{text}");
+    assert!(
+        text.starts_with("graph @main(%x: tensor<4xf32>) -> (%r1, %r1 as \"r2\", %s1, %s2) {"),
+        "{text}"
+    );
+    assert!(
+        text.contains("%d1, %m1 = onnx.Dropout") && text.contains("%d2, %m2 = onnx.Dropout"),
+        "{text}"
+    );
     assert!(!text.contains("%c2") && text.contains("%c3"), "{text}");
     let mut again = m.clone();
     assert_eq!(cse(&mut again).merged, 0, "idempotent");
@@ -141,7 +165,11 @@ fn canonicalize_removes_no_ops() {
     assert_eq!(r.statistics.get("canonicalize.removed-noops"), Some(7));
     let text = main_graph(&m);
     assert!(text.starts_with("graph @main(%x: tensor<2x3xf32>, %b: tensor<\"n\"x3xf32>) -> (%x as \"y\", %keep1, %keep2, %keep3)"), "{text}");
-    for kept in ["%keep1 = onnx.Add", "%keep2 = onnx.Cast", "%keep3 = onnx.Sub"] {
+    for kept in [
+        "%keep1 = onnx.Add",
+        "%keep2 = onnx.Cast",
+        "%keep3 = onnx.Sub",
+    ] {
         assert!(text.contains(kept), "{kept} should stay:\n{text}");
     }
     for gone in ["Identity", "Transpose", "Reshape", "Mul", "Div"] {
@@ -165,80 +193,230 @@ fn canonicalize_folds_a_shape_computation_in_one_run() {
     ));
     let r = run("canonicalize", &mut m);
     assert_eq!(r.statistics.get("canonicalize.folded"), Some(4));
-    assert_eq!(r.statistics.get("canonicalize.removed-noops"), Some(1), "the Reshape is now a no-op");
-    assert!(main_graph(&m).contains("%shape = const tensor<2xi64> dense<[-1, 3]>"), "{}", main_graph(&m));
+    assert_eq!(
+        r.statistics.get("canonicalize.removed-noops"),
+        Some(1),
+        "the Reshape is now a no-op"
+    );
+    assert!(
+        main_graph(&m).contains("%shape = const tensor<2xi64> dense<[-1, 3]>"),
+        "{}",
+        main_graph(&m)
+    );
     run("dce", &mut m);
-    assert_eq!(main_graph(&m), "graph @main(%x: tensor<2x3xf32>) -> (%x as \"y\") {\n}\n");
+    assert_eq!(
+        main_graph(&m),
+        "graph @main(%x: tensor<2x3xf32>) -> (%x as \"y\") {\n}\n"
+    );
 }
 
 /// Folds `expr` (one node producing `%y` from the constants `consts`) and returns the line of `%y`.
 fn folded(consts: &str, expr: &str, ty: &str, opts: &str) -> String {
-    let src = body(&format!("graph @main() -> (%y) {{\n{consts}\n  %y = {expr} : {ty}\n}}"));
+    let src = body(&format!(
+        "graph @main() -> (%y) {{\n{consts}\n  %y = {expr} : {ty}\n}}"
+    ));
     let mut m = parse(&src);
     run(&format!("canonicalize{{{opts}}}"), &mut m);
     let text = main_graph(&m);
-    text.lines().find(|l| l.trim_start().starts_with("%y =")).map(|l| l.trim().to_string()).unwrap_or(text)
+    text.lines()
+        .find(|l| l.trim_start().starts_with("%y ="))
+        .map(|l| l.trim().to_string())
+        .unwrap_or(text)
 }
 
 #[test]
 fn folding_kernels() {
-    let f32x2 = "  %a = const tensor<2xf32> dense<[1.5, 2.25]>\n  %b = const tensor<1xf32> dense<[0.25]>";
-    assert_eq!(folded(f32x2, "onnx.Add(%a, %b)", "tensor<2xf32>", ""), "%y = const tensor<2xf32> dense<[1.75, 2.5]>");
-    assert_eq!(folded(f32x2, "onnx.Div(%a, %b)", "tensor<2xf32>", ""), "%y = const tensor<2xf32> dense<[6.0, 9.0]>");
-    assert_eq!(folded(f32x2, "onnx.Neg(%a)", "tensor<2xf32>", ""), "%y = const tensor<2xf32> dense<[-1.5, -2.25]>");
-    assert_eq!(folded(f32x2, "onnx.Sqrt(%b)", "tensor<1xf32>", ""), "%y = const tensor<1xf32> dense<[0.5]>");
-    assert_eq!(folded(f32x2, "onnx.Equal(%a, %b)", "tensor<2xbool>", ""), "%y = const tensor<2xbool> dense<[0, 0]>");
+    let f32x2 =
+        "  %a = const tensor<2xf32> dense<[1.5, 2.25]>\n  %b = const tensor<1xf32> dense<[0.25]>";
+    assert_eq!(
+        folded(f32x2, "onnx.Add(%a, %b)", "tensor<2xf32>", ""),
+        "%y = const tensor<2xf32> dense<[1.75, 2.5]>"
+    );
+    assert_eq!(
+        folded(f32x2, "onnx.Div(%a, %b)", "tensor<2xf32>", ""),
+        "%y = const tensor<2xf32> dense<[6.0, 9.0]>"
+    );
+    assert_eq!(
+        folded(f32x2, "onnx.Neg(%a)", "tensor<2xf32>", ""),
+        "%y = const tensor<2xf32> dense<[-1.5, -2.25]>"
+    );
+    assert_eq!(
+        folded(f32x2, "onnx.Sqrt(%b)", "tensor<1xf32>", ""),
+        "%y = const tensor<1xf32> dense<[0.5]>"
+    );
+    assert_eq!(
+        folded(f32x2, "onnx.Equal(%a, %b)", "tensor<2xbool>", ""),
+        "%y = const tensor<2xbool> dense<[0, 0]>"
+    );
 
     let ints = "  %a = const tensor<2xi32> dense<[7, -7]>\n  %b = const tensor<i32> dense<[2]>\n  %z = const tensor<i32> dense<[0]>";
-    assert_eq!(folded(ints, "onnx.Div(%a, %b)", "tensor<2xi32>", ""), "%y = const tensor<2xi32> dense<[3, -3]>");
-    assert_eq!(folded(ints, "onnx.Mul(%a, %b)", "tensor<2xi32>", ""), "%y = const tensor<2xi32> dense<[14, -14]>");
-    assert_eq!(folded(ints, "onnx.Sub(%b, %a)", "tensor<2xi32>", ""), "%y = const tensor<2xi32> dense<[-5, 9]>");
-    assert!(folded(ints, "onnx.Div(%a, %z)", "tensor<2xi32>", "").contains("onnx.Div"), "integer division by zero stays");
+    assert_eq!(
+        folded(ints, "onnx.Div(%a, %b)", "tensor<2xi32>", ""),
+        "%y = const tensor<2xi32> dense<[3, -3]>"
+    );
+    assert_eq!(
+        folded(ints, "onnx.Mul(%a, %b)", "tensor<2xi32>", ""),
+        "%y = const tensor<2xi32> dense<[14, -14]>"
+    );
+    assert_eq!(
+        folded(ints, "onnx.Sub(%b, %a)", "tensor<2xi32>", ""),
+        "%y = const tensor<2xi32> dense<[-5, 9]>"
+    );
+    assert!(
+        folded(ints, "onnx.Div(%a, %z)", "tensor<2xi32>", "").contains("onnx.Div"),
+        "integer division by zero stays"
+    );
 
     let casts = "  %f = const tensor<3xf32> dense<[1.9, -1.9, 0.0]>\n  %big = const tensor<1xf32> dense<[3.0e9]>\n  %i = const tensor<2xi64> dense<[3, 300]>";
-    assert_eq!(folded(casts, "onnx.Cast(%f) {to = 6}", "tensor<3xi32>", ""), "%y = const tensor<3xi32> dense<[1, -1, 0]>");
-    assert_eq!(folded(casts, "onnx.Cast(%f) {to = 9}", "tensor<3xbool>", ""), "%y = const tensor<3xbool> dense<[1, 1, 0]>");
-    assert!(folded(casts, "onnx.Cast(%big) {to = 6}", "tensor<1xi32>", "").contains("onnx.Cast"), "out of range stays");
-    assert_eq!(folded(casts, "onnx.Cast(%i) {to = 1}", "tensor<2xf32>", ""), "%y = const tensor<2xf32> dense<[3.0, 300.0]>");
-    assert_eq!(folded(casts, "onnx.Cast(%i) {to = 2}", "tensor<2xu8>", ""), "%y = const tensor<2xu8> dense<[3, 44]>");
+    assert_eq!(
+        folded(casts, "onnx.Cast(%f) {to = 6}", "tensor<3xi32>", ""),
+        "%y = const tensor<3xi32> dense<[1, -1, 0]>"
+    );
+    assert_eq!(
+        folded(casts, "onnx.Cast(%f) {to = 9}", "tensor<3xbool>", ""),
+        "%y = const tensor<3xbool> dense<[1, 1, 0]>"
+    );
+    assert!(
+        folded(casts, "onnx.Cast(%big) {to = 6}", "tensor<1xi32>", "").contains("onnx.Cast"),
+        "out of range stays"
+    );
+    assert_eq!(
+        folded(casts, "onnx.Cast(%i) {to = 1}", "tensor<2xf32>", ""),
+        "%y = const tensor<2xf32> dense<[3.0, 300.0]>"
+    );
+    assert_eq!(
+        folded(casts, "onnx.Cast(%i) {to = 2}", "tensor<2xu8>", ""),
+        "%y = const tensor<2xu8> dense<[3, 44]>"
+    );
 
     let range = "  %s = const tensor<i64> dense<[0]>\n  %l = const tensor<i64> dense<[10]>\n  %d = const tensor<i64> dense<[3]>\n  %nd = const tensor<i64> dense<[-4]>";
-    assert_eq!(folded(range, "onnx.Range(%s, %l, %d)", "tensor<4xi64>", ""), "%y = const tensor<4xi64> dense<[0, 3, 6, 9]>");
-    assert_eq!(folded(range, "onnx.Range(%l, %s, %nd)", "tensor<3xi64>", ""), "%y = const tensor<3xi64> dense<[10, 6, 2]>");
+    assert_eq!(
+        folded(range, "onnx.Range(%s, %l, %d)", "tensor<4xi64>", ""),
+        "%y = const tensor<4xi64> dense<[0, 3, 6, 9]>"
+    );
+    assert_eq!(
+        folded(range, "onnx.Range(%l, %s, %nd)", "tensor<3xi64>", ""),
+        "%y = const tensor<3xi64> dense<[10, 6, 2]>"
+    );
     let frange = "  %s = const tensor<f32> dense<[1.0]>\n  %l = const tensor<f32> dense<[2.0]>\n  %d = const tensor<f32> dense<[0.25]>";
-    assert_eq!(folded(frange, "onnx.Range(%s, %l, %d)", "tensor<4xf32>", ""), "%y = const tensor<4xf32> dense<[1.0, 1.25, 1.5, 1.75]>");
+    assert_eq!(
+        folded(frange, "onnx.Range(%s, %l, %d)", "tensor<4xf32>", ""),
+        "%y = const tensor<4xf32> dense<[1.0, 1.25, 1.5, 1.75]>"
+    );
 
     let data = "  %x = const tensor<2x3xi64> dense<[0, 1, 2, 3, 4, 5]>\n  %i = const tensor<2xi64> dense<[-1, 0]>\n  %c = const tensor<2x1xbool> dense<[1, 0]>\n  %o = const tensor<1xi64> dense<[9]>";
-    assert_eq!(folded(data, "onnx.Gather(%x, %i) {axis = 1}", "tensor<2x2xi64>", ""), "%y = const tensor<2x2xi64> dense<[2, 0, 5, 3]>");
-    assert_eq!(folded(data, "onnx.Gather(%x, %i) {axis = 0}", "tensor<2x3xi64>", ""), "%y = const tensor<2x3xi64> dense<[3, 4, 5, 0, 1, 2]>");
-    assert_eq!(folded(data, "onnx.Concat(%x, %x) {axis = 1}", "tensor<2x6xi64>", ""), "%y = const tensor<2x6xi64> dense<[0, 1, 2, 0, 1, 2, 3, 4, 5, 3, 4, 5]>");
-    assert_eq!(folded(data, "onnx.Where(%c, %x, %o)", "tensor<2x3xi64>", ""), "%y = const tensor<2x3xi64> dense<[0, 1, 2, 9, 9, 9]>");
+    assert_eq!(
+        folded(
+            data,
+            "onnx.Gather(%x, %i) {axis = 1}",
+            "tensor<2x2xi64>",
+            ""
+        ),
+        "%y = const tensor<2x2xi64> dense<[2, 0, 5, 3]>"
+    );
+    assert_eq!(
+        folded(
+            data,
+            "onnx.Gather(%x, %i) {axis = 0}",
+            "tensor<2x3xi64>",
+            ""
+        ),
+        "%y = const tensor<2x3xi64> dense<[3, 4, 5, 0, 1, 2]>"
+    );
+    assert_eq!(
+        folded(
+            data,
+            "onnx.Concat(%x, %x) {axis = 1}",
+            "tensor<2x6xi64>",
+            ""
+        ),
+        "%y = const tensor<2x6xi64> dense<[0, 1, 2, 0, 1, 2, 3, 4, 5, 3, 4, 5]>"
+    );
+    assert_eq!(
+        folded(data, "onnx.Where(%c, %x, %o)", "tensor<2x3xi64>", ""),
+        "%y = const tensor<2x3xi64> dense<[0, 1, 2, 9, 9, 9]>"
+    );
 
     let shapes = "  %x = const tensor<1x3xi64> dense<[4, 5, 6]>\n  %ax = const tensor<2xi64> dense<[0, -1]>\n  %sq = const tensor<1xi64> dense<[0]>\n  %shp = const tensor<2xi64> dense<[2, 2]>";
-    assert_eq!(folded(shapes, "onnx.Unsqueeze(%x, %ax)", "tensor<1x1x3x1xi64>", ""), "%y = const tensor<1x1x3x1xi64> dense<[4, 5, 6]>");
-    assert_eq!(folded(shapes, "onnx.Squeeze(%x, %sq)", "tensor<3xi64>", ""), "%y = const tensor<3xi64> dense<[4, 5, 6]>");
-    assert_eq!(folded(shapes, "onnx.Squeeze(%x)", "tensor<3xi64>", ""), "%y = const tensor<3xi64> dense<[4, 5, 6]>");
-    assert_eq!(folded(shapes, "onnx.ConstantOfShape(%shp) {value = tensor<1xi64> dense<[7]>}", "tensor<2x2xi64>", ""), "%y = const tensor<2x2xi64> dense<[7, 7, 7, 7]>");
-    assert_eq!(folded(shapes, "onnx.ConstantOfShape(%shp)", "tensor<2x2xf32>", ""), "%y = const tensor<2x2xf32> dense<[0.0, 0.0, 0.0, 0.0]>");
+    assert_eq!(
+        folded(shapes, "onnx.Unsqueeze(%x, %ax)", "tensor<1x1x3x1xi64>", ""),
+        "%y = const tensor<1x1x3x1xi64> dense<[4, 5, 6]>"
+    );
+    assert_eq!(
+        folded(shapes, "onnx.Squeeze(%x, %sq)", "tensor<3xi64>", ""),
+        "%y = const tensor<3xi64> dense<[4, 5, 6]>"
+    );
+    assert_eq!(
+        folded(shapes, "onnx.Squeeze(%x)", "tensor<3xi64>", ""),
+        "%y = const tensor<3xi64> dense<[4, 5, 6]>"
+    );
+    assert_eq!(
+        folded(
+            shapes,
+            "onnx.ConstantOfShape(%shp) {value = tensor<1xi64> dense<[7]>}",
+            "tensor<2x2xi64>",
+            ""
+        ),
+        "%y = const tensor<2x2xi64> dense<[7, 7, 7, 7]>"
+    );
+    assert_eq!(
+        folded(shapes, "onnx.ConstantOfShape(%shp)", "tensor<2x2xf32>", ""),
+        "%y = const tensor<2x2xf32> dense<[0.0, 0.0, 0.0, 0.0]>"
+    );
 
     let slices = "  %x = const tensor<10xi64> dense<[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]>\n  %s = const tensor<1xi64> dense<[8]>\n  %e = const tensor<1xi64> dense<[1]>\n  %a = const tensor<1xi64> dense<[0]>\n  %st = const tensor<1xi64> dense<[-3]>\n  %s2 = const tensor<1xi64> dense<[-3]>\n  %big = const tensor<1xi64> dense<[9223372036854775807]>";
-    assert_eq!(folded(slices, "onnx.Slice(%x, %s, %e, %a, %st)", "tensor<3xi64>", ""), "%y = const tensor<3xi64> dense<[8, 5, 2]>");
-    assert_eq!(folded(slices, "onnx.Slice(%x, %s2, %big)", "tensor<3xi64>", ""), "%y = const tensor<3xi64> dense<[7, 8, 9]>");
+    assert_eq!(
+        folded(
+            slices,
+            "onnx.Slice(%x, %s, %e, %a, %st)",
+            "tensor<3xi64>",
+            ""
+        ),
+        "%y = const tensor<3xi64> dense<[8, 5, 2]>"
+    );
+    assert_eq!(
+        folded(slices, "onnx.Slice(%x, %s2, %big)", "tensor<3xi64>", ""),
+        "%y = const tensor<3xi64> dense<[7, 8, 9]>"
+    );
 }
 
 #[test]
 fn folding_respects_the_budget_and_the_switch() {
     let consts = "  %a = const tensor<4xf32> dense<[1.0, 2.0, 3.0, 4.0]>\n  %b = const tensor<4xf32> dense<[1.0, 2.0, 3.0, 4.0]>";
-    assert!(folded(consts, "onnx.Add(%a, %b)", "tensor<4xf32>", "max-fold-bytes=16").starts_with("%y = const"));
-    assert!(folded(consts, "onnx.Add(%a, %b)", "tensor<4xf32>", "max-fold-bytes=15").contains("onnx.Add"));
+    assert!(folded(
+        consts,
+        "onnx.Add(%a, %b)",
+        "tensor<4xf32>",
+        "max-fold-bytes=16"
+    )
+    .starts_with("%y = const"));
+    assert!(folded(
+        consts,
+        "onnx.Add(%a, %b)",
+        "tensor<4xf32>",
+        "max-fold-bytes=15"
+    )
+    .contains("onnx.Add"));
     assert!(folded(consts, "onnx.Add(%a, %b)", "tensor<4xf32>", "fold=false").contains("onnx.Add"));
 
-    let mut m = parse(&body(&format!("graph @main() -> (%y) {{\n{consts}\n  %y = onnx.Mul(%a, %b) : tensor<4xf32>\n}}")));
-    let s = canonicalize(&mut m, &CanonicalizeOptions { fold: true, max_fold_bytes: 8 });
+    let mut m = parse(&body(&format!(
+        "graph @main() -> (%y) {{\n{consts}\n  %y = onnx.Mul(%a, %b) : tensor<4xf32>\n}}"
+    )));
+    let s = canonicalize(
+        &mut m,
+        &CanonicalizeOptions {
+            fold: true,
+            max_fold_bytes: 8,
+        },
+    );
     assert_eq!((s.folded, s.over_budget), (0, 1));
     let s = canonicalize(&mut m, &CanonicalizeOptions::default());
     assert_eq!((s.folded, s.folded_bytes), (1, 16));
-    assert_eq!(canonicalize(&mut m, &CanonicalizeOptions::default()), Default::default(), "idempotent");
+    assert_eq!(
+        canonicalize(&mut m, &CanonicalizeOptions::default()),
+        Default::default(),
+        "idempotent"
+    );
 }
 
 #[test]
@@ -253,9 +431,18 @@ fn constant_ops_become_constants_even_without_folding() {
     let r = run("canonicalize{fold=false}", &mut m);
     assert_eq!(r.statistics.get("canonicalize.materialized"), Some(3));
     let text = main_graph(&m);
-    assert!(text.contains("%a = const tensor<2xi64> dense<[1, 2]>"), "{text}");
-    assert!(text.contains("%b = const tensor<f32> dense<[0.5]>"), "{text}");
-    assert!(text.contains("%c = const tensor<2xf32> dense<[1.0, 2.0]>"), "{text}");
+    assert!(
+        text.contains("%a = const tensor<2xi64> dense<[1, 2]>"),
+        "{text}"
+    );
+    assert!(
+        text.contains("%b = const tensor<f32> dense<[0.5]>"),
+        "{text}"
+    );
+    assert!(
+        text.contains("%c = const tensor<2xf32> dense<[1.0, 2.0]>"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -269,7 +456,11 @@ fn infer_shapes_refines_types() {
     let r = run("infer-shapes", &mut m);
     assert_eq!(r.statistics.get("infer-shapes.refined"), Some(2));
     assert!(r.changed);
-    assert!(main_graph(&m).contains("%y = onnx.Add(%a, %x) : tensor<\"batch\"x3xf32>"), "{}", main_graph(&m));
+    assert!(
+        main_graph(&m).contains("%y = onnx.Add(%a, %x) : tensor<\"batch\"x3xf32>"),
+        "{}",
+        main_graph(&m)
+    );
     let r = run("infer-shapes", &mut m);
     assert!(!r.changed);
 }
@@ -277,7 +468,9 @@ fn infer_shapes_refines_types() {
 #[test]
 fn cse_never_removes_a_captured_name() {
     // %b equals %a, but the then-branch captures %b by name, so it must stay defined.
-    let mut m = parse(&body(&IF_GRAPH.replace("%b = onnx.Abs(%x)", "%b = onnx.Neg(%x)")));
+    let mut m = parse(&body(
+        &IF_GRAPH.replace("%b = onnx.Abs(%x)", "%b = onnx.Neg(%x)"),
+    ));
     let r = run("cse", &mut m);
     assert_eq!(r.statistics.get("cse.merged"), Some(0));
     assert!(print(&m).contains("%b = onnx.Neg(%x)"));
@@ -289,8 +482,20 @@ fn invalid_or_unencodable_folds_are_left_alone() {
     // The verifier rejects this input, so call the pass directly: folding must not either crash
     // or invent a value for an out-of-range index.
     let mut m = parse(&body(&format!("graph @main() -> (%y) {{\n{c}\n  %y = onnx.Gather(%x, %i) {{axis = 0}} : tensor<1xi64>\n}}")));
-    assert_eq!(canonicalize(&mut m, &CanonicalizeOptions::default()).folded, 0);
-    assert!(folded(c, "onnx.Add(%h, %h)", "tensor<2xf16>", "").contains("onnx.Add"), "f16 results are not encoded");
-    assert_eq!(folded(c, "onnx.Equal(%h, %h)", "tensor<2xbool>", ""), "%y = const tensor<2xbool> dense<[1, 1]>");
-    assert_eq!(folded(c, "onnx.Slice(%z, %s, %i)", "tensor<0xi64>", ""), "%y = const tensor<0xi64> dense<[]>");
+    assert_eq!(
+        canonicalize(&mut m, &CanonicalizeOptions::default()).folded,
+        0
+    );
+    assert!(
+        folded(c, "onnx.Add(%h, %h)", "tensor<2xf16>", "").contains("onnx.Add"),
+        "f16 results are not encoded"
+    );
+    assert_eq!(
+        folded(c, "onnx.Equal(%h, %h)", "tensor<2xbool>", ""),
+        "%y = const tensor<2xbool> dense<[1, 1]>"
+    );
+    assert_eq!(
+        folded(c, "onnx.Slice(%z, %s, %i)", "tensor<0xi64>", ""),
+        "%y = const tensor<0xi64> dense<[]>"
+    );
 }

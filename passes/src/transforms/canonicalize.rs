@@ -25,11 +25,13 @@ use crate::pass::{Pass, PassContext, PassError, PassResult};
 use crate::registry::PassInfo;
 use crate::transforms::fold::{dtype_from_onnx, fixed_dims, fold, reshape_dims, Folded, Operand};
 use crate::transforms::scope::{captured_names, defines_any};
+use ortho_ir::numeric::{encode_f64, encode_i64};
 use ortho_ir::op::attrs;
 use ortho_ir::tensor::Storage;
 use ortho_ir::types::TensorType;
-use ortho_ir::numeric::{encode_f64, encode_i64};
-use ortho_ir::{DType, Dim, Graph, GraphId, Module, Node, NodeId, Op, TensorData, TensorId, Type, ValueId};
+use ortho_ir::{
+    DType, Dim, Graph, GraphId, Module, Node, NodeId, Op, TensorData, TensorId, Type, ValueId,
+};
 use std::collections::HashMap;
 
 static OPTIONS: &[OptionSpec] = &[
@@ -55,7 +57,9 @@ pub const INFO: PassInfo = PassInfo {
 };
 
 fn build(o: &PassOptions) -> Result<Box<dyn Pass>, String> {
-    Ok(Box::new(Canonicalize { opts: CanonicalizeOptions::from_options(o)? }))
+    Ok(Box::new(Canonicalize {
+        opts: CanonicalizeOptions::from_options(o)?,
+    }))
 }
 
 /// Options of [`canonicalize`].
@@ -69,13 +73,19 @@ pub struct CanonicalizeOptions {
 
 impl Default for CanonicalizeOptions {
     fn default() -> Self {
-        CanonicalizeOptions { fold: true, max_fold_bytes: 65536 }
+        CanonicalizeOptions {
+            fold: true,
+            max_fold_bytes: 65536,
+        }
     }
 }
 
 impl CanonicalizeOptions {
     pub fn from_options(o: &PassOptions) -> Result<Self, String> {
-        Ok(CanonicalizeOptions { fold: o.bool("fold")?, max_fold_bytes: o.uint("max-fold-bytes")? })
+        Ok(CanonicalizeOptions {
+            fold: o.bool("fold")?,
+            max_fold_bytes: o.uint("max-fold-bytes")?,
+        })
     }
 }
 
@@ -139,9 +149,17 @@ fn plan(m: &Module, g: GraphId, opts: &CanonicalizeOptions, stats: &mut Canonica
         if node.op.is_structural() || node.outputs.len() != 1 {
             continue;
         }
-        let operands: Vec<Option<ValueId>> =
-            node.operands().iter().map(|o| o.map(|v| fwd.get(&v).copied().unwrap_or(v))).collect();
-        let view = View { m, graph, pending: &pending, tensors: &plan.tensors };
+        let operands: Vec<Option<ValueId>> = node
+            .operands()
+            .iter()
+            .map(|o| o.map(|v| fwd.get(&v).copied().unwrap_or(v)))
+            .collect();
+        let view = View {
+            m,
+            graph,
+            pending: &pending,
+            tensors: &plan.tensors,
+        };
         if !defines_any(m, g, n, &protected) {
             if let Some(to) = view.noop(node, &operands) {
                 fwd.insert(ValueId { node: n, output: 0 }, to);
@@ -167,8 +185,15 @@ fn plan(m: &Module, g: GraphId, opts: &CanonicalizeOptions, stats: &mut Canonica
         if !opts.fold {
             continue;
         }
-        let ins: Vec<Option<Operand<'_>>> =
-            operands.iter().map(|o| o.map(|v| Operand { data: view.constant(v), ty: graph.value_type(v) })).collect();
+        let ins: Vec<Option<Operand<'_>>> = operands
+            .iter()
+            .map(|o| {
+                o.map(|v| Operand {
+                    data: view.constant(v),
+                    ty: graph.value_type(v),
+                })
+            })
+            .collect();
         match fold(m, &node.op, &ins, opts.max_fold_bytes) {
             Folded::Tensor(td) => {
                 stats.folded += 1;
@@ -294,7 +319,9 @@ impl<'a> View<'a> {
             Op::Cast(a) => (Some(dtype_from_onnx(a.to?)) == self.ty(x).dtype()).then_some(x),
             Op::Reshape(a) => {
                 let dims = fixed_dims(&self.ty(x))?;
-                let shape = self.constant(operands.get(1).copied().flatten()?)?.to_i64_vec()?;
+                let shape = self
+                    .constant(operands.get(1).copied().flatten()?)?
+                    .to_i64_vec()?;
                 (reshape_dims(&dims, &shape, a.allowzero == Some(1))? == dims).then_some(x)
             }
             Op::Add => self.neutral(operands, 0.0, true),
@@ -308,14 +335,24 @@ impl<'a> View<'a> {
     /// For `x ∘ c` (or `c ∘ x` when `commutes`) with `c` all `unit`: `x`, when broadcasting `c`
     /// leaves the shape and dtype of `x` unchanged.
     fn neutral(&self, operands: &[Option<ValueId>], unit: f64, commutes: bool) -> Option<ValueId> {
-        let (a, b) = (operands.first().copied().flatten()?, operands.get(1).copied().flatten()?);
-        let candidates = if commutes { vec![(a, b), (b, a)] } else { vec![(a, b)] };
+        let (a, b) = (
+            operands.first().copied().flatten()?,
+            operands.get(1).copied().flatten()?,
+        );
+        let candidates = if commutes {
+            vec![(a, b), (b, a)]
+        } else {
+            vec![(a, b)]
+        };
         candidates.into_iter().find_map(|(x, c)| {
             let c = self.constant(c)?;
             let xt = self.ty(x);
             let xt = xt.as_tensor()?;
             // Cheap checks first: the constant may be a large weight.
-            (c.dtype == xt.dtype && keeps_shape(&c.dims, xt.shape.as_deref()?) && all_equal(c, unit)).then_some(x)
+            (c.dtype == xt.dtype
+                && keeps_shape(&c.dims, xt.shape.as_deref()?)
+                && all_equal(c, unit))
+            .then_some(x)
         })
     }
 }
@@ -342,7 +379,11 @@ fn all_equal(c: &TensorData, unit: f64) -> bool {
 
 /// Whether broadcasting a tensor of dims `c` against shape `x` gives shape `x`.
 fn keeps_shape(c: &[i64], x: &[Dim]) -> bool {
-    c.len() <= x.len() && c.iter().rev().zip(x.iter().rev()).all(|(&cd, xd)| cd == 1 || xd.fixed() == Some(cd))
+    c.len() <= x.len()
+        && c.iter()
+            .rev()
+            .zip(x.iter().rev())
+            .all(|(&cd, xd)| cd == 1 || xd.fixed() == Some(cd))
 }
 
 struct Canonicalize {
@@ -361,6 +402,8 @@ impl Pass for Canonicalize {
         cx.stat("folded", s.folded as u64);
         cx.stat("folded-bytes", s.folded_bytes);
         cx.stat("over-budget", s.over_budget as u64);
-        Ok(PassResult::changed(s.removed_noops + s.materialized + s.folded > 0))
+        Ok(PassResult::changed(
+            s.removed_noops + s.materialized + s.folded > 0,
+        ))
     }
 }

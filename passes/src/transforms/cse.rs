@@ -48,7 +48,16 @@ pub fn cse(m: &mut Module) -> CseStats {
                 stats.merged_consts += 1;
             }
             for i in 0..graph.node(old).outputs.len() {
-                let (from, to) = (ValueId { node: old, output: i as u32 }, ValueId { node: keep, output: i as u32 });
+                let (from, to) = (
+                    ValueId {
+                        node: old,
+                        output: i as u32,
+                    },
+                    ValueId {
+                        node: keep,
+                        output: i as u32,
+                    },
+                );
                 // Keep what was known about the type when the survivor knew less.
                 if graph.value_type(to).is_unknown() {
                     let ty = graph.value_type(from).clone();
@@ -86,11 +95,24 @@ fn plan(m: &Module, g: GraphId) -> Vec<(NodeId, NodeId)> {
         let operands: Vec<Option<ValueId>> = node
             .operands()
             .iter()
-            .map(|o| o.map(|v| ValueId { node: survivor.get(&v.node).copied().unwrap_or(v.node), output: v.output }))
+            .map(|o| {
+                o.map(|v| ValueId {
+                    node: survivor.get(&v.node).copied().unwrap_or(v.node),
+                    output: v.output,
+                })
+            })
             .collect();
         let key = key_hash(m, node, &operands);
         let bucket = buckets.entry(key).or_default();
-        let found = bucket.iter().copied().find(|&k| same(m, graph.node(k), node, &resolved(graph.node(k), &survivor), &operands));
+        let found = bucket.iter().copied().find(|&k| {
+            same(
+                m,
+                graph.node(k),
+                node,
+                &resolved(graph.node(k), &survivor),
+                &operands,
+            )
+        });
         match found {
             Some(k) if !defines_any(m, g, n, &protected) => {
                 survivor.insert(n, k);
@@ -105,7 +127,12 @@ fn plan(m: &Module, g: GraphId) -> Vec<(NodeId, NodeId)> {
 fn resolved(node: &Node, survivor: &HashMap<NodeId, NodeId>) -> Vec<Option<ValueId>> {
     node.operands()
         .iter()
-        .map(|o| o.map(|v| ValueId { node: survivor.get(&v.node).copied().unwrap_or(v.node), output: v.output }))
+        .map(|o| {
+            o.map(|v| ValueId {
+                node: survivor.get(&v.node).copied().unwrap_or(v.node),
+                output: v.output,
+            })
+        })
         .collect()
 }
 
@@ -140,7 +167,13 @@ fn key_hash(m: &Module, node: &Node, operands: &[Option<ValueId>]) -> u64 {
     h.finish()
 }
 
-fn same(m: &Module, a: &Node, b: &Node, a_ops: &[Option<ValueId>], b_ops: &[Option<ValueId>]) -> bool {
+fn same(
+    m: &Module,
+    a: &Node,
+    b: &Node,
+    a_ops: &[Option<ValueId>],
+    b_ops: &[Option<ValueId>],
+) -> bool {
     if presence(a) != presence(b) {
         return false;
     }

@@ -17,7 +17,8 @@ use std::collections::HashSet;
 
 pub const INFO: PassInfo = PassInfo {
     name: "dce",
-    summary: "Removes nodes whose results are unused (keeps inputs, side effects and captured values).",
+    summary:
+        "Removes nodes whose results are unused (keeps inputs, side effects and captured values).",
     options: &[],
     build,
 };
@@ -84,7 +85,11 @@ fn dead_nodes(m: &Module, g: GraphId) -> Vec<NodeId> {
             }
         }
     }
-    graph.node_ids().into_iter().filter(|n| !live.contains(n)).collect()
+    graph
+        .node_ids()
+        .into_iter()
+        .filter(|n| !live.contains(n))
+        .collect()
 }
 
 struct Dce;

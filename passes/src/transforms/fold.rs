@@ -78,7 +78,13 @@ fn fold_op(m: &Module, op: &Op, ins: &[Option<Operand<'_>>], budget: u64) -> R {
         Op::Neg => unary(false, arg(0)?),
         Op::Sqrt => unary(true, arg(0)?),
         Op::Cast(a) => cast(arg(0)?, dtype_from_onnx(a.to.ok_or(Why::No)?), budget),
-        Op::Gather(a) => gather(arg(0)?, &ints(arg(1)?)?, arg(1)?.dims.as_slice(), a.axis.unwrap_or(0), budget),
+        Op::Gather(a) => gather(
+            arg(0)?,
+            &ints(arg(1)?)?,
+            arg(1)?.dims.as_slice(),
+            a.axis.unwrap_or(0),
+            budget,
+        ),
         Op::Concat(a) => {
             let xs: Vec<&TensorData> = (0..data.len()).map(arg).collect::<Result<_, _>>()?;
             concat(&xs, a.axis.ok_or(Why::No)?, budget)
@@ -87,13 +93,23 @@ fn fold_op(m: &Module, op: &Op, ins: &[Option<Operand<'_>>], budget: u64) -> R {
         Op::Squeeze => squeeze(arg(0)?, opt_ints(1)?.as_deref()),
         Op::Reshape(a) => {
             let x = arg(0)?;
-            let dims = reshape_dims(&x.dims, &ints(arg(1)?)?, a.allowzero == Some(1)).ok_or(Why::No)?;
+            let dims =
+                reshape_dims(&x.dims, &ints(arg(1)?)?, a.allowzero == Some(1)).ok_or(Why::No)?;
             Ok(with_dims(x, dims))
         }
         Op::Range => range(arg(0)?, arg(1)?, arg(2)?, budget),
         Op::Where => where_(arg(0)?, arg(1)?, arg(2)?, budget),
-        Op::ConstantOfShape(a) => constant_of_shape(&ints(arg(0)?)?, a.value.map(|t| m.tensor(t)), budget),
-        Op::Slice => slice(arg(0)?, &ints(arg(1)?)?, &ints(arg(2)?)?, opt_ints(3)?.as_deref(), opt_ints(4)?.as_deref(), budget),
+        Op::ConstantOfShape(a) => {
+            constant_of_shape(&ints(arg(0)?)?, a.value.map(|t| m.tensor(t)), budget)
+        }
+        Op::Slice => slice(
+            arg(0)?,
+            &ints(arg(1)?)?,
+            &ints(arg(2)?)?,
+            opt_ints(3)?.as_deref(),
+            opt_ints(4)?.as_deref(),
+            budget,
+        ),
         _ => Err(Why::No),
     }
 }
@@ -227,7 +243,9 @@ fn decode(t: &TensorData) -> Result<Num, Why> {
 
 fn encode(dtype: DType, v: &Num) -> Result<Vec<u8>, Why> {
     match v {
-        Num::F(x) if matches!(dtype, DType::F32 | DType::F64) => encode_f64(dtype, x).ok_or(Why::No),
+        Num::F(x) if matches!(dtype, DType::F32 | DType::F64) => {
+            encode_f64(dtype, x).ok_or(Why::No)
+        }
         Num::I(x) if dtype.is_int() || dtype == DType::Bool => encode_i64(dtype, x).ok_or(Why::No),
         _ => Err(Why::No),
     }
@@ -247,9 +265,16 @@ fn binary(op: Bin, a: &TensorData, b: &TensorData, budget: u64) -> R {
         return Err(Why::No);
     }
     let dims = broadcast(&[&a.dims, &b.dims]).ok_or(Why::No)?;
-    let out_dtype = if op == Bin::Equal { DType::Bool } else { a.dtype };
+    let out_dtype = if op == Bin::Equal {
+        DType::Bool
+    } else {
+        a.dtype
+    };
     check(out_dtype, &dims, budget)?;
-    let (ia, ib) = (broadcast_index(&a.dims, &dims), broadcast_index(&b.dims, &dims));
+    let (ia, ib) = (
+        broadcast_index(&a.dims, &dims),
+        broadcast_index(&b.dims, &dims),
+    );
     let out = match (decode(a)?, decode(b)?) {
         (Num::F(x), Num::F(y)) => {
             let pairs = ia.iter().zip(&ib).map(|(&i, &j)| (x[i], y[j]));
@@ -270,7 +295,10 @@ fn binary(op: Bin, a: &TensorData, b: &TensorData, budget: u64) -> R {
                 Bin::Div => {
                     // Division by zero is undefined for integers, and u64 values above i64::MAX
                     // decode negative, which would divide wrongly: leave both to the runtime.
-                    if pairs.iter().any(|(p, q)| *q == 0 || (a.dtype == DType::U64 && (*p < 0 || *q < 0))) {
+                    if pairs
+                        .iter()
+                        .any(|(p, q)| *q == 0 || (a.dtype == DType::U64 && (*p < 0 || *q < 0)))
+                    {
                         return Err(Why::No);
                     }
                     Num::I(pairs.iter().map(|(p, q)| p.wrapping_div(*q)).collect())
@@ -280,7 +308,11 @@ fn binary(op: Bin, a: &TensorData, b: &TensorData, budget: u64) -> R {
         }
         _ => return Err(Why::No),
     };
-    Ok(TensorData::from_bytes(out_dtype, dims, encode(out_dtype, &out)?))
+    Ok(TensorData::from_bytes(
+        out_dtype,
+        dims,
+        encode(out_dtype, &out)?,
+    ))
 }
 
 fn unary(sqrt: bool, x: &TensorData) -> R {
@@ -290,7 +322,11 @@ fn unary(sqrt: bool, x: &TensorData) -> R {
         (Num::I(v), false) => Num::I(v.iter().map(|p| p.wrapping_neg()).collect()),
         (Num::I(_), true) => return Err(Why::No),
     };
-    Ok(TensorData::from_bytes(x.dtype, x.dims.clone(), encode(x.dtype, &out)?))
+    Ok(TensorData::from_bytes(
+        x.dtype,
+        x.dims.clone(),
+        encode(x.dtype, &out)?,
+    ))
 }
 
 /// `[lo, hi)` of an integer dtype as f64, for checking float → int casts. Both bounds are
@@ -298,7 +334,9 @@ fn unary(sqrt: bool, x: &TensorData) -> R {
 fn int_range(d: DType) -> Option<(f64, f64)> {
     let bits = d.bits()? as i32;
     match d {
-        DType::I8 | DType::I16 | DType::I32 | DType::I64 => Some((-(2f64.powi(bits - 1)), 2f64.powi(bits - 1))),
+        DType::I8 | DType::I16 | DType::I32 | DType::I64 => {
+            Some((-(2f64.powi(bits - 1)), 2f64.powi(bits - 1)))
+        }
         DType::U8 | DType::U16 | DType::U32 | DType::U64 => Some((0.0, 2f64.powi(bits))),
         _ => None,
     }
@@ -308,7 +346,11 @@ fn cast(x: &TensorData, to: DType, budget: u64) -> R {
     check(to, &x.dims, budget)?;
     let bytes = match (decode(x)?, to) {
         (Num::F(v), DType::F32 | DType::F64) => encode_f64(to, &v).ok_or(Why::No)?,
-        (Num::F(v), DType::Bool) => encode_i64(to, &v.iter().map(|p| i64::from(*p != 0.0)).collect::<Vec<_>>()).ok_or(Why::No)?,
+        (Num::F(v), DType::Bool) => encode_i64(
+            to,
+            &v.iter().map(|p| i64::from(*p != 0.0)).collect::<Vec<_>>(),
+        )
+        .ok_or(Why::No)?,
         (Num::F(v), t) => {
             // Out-of-range and NaN conversions are implementation-defined: do not fold them.
             let (lo, hi) = int_range(t).ok_or(Why::No)?;
@@ -318,7 +360,11 @@ fn cast(x: &TensorData, to: DType, budget: u64) -> R {
                 if !(q >= lo && q < hi) {
                     return Err(Why::No);
                 }
-                out.push(if t == DType::U64 { q as u64 as i64 } else { q as i64 });
+                out.push(if t == DType::U64 {
+                    q as u64 as i64
+                } else {
+                    q as i64
+                });
             }
             encode_i64(t, &out).ok_or(Why::No)?
         }
@@ -341,7 +387,12 @@ fn cast(x: &TensorData, to: DType, budget: u64) -> R {
 
 /// The dims of a tensor type whose shape is fully fixed.
 pub(crate) fn fixed_dims(ty: &Type) -> Option<Vec<i64>> {
-    ty.as_tensor()?.shape.as_ref()?.iter().map(|d| d.fixed()).collect()
+    ty.as_tensor()?
+        .shape
+        .as_ref()?
+        .iter()
+        .map(|d| d.fixed())
+        .collect()
 }
 
 fn shape(dims: &[i64], start: Option<i64>, end: Option<i64>, budget: u64) -> R {
@@ -360,7 +411,11 @@ fn shape(dims: &[i64], start: Option<i64>, end: Option<i64>, budget: u64) -> R {
 fn norm_axis(axis: i64, rank: usize) -> Result<usize, Why> {
     let r = rank as i64;
     let a = if axis < 0 { axis + r } else { axis };
-    if (0..r).contains(&a) { Ok(a as usize) } else { Err(Why::No) }
+    if (0..r).contains(&a) {
+        Ok(a as usize)
+    } else {
+        Err(Why::No)
+    }
 }
 
 fn gather(x: &TensorData, idx: &[i64], idx_dims: &[i64], axis: i64, budget: u64) -> R {
@@ -393,7 +448,8 @@ fn concat(xs: &[&TensorData], axis: i64, budget: u64) -> R {
     let mut dims = first.dims.clone();
     dims[a] = 0;
     for x in xs {
-        let same_rest = x.dims.len() == dims.len() && (0..dims.len()).all(|k| k == a || x.dims[k] == dims[k]);
+        let same_rest =
+            x.dims.len() == dims.len() && (0..dims.len()).all(|k| k == a || x.dims[k] == dims[k]);
         if x.dtype != first.dtype || !same_rest {
             return Err(Why::No);
         }
@@ -423,7 +479,11 @@ fn unsqueeze(x: &TensorData, axes: &[i64]) -> R {
         }
     }
     let mut rest = x.dims.iter();
-    let dims = ones.iter().map(|&one| if one { Some(1) } else { rest.next().copied() }).collect::<Option<Vec<_>>>().ok_or(Why::No)?;
+    let dims = ones
+        .iter()
+        .map(|&one| if one { Some(1) } else { rest.next().copied() })
+        .collect::<Option<Vec<_>>>()
+        .ok_or(Why::No)?;
     Ok(with_dims(x, dims))
 }
 
@@ -432,12 +492,18 @@ fn squeeze(x: &TensorData, axes: Option<&[i64]>) -> R {
     let r = x.dims.len();
     let drop: Vec<usize> = match axes {
         None => (0..r).filter(|&k| x.dims[k] == 1).collect(),
-        Some(axes) => axes.iter().map(|&a| norm_axis(a, r)).collect::<Result<_, _>>()?,
+        Some(axes) => axes
+            .iter()
+            .map(|&a| norm_axis(a, r))
+            .collect::<Result<_, _>>()?,
     };
     if drop.iter().any(|&k| x.dims[k] != 1) {
         return Err(Why::No);
     }
-    let dims = (0..r).filter(|k| !drop.contains(k)).map(|k| x.dims[k]).collect();
+    let dims = (0..r)
+        .filter(|k| !drop.contains(k))
+        .map(|k| x.dims[k])
+        .collect();
     Ok(with_dims(x, dims))
 }
 
@@ -470,7 +536,10 @@ pub(crate) fn reshape_dims(input: &[i64], shape: &[i64], allowzero: bool) -> Opt
 
 fn range(start: &TensorData, limit: &TensorData, delta: &TensorData, budget: u64) -> R {
     let t = start.dtype;
-    if limit.dtype != t || delta.dtype != t || [start, limit, delta].iter().any(|x| x.numel() != Some(1)) {
+    if limit.dtype != t
+        || delta.dtype != t
+        || [start, limit, delta].iter().any(|x| x.numel() != Some(1))
+    {
         return Err(Why::No);
     }
     let es = elem_size(t).ok_or(Why::No)? as u64;
@@ -491,7 +560,12 @@ fn range(start: &TensorData, limit: &TensorData, delta: &TensorData, budget: u64
             if d == 0 {
                 return Err(Why::No);
             }
-            let n = if d > 0 { (l - s + d - 1).div_euclid(d) } else { (s - l - d - 1).div_euclid(-d) }.max(0);
+            let n = if d > 0 {
+                (l - s + d - 1).div_euclid(d)
+            } else {
+                (s - l - d - 1).div_euclid(-d)
+            }
+            .max(0);
             if n > max_count as i128 {
                 return Err(Why::OverBudget);
             }
@@ -513,10 +587,18 @@ fn where_(cond: &TensorData, x: &TensorData, y: &TensorData, budget: u64) -> R {
     let dims = broadcast(&[&cond.dims, &x.dims, &y.dims]).ok_or(Why::No)?;
     check(x.dtype, &dims, budget)?;
     let ((c, _), (xb, es), (yb, _)) = (raw(cond)?, raw(x)?, raw(y)?);
-    let (ic, ix, iy) = (broadcast_index(&cond.dims, &dims), broadcast_index(&x.dims, &dims), broadcast_index(&y.dims, &dims));
+    let (ic, ix, iy) = (
+        broadcast_index(&cond.dims, &dims),
+        broadcast_index(&x.dims, &dims),
+        broadcast_index(&y.dims, &dims),
+    );
     let mut out = Vec::with_capacity(ic.len() * es);
     for k in 0..ic.len() {
-        let (src, i) = if c[ic[k]] != 0 { (xb, ix[k]) } else { (yb, iy[k]) };
+        let (src, i) = if c[ic[k]] != 0 {
+            (xb, ix[k])
+        } else {
+            (yb, iy[k])
+        };
         out.extend_from_slice(&src[i * es..(i + 1) * es]);
     }
     Ok(TensorData::from_bytes(x.dtype, dims, out))
@@ -533,7 +615,14 @@ fn constant_of_shape(dims: &[i64], value: Option<&TensorData>, budget: u64) -> R
     Ok(TensorData::from_bytes(v.dtype, dims.to_vec(), b.repeat(n)))
 }
 
-fn slice(x: &TensorData, starts: &[i64], ends: &[i64], axes: Option<&[i64]>, steps: Option<&[i64]>, budget: u64) -> R {
+fn slice(
+    x: &TensorData,
+    starts: &[i64],
+    ends: &[i64],
+    axes: Option<&[i64]>,
+    steps: Option<&[i64]>,
+    budget: u64,
+) -> R {
     let (b, es) = raw(x)?;
     let r = x.dims.len();
     let k = starts.len();

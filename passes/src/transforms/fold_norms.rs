@@ -21,7 +21,8 @@ use ortho_ir::{Module, TensorData, TensorId};
 
 pub const INFO: PassInfo = PassInfo {
     name: "fold-norms",
-    summary: "Folds RMSNorm/LayerNorm gains (and LayerNorm shifts) into the linear layers reading them.",
+    summary:
+        "Folds RMSNorm/LayerNorm gains (and LayerNorm shifts) into the linear layers reading them.",
     options: &[],
     build,
 };
@@ -46,9 +47,16 @@ pub struct FoldNormsStats {
 /// How one rewritten constant is computed.
 enum Transform {
     /// Multiply the fibers along `axis` by `s` (a reader's input features by γ).
-    Scale { axis: usize, s: Vec<f64> },
+    Scale {
+        axis: usize,
+        s: Vec<f64>,
+    },
     /// `b + β W` for the bias of a reader with weight `w` (input features on `in_axis`).
-    ShiftBias { w: TensorId, in_axis: usize, beta: Vec<f64> },
+    ShiftBias {
+        w: TensorId,
+        in_axis: usize,
+        beta: Vec<f64>,
+    },
     Fill(f64),
 }
 
@@ -62,21 +70,40 @@ pub fn fold_norms(m: &mut Module) -> Result<FoldNormsStats, PassError> {
     let mut transforms: Vec<Transform> = Vec::new();
     let mut push = |rw: &mut Vec<Rewrite>, t: Transform, consumer, slot, konst, transpose| {
         transforms.push(t);
-        rw.push(Rewrite { consumer, slot, konst, transpose, key: transforms.len() - 1 });
+        rw.push(Rewrite {
+            consumer,
+            slot,
+            konst,
+            transpose,
+            key: transforms.len() - 1,
+        });
     };
     for norm in &norms.list {
         let gain = norm.gain.filter(|p| !p.trivial);
-        let shift = norm.bias.filter(|p| !p.trivial && norm.kind == NormKind::Layer);
+        let shift = norm
+            .bias
+            .filter(|p| !p.trivial && norm.kind == NormKind::Layer);
         if gain.is_none() && shift.is_none() {
             continue;
         }
         let at = g.describe(norm.node);
         if !norm.last_axis {
-            stats.skipped.push(format!("{at}: normalizes another axis than the last"));
+            stats
+                .skipped
+                .push(format!("{at}: normalizes another axis than the last"));
             continue;
         }
         let users = g.users(norm.output);
-        let readers: Option<Vec<Linear>> = users.iter().map(|&(u, slot)| if slot == 0 { match_linear(m, g, u) } else { None }).collect();
+        let readers: Option<Vec<Linear>> = users
+            .iter()
+            .map(|&(u, slot)| {
+                if slot == 0 {
+                    match_linear(m, g, u)
+                } else {
+                    None
+                }
+            })
+            .collect();
         let readers = match readers {
             Some(r) if !r.is_empty() && !g.outputs.iter().any(|o| o.value == norm.output) => r,
             _ => {
@@ -84,37 +111,75 @@ pub fn fold_norms(m: &mut Module) -> Result<FoldNormsStats, PassError> {
                 continue;
             }
         };
-        let vec_of = |p: ortho_ir::analysis::norm::NormParam, n: i64| -> Result<Vec<f64>, PassError> {
-            let v = weights::decode(m.tensor(p.tensor)).map_err(|e| PassError::at(g, p.konst, e))?;
-            match v.len() {
-                1 => Ok(vec![v[0]; n as usize]),
-                k if k as i64 == n => Ok(v),
-                k => Err(PassError::at(g, p.konst, format!("a norm parameter of {k} elements for {n} features"))),
-            }
-        };
+        let vec_of =
+            |p: ortho_ir::analysis::norm::NormParam, n: i64| -> Result<Vec<f64>, PassError> {
+                let v = weights::decode(m.tensor(p.tensor))
+                    .map_err(|e| PassError::at(g, p.konst, e))?;
+                match v.len() {
+                    1 => Ok(vec![v[0]; n as usize]),
+                    k if k as i64 == n => Ok(v),
+                    k => Err(PassError::at(
+                        g,
+                        p.konst,
+                        format!("a norm parameter of {k} elements for {n} features"),
+                    )),
+                }
+            };
         let width = readers[0].in_features;
         if readers.iter().any(|r| r.in_features != width) {
-            stats.skipped.push(format!("{at}: its readers disagree on the input width"));
+            stats
+                .skipped
+                .push(format!("{at}: its readers disagree on the input width"));
             continue;
         }
         if shift.is_some() && readers.iter().any(|r| r.bias.is_none()) {
-            stats.skipped.push(format!("{at}: LayerNorm shift β ≠ 0 and a reader without a bias to take it"));
+            stats.skipped.push(format!(
+                "{at}: LayerNorm shift β ≠ 0 and a reader without a bias to take it"
+            ));
             continue;
         }
         for r in &readers {
             if let Some(p) = gain {
-                push(&mut rewrites, Transform::Scale { axis: r.weight.in_axis, s: vec_of(p, width)? }, r.node, r.weight_slot, r.weight.konst, r.weight.transpose);
+                push(
+                    &mut rewrites,
+                    Transform::Scale {
+                        axis: r.weight.in_axis,
+                        s: vec_of(p, width)?,
+                    },
+                    r.node,
+                    r.weight_slot,
+                    r.weight.konst,
+                    r.weight.transpose,
+                );
             }
             if let (Some(p), Some(b)) = (shift, r.bias) {
-                let t = Transform::ShiftBias { w: r.weight.tensor, in_axis: r.weight.in_axis, beta: vec_of(p, width)? };
+                let t = Transform::ShiftBias {
+                    w: r.weight.tensor,
+                    in_axis: r.weight.in_axis,
+                    beta: vec_of(p, width)?,
+                };
                 push(&mut rewrites, t, b.node, b.slot, b.konst, None);
             }
         }
         if let Some(p) = gain {
-            push(&mut rewrites, Transform::Fill(1.0), p.consumer, p.slot, p.konst, None);
+            push(
+                &mut rewrites,
+                Transform::Fill(1.0),
+                p.consumer,
+                p.slot,
+                p.konst,
+                None,
+            );
         }
         if let Some(p) = shift {
-            push(&mut rewrites, Transform::Fill(0.0), p.consumer, p.slot, p.konst, None);
+            push(
+                &mut rewrites,
+                Transform::Fill(0.0),
+                p.consumer,
+                p.slot,
+                p.konst,
+                None,
+            );
         }
         stats.folded += 1;
         stats.readers += readers.len();
@@ -132,7 +197,10 @@ pub fn fold_norms(m: &mut Module) -> Result<FoldNormsStats, PassError> {
         .map(|w| weights::decode(m.tensor(w)).map(|v| (w, v)))
         .collect::<Result<_, _>>()
         .map_err(PassError::new)?;
-    let dims_of: std::collections::HashMap<TensorId, Vec<i64>> = originals.keys().map(|&w| (w, m.tensor(w).dims.clone())).collect();
+    let dims_of: std::collections::HashMap<TensorId, Vec<i64>> = originals
+        .keys()
+        .map(|&w| (w, m.tensor(w).dims.clone()))
+        .collect();
     let make = |key: usize, old: &TensorData| -> Result<TensorData, String> {
         let mut v = weights::decode(old)?;
         match &transforms[key] {
@@ -146,7 +214,16 @@ pub fn fold_norms(m: &mut Module) -> Result<FoldNormsStats, PassError> {
                     return Err(format!("a bias of {} elements for {out} outputs", v.len()));
                 }
                 for (o, b) in v.iter_mut().enumerate() {
-                    *b += (0..beta.len()).map(|i| beta[i] * if *in_axis == 0 { wv[i * cols + o] } else { wv[o * cols + i] }).sum::<f64>();
+                    *b += (0..beta.len())
+                        .map(|i| {
+                            beta[i]
+                                * if *in_axis == 0 {
+                                    wv[i * cols + o]
+                                } else {
+                                    wv[o * cols + i]
+                                }
+                        })
+                        .sum::<f64>();
                 }
             }
         }

@@ -24,7 +24,12 @@ static OPTIONS: &[OptionSpec] = &[
         default: "none",
         doc: "Fail unless the residual stream admits this group.",
     },
-    OptionSpec { name: "list-tensors", kind: OptionKind::Bool, default: "false", doc: "Also list every tensor of each class." },
+    OptionSpec {
+        name: "list-tensors",
+        kind: OptionKind::Bool,
+        default: "false",
+        doc: "Also list every tensor of each class.",
+    },
 ];
 
 pub const INFO: PassInfo = PassInfo {
@@ -41,7 +46,12 @@ fn build(o: &PassOptions) -> Result<Box<dyn Pass>, String> {
         "orthogonal" => Some(Kind::Orthogonal),
         _ => None,
     };
-    Ok(Box::new(GaugeVerify { opts: GaugeVerifyOptions { require, list_tensors: o.bool("list-tensors")? } }))
+    Ok(Box::new(GaugeVerify {
+        opts: GaugeVerifyOptions {
+            require,
+            list_tensors: o.bool("list-tensors")?,
+        },
+    }))
 }
 
 /// Options of [`gauge_verify`].
@@ -64,12 +74,27 @@ pub fn gauge_verify(m: &Module, opts: &GaugeVerifyOptions) -> Result<GaugeReport
     let g = m.main_graph();
     let mut lines = Vec::new();
     if s.gauge.classes.is_empty() {
-        lines.push("no residual stream: no embedding lookup (Gather of a constant [vocab, d] table)".to_string());
+        lines.push(
+            "no residual stream: no embedding lookup (Gather of a constant [vocab, d] table)"
+                .to_string(),
+        );
     }
     for (k, c) in s.gauge.classes.iter().enumerate() {
-        let name = if k == 0 { "residual stream".to_string() } else { format!("class {k}") };
-        let first = c.values.first().map(|v| format!("%{}", g.value_name(*v))).unwrap_or_default();
-        let last = c.values.last().map(|v| format!("%{}", g.value_name(*v))).unwrap_or_default();
+        let name = if k == 0 {
+            "residual stream".to_string()
+        } else {
+            format!("class {k}")
+        };
+        let first = c
+            .values
+            .first()
+            .map(|v| format!("%{}", g.value_name(*v)))
+            .unwrap_or_default();
+        let last = c
+            .values
+            .last()
+            .map(|v| format!("%{}", g.value_name(*v)))
+            .unwrap_or_default();
         lines.push(format!(
             "{name}: {} tensors of width {} ({first} … {last}) admit {} [{}]",
             c.values.len(),
@@ -77,11 +102,28 @@ pub fn gauge_verify(m: &Module, opts: &GaugeVerifyOptions) -> Result<GaugeReport
             c.admits.strongest(),
             c.admits.families().join(", ")
         ));
-        for need in [Group::ORTHOGONAL, Group::SIGNED_PERMUTATION, Group::PERMUTATION] {
-            let blocking: Vec<_> = c.blockers.iter().filter(|b| !b.allows.contains(need)).collect();
+        for need in [
+            Group::ORTHOGONAL,
+            Group::SIGNED_PERMUTATION,
+            Group::PERMUTATION,
+        ] {
+            let blocking: Vec<_> = c
+                .blockers
+                .iter()
+                .filter(|b| !b.allows.contains(need))
+                .collect();
             if let Some(b) = blocking.first() {
-                let more = if blocking.len() > 1 { format!(" (and {} more)", blocking.len() - 1) } else { String::new() };
-                lines.push(format!("  {} blocked by {}: {}{more}", need.strongest(), g.describe(b.node), b.reason()));
+                let more = if blocking.len() > 1 {
+                    format!(" (and {} more)", blocking.len() - 1)
+                } else {
+                    String::new()
+                };
+                lines.push(format!(
+                    "  {} blocked by {}: {}{more}",
+                    need.strongest(),
+                    g.describe(b.node),
+                    b.reason()
+                ));
             }
         }
         if opts.list_tensors {
@@ -95,26 +137,44 @@ pub fn gauge_verify(m: &Module, opts: &GaugeVerifyOptions) -> Result<GaugeReport
         let of: Vec<_> = spaces.iter().filter(|h| h.space == space).collect();
         let Some(h) = of.first() else { continue };
         let what = match (space, h.admits) {
-            ("v/o", Kind::Orthogonal) => "O(head_dim) per KV head (repeated over its GQA group)".to_string(),
+            ("v/o", Kind::Orthogonal) => {
+                "O(head_dim) per KV head (repeated over its GQA group)".to_string()
+            }
             ("q/k", Kind::Orthogonal) => "O(head_dim) per head, shared by q and k".to_string(),
             (_, k) => k.to_string(),
         };
-        let why = h.blocker.as_ref().map(|(n, r)| format!(": {r} (first at {})", g.describe(*n))).unwrap_or_default();
-        lines.push(format!("attention {space} head spaces ({} branches): {what}{why}", of.len()));
+        let why = h
+            .blocker
+            .as_ref()
+            .map(|(n, r)| format!(": {r} (first at {})", g.describe(*n)))
+            .unwrap_or_default();
+        lines.push(format!(
+            "attention {space} head spaces ({} branches): {what}{why}",
+            of.len()
+        ));
     }
     if let Some(req) = opts.require {
         let Some(main) = s.gauge.main() else {
-            return Err(PassError::new(format!("require={}: no residual stream found", req.key())));
+            return Err(PassError::new(format!(
+                "require={}: no residual stream found",
+                req.key()
+            )));
         };
         if !main.admits.contains(req.group()) {
-            let msg = format!("the residual stream does not admit {req}; it admits {}", main.admits.strongest());
+            let msg = format!(
+                "the residual stream does not admit {req}; it admits {}",
+                main.admits.strongest()
+            );
             return Err(match main.blocker_for(req.group()) {
                 Some(b) => PassError::at(g, b.node, format!("{msg}: {}", b.reason())),
                 None => PassError::new(msg),
             });
         }
     }
-    Ok(GaugeReport { lines, structure: s })
+    Ok(GaugeReport {
+        lines,
+        structure: s,
+    })
 }
 
 struct GaugeVerify {
@@ -130,8 +190,18 @@ impl Pass for GaugeVerify {
         let r = gauge_verify(m, &self.opts)?;
         let s = &r.structure;
         cx.stat("classes", s.gauge.classes.len() as u64);
-        cx.stat("stream-tensors", s.gauge.main().map_or(0, |c| c.values.len()) as u64);
-        cx.stat("blockers", s.gauge.classes.iter().map(|c| c.blockers.len()).sum::<usize>() as u64);
+        cx.stat(
+            "stream-tensors",
+            s.gauge.main().map_or(0, |c| c.values.len()) as u64,
+        );
+        cx.stat(
+            "blockers",
+            s.gauge
+                .classes
+                .iter()
+                .map(|c| c.blockers.len())
+                .sum::<usize>() as u64,
+        );
         for l in r.lines {
             cx.note(l);
         }

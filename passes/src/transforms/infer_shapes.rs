@@ -50,7 +50,10 @@ impl Pass for InferShapes {
             cx.note(d.to_string());
         }
         if s.diags.0.len() > MAX_NOTES {
-            cx.note(format!("… and {} more problems", s.diags.0.len() - MAX_NOTES));
+            cx.note(format!(
+                "… and {} more problems",
+                s.diags.0.len() - MAX_NOTES
+            ));
         }
         Ok(PassResult::changed(s.refined > 0))
     }

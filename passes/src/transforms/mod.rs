@@ -4,9 +4,9 @@
 pub mod canonicalize;
 pub mod cse;
 pub mod dce;
+pub(crate) mod fold;
 pub mod fold_norms;
 pub mod gauge_verify;
-pub(crate) mod fold;
 pub mod infer_shapes;
 pub mod orthogonal;
 pub mod rotate_residual;
@@ -16,7 +16,9 @@ pub(crate) mod weights;
 pub use canonicalize::{canonicalize, CanonicalizeOptions, CanonicalizeStats};
 pub use cse::{cse, CseStats};
 pub use dce::{dce, DceStats};
-pub use infer_shapes::{infer_shapes, InferShapesStats};
 pub use fold_norms::{fold_norms, FoldNormsStats};
 pub use gauge_verify::{gauge_verify, GaugeReport, GaugeVerifyOptions};
-pub use rotate_residual::{rotate_residual, RotateResidualOptions, RotateResidualStats, RotationKind};
+pub use infer_shapes::{infer_shapes, InferShapesStats};
+pub use rotate_residual::{
+    rotate_residual, RotateResidualOptions, RotateResidualStats, RotationKind,
+};

@@ -59,7 +59,10 @@ impl Rng {
 pub enum Orthogonal {
     Dense(Mat<f64>),
     /// `(vQ)_j = signs[j] · v[perm[j]]`.
-    SignedPerm { perm: Vec<usize>, signs: Vec<f64> },
+    SignedPerm {
+        perm: Vec<usize>,
+        signs: Vec<f64>,
+    },
 }
 
 impl Orthogonal {
@@ -87,7 +90,9 @@ impl Orthogonal {
             Orthogonal::SignedPerm { perm, signs } => {
                 // Exactly orthogonal when perm is a bijection and every sign is ±1.
                 let mut seen = vec![false; perm.len()];
-                let bijective = perm.iter().all(|&p| p < seen.len() && !std::mem::replace(&mut seen[p], true));
+                let bijective = perm
+                    .iter()
+                    .all(|&p| p < seen.len() && !std::mem::replace(&mut seen[p], true));
                 if bijective && signs.iter().all(|s| s.abs() == 1.0) {
                     0.0
                 } else {
@@ -96,7 +101,14 @@ impl Orthogonal {
             }
             Orthogonal::Dense(q) => {
                 let mut qtq = Mat::<f64>::zeros(q.ncols(), q.ncols());
-                faer::linalg::matmul::matmul(qtq.as_mut(), faer::Accum::Replace, q.transpose(), q.as_ref(), 1.0, faer::Par::rayon(0));
+                faer::linalg::matmul::matmul(
+                    qtq.as_mut(),
+                    faer::Accum::Replace,
+                    q.transpose(),
+                    q.as_ref(),
+                    1.0,
+                    faer::Par::rayon(0),
+                );
                 let mut s = 0.0;
                 for j in 0..q.ncols() {
                     for i in 0..q.ncols() {
@@ -132,11 +144,20 @@ pub fn hadamard(d: usize, rng: &mut Rng) -> (Mat<f64>, String) {
     let p = 1usize << k;
     let m = d / p;
     if p == 1 {
-        return (haar(d, rng), format!("Haar {d} (d has no power-of-two factor)"));
+        return (
+            haar(d, rng),
+            format!("Haar {d} (d has no power-of-two factor)"),
+        );
     }
     // Sylvester: H[i][j] = (-1)^popcount(i & j), normalized.
     let scale = 1.0 / (p as f64).sqrt();
-    let h = |i: usize, j: usize| if (i & j).count_ones() % 2 == 0 { scale } else { -scale };
+    let h = |i: usize, j: usize| {
+        if (i & j).count_ones() % 2 == 0 {
+            scale
+        } else {
+            -scale
+        }
+    };
     let r = if m > 1 { Some(haar(m, rng)) } else { None };
     let signs: Vec<f64> = (0..d).map(|_| rng.sign()).collect();
     let q = Mat::from_fn(d, d, |row, col| {
@@ -148,7 +169,11 @@ pub fn hadamard(d: usize, rng: &mut Rng) -> (Mat<f64>, String) {
         };
         signs[row] * h(i, j) * block
     });
-    let desc = if m == 1 { format!("randomized Hadamard {p}") } else { format!("randomized Hadamard {p} ⊗ Haar {m}") };
+    let desc = if m == 1 {
+        format!("randomized Hadamard {p}")
+    } else {
+        format!("randomized Hadamard {p} ⊗ Haar {m}")
+    };
     (q, desc)
 }
 
@@ -181,7 +206,14 @@ pub fn right_multiply(x: &[f64], rows: usize, q: &Orthogonal) -> Vec<f64> {
             let mut y = vec![0.0; x.len()];
             let xm = faer::MatRef::from_row_major_slice(x, rows, d);
             let ym = faer::MatMut::from_row_major_slice_mut(&mut y, rows, d);
-            faer::linalg::matmul::matmul(ym, faer::Accum::Replace, xm, qm.as_ref(), 1.0, faer::Par::Seq);
+            faer::linalg::matmul::matmul(
+                ym,
+                faer::Accum::Replace,
+                xm,
+                qm.as_ref(),
+                1.0,
+                faer::Par::Seq,
+            );
             y
         }
     }
@@ -206,7 +238,14 @@ pub fn left_multiply_transposed(x: &[f64], cols: usize, q: &Orthogonal) -> Vec<f
             let mut y = vec![0.0; x.len()];
             let xm = faer::MatRef::from_row_major_slice(x, d, cols);
             let ym = faer::MatMut::from_row_major_slice_mut(&mut y, d, cols);
-            faer::linalg::matmul::matmul(ym, faer::Accum::Replace, qm.transpose(), xm, 1.0, faer::Par::Seq);
+            faer::linalg::matmul::matmul(
+                ym,
+                faer::Accum::Replace,
+                qm.transpose(),
+                xm,
+                1.0,
+                faer::Par::Seq,
+            );
             y
         }
     }
@@ -221,7 +260,11 @@ mod tests {
         let mut rng = Rng::new(7);
         for d in [1, 2, 9, 64, 576] {
             let q = Orthogonal::Dense(haar(d, &mut rng));
-            assert!(q.orthogonality_error() < 1e-12, "haar {d}: {}", q.orthogonality_error());
+            assert!(
+                q.orthogonality_error() < 1e-12,
+                "haar {d}: {}",
+                q.orthogonality_error()
+            );
         }
         for d in [8, 12, 576, 3] {
             let (h, desc) = hadamard(d, &mut rng);

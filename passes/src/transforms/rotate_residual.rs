@@ -16,7 +16,9 @@
 use crate::options::{OptionKind, OptionSpec, PassOptions};
 use crate::pass::{Pass, PassContext, PassError, PassResult};
 use crate::registry::PassInfo;
-use crate::transforms::orthogonal::{self, left_multiply_transposed, right_multiply, Orthogonal, Rng};
+use crate::transforms::orthogonal::{
+    self, left_multiply_transposed, right_multiply, Orthogonal, Rng,
+};
 use crate::transforms::weights::{self, Rewrite};
 use ortho_ir::analysis::{analyze_gauge, Group, Kind};
 use ortho_ir::{Module, TensorData};
@@ -35,13 +37,16 @@ static OPTIONS: &[OptionSpec] = &[
 
 pub const INFO: PassInfo = PassInfo {
     name: "rotate-residual",
-    summary: "Applies one orthogonal change of basis to the residual stream, folded into the weights.",
+    summary:
+        "Applies one orthogonal change of basis to the residual stream, folded into the weights.",
     options: OPTIONS,
     build,
 };
 
 fn build(o: &PassOptions) -> Result<Box<dyn Pass>, String> {
-    Ok(Box::new(RotateResidual { opts: RotateResidualOptions::from_options(o)? }))
+    Ok(Box::new(RotateResidual {
+        opts: RotateResidualOptions::from_options(o)?,
+    }))
 }
 
 /// The transform [`rotate_residual`] applies.
@@ -102,14 +107,20 @@ pub struct RotateResidualOptions {
 
 impl Default for RotateResidualOptions {
     fn default() -> Self {
-        RotateResidualOptions { kind: RotationKind::Haar, seed: 0 }
+        RotateResidualOptions {
+            kind: RotationKind::Haar,
+            seed: 0,
+        }
     }
 }
 
 impl RotateResidualOptions {
     pub fn from_options(o: &PassOptions) -> Result<Self, String> {
         let kind = RotationKind::parse(o.str("kind")?).ok_or("unknown kind")?;
-        Ok(RotateResidualOptions { kind, seed: o.uint("seed")? })
+        Ok(RotateResidualOptions {
+            kind,
+            seed: o.uint("seed")?,
+        })
     }
 }
 
@@ -136,7 +147,10 @@ pub struct RotateResidualStats {
 pub fn build_transform(kind: RotationKind, d: usize, seed: u64) -> (Orthogonal, String) {
     let mut rng = Rng::new(seed);
     match kind {
-        RotationKind::Haar => (Orthogonal::Dense(orthogonal::haar(d, &mut rng)), format!("Haar {d}")),
+        RotationKind::Haar => (
+            Orthogonal::Dense(orthogonal::haar(d, &mut rng)),
+            format!("Haar {d}"),
+        ),
         RotationKind::Hadamard => {
             let (q, desc) = orthogonal::hadamard(d, &mut rng);
             (Orthogonal::Dense(q), desc)
@@ -144,11 +158,20 @@ pub fn build_transform(kind: RotationKind, d: usize, seed: u64) -> (Orthogonal, 
         RotationKind::SignedPermutation => {
             let perm = orthogonal::permutation(d, &mut rng);
             let signs = (0..d).map(|_| rng.sign()).collect();
-            (Orthogonal::SignedPerm { perm, signs }, format!("signed permutation {d}"))
+            (
+                Orthogonal::SignedPerm { perm, signs },
+                format!("signed permutation {d}"),
+            )
         }
         RotationKind::Permutation => {
             let perm = orthogonal::permutation(d, &mut rng);
-            (Orthogonal::SignedPerm { perm, signs: vec![1.0; d] }, format!("permutation {d}"))
+            (
+                Orthogonal::SignedPerm {
+                    perm,
+                    signs: vec![1.0; d],
+                },
+                format!("permutation {d}"),
+            )
         }
     }
 }
@@ -157,24 +180,33 @@ pub fn build_transform(kind: RotationKind, d: usize, seed: u64) -> (Orthogonal, 
 fn rotate(v: &[f64], dims: &[i64], axis: usize, q: &Orthogonal) -> Result<Vec<f64>, String> {
     let d = q.dim();
     if dims.get(axis).copied() != Some(d as i64) {
-        return Err(format!("axis {axis} of a tensor of shape {dims:?} is not the stream width {d}"));
+        return Err(format!(
+            "axis {axis} of a tensor of shape {dims:?} is not the stream width {d}"
+        ));
     }
     if axis + 1 == dims.len() {
         Ok(right_multiply(v, v.len() / d.max(1), q))
     } else if axis == 0 && dims.len() == 2 {
         Ok(left_multiply_transposed(v, dims[1] as usize, q))
     } else {
-        Err(format!("cannot rotate axis {axis} of a tensor of shape {dims:?}"))
+        Err(format!(
+            "cannot rotate axis {axis} of a tensor of shape {dims:?}"
+        ))
     }
 }
 
 /// Rotates the residual stream of the main graph.
-pub fn rotate_residual(m: &mut Module, opts: &RotateResidualOptions) -> Result<RotateResidualStats, PassError> {
+pub fn rotate_residual(
+    m: &mut Module,
+    opts: &RotateResidualOptions,
+) -> Result<RotateResidualStats, PassError> {
     let gid = m.main;
     let analysis = analyze_gauge(m, gid);
     let g = m.graph(gid);
     let Some(class) = analysis.main() else {
-        return Err(PassError::new("no residual stream found: no embedding lookup (Gather of a constant [vocab, d] table)"));
+        return Err(PassError::new(
+            "no residual stream found: no embedding lookup (Gather of a constant [vocab, d] table)",
+        ));
     };
     let need = opts.kind.needs();
     if !class.admits.contains(need) {
@@ -183,10 +215,13 @@ pub fn rotate_residual(m: &mut Module, opts: &RotateResidualOptions) -> Result<R
             Some(k) => format!("; the strongest kind admitted is {strongest} (kind={k})"),
             None => "; no transform of the stream is admitted".to_string(),
         };
-        let msg = |reason: String| format!("kind={} is not admitted: {reason}{hint}", opts.kind.name());
+        let msg =
+            |reason: String| format!("kind={} is not admitted: {reason}{hint}", opts.kind.name());
         return Err(match class.blocker_for(need) {
             Some(b) => PassError::at(g, b.node, msg(b.reason())),
-            None => PassError::new(msg("the stream's norms admit no diagonal-free transform".into())),
+            None => PassError::new(msg(
+                "the stream's norms admit no diagonal-free transform".into()
+            )),
         });
     }
     let d = usize::try_from(class.width).unwrap_or(0);
@@ -195,7 +230,12 @@ pub fn rotate_residual(m: &mut Module, opts: &RotateResidualOptions) -> Result<R
     }
     let (q, construction) = build_transform(opts.kind, d, opts.seed);
     let perm_gains = matches!(q, Orthogonal::SignedPerm { .. });
-    let mut stats = RotateResidualStats { width: d, construction, orthogonality_error: q.orthogonality_error(), ..Default::default() };
+    let mut stats = RotateResidualStats {
+        width: d,
+        construction,
+        orthogonality_error: q.orthogonality_error(),
+        ..Default::default()
+    };
     // Key 0 rotates a fiber, key 1 permutes a gain by |Q|.
     let mut rewrites: Vec<Rewrite> = Vec::new();
     let mut axes = std::collections::HashMap::new();
@@ -211,17 +251,32 @@ pub fn rotate_residual(m: &mut Module, opts: &RotateResidualOptions) -> Result<R
         // layer and [n, d] by another would need two different copies: keyed apart).
         let key = 2 * (1 + s.axis);
         axes.insert(key, s.axis);
-        rewrites.push(Rewrite { consumer: s.consumer, slot: s.slot, konst: s.konst, transpose: s.transpose, key });
+        rewrites.push(Rewrite {
+            consumer: s.consumer,
+            slot: s.slot,
+            konst: s.konst,
+            transpose: s.transpose,
+            key,
+        });
     }
     if perm_gains {
         for p in &class.params {
             stats.gains += 1;
-            rewrites.push(Rewrite { consumer: p.consumer, slot: p.slot, konst: p.konst, transpose: None, key: 1 });
+            rewrites.push(Rewrite {
+                consumer: p.consumer,
+                slot: p.slot,
+                konst: p.konst,
+                transpose: None,
+                key: 1,
+            });
         }
     }
     // |Q| for the gains: (γ|Q|)_j = γ_{π(j)}.
     let abs_q = match &q {
-        Orthogonal::SignedPerm { perm, signs } => Orthogonal::SignedPerm { perm: perm.clone(), signs: vec![1.0; signs.len()] },
+        Orthogonal::SignedPerm { perm, signs } => Orthogonal::SignedPerm {
+            perm: perm.clone(),
+            signs: vec![1.0; signs.len()],
+        },
         dense => dense.clone(),
     };
     let make = |key: usize, old: &TensorData| -> Result<TensorData, String> {
@@ -259,7 +314,10 @@ impl Pass for RotateResidual {
         cx.stat("biases", s.biases as u64);
         cx.stat("gains", s.gains as u64);
         cx.stat("copies", s.copies as u64);
-        cx.note(format!("Q = {} (d = {}), ‖QᵀQ − I‖_F = {:.3e}", s.construction, s.width, s.orthogonality_error));
+        cx.note(format!(
+            "Q = {} (d = {}), ‖QᵀQ − I‖_F = {:.3e}",
+            s.construction, s.width, s.orthogonality_error
+        ));
         Ok(PassResult::changed(true))
     }
 }

@@ -28,7 +28,12 @@ pub(crate) fn node_captures(m: &Module, g: GraphId, n: NodeId) -> HashSet<String
     out
 }
 
-fn subtree_captures(m: &Module, g: GraphId, out: &mut HashSet<String>, seen: &mut HashSet<GraphId>) {
+fn subtree_captures(
+    m: &Module,
+    g: GraphId,
+    out: &mut HashSet<String>,
+    seen: &mut HashSet<GraphId>,
+) {
     if !seen.insert(g) {
         return;
     }
@@ -46,5 +51,10 @@ fn subtree_captures(m: &Module, g: GraphId, out: &mut HashSet<String>, seen: &mu
 
 /// Whether any result name of `n` is in `names`.
 pub(crate) fn defines_any(m: &Module, g: GraphId, n: NodeId, names: &HashSet<String>) -> bool {
-    !names.is_empty() && m.graph(g).node(n).outputs.iter().any(|o| !o.name.is_empty() && names.contains(&o.name))
+    !names.is_empty()
+        && m.graph(g)
+            .node(n)
+            .outputs
+            .iter()
+            .any(|o| !o.name.is_empty() && names.contains(&o.name))
 }

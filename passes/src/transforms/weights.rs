@@ -76,7 +76,8 @@ pub(crate) fn apply(
             let Some(_) = tensor_of(g, konst) else {
                 return Err(PassError::at(g, konst, "expected a constant"));
             };
-            let covered = |n: NodeId, slot: usize| rs.iter().any(|r| r.consumer == n && r.slot == slot);
+            let covered =
+                |n: NodeId, slot: usize| rs.iter().any(|r| r.consumer == n && r.slot == slot);
             let mut all_covered = !g.outputs.iter().any(|o| o.value == v0(konst));
             for (u, slot) in g.users(v0(konst)) {
                 if rs.iter().any(|r| r.transpose == Some(u)) {
@@ -90,9 +91,15 @@ pub(crate) fn apply(
             let mut keys: Vec<usize> = rs.iter().map(|r| r.key).collect();
             keys.sort();
             keys.dedup();
-            let in_place = all_covered && keys.len() == 1 && matches!(g.node(konst).op, Op::Const(_));
+            let in_place =
+                all_covered && keys.len() == 1 && matches!(g.node(konst).op, Op::Const(_));
             for key in keys {
-                jobs.push(Job { konst, key, in_place, uses: rs.iter().filter(|r| r.key == key).copied().collect() });
+                jobs.push(Job {
+                    konst,
+                    key,
+                    in_place,
+                    uses: rs.iter().filter(|r| r.key == key).copied().collect(),
+                });
             }
         }
     }
@@ -102,7 +109,11 @@ pub(crate) fn apply(
         let g = m.graph(gid);
         let olds: Vec<&TensorData> = jobs
             .iter()
-            .map(|j| tensor_of(g, j.konst).map(|t| m.tensor(t)).ok_or_else(|| PassError::at(g, j.konst, "expected a constant")))
+            .map(|j| {
+                tensor_of(g, j.konst)
+                    .map(|t| m.tensor(t))
+                    .ok_or_else(|| PassError::at(g, j.konst, "expected a constant"))
+            })
             .collect::<Result<_, _>>()?;
         let keys: Vec<usize> = jobs.iter().map(|j| j.key).collect();
         build_all(&olds, &keys, make)
@@ -125,7 +136,11 @@ pub(crate) fn apply(
         stats.copies += 1;
         let old_out = g.node(j.konst).outputs[0].clone();
         let name = g.fresh_name(&format!("{}.{suffix}", old_out.name), &names);
-        let k = g.add_node(Op::Const(tid), vec![], vec![Output::new(name.clone(), old_out.ty.clone())]);
+        let k = g.add_node(
+            Op::Const(tid),
+            vec![],
+            vec![Output::new(name.clone(), old_out.ty.clone())],
+        );
         names.insert(name, v0(k));
         let mut transposes: HashMap<NodeId, NodeId> = HashMap::new();
         for r in &j.uses {
@@ -138,7 +153,11 @@ pub(crate) fn apply(
                             let tn = g.node(t);
                             let (op, out) = (tn.op.clone(), tn.outputs[0].clone());
                             let tname = g.fresh_name(&format!("{}.{suffix}", out.name), &names);
-                            let nt = g.add_node(op, vec![Some(v0(k))], vec![Output::new(tname.clone(), out.ty)]);
+                            let nt = g.add_node(
+                                op,
+                                vec![Some(v0(k))],
+                                vec![Output::new(tname.clone(), out.ty)],
+                            );
                             names.insert(tname, v0(nt));
                             transposes.insert(t, nt);
                             nt
@@ -174,9 +193,13 @@ fn build_all(
     use std::sync::Mutex;
     let mut order: Vec<usize> = (0..olds.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(olds[i].byte_len()));
-    let results: Vec<Mutex<Option<Result<TensorData, String>>>> = (0..olds.len()).map(|_| Mutex::new(None)).collect();
+    let results: Vec<Mutex<Option<Result<TensorData, String>>>> =
+        (0..olds.len()).map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, olds.len().max(1));
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, olds.len().max(1));
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| loop {
@@ -191,7 +214,12 @@ fn build_all(
     });
     results
         .into_iter()
-        .map(|m| m.into_inner().ok().flatten().unwrap_or_else(|| Err("a worker thread failed".into())))
+        .map(|m| {
+            m.into_inner()
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| Err("a worker thread failed".into()))
+        })
         .collect()
 }
 
@@ -200,7 +228,9 @@ pub(crate) fn decode(t: &TensorData) -> Result<Vec<f64>, String> {
     if !matches!(t.dtype, DType::F32 | DType::F64 | DType::F16 | DType::BF16) {
         return Err(format!("weights of dtype {} cannot be folded", t.dtype));
     }
-    let v = t.to_f64_vec().ok_or_else(|| "the tensor's data is not available (elided text, or a size mismatch)".to_string())?;
+    let v = t.to_f64_vec().ok_or_else(|| {
+        "the tensor's data is not available (elided text, or a size mismatch)".to_string()
+    })?;
     if Some(v.len() as u64) != t.numel() {
         return Err("the tensor's byte length does not match its dims".into());
     }
@@ -277,10 +307,18 @@ pub(crate) fn encode_like(like: &TensorData, v: &[f64]) -> Result<TensorData, St
 }
 
 /// Multiplies every fiber along `axis` elementwise by `s` (`s.len()` = that axis' size).
-pub(crate) fn scale_axis(v: &mut [f64], dims: &[i64], axis: usize, s: &[f64]) -> Result<(), String> {
+pub(crate) fn scale_axis(
+    v: &mut [f64],
+    dims: &[i64],
+    axis: usize,
+    s: &[f64],
+) -> Result<(), String> {
     let n = *dims.get(axis).ok_or("axis out of range")? as usize;
     if n != s.len() {
-        return Err(format!("a scale of {} elements cannot apply to an axis of {n}", s.len()));
+        return Err(format!(
+            "a scale of {} elements cannot apply to an axis of {n}",
+            s.len()
+        ));
     }
     let inner: usize = dims[axis + 1..].iter().map(|&d| d as usize).product();
     for (i, x) in v.iter_mut().enumerate() {
@@ -296,7 +334,13 @@ mod tests {
     #[test]
     fn half_precision_rounding() {
         // (input, f16 bits, bf16 bits)
-        let cases = [(1.0f32, 0x3c00u16, 0x3f80u16), (-2.0, 0xc000, 0xc000), (65504.0, 0x7bff, 0x4780), (1e6, 0x7c00, 0x4974), (0.0, 0, 0)];
+        let cases = [
+            (1.0f32, 0x3c00u16, 0x3f80u16),
+            (-2.0, 0xc000, 0xc000),
+            (65504.0, 0x7bff, 0x4780),
+            (1e6, 0x7c00, 0x4974),
+            (0.0, 0, 0),
+        ];
         for (x, h, b) in cases {
             assert_eq!(f32_to_f16(x), h, "f16 {x}");
             assert_eq!(f32_to_bf16(x), b, "bf16 {x}");
@@ -305,7 +349,11 @@ mod tests {
         assert_eq!(f32_to_f16(5.960_464_5e-8), 1);
         assert_eq!(f32_to_f16(1.0 + 1.0 / 2048.0), 0x3c00);
         for bits in [0x0001u16, 0x03ff, 0x0400, 0x3555, 0x7bff, 0x8001, 0xc123] {
-            assert_eq!(f32_to_f16(ortho_ir::numeric::f16_to_f32(bits)), bits, "round trip {bits:#x}");
+            assert_eq!(
+                f32_to_f16(ortho_ir::numeric::f16_to_f32(bits)),
+                bits,
+                "round trip {bits:#x}"
+            );
         }
     }
 }

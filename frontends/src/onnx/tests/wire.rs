@@ -5,20 +5,61 @@ use onnx_protobuf::{NodeProto, OperatorSetIdProto};
 
 /// A model with two initializers (raw_data and float_data), a node and an opset import.
 fn sample() -> ModelProto {
-    let w = TensorProto { name: "w".into(), dims: vec![2, 2], data_type: 1, raw_data: (0..16).collect(), ..Default::default() };
-    let b = TensorProto { name: "b".into(), dims: vec![2], data_type: 1, float_data: vec![1.0, 2.0], ..Default::default() };
-    let node = NodeProto { op_type: "MatMul".into(), input: vec!["x".into(), "w".into()], output: vec!["y".into()], ..Default::default() };
-    let x = onnx_protobuf::ValueInfoProto { name: "x".into(), ..Default::default() };
-    let graph = GraphProto { name: "g".into(), node: vec![node], initializer: vec![w, b], input: vec![x], ..Default::default() };
-    let (opset, graph) = (OperatorSetIdProto { version: 17, ..Default::default() }, MessageField::some(graph));
-    ModelProto { ir_version: 8, producer_name: "test".into(), opset_import: vec![opset], graph, ..Default::default() }
+    let w = TensorProto {
+        name: "w".into(),
+        dims: vec![2, 2],
+        data_type: 1,
+        raw_data: (0..16).collect(),
+        ..Default::default()
+    };
+    let b = TensorProto {
+        name: "b".into(),
+        dims: vec![2],
+        data_type: 1,
+        float_data: vec![1.0, 2.0],
+        ..Default::default()
+    };
+    let node = NodeProto {
+        op_type: "MatMul".into(),
+        input: vec!["x".into(), "w".into()],
+        output: vec!["y".into()],
+        ..Default::default()
+    };
+    let x = onnx_protobuf::ValueInfoProto {
+        name: "x".into(),
+        ..Default::default()
+    };
+    let graph = GraphProto {
+        name: "g".into(),
+        node: vec![node],
+        initializer: vec![w, b],
+        input: vec![x],
+        ..Default::default()
+    };
+    let (opset, graph) = (
+        OperatorSetIdProto {
+            version: 17,
+            ..Default::default()
+        },
+        MessageField::some(graph),
+    );
+    ModelProto {
+        ir_version: 8,
+        producer_name: "test".into(),
+        opset_import: vec![opset],
+        graph,
+        ..Default::default()
+    }
 }
 
 /// Splits a model into (model without initializers, headers with empty raw_data, raw bytes).
 fn split(model: &ModelProto) -> (ModelProto, Vec<TensorProto>, Vec<Vec<u8>>) {
     let mut head = model.clone();
     let mut headers = std::mem::take(&mut head.graph.mut_or_insert_default().initializer);
-    let raws = headers.iter_mut().map(|t| std::mem::take(&mut t.raw_data)).collect();
+    let raws = headers
+        .iter_mut()
+        .map(|t| std::mem::take(&mut t.raw_data))
+        .collect();
     (head, headers, raws)
 }
 
@@ -56,7 +97,10 @@ fn graph_fields(bytes: &[u8]) -> usize {
 fn check(bytes: &[u8]) {
     if let (Ok(lazy), true) = (parse_model_lazy(bytes), graph_fields(bytes) <= 1) {
         let reference = ModelProto::parse_from_bytes(bytes).unwrap();
-        assert_eq!(restore(lazy, bytes).write_to_bytes().unwrap(), reference.write_to_bytes().unwrap());
+        assert_eq!(
+            restore(lazy, bytes).write_to_bytes().unwrap(),
+            reference.write_to_bytes().unwrap()
+        );
     }
 }
 
@@ -68,7 +112,11 @@ fn streaming_roundtrip_and_len() {
     let (out, n, len) = stream(&head, headers, &raws);
     assert_eq!((n, len), (out.len() as u64, out.len() as u64));
     assert_eq!(ModelProto::parse_from_bytes(&out).unwrap(), full);
-    assert_eq!(out, full.write_to_bytes().unwrap(), "same bytes as rust-protobuf's canonical order");
+    assert_eq!(
+        out,
+        full.write_to_bytes().unwrap(),
+        "same bytes as rust-protobuf's canonical order"
+    );
     assert_eq!(stream(&ModelProto::new(), vec![], &[]), (vec![], 0, 0));
 }
 
@@ -80,7 +128,10 @@ fn lazy_parse_recovers_model() {
     assert_eq!(lazy.raw.len(), 1);
     let r = lazy.raw[0];
     assert_eq!((r.initializer, r.len), (0, 16));
-    assert_eq!(&bytes[r.offset..r.offset + r.len], full.graph.initializer[0].raw_data.as_slice());
+    assert_eq!(
+        &bytes[r.offset..r.offset + r.len],
+        full.graph.initializer[0].raw_data.as_slice()
+    );
     // Writing the lazy model back with its borrowed raw data reproduces the input exactly.
     let (head, headers, _) = split(&lazy.model);
     let (out, _, _) = stream(&head, headers, &[&bytes[r.offset..r.offset + r.len], &[]]);
@@ -91,17 +142,53 @@ fn lazy_parse_recovers_model() {
 #[test]
 fn repeated_graph_fields_merge() {
     let mut bytes = sample().write_to_bytes().unwrap();
-    let c = TensorProto { name: "c".into(), raw_data: vec![9, 9, 9], ..Default::default() };
-    let extra = GraphProto { name: "renamed".into(), initializer: vec![c], ..Default::default() };
-    bytes.extend(ModelProto { graph: MessageField::some(extra.clone()), ..Default::default() }.write_to_bytes().unwrap());
+    let c = TensorProto {
+        name: "c".into(),
+        raw_data: vec![9, 9, 9],
+        ..Default::default()
+    };
+    let extra = GraphProto {
+        name: "renamed".into(),
+        initializer: vec![c],
+        ..Default::default()
+    };
+    bytes.extend(
+        ModelProto {
+            graph: MessageField::some(extra.clone()),
+            ..Default::default()
+        }
+        .write_to_bytes()
+        .unwrap(),
+    );
     let lazy = parse_model_lazy(&bytes).unwrap();
-    assert_eq!(lazy.raw.iter().map(|r| r.initializer).collect::<Vec<_>>(), vec![0, 2]);
+    assert_eq!(
+        lazy.raw.iter().map(|r| r.initializer).collect::<Vec<_>>(),
+        vec![0, 2]
+    );
     let mut expected = sample();
-    expected.graph.mut_or_insert_default().merge_from_bytes(&extra.write_to_bytes().unwrap()).unwrap();
-    assert_eq!((expected.graph.name.as_str(), expected.graph.node.len(), expected.graph.initializer.len()), ("renamed", 1, 3));
+    expected
+        .graph
+        .mut_or_insert_default()
+        .merge_from_bytes(&extra.write_to_bytes().unwrap())
+        .unwrap();
+    assert_eq!(
+        (
+            expected.graph.name.as_str(),
+            expected.graph.node.len(),
+            expected.graph.initializer.len()
+        ),
+        ("renamed", 1, 3)
+    );
     assert_eq!(restore(lazy, &bytes), expected);
     // rust-protobuf 3.4 keeps only the last graph; we deliberately differ.
-    assert_eq!(ModelProto::parse_from_bytes(&bytes).unwrap().graph.node.len(), 0);
+    assert_eq!(
+        ModelProto::parse_from_bytes(&bytes)
+            .unwrap()
+            .graph
+            .node
+            .len(),
+        0
+    );
 }
 
 #[test]
@@ -109,7 +196,12 @@ fn truncated_and_random_inputs_never_panic() {
     let bytes = sample().write_to_bytes().unwrap();
     (0..bytes.len()).for_each(|n| check(&bytes[..n]));
     let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move || (0..3).fold(state, |s, i| { state = s ^ [s << 13, s >> 7, s << 17][i]; state });
+    let mut next = move || {
+        (0..3).fold(state, |s, i| {
+            state = s ^ [s << 13, s >> 7, s << 17][i];
+            state
+        })
+    };
     for _ in 0..300 {
         let len = next() % 200;
         check(&(0..len).map(|_| next() as u8).collect::<Vec<_>>());
@@ -127,14 +219,46 @@ fn truncated_and_random_inputs_never_panic() {
 #[test]
 fn hostile_inputs_error() {
     let parse = |b: &[u8]| parse_model_lazy(b).err();
-    let huge = [TAG_GRAPH, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01];
-    assert!(matches!(parse(&huge), Some(WireError::LengthPastEnd { offset: 11, len: 0x8000_0000_0000_0000, available: 0 })));
-    let max = [TAG_GRAPH, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0];
-    assert!(matches!(parse(&max), Some(WireError::LengthPastEnd { len: u64::MAX, available: 1, .. })));
-    let long = [TAG_GRAPH, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
-    assert!(matches!(parse(&long), Some(WireError::MalformedVarint { offset: 1 })));
-    assert!(matches!(parse(&[TAG_GRAPH, 0x80]), Some(WireError::TruncatedVarint { offset: 1 })));
-    assert!(matches!(parse(&[0x0b]), Some(WireError::InvalidWireType { wire_type: 3, offset: 0 })));
+    let huge = [
+        TAG_GRAPH, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01,
+    ];
+    assert!(matches!(
+        parse(&huge),
+        Some(WireError::LengthPastEnd {
+            offset: 11,
+            len: 0x8000_0000_0000_0000,
+            available: 0
+        })
+    ));
+    let max = [
+        TAG_GRAPH, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0,
+    ];
+    assert!(matches!(
+        parse(&max),
+        Some(WireError::LengthPastEnd {
+            len: u64::MAX,
+            available: 1,
+            ..
+        })
+    ));
+    let long = [
+        TAG_GRAPH, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+    ];
+    assert!(matches!(
+        parse(&long),
+        Some(WireError::MalformedVarint { offset: 1 })
+    ));
+    assert!(matches!(
+        parse(&[TAG_GRAPH, 0x80]),
+        Some(WireError::TruncatedVarint { offset: 1 })
+    ));
+    assert!(matches!(
+        parse(&[0x0b]),
+        Some(WireError::InvalidWireType {
+            wire_type: 3,
+            offset: 0
+        })
+    ));
     assert!(matches!(parse(&[0x00]), Some(WireError::InvalidTag { .. })));
     // A tensor name that is not UTF-8 is rejected by rust-protobuf and names the tensor.
     let bad = [TAG_GRAPH, 5, TAG_INITIALIZER, 3, 0x42, 1, 0xff];
