@@ -339,7 +339,7 @@ fn unmatched(o: &mut String, g: &Graph, s: &Structure) {
 }
 
 fn class_text(o: &mut String, _m: &Module, g: &Graph, c: &StreamClass, k: usize) {
-    use ortho_ir::analysis::{Group, SiteRole};
+    use ortho_ir::analysis::SiteRole;
     let _ = writeln!(
         o,
         "gauge class {k}: {} tensors of width {}, from {} to {}: admits {}",
@@ -358,30 +358,8 @@ fn class_text(o: &mut String, _m: &Module, g: &Graph, c: &StreamClass, k: usize)
         c.count_role(SiteRole::Bias),
         c.params.len()
     );
-    for need in [
-        Group::ORTHOGONAL,
-        Group::SIGNED_PERMUTATION,
-        Group::PERMUTATION,
-    ] {
-        let blocking: Vec<_> = c
-            .blockers
-            .iter()
-            .filter(|b| !b.allows.contains(need))
-            .collect();
-        if let Some(b) = blocking.first() {
-            let more = if blocking.len() > 1 {
-                format!(" (and {} more)", blocking.len() - 1)
-            } else {
-                String::new()
-            };
-            let _ = writeln!(
-                o,
-                "  {} blocked by {}: {}{more}",
-                need.strongest(),
-                g.describe(b.node),
-                b.reason()
-            );
-        }
+    for l in c.blocker_lines(g) {
+        let _ = writeln!(o, "{l}");
     }
 }
 

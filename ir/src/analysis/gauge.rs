@@ -151,6 +151,38 @@ impl StreamClass {
         self.blockers.iter().find(|b| !b.allows.contains(need))
     }
 
+    /// One line per transform family this stream is denied, naming its first blocker:
+    /// `"  orthogonal blocked by Mul 'x': <reason> (and 2 more)"`. Shared by `gauge-verify`'s
+    /// report and `ortho-opt analyze`.
+    pub fn blocker_lines(&self, g: &Graph) -> Vec<String> {
+        let mut lines = Vec::new();
+        for need in [
+            Group::ORTHOGONAL,
+            Group::SIGNED_PERMUTATION,
+            Group::PERMUTATION,
+        ] {
+            let blocking: Vec<_> = self
+                .blockers
+                .iter()
+                .filter(|b| !b.allows.contains(need))
+                .collect();
+            if let Some(b) = blocking.first() {
+                let more = if blocking.len() > 1 {
+                    format!(" (and {} more)", blocking.len() - 1)
+                } else {
+                    String::new()
+                };
+                lines.push(format!(
+                    "  {} blocked by {}: {}{more}",
+                    need.strongest(),
+                    g.describe(b.node),
+                    b.reason()
+                ));
+            }
+        }
+        lines
+    }
+
     pub fn count_role(&self, role: SiteRole) -> usize {
         self.sites.iter().filter(|s| s.role == role).count()
     }

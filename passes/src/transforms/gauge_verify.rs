@@ -12,7 +12,7 @@ use crate::options::{OptionKind, OptionSpec, PassOptions};
 use crate::pass::{Pass, PassContext, PassError, PassResult};
 use crate::registry::PassInfo;
 use ortho_ir::analysis::transformer::Structure;
-use ortho_ir::analysis::{analyze_transformer, head_spaces, Group, Kind};
+use ortho_ir::analysis::{analyze_transformer, head_spaces, Kind};
 use ortho_ir::Module;
 
 static REQUIRE: &[&str] = &["none", "permutation", "signed-permutation", "orthogonal"];
@@ -102,30 +102,7 @@ pub fn gauge_verify(m: &Module, opts: &GaugeVerifyOptions) -> Result<GaugeReport
             c.admits.strongest(),
             c.admits.families().join(", ")
         ));
-        for need in [
-            Group::ORTHOGONAL,
-            Group::SIGNED_PERMUTATION,
-            Group::PERMUTATION,
-        ] {
-            let blocking: Vec<_> = c
-                .blockers
-                .iter()
-                .filter(|b| !b.allows.contains(need))
-                .collect();
-            if let Some(b) = blocking.first() {
-                let more = if blocking.len() > 1 {
-                    format!(" (and {} more)", blocking.len() - 1)
-                } else {
-                    String::new()
-                };
-                lines.push(format!(
-                    "  {} blocked by {}: {}{more}",
-                    need.strongest(),
-                    g.describe(b.node),
-                    b.reason()
-                ));
-            }
-        }
+        lines.extend(c.blocker_lines(g));
         if opts.list_tensors {
             for v in &c.values {
                 lines.push(format!("  %{}: {}", g.value_name(*v), c.admits.strongest()));
