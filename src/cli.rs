@@ -77,7 +77,12 @@ pub struct OptArgs {
     pub split_input_file: bool,
 }
 
-const EXAMPLES: &str = "Examples:
+const EXAMPLES: &str = "Commands of the CPU engine (each has its own --help):
+  ortho-opt run MODEL --input NAME=FILE.npy ... -o OUTDIR
+  ortho-opt eval MODEL --tokenizer tokenizer.json --text FILE [--windows 16 --seqlen 128 --bos ID --json]
+  ortho-opt compare A B --tokenizer tokenizer.json --text FILE [--windows N --seqlen L --json]
+
+Examples:
   ortho-opt model.onnx -o out.onnx                      # verify and round-trip
   ortho-opt model.onnx --emit=oir | less                # read the IR
   ortho-opt model.onnx -o out.onnx --pass-pipeline='canonicalize,cse,dce' --timing --statistics
@@ -92,19 +97,39 @@ impl Driver {
         if args.get(1).map(String::as_str) == Some("analyze") {
             return crate::analyze::run(&args[1..]);
         }
-        match OptArgs::try_parse_from(args) {
-            Ok(a) => crate::opt::run(a),
-            Err(e) => {
-                let code = if e.use_stderr() { 2 } else { 0 };
-                let text = e.render().to_string();
-                if code == 0 {
-                    DriverOutput::ok(text, String::new())
-                } else {
-                    DriverOutput {
-                        code,
-                        stdout: String::new(),
-                        stderr: text,
-                    }
+        // The engine's commands come first; anything else is the optimizer's command line.
+        match args.get(1).map(String::as_str) {
+            Some("run") => parsed(
+                crate::run::RunArgs::try_parse_from(&args[1..]),
+                crate::run::run,
+            ),
+            Some("eval") => parsed(
+                crate::eval::EvalArgs::try_parse_from(&args[1..]),
+                crate::eval::run,
+            ),
+            Some("compare") => parsed(
+                crate::compare::CompareArgs::try_parse_from(&args[1..]),
+                crate::compare::run,
+            ),
+            _ => parsed(OptArgs::try_parse_from(args), crate::opt::run),
+        }
+    }
+}
+
+/// Turns a clap result into the command's output (help and version go to stdout, status 0).
+fn parsed<A>(r: Result<A, clap::Error>, f: impl FnOnce(A) -> DriverOutput) -> DriverOutput {
+    match r {
+        Ok(a) => f(a),
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let text = e.render().to_string();
+            if code == 0 {
+                DriverOutput::ok(text, String::new())
+            } else {
+                DriverOutput {
+                    code,
+                    stdout: String::new(),
+                    stderr: text,
                 }
             }
         }

@@ -5,8 +5,11 @@
 
 mod analyze;
 mod cli;
+mod compare;
+mod eval;
 mod opt;
 mod passes_glue;
+mod run;
 
 pub use cli::Driver;
 

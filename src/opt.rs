@@ -168,6 +168,21 @@ fn process(
             None
         }
         (Emit::Onnx, Some(path)) => {
+            // Ops of our own `ortho` domain (fused kernels) are not standard ONNX: lower them
+            // before writing, so the output always loads in other runtimes.
+            match ortho_passes::transforms::lower_ortho(&mut m) {
+                Ok(st) if st != Default::default() => {
+                    let _ = writeln!(
+                        err,
+                        "note: lowered ortho.* ops to standard ONNX before export"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = writeln!(err, "error: cannot lower ortho.* ops for export: {e}");
+                    return Err(());
+                }
+            }
             let opts = ortho_frontends::ExportOptions {
                 external_min_bytes: a.external_data,
                 protected: vec![input.to_path_buf()],

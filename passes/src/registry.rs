@@ -29,8 +29,10 @@ static BUILTIN: &[&PassInfo] = &[
     &transforms::cse::INFO,
     &transforms::dce::INFO,
     &transforms::fold_norms::INFO,
+    &transforms::fuse_elementwise::INFO,
     &transforms::gauge_verify::INFO,
     &transforms::infer_shapes::INFO,
+    &transforms::lower_ortho::INFO,
     &transforms::rotate_residual::INFO,
 ];
 

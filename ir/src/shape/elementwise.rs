@@ -85,6 +85,50 @@ pub(crate) fn same_with_axis(cx: &NodeCx, axis: Option<i64>, default: i64) -> In
     same(cx)
 }
 
+/// `ortho.FusedElementwise`: a well-formed program, one form per operand, f32 operands; the
+/// result is the f32 broadcast of the operands. Each operand's form is checked against the
+/// result where both shapes are fully fixed (symbols could still be 1 at run time).
+pub(crate) fn fused_elementwise(cx: &NodeCx) -> Infer {
+    let f = crate::fused::FusedElementwise::decode(&cx.node.op)?;
+    if f.forms.len() != cx.n_in() || (0..cx.n_in()).any(|s| !cx.has(s)) {
+        return Err(format!(
+            "has {} operands but {} operand forms",
+            cx.node.inputs().count(),
+            f.forms.len()
+        ));
+    }
+    for s in 0..cx.n_in() {
+        let d = cx.dtype(s);
+        if d != DType::Undefined && d != DType::F32 {
+            return Err(format!(
+                "operand {s} is {d}, but fused elementwise ops compute in f32"
+            ));
+        }
+    }
+    let out = broadcast_all(cx, Some(DType::F32))?;
+    let fixed = |s: &[Dim]| s.iter().all(|d| matches!(d, Dim::Fixed(_)));
+    if let Some(res) = out
+        .first()
+        .and_then(|t| t.as_tensor())
+        .and_then(|t| t.shape.as_deref())
+        .filter(|s| fixed(s))
+    {
+        for (s, form) in f.forms.iter().enumerate() {
+            if let Some(sh) = cx.shape(s).filter(|sh| fixed(sh)) {
+                if !form.fits(sh, res) {
+                    return Err(format!(
+                        "operand {s} of shape {} does not broadcast to {} in its form '{}'",
+                        super::dims::fmt_shape(sh),
+                        super::dims::fmt_shape(res),
+                        form.name()
+                    ));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// `Type::Unknown` for every result (ops we cannot type, such as `Opaque`).
 pub(crate) fn unknown() -> Infer {
     Ok(Vec::new())

@@ -565,6 +565,9 @@ fn infer_node(cx: &NodeCx, outer: &Scope) -> Infer {
         ConstantOfShape(a) => index::constant_of_shape(cx, a),
         Constant(a) => index::constant(cx, a),
         OneHot(a) => index::one_hot(cx, a),
+        Opaque(_) if crate::fused::FusedElementwise::is_fused(&node.op) => {
+            ew::fused_elementwise(cx)
+        }
         // Control flow is handled by the caller; ops added to `Op` later start out unknown.
         _ => ew::unknown(),
     }

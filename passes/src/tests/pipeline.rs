@@ -82,7 +82,12 @@ fn unknown_pass_names_position_and_suggests() {
     let e = err("dce,foo");
     assert_eq!(e.pos, 4);
     assert!(e.message.starts_with("unknown pass 'foo'"), "{}", e.message);
-    assert!(e.message.contains("known: canonicalize, cse, dce, fold-norms, gauge-verify, infer-shapes, rotate-residual, fixpoint"), "{}", e.message);
+    assert!(
+        e.message
+            .contains("known: canonicalize, cse, dce, fold-norms, fuse-elementwise, gauge-verify, infer-shapes, lower-ortho, rotate-residual, fixpoint"),
+        "{}",
+        e.message
+    );
     let e = err("cse,dcee");
     assert!(e.message.contains("did you mean 'dce'?"), "{}", e.message);
     assert_eq!(

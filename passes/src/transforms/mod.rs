@@ -6,8 +6,10 @@ pub mod cse;
 pub mod dce;
 pub(crate) mod fold;
 pub mod fold_norms;
+pub mod fuse_elementwise;
 pub mod gauge_verify;
 pub mod infer_shapes;
+pub mod lower_ortho;
 pub mod orthogonal;
 pub mod rotate_residual;
 pub(crate) mod scope;
@@ -17,8 +19,10 @@ pub use canonicalize::{canonicalize, CanonicalizeOptions, CanonicalizeStats};
 pub use cse::{cse, CseStats};
 pub use dce::{dce, DceStats};
 pub use fold_norms::{fold_norms, FoldNormsStats};
+pub use fuse_elementwise::{fuse_elementwise, FuseElementwiseOptions, FuseElementwiseStats};
 pub use gauge_verify::{gauge_verify, GaugeReport, GaugeVerifyOptions};
 pub use infer_shapes::{infer_shapes, InferShapesStats};
+pub use lower_ortho::{lower_ortho, LowerOrthoStats};
 pub use rotate_residual::{
     rotate_residual, RotateResidualOptions, RotateResidualStats, RotationKind,
 };

@@ -1,0 +1,506 @@
+//! Attention (opset 23): scaled dot-product attention with GQA, causal masking (offset by the
+//! past length), an optional boolean or additive mask, softcap and a KV cache (past/present).
+//!
+//! Per (batch, query head) the scores `Q·Kᵀ·scale` go through one GEMM reading Q and K in place
+//! (3-D `[B, S, H·D]` or 4-D `[B, H, S, D]` layouts are just strides), then a row softmax, then
+//! a second GEMM with V. Pairs run in parallel.
+
+use super::matmul::{gemm_into, Mat};
+use super::reduce::softmax_inplace_f32;
+use crate::cpu::error::KernelResult;
+use crate::cpu::kernel::{ExecCx, Inputs};
+use crate::cpu::tensor::{HostTensor, TensorBuf};
+use rayon::prelude::*;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AttentionAttrs {
+    pub is_causal: bool,
+    pub q_heads: Option<usize>,
+    pub kv_heads: Option<usize>,
+    pub scale: Option<f32>,
+    pub softcap: f32,
+}
+
+/// A [B, H, S, D] view of a 3-D or 4-D operand: element strides of (b, h, s).
+#[derive(Clone, Copy, Debug)]
+struct View {
+    b: usize,
+    h: usize,
+    s: usize,
+    d: usize,
+    sb: usize,
+    sh: usize,
+    ss: usize,
+}
+
+fn view(t: &HostTensor, heads: Option<usize>, what: &str) -> KernelResult<View> {
+    let s = t.shape();
+    match s.len() {
+        4 => Ok(View {
+            b: s[0],
+            h: s[1],
+            s: s[2],
+            d: s[3],
+            sb: s[1] * s[2] * s[3],
+            sh: s[2] * s[3],
+            ss: s[3],
+        }),
+        3 => {
+            let h = heads.ok_or_else(|| format!("3-D {what} needs the number of heads"))?;
+            if h == 0 || s[2] % h != 0 {
+                return Err(format!(
+                    "{what} hidden size {} is not a multiple of {h} heads",
+                    s[2]
+                ));
+            }
+            let d = s[2] / h;
+            Ok(View {
+                b: s[0],
+                h,
+                s: s[1],
+                d,
+                sb: s[1] * s[2],
+                sh: d,
+                ss: s[2],
+            })
+        }
+        r => Err(format!("{what} must be 3-D or 4-D, got rank {r}")),
+    }
+}
+
+/// Copies a view into a contiguous [B, H, S, D] buffer.
+fn to_bhsd(x: &[f32], v: View) -> Vec<f32> {
+    let mut out = Vec::with_capacity(v.b * v.h * v.s * v.d);
+    for b in 0..v.b {
+        for h in 0..v.h {
+            for s in 0..v.s {
+                let o = b * v.sb + h * v.sh + s * v.ss;
+                out.extend_from_slice(&x[o..o + v.d]);
+            }
+        }
+    }
+    out
+}
+
+/// Concatenates past [B, H, P, D] and new (a view) along the sequence: [B, H, P + S, D].
+fn with_past(past: &HostTensor, new: &[f32], v: View, what: &str) -> KernelResult<Vec<f32>> {
+    let p = past.shape();
+    if p.len() != 4 || p[0] != v.b || p[1] != v.h || p[3] != v.d {
+        return Err(format!(
+            "past_{what} of shape {p:?} does not match {what} [{}, {}, _, {}]",
+            v.b, v.h, v.d
+        ));
+    }
+    let pd = past.as_f32().ok_or("past must be f32")?;
+    let mut out = Vec::with_capacity(pd.len() + v.b * v.h * v.s * v.d);
+    for b in 0..v.b {
+        for h in 0..v.h {
+            let o = (b * v.h + h) * p[2] * v.d;
+            out.extend_from_slice(&pd[o..o + p[2] * v.d]);
+            for s in 0..v.s {
+                let o = b * v.sb + h * v.sh + s * v.ss;
+                out.extend_from_slice(&new[o..o + v.d]);
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub fn attention(
+    cx: &mut ExecCx<'_>,
+    ins: &mut Inputs<'_>,
+    a: AttentionAttrs,
+    n_out: usize,
+    want_qk: bool,
+) -> KernelResult<Vec<HostTensor>> {
+    let dt = ins.req(0)?.dtype();
+    if matches!(dt, ortho_ir::DType::F16 | ortho_ir::DType::BF16) {
+        // Half precision: compute in f32, round the results once.
+        let wide: Vec<Option<HostTensor>> = (0..ins.len())
+            .map(|i| ins.get(i).and_then(super::elementwise::widen_half))
+            .collect();
+        let refs: Vec<Option<&HostTensor>> = (0..ins.len())
+            .map(|i| wide[i].as_ref().or(ins.get(i)))
+            .collect();
+        let r = attention_f32(cx, &mut Inputs::borrowed(&refs), a, n_out, want_qk)?;
+        return r
+            .into_iter()
+            .map(|t| super::elementwise::narrow_half(t, dt))
+            .collect();
+    }
+    attention_f32(cx, ins, a, n_out, want_qk)
+}
+
+fn attention_f32(
+    cx: &mut ExecCx<'_>,
+    ins: &mut Inputs<'_>,
+    a: AttentionAttrs,
+    n_out: usize,
+    want_qk: bool,
+) -> KernelResult<Vec<HostTensor>> {
+    if want_qk {
+        return Err("the qk_matmul_output result is not supported".into());
+    }
+    let (q, k, v) = (ins.req(0)?, ins.req(1)?, ins.req(2)?);
+    let (qd, kd, vd) = (
+        q.as_f32()
+            .ok_or_else(|| format!("Attention is implemented for f32, got {}", q.dtype()))?,
+        k.as_f32().ok_or("K must be f32")?,
+        v.as_f32().ok_or("V must be f32")?,
+    );
+    let three_d = q.rank() == 3;
+    let qv = view(q, a.q_heads, "Q")?;
+    let mut kv = view(k, a.kv_heads, "K")?;
+    let mut vv = view(v, a.kv_heads, "V")?;
+    if qv.b != kv.b || kv.b != vv.b || qv.d != kv.d || kv.s != vv.s || kv.h != vv.h {
+        return Err(format!(
+            "Q {:?}, K {:?} and V {:?} do not fit together",
+            q.shape(),
+            k.shape(),
+            v.shape()
+        ));
+    }
+    if kv.h == 0 || qv.h % kv.h != 0 {
+        return Err(format!(
+            "{} query heads are not a multiple of {} KV heads",
+            qv.h, kv.h
+        ));
+    }
+    let (past_k, past_v) = (ins.get(4), ins.get(5));
+    let past_len = past_k
+        .map(|p| p.shape().get(2).copied().unwrap_or(0))
+        .unwrap_or(0);
+    // With a cache, K and V become contiguous [B, H, P + S, D]; without, they are read in place.
+    let (k_full, v_full);
+    let (kdat, vdat): (&[f32], &[f32]) = match (past_k, past_v) {
+        (Some(pk), Some(pv)) => {
+            k_full = with_past(pk, kd, kv, "key")?;
+            v_full = with_past(pv, vd, vv, "value")?;
+            let t = kv.s + past_len;
+            kv = View {
+                s: t,
+                sb: kv.h * t * kv.d,
+                sh: t * kv.d,
+                ss: kv.d,
+                ..kv
+            };
+            vv = View {
+                s: t,
+                sb: vv.h * t * vv.d,
+                sh: t * vv.d,
+                ss: vv.d,
+                ..vv
+            };
+            (&k_full, &v_full)
+        }
+        (None, None) => (kd, vd),
+        _ => return Err("past_key and past_value must be given together".into()),
+    };
+    let (bsz, hq, sq, t, dv) = (qv.b, qv.h, qv.s, kv.s, vv.d);
+    let rep = hq / kv.h;
+    let scale = a.scale.unwrap_or(1.0 / (qv.d as f32).sqrt());
+    // The mask, broadcast (right-aligned) to [B, Hq, S, T]: bool (true = attend) or additive.
+    let mask = ins.get(3);
+    let mut mask_len = t;
+    let (mask_f, mask_b, mstride) = match mask {
+        None => (None, None, [0usize; 4]),
+        Some(m) => {
+            let ms = m.shape();
+            if ms.len() > 4 || ms.is_empty() {
+                return Err(format!("attn_mask of rank {} is not supported", ms.len()));
+            }
+            let mut shape4 = vec![1usize; 4 - ms.len()];
+            shape4.extend_from_slice(ms);
+            let full = [bsz, hq, sq, t];
+            let st = crate::cpu::tensor::strides(&shape4);
+            let mut mstride = [0usize; 4];
+            for i in 0..4 {
+                if shape4[i] == full[i] {
+                    mstride[i] = st[i];
+                } else if i == 3 && shape4[3] > 1 && shape4[3] < t {
+                    // A mask shorter than the keys: the keys past its end are masked.
+                    mstride[3] = st[3];
+                    mask_len = shape4[3];
+                } else if shape4[i] != 1 {
+                    return Err(format!(
+                        "attn_mask of shape {ms:?} does not broadcast to {full:?}"
+                    ));
+                }
+            }
+            match m.buf() {
+                TensorBuf::Bool(b) => (None, Some(b.as_slice()), mstride),
+                TensorBuf::F32(f) => (Some(f.as_slice()), None, mstride),
+                _ => return Err(format!("attn_mask must be bool or f32, got {}", m.dtype())),
+            }
+        }
+    };
+    // Valid keys per batch (opset 24 `nonpad_kv_seqlen`); the causal frontier of query i is
+    // key i + offset, offset = the past length, or nonpad − S for an external cache.
+    let nonpad: Option<Vec<i64>> = ins.get(6).map(|t| t.to_i64_vec());
+    if nonpad.as_ref().is_some_and(|v| v.len() != bsz) {
+        return Err("nonpad_kv_seqlen must hold one length per batch".into());
+    }
+    let threads = cx.threads;
+    let mut out = cx.pool.alloc::<f32>(bsz * hq * sq * dv);
+    let pairs = bsz * hq;
+    // Query rows go in blocks; with a causal mask a block only needs the keys up to its last
+    // row, which skips about half of both products for long sequences.
+    let rb = if a.is_causal && sq >= 64 {
+        32
+    } else {
+        sq.max(1)
+    };
+    let head = |idx: usize, o: &mut [f32], th: usize| {
+        let (b, h) = (idx / hq, idx % hq);
+        let kh = h / rep;
+        let qo = b * qv.sb + h * qv.sh;
+        let ko = b * kv.sb + kh * kv.sh;
+        let vo = b * vv.sb + kh * vv.sh;
+        let mut scores = vec![0.0f32; rb * t];
+        let kv_valid = nonpad.as_ref().map_or(t, |v| (v[b].max(0) as usize).min(t));
+        let offset: i64 = match &nonpad {
+            Some(v) if past_len == 0 => v[b] - sq as i64,
+            _ => past_len as i64,
+        };
+        let frontier = |i: usize| -> usize { (i as i64 + offset + 1).clamp(0, t as i64) as usize };
+        let mut r0 = 0;
+        while r0 < sq {
+            let r1 = (r0 + rb).min(sq);
+            let rows = r1 - r0;
+            let tn = if a.is_causal {
+                frontier(r1 - 1).min(kv_valid)
+            } else {
+                kv_valid
+            };
+            let sc = &mut scores[..rows * tn.max(1)];
+            gemm_into(
+                rows,
+                tn,
+                qv.d,
+                Mat {
+                    data: &qd[qo + r0 * qv.ss..],
+                    rs: qv.ss,
+                    cs: 1,
+                },
+                Mat {
+                    data: &kdat[ko..],
+                    rs: 1,
+                    cs: kv.ss,
+                },
+                sc,
+                tn,
+                false,
+                0.0,
+                scale,
+                th,
+            );
+            for r in 0..rows {
+                let i = r0 + r;
+                let row = &mut sc[r * tn..(r + 1) * tn];
+                let valid = if a.is_causal { frontier(i).min(tn) } else { tn };
+                let (live, dead) = row.split_at_mut(valid);
+                dead.fill(0.0);
+                if a.softcap > 0.0 {
+                    for x in live.iter_mut() {
+                        *x = a.softcap * (*x / a.softcap).tanh();
+                    }
+                }
+                let mut any = !live.is_empty();
+                if mask_b.is_some() || mask_f.is_some() {
+                    any = false;
+                    let mrow = b * mstride[0] + h * mstride[1] + i * mstride[2];
+                    for (j, x) in live.iter_mut().enumerate() {
+                        let mo = mrow + j * mstride[3];
+                        if j >= mask_len || mask_b.is_some_and(|mb| !mb[mo]) {
+                            *x = f32::NEG_INFINITY;
+                        } else {
+                            if let Some(mf) = mask_f {
+                                *x += mf[mo];
+                            }
+                            any |= *x != f32::NEG_INFINITY;
+                        }
+                    }
+                }
+                if any {
+                    softmax_inplace_f32(live);
+                } else {
+                    // A fully masked row attends to nothing: its output is 0.
+                    live.fill(0.0);
+                }
+            }
+            gemm_into(
+                rows,
+                dv,
+                tn,
+                Mat {
+                    data: sc,
+                    rs: tn,
+                    cs: 1,
+                },
+                Mat {
+                    data: &vdat[vo..],
+                    rs: vv.ss,
+                    cs: 1,
+                },
+                &mut o[r0 * dv..r1 * dv],
+                dv,
+                false,
+                0.0,
+                1.0,
+                th,
+            );
+            r0 = r1;
+        }
+    };
+    let block = sq * dv;
+    if block > 0 {
+        if threads > 1 && pairs > 1 {
+            out.par_chunks_mut(block)
+                .enumerate()
+                .for_each(|(i, o)| head(i, o, 1));
+        } else {
+            for (i, o) in out.chunks_mut(block).enumerate() {
+                head(i, o, threads);
+            }
+        }
+    }
+    let y = if three_d {
+        // [B, Hq, S, Dv] → [B, S, Hq·Dv]
+        let mut y = cx.pool.alloc::<f32>(out.len());
+        for b in 0..bsz {
+            for h in 0..hq {
+                for s in 0..sq {
+                    let src = ((b * hq + h) * sq + s) * dv;
+                    let dst = (b * sq + s) * hq * dv + h * dv;
+                    y[dst..dst + dv].copy_from_slice(&out[src..src + dv]);
+                }
+            }
+        }
+        cx.pool.recycle(TensorBuf::F32(out));
+        HostTensor::make(vec![bsz, sq, hq * dv], TensorBuf::F32(y))?
+    } else {
+        HostTensor::make(vec![bsz, hq, sq, dv], TensorBuf::F32(out))?
+    };
+    let mut res = vec![y];
+    if n_out > 1 {
+        let kp = if past_k.is_some() {
+            kdat.to_vec()
+        } else {
+            to_bhsd(kdat, kv)
+        };
+        res.push(HostTensor::make(
+            vec![bsz, kv.h, t, kv.d],
+            TensorBuf::F32(kp),
+        )?);
+    }
+    if n_out > 2 {
+        let vp = if past_v.is_some() {
+            vdat.to_vec()
+        } else {
+            to_bhsd(vdat, vv)
+        };
+        res.push(HostTensor::make(
+            vec![bsz, vv.h, t, dv],
+            TensorBuf::F32(vp),
+        )?);
+    }
+    Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::pool::BufferPool;
+
+    /// Naive reference: per head, softmax(q·kᵀ·scale + causal) · v.
+    fn naive(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        hq: usize,
+        hkv: usize,
+        s: usize,
+        d: usize,
+    ) -> Vec<f32> {
+        let mut out = vec![0.0; s * hq * d];
+        for h in 0..hq {
+            let kh = h / (hq / hkv);
+            for i in 0..s {
+                let mut sc: Vec<f64> = (0..s)
+                    .map(|j| {
+                        if j > i {
+                            return f64::NEG_INFINITY;
+                        }
+                        (0..d)
+                            .map(|x| {
+                                q[i * hq * d + h * d + x] as f64
+                                    * k[j * hkv * d + kh * d + x] as f64
+                            })
+                            .sum::<f64>()
+                            / (d as f64).sqrt()
+                    })
+                    .collect();
+                let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = sc.iter().map(|x| (x - m).exp()).sum();
+                for x in sc.iter_mut() {
+                    *x = (*x - m).exp() / z;
+                }
+                for x in 0..d {
+                    out[i * hq * d + h * d + x] = (0..s)
+                        .map(|j| sc[j] * v[j * hkv * d + kh * d + x] as f64)
+                        .sum::<f64>() as f32;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn causal_gqa_matches_naive() {
+        for s in [5, 70] {
+            causal_gqa_case(s);
+        }
+    }
+
+    fn causal_gqa_case(s: usize) {
+        let (hq, hkv, d) = (4, 2, 3);
+        let gen = |n: usize, seed: u32| -> Vec<f32> {
+            (0..n)
+                .map(|i| (((i as u32 * 2654435761u32) ^ seed) % 1000) as f32 / 500.0 - 1.0)
+                .collect()
+        };
+        let q = gen(s * hq * d, 1);
+        let k = gen(s * hkv * d, 2);
+        let v = gen(s * hkv * d, 3);
+        let mut pool = BufferPool::new();
+        for threads in [1, 2] {
+            let mut cx = ExecCx {
+                pool: &mut pool,
+                threads,
+            };
+            let qt = HostTensor::from_vec(vec![1, s, hq * d], q.clone()).expect("q");
+            let kt = HostTensor::from_vec(vec![1, s, hkv * d], k.clone()).expect("k");
+            let vt = HostTensor::from_vec(vec![1, s, hkv * d], v.clone()).expect("v");
+            let a = AttentionAttrs {
+                is_causal: true,
+                q_heads: Some(hq),
+                kv_heads: Some(hkv),
+                scale: None,
+                softcap: 0.0,
+            };
+            let r = attention(
+                &mut cx,
+                &mut Inputs::borrowed(&[Some(&qt), Some(&kt), Some(&vt)]),
+                a,
+                1,
+                false,
+            )
+            .expect("attention");
+            let want = naive(&q, &k, &v, hq, hkv, s, d);
+            let got = r[0].as_f32().expect("f");
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-5, "{g} vs {w}");
+            }
+        }
+    }
+}

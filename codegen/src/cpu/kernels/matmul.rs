@@ -1,0 +1,446 @@
+//! MatMul (numpy semantics: 1-D promotion, broadcast batch dims) and Gemm, through the `gemm`
+//! crate for f32/f64. Strided operands are passed as strides, never copied: a transposed
+//! weight is just `rs = 1, cs = K`.
+
+use super::broadcast::{broadcast_shapes, Walk};
+use crate::cpu::error::KernelResult;
+use crate::cpu::kernel::{ExecCx, Inputs, Kernel};
+use crate::cpu::tensor::{numel, Elem, HostTensor};
+use ortho_ir::DType;
+use rayon::prelude::*;
+
+/// A strided read-only matrix operand.
+#[derive(Clone, Copy)]
+pub struct Mat<'a, T> {
+    pub data: &'a [T],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+/// Element types `gemm` multiplies.
+pub trait GemmElem: Elem {
+    const ZERO: Self;
+    const ONE: Self;
+}
+impl GemmElem for f32 {
+    const ZERO: f32 = 0.0;
+    const ONE: f32 = 1.0;
+}
+impl GemmElem for f64 {
+    const ZERO: f64 = 0.0;
+    const ONE: f64 = 1.0;
+}
+
+/// `c = alpha·c + beta·a·b` for an `m×k` `a`, a `k×n` `b` and a row-major `m×n` `c` (row
+/// stride `ldc`); `alpha` is only read when `accumulate`. Runs on `threads` threads when the
+/// product is large enough to gain from it.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_into<T: GemmElem>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat<'_, T>,
+    b: Mat<'_, T>,
+    c: &mut [T],
+    ldc: usize,
+    accumulate: bool,
+    alpha: T,
+    beta: T,
+    threads: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                c[r * ldc..r * ldc + n].fill(T::ZERO);
+            }
+        }
+        return;
+    }
+    // The unsafe call below reads and writes through raw pointers: check every extreme index.
+    let last = |rs: usize, cs: usize, rows: usize, cols: usize| (rows - 1) * rs + (cols - 1) * cs;
+    assert!(
+        last(a.rs, a.cs, m, k) < a.data.len(),
+        "gemm: lhs out of bounds"
+    );
+    assert!(
+        last(b.rs, b.cs, k, n) < b.data.len(),
+        "gemm: rhs out of bounds"
+    );
+    assert!(
+        last(ldc, 1, m, n) < c.len() && ldc >= n,
+        "gemm: dst out of bounds"
+    );
+    let flops = m as u64 * n as u64 * k as u64;
+    let par = if threads > 1 && flops >= 1 << 18 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above keep every accessed element inside the slices; `c` is borrowed
+    // mutably and cannot alias `a` or `b`; T is f32 or f64, which `gemm` supports.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            ldc as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            alpha,
+            beta,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// The shapes of a MatMul after 1-D promotion: (batch of a, batch of b, m, k, n, output shape).
+struct MmShape {
+    a_batch: Vec<usize>,
+    b_batch: Vec<usize>,
+    out_batch: Vec<usize>,
+    m: usize,
+    k: usize,
+    n: usize,
+    out: Vec<usize>,
+}
+
+fn mm_shape(a: &[usize], b: &[usize]) -> KernelResult<MmShape> {
+    if a.is_empty() || b.is_empty() {
+        return Err("MatMul operands must have rank ≥ 1".into());
+    }
+    let (a_batch, m, ka) = if a.len() == 1 {
+        (vec![], 1, a[0])
+    } else {
+        (a[..a.len() - 2].to_vec(), a[a.len() - 2], a[a.len() - 1])
+    };
+    let (b_batch, kb, n) = if b.len() == 1 {
+        (vec![], b[0], 1)
+    } else {
+        (b[..b.len() - 2].to_vec(), b[b.len() - 2], b[b.len() - 1])
+    };
+    if ka != kb {
+        return Err(format!(
+            "MatMul shapes {a:?} and {b:?} do not match (K = {ka} vs {kb})"
+        ));
+    }
+    let out_batch = broadcast_shapes(&[&a_batch, &b_batch])?;
+    let mut out = out_batch.clone();
+    if a.len() > 1 {
+        out.push(m);
+    }
+    if b.len() > 1 {
+        out.push(n);
+    }
+    Ok(MmShape {
+        a_batch,
+        b_batch,
+        out_batch,
+        m,
+        k: ka,
+        n,
+        out,
+    })
+}
+
+fn matmul_gemm<T: GemmElem>(
+    cx: &mut ExecCx<'_>,
+    a: &HostTensor,
+    b: &HostTensor,
+    b_trans: bool,
+) -> KernelResult<HostTensor> {
+    let bshape: Vec<usize> = if b_trans {
+        b.shape().iter().rev().copied().collect()
+    } else {
+        b.shape().to_vec()
+    };
+    let s = mm_shape(a.shape(), &bshape)?;
+    let (ad, bd) = (a.data::<T>().ok_or("dtype")?, b.data::<T>().ok_or("dtype")?);
+    let (m, k, n) = (s.m, s.k, s.n);
+    let (brs, bcs) = if b_trans { (1, k) } else { (n, 1) };
+    let mut out = cx.pool.alloc::<T>(numel(&s.out));
+    let threads = cx.threads;
+    if numel(&s.b_batch) == 1 {
+        // One GEMM with the batch folded into the rows of a.
+        let rows = numel(&s.a_batch) * m;
+        gemm_into(
+            rows,
+            n,
+            k,
+            Mat {
+                data: ad,
+                rs: k,
+                cs: 1,
+            },
+            Mat {
+                data: bd,
+                rs: brs,
+                cs: bcs,
+            },
+            &mut out,
+            n,
+            false,
+            T::ZERO,
+            T::ONE,
+            threads,
+        );
+    } else {
+        let walk = Walk::new(&s.out_batch, &[&s.a_batch, &s.b_batch]);
+        let mut pairs = Vec::with_capacity(numel(&s.out_batch));
+        walk.for_runs(0, walk.outer, |_, offs| {
+            for i in 0..walk.inner {
+                pairs.push((
+                    offs[0] + i * walk.inner_strides[0],
+                    offs[1] + i * walk.inner_strides[1],
+                ));
+            }
+        });
+        let one = |c: &mut [T], &(ai, bi): &(usize, usize), th: usize| {
+            let am = Mat {
+                data: &ad[ai * m * k..(ai + 1) * m * k],
+                rs: k,
+                cs: 1,
+            };
+            let bm = Mat {
+                data: &bd[bi * k * n..(bi + 1) * k * n],
+                rs: brs,
+                cs: bcs,
+            };
+            gemm_into(m, n, k, am, bm, c, n, false, T::ZERO, T::ONE, th);
+        };
+        if threads > 1 && pairs.len() > 1 {
+            out.par_chunks_mut(m * n)
+                .zip(pairs.par_iter())
+                .for_each(|(c, p)| one(c, p, 1));
+        } else {
+            for (c, p) in out.chunks_mut(m * n).zip(&pairs) {
+                one(c, p, threads);
+            }
+        }
+    }
+    HostTensor::make(s.out, T::wrap(out))
+}
+
+fn matmul_int<T: Elem>(a: &HostTensor, b: &HostTensor) -> KernelResult<HostTensor> {
+    let s = mm_shape(a.shape(), b.shape())?;
+    let (ad, bd) = (a.data::<T>().ok_or("dtype")?, b.data::<T>().ok_or("dtype")?);
+    let (m, k, n) = (s.m, s.k, s.n);
+    let walk = Walk::new(&s.out_batch, &[&s.a_batch, &s.b_batch]);
+    let mut out = Vec::with_capacity(numel(&s.out));
+    walk.for_runs(0, walk.outer, |_, offs| {
+        for i in 0..walk.inner {
+            let (ai, bi) = (
+                offs[0] + i * walk.inner_strides[0],
+                offs[1] + i * walk.inner_strides[1],
+            );
+            for r in 0..m {
+                for c in 0..n {
+                    let mut acc: i64 = 0;
+                    for x in 0..k {
+                        acc = acc.wrapping_add(
+                            ad[ai * m * k + r * k + x]
+                                .to_i64()
+                                .wrapping_mul(bd[bi * k * n + x * n + c].to_i64()),
+                        );
+                    }
+                    out.push(T::from_i64(acc));
+                }
+            }
+        }
+    });
+    HostTensor::make(s.out, T::wrap(out))
+}
+
+pub fn matmul(
+    cx: &mut ExecCx<'_>,
+    ins: &mut Inputs<'_>,
+    b_trans: bool,
+) -> KernelResult<Vec<HostTensor>> {
+    let (a, b) = (ins.req(0)?, ins.req(1)?);
+    if a.dtype() != b.dtype() {
+        return Err(format!(
+            "operand dtypes differ: {} and {}",
+            a.dtype(),
+            b.dtype()
+        ));
+    }
+    let r = match a.dtype() {
+        DType::F32 => matmul_gemm::<f32>(cx, a, b, b_trans),
+        DType::F64 => matmul_gemm::<f64>(cx, a, b, b_trans),
+        DType::F16 | DType::BF16 => {
+            super::elementwise::via_f32(&[a, b], |t| matmul_gemm::<f32>(cx, t[0], t[1], b_trans))
+        }
+        d if b_trans => Err(format!("transposed MatMul is not defined for {d}")),
+        DType::I64 => matmul_int::<i64>(a, b),
+        DType::I32 => matmul_int::<i32>(a, b),
+        DType::U32 => matmul_int::<u32>(a, b),
+        DType::U64 => matmul_int::<u64>(a, b),
+        DType::I8 => matmul_int::<i8>(a, b),
+        DType::U8 => matmul_int::<u8>(a, b),
+        d => Err(format!("MatMul is not defined for {d}")),
+    }?;
+    Ok(vec![r])
+}
+
+/// `MatMul(x, Wᵀ)` where operand 1 is the untransposed 2-D `W` (see the plan's rewrite).
+pub fn matmul_transposed_b_kernel() -> Box<dyn Kernel> {
+    Box::new(|cx: &mut ExecCx<'_>, ins: &mut Inputs<'_>| matmul(cx, ins, true))
+}
+
+fn gemm_op_typed<T: GemmElem>(
+    cx: &mut ExecCx<'_>,
+    ins: &Inputs<'_>,
+    alpha: f32,
+    beta: f32,
+    ta: bool,
+    tb: bool,
+) -> KernelResult<HostTensor> {
+    let (a, b) = (ins.req(0)?, ins.req(1)?);
+    if a.rank() != 2 || b.rank() != 2 {
+        return Err("Gemm operands must be 2-D".into());
+    }
+    let (m, k) = if ta {
+        (a.shape()[1], a.shape()[0])
+    } else {
+        (a.shape()[0], a.shape()[1])
+    };
+    let (kb, n) = if tb {
+        (b.shape()[1], b.shape()[0])
+    } else {
+        (b.shape()[0], b.shape()[1])
+    };
+    if k != kb {
+        return Err(format!(
+            "Gemm shapes {:?} and {:?} do not match",
+            a.shape(),
+            b.shape()
+        ));
+    }
+    let am = Mat {
+        data: a.data::<T>().ok_or("dtype")?,
+        rs: if ta { 1 } else { k },
+        cs: if ta { m } else { 1 },
+    };
+    let bm = Mat {
+        data: b.data::<T>().ok_or("dtype")?,
+        rs: if tb { 1 } else { n },
+        cs: if tb { k } else { 1 },
+    };
+    let (mut out, acc) = match ins.get(2) {
+        Some(c) if beta != 0.0 => {
+            let mut v = super::shape::expand_to::<T>(cx, c, &[m, n])?;
+            let bt = T::from_f64(beta as f64);
+            if beta != 1.0 {
+                for x in v.iter_mut() {
+                    *x = T::from_f64(x.to_f64() * bt.to_f64());
+                }
+            }
+            (v, true)
+        }
+        _ => (cx.pool.alloc::<T>(m * n), false),
+    };
+    gemm_into(
+        m,
+        n,
+        k,
+        am,
+        bm,
+        &mut out,
+        n,
+        acc,
+        T::ONE,
+        T::from_f64(alpha as f64),
+        cx.threads,
+    );
+    HostTensor::make(vec![m, n], T::wrap(out))
+}
+
+/// ONNX Gemm: `alpha·A'·B' + beta·C`.
+pub fn gemm_op(
+    cx: &mut ExecCx<'_>,
+    ins: &mut Inputs<'_>,
+    alpha: f32,
+    beta: f32,
+    ta: bool,
+    tb: bool,
+) -> KernelResult<Vec<HostTensor>> {
+    let r = match ins.req(0)?.dtype() {
+        DType::F32 => gemm_op_typed::<f32>(cx, ins, alpha, beta, ta, tb),
+        DType::F64 => gemm_op_typed::<f64>(cx, ins, alpha, beta, ta, tb),
+        d => Err(format!("Gemm is not defined for {d}")),
+    }?;
+    Ok(vec![r])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::pool::BufferPool;
+
+    fn t(shape: &[usize], v: Vec<f32>) -> HostTensor {
+        HostTensor::from_vec(shape.to_vec(), v).expect("t")
+    }
+
+    #[test]
+    fn matmul_by_hand_batched_and_transposed() {
+        let mut pool = BufferPool::new();
+        let mut cx = ExecCx {
+            pool: &mut pool,
+            threads: 1,
+        };
+        let a = t(&[2, 3], vec![1., 2., 3., 4., 5., 6.]);
+        let b = t(&[3, 2], vec![7., 8., 9., 10., 11., 12.]);
+        let r = matmul(&mut cx, &mut Inputs::borrowed(&[Some(&a), Some(&b)]), false).expect("mm");
+        assert_eq!(r[0].as_f32().expect("f"), &[58., 64., 139., 154.]);
+        // bᵀ stored as [2, 3]
+        let bt = t(&[2, 3], vec![7., 9., 11., 8., 10., 12.]);
+        let r = matmul(&mut cx, &mut Inputs::borrowed(&[Some(&a), Some(&bt)]), true).expect("mm t");
+        assert_eq!(r[0].as_f32().expect("f"), &[58., 64., 139., 154.]);
+        // 5-D broadcast: [1, 2, 1, 1, 3] x [1, 1, 3, 3, 2] -> [1, 2, 3, 1, 2]
+        let a5 = t(&[1, 2, 1, 1, 3], vec![1., 0., 0., 0., 1., 0.]);
+        let b5 = t(&[1, 1, 3, 3, 2], (0..18).map(|x| x as f32).collect());
+        let r = matmul(
+            &mut cx,
+            &mut Inputs::borrowed(&[Some(&a5), Some(&b5)]),
+            false,
+        )
+        .expect("mm5");
+        assert_eq!(r[0].shape(), &[1, 2, 3, 1, 2]);
+        assert_eq!(
+            r[0].as_f32().expect("f"),
+            &[0., 1., 6., 7., 12., 13., 2., 3., 8., 9., 14., 15.]
+        );
+        // 1-D operands
+        let v = t(&[3], vec![1., 1., 1.]);
+        let r = matmul(&mut cx, &mut Inputs::borrowed(&[Some(&v), Some(&b)]), false).expect("mv");
+        assert_eq!(r[0].shape(), &[2]);
+        assert_eq!(r[0].as_f32().expect("f"), &[27., 30.]);
+        let i = HostTensor::from_vec(vec![1, 2], vec![2i64, 3]).expect("i");
+        let j = HostTensor::from_vec(vec![2, 1], vec![4i64, 5]).expect("j");
+        let r = matmul(&mut cx, &mut Inputs::borrowed(&[Some(&i), Some(&j)]), false).expect("int");
+        assert_eq!(r[0].as_i64().expect("i"), &[23]);
+        let c = t(&[2], vec![100., 200.]);
+        let r = gemm_op(
+            &mut cx,
+            &mut Inputs::borrowed(&[Some(&a), Some(&bt), Some(&c)]),
+            1.0,
+            0.5,
+            false,
+            true,
+        )
+        .expect("gemm");
+        assert_eq!(r[0].as_f32().expect("f"), &[108., 164., 189., 254.]);
+    }
+}

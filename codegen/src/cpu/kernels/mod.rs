@@ -1,0 +1,412 @@
+//! Built-in kernels and the dispatch from IR ops to them.
+//!
+//! `builtin` reads a node's typed attributes once, at plan compile time, and returns a closure;
+//! an op without a kernel returns `None`, which the plan reports as an unsupported op.
+
+pub mod attention;
+pub mod broadcast;
+pub mod cast;
+pub mod elementwise;
+pub mod index;
+pub mod mathf;
+pub mod matmul;
+pub mod nn;
+pub mod reduce;
+pub mod shape;
+pub mod unary;
+
+use crate::cpu::error::KernelResult;
+use crate::cpu::kernel::{ExecCx, Inputs, Kernel, KernelSite};
+use crate::cpu::tensor::HostTensor;
+use elementwise::{Arith, Cmp, Logic};
+use ortho_ir::{AttrValue, DType, Module, Op};
+use reduce::Reduce;
+use unary::Unary;
+
+fn k<F>(f: F) -> Option<Box<dyn Kernel>>
+where
+    F: Fn(&mut ExecCx<'_>, &mut Inputs<'_>) -> KernelResult<Vec<HostTensor>>
+        + Send
+        + Sync
+        + 'static,
+{
+    Some(Box::new(f))
+}
+
+fn un(op: Unary) -> Option<Box<dyn Kernel>> {
+    k(move |cx, ins| unary::unary(cx, op, ins))
+}
+
+fn bin(op: Arith) -> Option<Box<dyn Kernel>> {
+    k(move |cx, ins| elementwise::arith(cx, op, ins))
+}
+
+fn cmp(op: Cmp) -> Option<Box<dyn Kernel>> {
+    k(move |cx, ins| elementwise::compare(cx, op, ins))
+}
+
+fn red(
+    op: Reduce,
+    axes: Option<Vec<i64>>,
+    keepdims: Option<i64>,
+    noop: Option<i64>,
+) -> Option<Box<dyn Kernel>> {
+    let keep = keepdims.unwrap_or(1) != 0;
+    let noop = noop.unwrap_or(0) != 0;
+    k(move |cx, ins| reduce::reduce(cx, op, ins, axes.as_deref(), keep, noop))
+}
+
+fn opaque_ints(attrs: &[ortho_ir::Attr], name: &str) -> Option<Vec<i64>> {
+    attrs
+        .iter()
+        .find(|a| a.name == name)
+        .and_then(|a| match &a.value {
+            AttrValue::Ints(v) => Some(v.clone()),
+            AttrValue::Int(v) => Some(vec![*v]),
+            _ => None,
+        })
+}
+
+fn opaque_int(attrs: &[ortho_ir::Attr], name: &str) -> Option<i64> {
+    attrs
+        .iter()
+        .find(|a| a.name == name)
+        .and_then(|a| match &a.value {
+            AttrValue::Int(v) => Some(*v),
+            _ => None,
+        })
+}
+
+fn positive(v: Option<i64>) -> Option<usize> {
+    v.filter(|&x| x > 0).map(|x| x as usize)
+}
+
+/// The built-in kernel for the node at `site`, or `None` when there is none.
+pub fn builtin(site: &KernelSite<'_>) -> KernelResult<Option<Box<dyn Kernel>>> {
+    let node = site.node();
+    let n_out = site.num_outputs();
+    Ok(match &node.op {
+        Op::Identity => k(|_, ins| shape::identity(ins)),
+        Op::Neg => un(Unary::Neg),
+        Op::Abs => un(Unary::Abs),
+        Op::Sqrt => un(Unary::Sqrt),
+        Op::Reciprocal => un(Unary::Reciprocal),
+        Op::Exp => un(Unary::Exp),
+        Op::Log => un(Unary::Log),
+        Op::Sin => un(Unary::Sin),
+        Op::Cos => un(Unary::Cos),
+        Op::Tan => un(Unary::Tan),
+        Op::Tanh => un(Unary::Tanh),
+        Op::Asin => un(Unary::Asin),
+        Op::Acos => un(Unary::Acos),
+        Op::Atan => un(Unary::Atan),
+        Op::Sinh => un(Unary::Sinh),
+        Op::Cosh => un(Unary::Cosh),
+        Op::Asinh => un(Unary::Asinh),
+        Op::Acosh => un(Unary::Acosh),
+        Op::Atanh => un(Unary::Atanh),
+        Op::Erf => un(Unary::Erf),
+        Op::Sigmoid => un(Unary::Sigmoid),
+        Op::Relu => un(Unary::Relu),
+        Op::Floor => un(Unary::Floor),
+        Op::Ceil => un(Unary::Ceil),
+        Op::Round => un(Unary::Round),
+        Op::Sign => un(Unary::Sign),
+        Op::Softplus => un(Unary::Softplus),
+        Op::Softsign => un(Unary::Softsign),
+        Op::HardSwish => un(Unary::HardSwish),
+        Op::Mish => un(Unary::Mish),
+        Op::Gelu(a) => un(Unary::Gelu {
+            tanh: a.approximate.as_deref() == Some("tanh"),
+        }),
+        Op::LeakyRelu(a) => un(Unary::LeakyRelu(a.alpha.unwrap_or(0.01))),
+        Op::Elu(a) => un(Unary::Elu(a.alpha.unwrap_or(1.0))),
+        Op::Celu(a) => un(Unary::Celu(a.alpha.unwrap_or(1.0))),
+        Op::Selu(a) => un(Unary::Selu(
+            a.alpha.unwrap_or(1.673_263_2),
+            a.gamma.unwrap_or(1.050_701),
+        )),
+        Op::HardSigmoid(a) => un(Unary::HardSigmoid(
+            a.alpha.unwrap_or(0.2),
+            a.beta.unwrap_or(0.5),
+        )),
+        Op::ThresholdedRelu(a) => un(Unary::ThresholdedRelu(a.alpha.unwrap_or(1.0))),
+        Op::IsNaN => k(|cx, ins| unary::classify(cx, ins, true, false, false)),
+        Op::IsInf(a) => {
+            let (neg, pos) = (
+                a.detect_negative.unwrap_or(1) != 0,
+                a.detect_positive.unwrap_or(1) != 0,
+            );
+            k(move |cx, ins| unary::classify(cx, ins, false, neg, pos))
+        }
+        Op::Not | Op::BitwiseNot => k(unary::not),
+        Op::Add => bin(Arith::Add),
+        Op::Sub => bin(Arith::Sub),
+        Op::Mul => bin(Arith::Mul),
+        Op::Div => bin(Arith::Div),
+        Op::Pow => bin(Arith::Pow),
+        Op::PRelu => bin(Arith::PRelu),
+        Op::Mod(a) => bin(Arith::Mod {
+            fmod: a.fmod.unwrap_or(0) != 0,
+        }),
+        Op::BitwiseAnd => bin(Arith::BitAnd),
+        Op::BitwiseOr => bin(Arith::BitOr),
+        Op::BitwiseXor => bin(Arith::BitXor),
+        Op::And => k(|cx, ins| elementwise::logic(cx, Logic::And, ins)),
+        Op::Or => k(|cx, ins| elementwise::logic(cx, Logic::Or, ins)),
+        Op::Xor => k(|cx, ins| elementwise::logic(cx, Logic::Xor, ins)),
+        Op::Equal => cmp(Cmp::Eq),
+        Op::Less => cmp(Cmp::Lt),
+        Op::LessOrEqual => cmp(Cmp::Le),
+        Op::Greater => cmp(Cmp::Gt),
+        Op::GreaterOrEqual => cmp(Cmp::Ge),
+        Op::Max => k(|cx, ins| elementwise::variadic(cx, Arith::Max, false, ins)),
+        Op::Min => k(|cx, ins| elementwise::variadic(cx, Arith::Min, false, ins)),
+        Op::Sum => k(|cx, ins| elementwise::variadic(cx, Arith::Add, false, ins)),
+        Op::Mean => k(|cx, ins| elementwise::variadic(cx, Arith::Add, true, ins)),
+        Op::Where => k(cast::where_kernel),
+        Op::Clip => k(|cx, ins| cast::clip(cx, ins, None, None)),
+        Op::Cast(a) => {
+            let to = DType::from_code(a.to.ok_or("Cast needs 'to'")?);
+            k(move |cx, ins| cast::cast_kernel(cx, ins, to))
+        }
+        Op::CastLike(_) => k(|cx, ins| {
+            let to = ins.req(1)?.dtype();
+            cast::cast_kernel(cx, ins, to)
+        }),
+        Op::MatMul => k(|cx, ins| matmul::matmul(cx, ins, false)),
+        Op::Gemm(a) => {
+            let (al, be, ta, tb) = (
+                a.alpha.unwrap_or(1.0),
+                a.beta.unwrap_or(1.0),
+                a.trans_a.unwrap_or(0) != 0,
+                a.trans_b.unwrap_or(0) != 0,
+            );
+            k(move |cx, ins| matmul::gemm_op(cx, ins, al, be, ta, tb))
+        }
+        Op::Softmax(_) | Op::LogSoftmax(_) => {
+            let (log, axis) = match &node.op {
+                Op::LogSoftmax(a) => (true, a.axis),
+                Op::Softmax(a) => (false, a.axis),
+                _ => (false, None),
+            };
+            let legacy = site.opset > 0 && site.opset < 13;
+            let axis = axis.unwrap_or(if legacy { 1 } else { -1 });
+            k(move |cx, ins| reduce::softmax(cx, ins, axis, log, legacy))
+        }
+        Op::ReduceMean(a) => red(
+            Reduce::Mean,
+            a.axes.clone(),
+            a.keepdims,
+            a.noop_with_empty_axes,
+        ),
+        Op::ReduceSum(a) => red(
+            Reduce::Sum,
+            a.axes.clone(),
+            a.keepdims,
+            a.noop_with_empty_axes,
+        ),
+        Op::ReduceMax(a) => red(
+            Reduce::Max,
+            a.axes.clone(),
+            a.keepdims,
+            a.noop_with_empty_axes,
+        ),
+        Op::ReduceMin(a) => red(
+            Reduce::Min,
+            a.axes.clone(),
+            a.keepdims,
+            a.noop_with_empty_axes,
+        ),
+        Op::ReduceProd(a) => red(
+            Reduce::Prod,
+            a.axes.clone(),
+            a.keepdims,
+            a.noop_with_empty_axes,
+        ),
+        Op::ReduceL2(a) => red(
+            Reduce::L2,
+            a.axes.clone(),
+            a.keepdims,
+            a.noop_with_empty_axes,
+        ),
+        Op::ReduceSumSquare(a) => red(
+            Reduce::SumSquare,
+            a.axes.clone(),
+            a.keepdims,
+            a.noop_with_empty_axes,
+        ),
+        Op::RMSNormalization(a) => {
+            let (axis, eps) = (a.axis.unwrap_or(-1), a.epsilon.unwrap_or(1e-5));
+            k(move |cx, ins| nn::rms_norm(cx, ins, axis, eps))
+        }
+        Op::LayerNormalization(a) => {
+            let (axis, eps) = (a.axis.unwrap_or(-1), a.epsilon.unwrap_or(1e-5));
+            k(move |cx, ins| nn::layer_norm(cx, ins, axis, eps, n_out))
+        }
+        Op::RotaryEmbedding(a) => {
+            let (il, nh, rd) = (
+                a.interleaved.unwrap_or(0) != 0,
+                a.num_heads.unwrap_or(0),
+                a.rotary_embedding_dim.unwrap_or(0),
+            );
+            k(move |cx, ins| nn::rotary(cx, ins, il, nh, rd))
+        }
+        Op::Attention(a) => {
+            if a.qk_matmul_output_mode.unwrap_or(0) != 0 && site.output_used(3) {
+                return Err("qk_matmul_output_mode other than 0 is not supported".into());
+            }
+            let attrs = attention::AttentionAttrs {
+                is_causal: a.is_causal.unwrap_or(0) != 0,
+                q_heads: positive(a.q_num_heads),
+                kv_heads: positive(a.kv_num_heads),
+                scale: a.scale,
+                softcap: a.softcap.unwrap_or(0.0),
+            };
+            let want_qk = site.output_used(3);
+            let outs = (0..3)
+                .filter(|&i| site.output_used(i))
+                .max()
+                .map_or(1, |i| i + 1);
+            k(move |cx, ins| attention::attention(cx, ins, attrs, outs, want_qk))
+        }
+        Op::Reshape(a) => {
+            let allowzero = a.allowzero.unwrap_or(0) != 0;
+            k(move |_, ins| shape::reshape(ins, allowzero))
+        }
+        Op::Flatten(a) => {
+            let axis = a.axis.unwrap_or(1);
+            k(move |_, ins| shape::flatten(ins, axis))
+        }
+        Op::Squeeze => k(|_, ins| shape::squeeze(ins, None)),
+        Op::Unsqueeze => k(|_, ins| shape::unsqueeze(ins, None)),
+        Op::Transpose(a) => {
+            let perm = a.perm.clone();
+            k(move |cx, ins| shape::transpose(cx, ins, perm.as_deref()))
+        }
+        Op::Slice => k(shape::slice),
+        Op::Concat(a) => {
+            let axis = a.axis.ok_or("Concat needs 'axis'")?;
+            k(move |cx, ins| shape::concat(cx, ins, axis))
+        }
+        Op::Split(a) => {
+            let (axis, split) = (a.axis.unwrap_or(0), a.split.clone());
+            let parts = a.num_outputs.map(|n| n as usize).unwrap_or(n_out);
+            k(move |cx, ins| shape::split(cx, ins, axis, split.as_deref(), parts))
+        }
+        Op::Expand => k(shape::expand),
+        Op::Tile => k(shape::tile),
+        Op::Gather(a) => {
+            let axis = a.axis.unwrap_or(0);
+            k(move |cx, ins| shape::gather(cx, ins, axis))
+        }
+        Op::Shape(a) => {
+            let (s, e) = (a.start, a.end);
+            k(move |_, ins| shape::shape_of(ins, s, e))
+        }
+        Op::Size => k(|_, ins| shape::size_of(ins)),
+        Op::Range => k(|_, ins| shape::range(ins)),
+        Op::ConstantOfShape(a) => {
+            let v = match a.value {
+                Some(t) => Some(HostTensor::from_tensor_data(site.module.tensor(t))?),
+                None => None,
+            };
+            k(move |_, ins| shape::constant_of_shape(ins, v.as_ref()))
+        }
+        Op::Trilu(a) => {
+            let upper = a.upper.unwrap_or(1) != 0;
+            k(move |_, ins| shape::trilu(ins, upper))
+        }
+        Op::ArgMax(a) => {
+            let (axis, keep, last) = (
+                a.axis.unwrap_or(0),
+                a.keepdims.unwrap_or(1) != 0,
+                a.select_last_index.unwrap_or(0) != 0,
+            );
+            k(move |_, ins| index::arg_extreme(ins, axis, keep, true, last))
+        }
+        Op::ArgMin(a) => {
+            let (axis, keep, last) = (
+                a.axis.unwrap_or(0),
+                a.keepdims.unwrap_or(1) != 0,
+                a.select_last_index.unwrap_or(0) != 0,
+            );
+            k(move |_, ins| index::arg_extreme(ins, axis, keep, false, last))
+        }
+        Op::CumSum(a) => {
+            let (ex, rev) = (a.exclusive.unwrap_or(0) != 0, a.reverse.unwrap_or(0) != 0);
+            k(move |_, ins| index::cumsum(ins, ex, rev))
+        }
+        Op::GatherElements(a) => {
+            let axis = a.axis.unwrap_or(0);
+            k(move |_, ins| index::gather_elements(ins, axis))
+        }
+        Op::NonZero => k(|_, ins| index::nonzero(ins)),
+        Op::OneHot(a) => {
+            let axis = a.axis.unwrap_or(-1);
+            k(move |_, ins| index::onehot(ins, axis))
+        }
+        Op::Dropout(_) => {
+            // Inference: the identity, and an all-true mask when asked for.
+            let mask = site.output_used(1);
+            k(move |_, ins| {
+                let shape = ins.req(0)?.shape().to_vec();
+                let mut r = shape::identity(ins)?;
+                if mask {
+                    let n = shape.iter().product();
+                    r.push(HostTensor::from_vec(shape, vec![true; n]).map_err(|e| e.to_string())?);
+                }
+                Ok(r)
+            })
+        }
+        Op::Opaque(o) if o.domain.is_empty() || o.domain == "ai.onnx" => match o.op_type.as_str() {
+            // Older opsets keep axes as attributes, which the typed ops do not model.
+            "Squeeze" => {
+                let axes = opaque_ints(&o.attrs, "axes");
+                k(move |_, ins| shape::squeeze(ins, axes.as_deref()))
+            }
+            "Unsqueeze" => {
+                let axes = opaque_ints(&o.attrs, "axes");
+                k(move |_, ins| shape::unsqueeze(ins, axes.as_deref()))
+            }
+            "ReduceL1" | "ReduceLogSum" | "ReduceLogSumExp" => {
+                let op = match o.op_type.as_str() {
+                    "ReduceL1" => Reduce::L1,
+                    "ReduceLogSum" => Reduce::LogSum,
+                    _ => Reduce::LogSumExp,
+                };
+                red(
+                    op,
+                    opaque_ints(&o.attrs, "axes"),
+                    opaque_int(&o.attrs, "keepdims"),
+                    opaque_int(&o.attrs, "noop_with_empty_axes"),
+                )
+            }
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
+/// The value of an `onnx.Constant` node.
+pub fn constant_value(op: &Op, module: &Module) -> KernelResult<HostTensor> {
+    let Op::Constant(a) = op else {
+        return Err("not a Constant".into());
+    };
+    if let Some(t) = a.value {
+        return HostTensor::from_tensor_data(module.tensor(t));
+    }
+    if let Some(v) = a.value_float {
+        return Ok(HostTensor::scalar(v));
+    }
+    if let Some(v) = &a.value_floats {
+        return HostTensor::from_vec(vec![v.len()], v.clone()).map_err(|e| e.to_string());
+    }
+    if let Some(v) = a.value_int {
+        return Ok(HostTensor::scalar(v));
+    }
+    if let Some(v) = &a.value_ints {
+        return HostTensor::from_vec(vec![v.len()], v.clone()).map_err(|e| e.to_string());
+    }
+    Err("Constant without a numeric value (strings are not supported)".into())
+}

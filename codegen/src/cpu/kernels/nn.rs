@@ -1,0 +1,323 @@
+//! Normalizations (RMSNormalization, LayerNormalization) and RotaryEmbedding.
+
+use super::shape::norm_axis;
+use crate::cpu::error::KernelResult;
+use crate::cpu::kernel::{ExecCx, Inputs};
+use crate::cpu::tensor::{numel, HostTensor, TensorBuf};
+use ortho_ir::DType;
+use rayon::prelude::*;
+
+/// Applies `f(row, out_row)` to every row of `n` elements, in parallel when large.
+fn rows(
+    cx: &ExecCx<'_>,
+    x: &[f32],
+    out: &mut [f32],
+    n: usize,
+    f: impl Fn(&[f32], &mut [f32]) + Sync,
+) {
+    if cx.parallel(x.len()) {
+        let per = (x.len() / n).div_ceil(cx.threads * 4).max(1) * n;
+        out.par_chunks_mut(per)
+            .zip(x.par_chunks(per))
+            .for_each(|(o, xs)| {
+                for (o, xs) in o.chunks_mut(n).zip(xs.chunks(n)) {
+                    f(xs, o);
+                }
+            });
+    } else {
+        for (o, xs) in out.chunks_mut(n).zip(x.chunks(n)) {
+            f(xs, o);
+        }
+    }
+}
+
+/// The normalized block: rows of `n = prod(shape[axis..])` elements, and the scale/bias
+/// broadcast over one row.
+fn row_params(
+    cx: &mut ExecCx<'_>,
+    x: &HostTensor,
+    axis: i64,
+    p: Option<&HostTensor>,
+) -> KernelResult<(usize, Option<Vec<f32>>)> {
+    let a = norm_axis(axis, x.rank())?;
+    let row_shape = &x.shape()[a..];
+    let n = numel(row_shape);
+    let p = match p {
+        None => None,
+        Some(p) => {
+            let w = super::elementwise::widen_half(p);
+            let p = w.as_ref().unwrap_or(p);
+            if p.as_f32().is_none() {
+                return Err(format!("scale/bias must be float, got {}", p.dtype()));
+            }
+            let shape = super::broadcast::broadcast_shapes(&[row_shape, p.shape()])?;
+            if shape != row_shape {
+                return Err(format!("scale/bias of shape {:?} does not broadcast to the normalized shape {row_shape:?}", p.shape()));
+            }
+            Some(super::shape::expand_to::<f32>(cx, p, row_shape)?)
+        }
+    };
+    Ok((n, p))
+}
+
+/// RMSNormalization (opset 23): `x / sqrt(mean(x²) + eps) * scale` over dims `axis..`.
+pub fn rms_norm(
+    cx: &mut ExecCx<'_>,
+    ins: &mut Inputs<'_>,
+    axis: i64,
+    eps: f32,
+) -> KernelResult<Vec<HostTensor>> {
+    let x0 = ins.req(0)?;
+    let dt = x0.dtype();
+    let wide = super::elementwise::widen_half(x0);
+    let x = wide.as_ref().unwrap_or(x0);
+    let xd = x
+        .as_f32()
+        .ok_or_else(|| format!("RMSNormalization is not defined for {dt}"))?;
+    let (n, scale) = row_params(cx, x, axis, ins.get(1))?;
+    let scale = scale.ok_or("RMSNormalization needs a scale")?;
+    let mut out = cx.pool.alloc::<f32>(xd.len());
+    if n > 0 {
+        rows(cx, xd, &mut out, n, |r, o| {
+            let ss: f64 = r.iter().map(|&v| (v as f64) * (v as f64)).sum();
+            // The mean is rounded to f32 as the decomposed graph (and onnxruntime) do.
+            let ms = (ss / n as f64) as f32;
+            let d = (ms + eps).sqrt();
+            for ((o, &v), &s) in o.iter_mut().zip(r).zip(&scale) {
+                *o = v / d * s;
+            }
+        });
+    }
+    let t = HostTensor::make(x.shape().to_vec(), TensorBuf::F32(out))?;
+    Ok(vec![if matches!(dt, DType::F16 | DType::BF16) {
+        super::elementwise::narrow_half(t, dt)?
+    } else {
+        t
+    }])
+}
+
+/// LayerNormalization: `(x − mean) / sqrt(var + eps) * scale + bias`; also returns the mean and
+/// inverse standard deviation when the node asks for them.
+pub fn layer_norm(
+    cx: &mut ExecCx<'_>,
+    ins: &mut Inputs<'_>,
+    axis: i64,
+    eps: f32,
+    n_out: usize,
+) -> KernelResult<Vec<HostTensor>> {
+    let x0 = ins.req(0)?;
+    let dt = x0.dtype();
+    let wide = super::elementwise::widen_half(x0);
+    let x = wide.as_ref().unwrap_or(x0);
+    let xd = x
+        .as_f32()
+        .ok_or_else(|| format!("LayerNormalization is not defined for {dt}"))?;
+    let (n, scale) = row_params(cx, x, axis, ins.get(1))?;
+    let scale = scale.ok_or("LayerNormalization needs a scale")?;
+    let (_, bias) = row_params(cx, x, axis, ins.get(2))?;
+    let nrows = if n == 0 { 0 } else { xd.len() / n };
+    let mut out = cx.pool.alloc::<f32>(xd.len());
+    let mut stats = vec![(0.0f32, 0.0f32); nrows];
+    for (i, (r, o)) in xd
+        .chunks(n.max(1))
+        .zip(out.chunks_mut(n.max(1)))
+        .enumerate()
+        .take(nrows)
+    {
+        let mean = r.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+        let var = r.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n as f64;
+        let inv = 1.0 / (var + eps as f64).sqrt();
+        for (k, (o, &v)) in o.iter_mut().zip(r).enumerate() {
+            let y = ((v as f64 - mean) * inv) as f32 * scale[k];
+            *o = match &bias {
+                Some(b) => y + b[k],
+                None => y,
+            };
+        }
+        stats[i] = (mean as f32, inv as f32);
+    }
+    let a = norm_axis(axis, x.rank())?;
+    let t = HostTensor::make(x.shape().to_vec(), TensorBuf::F32(out))?;
+    let mut res = vec![if matches!(dt, DType::F16 | DType::BF16) {
+        super::elementwise::narrow_half(t, dt)?
+    } else {
+        t
+    }];
+    if n_out > 1 {
+        let mut sshape = x.shape()[..a].to_vec();
+        sshape.extend(std::iter::repeat_n(1, x.rank() - a));
+        res.push(HostTensor::make(
+            sshape.clone(),
+            TensorBuf::F32(stats.iter().map(|s| s.0).collect()),
+        )?);
+        res.push(HostTensor::make(
+            sshape,
+            TensorBuf::F32(stats.iter().map(|s| s.1).collect()),
+        )?);
+    }
+    Ok(res)
+}
+
+/// RotaryEmbedding (opset 23). `x` is [B, H, S, D] or [B, S, H·D] (with `num_heads`);
+/// `cos`/`sin` are [max_pos, R/2] indexed by `position_ids` [B, S], or [B, S, R/2] without
+/// them. The first R = rotary_embedding_dim (default D) features of each head rotate, as
+/// halves (x1 = x[:R/2], x2 = x[R/2:R]) or interleaved pairs.
+pub fn rotary(
+    cx: &mut ExecCx<'_>,
+    ins: &mut Inputs<'_>,
+    interleaved: bool,
+    num_heads: i64,
+    rot_dim: i64,
+) -> KernelResult<Vec<HostTensor>> {
+    let x = ins.req(0)?;
+    let (cos_t, sin_t) = (ins.req(1)?, ins.req(2)?);
+    let pos = ins.get(3).map(|p| p.to_i64_vec());
+    let xd = x
+        .as_f32()
+        .ok_or_else(|| format!("RotaryEmbedding is implemented for f32, got {}", x.dtype()))?;
+    let (cd, sd) = (
+        cos_t.as_f32().ok_or("cos_cache must be f32")?,
+        sin_t.as_f32().ok_or("sin_cache must be f32")?,
+    );
+    // Logical layout: (b, s, h, d) with element strides.
+    let s = x.shape();
+    let (b, seq, heads, hd, st_b, st_s, st_h) = match s.len() {
+        4 => (
+            s[0],
+            s[2],
+            s[1],
+            s[3],
+            s[1] * s[2] * s[3],
+            s[3],
+            s[2] * s[3],
+        ),
+        3 => {
+            if num_heads <= 0 {
+                return Err("3-D input needs num_heads".into());
+            }
+            let h = num_heads as usize;
+            if s[2] % h != 0 {
+                return Err(format!(
+                    "hidden size {} is not a multiple of num_heads {h}",
+                    s[2]
+                ));
+            }
+            (s[0], s[1], h, s[2] / h, s[1] * s[2], s[2], s[2] / h)
+        }
+        r => return Err(format!("input must be 3-D or 4-D, got rank {r}")),
+    };
+    let rd = if rot_dim > 0 { rot_dim as usize } else { hd };
+    if rd > hd || rd % 2 != 0 {
+        return Err(format!(
+            "rotary_embedding_dim {rd} does not fit head size {hd}"
+        ));
+    }
+    let half = rd / 2;
+    let cache_row = |bi: usize, si: usize| -> KernelResult<usize> {
+        match &pos {
+            Some(p) => {
+                let idx = *p
+                    .get(bi * seq + si)
+                    .ok_or("position_ids must be [batch, seq]")?;
+                let rows = cos_t.shape().first().copied().unwrap_or(0);
+                if idx < 0 || idx as usize >= rows {
+                    return Err(format!("position {idx} is outside the cache ({rows} rows)"));
+                }
+                Ok(idx as usize * half)
+            }
+            None => Ok((bi * seq + si) * half),
+        }
+    };
+    if cos_t.shape().last().copied() != Some(half) || cd.len() != sd.len() {
+        return Err(format!(
+            "cos/sin caches of shape {:?} do not hold {half} values per row",
+            cos_t.shape()
+        ));
+    }
+    let mut out = cx.pool.alloc::<f32>(xd.len());
+    out.copy_from_slice(xd);
+    for bi in 0..b {
+        for si in 0..seq {
+            let c0 = cache_row(bi, si)?;
+            if c0 + half > cd.len() {
+                return Err("cos/sin cache is too small".into());
+            }
+            let (c, sn) = (&cd[c0..c0 + half], &sd[c0..c0 + half]);
+            for h in 0..heads {
+                let base = bi * st_b + si * st_s + h * st_h;
+                let row = &xd[base..base + hd];
+                let o = &mut out[base..base + hd];
+                for i in 0..half {
+                    let (i1, i2) = if interleaved {
+                        (2 * i, 2 * i + 1)
+                    } else {
+                        (i, i + half)
+                    };
+                    let (x1, x2) = (row[i1], row[i2]);
+                    o[i1] = x1 * c[i] - x2 * sn[i];
+                    o[i2] = x2 * c[i] + x1 * sn[i];
+                }
+            }
+        }
+    }
+    Ok(vec![HostTensor::make(s.to_vec(), TensorBuf::F32(out))?])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::pool::BufferPool;
+
+    #[test]
+    fn rms_norm_and_rotary_by_hand() {
+        let mut pool = BufferPool::new();
+        let mut cx = ExecCx {
+            pool: &mut pool,
+            threads: 1,
+        };
+        let x = HostTensor::from_vec(vec![1, 2], vec![3.0f32, 4.0]).expect("x");
+        let w = HostTensor::from_vec(vec![2], vec![1.0f32, 2.0]).expect("w");
+        let r = rms_norm(
+            &mut cx,
+            &mut Inputs::borrowed(&[Some(&x), Some(&w)]),
+            -1,
+            0.0,
+        )
+        .expect("rms");
+        let rms = (12.5f32).sqrt();
+        assert_eq!(r[0].as_f32().expect("f"), &[3.0 / rms, 4.0 / rms * 2.0]);
+        let ln = layer_norm(
+            &mut cx,
+            &mut Inputs::borrowed(&[Some(&x), Some(&w)]),
+            -1,
+            0.0,
+            1,
+        )
+        .expect("ln");
+        assert_eq!(ln[0].as_f32().expect("f"), &[-1.0, 2.0]);
+        // One head of 4 features at positions 0 and 1; angle θ at position 1.
+        let xr = HostTensor::from_vec(
+            vec![1, 2, 4],
+            vec![1.0f32, 2.0, 3.0, 4.0, 1.0, 2.0, 3.0, 4.0],
+        )
+        .expect("x");
+        let th = 0.5f32;
+        let cos =
+            HostTensor::from_vec(vec![2, 2], vec![1.0, 1.0, th.cos(), th.cos()]).expect("cos");
+        let sin =
+            HostTensor::from_vec(vec![2, 2], vec![0.0, 0.0, th.sin(), th.sin()]).expect("sin");
+        let p = HostTensor::from_vec(vec![1, 2], vec![0i64, 1]).expect("p");
+        let r = rotary(
+            &mut cx,
+            &mut Inputs::borrowed(&[Some(&xr), Some(&cos), Some(&sin), Some(&p)]),
+            false,
+            1,
+            0,
+        )
+        .expect("rope");
+        let v = r[0].as_f32().expect("f");
+        assert_eq!(&v[..4], &[1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(v[4], 1.0 * th.cos() - 3.0 * th.sin());
+        assert_eq!(v[6], 3.0 * th.cos() + 1.0 * th.sin());
+    }
+}

@@ -1,0 +1,197 @@
+//! `ortho-opt compare`: the equivalence harness. Runs two models on the same token windows and
+//! reports how far B's logits and perplexity are from A's.
+
+use crate::eval::{batch_nll, default_batch, forward_windows, tokenize, Progress, TextArgs};
+use crate::DriverOutput;
+use clap::Parser;
+use ortho_codegen::metrics;
+use rayon::prelude::*;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+pub const COMPARE_JSON: &str = "Metrics are over every position of every window (perplexities over the seqlen − 1
+predictions of each window). With --json, stdout is one JSON object:
+  max_abs_logit_diff   max |B − A| over all logits
+  max_rel_logit_diff   max over positions of max|B − A| / max|A| (the row's scale)
+  ppl_a, ppl_b         perplexities (null when not finite)
+  nll_mean_a, nll_mean_b
+  delta_ppl            ppl_b − ppl_a
+  delta_ppl_rel        (ppl_b − ppl_a) / ppl_a
+  js_mean, js_max      Jensen–Shannon divergence of the next-token distributions, nats (≤ ln 2)
+  argmax_agreement     fraction of positions where both models pick the same top token
+  positions            positions compared;  tokens: predictions scored
+  non_finite_a, non_finite_b   non-finite logits seen in each model
+  windows, seqlen, bos, model_a, model_b, tokenizer, text, threads, seconds {tokenize, compile, forward, total}";
+
+/// Compare two models' logits and perplexity on the same text (B relative to A).
+#[derive(Debug, Parser)]
+#[command(name = "ortho-opt compare", after_help = COMPARE_JSON)]
+pub struct CompareArgs {
+    /// The reference model (.onnx or .oir).
+    pub model_a: PathBuf,
+    /// The model to judge.
+    pub model_b: PathBuf,
+    #[command(flatten)]
+    pub text: TextArgs,
+    /// Print one JSON object instead of the human summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Default)]
+struct Acc {
+    max_abs: f64,
+    max_rel: f64,
+    js_sum: f64,
+    js_max: f64,
+    agree: usize,
+    positions: usize,
+    nll_a: f64,
+    nll_b: f64,
+    preds: usize,
+    nf_a: usize,
+    nf_b: usize,
+}
+
+pub fn run(a: CompareArgs) -> DriverOutput {
+    match run_inner(&a) {
+        Ok((out, err)) => DriverOutput::ok(out, err),
+        Err(e) => DriverOutput::error(format!("error: {e}\n")),
+    }
+}
+
+fn num(x: f64) -> serde_json::Value {
+    serde_json::Number::from_f64(x)
+        .map(serde_json::Value::Number)
+        .unwrap_or(serde_json::Value::Null)
+}
+
+fn run_inner(a: &CompareArgs) -> Result<(String, String), String> {
+    let t_all = Instant::now();
+    let w = tokenize(&a.text)?;
+    let t0 = Instant::now();
+    let pa = crate::run::compile(&a.model_a, a.text.threads)?;
+    let pb = crate::run::compile(&a.model_b, a.text.threads)?;
+    let compile_s = t0.elapsed().as_secs_f64();
+    let mut progress = Progress::new("compare", w.ids.len(), a.text.quiet);
+    let t1 = Instant::now();
+    let mut acc = Acc::default();
+    forward_windows(
+        &[&pa, &pb],
+        &w,
+        default_batch(&a.text),
+        &mut progress,
+        |first, logits| {
+            let (la, lb) = (&logits[0], &logits[1]);
+            let (n, s, v) = (la.shape()[0], la.shape()[1], la.shape()[2]);
+            let (da, db) = (la.as_f32().unwrap_or(&[]), lb.as_f32().unwrap_or(&[]));
+            // Per position: (max abs diff, relative diff, JS, same argmax).
+            let per: Vec<(f64, f64, f64, bool)> = (0..n * s)
+                .into_par_iter()
+                .map(|p| {
+                    let (ra, rb) = (&da[p * v..(p + 1) * v], &db[p * v..(p + 1) * v]);
+                    let (d, r) = metrics::row_diff(ra, rb);
+                    (
+                        d,
+                        r,
+                        metrics::js_divergence(ra, rb),
+                        metrics::argmax(ra) == metrics::argmax(rb),
+                    )
+                })
+                .collect();
+            for (d, r, js, same) in per {
+                acc.max_abs = acc.max_abs.max(d);
+                acc.max_rel = acc.max_rel.max(r);
+                acc.js_sum += js;
+                acc.js_max = acc.js_max.max(js);
+                acc.agree += usize::from(same);
+                acc.positions += 1;
+            }
+            let wins = &w.ids[first..first + n];
+            for ((x, nfa), (y, nfb)) in batch_nll(la, wins).into_iter().zip(batch_nll(lb, wins)) {
+                acc.nll_a += x;
+                acc.nll_b += y;
+                acc.nf_a += nfa;
+                acc.nf_b += nfb;
+                acc.preds += 1;
+            }
+            Ok(())
+        },
+    )?;
+    let forward_s = t1.elapsed().as_secs_f64();
+    let nll_a = acc.nll_a / acc.preds.max(1) as f64;
+    let nll_b = acc.nll_b / acc.preds.max(1) as f64;
+    let (ppl_a, ppl_b) = (nll_a.exp(), nll_b.exp());
+    let dppl = ppl_b - ppl_a;
+    let js_mean = acc.js_sum / acc.positions.max(1) as f64;
+    let agree = acc.agree as f64 / acc.positions.max(1) as f64;
+    let mut err = String::new();
+    if acc.nf_a + acc.nf_b > 0 {
+        let _ = writeln!(
+            err,
+            "warning: non-finite logits: {} in A, {} in B",
+            acc.nf_a, acc.nf_b
+        );
+    }
+    let out = if a.json {
+        let j = serde_json::json!({
+            "model_a": a.model_a.display().to_string(),
+            "model_b": a.model_b.display().to_string(),
+            "tokenizer": a.text.tokenizer.display().to_string(),
+            "text": a.text.text.display().to_string(),
+            "max_abs_logit_diff": num(acc.max_abs),
+            "max_rel_logit_diff": num(acc.max_rel),
+            "ppl_a": num(ppl_a),
+            "ppl_b": num(ppl_b),
+            "nll_mean_a": num(nll_a),
+            "nll_mean_b": num(nll_b),
+            "delta_ppl": num(dppl),
+            "delta_ppl_rel": num(dppl / ppl_a),
+            "js_mean": num(js_mean),
+            "js_max": num(acc.js_max),
+            "argmax_agreement": num(agree),
+            "positions": acc.positions,
+            "tokens": acc.preds,
+            "non_finite_a": acc.nf_a,
+            "non_finite_b": acc.nf_b,
+            "windows": a.text.windows,
+            "seqlen": a.text.seqlen,
+            "bos": a.text.bos,
+            "threads": pa.threads(),
+            "seconds": {"tokenize": w.seconds, "compile": compile_s, "forward": forward_s, "total": t_all.elapsed().as_secs_f64()},
+        });
+        format!("{j}\n")
+    } else {
+        let mut s = String::new();
+        let _ = writeln!(s, "A: {}", a.model_a.display());
+        let _ = writeln!(s, "B: {}", a.model_b.display());
+        let _ = writeln!(
+            s,
+            "windows:            {} × {} ({} positions, {} predictions)",
+            a.text.windows, a.text.seqlen, acc.positions, acc.preds
+        );
+        let _ = writeln!(
+            s,
+            "max |Δlogit|:       {:.6e} (relative {:.3e})",
+            acc.max_abs, acc.max_rel
+        );
+        let _ = writeln!(
+            s,
+            "perplexity:         A {ppl_a:.5}, B {ppl_b:.5}, Δ {dppl:+.5} ({:+.3e} relative)",
+            dppl / ppl_a
+        );
+        let _ = writeln!(
+            s,
+            "JS divergence:      mean {js_mean:.3e}, max {:.3e} nats",
+            acc.js_max
+        );
+        let _ = writeln!(s, "argmax agreement:   {:.4} %", agree * 100.0);
+        let _ = writeln!(
+            s,
+            "time:               compile {compile_s:.2} s, forward {forward_s:.2} s"
+        );
+        s
+    };
+    Ok((out, err))
+}

@@ -1,0 +1,367 @@
+//! `ortho-opt eval`: perplexity of a language model on text, and the pieces `compare` shares
+//! (tokenizing into windows, batched forward passes with progress).
+
+use crate::DriverOutput;
+use clap::Parser;
+use ortho_codegen::cpu::{HostTensor, Plan};
+use ortho_codegen::metrics;
+use rayon::prelude::*;
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write as _};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Which tokens to score: the text, its tokenizer, and the window layout.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TextArgs {
+    /// tokenizer.json (Hugging Face `tokenizers` format).
+    #[arg(long)]
+    pub tokenizer: PathBuf,
+    /// UTF-8 text; it is tokenized whole, without special tokens.
+    #[arg(long)]
+    pub text: PathBuf,
+    /// Number of non-overlapping windows, taken from the start of the tokenized text.
+    #[arg(long, default_value_t = 16)]
+    pub windows: usize,
+    /// Tokens per window; each window gives seqlen − 1 predictions.
+    #[arg(long, default_value_t = 128)]
+    pub seqlen: usize,
+    /// Prepend this token id to every window (the window then holds seqlen − 1 text tokens).
+    #[arg(long)]
+    pub bos: Option<u32>,
+    /// Windows per forward pass (default: as many as fit in 1024 tokens).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Threads for the engine (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// No progress on stderr.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+const EVAL_JSON: &str = "With --json, stdout is one JSON object:
+  perplexity      exp(nll_mean) (null when not finite)
+  nll_mean        mean negative log-likelihood per prediction, nats
+  tokens          number of predictions scored (windows × (seqlen − 1))
+  windows, seqlen, bos
+  non_finite      number of non-finite logits seen (reported, never skipped)
+  non_finite_positions  predictions whose logits row held a non-finite value
+  vocab           width of the logits (= the tokenizer's vocabulary size)
+  text_tokens     tokens in the whole text
+  model, tokenizer, text, threads
+  seconds         {tokenize, compile, forward, total}";
+
+/// Perplexity of a language model (input_ids → logits) on text, over non-overlapping windows.
+#[derive(Debug, Parser)]
+#[command(name = "ortho-opt eval", after_help = EVAL_JSON)]
+pub struct EvalArgs {
+    /// The model (.onnx or .oir): input `input_ids` int64 [batch, seq], output logits [batch, seq, vocab].
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub text: TextArgs,
+    /// Print one JSON object instead of the human summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Token windows of the text.
+pub(crate) struct Windows {
+    pub ids: Vec<Vec<i64>>,
+    pub text_tokens: usize,
+    pub vocab: usize,
+    pub seconds: f64,
+}
+
+pub(crate) fn tokenize(t: &TextArgs) -> Result<Windows, String> {
+    if t.windows == 0 || t.seqlen < 2 {
+        return Err("--windows must be ≥ 1 and --seqlen ≥ 2".into());
+    }
+    let t0 = Instant::now();
+    let tok = tokenizers::Tokenizer::from_file(&t.tokenizer)
+        .map_err(|e| format!("{}: cannot load the tokenizer: {e}", t.tokenizer.display()))?;
+    let text =
+        std::fs::read_to_string(&t.text).map_err(|e| format!("{}: {e}", t.text.display()))?;
+    let enc = tok
+        .encode(text.as_str(), false)
+        .map_err(|e| format!("{}: tokenization failed: {e}", t.text.display()))?;
+    let ids = enc.get_ids();
+    let body = t.seqlen - usize::from(t.bos.is_some());
+    let need = t.windows * body;
+    if ids.len() < need {
+        return Err(format!(
+            "{} has {} tokens, fewer than {} windows × {body}",
+            t.text.display(),
+            ids.len(),
+            t.windows
+        ));
+    }
+    let windows = (0..t.windows)
+        .map(|w| {
+            let mut v: Vec<i64> = Vec::with_capacity(t.seqlen);
+            v.extend(t.bos.map(i64::from));
+            v.extend(ids[w * body..(w + 1) * body].iter().map(|&x| x as i64));
+            v
+        })
+        .collect();
+    Ok(Windows {
+        ids: windows,
+        text_tokens: ids.len(),
+        vocab: tok.get_vocab_size(true),
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// The feeds of a decoder LM for a batch of windows: `input_ids`, and `attention_mask` /
+/// `position_ids` when the model has them.
+fn feeds(plan: &Plan, batch: &[Vec<i64>]) -> Result<Vec<(String, HostTensor)>, String> {
+    let (b, s) = (batch.len(), batch.first().map_or(0, |w| w.len()));
+    let flat: Vec<i64> = batch.iter().flatten().copied().collect();
+    let names = plan.input_names();
+    let mut out = Vec::new();
+    for n in &names {
+        let t = match n.as_str() {
+            "attention_mask" => HostTensor::from_vec(vec![b, s], vec![1i64; b * s]),
+            "position_ids" => HostTensor::from_vec(vec![b, s], (0..b * s).map(|i| (i % s) as i64).collect::<Vec<_>>()),
+            x if x == "input_ids" || names.len() == 1 => HostTensor::from_vec(vec![b, s], flat.clone()),
+            other => return Err(format!("the model has an input '{other}' that eval cannot fill (it feeds input_ids, attention_mask, position_ids)")),
+        }
+        .map_err(|e| e.to_string())?;
+        out.push((n.clone(), t));
+    }
+    Ok(out)
+}
+
+/// Progress on stderr: a bar redrawn in place on a terminal, a few lines otherwise.
+pub(crate) struct Progress {
+    label: &'static str,
+    total: usize,
+    quiet: bool,
+    tty: bool,
+    t0: Instant,
+    last_line: usize,
+}
+
+impl Progress {
+    pub fn new(label: &'static str, total: usize, quiet: bool) -> Progress {
+        Progress {
+            label,
+            total,
+            quiet,
+            tty: std::io::stderr().is_terminal(),
+            t0: Instant::now(),
+            last_line: 0,
+        }
+    }
+    pub fn update(&mut self, done: usize) {
+        if self.quiet {
+            return;
+        }
+        let el = self.t0.elapsed().as_secs_f64();
+        let eta = if done > 0 {
+            el / done as f64 * (self.total - done) as f64
+        } else {
+            0.0
+        };
+        let mut e = std::io::stderr();
+        if self.tty {
+            let w = 30;
+            let f = (done * w).checked_div(self.total).unwrap_or(w);
+            let _ = write!(
+                e,
+                "\r{} [{}{}] {done}/{} windows, {el:.1} s, eta {eta:.1} s ",
+                self.label,
+                "#".repeat(f),
+                "-".repeat(w - f),
+                self.total
+            );
+            if done == self.total {
+                let _ = writeln!(e);
+            }
+        } else {
+            let quarter = (done * 4).checked_div(self.total).unwrap_or(4);
+            if quarter > self.last_line || done == self.total {
+                self.last_line = quarter;
+                let _ = writeln!(
+                    e,
+                    "{}: {done}/{} windows, {el:.1} s",
+                    self.label, self.total
+                );
+            }
+        }
+    }
+}
+
+/// Runs `plan` over the windows in batches and hands each batch's logits (and the index of
+/// its first window) to `f`.
+pub(crate) fn forward_windows(
+    plans: &[&Plan],
+    w: &Windows,
+    batch: usize,
+    progress: &mut Progress,
+    mut f: impl FnMut(usize, &[HostTensor]) -> Result<(), String>,
+) -> Result<(), String> {
+    progress.update(0);
+    let mut done = 0;
+    for chunk in w.ids.chunks(batch.max(1)) {
+        let mut logits = Vec::with_capacity(plans.len());
+        for plan in plans {
+            let (names, tensors): (Vec<String>, Vec<HostTensor>) =
+                feeds(plan, chunk)?.into_iter().unzip();
+            let refs: Vec<(&str, HostTensor)> =
+                names.iter().map(String::as_str).zip(tensors).collect();
+            let outs = plan.run(&refs).map_err(|e| e.to_string())?;
+            let idx = outs.iter().position(|(n, _)| n == "logits").unwrap_or(0);
+            let (_, t) = outs
+                .into_iter()
+                .nth(idx)
+                .ok_or("the model has no outputs")?;
+            check_logits(&t, chunk.len(), chunk[0].len(), w.vocab)?;
+            logits.push(t);
+        }
+        f(done, &logits)?;
+        done += chunk.len();
+        progress.update(done);
+    }
+    Ok(())
+}
+
+fn check_logits(t: &HostTensor, b: usize, s: usize, vocab: usize) -> Result<(), String> {
+    if t.as_f32().is_none() {
+        return Err(format!("the logits are {}, expected f32", t.dtype()));
+    }
+    match t.shape() {
+        [tb, ts, v] if *tb == b && *ts == s => {
+            if *v != vocab {
+                return Err(format!("the tokenizer's vocabulary has {vocab} tokens but the model's logits are {v} wide; use the model's own tokenizer.json"));
+            }
+            Ok(())
+        }
+        other => Err(format!(
+            "logits of shape {other:?}, expected [{b}, {s}, vocab]"
+        )),
+    }
+}
+
+/// Per-prediction NLL of a batch of windows: (nll, non-finite logits in the row), in order.
+pub(crate) fn batch_nll(logits: &HostTensor, windows: &[Vec<i64>]) -> Vec<(f64, usize)> {
+    let (s, v) = (logits.shape()[1], logits.shape()[2]);
+    let data = logits.as_f32().unwrap_or(&[]);
+    let rows: Vec<(usize, usize)> = (0..windows.len())
+        .flat_map(|w| (0..s - 1).map(move |t| (w, t)))
+        .collect();
+    rows.par_iter()
+        .map(|&(w, t)| {
+            let row = &data[(w * s + t) * v..(w * s + t + 1) * v];
+            metrics::nll(row, windows[w][t + 1] as usize)
+        })
+        .collect()
+}
+
+pub(crate) fn default_batch(t: &TextArgs) -> usize {
+    t.batch
+        .unwrap_or((1024 / t.seqlen).max(1))
+        .min(t.windows)
+        .max(1)
+}
+
+pub fn run(a: EvalArgs) -> DriverOutput {
+    match run_inner(&a) {
+        Ok((out, err)) => DriverOutput::ok(out, err),
+        Err(e) => DriverOutput::error(format!("error: {e}\n")),
+    }
+}
+
+fn finite_or_null(x: f64) -> serde_json::Value {
+    serde_json::Number::from_f64(x)
+        .map(serde_json::Value::Number)
+        .unwrap_or(serde_json::Value::Null)
+}
+
+fn run_inner(a: &EvalArgs) -> Result<(String, String), String> {
+    let t_all = Instant::now();
+    let w = tokenize(&a.text)?;
+    let t0 = Instant::now();
+    let plan = crate::run::compile(&a.model, a.text.threads)?;
+    let compile_s = t0.elapsed().as_secs_f64();
+    let mut progress = Progress::new("eval", w.ids.len(), a.text.quiet);
+    let t1 = Instant::now();
+    let mut nll_sum = 0.0f64;
+    let mut count = 0usize;
+    let mut non_finite = 0usize;
+    let mut nf_positions = 0usize;
+    forward_windows(
+        &[&plan],
+        &w,
+        default_batch(&a.text),
+        &mut progress,
+        |first, logits| {
+            let n = logits[0].shape()[0];
+            for (x, nf) in batch_nll(&logits[0], &w.ids[first..first + n]) {
+                nll_sum += x;
+                count += 1;
+                non_finite += nf;
+                nf_positions += usize::from(nf > 0);
+            }
+            Ok(())
+        },
+    )?;
+    let forward_s = t1.elapsed().as_secs_f64();
+    let nll_mean = nll_sum / count.max(1) as f64;
+    let ppl = nll_mean.exp();
+    let mut err = String::new();
+    if non_finite > 0 {
+        let _ = writeln!(err, "warning: {non_finite} non-finite logits in {nf_positions} of {count} predictions; the perplexity is not finite");
+    }
+    let out = if a.json {
+        let j = serde_json::json!({
+            "model": a.model.display().to_string(),
+            "tokenizer": a.text.tokenizer.display().to_string(),
+            "text": a.text.text.display().to_string(),
+            "perplexity": finite_or_null(ppl),
+            "nll_mean": finite_or_null(nll_mean),
+            "tokens": count,
+            "windows": a.text.windows,
+            "seqlen": a.text.seqlen,
+            "bos": a.text.bos,
+            "non_finite": non_finite,
+            "non_finite_positions": nf_positions,
+            "vocab": w.vocab,
+            "text_tokens": w.text_tokens,
+            "threads": plan.threads(),
+            "seconds": {"tokenize": w.seconds, "compile": compile_s, "forward": forward_s, "total": t_all.elapsed().as_secs_f64()},
+        });
+        format!("{j}\n")
+    } else {
+        let mut s = String::new();
+        let _ = writeln!(s, "model:       {}", a.model.display());
+        let _ = writeln!(
+            s,
+            "text:        {} ({} tokens)",
+            a.text.text.display(),
+            w.text_tokens
+        );
+        let _ = writeln!(
+            s,
+            "windows:     {} × {}{} → {count} predictions",
+            a.text.windows,
+            a.text.seqlen,
+            a.text
+                .bos
+                .map(|b| format!(" (BOS {b})"))
+                .unwrap_or_default()
+        );
+        let _ = writeln!(s, "perplexity:  {ppl:.5}");
+        let _ = writeln!(s, "mean NLL:    {nll_mean:.6} nats");
+        let _ = writeln!(s, "non-finite:  {non_finite} logits");
+        let _ = writeln!(
+            s,
+            "time:        tokenize {:.2} s, compile {compile_s:.2} s, forward {forward_s:.2} s ({:.0} tokens/s, {} threads)",
+            w.seconds,
+            (a.text.windows * a.text.seqlen) as f64 / forward_s.max(1e-9),
+            plan.threads()
+        );
+        s
+    };
+    Ok((out, err))
+}
