@@ -1,6 +1,7 @@
 //! `fold-norms,rotate-residual` on the SmolLM2-135M fixtures, in process: the time of the two
 //! passes (per rotation kind) printed next to the time of import + export of the same model.
 //! The target: the passes take no more than a few seconds beyond import + export.
+//! `passes s` is fold-norms + rotate-residual (medians added), next to import + export.
 //!
 //! Run with `cargo bench --bench rotate`. Environment: `ORTHO_FIXTURES` (default
 //! `$HOME/.cache/ortho-opt/fixtures`), `BENCH_RUNS` (default 3; the median is printed).
@@ -28,8 +29,15 @@ fn main() {
     let out_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-rotate");
     let _ = std::fs::create_dir_all(&out_dir);
     println!(
-        "{:<12} {:<20} {:>10} {:>10} {:>10} {:>12}",
-        "model", "kind", "import s", "export s", "fold s", "rotate s"
+        "{:<12} {:<20} {:>10} {:>10} {:>10} {:>12} {:>16} {:>16}",
+        "model",
+        "kind",
+        "import s",
+        "export s",
+        "fold s",
+        "rotate s",
+        "passes s",
+        "import+export s"
     );
     for style in ["decomposed", "fused"] {
         let model = fixtures.join(format!("smollm2-135m/{style}.onnx"));
@@ -75,12 +83,11 @@ fn main() {
                 }
                 exp.push(t.elapsed().as_secs_f64());
             }
+            let (i, e, f, r) = (median(imp), median(exp), median(fold), median(rot));
             println!(
-                "{style:<12} {kind:<20} {:>10.3} {:>10.3} {:>10.3} {:>12.3}",
-                median(imp),
-                median(exp),
-                median(fold),
-                median(rot)
+                "{style:<12} {kind:<20} {i:>10.3} {e:>10.3} {f:>10.3} {r:>12.3} {:>16.3} {:>16.3}",
+                f + r,
+                i + e
             );
         }
     }

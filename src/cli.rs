@@ -75,6 +75,10 @@ pub struct OptArgs {
     /// Treat the .oir input as several modules separated by `// -----`, each processed on its own.
     #[arg(long = "split-input-file")]
     pub split_input_file: bool,
+
+    /// Calibration data for passes that run the model (`prune{method=wanda|sparsegpt}`, …).
+    #[command(flatten)]
+    pub calib: crate::calib::CalibArgs,
 }
 
 const EXAMPLES: &str = "Commands of the CPU engine (each has its own --help):

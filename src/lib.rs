@@ -4,6 +4,7 @@
 //! print and its exit status, so `tests/filetests.rs` can run RUN lines without spawning processes.
 
 mod analyze;
+pub mod calib;
 mod cli;
 mod compare;
 mod eval;

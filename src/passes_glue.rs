@@ -34,6 +34,14 @@ pub fn run_pipeline(
     if pipeline.is_empty() && !wants_report && a.opt_bisect_limit.is_none() {
         return Ok(());
     }
+    // Calibration data is built (and checked) before any pass runs.
+    let calibration = match crate::calib::build(&a.calib, m) {
+        Ok(c) => c,
+        Err(e) => {
+            err.push_str(&format!("error: calibration: {e}\n"));
+            return Err(());
+        }
+    };
     let opts = ManagerOptions {
         verify_each: a.verify_each,
         print_ir_before: a.print_ir_before.clone(),
@@ -44,6 +52,7 @@ pub fn run_pipeline(
         statistics: a.statistics,
         bisect_limit: a.opt_bisect_limit,
         print_options: print,
+        calibration,
     };
     let pm = match PassManager::new(pipeline, opts.clone()) {
         Ok(pm) => pm,

@@ -242,6 +242,146 @@ fn llama(seed: u64, style: NormStyle, unit_gains: bool) -> String {
     )
 }
 
+/// How the GPT-2-like model spells its LayerNorms.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum LnStyle {
+    /// `LayerNormalization` ops.
+    Op,
+    /// `ReduceMean → Sub → Pow → ReduceMean → Add → Sqrt → Div → Mul(γ) → Add(β)`.
+    Decomposed,
+}
+
+/// A GPT-2-like pre-LN decoder: token and position embeddings, LayerNorms with random γ and β,
+/// 2 blocks of 2-head attention (biases on q, v and o; none on k, so `fold-norms` must add one)
+/// and a GELU (Erf) MLP with biases, a final LayerNorm and a head tied to the token embedding.
+fn gpt2(seed: u64, style: LnStyle, opset: u32) -> String {
+    let (d, hd, ffn) = (8usize, 4usize, 16usize);
+    let mut t = Text::new(seed);
+    t.weight("E", &[VOCAB, d], 1.0, 0.0);
+    t.weight("P", &[SEQ, d], 0.5, 0.3);
+    t.tensor("eps", &[], &[1e-5]);
+    t.tensor("two", &[], &[2.0]);
+    t.tensor("half", &[], &[0.5]);
+    t.tensor("one", &[], &[1.0]);
+    t.tensor("rsqrt2", &[], &[std::f64::consts::FRAC_1_SQRT_2]);
+    t.tensor("scale", &[], &[0.5]);
+    t.tensor("neg_big", &[], &[-1e9]);
+    t.tensor("zero", &[], &[0.0]);
+    t.ints("c0", &[0]);
+    t.ints("c1", &[1]);
+    t.ints("c2", &[2]);
+    t.ints("s0", &[0]);
+    t.ints("s1", &[1]);
+    t.ints("h_shape", &[0, 0, 2, hd as i64]);
+    t.ints("o_shape", &[0, 0, d as i64]);
+    let axes = opset >= 18;
+    if axes {
+        t.ints("axes", &[-1]);
+    }
+    t.op("%shape = onnx.Shape(%input_ids) : ?");
+    t.op("%seq = onnx.Slice(%shape, %c1, %c2) : ?");
+    t.op("%seq_s = onnx.Squeeze(%seq, %c0) : ?");
+    t.op("%pos = onnx.Range(%s0, %seq_s, %s1) : ?");
+    t.op("%row = onnx.Unsqueeze(%pos, %c1) : ?");
+    t.op("%col = onnx.Unsqueeze(%pos, %c0) : ?");
+    t.op("%future = onnx.Greater(%col, %row) : ?");
+    t.op("%mask = onnx.Where(%future, %neg_big, %zero) : ?");
+    t.op("%tok = onnx.Gather(%E, %input_ids) {axis = 0} : ?");
+    t.op("%posemb = onnx.Gather(%P, %pos) {axis = 0} : ?");
+    t.op("%h0 = onnx.Add(%tok, %posemb) : ?");
+    let ln = |t: &mut Text, x: &str, out: &str| {
+        t.weight(&format!("{out}_g"), &[d], 0.5, 1.0);
+        t.weight(&format!("{out}_b"), &[d], 0.3, 0.0);
+        match style {
+            LnStyle::Op => t.op(&format!(
+                "%{out} = onnx.LayerNormalization(%{x}, %{out}_g, %{out}_b) {{axis = -1, epsilon = 1e-5}} : ?"
+            )),
+            LnStyle::Decomposed => {
+                let rm = |inp: &str| {
+                    if axes {
+                        format!("onnx.ReduceMean(%{inp}, %axes) {{keepdims = 1}}")
+                    } else {
+                        format!("onnx.ReduceMean(%{inp}) {{axes = [-1], keepdims = 1}}")
+                    }
+                };
+                t.op(&format!("%{out}_mu = {} : ?", rm(x)));
+                t.op(&format!("%{out}_c = onnx.Sub(%{x}, %{out}_mu) : ?"));
+                t.op(&format!("%{out}_sq = onnx.Pow(%{out}_c, %two) : ?"));
+                t.op(&format!("%{out}_var = {} : ?", rm(&format!("{out}_sq"))));
+                t.op(&format!("%{out}_ve = onnx.Add(%{out}_var, %eps) : ?"));
+                t.op(&format!("%{out}_sd = onnx.Sqrt(%{out}_ve) : ?"));
+                t.op(&format!("%{out}_n = onnx.Div(%{out}_c, %{out}_sd) : ?"));
+                t.op(&format!("%{out}_s = onnx.Mul(%{out}_n, %{out}_g) : ?"));
+                t.op(&format!("%{out} = onnx.Add(%{out}_s, %{out}_b) : ?"));
+            }
+        }
+    };
+    let lin = |t: &mut Text, x: &str, out: &str, i: usize, o: usize, bias: bool| {
+        t.weight(&format!("{out}_w"), &[i, o], 0.5, 0.0);
+        if bias {
+            t.weight(&format!("{out}_bias"), &[o], 0.2, 0.0);
+            t.op(&format!("%{out}_mm = onnx.MatMul(%{x}, %{out}_w) : ?"));
+            t.op(&format!("%{out} = onnx.Add(%{out}_mm, %{out}_bias) : ?"));
+        } else {
+            t.op(&format!("%{out} = onnx.MatMul(%{x}, %{out}_w) : ?"));
+        }
+    };
+    let mut x = "h0".to_string();
+    for l in 0..2 {
+        let p = format!("l{l}");
+        ln(&mut t, &x, &format!("{p}_n1"));
+        let n1 = format!("{p}_n1");
+        for (w, bias) in [("q", true), ("k", false), ("v", true)] {
+            lin(&mut t, &n1, &format!("{p}_{w}"), d, d, bias);
+            t.op(&format!("%{p}_{w}r = onnx.Reshape(%{p}_{w}, %h_shape) : ?"));
+            t.op(&format!(
+                "%{p}_{w}t = onnx.Transpose(%{p}_{w}r) {{perm = [0, 2, 1, 3]}} : ?"
+            ));
+        }
+        t.op(&format!(
+            "%{p}_kT = onnx.Transpose(%{p}_kt) {{perm = [0, 1, 3, 2]}} : ?"
+        ));
+        t.op(&format!("%{p}_qk = onnx.MatMul(%{p}_qt, %{p}_kT) : ?"));
+        t.op(&format!("%{p}_sc = onnx.Mul(%{p}_qk, %scale) : ?"));
+        t.op(&format!("%{p}_masked = onnx.Add(%{p}_sc, %mask) : ?"));
+        t.op(&format!(
+            "%{p}_p = onnx.Softmax(%{p}_masked) {{axis = -1}} : ?"
+        ));
+        t.op(&format!("%{p}_pv = onnx.MatMul(%{p}_p, %{p}_vt) : ?"));
+        t.op(&format!(
+            "%{p}_ot = onnx.Transpose(%{p}_pv) {{perm = [0, 2, 1, 3]}} : ?"
+        ));
+        t.op(&format!("%{p}_or = onnx.Reshape(%{p}_ot, %o_shape) : ?"));
+        lin(&mut t, &format!("{p}_or"), &format!("{p}_o"), d, d, true);
+        t.op(&format!("%{p}_r1 = onnx.Add(%{x}, %{p}_o) : ?"));
+        ln(&mut t, &format!("{p}_r1"), &format!("{p}_n2"));
+        lin(&mut t, &format!("{p}_n2"), &format!("{p}_up"), d, ffn, true);
+        t.op(&format!("%{p}_xs = onnx.Mul(%{p}_up, %rsqrt2) : ?"));
+        t.op(&format!("%{p}_erf = onnx.Erf(%{p}_xs) : ?"));
+        t.op(&format!("%{p}_e1 = onnx.Add(%{p}_erf, %one) : ?"));
+        t.op(&format!("%{p}_xh = onnx.Mul(%{p}_up, %half) : ?"));
+        t.op(&format!("%{p}_gelu = onnx.Mul(%{p}_xh, %{p}_e1) : ?"));
+        lin(
+            &mut t,
+            &format!("{p}_gelu"),
+            &format!("{p}_down"),
+            ffn,
+            d,
+            true,
+        );
+        t.op(&format!("%{p}_r2 = onnx.Add(%{p}_r1, %{p}_down) : ?"));
+        x = format!("{p}_r2");
+    }
+    ln(&mut t, &x, "nf");
+    t.op("%ET = onnx.Transpose(%E) {perm = [1, 0]} : ?");
+    t.op("%logits_raw = onnx.MatMul(%nf, %ET) : ?");
+    t.finish(
+        &format!("module {{ir_version = 8, opset_import = [\"\" = {opset}]}}"),
+        "tiny_gpt2",
+        VOCAB,
+    )
+}
+
 /// A BERT-like post-LN encoder: LayerNorm on the embedding and after each residual add,
 /// one single-head attention block with biases and a GELU (Erf) MLP, untied head with a bias.
 fn bert(seed: u64) -> String {
@@ -364,6 +504,15 @@ fn admitted_rotations_preserve_outputs() {
             let text = llama(seed, style, false);
             for kind in ["haar", "hadamard", "signed-permutation", "permutation"] {
                 let p = format!("fold-norms,rotate-residual{{kind={kind} seed={seed}}}");
+                let d = max_diff(tmp.path(), &text, &p);
+                assert!(d < 1e-4, "seed {seed}, {p}: max |Δ| = {d}");
+            }
+            // Per-KV-head rotations of the V/O path (2 query heads share 1 KV head), alone and
+            // after a residual rotation.
+            for p in [
+                format!("rotate-heads{{kind=haar seed={seed}}}"),
+                format!("fold-norms,rotate-residual{{kind=haar seed={seed}}},rotate-heads{{kind=hadamard seed={seed}}}"),
+            ] {
                 let d = max_diff(tmp.path(), &text, &p);
                 assert!(d < 1e-4, "seed {seed}, {p}: max |Δ| = {d}");
             }
@@ -508,4 +657,71 @@ fn post_norm_encoder_accepts_a_permutation() {
         r.stderr
     );
     assert_eq!(r.stderr.matches("not folded").count(), 2, "{}", r.stderr);
+}
+
+/// LayerNorm → RMSNorm (SliceGPT): on a pre-LN GPT-2-like model `fold-norms` centers the
+/// stream, folds γ and β and replaces every LayerNorm by an RMSNorm; the verifier then admits
+/// O(d), and the outputs stay equal — after the conversion alone and after a Haar or Hadamard
+/// rotation — in every spelling: LayerNormalization ops at opset 17 (→ decomposed RMS chain,
+/// ReduceMean axes attribute) and 18 (axes operand) and 23 (→ RMSNormalization), and the
+/// decomposed LayerNorm chain.
+#[test]
+fn layernorm_becomes_rmsnorm_and_admits_rotations() {
+    let tmp = TempDir::new("gauge-gpt2");
+    let cases = [
+        (LnStyle::Op, 17u32),
+        (LnStyle::Op, 18),
+        (LnStyle::Op, 23),
+        (LnStyle::Decomposed, 17),
+        (LnStyle::Decomposed, 18),
+    ];
+    for (i, &(style, opset)) in cases.iter().enumerate() {
+        let seed = 11 + i as u64;
+        let text = gpt2(seed, style, opset);
+        // Before: the LayerNorm mean admits permutations only.
+        refused(
+            tmp.path(),
+            &text,
+            "rotate-residual{kind=haar seed=1}",
+            &["kind=haar is not admitted", "kind=permutation"],
+        );
+        let src = tmp.path().join("gpt2.oir");
+        std::fs::write(&src, &text).expect("write");
+        let r = run(&[
+            &src.to_string_lossy(),
+            "--pass-pipeline=fold-norms,gauge-verify{require=orthogonal}",
+            "--statistics",
+        ]);
+        assert_eq!(r.code, 0, "{style:?} opset {opset}: {}", r.stderr);
+        let out = &r.stdout;
+        assert!(
+            !out.contains("LayerNormalization") && !out.contains("onnx.Sub"),
+            "{style:?} opset {opset}: a LayerNorm is left:\n{out}"
+        );
+        if style == LnStyle::Op && opset >= 23 {
+            assert_eq!(out.matches("onnx.RMSNormalization").count(), 5, "{out}");
+        }
+        for stat in ["fold-norms.converted", "fold-norms.biases-added"] {
+            assert!(
+                r.stderr.lines().any(|l| l.contains(stat)
+                    && l.trim_end().ends_with(if stat.ends_with("converted") {
+                        " 5"
+                    } else {
+                        " 3"
+                    })),
+                "{style:?} opset {opset}: {stat}: {}",
+                r.stderr
+            );
+        }
+        for p in [
+            "fold-norms".to_string(),
+            format!("fold-norms,rotate-residual{{kind=haar seed={seed}}}"),
+            format!("fold-norms,rotate-residual{{kind=hadamard seed={seed}}}"),
+            // The V/O path with a v bias (2 heads, 2 KV heads).
+            format!("fold-norms,rotate-residual{{kind=haar seed={seed}}},rotate-heads{{kind=haar seed={seed}}}"),
+        ] {
+            let d = max_diff(tmp.path(), &text, &p);
+            assert!(d < 1e-4, "{style:?} opset {opset}, {p}: max |Δ| = {d}");
+        }
+    }
 }

@@ -1,10 +1,11 @@
 //! Structure analysis and the residual rotation on the real SmolLM2-135M fixtures (decomposed
 //! opset 17 and fused opset 23). `analyze` must find 30 blocks of GQA attention (9 query / 3 KV
 //! heads of 64, RoPE) and SwiGLU, and a tied head, with nothing unmatched; after
-//! `fold-norms,rotate-residual{kind=haar seed=7}` the exported model loads in onnxruntime, has
+//! `fold-norms,rotate-residual{kind=haar seed=7}` (or Hadamard on the stream plus per-KV-head
+//! `rotate-heads`, or `rotate-heads` alone) the exported model loads in onnxruntime, has
 //! the same parameters plus one untied head, and its logits and perplexity match the original
-//! (max |Δlogit| ≤ 1e-3, |ΔPPL| ≤ 1e-4 relative). Until `ortho-opt compare` exists, the numbers
-//! come from the fixtures' Python tools.
+//! (max |Δlogit| ≤ 1e-3, |ΔPPL| ≤ 1e-4 relative) through our own engine (`ortho-opt compare`,
+//! 8 windows × 128 of sotu_eval); onnxruntime checks that the output loads and runs.
 
 mod common;
 
@@ -25,30 +26,6 @@ fn json_number(text: &str, key: &str) -> f64 {
     num.trim()
         .parse()
         .unwrap_or_else(|_| panic!("{key} is not a number in {text}"))
-}
-
-fn perplexity(model: &str, tmp: &TempDir, tag: &str) -> f64 {
-    let f = fixtures();
-    let out = tmp.path().join(format!("{tag}.json"));
-    let tok = f.join("smollm2-135m/tokenizer.json");
-    let text = f.join("text/sotu_eval.txt");
-    let s = |p: &std::path::Path| p.to_string_lossy().into_owned();
-    python_tool(
-        "eval_onnx.py",
-        &[
-            model,
-            &s(&tok),
-            &s(&text),
-            "--runs",
-            "1",
-            "--json",
-            &s(&out),
-        ],
-    );
-    json_number(
-        &std::fs::read_to_string(&out).expect("eval json"),
-        "ppl_onnxruntime",
-    )
 }
 
 fn analyze(style: &str) {
@@ -86,20 +63,110 @@ fn analyze_fused() {
     analyze("fused");
 }
 
-fn rotate(style: &str) {
+/// `ortho-opt compare` (our own engine) of `a` against `b` on 8 windows × 128 of sotu_eval.
+fn compare(a: &str, b: &str) -> serde_json::Value {
+    let f = fixtures();
+    let tok = f.join("smollm2-135m/tokenizer.json");
+    let text = f.join("text/sotu_eval.txt");
+    let r = run(&[
+        "compare",
+        a,
+        b,
+        "--tokenizer",
+        &tok.to_string_lossy(),
+        "--text",
+        &text.to_string_lossy(),
+        "--windows",
+        "8",
+        "--seqlen",
+        "128",
+        "--json",
+        "-q",
+    ]);
+    assert_eq!(r.code, 0, "compare failed: {}", r.stderr);
+    serde_json::from_str(r.stdout.trim())
+        .unwrap_or_else(|e| panic!("compare printed no JSON ({e}): {}", r.stdout))
+}
+
+/// Runs `pipeline` on the fixture, then proves the output equivalent to the original: it loads
+/// in onnxruntime (and its logits agree there on one window), it has the original parameters
+/// plus `extra`, and `ortho-opt compare` on 8 × 128 tokens gives relative ΔPPL ≤ 1e-4 and
+/// max |Δlogit| ≤ 1e-3 with every argmax equal.
+fn prove(style: &str, pipeline: &str, extra: u64) {
     let f = fixtures();
     let model = f.join(format!("smollm2-135m/{style}.onnx"));
-    let tmp = TempDir::new(&format!("rotate-{style}"));
-    let out = tmp.path().join("rotated.onnx");
+    let tag: String = pipeline
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let tmp = TempDir::new(&format!("prove-{style}-{tag}"));
+    let out = tmp.path().join("rewritten.onnx");
     let (ms, os) = (
         model.to_string_lossy().into_owned(),
         out.to_string_lossy().into_owned(),
     );
-    // Refused before the gains are folded, and nothing is written.
     let r = run(&[
         &ms,
         "-o",
         &os,
+        &format!("--pass-pipeline={pipeline}"),
+        "--timing",
+        "--statistics",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    eprintln!("{style} {pipeline}:\n{}", r.stderr);
+    let before = ortho_frontends::import_file(&model)
+        .expect("import")
+        .parameter_count();
+    let after = ortho_frontends::import_file(&out)
+        .expect("re-import")
+        .parameter_count();
+    assert_eq!(
+        after,
+        before + extra,
+        "parameters before {before}, after {after}"
+    );
+    // onnxruntime loads and runs the output.
+    let tokens = f.join("text/sotu_eval.smollm2-135m.bin");
+    let report = python_tool(
+        "ort_logits.py",
+        &[&ms, &os, &tokens.to_string_lossy(), "--windows", "1"],
+    );
+    let d = json_number(&report, "max_abs_diff");
+    eprintln!("{style} {pipeline}: onnxruntime max |Δlogit| = {d:e}");
+    assert!(d <= 1e-3, "{style}: onnxruntime max |Δlogit| = {d}");
+    // Our engine: the equivalence harness.
+    let c = compare(&ms, &os);
+    let num = |k: &str| {
+        c[k].as_f64()
+            .unwrap_or_else(|| panic!("{k} is not a number in {c}"))
+    };
+    let (rel, dmax, agree) = (
+        num("delta_ppl_rel").abs(),
+        num("max_abs_logit_diff"),
+        num("argmax_agreement"),
+    );
+    eprintln!(
+        "{style} {pipeline}: compare: perplexity {} → {} (relative Δ {rel:e}), max |Δlogit| {dmax:e}, argmax agreement {agree}, JS max {:e}",
+        num("ppl_a"),
+        num("ppl_b"),
+        num("js_max")
+    );
+    assert!(rel <= 1e-4, "{style} {pipeline}: relative ΔPPL {rel}");
+    assert!(dmax <= 1e-3, "{style} {pipeline}: max |Δlogit| {dmax}");
+    assert_eq!(agree, 1.0, "{style} {pipeline}: argmax agreement {agree}");
+    assert_eq!(num("positions"), 8.0 * 128.0);
+}
+
+/// Before the gains are folded, a rotation is refused and nothing is written.
+fn refused_before_fold(style: &str) {
+    let model = fixtures().join(format!("smollm2-135m/{style}.onnx"));
+    let tmp = TempDir::new(&format!("refuse-{style}"));
+    let out = tmp.path().join("rotated.onnx");
+    let r = run(&[
+        &model.to_string_lossy(),
+        "-o",
+        &out.to_string_lossy(),
         "--pass-pipeline=rotate-residual{kind=haar seed=7}",
     ]);
     assert_eq!(r.code, 1);
@@ -110,59 +177,59 @@ fn rotate(style: &str) {
         r.stderr
     );
     assert!(!out.exists());
-    let r = run(&[
-        &ms,
-        "-o",
-        &os,
-        "--pass-pipeline=fold-norms,rotate-residual{kind=haar seed=7}",
-        "--timing",
-        "--statistics",
-    ]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    eprintln!("{style}:\n{}", r.stderr);
-    assert!(
-        r.stderr
-            .lines()
-            .any(|l| l.contains("fold-norms.untied") && l.trim_end().ends_with(" 1")),
-        "{}",
-        r.stderr
-    );
-    // Same parameters, plus the untied head.
-    let before = ortho_frontends::import_file(&model)
-        .expect("import")
-        .parameter_count();
-    let after = ortho_frontends::import_file(&out)
-        .expect("re-import")
-        .parameter_count();
-    assert_eq!(
-        after,
-        before + VOCAB_X_D,
-        "parameters before {before}, after {after}"
-    );
-    let tokens = f.join("text/sotu_eval.smollm2-135m.bin");
-    let report = python_tool(
-        "ort_logits.py",
-        &[&ms, &os, &tokens.to_string_lossy(), "--windows", "1"],
-    );
-    let d = json_number(&report, "max_abs_diff");
-    eprintln!("{style}: max |Δlogit| = {d:e}; {report}");
-    assert!(d <= 1e-3, "{style}: max |Δlogit| = {d}");
-    assert!(report.contains("\"argmax_agreement\": 1.0"), "{report}");
-    let (p0, p1) = (
-        perplexity(&ms, &tmp, "before"),
-        perplexity(&os, &tmp, "after"),
-    );
-    let rel = ((p1 - p0) / p0).abs();
-    eprintln!("{style}: perplexity {p0} → {p1} (relative Δ {rel:e})");
-    assert!(rel <= 1e-4, "{style}: perplexity {p0} → {p1}");
 }
 
 #[test]
-fn rotate_decomposed() {
-    rotate("decomposed");
+fn rotate_refused_before_fold() {
+    refused_before_fold("decomposed");
+    refused_before_fold("fused");
 }
 
 #[test]
-fn rotate_fused() {
-    rotate("fused");
+fn rotate_haar_decomposed() {
+    prove(
+        "decomposed",
+        "fold-norms,rotate-residual{kind=haar seed=7}",
+        VOCAB_X_D,
+    );
+}
+
+#[test]
+fn rotate_haar_fused() {
+    prove(
+        "fused",
+        "fold-norms,rotate-residual{kind=haar seed=7}",
+        VOCAB_X_D,
+    );
+}
+
+/// Hadamard on the stream, composed with a per-KV-head Hadamard on the V/O paths.
+#[test]
+fn rotate_hadamard_and_heads_decomposed() {
+    prove(
+        "decomposed",
+        "fold-norms,rotate-residual{kind=hadamard seed=7},rotate-heads{kind=hadamard seed=5}",
+        VOCAB_X_D,
+    );
+}
+
+#[test]
+fn rotate_hadamard_and_heads_fused() {
+    prove(
+        "fused",
+        "fold-norms,rotate-residual{kind=hadamard seed=7},rotate-heads{kind=hadamard seed=5}",
+        VOCAB_X_D,
+    );
+}
+
+/// Per-KV-head Haar rotations alone (3 KV heads of 64 shared by 9 query heads in each of the
+/// 30 layers): no new parameter.
+#[test]
+fn rotate_heads_decomposed() {
+    prove("decomposed", "rotate-heads{kind=haar seed=3}", 0);
+}
+
+#[test]
+fn rotate_heads_fused() {
+    prove("fused", "rotate-heads{kind=haar seed=3}", 0);
 }

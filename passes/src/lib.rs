@@ -9,6 +9,7 @@
 //! returns typed statistics, for use without the manager. This crate never prints: the manager
 //! hands IR dumps to a caller-supplied sink and returns everything else in its report.
 
+pub mod calib;
 pub mod manager;
 pub mod options;
 pub mod pass;

@@ -38,6 +38,8 @@ pub struct ManagerOptions {
     pub bisect_limit: Option<usize>,
     /// How dumps print (tensor elision).
     pub print_options: PrintOptions,
+    /// Calibration data handed to every pass (see `PassContext::calibration`).
+    pub calibration: Option<std::sync::Arc<crate::calib::Calibration>>,
 }
 
 impl Default for ManagerOptions {
@@ -52,6 +54,7 @@ impl Default for ManagerOptions {
             statistics: false,
             bisect_limit: None,
             print_options: PrintOptions::default(),
+            calibration: None,
         }
     }
 }
@@ -585,7 +588,7 @@ impl Exec<'_> {
         }
         let before = opts.print_ir_after_change.then(|| self.print());
 
-        let mut cx = PassContext::new(name);
+        let mut cx = PassContext::new(name).with_calibration(opts.calibration.clone());
         let t = Instant::now();
         let outcome = catch_unwind(AssertUnwindSafe(|| pass.run(self.m, &mut cx)));
         run.wall = t.elapsed();

@@ -106,6 +106,8 @@ pub struct PassContext {
     pass: String,
     stats: Statistics,
     notes: Vec<String>,
+    /// Calibration data, when the command line supplied it (`ManagerOptions::calibration`).
+    calibration: Option<std::sync::Arc<crate::calib::Calibration>>,
 }
 
 impl PassContext {
@@ -115,7 +117,23 @@ impl PassContext {
             pass: pass.to_string(),
             stats: Statistics::default(),
             notes: Vec::new(),
+            calibration: None,
         }
+    }
+
+    /// The same context with calibration data attached.
+    pub fn with_calibration(
+        mut self,
+        calibration: Option<std::sync::Arc<crate::calib::Calibration>>,
+    ) -> Self {
+        self.calibration = calibration;
+        self
+    }
+
+    /// Calibration data for passes that run the model (pruning, DenoiseRotator); `None` when the
+    /// command line gave none (such a pass then fails with `calib::missing_calibration`).
+    pub fn calibration(&self) -> Option<&crate::calib::Calibration> {
+        self.calibration.as_deref()
     }
 
     /// Adds `n` to the counter `<pass>.<name>`.

@@ -28,11 +28,14 @@ static BUILTIN: &[&PassInfo] = &[
     &transforms::canonicalize::INFO,
     &transforms::cse::INFO,
     &transforms::dce::INFO,
+    &transforms::denoise_rotate::INFO,
     &transforms::fold_norms::INFO,
     &transforms::fuse_elementwise::INFO,
     &transforms::gauge_verify::INFO,
     &transforms::infer_shapes::INFO,
     &transforms::lower_ortho::INFO,
+    &transforms::prune::INFO,
+    &transforms::rotate_heads::INFO,
     &transforms::rotate_residual::INFO,
 ];
 

@@ -9,6 +9,7 @@
 //! - [`npy`]: reading and writing `.npy` files.
 
 mod error;
+mod evaluator;
 mod exec;
 /// Cranelift-compiled kernels for `ortho.FusedElementwise` (owned by the fusion work).
 pub mod jit;
@@ -20,6 +21,7 @@ mod pool;
 mod tensor;
 
 pub use error::{KernelResult, RuntimeError};
+pub use evaluator::CpuEvaluator;
 pub use exec::Profile;
 pub use kernel::{
     elementwise_f32, ElementwiseFn, ExecCx, Inputs, Kernel, KernelFactory, KernelRegistry,

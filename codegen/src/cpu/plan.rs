@@ -110,10 +110,38 @@ impl Plan {
     }
 
     pub fn compile_with(module: &Module, opts: &PlanOptions) -> Result<Plan, RuntimeError> {
+        Plan::compile_inner(module, opts, None)
+    }
+
+    /// Compiles only the nodes needed to compute `outputs` from `feeds` (any values of the main
+    /// graph, intermediate ones included) and the constants. Fed values become inputs named
+    /// `feed#0`, `feed#1`, … (in `feeds` order), `outputs` become outputs named `out#0`, …; a
+    /// graph input inside the region that is not fed stays an input under its own name. Used by
+    /// the calibration evaluator to run one transformer block alone.
+    pub fn compile_region(
+        module: &Module,
+        opts: &PlanOptions,
+        feeds: &[ValueId],
+        outputs: &[ValueId],
+    ) -> Result<Plan, RuntimeError> {
+        Plan::compile_inner(module, opts, Some((feeds, outputs)))
+    }
+
+    fn compile_inner(
+        module: &Module,
+        opts: &PlanOptions,
+        region: Option<(&[ValueId], &[ValueId])>,
+    ) -> Result<Plan, RuntimeError> {
         let g = module.main_graph();
-        let order = g
+        let mut order = g
             .toposort()
             .map_err(|c| RuntimeError::Graph(format!("cycle through {}", g.describe(c.node))))?;
+        let fed: HashMap<ValueId, usize> = region
+            .map(|(f, _)| f.iter().enumerate().map(|(i, v)| (*v, i)).collect())
+            .unwrap_or_default();
+        if let Some((_, outs)) = region {
+            order = region_nodes(g, &order, &fed, outs)?;
+        }
         let mut slot_of: HashMap<ValueId, usize> = HashMap::new();
         let mut value_of_slot: Vec<Option<ValueId>> = Vec::new();
         for &n in &order {
@@ -136,6 +164,22 @@ impl Plan {
                 .map(|v| slot_of.get(v).copied())
                 .collect();
             let first = out_slots.first().copied().flatten();
+            // A node with fed results is not run: those results become inputs.
+            let results = g.results(n);
+            if results.iter().any(|v| fed.contains_key(v)) {
+                for (v, s) in results.iter().zip(&out_slots) {
+                    if let (Some(s), true) = (s, fed.contains_key(v)) {
+                        inputs.push(InputSpec {
+                            name: format!("feed#{}", fed[v]),
+                            slot: *s,
+                            dtype: DType::Undefined,
+                            dims: None,
+                            default: None,
+                        });
+                    }
+                }
+                continue;
+            }
             match &node.op {
                 Op::Const(t) => {
                     let name = node
@@ -248,18 +292,34 @@ impl Plan {
             return Err(e);
         }
 
-        let graph_outputs: Vec<(String, usize)> = g
-            .outputs
-            .iter()
-            .map(|o| {
-                slot_of
-                    .get(&o.value)
-                    .map(|&s| (o.name.clone(), s))
-                    .ok_or_else(|| {
-                        RuntimeError::Graph(format!("output '{}' names no value", o.name))
-                    })
-            })
-            .collect::<Result<_, _>>()?;
+        let graph_outputs: Vec<(String, usize)> = match region {
+            Some((_, outs)) => outs
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    slot_of
+                        .get(v)
+                        .map(|&s| (format!("out#{i}"), s))
+                        .ok_or_else(|| {
+                            RuntimeError::Graph(format!(
+                                "requested value {v:?} is not in the graph"
+                            ))
+                        })
+                })
+                .collect::<Result<_, _>>()?,
+            None => g
+                .outputs
+                .iter()
+                .map(|o| {
+                    slot_of
+                        .get(&o.value)
+                        .map(|&s| (o.name.clone(), s))
+                        .ok_or_else(|| {
+                            RuntimeError::Graph(format!("output '{}' names no value", o.name))
+                        })
+                })
+                .collect::<Result<_, _>>()?,
+        };
         let is_output: Vec<bool> = {
             let mut v = vec![false; nslots];
             for (_, s) in &graph_outputs {
@@ -380,6 +440,43 @@ impl Plan {
     pub fn knows_value(&self, v: ValueId) -> bool {
         self.slot_of.contains_key(&v)
     }
+}
+
+/// The nodes of `order` (kept in that order) needed to compute `outs` when the values in `fed`
+/// are supplied: a backward walk from the outputs that stops at fed values.
+fn region_nodes(
+    g: &ortho_ir::Graph,
+    order: &[ortho_ir::NodeId],
+    fed: &HashMap<ValueId, usize>,
+    outs: &[ValueId],
+) -> Result<Vec<ortho_ir::NodeId>, RuntimeError> {
+    let mut need: std::collections::HashSet<ortho_ir::NodeId> = Default::default();
+    let mut stack: Vec<ValueId> = Vec::new();
+    for v in outs {
+        if !g.is_valid_value(*v) {
+            return Err(RuntimeError::Graph(format!(
+                "requested value {v:?} is not a value of the main graph"
+            )));
+        }
+        stack.push(*v);
+    }
+    let mut seen: std::collections::HashSet<ValueId> = Default::default();
+    while let Some(v) = stack.pop() {
+        if !seen.insert(v) {
+            continue;
+        }
+        let partly_fed = g.results(v.node).iter().any(|r| fed.contains_key(r));
+        if partly_fed && !fed.contains_key(&v) {
+            return Err(RuntimeError::Graph(format!(
+                "{} has a fed result and a result that must be computed",
+                g.describe(v.node)
+            )));
+        }
+        if need.insert(v.node) && !partly_fed {
+            stack.extend(g.node(v.node).operands().iter().flatten().copied());
+        }
+    }
+    Ok(order.iter().copied().filter(|n| need.contains(n)).collect())
 }
 
 /// `MatMul(x, Transpose(W))` with a constant 2-D `W`: the MatMul reads `W` transposed.

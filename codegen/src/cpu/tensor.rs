@@ -103,8 +103,100 @@ pub enum TensorBuf {
     Bool(Vec<bool>),
 }
 
+/// Little-endian element bytes of an element type (what initializers and .npy files hold).
+pub trait LeBytes: Sized {
+    const SIZE: usize;
+    /// Reads one element from exactly `SIZE` bytes.
+    fn read_le(b: &[u8]) -> Self;
+    fn write_le(self, out: &mut Vec<u8>);
+}
+
+macro_rules! le_bytes {
+    ($($t:ty),*) => {$(
+        impl LeBytes for $t {
+            const SIZE: usize = std::mem::size_of::<$t>();
+            fn read_le(b: &[u8]) -> Self {
+                let mut a = [0u8; std::mem::size_of::<$t>()];
+                a.copy_from_slice(b);
+                <$t>::from_le_bytes(a)
+            }
+            fn write_le(self, out: &mut Vec<u8>) {
+                out.extend_from_slice(&self.to_le_bytes());
+            }
+        }
+    )*};
+}
+le_bytes!(f32, f64, i64, i32, i16, i8, u8, u16, u32, u64);
+
+impl LeBytes for F16 {
+    const SIZE: usize = 2;
+    fn read_le(b: &[u8]) -> Self {
+        F16(u16::read_le(b))
+    }
+    fn write_le(self, out: &mut Vec<u8>) {
+        self.0.write_le(out)
+    }
+}
+
+impl LeBytes for BF16 {
+    const SIZE: usize = 2;
+    fn read_le(b: &[u8]) -> Self {
+        BF16(u16::read_le(b))
+    }
+    fn write_le(self, out: &mut Vec<u8>) {
+        self.0.write_le(out)
+    }
+}
+
+impl LeBytes for bool {
+    const SIZE: usize = 1;
+    fn read_le(b: &[u8]) -> Self {
+        b[0] != 0
+    }
+    fn write_le(self, out: &mut Vec<u8>) {
+        out.push(self as u8)
+    }
+}
+
+/// Evaluates `$e` with `$v` bound to the vector inside whichever variant `$buf` is.
+macro_rules! on_buf {
+    ($buf:expr, $v:ident => $e:expr) => {
+        match $buf {
+            TensorBuf::F32($v) => $e,
+            TensorBuf::F64($v) => $e,
+            TensorBuf::F16($v) => $e,
+            TensorBuf::BF16($v) => $e,
+            TensorBuf::I64($v) => $e,
+            TensorBuf::I32($v) => $e,
+            TensorBuf::I16($v) => $e,
+            TensorBuf::I8($v) => $e,
+            TensorBuf::U8($v) => $e,
+            TensorBuf::U16($v) => $e,
+            TensorBuf::U32($v) => $e,
+            TensorBuf::U64($v) => $e,
+            TensorBuf::Bool($v) => $e,
+        }
+    };
+}
+
+/// The little-endian bytes of a slice.
+fn le_bytes<T: Elem>(v: &[T]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(v.len() * T::SIZE);
+    for &x in v {
+        x.write_le(&mut out);
+    }
+    out
+}
+
+/// The dtype of a slice's element type (lets [`on_buf!`] name it).
+fn dtype_of<T: Elem>(_: &[T]) -> DType {
+    T::DTYPE
+}
+
 /// A Rust element type that a [`TensorBuf`] variant holds.
-pub trait Elem: Copy + Send + Sync + Default + PartialEq + std::fmt::Debug + 'static {
+pub trait Elem:
+    LeBytes + Copy + Send + Sync + Default + PartialEq + std::fmt::Debug + 'static
+{
     const DTYPE: DType;
     fn slice(b: &TensorBuf) -> Option<&[Self]>;
     fn vec_mut(b: &mut TensorBuf) -> Option<&mut Vec<Self>>;
@@ -338,39 +430,11 @@ macro_rules! with_dtype {
 
 impl TensorBuf {
     pub fn dtype(&self) -> DType {
-        match self {
-            TensorBuf::F32(_) => DType::F32,
-            TensorBuf::F64(_) => DType::F64,
-            TensorBuf::F16(_) => DType::F16,
-            TensorBuf::BF16(_) => DType::BF16,
-            TensorBuf::I64(_) => DType::I64,
-            TensorBuf::I32(_) => DType::I32,
-            TensorBuf::I16(_) => DType::I16,
-            TensorBuf::I8(_) => DType::I8,
-            TensorBuf::U8(_) => DType::U8,
-            TensorBuf::U16(_) => DType::U16,
-            TensorBuf::U32(_) => DType::U32,
-            TensorBuf::U64(_) => DType::U64,
-            TensorBuf::Bool(_) => DType::Bool,
-        }
+        on_buf!(self, v => dtype_of(v))
     }
 
     pub fn len(&self) -> usize {
-        match self {
-            TensorBuf::F32(v) => v.len(),
-            TensorBuf::F64(v) => v.len(),
-            TensorBuf::F16(v) => v.len(),
-            TensorBuf::BF16(v) => v.len(),
-            TensorBuf::I64(v) => v.len(),
-            TensorBuf::I32(v) => v.len(),
-            TensorBuf::I16(v) => v.len(),
-            TensorBuf::I8(v) => v.len(),
-            TensorBuf::U8(v) => v.len(),
-            TensorBuf::U16(v) => v.len(),
-            TensorBuf::U32(v) => v.len(),
-            TensorBuf::U64(v) => v.len(),
-            TensorBuf::Bool(v) => v.len(),
-        }
+        on_buf!(self, v => v.len())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -379,21 +443,7 @@ impl TensorBuf {
 
     /// Capacity in elements (for the buffer pool).
     pub fn capacity(&self) -> usize {
-        match self {
-            TensorBuf::F32(v) => v.capacity(),
-            TensorBuf::F64(v) => v.capacity(),
-            TensorBuf::F16(v) => v.capacity(),
-            TensorBuf::BF16(v) => v.capacity(),
-            TensorBuf::I64(v) => v.capacity(),
-            TensorBuf::I32(v) => v.capacity(),
-            TensorBuf::I16(v) => v.capacity(),
-            TensorBuf::I8(v) => v.capacity(),
-            TensorBuf::U8(v) => v.capacity(),
-            TensorBuf::U16(v) => v.capacity(),
-            TensorBuf::U32(v) => v.capacity(),
-            TensorBuf::U64(v) => v.capacity(),
-            TensorBuf::Bool(v) => v.capacity(),
-        }
+        on_buf!(self, v => v.capacity())
     }
 
     /// Whether the dtype is one the engine can hold.
@@ -403,56 +453,22 @@ impl TensorBuf {
 
     /// Decodes little-endian element bytes.
     pub fn from_le_bytes(dtype: DType, b: &[u8]) -> Result<TensorBuf, String> {
-        fn rd<T, const N: usize>(b: &[u8], f: impl Fn([u8; N]) -> T) -> Result<Vec<T>, String> {
-            if b.len() % N != 0 {
+        fn rd<T: Elem>(b: &[u8]) -> Result<TensorBuf, String> {
+            if b.len() % T::SIZE != 0 {
                 return Err(format!(
-                    "{} bytes is not a multiple of the element size {N}",
-                    b.len()
+                    "{} bytes is not a multiple of the element size {}",
+                    b.len(),
+                    T::SIZE
                 ));
             }
-            Ok(b.chunks_exact(N)
-                .map(|c| {
-                    let mut a = [0u8; N];
-                    a.copy_from_slice(c);
-                    f(a)
-                })
-                .collect())
+            Ok(T::wrap(b.chunks_exact(T::SIZE).map(T::read_le).collect()))
         }
-        Ok(match dtype {
-            DType::F32 => TensorBuf::F32(rd(b, f32::from_le_bytes)?),
-            DType::F64 => TensorBuf::F64(rd(b, f64::from_le_bytes)?),
-            DType::F16 => TensorBuf::F16(rd(b, |a| F16(u16::from_le_bytes(a)))?),
-            DType::BF16 => TensorBuf::BF16(rd(b, |a| BF16(u16::from_le_bytes(a)))?),
-            DType::I64 => TensorBuf::I64(rd(b, i64::from_le_bytes)?),
-            DType::I32 => TensorBuf::I32(rd(b, i32::from_le_bytes)?),
-            DType::I16 => TensorBuf::I16(rd(b, i16::from_le_bytes)?),
-            DType::I8 => TensorBuf::I8(b.iter().map(|&x| x as i8).collect()),
-            DType::U8 => TensorBuf::U8(b.to_vec()),
-            DType::U16 => TensorBuf::U16(rd(b, u16::from_le_bytes)?),
-            DType::U32 => TensorBuf::U32(rd(b, u32::from_le_bytes)?),
-            DType::U64 => TensorBuf::U64(rd(b, u64::from_le_bytes)?),
-            DType::Bool => TensorBuf::Bool(b.iter().map(|&x| x != 0).collect()),
-            d => return Err(format!("dtype {d} is not supported by the CPU engine")),
-        })
+        with_dtype!(dtype, T => rd::<T>(b), _ => Err(format!("dtype {dtype} is not supported by the CPU engine")))
     }
 
     /// Little-endian element bytes.
     pub fn to_le_bytes(&self) -> Vec<u8> {
-        match self {
-            TensorBuf::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            TensorBuf::F64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            TensorBuf::F16(v) => v.iter().flat_map(|x| x.0.to_le_bytes()).collect(),
-            TensorBuf::BF16(v) => v.iter().flat_map(|x| x.0.to_le_bytes()).collect(),
-            TensorBuf::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            TensorBuf::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            TensorBuf::I16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            TensorBuf::I8(v) => v.iter().map(|&x| x as u8).collect(),
-            TensorBuf::U8(v) => v.clone(),
-            TensorBuf::U16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            TensorBuf::U32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            TensorBuf::U64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            TensorBuf::Bool(v) => v.iter().map(|&x| x as u8).collect(),
-        }
+        on_buf!(self, v => le_bytes(v))
     }
 }
 

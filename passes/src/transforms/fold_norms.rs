@@ -9,8 +9,17 @@
 //! are copy-on-write: a weight that something else also reads — the embedding table a tied head
 //! reads through a Transpose — is copied for the folded reader (the head is untied; the
 //! embedding stays unscaled). Norms on the stream itself (post-LN, sandwich norms) cannot be
-//! folded and are reported in notes. LayerNorm stays a LayerNorm (its mean subtraction still
-//! admits only permutations; converting it to RMSNorm as SliceGPT does is not implemented).
+//! folded and are reported in notes.
+//!
+//! LayerNorm → RMSNorm (SliceGPT; [`center`]): when every norm on the residual stream is a
+//! pre-norm LayerNorm and nothing else reads the stream, the stream is first made zero-mean —
+//! embedding rows, writer outputs (`W ← W − mean over output features`) and stream biases
+//! (`b ← b − mean(b)`) are centered — then γ and β are folded as above (a reader without a bias
+//! gets one, zeros, to take β), and each LayerNorm is replaced by an RMSNorm with γ = 1 and the
+//! same epsilon: `RMSNormalization` when the opset is ≥ 23, else the decomposed
+//! `Mul → ReduceMean → Add(eps) → Sqrt → Div` chain (a decomposed LayerNorm just loses its
+//! `ReduceMean → Sub`). Afterwards the stream admits O(d). A post-norm stream (BERT-like) is
+//! left as it was and the note names the norm that prevents it.
 
 use crate::pass::{Pass, PassContext, PassError, PassResult};
 use crate::registry::PassInfo;
@@ -19,10 +28,11 @@ use ortho_ir::analysis::norm::{NormKind, Norms};
 use ortho_ir::analysis::{match_linear, Linear};
 use ortho_ir::{Module, TensorData, TensorId};
 
+mod center;
+
 pub const INFO: PassInfo = PassInfo {
     name: "fold-norms",
-    summary:
-        "Folds RMSNorm/LayerNorm gains (and LayerNorm shifts) into the linear layers reading them.",
+    summary: "Folds RMSNorm/LayerNorm gains (and LayerNorm shifts) into the linear layers reading them; on a pre-norm stream of LayerNorms, centers the stream and turns them into RMSNorms (SliceGPT).",
     options: &[],
     build,
 };
@@ -42,6 +52,14 @@ pub struct FoldNormsStats {
     pub untied: usize,
     /// Norms with a non-trivial gain or shift that could not be folded, with the reason.
     pub skipped: Vec<String>,
+    /// Embedding tables, writers and stream biases centered (LayerNorm → RMSNorm).
+    pub centered: usize,
+    /// Zero biases given to LayerNorm readers without one, to take β.
+    pub biases_added: usize,
+    /// LayerNorms replaced by RMSNorms.
+    pub converted: usize,
+    /// Why the stream's LayerNorms stay LayerNorms (naming the node), when it has some.
+    pub not_converted: Option<String>,
 }
 
 /// How one rewritten constant is computed.
@@ -60,12 +78,39 @@ enum Transform {
     Fill(f64),
 }
 
-/// Folds every foldable norm of the main graph.
+/// Folds every foldable norm of the main graph; on a pre-norm stream of LayerNorms, first
+/// centers the stream and then turns the LayerNorms into RMSNorms (see [`center`]).
 pub fn fold_norms(m: &mut Module) -> Result<FoldNormsStats, PassError> {
     let gid = m.main;
+    let mut stats = FoldNormsStats::default();
+    let plan = match center::plan(m, gid) {
+        Ok(p) => p,
+        Err(why) => {
+            stats.not_converted = Some(why);
+            None
+        }
+    };
+    if let Some(p) = &plan {
+        let (centered, copies) = center::center(m, gid, p)?;
+        stats.centered = centered;
+        stats.untied += copies;
+    }
+    stats.biases_added = center::add_reader_biases(m, gid)?;
+    fold_gains(m, gid, &mut stats)?;
+    if let Some(p) = &plan {
+        stats.converted = center::convert(m, gid, &p.norms)?;
+    }
+    Ok(stats)
+}
+
+/// Moves γ (and β) of every pre-norm norm into its linear readers.
+fn fold_gains(
+    m: &mut Module,
+    gid: ortho_ir::GraphId,
+    stats: &mut FoldNormsStats,
+) -> Result<(), PassError> {
     let g = m.graph(gid);
     let norms = Norms::find(m, g);
-    let mut stats = FoldNormsStats::default();
     let mut rewrites: Vec<Rewrite> = Vec::new();
     let mut transforms: Vec<Transform> = Vec::new();
     let mut push = |rw: &mut Vec<Rewrite>, t: Transform, consumer, slot, konst, transpose| {
@@ -185,7 +230,7 @@ pub fn fold_norms(m: &mut Module) -> Result<FoldNormsStats, PassError> {
         stats.readers += readers.len();
     }
     if rewrites.is_empty() {
-        return Ok(stats);
+        return Ok(());
     }
     // The bias shifts read the original weights: take them before anything is replaced.
     let originals: std::collections::HashMap<TensorId, Vec<f64>> = transforms
@@ -202,6 +247,17 @@ pub fn fold_norms(m: &mut Module) -> Result<FoldNormsStats, PassError> {
         .map(|&w| (w, m.tensor(w).dims.clone()))
         .collect();
     let make = |key: usize, old: &TensorData| -> Result<TensorData, String> {
+        // A scale along the last axis (an untied head stored [vocab, d]) goes block by block.
+        if let Transform::Scale { axis, s } = &transforms[key] {
+            if *axis + 1 == old.dims.len()
+                && old.dims.len() >= 2
+                && s.len() as i64 == old.dims[*axis]
+            {
+                return weights::map_rows(old, s.len(), &|v, _| {
+                    Ok(v.iter().zip(s.iter().cycle()).map(|(x, g)| x * g).collect())
+                });
+            }
+        }
         let mut v = weights::decode(old)?;
         match &transforms[key] {
             Transform::Scale { axis, s } => weights::scale_axis(&mut v, &old.dims, *axis, s)?,
@@ -230,8 +286,8 @@ pub fn fold_norms(m: &mut Module) -> Result<FoldNormsStats, PassError> {
         weights::encode_like(old, &v)
     };
     let applied = weights::apply(m, gid, &rewrites, "folded", &make)?;
-    stats.untied = applied.copies;
-    Ok(stats)
+    stats.untied += applied.copies;
+    Ok(())
 }
 
 struct FoldNorms;
@@ -247,12 +303,33 @@ impl Pass for FoldNorms {
         cx.stat("readers", s.readers as u64);
         cx.stat("untied", s.untied as u64);
         cx.stat("skipped", s.skipped.len() as u64);
+        // Only models with LayerNorms have these; the others' reports stay as they were.
+        for (k, v) in [
+            ("centered", s.centered),
+            ("biases-added", s.biases_added),
+            ("converted", s.converted),
+        ] {
+            if v > 0 {
+                cx.stat(k, v as u64);
+            }
+        }
         for n in &s.skipped {
             cx.note(format!("not folded: {n}"));
         }
         if s.untied > 0 {
             cx.note(format!("{} weight(s) copied so that other readers keep the original values (e.g. a head untied from the embedding)", s.untied));
         }
-        Ok(PassResult::changed(s.folded > 0))
+        if let Some(why) = &s.not_converted {
+            cx.note(format!("LayerNorms kept (not converted to RMSNorm): {why}"));
+        }
+        if s.converted > 0 {
+            cx.note(format!(
+                "{} LayerNorm(s) converted to RMSNorm after centering {} weight(s) of the stream",
+                s.converted, s.centered
+            ));
+        }
+        Ok(PassResult::changed(
+            s.folded > 0 || s.converted > 0 || s.centered > 0 || s.biases_added > 0,
+        ))
     }
 }

@@ -4,6 +4,8 @@
 pub mod canonicalize;
 pub mod cse;
 pub mod dce;
+pub mod denoise;
+pub mod denoise_rotate;
 pub(crate) mod fold;
 pub mod fold_norms;
 pub mod fuse_elementwise;
@@ -11,6 +13,9 @@ pub mod gauge_verify;
 pub mod infer_shapes;
 pub mod lower_ortho;
 pub mod orthogonal;
+pub mod prune;
+pub mod prune_math;
+pub mod rotate_heads;
 pub mod rotate_residual;
 pub(crate) mod scope;
 pub(crate) mod weights;
@@ -23,6 +28,10 @@ pub use fuse_elementwise::{fuse_elementwise, FuseElementwiseOptions, FuseElement
 pub use gauge_verify::{gauge_verify, GaugeReport, GaugeVerifyOptions};
 pub use infer_shapes::{infer_shapes, InferShapesStats};
 pub use lower_ortho::{lower_ortho, LowerOrthoStats};
+pub use rotate_heads::{
+    fold_vo_rotations, rotate_heads, vo_paths, HeadKind, RotateHeadsOptions, RotateHeadsStats,
+    VoPath,
+};
 pub use rotate_residual::{
     rotate_residual, RotateResidualOptions, RotateResidualStats, RotationKind,
 };

@@ -151,10 +151,7 @@ pub fn build_transform(kind: RotationKind, d: usize, seed: u64) -> (Orthogonal, 
             Orthogonal::Dense(orthogonal::haar(d, &mut rng)),
             format!("Haar {d}"),
         ),
-        RotationKind::Hadamard => {
-            let (q, desc) = orthogonal::hadamard(d, &mut rng);
-            (Orthogonal::Dense(q), desc)
-        }
+        RotationKind::Hadamard => orthogonal::hadamard_fast(d, &mut rng),
         RotationKind::SignedPermutation => {
             let perm = orthogonal::permutation(d, &mut rng);
             let signs = (0..d).map(|_| rng.sign()).collect();
@@ -280,6 +277,20 @@ pub fn rotate_residual(
         dense => dense.clone(),
     };
     let make = |key: usize, old: &TensorData| -> Result<TensorData, String> {
+        let axis = axes.get(&key).copied();
+        // Rows along the last axis (embedding, untied head, readers stored [out, in]): block
+        // by block, without a full f64 copy of the table.
+        if key != 1 && axis.is_some_and(|a| a + 1 == old.dims.len()) && old.dims.len() >= 2 {
+            let d = q.dim();
+            if old.dims.last().copied() != Some(d as i64) {
+                return Err(format!(
+                    "axis {} of a tensor of shape {:?} is not the stream width {d}",
+                    old.dims.len() - 1,
+                    old.dims
+                ));
+            }
+            return weights::map_rows(old, d, &|v, rows| Ok(right_multiply(v, rows, &q)));
+        }
         let v = weights::decode(old)?;
         let out = if key == 1 {
             if v.len() == 1 {

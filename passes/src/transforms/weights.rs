@@ -284,6 +284,19 @@ fn f32_to_bf16(x: f32) -> u16 {
 
 /// A tensor of `like`'s dtype, dims and name holding `v` (cast once).
 pub(crate) fn encode_like(like: &TensorData, v: &[f64]) -> Result<TensorData, String> {
+    let mut t = encode(like.dtype, like.dims.clone(), v)?;
+    t.name = like.name.clone();
+    t.doc = like.doc.clone();
+    Ok(t)
+}
+
+/// A new tensor of `dtype` and `dims` holding `v`, cast once from f64.
+pub(crate) fn encode(dtype: DType, dims: Vec<i64>, v: &[f64]) -> Result<TensorData, String> {
+    Ok(TensorData::from_bytes(dtype, dims, encode_bytes(dtype, v)?))
+}
+
+/// The little-endian bytes of `v` in `dtype`, cast once from f64.
+fn encode_bytes(dtype: DType, v: &[f64]) -> Result<Vec<u8>, String> {
     fn put<const N: usize>(v: &[f64], f: impl Fn(f64) -> [u8; N]) -> Vec<u8> {
         let mut out = Vec::with_capacity(v.len() * N);
         for &x in v {
@@ -291,7 +304,7 @@ pub(crate) fn encode_like(like: &TensorData, v: &[f64]) -> Result<TensorData, St
         }
         out
     }
-    let bytes: Vec<u8> = match like.dtype {
+    Ok(match dtype {
         DType::F32 => put(v, |x| (x as f32).to_le_bytes()),
         DType::F64 => put(v, |x| x.to_le_bytes()),
         // Through f32 first: the f64 → f32 step is exact for every value an f16/bf16 can round
@@ -299,10 +312,56 @@ pub(crate) fn encode_like(like: &TensorData, v: &[f64]) -> Result<TensorData, St
         DType::F16 => put(v, |x| f32_to_f16(x as f32).to_le_bytes()),
         DType::BF16 => put(v, |x| f32_to_bf16(x as f32).to_le_bytes()),
         d => return Err(format!("cannot encode dtype {d}")),
-    };
-    let mut t = TensorData::from_bytes(like.dtype, like.dims.clone(), bytes);
-    t.name = like.name.clone();
-    t.doc = like.doc.clone();
+    })
+}
+
+/// A transform of a block of rows for [`map_rows`]: `(values, rows) → new values`.
+pub(crate) type RowsFn<'a> = dyn Fn(&[f64], usize) -> Result<Vec<f64>, String> + 'a;
+
+/// A tensor like `old` whose rows (`row_len` consecutive elements) are transformed block by
+/// block: `f(values, rows)` gets about 64 Ki elements of whole rows in f64 and returns their new
+/// values. Decoding, transforming and encoding one block at a time keeps a large table (an
+/// embedding or a head, 49152 × 576 in SmolLM2) from ever existing in f64 in full.
+pub(crate) fn map_rows(
+    old: &TensorData,
+    row_len: usize,
+    f: &RowsFn<'_>,
+) -> Result<TensorData, String> {
+    if !matches!(
+        old.dtype,
+        DType::F32 | DType::F64 | DType::F16 | DType::BF16
+    ) {
+        return Err(format!("weights of dtype {} cannot be folded", old.dtype));
+    }
+    let bytes = old
+        .bytes()
+        .ok_or("the tensor's data is not available (elided text, or a size mismatch)")?;
+    let n = old.numel().unwrap_or(0) as usize;
+    if n == 0 || n.checked_rem(row_len) != Some(0) || bytes.len().checked_rem(n) != Some(0) {
+        return Err(format!(
+            "a tensor of shape {:?} ({} bytes) is not made of rows of {row_len}",
+            old.dims,
+            bytes.len()
+        ));
+    }
+    let size = bytes.len() / n;
+    let rows = n / row_len;
+    let block = ((1usize << 16) / row_len).max(1);
+    let mut out = Vec::with_capacity(bytes.len());
+    for start in (0..rows).step_by(block) {
+        let r = block.min(rows - start);
+        let chunk = &bytes[start * row_len * size..(start + r) * row_len * size];
+        let v = ortho_ir::numeric::decode_f64(old.dtype, chunk)
+            .ok_or("the tensor's bytes cannot be decoded")?;
+        let y = f(&v, r)?;
+        if y.len() != v.len() {
+            return Err("a block changed size".into());
+        }
+        out.extend_from_slice(&encode_bytes(old.dtype, &y)?);
+    }
+    let mut t = TensorData::from_bytes(old.dtype, old.dims.clone(), out);
+    t.name = old.name.clone();
+    t.doc = old.doc.clone();
     Ok(t)
 }
 

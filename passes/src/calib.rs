@@ -1,0 +1,350 @@
+//! Calibration: the data a calibration-driven pass runs on, and the layer-wise ("true
+//! sequential") driver that walks a pre-norm transformer's blocks in order.
+//!
+//! A pass never builds a runtime: `src/` puts a [`Calibration`] (an `ortho_ir::eval::Evaluator`
+//! plus the calibration token batches, already chunked into graph-input feeds) into
+//! `ManagerOptions::calibration`, and the pass finds it with `PassContext::calibration`. A pass
+//! that needs it and finds none fails with [`missing_calibration`].
+//!
+//! [`walk_layers`] keeps, for every calibration sequence, the residual-stream tensor entering the
+//! current block (f32; 128 × 512 × 576 × 4 B ≈ 150 MB for SmolLM2 at the issue's setting). For
+//! each block it hands the visitor a [`LayerCx`], through which the visitor reads input Gram
+//! matrices (`H = (2/N) Σ xᵀx` via [`Gram::hessian`]) of any values inside the block *with the
+//! weights as they are now*, changes weights (prune, rotate), and collects again for the next
+//! group. When the visitor returns, the block runs once more on the cached input with its final
+//! weights and its output becomes the next block's cached input — so block `i` is calibrated on
+//! the outputs of the already rewritten blocks before it.
+//!
+//! Evaluation runs one chunk of sequences at a time (the chunking is chosen by whoever built the
+//! [`Calibration`]), so attention scores of the whole set never exist at once.
+
+use crate::pass::PassError;
+use ortho_ir::analysis::transformer::{analyze_transformer, Attention, BranchKind, Mlp};
+use ortho_ir::eval::{EvalTensor, Evaluator, Gram, Region, Stat, StatKind, StatRequest, Stats};
+use ortho_ir::{Module, Op, ValueId};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A progress sink (one line per call); `src/` prints it to stderr.
+pub type ProgressFn = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Calibration data and the runtime to evaluate it with.
+#[derive(Clone)]
+pub struct Calibration {
+    pub evaluator: Arc<dyn Evaluator>,
+    /// The graph-input feeds of each chunk: `(input name, tensor)`, e.g. `input_ids`
+    /// `[chunk, seqlen]` int64 and, when the model has them, `attention_mask` and `position_ids`.
+    pub chunks: Vec<Vec<(String, EvalTensor)>>,
+    /// Sequences and tokens per sequence over all chunks (for reports).
+    pub samples: usize,
+    pub seqlen: usize,
+    pub progress: Option<ProgressFn>,
+}
+
+impl fmt::Debug for Calibration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Calibration")
+            .field("samples", &self.samples)
+            .field("seqlen", &self.seqlen)
+            .field("chunks", &self.chunks.len())
+            .finish()
+    }
+}
+
+impl Calibration {
+    /// Sends one progress line to the sink, if there is one.
+    pub fn progress(&self, line: &str) {
+        if let Some(p) = &self.progress {
+            p(line);
+        }
+    }
+}
+
+/// The error of a calibration-driven pass run without calibration data.
+pub fn missing_calibration(pass: &str) -> PassError {
+    PassError::new(format!(
+        "{pass} needs calibration data: pass --calib-text FILE --tokenizer tokenizer.json \
+         (and optionally --calib-samples N --calib-seqlen L --calib-seed S)"
+    ))
+}
+
+/// One block of the residual stream, between the value entering it and the value leaving it.
+#[derive(Debug, Clone)]
+pub struct BlockSpan {
+    pub index: usize,
+    /// The stream value the block's first branch reads and adds to.
+    pub input: ValueId,
+    /// The result of the block's last residual add.
+    pub output: ValueId,
+    pub attention: Option<Attention>,
+    pub mlp: Option<Mlp>,
+}
+
+/// The blocks of the main graph, in stream order, found by the structure analysis.
+pub fn block_spans(m: &Module) -> Result<Vec<BlockSpan>, PassError> {
+    let s = analyze_transformer(m, m.main);
+    let g = m.main_graph();
+    if s.blocks.is_empty() {
+        return Err(PassError::new(
+            "the structure analysis found no transformer blocks (see `ortho-opt analyze`)",
+        ));
+    }
+    let mut spans = Vec::new();
+    for (index, b) in s.blocks.iter().enumerate() {
+        let ids: Vec<usize> = [b.attention, b.mlp, b.other]
+            .into_iter()
+            .flatten()
+            .collect();
+        let (Some(&first), Some(&last)) = (ids.iter().min(), ids.iter().max()) else {
+            continue;
+        };
+        let (fb, lb) = (&s.branches[first], &s.branches[last]);
+        for br in [fb, lb] {
+            if !matches!(g.node(br.add).op, Op::Add) {
+                return Err(PassError::at(
+                    g,
+                    br.add,
+                    "the residual sum is not a plain Add (fused skip-norms are not supported by \
+                     the layer-wise calibration driver)",
+                ));
+            }
+        }
+        let input = g
+            .node(fb.add)
+            .inputs()
+            .find(|v| !fb.nodes.contains(&v.node))
+            .ok_or_else(|| PassError::at(g, fb.add, "residual Add without a stream operand"))?;
+        let output = ValueId {
+            node: lb.add,
+            output: 0,
+        };
+        let attention = b.attention.and_then(|i| match &s.branches[i].kind {
+            BranchKind::Attention(a) => Some(a.clone()),
+            _ => None,
+        });
+        let mlp = b.mlp.and_then(|i| match &s.branches[i].kind {
+            BranchKind::Mlp(x) => Some(x.clone()),
+            _ => None,
+        });
+        spans.push(BlockSpan {
+            index,
+            input,
+            output,
+            attention,
+            mlp,
+        });
+    }
+    Ok(spans)
+}
+
+/// What the driver hands the visitor for one block.
+pub struct LayerCx<'a> {
+    module: &'a mut Module,
+    calib: &'a Calibration,
+    /// Graph inputs fed on every run, in the order of each chunk's feed list.
+    input_values: &'a [ValueId],
+    cache: &'a [EvalTensor],
+    pub block: &'a BlockSpan,
+    /// Number of blocks in the walk.
+    pub blocks: usize,
+}
+
+impl<'a> LayerCx<'a> {
+    /// The module, to read or rewrite weights; collect again after changing them.
+    pub fn module(&mut self) -> &mut Module {
+        self.module
+    }
+
+    pub fn module_ref(&self) -> &Module {
+        self.module
+    }
+
+    /// The cached residual-stream input of the block, one tensor `[chunk, seqlen, d]` per chunk.
+    pub fn block_input(&self) -> &[EvalTensor] {
+        self.cache
+    }
+
+    pub fn calibration(&self) -> &Calibration {
+        self.calib
+    }
+
+    /// Runs the part of the block needed for `requests` on every chunk, with the current
+    /// weights, and returns the accumulated statistics (request order).
+    pub fn collect(&mut self, requests: &[StatRequest]) -> Result<Stats, PassError> {
+        run_region(
+            self.module,
+            self.calib,
+            self.input_values,
+            Some((self.block.input, self.cache)),
+            requests,
+        )
+    }
+
+    /// `Σ xᵀx` (with row counts) of each value, e.g. the inputs of a group of linears.
+    pub fn grams(&mut self, values: &[ValueId]) -> Result<Vec<Gram>, PassError> {
+        let reqs: Vec<StatRequest> = values
+            .iter()
+            .map(|&value| StatRequest {
+                value,
+                kind: StatKind::Gram,
+            })
+            .collect();
+        let stats = self.collect(&reqs)?;
+        stats
+            .stats
+            .into_iter()
+            .map(|s| match s {
+                Stat::Gram(g) => Ok(g),
+                _ => Err(PassError::new("the evaluator returned no Gram matrix")),
+            })
+            .collect()
+    }
+
+    /// One progress line, prefixed with the layer.
+    pub fn progress(&self, what: &str) {
+        self.calib.progress(&format!(
+            "layer {}/{}: {what}",
+            self.block.index + 1,
+            self.blocks
+        ));
+    }
+}
+
+/// What [`walk_layers`] did.
+#[derive(Debug, Clone, Default)]
+pub struct WalkReport {
+    pub blocks: usize,
+    /// Seconds spent advancing the cache (running blocks with their final weights).
+    pub advance_seconds: f64,
+}
+
+/// Compiles a region with `extra` (value, per-chunk tensors) fed besides the graph inputs and runs
+/// it on every chunk.
+fn run_region(
+    m: &Module,
+    calib: &Calibration,
+    input_values: &[ValueId],
+    extra: Option<(ValueId, &[EvalTensor])>,
+    requests: &[StatRequest],
+) -> Result<Stats, PassError> {
+    let mut feeds = input_values.to_vec();
+    if let Some((v, _)) = extra {
+        feeds.push(v);
+    }
+    let region = Region {
+        feeds,
+        requests: requests.to_vec(),
+    };
+    let mut prog = calib
+        .evaluator
+        .compile(m, &region)
+        .map_err(|e| PassError::new(format!("calibration: {e}")))?;
+    let mut stats = Stats::for_region(&region);
+    for (c, chunk) in calib.chunks.iter().enumerate() {
+        let mut f: Vec<EvalTensor> = chunk.iter().map(|(_, t)| t.clone()).collect();
+        if let Some((_, cache)) = extra {
+            f.push(cache[c].clone());
+        }
+        prog.run(&f, &mut stats)
+            .map_err(|e| PassError::new(format!("calibration chunk {c}: {e}")))?;
+    }
+    Ok(stats)
+}
+
+/// The main graph's input values named by the first chunk's feeds, in that order.
+fn input_values(m: &Module, calib: &Calibration) -> Result<Vec<ValueId>, PassError> {
+    let g = m.main_graph();
+    let Some(first) = calib.chunks.first() else {
+        return Err(PassError::new("the calibration set is empty"));
+    };
+    first
+        .iter()
+        .map(|(name, _)| {
+            g.inputs()
+                .iter()
+                .map(|&n| ValueId { node: n, output: 0 })
+                .find(|&v| g.value_name(v) == name)
+                .ok_or_else(|| PassError::new(format!("the model has no input '{name}'")))
+        })
+        .collect()
+}
+
+/// Walks the blocks of the main graph in order, calling `visit` for each with the block's cached
+/// input, then advancing the cache through the block as `visit` left it.
+pub fn walk_layers(
+    m: &mut Module,
+    calib: &Calibration,
+    visit: &mut dyn FnMut(&mut LayerCx<'_>) -> Result<(), PassError>,
+) -> Result<WalkReport, PassError> {
+    walk_layers_until(m, calib, None, visit)
+}
+
+/// [`walk_layers`] that stops after block `last` (when given): later blocks are neither visited
+/// nor run, which saves the forward passes a pass limited to early layers does not need.
+pub fn walk_layers_until(
+    m: &mut Module,
+    calib: &Calibration,
+    last: Option<usize>,
+    visit: &mut dyn FnMut(&mut LayerCx<'_>) -> Result<(), PassError>,
+) -> Result<WalkReport, PassError> {
+    let mut spans = block_spans(m)?;
+    if let Some(l) = last {
+        spans.truncate(l + 1);
+    }
+    let inputs = input_values(m, calib)?;
+    let t = Instant::now();
+    let first = run_region(
+        m,
+        calib,
+        &inputs,
+        None,
+        &[StatRequest {
+            value: spans[0].input,
+            kind: StatKind::Full,
+        }],
+    )?;
+    let mut cache = take_full(first)?;
+    let mut report = WalkReport {
+        blocks: spans.len(),
+        advance_seconds: t.elapsed().as_secs_f64(),
+    };
+    for span in &spans {
+        let last = span.index + 1 == spans.len();
+        {
+            let mut cx = LayerCx {
+                module: m,
+                calib,
+                input_values: &inputs,
+                cache: &cache,
+                block: span,
+                blocks: spans.len(),
+            };
+            visit(&mut cx)?;
+        }
+        if last {
+            break;
+        }
+        let t = Instant::now();
+        let next = run_region(
+            m,
+            calib,
+            &inputs,
+            Some((span.input, &cache)),
+            &[StatRequest {
+                value: span.output,
+                kind: StatKind::Full,
+            }],
+        )?;
+        cache = take_full(next)?;
+        report.advance_seconds += t.elapsed().as_secs_f64();
+    }
+    Ok(report)
+}
+
+fn take_full(s: Stats) -> Result<Vec<EvalTensor>, PassError> {
+    match s.stats.into_iter().next() {
+        Some(Stat::Full(v)) => Ok(v),
+        _ => Err(PassError::new("the evaluator returned no tensor")),
+    }
+}

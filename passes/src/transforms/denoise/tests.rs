@@ -1,0 +1,359 @@
+//! Unit tests of the DenoiseRotator maths: the analytic gradient against central finite
+//! differences of an independent f64 implementation of the loss, and the optimizer.
+
+use super::loss::{Heads, Importance, LayerProblem};
+use super::optim::{optimize, orthogonality_error, AdamOptions, StopReason};
+use crate::transforms::orthogonal::Rng;
+use faer::Mat;
+
+fn random(r: usize, c: usize, rng: &mut Rng) -> Mat<f32> {
+    Mat::from_fn(r, c, |_, _| rng.normal() as f32)
+}
+
+/// A symmetric positive definite matrix `XᵀX/N + 0.1 I`.
+fn spd(n: usize, rng: &mut Rng) -> Mat<f32> {
+    let x = random(3 * n, n, rng);
+    Mat::from_fn(n, n, |i, j| {
+        let mut s = 0.0f64;
+        for k in 0..3 * n {
+            s += x[(k, i)] as f64 * x[(k, j)] as f64;
+        }
+        (s / (3 * n) as f64 + if i == j { 0.1 } else { 0.0 }) as f32
+    })
+}
+
+fn problem(method: Importance, seed: u64) -> LayerProblem {
+    let mut rng = Rng::new(seed);
+    let heads = Heads {
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 2,
+    };
+    let (d, hidden) = (8, 12);
+    let with_m = method != Importance::Magnitude;
+    LayerProblem {
+        method,
+        heads,
+        qk: random(8 + 4, d, &mut rng),
+        v: random(4, d, &mut rng),
+        o: random(d, 8, &mut rng),
+        gate_up: random(2 * hidden, d, &mut rng),
+        down: random(d, hidden, &mut rng),
+        attn_m: with_m.then(|| spd(d, &mut rng)),
+        mlp_m: with_m.then(|| spd(d, &mut rng)),
+        o_m: with_m.then(|| spd(8, &mut rng)),
+    }
+}
+
+// ---- The independent f64 reference: explicit rotated matrices, explicit scores. ----
+
+type M = Vec<Vec<f64>>;
+
+fn to64(m: &Mat<f32>) -> M {
+    (0..m.nrows())
+        .map(|i| (0..m.ncols()).map(|j| m[(i, j)] as f64).collect())
+        .collect()
+}
+
+fn mul(a: &M, b: &M) -> M {
+    let (n, k, m) = (a.len(), b.len(), b[0].len());
+    (0..n)
+        .map(|i| {
+            (0..m)
+                .map(|j| (0..k).map(|t| a[i][t] * b[t][j]).sum())
+                .collect()
+        })
+        .collect()
+}
+
+fn tr(a: &M) -> M {
+    (0..a[0].len())
+        .map(|j| (0..a.len()).map(|i| a[i][j]).collect())
+        .collect()
+}
+
+fn entropy(s: &[f64]) -> f64 {
+    let sum: f64 = s.iter().sum();
+    if sum <= 0.0 {
+        return 0.0;
+    }
+    -s.iter()
+        .filter(|&&x| x > 0.0)
+        .map(|&x| (x / sum) * (x / sum).ln())
+        .sum::<f64>()
+}
+
+fn scores_loss(w: &M, c: &[f64], rows: bool, cols: bool) -> f64 {
+    let s: M = w
+        .iter()
+        .map(|r| r.iter().zip(c).map(|(x, c)| x * x * c).collect())
+        .collect();
+    let mut l = 0.0;
+    if rows {
+        l += s.iter().map(|r| entropy(r)).sum::<f64>();
+    }
+    if cols {
+        l += tr(&s).iter().map(|r| entropy(r)).sum::<f64>();
+    }
+    l
+}
+
+/// Column factor from `diag(Rᵀ M R)`.
+fn factor(method: Importance, m: Option<&Mat<f32>>, r: &M) -> Vec<f64> {
+    match (method, m) {
+        (Importance::Magnitude, _) | (_, None) => vec![1.0; r[0].len()],
+        (_, Some(m)) => {
+            let mr = mul(&to64(m), r);
+            let e: Vec<f64> = (0..r[0].len())
+                .map(|b| (0..r.len()).map(|i| r[i][b] * mr[i][b]).sum())
+                .collect();
+            if method == Importance::SparseGpt {
+                e.iter().map(|e| 1.0 / e).collect()
+            } else {
+                e
+            }
+        }
+    }
+}
+
+fn block(m: &Mat<f32>, r0: usize, c0: usize, n: usize) -> Mat<f32> {
+    Mat::from_fn(n, n, |i, j| m[(r0 + i, c0 + j)])
+}
+
+fn reference_loss(p: &LayerProblem, q1: &M, r2: &[M]) -> f64 {
+    let hd = p.heads.head_dim;
+    let ca = factor(p.method, p.attn_m.as_ref(), q1);
+    let cm = factor(p.method, p.mlp_m.as_ref(), q1);
+    let mut l = scores_loss(&mul(&to64(&p.qk), q1), &ca, true, false);
+    // v' = Rᵀ Wv Q1 with R block diagonal.
+    let kvd = p.heads.kv_heads * hd;
+    let mut r = vec![vec![0.0; kvd]; kvd];
+    for (j, rj) in r2.iter().enumerate() {
+        for a in 0..hd {
+            for b in 0..hd {
+                r[j * hd + a][j * hd + b] = rj[a][b];
+            }
+        }
+    }
+    let v = mul(&tr(&r), &mul(&to64(&p.v), q1));
+    l += scores_loss(&v, &ca, true, true);
+    l += scores_loss(&mul(&to64(&p.gate_up), q1), &cm, true, false);
+    let dc = vec![1.0; p.down.ncols()];
+    l += scores_loss(&mul(&tr(q1), &to64(&p.down)), &dc, false, true);
+    // o' = Q1ᵀ Wo R_rep, factor per query head from its KV head's R.
+    let qd = p.heads.heads * hd;
+    let mut rr = vec![vec![0.0; qd]; qd];
+    let mut co = Vec::new();
+    for h in 0..p.heads.heads {
+        let rj = &r2[p.heads.kv_of(h)];
+        for a in 0..hd {
+            for b in 0..hd {
+                rr[h * hd + a][h * hd + b] = rj[a][b];
+            }
+        }
+        let mh = p.o_m.as_ref().map(|m| block(m, h * hd, h * hd, hd));
+        co.extend(factor(p.method, mh.as_ref(), rj));
+    }
+    l += scores_loss(&mul(&mul(&tr(q1), &to64(&p.o)), &rr), &co, true, true);
+    l
+}
+
+fn near_identity(n: usize, rng: &mut Rng) -> M {
+    (0..n)
+        .map(|i| {
+            (0..n)
+                .map(|j| (if i == j { 1.0 } else { 0.0 }) + 0.2 * rng.normal())
+                .collect()
+        })
+        .collect()
+}
+
+fn to32(m: &M) -> Mat<f32> {
+    Mat::from_fn(m.len(), m[0].len(), |i, j| m[i][j] as f32)
+}
+
+#[test]
+fn gradient_matches_finite_differences() {
+    for (method, seed) in [
+        (Importance::Magnitude, 1),
+        (Importance::Wanda, 2),
+        (Importance::SparseGpt, 3),
+    ] {
+        let p = problem(method, seed);
+        let mut rng = Rng::new(seed + 100);
+        let q1 = near_identity(8, &mut rng);
+        let r2: Vec<M> = (0..2).map(|_| near_identity(2, &mut rng)).collect();
+        let mut gq = Mat::<f32>::zeros(8, 8);
+        let mut gr: Vec<Mat<f32>> = (0..2).map(|_| Mat::zeros(2, 2)).collect();
+        let r2_32: Vec<Mat<f32>> = r2.iter().map(to32).collect();
+        let parts = p.loss_grad(to32(&q1).as_ref(), &r2_32, &mut gq, &mut gr);
+        let reference = reference_loss(&p, &q1, &r2);
+        assert!(
+            (parts.total() - reference).abs() <= 1e-4 * reference.abs(),
+            "{method:?}: loss {} vs reference {reference}",
+            parts.total()
+        );
+        // Central differences in f64 over every entry of Q1 and of each R2_j.
+        let h = 1e-6;
+        let (mut num, mut den) = (0.0f64, 0.0f64);
+        for i in 0..8 {
+            for j in 0..8 {
+                let (mut a, mut b) = (q1.clone(), q1.clone());
+                a[i][j] += h;
+                b[i][j] -= h;
+                let fd = (reference_loss(&p, &a, &r2) - reference_loss(&p, &b, &r2)) / (2.0 * h);
+                num += (fd - gq[(i, j)] as f64).powi(2);
+                den += fd * fd;
+            }
+        }
+        for k in 0..2 {
+            for i in 0..2 {
+                for j in 0..2 {
+                    let (mut a, mut b) = (r2.clone(), r2.clone());
+                    a[k][i][j] += h;
+                    b[k][i][j] -= h;
+                    let fd =
+                        (reference_loss(&p, &q1, &a) - reference_loss(&p, &q1, &b)) / (2.0 * h);
+                    num += (fd - gr[k][(i, j)] as f64).powi(2);
+                    den += fd * fd;
+                }
+            }
+        }
+        let rel = (num / den).sqrt();
+        assert!(rel < 1e-3, "{method:?}: relative gradient error {rel:.3e}");
+    }
+}
+
+/// The objective the pass optimizes: blocks `[Q1, R2_0, …]`.
+fn objective(p: &LayerProblem) -> impl FnMut(&[Mat<f32>], &mut [Mat<f32>]) -> f64 + '_ {
+    move |qs, gs| {
+        let (gq, gr) = gs.split_at_mut(1);
+        p.loss_grad(qs[0].as_ref(), &qs[1..], &mut gq[0], gr)
+            .total()
+    }
+}
+
+#[test]
+fn optimizer_decreases_the_loss_and_stays_orthogonal() {
+    for method in [
+        Importance::Magnitude,
+        Importance::Wanda,
+        Importance::SparseGpt,
+    ] {
+        let p = problem(method, 7);
+        let opts = AdamOptions {
+            iters: 200,
+            ..Default::default()
+        };
+        let mut f = objective(&p);
+        let r = optimize(&[8, 2, 2], &opts, &mut f);
+        assert_eq!(r.stop, StopReason::Iterations);
+        assert_eq!(r.evaluations, 201);
+        assert!(
+            r.best < r.initial * 0.98,
+            "{method:?}: {} → {}",
+            r.initial,
+            r.best
+        );
+        assert!(r.best_iter > 0);
+        for q in &r.qs {
+            assert!(orthogonality_error(q) < 1e-12);
+        }
+        // The returned blocks are the best iterate: re-evaluating them gives the best loss.
+        let qs32: Vec<Mat<f32>> =
+            r.qs.iter()
+                .map(|q| Mat::from_fn(q.nrows(), q.ncols(), |i, j| q[(i, j)] as f32))
+                .collect();
+        let mut gs: Vec<Mat<f32>> = [8, 2, 2].iter().map(|&n| Mat::zeros(n, n)).collect();
+        let again = f(&qs32, &mut gs);
+        assert!((again - r.best).abs() <= 1e-9 * r.best.abs().max(1.0));
+    }
+}
+
+#[test]
+fn zero_iterations_return_the_exact_identity() {
+    let p = problem(Importance::Wanda, 9);
+    let mut f = objective(&p);
+    let r = optimize(
+        &[8, 2, 2],
+        &AdamOptions {
+            iters: 0,
+            ..Default::default()
+        },
+        &mut f,
+    );
+    assert_eq!(r.evaluations, 1);
+    assert_eq!(r.best, r.initial);
+    for q in &r.qs {
+        for i in 0..q.nrows() {
+            for j in 0..q.ncols() {
+                assert_eq!(q[(i, j)], if i == j { 1.0 } else { 0.0 });
+            }
+        }
+    }
+}
+
+#[test]
+fn a_non_finite_objective_keeps_the_best_finite_iterate() {
+    let p = problem(Importance::Magnitude, 11);
+    let mut calls = 0;
+    let mut inner = objective(&p);
+    let mut f = |qs: &[Mat<f32>], gs: &mut [Mat<f32>]| {
+        calls += 1;
+        if calls > 3 {
+            f64::NAN
+        } else {
+            inner(qs, gs)
+        }
+    };
+    let r = optimize(&[8, 2, 2], &AdamOptions::default(), &mut f);
+    assert_eq!(r.stop, StopReason::NonFinite);
+    assert_eq!(r.evaluations, 4);
+    assert!(r.best.is_finite() && r.best <= r.initial);
+}
+
+/// Seconds per objective evaluation at SmolLM2-135M's layer size (for sizing the default
+/// iteration count; run by hand with `--ignored --nocapture`).
+#[test]
+#[ignore]
+fn time_one_evaluation_at_smollm2_size() {
+    let mut rng = Rng::new(1);
+    let (d, hidden, heads) = (
+        576,
+        1536,
+        Heads {
+            heads: 9,
+            kv_heads: 3,
+            head_dim: 64,
+        },
+    );
+    let p = LayerProblem {
+        method: Importance::SparseGpt,
+        heads,
+        qk: random(576 + 192, d, &mut rng),
+        v: random(192, d, &mut rng),
+        o: random(d, 576, &mut rng),
+        gate_up: random(2 * hidden, d, &mut rng),
+        down: random(d, hidden, &mut rng),
+        attn_m: Some(spd(d, &mut rng)),
+        mlp_m: Some(spd(d, &mut rng)),
+        o_m: Some(spd(576, &mut rng)),
+    };
+    let mut f = objective(&p);
+    let t = std::time::Instant::now();
+    let r = optimize(
+        &[576, 64, 64, 64],
+        &AdamOptions {
+            iters: 4,
+            ..Default::default()
+        },
+        &mut f,
+    );
+    eprintln!(
+        "{} evaluations in {:.2} s ({} → {})",
+        r.evaluations,
+        t.elapsed().as_secs_f64(),
+        r.initial,
+        r.best
+    );
+}
