@@ -81,6 +81,25 @@ pub struct BlockSpan {
     pub mlp: Option<Mlp>,
 }
 
+/// The first linear layer (a `MatMul`/`Gemm` with a constant weight) that depends on `v`.
+fn linear_downstream(m: &Module, v: ValueId) -> Option<ortho_ir::NodeId> {
+    let g = m.main_graph();
+    let mut seen = std::collections::HashSet::new();
+    let mut todo = vec![v];
+    while let Some(v) = todo.pop() {
+        for (n, _) in g.users(v) {
+            if !seen.insert(n) {
+                continue;
+            }
+            if ortho_ir::analysis::linear::match_linear(m, g, n).is_some() {
+                return Some(n);
+            }
+            todo.extend(g.results(n));
+        }
+    }
+    None
+}
+
 /// The blocks of the main graph, in stream order, found by the structure analysis.
 pub fn block_spans(m: &Module) -> Result<Vec<BlockSpan>, PassError> {
     let s = analyze_transformer(m, m.main);
@@ -89,6 +108,37 @@ pub fn block_spans(m: &Module) -> Result<Vec<BlockSpan>, PassError> {
         return Err(PassError::new(
             "the structure analysis found no transformer blocks (see `ortho-opt analyze`)",
         ));
+    }
+    // A node on the stream that no layer claims, or a linear layer reading what the analysis takes
+    // for the LM head (the basis-change MatMul that `denoise-rotate{mode=per-layer}` inserts looks
+    // like a head), ends the blocks the analysis can see; walking only those would silently
+    // calibrate or prune part of the model, so refuse instead.
+    if let Some(u) = s.unmatched.first() {
+        return Err(PassError::at(
+            g,
+            u.node,
+            format!(
+                "the structure analysis cannot place this node ({}; {} such node(s), see \
+                 `ortho-opt analyze`), so the layer-wise walk would miss blocks after it",
+                u.why,
+                s.unmatched.len()
+            ),
+        ));
+    }
+    for h in &s.heads {
+        if let Some(n) = linear_downstream(m, h.linear.output) {
+            return Err(PassError::at(
+                g,
+                h.linear.node,
+                format!(
+                    "the structure analysis takes this node for the LM head, but a linear layer \
+                     ({}) reads its result: the stream goes on through a node no block contains \
+                     (a basis change such as denoise-rotate{{mode=per-layer}} inserts), so the \
+                     layer-wise walk would miss the blocks after it",
+                    g.describe(n)
+                ),
+            ));
+        }
     }
     let mut spans = Vec::new();
     for (index, b) in s.blocks.iter().enumerate() {

@@ -331,7 +331,7 @@ impl crate::pass::Pass for DenoiseRotate {
         report(&r, cx);
         if r.fold.boundaries > 0 {
             cx.note(format!(
-                "{} boundary MatMul(s) on the residual stream: later passes that walk the blocks (prune) see only the layers before the first one; use mode=global to compose with them",
+                "{} boundary MatMul(s) on the residual stream: later passes that walk the blocks (prune) refuse the model; use mode=global to compose with them",
                 r.fold.boundaries
             ));
         }
