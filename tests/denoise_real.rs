@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{fixtures, run, TempDir};
+use common::{compare_on_sotu, fixtures, run, TempDir};
 
 const VOCAB_X_D: u64 = 49_152 * 576;
 const D: u64 = 576;
@@ -43,28 +43,6 @@ fn opt(pipeline: &str, out: &std::path::Path) -> ortho_opt::DriverOutput {
     args.extend(calib_args());
     let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
     run(&refs)
-}
-
-fn compare(a: &str, b: &str) -> serde_json::Value {
-    let f = fixtures();
-    let r = run(&[
-        "compare",
-        a,
-        b,
-        "--tokenizer",
-        &f.join("smollm2-135m/tokenizer.json").to_string_lossy(),
-        "--text",
-        &f.join("text/sotu_eval.txt").to_string_lossy(),
-        "--windows",
-        "8",
-        "--seqlen",
-        "128",
-        "--json",
-        "-q",
-    ]);
-    assert_eq!(r.code, 0, "compare failed: {}", r.stderr);
-    serde_json::from_str(r.stdout.trim())
-        .unwrap_or_else(|e| panic!("compare printed no JSON ({e}): {}", r.stdout))
 }
 
 fn stat(stderr: &str, key: &str) -> u64 {
@@ -109,7 +87,7 @@ fn prove(pipeline: &str, extra: u64, boundaries: u64) {
         before + extra,
         "parameters before {before}, after {after}"
     );
-    let c = compare(&model.to_string_lossy(), &out.to_string_lossy());
+    let c = compare_on_sotu(&model.to_string_lossy(), &out.to_string_lossy());
     let num = |k: &str| {
         c[k].as_f64()
             .unwrap_or_else(|| panic!("{k} missing in {c}"))

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{fixtures, python_tool, run, TempDir};
+use common::{compare_on_sotu, fixtures, python_tool, run, TempDir};
 
 const VOCAB_X_D: u64 = 49_152 * 576;
 
@@ -63,31 +63,6 @@ fn analyze_fused() {
     analyze("fused");
 }
 
-/// `ortho-opt compare` (our own engine) of `a` against `b` on 8 windows × 128 of sotu_eval.
-fn compare(a: &str, b: &str) -> serde_json::Value {
-    let f = fixtures();
-    let tok = f.join("smollm2-135m/tokenizer.json");
-    let text = f.join("text/sotu_eval.txt");
-    let r = run(&[
-        "compare",
-        a,
-        b,
-        "--tokenizer",
-        &tok.to_string_lossy(),
-        "--text",
-        &text.to_string_lossy(),
-        "--windows",
-        "8",
-        "--seqlen",
-        "128",
-        "--json",
-        "-q",
-    ]);
-    assert_eq!(r.code, 0, "compare failed: {}", r.stderr);
-    serde_json::from_str(r.stdout.trim())
-        .unwrap_or_else(|e| panic!("compare printed no JSON ({e}): {}", r.stdout))
-}
-
 /// Runs `pipeline` on the fixture, then proves the output equivalent to the original: it loads
 /// in onnxruntime (and its logits agree there on one window), it has the original parameters
 /// plus `extra`, and `ortho-opt compare` on 8 × 128 tokens gives relative ΔPPL ≤ 1e-4 and
@@ -136,7 +111,7 @@ fn prove(style: &str, pipeline: &str, extra: u64) {
     eprintln!("{style} {pipeline}: onnxruntime max |Δlogit| = {d:e}");
     assert!(d <= 1e-3, "{style}: onnxruntime max |Δlogit| = {d}");
     // Our engine: the equivalence harness.
-    let c = compare(&ms, &os);
+    let c = compare_on_sotu(&ms, &os);
     let num = |k: &str| {
         c[k].as_f64()
             .unwrap_or_else(|| panic!("{k} is not a number in {c}"))

@@ -78,3 +78,29 @@ pub fn python_tool(script: &str, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).to_string()
 }
+
+/// `ortho-opt compare A B --json` (our own engine) on 8 windows × 128 tokens of sotu_eval with the
+/// SmolLM2 tokenizer: the equivalence check of the rewriting tests. Panics when it fails.
+pub fn compare_on_sotu(a: &str, b: &str) -> serde_json::Value {
+    let f = fixtures();
+    let tok = f.join("smollm2-135m/tokenizer.json");
+    let text = f.join("text/sotu_eval.txt");
+    let r = run(&[
+        "compare",
+        a,
+        b,
+        "--tokenizer",
+        &tok.to_string_lossy(),
+        "--text",
+        &text.to_string_lossy(),
+        "--windows",
+        "8",
+        "--seqlen",
+        "128",
+        "--json",
+        "-q",
+    ]);
+    assert_eq!(r.code, 0, "compare failed: {}", r.stderr);
+    serde_json::from_str(r.stdout.trim())
+        .unwrap_or_else(|e| panic!("compare printed no JSON ({e}): {}", r.stdout))
+}
