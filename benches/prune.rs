@@ -7,8 +7,11 @@
 //! Run with `cargo bench --bench prune`. Environment: `ORTHO_FIXTURES` (default
 //! `$HOME/.cache/ortho-opt/fixtures`), `BENCH_CALIB_SAMPLES` / `BENCH_CALIB_SEQLEN` (default the
 //! issue's 128 × 512), `BENCH_PIPELINES` (comma-separated names of the rows to run, default all:
-//! dense, magnitude-50, magnitude-2:4, wanda-50, wanda-2:4, sparsegpt-50, sparsegpt-2:4).
-//! Timings on a shared machine are noisy; one run per row.
+//! dense, magnitude-50, magnitude-2:4, wanda-50, wanda-2:4, sparsegpt-50, sparsegpt-2:4, and
+//! the same six with DenoiseRotator in front: dr+magnitude-50, …, dr+sparsegpt-2:4, which run
+//! `fold-norms,denoise-prune{…}` with its defaults). A `dr+` row also prints the fraction of the
+//! gap to dense it closes, `(plain − rotated) / (plain − dense)`, when its plain row and the
+//! dense row ran. Timings on a shared machine are noisy; one run per row.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,6 +24,12 @@ const ROWS: &[(&str, &str)] = &[
     ("wanda-2:4", "prune{method=wanda pattern=2:4}"),
     ("sparsegpt-50", "prune{method=sparsegpt}"),
     ("sparsegpt-2:4", "prune{method=sparsegpt pattern=2:4}"),
+    ("dr+magnitude-50", "fold-norms,denoise-prune{method=magnitude}"),
+    ("dr+magnitude-2:4", "fold-norms,denoise-prune{method=magnitude pattern=2:4}"),
+    ("dr+wanda-50", "fold-norms,denoise-prune{method=wanda}"),
+    ("dr+wanda-2:4", "fold-norms,denoise-prune{method=wanda pattern=2:4}"),
+    ("dr+sparsegpt-50", "fold-norms,denoise-prune{method=sparsegpt}"),
+    ("dr+sparsegpt-2:4", "fold-norms,denoise-prune{method=sparsegpt pattern=2:4}"),
 ];
 
 /// (wall seconds, peak RSS in MiB) from `/usr/bin/time -v` output.
@@ -110,6 +119,7 @@ fn main() {
         "{:<16} {:>12} {:>10} {:>14}  pipeline",
         "row", "perplexity", "wall s", "peak RSS MiB"
     );
+    let mut seen: Vec<(&str, f64)> = Vec::new();
     for (name, pipeline) in ROWS {
         if wanted
             .as_ref()
@@ -118,11 +128,11 @@ fn main() {
             continue;
         }
         if pipeline.is_empty() {
+            let ppl = perplexity(bin, &model, &fx);
+            seen.extend(ppl.parse().ok().map(|p| (*name, p)));
             println!(
-                "{name:<16} {:>12} {:>10} {:>14}  (the original model)",
-                perplexity(bin, &model, &fx),
-                "-",
-                "-"
+                "{name:<16} {ppl:>12} {:>10} {:>14}  (the original model)",
+                "-", "-"
             );
             continue;
         }
@@ -130,7 +140,7 @@ fn main() {
         let mut cmd = Command::new("/usr/bin/time");
         cmd.arg("-v").arg(bin).arg(&model).arg("-o").arg(&out);
         cmd.arg(format!("--pass-pipeline={pipeline}"));
-        if !pipeline.contains("magnitude") {
+        if pipeline.contains("denoise") || !pipeline.contains("magnitude") {
             cmd.arg("--calib-text")
                 .arg(fx.join("text/sotu_calib.txt"))
                 .arg("--tokenizer")
@@ -154,6 +164,15 @@ fn main() {
         let (wall, rss) = time_v(&stderr);
         let ppl = perplexity(bin, &out, &fx);
         let _ = std::fs::remove_file(&out);
-        println!("{name:<16} {ppl:>12} {wall:>10.1} {rss:>14.0}  {pipeline}");
+        let value: Option<f64> = ppl.parse().ok();
+        let find = |n: &str| seen.iter().find(|(k, _)| *k == n).map(|(_, p)| *p);
+        let gap = match (name.strip_prefix("dr+"), value, find("dense")) {
+            (Some(plain), Some(v), Some(dense)) => find(plain)
+                .map(|p| format!("  gap closed {:.1} %", 100.0 * (p - v) / (p - dense)))
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        seen.extend(value.map(|v| (*name, v)));
+        println!("{name:<16} {ppl:>12} {wall:>10.1} {rss:>14.0}  {pipeline}{gap}");
     }
 }

@@ -28,6 +28,7 @@ static BUILTIN: &[&PassInfo] = &[
     &transforms::canonicalize::INFO,
     &transforms::cse::INFO,
     &transforms::dce::INFO,
+    &transforms::denoise_prune::INFO,
     &transforms::denoise_rotate::INFO,
     &transforms::fold_norms::INFO,
     &transforms::fuse_elementwise::INFO,

@@ -157,7 +157,7 @@ fn run_line(what: &str, r: &Optimized) -> String {
 }
 
 /// The objective over blocks `[Q1, R2_0, …]` of one layer, recording every evaluation's loss.
-fn layer_objective<'a>(
+pub(crate) fn layer_objective<'a>(
     p: &'a LayerProblem,
     history: &'a mut Vec<f64>,
 ) -> impl FnMut(&[Mat<f32>], &mut [Mat<f32>]) -> f64 + 'a {

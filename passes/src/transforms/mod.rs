@@ -5,6 +5,7 @@ pub mod canonicalize;
 pub mod cse;
 pub mod dce;
 pub mod denoise;
+pub mod denoise_prune;
 pub mod denoise_rotate;
 pub(crate) mod fold;
 pub mod fold_norms;

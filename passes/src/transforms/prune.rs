@@ -201,7 +201,7 @@ pub struct PruneStats {
 }
 
 /// A block's linears by role, in [`ROLES`] order.
-fn block_linears(
+pub fn block_linears(
     attention: Option<&ortho_ir::analysis::transformer::Attention>,
     mlp: Option<&ortho_ir::analysis::transformer::Mlp>,
 ) -> Vec<(&'static str, Linear)> {
@@ -276,61 +276,72 @@ pub fn prune(
             return Ok(());
         }
         let block = lcx.block.clone();
-        let linears = block_linears(block.attention.as_ref(), block.mlp.as_ref());
         let mut line = format!("layer {}:", block.index);
-        let mut results: Vec<(&'static str, PruneOutcome)> = Vec::new();
-        for group in GROUPS {
-            let members: Vec<(&'static str, Linear)> = linears
-                .iter()
-                .filter(|(r, _)| group.contains(r) && opts.linears.contains(r))
-                .copied()
-                .collect();
-            if members.is_empty() {
-                continue;
-            }
-            // Linears reading the same value (q, k, v; gate, up) share one statistic.
-            let mut inputs: Vec<ValueId> = Vec::new();
-            for (_, l) in &members {
-                if !inputs.contains(&l.input) {
-                    inputs.push(l.input);
-                }
-            }
-            let t = std::time::Instant::now();
-            if opts.spec.method == PruneMethod::Wanda {
-                // Wanda reads only the diagonal: column sums of squares, no d × d Gram.
-                let sums = column_sums(lcx, &inputs)?;
-                for (role, l) in &members {
-                    let i = inputs.iter().position(|v| *v == l.input).unwrap_or(0);
-                    let out = prune_linear_diag(lcx.module(), l, &sums[i], &opts.spec)?;
-                    results.push((role, out));
-                }
-            } else {
-                let grams = lcx.grams(&inputs)?;
-                for (role, l) in &members {
-                    let i = inputs.iter().position(|v| *v == l.input).unwrap_or(0);
-                    let h = grams[i].hessian();
-                    let out = prune_linear(lcx.module(), l, Some(&h), &opts.spec)?;
-                    results.push((role, out));
-                }
-            }
-            lcx.progress(&format!(
-                "{} pruned ({:.1} s)",
-                members
-                    .iter()
-                    .map(|(r, _)| *r)
-                    .collect::<Vec<_>>()
-                    .join(","),
-                t.elapsed().as_secs_f64()
-            ));
-        }
-        results.sort_by_key(|(r, _)| ROLES.iter().position(|x| x == r));
-        for (role, out) in results {
+        for (role, out) in prune_block(lcx, opts)? {
             record(&mut stats, &mut line, role, out);
         }
         stats.per_layer.push(line);
         Ok(())
     })?;
     Ok(stats)
+}
+
+/// Prunes the block `lcx` stands at, in the true-sequential groups `[k, v, q] → [o] → [up,
+/// gate] → [down]`: each group's input statistic is collected with the weights as the previous
+/// groups left them. Returns each pruned linear's outcome, in [`ROLES`] order.
+pub fn prune_block(
+    lcx: &mut LayerCx<'_>,
+    opts: &PruneOptions,
+) -> Result<Vec<(&'static str, PruneOutcome)>, PassError> {
+    let block = lcx.block.clone();
+    let linears = block_linears(block.attention.as_ref(), block.mlp.as_ref());
+    let mut results: Vec<(&'static str, PruneOutcome)> = Vec::new();
+    for group in GROUPS {
+        let members: Vec<(&'static str, Linear)> = linears
+            .iter()
+            .filter(|(r, _)| group.contains(r) && opts.linears.contains(r))
+            .copied()
+            .collect();
+        if members.is_empty() {
+            continue;
+        }
+        // Linears reading the same value (q, k, v; gate, up) share one statistic.
+        let mut inputs: Vec<ValueId> = Vec::new();
+        for (_, l) in &members {
+            if !inputs.contains(&l.input) {
+                inputs.push(l.input);
+            }
+        }
+        let t = std::time::Instant::now();
+        if opts.spec.method == PruneMethod::Wanda {
+            // Wanda reads only the diagonal: column sums of squares, no d × d Gram.
+            let sums = column_sums(lcx, &inputs)?;
+            for (role, l) in &members {
+                let i = inputs.iter().position(|v| *v == l.input).unwrap_or(0);
+                let out = prune_linear_diag(lcx.module(), l, &sums[i], &opts.spec)?;
+                results.push((role, out));
+            }
+        } else {
+            let grams = lcx.grams(&inputs)?;
+            for (role, l) in &members {
+                let i = inputs.iter().position(|v| *v == l.input).unwrap_or(0);
+                let h = grams[i].hessian();
+                let out = prune_linear(lcx.module(), l, Some(&h), &opts.spec)?;
+                results.push((role, out));
+            }
+        }
+        lcx.progress(&format!(
+            "{} pruned ({:.1} s)",
+            members
+                .iter()
+                .map(|(r, _)| *r)
+                .collect::<Vec<_>>()
+                .join(","),
+            t.elapsed().as_secs_f64()
+        ));
+    }
+    results.sort_by_key(|(r, _)| ROLES.iter().position(|x| x == r));
+    Ok(results)
 }
 
 /// `Σ x²` per column of each value, over the calibration set.
@@ -352,7 +363,7 @@ fn column_sums(lcx: &mut LayerCx<'_>, values: &[ValueId]) -> Result<Vec<Vec<f64>
         .collect()
 }
 
-fn record(stats: &mut PruneStats, line: &mut String, role: &str, out: PruneOutcome) {
+pub fn record(stats: &mut PruneStats, line: &mut String, role: &str, out: PruneOutcome) {
     stats.linears += 1;
     stats.zeros += out.zeros;
     stats.total += out.total;

@@ -366,6 +366,54 @@ fn transform(v: &[f64], dims: &[i64], ops: &[(usize, &Mat<f64>)]) -> Result<Vec<
 
 /// Folds `rot` into the weights of graph `main` and, per layer, inserts the boundary matrices.
 pub fn fold(m: &mut Module, layers: &Layers, rot: &Rotations) -> Result<FoldStats, PassError> {
+    let mut stats = fold_weights(m, layers, rot, true)?;
+    if rot.q1.len() > 1 {
+        stats.boundaries = insert_boundaries(m, layers, &rot.q1)?;
+    }
+    Ok(stats)
+}
+
+/// Folds layer `i`'s rotation (`q1`, and its KV heads' `r2`) into that layer's weights only —
+/// its readers, writers and V/O heads, and the head when `i` is the last layer — and inserts no
+/// node: the caller puts `h ↦ h Q` on the stream entering the layer and `h ↦ h Qᵀ` on the stream
+/// leaving it (`insert_matmul`, `premultiply_matmul`). The embedding is never touched, so a
+/// cached embedding output stays valid for a layer-wise walk.
+pub fn fold_layer(
+    m: &mut Module,
+    layers: &Layers,
+    i: usize,
+    q1: &Mat<f64>,
+    r2: &[Mat<f64>],
+) -> Result<FoldStats, PassError> {
+    let nl = layers.layers.len();
+    let eye = |n: usize| Mat::<f64>::identity(n, n);
+    let rot = Rotations {
+        q1: (0..nl)
+            .map(|j| if j == i { q1.clone() } else { eye(layers.d) })
+            .collect(),
+        r2: layers
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(j, l)| {
+                if j == i {
+                    r2.to_vec()
+                } else {
+                    vec![eye(l.heads.head_dim); l.heads.kv_heads]
+                }
+            })
+            .collect(),
+    };
+    fold_weights(m, layers, &rot, false)
+}
+
+/// The weight side of [`fold`]; `embedding` says whether the embedding takes the first `Q`.
+fn fold_weights(
+    m: &mut Module,
+    layers: &Layers,
+    rot: &Rotations,
+    embedding: bool,
+) -> Result<FoldStats, PassError> {
     let gid = m.main;
     let per_layer = rot.q1.len() > 1;
     let nl = layers.layers.len();
@@ -409,6 +457,7 @@ pub fn fold(m: &mut Module, layers: &Layers, rot: &Rotations) -> Result<FoldStat
         for s in &layers.class.sites {
             let layer = match (layer_of.get(&s.consumer), s.role) {
                 (Some(&i), _) => i,
+                (None, SiteRole::Embedding) if !embedding => continue,
                 (None, SiteRole::Embedding) => 0,
                 (None, SiteRole::Reader) if layers.heads.contains(&s.consumer) => nl - 1,
                 (None, _) if !per_layer => 0,
@@ -474,76 +523,106 @@ pub fn fold(m: &mut Module, layers: &Layers, rot: &Rotations) -> Result<FoldStat
         weights::encode_like(old, &out)
     };
     let applied = weights::apply(m, gid, &rewrites, "denoised", &make)?;
-    let mut stats = FoldStats {
+    Ok(FoldStats {
         rewritten: applied.in_place + applied.copies,
         copies: applied.copies,
         boundaries: 0,
-    };
-    if per_layer {
-        stats.boundaries = insert_boundaries(m, layers, &rot.q1)?;
-    }
-    Ok(stats)
+    })
 }
 
 /// `h ↦ h Q_{i−1}ᵀ Q_i` on the stream entering layer `i`, for every `i > 0` whose boundary is
 /// not exactly the identity.
 fn insert_boundaries(m: &mut Module, layers: &Layers, q1: &[Mat<f64>]) -> Result<usize, PassError> {
-    let gid = m.main;
-    let d = layers.d;
     let mut done = 0;
     for i in 1..layers.layers.len() {
         let b = mul64(q1[i - 1].transpose(), q1[i].as_ref());
         if is_identity(&b) {
             continue;
         }
-        let h = layers.layers[i].stream_in;
-        let g = m.graph(gid);
-        if g.outputs.iter().any(|o| o.value == h) {
-            return Err(PassError::at(g, h.node, "a stream value between layers is a graph output; per-layer rotations would change it (use mode=global)"));
-        }
-        let ty = g.value_type(h).clone();
-        let dtype = ty.dtype().unwrap_or(ortho_ir::DType::F32);
-        let mut vals = Vec::with_capacity(d * d);
-        for r in 0..d {
-            for c in 0..d {
-                vals.push(b[(r, c)]);
-            }
-        }
-        let bytes = dtype.bytes_for((d * d) as u64).unwrap_or(0) as usize;
-        let like = TensorData::from_bytes(dtype, vec![d as i64, d as i64], vec![0; bytes]);
-        let t = weights::encode_like(&like, &vals).map_err(|e| PassError::at(g, h.node, e))?;
-        let users = g.users(h);
-        let mut names = g.value_names();
-        let base = g.value_name(h).to_string();
-        let kname = g.fresh_name(&format!("{base}.denoise_boundary"), &names);
-        let tid = m.add_tensor(t);
-        let g = m.graph_mut(gid);
-        let k = g.add_node(
-            Op::Const(tid),
-            vec![],
-            vec![Output::new(
-                kname.clone(),
-                Type::tensor(dtype, vec![Dim::Fixed(d as i64); 2]),
-            )],
-        );
-        names.insert(kname, ValueId { node: k, output: 0 });
-        let oname = g.fresh_name(&format!("{base}.denoise_rotated"), &names);
-        let mm = g.add_node(
-            Op::MatMul,
-            vec![Some(h), Some(ValueId { node: k, output: 0 })],
-            vec![Output::new(oname, ty)],
-        );
-        for (u, slot) in users {
-            g.set_operand(
-                u,
-                slot,
-                Some(ValueId {
-                    node: mm,
-                    output: 0,
-                }),
-            );
-        }
+        insert_matmul(m, layers.layers[i].stream_in, &b)?;
         done += 1;
     }
     Ok(done)
+}
+
+/// The `d × d` constant `b` in the dtype of `like` (f64 values cast once).
+fn boundary_tensor(b: &Mat<f64>, dtype: ortho_ir::DType) -> Result<TensorData, String> {
+    let (r, c) = (b.nrows(), b.ncols());
+    let mut vals = Vec::with_capacity(r * c);
+    for i in 0..r {
+        for j in 0..c {
+            vals.push(b[(i, j)]);
+        }
+    }
+    let bytes = dtype.bytes_for((r * c) as u64).unwrap_or(0) as usize;
+    let like = TensorData::from_bytes(dtype, vec![r as i64, c as i64], vec![0; bytes]);
+    weights::encode_like(&like, &vals)
+}
+
+/// Inserts `h ↦ h B` on the stream value `h` of the main graph: every user of `h` reads the
+/// product instead. Returns the new `Const` node holding `B` (see [`premultiply_matmul`]).
+pub fn insert_matmul(m: &mut Module, h: ValueId, b: &Mat<f64>) -> Result<NodeId, PassError> {
+    let gid = m.main;
+    let g = m.graph(gid);
+    if g.outputs.iter().any(|o| o.value == h) {
+        return Err(PassError::at(g, h.node, "a stream value between layers is a graph output; per-layer rotations would change it (use mode=global)"));
+    }
+    let d = b.nrows();
+    let ty = g.value_type(h).clone();
+    let dtype = ty.dtype().unwrap_or(ortho_ir::DType::F32);
+    let t = boundary_tensor(b, dtype).map_err(|e| PassError::at(g, h.node, e))?;
+    let users = g.users(h);
+    let mut names = g.value_names();
+    let base = g.value_name(h).to_string();
+    let kname = g.fresh_name(&format!("{base}.denoise_boundary"), &names);
+    let tid = m.add_tensor(t);
+    let g = m.graph_mut(gid);
+    let k = g.add_node(
+        Op::Const(tid),
+        vec![],
+        vec![Output::new(
+            kname.clone(),
+            Type::tensor(dtype, vec![Dim::Fixed(d as i64); 2]),
+        )],
+    );
+    names.insert(kname, ValueId { node: k, output: 0 });
+    let oname = g.fresh_name(&format!("{base}.denoise_rotated"), &names);
+    let mm = g.add_node(
+        Op::MatMul,
+        vec![Some(h), Some(ValueId { node: k, output: 0 })],
+        vec![Output::new(oname, ty)],
+    );
+    for (u, slot) in users {
+        g.set_operand(
+            u,
+            slot,
+            Some(ValueId {
+                node: mm,
+                output: 0,
+            }),
+        );
+    }
+    Ok(k)
+}
+
+/// Replaces the constant `B` of a boundary inserted by [`insert_matmul`] (node `konst`, whose
+/// value `b` the caller kept in f64) by `B · Q`, so one `MatMul` carries both the previous
+/// layer's exit and the next layer's entry. Returns the new product.
+pub fn premultiply_matmul(
+    m: &mut Module,
+    konst: NodeId,
+    b: &Mat<f64>,
+    q: &Mat<f64>,
+) -> Result<Mat<f64>, PassError> {
+    let gid = m.main;
+    let g = m.graph(gid);
+    let Op::Const(old) = g.node(konst).op else {
+        return Err(PassError::at(g, konst, "the boundary matrix is not a constant"));
+    };
+    let p = mul64(b.as_ref(), q.as_ref());
+    let dtype = m.tensor(old).dtype;
+    let t = boundary_tensor(&p, dtype).map_err(|e| PassError::at(m.graph(gid), konst, e))?;
+    let tid = m.add_tensor(t);
+    m.graph_mut(gid).node_mut(konst).op = Op::Const(tid);
+    Ok(p)
 }

@@ -5,6 +5,7 @@
 pub mod fold;
 pub mod loss;
 pub mod optim;
+pub mod select;
 
 #[cfg(test)]
 mod tests;

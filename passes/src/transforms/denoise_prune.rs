@@ -1,0 +1,362 @@
+//! `denoise-prune{method=sparsegpt|wanda|magnitude sparsity=0.5 pattern=unstructured|N:M
+//! iters=50 lr=0.01 keep=better|always}`: DenoiseRotator's own protocol (ALGORITHMS.md §2.1) —
+//! rotate each decoder layer, then prune it, one layer after the other — with a check that the
+//! rotation actually helps.
+//!
+//! Needs: what `denoise-rotate` needs (a pre-norm transformer whose stream admits O(d): run
+//! `fold-norms` first; q/k/v/o linears, a gated MLP) and calibration data (always, also for
+//! magnitude: the rotation is chosen on this layer's statistics and checked on them).
+//! Does, for block `i` in order, on the outputs of the already rotated and pruned blocks
+//! before it (`calib::walk_layers`, "true sequential"):
+//! 1. collects the input Hessians of q/k/v, o, gate/up and down with the block still dense;
+//! 2. minimizes the entropy objective of the method's importance scores over `Q1 ∈ SO(d)` and
+//!    one `R2_j ∈ SO(head_dim)` per KV head (Adam through the Cayley map, best iterate kept —
+//!    `denoise::optim`);
+//! 3. with `keep=better`, prunes the layer's seven linears on those Hessians both in the
+//!    original basis and rotated (`denoise::select`) and keeps the rotation only when its summed
+//!    relative reconstruction error is lower — a rotation that makes pruning worse is dropped
+//!    and reported; `keep=always` keeps every optimized rotation;
+//! 4. folds a kept rotation into the block's weights in f64 (`denoise::fold::fold_layer`) with
+//!    `h ↦ h Q1` on the stream entering it and `h ↦ h Q1ᵀ` on the stream leaving it; the exit of
+//!    block `i` and the entry of block `i + 1` share one `MatMul` (`Q_iᵀ Q_{i+1}`), and the last
+//!    block's exit is folded into the head, so at most one `d × d` `MatMul` per block is added;
+//! 5. prunes the block in the true-sequential groups `[k,v,q] → [o] → [up,gate] → [down]`
+//!    exactly as `prune` does (`prune::prune_block`).
+//!
+//! Leaves: the rotated, pruned model (dense weights with zeros, exact N:M patterns); one note per
+//! block (entropy before → after, both pruning errors, the decision, each linear's sparsity).
+//! `iters=0` folds nothing and gives exactly `prune`'s result. The boundary `MatMul`s end the
+//! residual stream for the structure analysis, so later layer-wise passes refuse the model.
+
+use crate::calib::{missing_calibration, walk_layers, LayerCx};
+use crate::options::{OptionKind, OptionSpec, PassOptions};
+use crate::pass::{Pass, PassContext, PassError, PassResult};
+use crate::registry::PassInfo;
+use crate::transforms::denoise::fold::{self, Layers};
+use crate::transforms::denoise::loss::Importance;
+use crate::transforms::denoise::optim::{optimize, AdamOptions};
+use crate::transforms::denoise::select::{pruning_error, LayerHessians, LayerRotation};
+use crate::transforms::denoise_rotate::layer_objective;
+use crate::transforms::prune::{prune_block, record, PruneOptions, PruneStats, ROLES};
+use crate::transforms::prune_math::{Pattern, PruneMethod, PruneSpec};
+use faer::Mat;
+use ortho_ir::eval::Stat;
+use ortho_ir::{Module, NodeId};
+use std::fmt::Write as _;
+
+static METHODS: &[&str] = &["sparsegpt", "wanda", "magnitude"];
+static KEEP: &[&str] = &["better", "always"];
+
+static OPTIONS: &[OptionSpec] = &[
+    OptionSpec {
+        name: "method",
+        kind: OptionKind::Enum(METHODS),
+        default: "sparsegpt",
+        doc: "Pruning method; its importance scores are what the rotation concentrates.",
+    },
+    OptionSpec {
+        name: "sparsity",
+        kind: OptionKind::Float,
+        default: "0.5",
+        doc: "Fraction of weights removed, in (0, 1) (ignored by N:M patterns).",
+    },
+    OptionSpec {
+        name: "pattern",
+        kind: OptionKind::Str,
+        default: "unstructured",
+        doc: "unstructured, or N:M (at most N kept of every M consecutive input weights of a row).",
+    },
+    OptionSpec {
+        name: "iters",
+        kind: OptionKind::Int { min: 0, max: 100_000 },
+        default: "50",
+        doc: "Adam steps per layer; 0 rotates nothing (plain true-sequential pruning).",
+    },
+    OptionSpec {
+        name: "lr",
+        kind: OptionKind::Float,
+        default: "0.01",
+        doc: "Adam learning rate on the skew-symmetric Cayley parameters.",
+    },
+    OptionSpec {
+        name: "keep",
+        kind: OptionKind::Enum(KEEP),
+        default: "better",
+        doc: "better: keep a layer's rotation only if the layer prunes with less reconstruction error; always: keep every rotation.",
+    },
+];
+
+pub const INFO: PassInfo = PassInfo {
+    name: "denoise-prune",
+    summary: "DenoiseRotator's layer-by-layer protocol: rotate each block (kept only if it prunes better), then prune it.",
+    options: OPTIONS,
+    build,
+};
+
+fn build(o: &PassOptions) -> Result<Box<dyn Pass>, String> {
+    Ok(Box::new(DenoisePrune {
+        opts: DenoisePruneOptions::from_options(o)?,
+    }))
+}
+
+/// Options of [`denoise_prune`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct DenoisePruneOptions {
+    pub spec: PruneSpec,
+    pub iters: usize,
+    pub lr: f64,
+    /// Keep a rotation only when it lowers the layer's pruning error.
+    pub keep_better: bool,
+}
+
+impl DenoisePruneOptions {
+    pub fn from_options(o: &PassOptions) -> Result<Self, String> {
+        let method = match o.str("method")? {
+            "magnitude" => PruneMethod::Magnitude,
+            "wanda" => PruneMethod::Wanda,
+            _ => PruneMethod::SparseGpt,
+        };
+        let spec = PruneSpec::new(
+            method,
+            o.float("sparsity")?,
+            Pattern::parse(o.str("pattern")?)?,
+        );
+        spec.validate()?;
+        let lr = o.float("lr")?;
+        if !(lr > 0.0 && lr.is_finite()) {
+            return Err(format!("lr must be positive, got {lr}"));
+        }
+        Ok(DenoisePruneOptions {
+            spec,
+            iters: o.int("iters")? as usize,
+            lr,
+            keep_better: o.str("keep")? == "better",
+        })
+    }
+}
+
+/// What happened to one block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockReport {
+    pub entropy_before: f64,
+    pub entropy_after: f64,
+    /// Summed relative pruning errors in the original basis and rotated (`keep=better` only).
+    pub error_identity: Option<f64>,
+    pub error_rotated: Option<f64>,
+    pub rotated: bool,
+}
+
+/// What [`denoise_prune`] did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DenoisePruneReport {
+    pub prune: PruneStats,
+    pub blocks: Vec<BlockReport>,
+    /// `d × d` MatMuls left on the stream.
+    pub boundaries: usize,
+}
+
+fn importance(m: PruneMethod) -> Importance {
+    match m {
+        PruneMethod::Magnitude => Importance::Magnitude,
+        PruneMethod::Wanda => Importance::Wanda,
+        PruneMethod::SparseGpt => Importance::SparseGpt,
+    }
+}
+
+/// Where the stream entering a block carries a boundary `MatMul` (its constant node and value).
+type Boundary = Option<(NodeId, Mat<f64>)>;
+
+/// Rotates and prunes every block of the main graph in order (see the module doc).
+pub fn denoise_prune(
+    m: &mut Module,
+    opts: &DenoisePruneOptions,
+    calib: &crate::calib::Calibration,
+) -> Result<DenoisePruneReport, PassError> {
+    let layers: Layers = fold::find_layers(m)?;
+    let spans = crate::calib::block_spans(m)?;
+    if spans.len() != layers.layers.len()
+        || spans
+            .iter()
+            .zip(&layers.layers)
+            .any(|(s, l)| s.input != l.stream_in)
+    {
+        return Err(PassError::new(
+            "the blocks of the structure analysis and the decoder layers do not line up",
+        ));
+    }
+    let g = m.main_graph();
+    for l in &layers.layers {
+        for lin in [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down] {
+            opts.spec
+                .check_width(lin.in_features as usize)
+                .map_err(|e| PassError::at(g, lin.node, e))?;
+        }
+    }
+    let prune_opts = PruneOptions {
+        spec: opts.spec,
+        layers: None,
+        linears: ROLES.to_vec(),
+    };
+    let adam = AdamOptions {
+        iters: opts.iters,
+        lr: opts.lr,
+        ..AdamOptions::default()
+    };
+    let nl = layers.layers.len();
+    let mut entry: Vec<Boundary> = vec![None; nl];
+    let mut report = DenoisePruneReport {
+        prune: PruneStats {
+            blocks: nl,
+            ..PruneStats::default()
+        },
+        ..DenoisePruneReport::default()
+    };
+    walk_layers(m, calib, &mut |lcx: &mut LayerCx<'_>| {
+        let i = lcx.block.index;
+        let lp = layers.layers[i].clone();
+        lcx.progress("dense statistics");
+        let grams = lcx.grams(&[lp.q.input, lp.o.input, lp.gate.input, lp.down.input])?;
+        let h: Vec<Vec<f64>> = grams.iter().map(|g| g.hessian()).collect();
+        let stats: Vec<Stat> = [0usize, 2, 1]
+            .iter()
+            .map(|&k| Stat::Gram(grams[k].clone()))
+            .collect();
+        let problem = fold::problem(
+            lcx.module_ref(),
+            &layers,
+            i,
+            importance(opts.spec.method),
+            &stats,
+        )?;
+        let mut sizes = vec![layers.d];
+        sizes.extend(std::iter::repeat_n(lp.heads.head_dim, lp.heads.kv_heads));
+        let mut history = Vec::new();
+        let t = std::time::Instant::now();
+        let r = optimize(&sizes, &adam, &mut layer_objective(&problem, &mut history));
+        lcx.progress(&format!(
+            "entropy {:.2} → {:.2} (best step {} of {}, {:.1} s)",
+            r.initial,
+            r.best,
+            r.best_iter,
+            opts.iters,
+            t.elapsed().as_secs_f64()
+        ));
+        let mut qs = r.qs.into_iter();
+        let q1 = qs.next().unwrap_or_else(|| Mat::identity(layers.d, layers.d));
+        let r2: Vec<Mat<f64>> = qs.collect();
+        let moved = r.best_iter > 0;
+        let mut block = BlockReport {
+            entropy_before: r.initial,
+            entropy_after: r.best,
+            error_identity: None,
+            error_rotated: None,
+            rotated: moved,
+        };
+        if moved && opts.keep_better {
+            let hs = LayerHessians {
+                attn: h[0].clone(),
+                o: h[1].clone(),
+                mlp: h[2].clone(),
+                down: h[3].clone(),
+            };
+            let rot = LayerRotation { q1: &q1, r2: &r2 };
+            let e0 = pruning_error(lcx.module_ref(), &lp, &hs, None, &opts.spec)?;
+            let e1 = pruning_error(lcx.module_ref(), &lp, &hs, Some(&rot), &opts.spec)?;
+            block.error_identity = Some(e0);
+            block.error_rotated = Some(e1);
+            block.rotated = e1 < e0;
+            lcx.progress(&format!(
+                "pruning error {e0:.4} unrotated, {e1:.4} rotated: {}",
+                if block.rotated { "rotation kept" } else { "rotation dropped" }
+            ));
+        }
+        if block.rotated {
+            let m = lcx.module();
+            fold::fold_layer(m, &layers, i, &q1, &r2)?;
+            // The stream entering the block: merge into the previous block's exit if it has
+            // one, else a fresh MatMul.
+            match entry[i].take() {
+                Some((k, b)) => {
+                    let p = fold::premultiply_matmul(m, k, &b, &q1)?;
+                    entry[i] = Some((k, p));
+                }
+                None => {
+                    let k = fold::insert_matmul(m, lp.stream_in, &q1)?;
+                    entry[i] = Some((k, q1.clone()));
+                }
+            }
+            // The exit: the next block's entry (the last block's is folded into the head).
+            if i + 1 < nl {
+                let qt = q1.transpose().to_owned();
+                let k = fold::insert_matmul(m, layers.layers[i + 1].stream_in, &qt)?;
+                entry[i + 1] = Some((k, qt));
+            }
+        }
+        let mut line = format!("layer {i}:");
+        for (role, out) in prune_block(lcx, &prune_opts)? {
+            record(&mut report.prune, &mut line, role, out);
+        }
+        let _ = write!(
+            line,
+            "; entropy {:.2} → {:.2}",
+            block.entropy_before, block.entropy_after
+        );
+        if let (Some(a), Some(b)) = (block.error_identity, block.error_rotated) {
+            let _ = write!(line, "; pruning error {a:.4} unrotated, {b:.4} rotated");
+        }
+        let _ = write!(
+            line,
+            "; {}",
+            if block.rotated { "rotated" } else { "not rotated" }
+        );
+        report.prune.per_layer.push(line);
+        report.blocks.push(block);
+        Ok(())
+    })?;
+    report.boundaries = entry.iter().filter(|e| e.is_some()).count();
+    Ok(report)
+}
+
+struct DenoisePrune {
+    opts: DenoisePruneOptions,
+}
+
+impl Pass for DenoisePrune {
+    fn name(&self) -> &'static str {
+        INFO.name
+    }
+
+    fn run(&self, m: &mut Module, cx: &mut PassContext) -> Result<PassResult, PassError> {
+        let calib = cx
+            .calibration()
+            .cloned()
+            .ok_or_else(|| missing_calibration(INFO.name))?;
+        let r = denoise_prune(m, &self.opts, &calib)?;
+        for line in &r.prune.per_layer {
+            cx.note(line.clone());
+        }
+        let kept = r.blocks.iter().filter(|b| b.rotated).count();
+        let (b, a) = r.blocks.iter().fold((0.0, 0.0), |(b, a), x| {
+            (b + x.entropy_before, a + x.entropy_after)
+        });
+        cx.note(format!(
+            "{} {}: {} of {} weights zero ({:.2} %); rotations kept in {kept} of {} blocks \
+             (entropy {b:.2} → {a:.2} summed over all blocks), {} boundary MatMul(s)",
+            self.opts.spec.method.name(),
+            match self.opts.spec.pattern {
+                Pattern::Unstructured => "unstructured".to_string(),
+                Pattern::NM { n, m } => format!("{n}:{m}"),
+            },
+            r.prune.zeros,
+            r.prune.total,
+            100.0 * r.prune.zeros as f64 / r.prune.total.max(1) as f64,
+            r.blocks.len(),
+            r.boundaries
+        ));
+        cx.stat("rotated", kept as u64);
+        cx.stat("boundaries", r.boundaries as u64);
+        cx.stat("zeros", r.prune.zeros as u64);
+        cx.stat("weights", r.prune.total as u64);
+        Ok(PassResult::changed(true))
+    }
+}
