@@ -187,12 +187,13 @@ fn a_block_runs_alone_from_a_fed_residual() {
     };
     assert_eq!(g.rows, 24);
     let direct: Vec<f64> = gram(&f32s(&seen[2]), D).iter().map(|v| 2.0 * v).collect();
-    close(&g.xtx, &direct, 1e-12);
+    // The engine multiplies blocks of 256 rows in f32 before summing in f64.
+    close(&g.xtx, &direct, 1e-6);
     let Stat::ColSumSq { sums, rows } = &stats.stats[2] else {
         panic!("no column sums")
     };
     assert_eq!(*rows, 24);
-    close(sums, &g.diag(), 1e-12);
+    close(sums, &g.diag(), 1e-6);
     // A region that reads a graph input it is not fed is refused at compile time.
     let bad = Region {
         feeds: vec![],

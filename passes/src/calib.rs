@@ -222,13 +222,55 @@ impl<'a> LayerCx<'a> {
     /// Runs the part of the block needed for `requests` on every chunk, with the current
     /// weights, and returns the accumulated statistics (request order).
     pub fn collect(&mut self, requests: &[StatRequest]) -> Result<Stats, PassError> {
+        self.collect_first(requests, usize::MAX)
+    }
+
+    /// [`collect`](Self::collect) over the leading chunks only, as many as hold at least
+    /// `sequences` calibration sequences (all of them when the set is smaller).
+    pub fn collect_first(
+        &mut self,
+        requests: &[StatRequest],
+        sequences: usize,
+    ) -> Result<Stats, PassError> {
+        let mut chunks = 0;
+        let mut seen = 0;
+        for c in &self.calib.chunks {
+            if seen >= sequences {
+                break;
+            }
+            seen += c.first().map_or(1, |(_, t)| t.shape().first().copied().unwrap_or(1));
+            chunks += 1;
+        }
         run_region(
             self.module,
             self.calib,
             self.input_values,
-            Some((self.block.input, self.cache)),
+            Some((self.block.input, &self.cache[..chunks])),
             requests,
         )
+    }
+
+    /// [`grams`](Self::grams) over the leading chunks holding at least `sequences` sequences.
+    pub fn grams_first(
+        &mut self,
+        values: &[ValueId],
+        sequences: usize,
+    ) -> Result<Vec<Gram>, PassError> {
+        let reqs: Vec<StatRequest> = values
+            .iter()
+            .map(|&value| StatRequest {
+                value,
+                kind: StatKind::Gram,
+            })
+            .collect();
+        self.collect_first(&reqs, sequences)?
+            .stats
+            .into_iter()
+            .map(|s| match s {
+                Stat::Gram(g) => Ok(g),
+                _ => Err(PassError::new("the evaluator returned no Gram matrix")),
+            })
+            .collect()
     }
 
     /// `Σ xᵀx` (with row counts) of each value, e.g. the inputs of a group of linears.
@@ -291,7 +333,9 @@ fn run_region(
         .compile(m, &region)
         .map_err(|e| PassError::new(format!("calibration: {e}")))?;
     let mut stats = Stats::for_region(&region);
-    for (c, chunk) in calib.chunks.iter().enumerate() {
+    // With a fed value, only the chunks it has tensors for run.
+    let n = extra.map_or(calib.chunks.len(), |(_, t)| t.len());
+    for (c, chunk) in calib.chunks.iter().enumerate().take(n) {
         let mut f: Vec<EvalTensor> = chunk.iter().map(|(_, t)| t.clone()).collect();
         if let Some((_, cache)) = extra {
             f.push(cache[c].clone());

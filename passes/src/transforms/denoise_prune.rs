@@ -1,14 +1,16 @@
 //! `denoise-prune{method=sparsegpt|wanda|magnitude sparsity=0.5 pattern=unstructured|N:M
-//! iters=50 lr=0.01 keep=better|always}`: DenoiseRotator's own protocol (ALGORITHMS.md §2.1) —
-//! rotate each decoder layer, then prune it, one layer after the other — with a check that the
-//! rotation actually helps.
+//! iters=50 lr=0.01 rotation-samples=32 keep=better|always}`: DenoiseRotator's own protocol
+//! (ALGORITHMS.md §2.1) — rotate each decoder layer, then prune it, one layer after the other —
+//! with a check that the rotation actually helps.
 //!
 //! Needs: what `denoise-rotate` needs (a pre-norm transformer whose stream admits O(d): run
 //! `fold-norms` first; q/k/v/o linears, a gated MLP) and calibration data (always, also for
 //! magnitude: the rotation is chosen on this layer's statistics and checked on them).
 //! Does, for block `i` in order, on the outputs of the already rotated and pruned blocks
 //! before it (`calib::walk_layers`, "true sequential"):
-//! 1. collects the input Hessians of q/k/v, o, gate/up and down with the block still dense;
+//! 1. collects the input Hessians of q/k/v, o, gate/up and down with the block still dense,
+//!    on the first `rotation-samples` calibration sequences (32 by default; pruning itself
+//!    always uses the whole set);
 //! 2. minimizes the entropy objective of the method's importance scores over `Q1 ∈ SO(d)` and
 //!    one `R2_j ∈ SO(head_dim)` per KV head (Adam through the Cayley map, best iterate kept —
 //!    `denoise::optim`);
@@ -79,6 +81,12 @@ static OPTIONS: &[OptionSpec] = &[
         doc: "Adam learning rate on the skew-symmetric Cayley parameters.",
     },
     OptionSpec {
+        name: "rotation-samples",
+        kind: OptionKind::Int { min: 0, max: 1_000_000 },
+        default: "32",
+        doc: "Calibration sequences whose statistics choose and check each rotation (the first ones; 0 = all). Pruning always uses all.",
+    },
+    OptionSpec {
         name: "keep",
         kind: OptionKind::Enum(KEEP),
         default: "better",
@@ -107,6 +115,8 @@ pub struct DenoisePruneOptions {
     pub lr: f64,
     /// Keep a rotation only when it lowers the layer's pruning error.
     pub keep_better: bool,
+    /// Sequences whose statistics choose and check the rotation (`usize::MAX`: all).
+    pub rotation_samples: usize,
 }
 
 impl DenoisePruneOptions {
@@ -131,6 +141,10 @@ impl DenoisePruneOptions {
             iters: o.int("iters")? as usize,
             lr,
             keep_better: o.str("keep")? == "better",
+            rotation_samples: match o.int("rotation-samples")? {
+                0 => usize::MAX,
+                n => n as usize,
+            },
         })
     }
 }
@@ -215,7 +229,12 @@ pub fn denoise_prune(
         let i = lcx.block.index;
         let lp = layers.layers[i].clone();
         lcx.progress("dense statistics");
-        let grams = lcx.grams(&[lp.q.input, lp.o.input, lp.gate.input, lp.down.input])?;
+        // The rotation needs second moments, not the exact Hessians pruning uses: a subset of
+        // the calibration set is enough and saves most of this block's extra forward pass.
+        let grams = lcx.grams_first(
+            &[lp.q.input, lp.o.input, lp.gate.input, lp.down.input],
+            opts.rotation_samples,
+        )?;
         let h: Vec<Vec<f64>> = grams.iter().map(|g| g.hessian()).collect();
         let stats: Vec<Stat> = [0usize, 2, 1]
             .iter()
