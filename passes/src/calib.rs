@@ -77,6 +77,9 @@ pub struct BlockSpan {
     pub input: ValueId,
     /// The result of the block's last residual add.
     pub output: ValueId,
+    /// The stream value between the block's two branches (the first residual add's result),
+    /// when the block has two.
+    pub mid: Option<ValueId>,
     pub attention: Option<Attention>,
     pub mlp: Option<Mlp>,
 }
@@ -177,10 +180,15 @@ pub fn block_spans(m: &Module) -> Result<Vec<BlockSpan>, PassError> {
             BranchKind::Mlp(x) => Some(x.clone()),
             _ => None,
         });
+        let mid = (first != last).then_some(ValueId {
+            node: fb.add,
+            output: 0,
+        });
         spans.push(BlockSpan {
             index,
             input,
             output,
+            mid,
             attention,
             mlp,
         });
@@ -198,6 +206,9 @@ pub struct LayerCx<'a> {
     pub block: &'a BlockSpan,
     /// Number of blocks in the walk.
     pub blocks: usize,
+    /// A stream value inside the block and its tensors per chunk, final for the rest of the
+    /// block (see [`LayerCx::feed_mid`]).
+    mid: Option<(ValueId, Vec<EvalTensor>)>,
 }
 
 impl<'a> LayerCx<'a> {
@@ -225,6 +236,22 @@ impl<'a> LayerCx<'a> {
         self.collect_first(requests, usize::MAX)
     }
 
+    /// Declares the block's mid-stream value (`BlockSpan::mid`, with its tensors per chunk, as a
+    /// `StatKind::Full` request returned them) final: the weights before it will not change
+    /// again. From then on [`collect`](Self::collect) runs the block from that value instead of
+    /// from the block input, and the walk advances the cache from it too — the first branch is
+    /// not recomputed. Ignored unless every chunk has a tensor.
+    pub fn feed_mid(&mut self, value: ValueId, tensors: Vec<EvalTensor>) {
+        if tensors.len() == self.cache.len() {
+            self.mid = Some((value, tensors));
+        }
+    }
+
+    /// Whether [`feed_mid`](Self::feed_mid) was called for this block.
+    pub fn has_mid(&self) -> bool {
+        self.mid.is_some()
+    }
+
     /// [`collect`](Self::collect) over the leading chunks only, as many as hold at least
     /// `sequences` calibration sequences (all of them when the set is smaller).
     pub fn collect_first(
@@ -241,11 +268,15 @@ impl<'a> LayerCx<'a> {
             seen += c.first().map_or(1, |(_, t)| t.shape().first().copied().unwrap_or(1));
             chunks += 1;
         }
+        let fed = match &self.mid {
+            Some((v, t)) => (*v, &t[..chunks]),
+            None => (self.block.input, &self.cache[..chunks]),
+        };
         run_region(
             self.module,
             self.calib,
             self.input_values,
-            Some((self.block.input, &self.cache[..chunks])),
+            Some(fed),
             requests,
         )
     }
@@ -405,7 +436,7 @@ pub fn walk_layers_until(
     };
     for span in &spans {
         let last = span.index + 1 == spans.len();
-        {
+        let mid = {
             let mut cx = LayerCx {
                 module: m,
                 calib,
@@ -413,23 +444,30 @@ pub fn walk_layers_until(
                 cache: &cache,
                 block: span,
                 blocks: spans.len(),
+                mid: None,
             };
             visit(&mut cx)?;
-        }
+            cx.mid
+        };
         if last {
             break;
         }
         let t = Instant::now();
+        let fed = match &mid {
+            Some((v, tensors)) => (*v, tensors.as_slice()),
+            None => (span.input, cache.as_slice()),
+        };
         let next = run_region(
             m,
             calib,
             &inputs,
-            Some((span.input, &cache)),
+            Some(fed),
             &[StatRequest {
                 value: span.output,
                 kind: StatKind::Full,
             }],
         )?;
+        drop(mid);
         cache = take_full(next)?;
         report.advance_seconds += t.elapsed().as_secs_f64();
     }

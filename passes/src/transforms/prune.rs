@@ -313,22 +313,46 @@ pub fn prune_block(
             }
         }
         let t = std::time::Instant::now();
-        if opts.spec.method == PruneMethod::Wanda {
-            // Wanda reads only the diagonal: column sums of squares, no d × d Gram.
-            let sums = column_sums(lcx, &inputs)?;
-            for (role, l) in &members {
-                let i = inputs.iter().position(|v| *v == l.input).unwrap_or(0);
-                let out = prune_linear_diag(lcx.module(), l, &sums[i], &opts.spec)?;
-                results.push((role, out));
-            }
+        // Wanda reads only the diagonal: column sums of squares, no d × d Gram.
+        let kind = if opts.spec.method == PruneMethod::Wanda {
+            StatKind::ColSumSq
         } else {
-            let grams = lcx.grams(&inputs)?;
-            for (role, l) in &members {
-                let i = inputs.iter().position(|v| *v == l.input).unwrap_or(0);
-                let h = grams[i].hessian();
-                let out = prune_linear(lcx.module(), l, Some(&h), &opts.spec)?;
-                results.push((role, out));
-            }
+            StatKind::Gram
+        };
+        let mut reqs: Vec<StatRequest> = inputs
+            .iter()
+            .map(|&value| StatRequest { value, kind })
+            .collect();
+        // The first MLP group runs after the attention linears are final: the same run also
+        // keeps the stream between the branches, so later groups and the walk's advance start
+        // there instead of recomputing attention.
+        let mid = block.mid.filter(|_| {
+            !lcx.has_mid() && group.iter().any(|r| matches!(*r, "up" | "gate" | "down"))
+        });
+        if let Some(v) = mid {
+            reqs.push(StatRequest {
+                value: v,
+                kind: StatKind::Full,
+            });
+        }
+        let mut stats = lcx.collect(&reqs)?.stats;
+        if let (Some(v), Some(Stat::Full(tensors))) = (mid, stats.get_mut(inputs.len())) {
+            let tensors = std::mem::take(tensors);
+            lcx.feed_mid(v, tensors);
+        }
+        for (role, l) in &members {
+            let i = inputs.iter().position(|v| *v == l.input).unwrap_or(0);
+            let out = match &stats[i] {
+                Stat::ColSumSq { sums, .. } => {
+                    prune_linear_diag(lcx.module(), l, sums, &opts.spec)?
+                }
+                Stat::Gram(g) => {
+                    let h = g.hessian();
+                    prune_linear(lcx.module(), l, Some(&h), &opts.spec)?
+                }
+                _ => return Err(PassError::new("the evaluator returned no statistics")),
+            };
+            results.push((role, out));
         }
         lcx.progress(&format!(
             "{} pruned ({:.1} s)",
@@ -342,25 +366,6 @@ pub fn prune_block(
     }
     results.sort_by_key(|(r, _)| ROLES.iter().position(|x| x == r));
     Ok(results)
-}
-
-/// `Σ x²` per column of each value, over the calibration set.
-fn column_sums(lcx: &mut LayerCx<'_>, values: &[ValueId]) -> Result<Vec<Vec<f64>>, PassError> {
-    let reqs: Vec<StatRequest> = values
-        .iter()
-        .map(|&value| StatRequest {
-            value,
-            kind: StatKind::ColSumSq,
-        })
-        .collect();
-    lcx.collect(&reqs)?
-        .stats
-        .into_iter()
-        .map(|s| match s {
-            Stat::ColSumSq { sums, .. } => Ok(sums),
-            _ => Err(PassError::new("the evaluator returned no column sums")),
-        })
-        .collect()
 }
 
 pub fn record(stats: &mut PruneStats, line: &mut String, role: &str, out: PruneOutcome) {
