@@ -24,12 +24,27 @@ const ROWS: &[(&str, &str)] = &[
     ("wanda-2:4", "prune{method=wanda pattern=2:4}"),
     ("sparsegpt-50", "prune{method=sparsegpt}"),
     ("sparsegpt-2:4", "prune{method=sparsegpt pattern=2:4}"),
-    ("dr+magnitude-50", "fold-norms,denoise-prune{method=magnitude}"),
-    ("dr+magnitude-2:4", "fold-norms,denoise-prune{method=magnitude pattern=2:4}"),
+    (
+        "dr+magnitude-50",
+        "fold-norms,denoise-prune{method=magnitude}",
+    ),
+    (
+        "dr+magnitude-2:4",
+        "fold-norms,denoise-prune{method=magnitude pattern=2:4}",
+    ),
     ("dr+wanda-50", "fold-norms,denoise-prune{method=wanda}"),
-    ("dr+wanda-2:4", "fold-norms,denoise-prune{method=wanda pattern=2:4}"),
-    ("dr+sparsegpt-50", "fold-norms,denoise-prune{method=sparsegpt}"),
-    ("dr+sparsegpt-2:4", "fold-norms,denoise-prune{method=sparsegpt pattern=2:4}"),
+    (
+        "dr+wanda-2:4",
+        "fold-norms,denoise-prune{method=wanda pattern=2:4}",
+    ),
+    (
+        "dr+sparsegpt-50",
+        "fold-norms,denoise-prune{method=sparsegpt}",
+    ),
+    (
+        "dr+sparsegpt-2:4",
+        "fold-norms,denoise-prune{method=sparsegpt pattern=2:4}",
+    ),
 ];
 
 /// (wall seconds, peak RSS in MiB) from `/usr/bin/time -v` output.

@@ -10,48 +10,13 @@
 
 mod common;
 
-use common::{compare_on_sotu, fixtures, run, TempDir};
+use common::{compare_on_sotu, fixtures, stat, TempDir};
 
 const VOCAB_X_D: u64 = 49_152 * 576;
 const D: u64 = 576;
 
 fn opt(pipeline: &str, out: &std::path::Path, calib: bool) -> ortho_opt::DriverOutput {
-    let f = fixtures();
-    let model = f.join("smollm2-135m/decomposed.onnx");
-    let mut args: Vec<String> = vec![
-        model.to_string_lossy().into_owned(),
-        "-o".into(),
-        out.to_string_lossy().into_owned(),
-        format!("--pass-pipeline={pipeline}"),
-        "--statistics".into(),
-    ];
-    if calib {
-        for a in [
-            "--calib-text",
-            &f.join("text/sotu_calib.txt").to_string_lossy(),
-            "--tokenizer",
-            &f.join("smollm2-135m/tokenizer.json").to_string_lossy(),
-            "--calib-samples",
-            "4",
-            "--calib-seqlen",
-            "64",
-            "--calib-quiet",
-        ] {
-            args.push(a.to_string());
-        }
-    }
-    let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-    run(&refs)
-}
-
-fn stat(stderr: &str, key: &str) -> u64 {
-    stderr
-        .lines()
-        .find_map(|l| {
-            let mut it = l.split_whitespace();
-            (it.next() == Some(key)).then(|| it.next()?.parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("no statistic {key} in:\n{stderr}"))
+    common::opt_smollm(pipeline, out, calib)
 }
 
 #[test]
@@ -70,7 +35,12 @@ fn denoise_prune_without_iterations_equals_prune() {
     assert_eq!(stat(&r.stderr, "denoise-prune.boundaries"), 0);
     let (x, y) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     assert!(x.len() > 100_000_000);
-    assert!(x == y, "the two models differ ({} vs {} bytes)", x.len(), y.len());
+    assert!(
+        x == y,
+        "the two models differ ({} vs {} bytes)",
+        x.len(),
+        y.len()
+    );
 }
 
 #[test]
@@ -94,13 +64,23 @@ fn denoise_prune_rotations_keep_the_function() {
         .collect();
     assert_eq!(notes.len(), 30, "{}", r.stderr);
     let model = fixtures().join("smollm2-135m/decomposed.onnx");
-    let before = ortho_frontends::import_file(&model).expect("import").parameter_count();
-    let after = ortho_frontends::import_file(&out).expect("re-import").parameter_count();
+    let before = ortho_frontends::import_file(&model)
+        .expect("import")
+        .parameter_count();
+    let after = ortho_frontends::import_file(&out)
+        .expect("re-import")
+        .parameter_count();
     assert_eq!(after, before + VOCAB_X_D + 30 * D * D);
     let c = compare_on_sotu(&model.to_string_lossy(), &out.to_string_lossy());
-    let num = |k: &str| c[k].as_f64().unwrap_or_else(|| panic!("{k} missing in {c}"));
+    let num = |k: &str| {
+        c[k].as_f64()
+            .unwrap_or_else(|| panic!("{k} missing in {c}"))
+    };
     let (rel, agree) = (num("delta_ppl_rel").abs(), num("argmax_agreement"));
-    eprintln!("relative ΔPPL {rel:e}, argmax agreement {agree}, max |Δlogit| {}", num("max_abs_logit_diff"));
+    eprintln!(
+        "relative ΔPPL {rel:e}, argmax agreement {agree}, max |Δlogit| {}",
+        num("max_abs_logit_diff")
+    );
     assert!(rel <= 1e-2, "relative ΔPPL {rel}");
     assert!(agree >= 0.97, "argmax agreement {agree}");
 }
@@ -111,16 +91,25 @@ fn denoise_prune_refusals() {
     let out = tmp.path().join("dp.onnx");
     let r = opt("fold-norms,denoise-prune{method=magnitude}", &out, false);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("denoise-prune needs calibration data"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("denoise-prune needs calibration data"),
+        "{}",
+        r.stderr
+    );
     let r = opt("denoise-prune{method=wanda iters=1}", &out, true);
     assert_eq!(r.code, 1);
     assert!(
-        r.stderr.contains("the residual stream does not admit rotations")
+        r.stderr
+            .contains("the residual stream does not admit rotations")
             && r.stderr.contains("run fold-norms first"),
         "{}",
         r.stderr
     );
-    let r = opt("fold-norms,denoise-prune{method=wanda pattern=3:7}", &out, true);
+    let r = opt(
+        "fold-norms,denoise-prune{method=wanda pattern=3:7}",
+        &out,
+        true,
+    );
     assert_eq!(r.code, 1);
     assert!(
         r.stderr.contains("divisible by 7") && r.stderr.contains("q_proj"),

@@ -7,52 +7,14 @@
 
 mod common;
 
-use common::{compare_on_sotu, fixtures, run, TempDir};
+use common::{compare_on_sotu, fixtures, run, stat, TempDir};
 
 const VOCAB_X_D: u64 = 49_152 * 576;
 const D: u64 = 576;
 
-fn calib_args() -> Vec<String> {
-    let f = fixtures();
-    [
-        "--calib-text",
-        &f.join("text/sotu_calib.txt").to_string_lossy(),
-        "--tokenizer",
-        &f.join("smollm2-135m/tokenizer.json").to_string_lossy(),
-        "--calib-samples",
-        "4",
-        "--calib-seqlen",
-        "64",
-        "--calib-quiet",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
 /// Runs `pipeline` (with a small calibration set) on the decomposed fixture into `out`.
 fn opt(pipeline: &str, out: &std::path::Path) -> ortho_opt::DriverOutput {
-    let model = fixtures().join("smollm2-135m/decomposed.onnx");
-    let mut args: Vec<String> = vec![
-        model.to_string_lossy().into_owned(),
-        "-o".into(),
-        out.to_string_lossy().into_owned(),
-        format!("--pass-pipeline={pipeline}"),
-        "--statistics".into(),
-    ];
-    args.extend(calib_args());
-    let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-    run(&refs)
-}
-
-fn stat(stderr: &str, key: &str) -> u64 {
-    stderr
-        .lines()
-        .find_map(|l| {
-            let mut it = l.split_whitespace();
-            (it.next() == Some(key)).then(|| it.next()?.parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("no statistic {key} in:\n{stderr}"))
+    common::opt_smollm(pipeline, out, true)
 }
 
 /// Runs a rotation-only pipeline and proves the result equivalent; `extra` parameters expected.

@@ -265,7 +265,9 @@ impl<'a> LayerCx<'a> {
             if seen >= sequences {
                 break;
             }
-            seen += c.first().map_or(1, |(_, t)| t.shape().first().copied().unwrap_or(1));
+            seen += c
+                .first()
+                .map_or(1, |(_, t)| t.shape().first().copied().unwrap_or(1));
             chunks += 1;
         }
         let fed = match &self.mid {
@@ -306,22 +308,7 @@ impl<'a> LayerCx<'a> {
 
     /// `Σ xᵀx` (with row counts) of each value, e.g. the inputs of a group of linears.
     pub fn grams(&mut self, values: &[ValueId]) -> Result<Vec<Gram>, PassError> {
-        let reqs: Vec<StatRequest> = values
-            .iter()
-            .map(|&value| StatRequest {
-                value,
-                kind: StatKind::Gram,
-            })
-            .collect();
-        let stats = self.collect(&reqs)?;
-        stats
-            .stats
-            .into_iter()
-            .map(|s| match s {
-                Stat::Gram(g) => Ok(g),
-                _ => Err(PassError::new("the evaluator returned no Gram matrix")),
-            })
-            .collect()
+        self.grams_first(values, usize::MAX)
     }
 
     /// One progress line, prefixed with the layer.

@@ -104,3 +104,47 @@ pub fn compare_on_sotu(a: &str, b: &str) -> serde_json::Value {
     serde_json::from_str(r.stdout.trim())
         .unwrap_or_else(|e| panic!("compare printed no JSON ({e}): {}", r.stdout))
 }
+
+/// Runs `pipeline` on the decomposed SmolLM2 fixture into `out` with `--statistics`, and with a
+/// small calibration set (4 × 64 tokens of sotu_calib) when `calib`.
+#[allow(dead_code)]
+pub fn opt_smollm(pipeline: &str, out: &Path, calib: bool) -> ortho_opt::DriverOutput {
+    let f = fixtures();
+    let model = f.join("smollm2-135m/decomposed.onnx");
+    let mut args: Vec<String> = vec![
+        model.to_string_lossy().into_owned(),
+        "-o".into(),
+        out.to_string_lossy().into_owned(),
+        format!("--pass-pipeline={pipeline}"),
+        "--statistics".into(),
+    ];
+    if calib {
+        for a in [
+            "--calib-text",
+            &f.join("text/sotu_calib.txt").to_string_lossy(),
+            "--tokenizer",
+            &f.join("smollm2-135m/tokenizer.json").to_string_lossy(),
+            "--calib-samples",
+            "4",
+            "--calib-seqlen",
+            "64",
+            "--calib-quiet",
+        ] {
+            args.push(a.to_string());
+        }
+    }
+    let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    run(&refs)
+}
+
+/// The value of `--statistics` line `key` in a driver's stderr; panics when it is missing.
+#[allow(dead_code)]
+pub fn stat(stderr: &str, key: &str) -> u64 {
+    stderr
+        .lines()
+        .find_map(|l| {
+            let mut it = l.split_whitespace();
+            (it.next() == Some(key)).then(|| it.next()?.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no statistic {key} in:\n{stderr}"))
+}

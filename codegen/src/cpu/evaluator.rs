@@ -180,7 +180,10 @@ fn gram_into(
         let xb = &x[r0 * d..(r0 + n) * d];
         lower_gram_f32(xb, n, d, &mut part, par);
         for i in 0..d {
-            let (acc, p) = (&mut g.xtx[i * d..i * d + i + 1], &part[i * d..i * d + i + 1]);
+            let (acc, p) = (
+                &mut g.xtx[i * d..i * d + i + 1],
+                &part[i * d..i * d + i + 1],
+            );
             for (a, &b) in acc.iter_mut().zip(p) {
                 *a += f64::from(b);
             }
@@ -201,7 +204,10 @@ fn gram_into(
 /// down): a little over half the work of the full product.
 fn lower_gram_f32(x: &[f32], n: usize, d: usize, out: &mut [f32], par: gemm::Parallelism) {
     const PANEL: usize = 128;
-    assert!(x.len() >= n * d && out.len() >= d * d, "gram: buffers too small");
+    assert!(
+        x.len() >= n * d && out.len() >= d * d,
+        "gram: buffers too small"
+    );
     let mut c0 = 0;
     while c0 < d {
         let c1 = (c0 + PANEL).min(d);

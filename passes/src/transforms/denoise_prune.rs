@@ -39,7 +39,9 @@ use crate::transforms::denoise::loss::Importance;
 use crate::transforms::denoise::optim::{optimize, AdamOptions};
 use crate::transforms::denoise::select::{pruning_error, LayerHessians, LayerRotation};
 use crate::transforms::denoise_rotate::layer_objective;
-use crate::transforms::prune::{prune_block, record, PruneOptions, PruneStats, ROLES};
+use crate::transforms::prune::{
+    prune_block, record, PruneOptions, PruneStats, PATTERN_OPTION, ROLES, SPARSITY_OPTION,
+};
 use crate::transforms::prune_math::{Pattern, PruneMethod, PruneSpec};
 use faer::Mat;
 use ortho_ir::eval::Stat;
@@ -56,18 +58,8 @@ static OPTIONS: &[OptionSpec] = &[
         default: "sparsegpt",
         doc: "Pruning method; its importance scores are what the rotation concentrates.",
     },
-    OptionSpec {
-        name: "sparsity",
-        kind: OptionKind::Float,
-        default: "0.5",
-        doc: "Fraction of weights removed, in (0, 1) (ignored by N:M patterns).",
-    },
-    OptionSpec {
-        name: "pattern",
-        kind: OptionKind::Str,
-        default: "unstructured",
-        doc: "unstructured, or N:M (at most N kept of every M consecutive input weights of a row).",
-    },
+    SPARSITY_OPTION,
+    PATTERN_OPTION,
     OptionSpec {
         name: "iters",
         kind: OptionKind::Int { min: 0, max: 100_000 },
@@ -261,7 +253,9 @@ pub fn denoise_prune(
             t.elapsed().as_secs_f64()
         ));
         let mut qs = r.qs.into_iter();
-        let q1 = qs.next().unwrap_or_else(|| Mat::identity(layers.d, layers.d));
+        let q1 = qs
+            .next()
+            .unwrap_or_else(|| Mat::identity(layers.d, layers.d));
         let r2: Vec<Mat<f64>> = qs.collect();
         let moved = r.best_iter > 0;
         let mut block = BlockReport {
@@ -286,7 +280,11 @@ pub fn denoise_prune(
             block.rotated = e1 < e0;
             lcx.progress(&format!(
                 "pruning error {e0:.4} unrotated, {e1:.4} rotated: {}",
-                if block.rotated { "rotation kept" } else { "rotation dropped" }
+                if block.rotated {
+                    "rotation kept"
+                } else {
+                    "rotation dropped"
+                }
             ));
         }
         if block.rotated {
@@ -326,7 +324,11 @@ pub fn denoise_prune(
         let _ = write!(
             line,
             "; {}",
-            if block.rotated { "rotated" } else { "not rotated" }
+            if block.rotated {
+                "rotated"
+            } else {
+                "not rotated"
+            }
         );
         report.prune.per_layer.push(line);
         report.blocks.push(block);

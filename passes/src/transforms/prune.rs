@@ -31,6 +31,22 @@ use std::fmt::Write as _;
 
 static METHODS: &[&str] = &["magnitude", "wanda", "sparsegpt"];
 
+/// The `sparsity` option, shared with `denoise-prune`.
+pub const SPARSITY_OPTION: OptionSpec = OptionSpec {
+    name: "sparsity",
+    kind: OptionKind::Float,
+    default: "0.5",
+    doc: "Fraction of weights removed, in (0, 1) (ignored by N:M patterns).",
+};
+
+/// The `pattern` option, shared with `denoise-prune`.
+pub const PATTERN_OPTION: OptionSpec = OptionSpec {
+    name: "pattern",
+    kind: OptionKind::Str,
+    default: "unstructured",
+    doc: "unstructured, or N:M (at most N kept of every M consecutive input weights of a row).",
+};
+
 static OPTIONS: &[OptionSpec] = &[
     OptionSpec {
         name: "method",
@@ -38,18 +54,8 @@ static OPTIONS: &[OptionSpec] = &[
         default: "magnitude",
         doc: "Score: |W| per matrix, Wanda |W|·‖X‖ per row, or SparseGPT (OBS updates, block 128, damping 0.01).",
     },
-    OptionSpec {
-        name: "sparsity",
-        kind: OptionKind::Float,
-        default: "0.5",
-        doc: "Fraction of weights removed, in (0, 1) (ignored by N:M patterns).",
-    },
-    OptionSpec {
-        name: "pattern",
-        kind: OptionKind::Str,
-        default: "unstructured",
-        doc: "unstructured, or N:M (at most N kept of every M consecutive input weights of a row).",
-    },
+    SPARSITY_OPTION,
+    PATTERN_OPTION,
     OptionSpec {
         name: "layers",
         kind: OptionKind::Str,

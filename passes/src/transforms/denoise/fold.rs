@@ -307,7 +307,8 @@ pub struct FoldStats {
     pub boundaries: usize,
 }
 
-fn block_diag(blocks: &[&Mat<f64>]) -> Mat<f64> {
+/// The block-diagonal matrix of `blocks`.
+pub(crate) fn block_diag(blocks: &[&Mat<f64>]) -> Mat<f64> {
     let n: usize = blocks.iter().map(|b| b.nrows()).sum();
     let mut out = Mat::<f64>::zeros(n, n);
     let mut at = 0;
@@ -326,7 +327,8 @@ fn is_identity(m: &Mat<f64>) -> bool {
     (0..m.nrows()).all(|r| (0..m.ncols()).all(|c| m[(r, c)] == if r == c { 1.0 } else { 0.0 }))
 }
 
-fn mul64(a: faer::MatRef<'_, f64>, b: faer::MatRef<'_, f64>) -> Mat<f64> {
+/// `a · b` in f64.
+pub(crate) fn mul64(a: faer::MatRef<'_, f64>, b: faer::MatRef<'_, f64>) -> Mat<f64> {
     let mut c = Mat::<f64>::zeros(a.nrows(), b.ncols());
     matmul(c.as_mut(), Accum::Replace, a, b, 1.0, Par::Seq);
     c
@@ -617,7 +619,11 @@ pub fn premultiply_matmul(
     let gid = m.main;
     let g = m.graph(gid);
     let Op::Const(old) = g.node(konst).op else {
-        return Err(PassError::at(g, konst, "the boundary matrix is not a constant"));
+        return Err(PassError::at(
+            g,
+            konst,
+            "the boundary matrix is not a constant",
+        ));
     };
     let p = mul64(b.as_ref(), q.as_ref());
     let dtype = m.tensor(old).dtype;

@@ -10,12 +10,11 @@
 //! `QᵀHQ` as `W` into `WQ`; the output side is an isometry), so the two sums measure the same
 //! thing in two bases. Not a pass.
 
-use super::fold::LayerParts;
+use super::fold::{block_diag, mul64 as mm, LayerParts};
 use crate::pass::PassError;
 use crate::transforms::prune::linear_weight;
 use crate::transforms::prune_math::{prune_matrix, PruneSpec};
-use faer::linalg::matmul::matmul;
-use faer::{Accum, Mat, MatRef, Par};
+use faer::{Mat, MatRef};
 use ortho_ir::analysis::Linear;
 use ortho_ir::Module;
 
@@ -36,27 +35,6 @@ pub struct LayerHessians {
 pub struct LayerRotation<'a> {
     pub q1: &'a Mat<f64>,
     pub r2: &'a [Mat<f64>],
-}
-
-fn mm(a: MatRef<'_, f64>, b: MatRef<'_, f64>) -> Mat<f64> {
-    let mut c = Mat::<f64>::zeros(a.nrows(), b.ncols());
-    matmul(c.as_mut(), Accum::Replace, a, b, 1.0, Par::Seq);
-    c
-}
-
-fn block_diag(blocks: &[&Mat<f64>]) -> Mat<f64> {
-    let n: usize = blocks.iter().map(|b| b.nrows()).sum();
-    let mut out = Mat::<f64>::zeros(n, n);
-    let mut at = 0;
-    for b in blocks {
-        for j in 0..b.ncols() {
-            for i in 0..b.nrows() {
-                out[(at + i, at + j)] = b[(i, j)];
-            }
-        }
-        at += b.nrows();
-    }
-    out
 }
 
 fn square(h: &[f64]) -> Mat<f64> {
@@ -115,7 +93,12 @@ pub fn pruning_error(
         let (w, r, c) = linear_weight(m, l)?;
         Ok(MatRef::from_row_major_slice(&w, r, c).to_owned())
     };
-    let (ha, ho, hm, hd) = (square(&h.attn), square(&h.o), square(&h.mlp), square(&h.down));
+    let (ha, ho, hm, hd) = (
+        square(&h.attn),
+        square(&h.o),
+        square(&h.mlp),
+        square(&h.down),
+    );
     // (linear, rotated weight, rotated Hessian)
     let mut jobs: Vec<(&Linear, Mat<f64>, Mat<f64>)> = Vec::with_capacity(7);
     match rot {
@@ -138,7 +121,8 @@ pub fn pruning_error(
             let rv = block_diag(&r.r2.iter().collect::<Vec<_>>());
             let rep: Vec<&Mat<f64>> = (0..heads.heads).map(|x| &r.r2[heads.kv_of(x)]).collect();
             let ro = block_diag(&rep);
-            let rot_h = |h: &Mat<f64>, q: MatRef<'_, f64>| mm(mm(q.transpose(), h.as_ref()).as_ref(), q);
+            let rot_h =
+                |h: &Mat<f64>, q: MatRef<'_, f64>| mm(mm(q.transpose(), h.as_ref()).as_ref(), q);
             let ha_r = rot_h(&ha, q);
             let hm_r = rot_h(&hm, q);
             let ho_r = rot_h(&ho, ro.as_ref());
@@ -147,12 +131,19 @@ pub fn pruning_error(
             }
             let v = mm(rv.transpose(), mm(weight(&lp.v)?.as_ref(), q).as_ref());
             jobs.push((&lp.v, v, ha_r.clone()));
-            let o = mm(mm(q.transpose(), weight(&lp.o)?.as_ref()).as_ref(), ro.as_ref());
+            let o = mm(
+                mm(q.transpose(), weight(&lp.o)?.as_ref()).as_ref(),
+                ro.as_ref(),
+            );
             jobs.push((&lp.o, o, ho_r));
             for l in [&lp.gate, &lp.up] {
                 jobs.push((l, mm(weight(l)?.as_ref(), q), hm_r.clone()));
             }
-            jobs.push((&lp.down, mm(q.transpose(), weight(&lp.down)?.as_ref()), hd.clone()));
+            jobs.push((
+                &lp.down,
+                mm(q.transpose(), weight(&lp.down)?.as_ref()),
+                hd.clone(),
+            ));
         }
     }
     for (l, w, hh) in &jobs {
