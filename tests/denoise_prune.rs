@@ -5,6 +5,9 @@
 //!   original function (`compare` on 8 × 128 of sotu_eval): a rotation folded into one side of a
 //!   block but not the other, or a boundary in the wrong place, would wreck the logits;
 //!   one d × d boundary per block was added and the head was untied by `fold-norms`;
+//! - `keep=better` drops the rotations that make a block prune worse: with magnitude 2:4 some
+//!   blocks keep theirs and some drop them, and every decision agrees with the two measured
+//!   block output errors the note reports;
 //! - refusals before any work: no calibration, norms not folded, an N:M pattern whose M does not
 //!   divide a width — and no output file.
 
@@ -117,4 +120,52 @@ fn denoise_prune_refusals() {
         r.stderr
     );
     assert!(!out.exists());
+}
+
+#[test]
+fn denoise_prune_drops_rotations_that_prune_worse() {
+    let tmp = TempDir::new("denoise-prune-keep");
+    let out = tmp.path().join("dp.onnx");
+    let r = opt(
+        "fold-norms,denoise-prune{method=magnitude pattern=2:4 iters=5}",
+        &out,
+        true,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let mut kept = 0;
+    let mut dropped = 0;
+    for line in r
+        .stderr
+        .lines()
+        .filter(|l| l.contains("pruned block output error"))
+    {
+        // "...; pruned block output error A unrotated, B rotated; rotated|not rotated"
+        let tail = line.split("pruned block output error ").nth(1).unwrap();
+        let nums: Vec<f64> = tail
+            .split([' ', ',', ';'])
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        let (a, b) = (nums[0], nums[1]);
+        if line.ends_with("; rotated") {
+            assert!(b < a, "kept a rotation that pruned worse: {line}");
+            kept += 1;
+        } else {
+            assert!(line.ends_with("; not rotated"), "{line}");
+            assert!(b >= a, "dropped a rotation that pruned better: {line}");
+            dropped += 1;
+        }
+    }
+    eprintln!("{kept} rotations kept, {dropped} dropped");
+    assert_eq!(kept + dropped, 30, "{}", r.stderr);
+    assert!(kept > 0 && dropped > 0, "{kept} kept, {dropped} dropped");
+    assert_eq!(stat(&r.stderr, "denoise-prune.rotated"), kept);
+    // 2:4 zeroes exactly half; a kept weight may happen to be zero as well.
+    let (zeros, weights) = (
+        stat(&r.stderr, "denoise-prune.zeros"),
+        stat(&r.stderr, "denoise-prune.weights"),
+    );
+    assert!(
+        zeros >= weights / 2 && zeros < weights / 2 + weights / 1000,
+        "{zeros} of {weights}"
+    );
 }

@@ -15,8 +15,9 @@
 //!    one `R2_j ∈ SO(head_dim)` per KV head (Adam through the Cayley map, best iterate kept —
 //!    `denoise::optim`);
 //! 3. with `keep=better`, prunes the layer's seven linears on those Hessians both in the
-//!    original basis and rotated (`denoise::select`) and keeps the rotation only when its summed
-//!    relative reconstruction error is lower — a rotation that makes pruning worse is dropped
+//!    original basis and rotated (`denoise::select`), runs the block with each variant's weights
+//!    on the same sequences and keeps the rotation only when the block's output is closer to the
+//!    dense block's (`‖Y − Y_ref‖ / ‖Y_ref‖`) — a rotation that makes pruning worse is dropped
 //!    and reported; `keep=always` keeps every optimized rotation;
 //! 4. folds a kept rotation into the block's weights in f64 (`denoise::fold::fold_layer`) with
 //!    `h ↦ h Q1` on the stream entering it and `h ↦ h Q1ᵀ` on the stream leaving it; the exit of
@@ -37,14 +38,16 @@ use crate::registry::PassInfo;
 use crate::transforms::denoise::fold::{self, Layers};
 use crate::transforms::denoise::loss::Importance;
 use crate::transforms::denoise::optim::{optimize, AdamOptions};
-use crate::transforms::denoise::select::{pruning_error, LayerHessians, LayerRotation};
+use crate::transforms::denoise::select::{pruned_layer, LayerHessians, LayerRotation};
 use crate::transforms::denoise_rotate::layer_objective;
+use crate::transforms::prune::{linear_weight, set_linear_weight};
 use crate::transforms::prune::{
     prune_block, record, PruneOptions, PruneStats, PATTERN_OPTION, ROLES, SPARSITY_OPTION,
 };
 use crate::transforms::prune_math::{Pattern, PruneMethod, PruneSpec};
 use faer::Mat;
-use ortho_ir::eval::Stat;
+use ortho_ir::analysis::linear::{match_linear, Linear};
+use ortho_ir::eval::{EvalTensor, Gram, Stat, StatKind, StatRequest};
 use ortho_ir::{Module, NodeId};
 use std::fmt::Write as _;
 
@@ -146,7 +149,8 @@ impl DenoisePruneOptions {
 pub struct BlockReport {
     pub entropy_before: f64,
     pub entropy_after: f64,
-    /// Summed relative pruning errors in the original basis and rotated (`keep=better` only).
+    /// Relative output errors of the block pruned in the original basis and rotated
+    /// (`keep=better` only).
     pub error_identity: Option<f64>,
     pub error_rotated: Option<f64>,
     pub rotated: bool,
@@ -222,11 +226,34 @@ pub fn denoise_prune(
         let lp = layers.layers[i].clone();
         lcx.progress("dense statistics");
         // The rotation needs second moments, not the exact Hessians pruning uses: a subset of
-        // the calibration set is enough and saves most of this block's extra forward pass.
-        let grams = lcx.grams_first(
-            &[lp.q.input, lp.o.input, lp.gate.input, lp.down.input],
-            opts.rotation_samples,
-        )?;
+        // the calibration set is enough and saves most of this block's extra forward pass. The
+        // same run keeps the dense block's output on that subset for the check of step 3.
+        let mut reqs: Vec<StatRequest> = [lp.q.input, lp.o.input, lp.gate.input, lp.down.input]
+            .into_iter()
+            .map(|value| StatRequest {
+                value,
+                kind: StatKind::Gram,
+            })
+            .collect();
+        if opts.keep_better && opts.iters > 0 {
+            reqs.push(StatRequest {
+                value: lcx.block.output,
+                kind: StatKind::Full,
+            });
+        }
+        let mut collected = lcx.collect_first(&reqs, opts.rotation_samples)?.stats;
+        let reference = match collected.get_mut(4) {
+            Some(Stat::Full(t)) => Some(std::mem::take(t)),
+            _ => None,
+        };
+        let grams: Vec<Gram> = collected
+            .into_iter()
+            .take(4)
+            .map(|s| match s {
+                Stat::Gram(g) => Ok(g),
+                _ => Err(PassError::new("the evaluator returned no Gram matrix")),
+            })
+            .collect::<Result<_, _>>()?;
         let h: Vec<Vec<f64>> = grams.iter().map(|g| g.hessian()).collect();
         let stats: Vec<Stat> = [0usize, 2, 1]
             .iter()
@@ -265,7 +292,7 @@ pub fn denoise_prune(
             error_rotated: None,
             rotated: moved,
         };
-        if moved && opts.keep_better {
+        if let (true, Some(reference)) = (moved, reference.as_ref()) {
             let hs = LayerHessians {
                 attn: h[0].clone(),
                 o: h[1].clone(),
@@ -273,13 +300,15 @@ pub fn denoise_prune(
                 down: h[3].clone(),
             };
             let rot = LayerRotation { q1: &q1, r2: &r2 };
-            let e0 = pruning_error(lcx.module_ref(), &lp, &hs, None, &opts.spec)?;
-            let e1 = pruning_error(lcx.module_ref(), &lp, &hs, Some(&rot), &opts.spec)?;
+            let plain = pruned_layer(lcx.module_ref(), &lp, &hs, None, &opts.spec)?;
+            let turned = pruned_layer(lcx.module_ref(), &lp, &hs, Some(&rot), &opts.spec)?;
+            let e0 = block_error(lcx, &plain.weights, reference, opts.rotation_samples)?;
+            let e1 = block_error(lcx, &turned.weights, reference, opts.rotation_samples)?;
             block.error_identity = Some(e0);
             block.error_rotated = Some(e1);
             block.rotated = e1 < e0;
             lcx.progress(&format!(
-                "pruning error {e0:.4} unrotated, {e1:.4} rotated: {}",
+                "pruned block output error {e0:.4} unrotated, {e1:.4} rotated: {}",
                 if block.rotated {
                     "rotation kept"
                 } else {
@@ -319,7 +348,10 @@ pub fn denoise_prune(
             block.entropy_before, block.entropy_after
         );
         if let (Some(a), Some(b)) = (block.error_identity, block.error_rotated) {
-            let _ = write!(line, "; pruning error {a:.4} unrotated, {b:.4} rotated");
+            let _ = write!(
+                line,
+                "; pruned block output error {a:.4} unrotated, {b:.4} rotated"
+            );
         }
         let _ = write!(
             line,
@@ -336,6 +368,51 @@ pub fn denoise_prune(
     })?;
     report.boundaries = entry.iter().filter(|e| e.is_some()).count();
     Ok(report)
+}
+
+/// The relative error `‖Y − Y_ref‖ / ‖Y_ref‖` of the block's output on the leading
+/// `sequences` calibration sequences when its linears carry `weights` (original basis), against
+/// the dense block's output `reference`. The block's weights are restored afterwards (the f32
+/// values round-trip through f64 exactly).
+fn block_error(
+    lcx: &mut LayerCx<'_>,
+    weights: &[(Linear, Vec<f64>)],
+    reference: &[EvalTensor],
+    sequences: usize,
+) -> Result<f64, PassError> {
+    let current = |m: &Module, l: &Linear| match_linear(m, m.main_graph(), l.node).unwrap_or(*l);
+    let mut dense = Vec::with_capacity(weights.len());
+    for (l, w) in weights {
+        let l = current(lcx.module_ref(), l);
+        dense.push((l, linear_weight(lcx.module_ref(), &l)?.0));
+        set_linear_weight(lcx.module(), &l, w)?;
+    }
+    let out = lcx.collect_first(
+        &[StatRequest {
+            value: lcx.block.output,
+            kind: StatKind::Full,
+        }],
+        sequences,
+    );
+    for (l, w) in &dense {
+        let l = current(lcx.module_ref(), l);
+        set_linear_weight(lcx.module(), &l, w)?;
+    }
+    let Some(Stat::Full(got)) = out?.stats.into_iter().next() else {
+        return Err(PassError::new("the evaluator returned no block output"));
+    };
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (a, b) in got.iter().zip(reference) {
+        let (EvalTensor::F32 { data: a, .. }, EvalTensor::F32 { data: b, .. }) = (a, b) else {
+            return Err(PassError::new("the block output is not float32"));
+        };
+        for (x, y) in a.iter().zip(b) {
+            let d = f64::from(*x) - f64::from(*y);
+            num += d * d;
+            den += f64::from(*y) * f64::from(*y);
+        }
+    }
+    Ok((num / den.max(f64::MIN_POSITIVE)).sqrt())
 }
 
 struct DenoisePrune {

@@ -1,14 +1,14 @@
 //! Deciding whether a layer's DenoiseRotator rotation helps the pruning that follows it.
 //!
 //! The entropy objective is a proxy: a rotation can lower it and still make the pruned layer
-//! worse (moving off a model's own basis spreads its outlier features over every column, see
-//! the magnitude rows of fixtures/README). So before a rotation is kept, the layer is pruned
-//! both ways on its dense input statistics and the two reconstruction errors are compared:
-//! for each of the seven linears, `‖ΔW X‖² / ‖W X‖² = tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)` with `ΔW` the
-//! change pruning made (SparseGPT's own objective; for magnitude and Wanda the removed weights),
-//! summed over the linears. Rotations preserve `tr(W H Wᵀ)` (the input side turns `H` into
-//! `QᵀHQ` as `W` into `WQ`; the output side is an isometry), so the two sums measure the same
-//! thing in two bases. Not a pass.
+//! worse (moving off a model's own basis spreads its outlier features over every column; see the
+//! magnitude rows of fixtures/README). So before a rotation is kept, the layer is pruned both
+//! ways on its dense input statistics ([`pruned_layer`]) and the caller runs the block with each
+//! variant's weights on calibration data and compares the block outputs with the dense block's.
+//! Each variant's weights are returned in the original basis (a rotated, pruned `W'` mapped back
+//! through the rotation: the same function, no longer sparse), so both variants run in the
+//! unchanged graph. [`PrunedLayer::error`] adds the per-linear relative reconstruction errors
+//! `‖ΔW X‖² / ‖W X‖²` (rotation-invariant denominators) for the report. Not a pass.
 
 use super::fold::{block_diag, mul64 as mm, LayerParts};
 use crate::pass::PassError;
@@ -54,8 +54,9 @@ fn quad(a: MatRef<'_, f64>, h: MatRef<'_, f64>) -> f64 {
     s
 }
 
-/// One linear's relative pruning error: `W` (out × in) and its input Hessian `H`.
-fn relative_error(w: Mat<f64>, h: Mat<f64>, spec: &PruneSpec) -> Result<f64, String> {
+/// One linear pruned on its input Hessian: the pruned weight (row-major `out × in`) and its
+/// relative reconstruction error `tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)`.
+fn prune_one(w: &Mat<f64>, h: &Mat<f64>, spec: &PruneSpec) -> Result<(Mat<f64>, f64), String> {
     let (rows, cols) = (w.nrows(), w.ncols());
     let mut flat = Vec::with_capacity(rows * cols);
     for i in 0..rows {
@@ -70,24 +71,44 @@ fn relative_error(w: Mat<f64>, h: Mat<f64>, spec: &PruneSpec) -> Result<f64, Str
         }
     }
     prune_matrix(&mut flat, rows, cols, Some(&hflat), spec)?;
-    let delta = Mat::<f64>::from_fn(rows, cols, |i, j| w[(i, j)] - flat[i * cols + j]);
+    let pruned = MatRef::from_row_major_slice(&flat, rows, cols).to_owned();
+    let delta = Mat::<f64>::from_fn(rows, cols, |i, j| w[(i, j)] - pruned[(i, j)]);
     let base = quad(w.as_ref(), h.as_ref());
-    Ok(if base > 0.0 {
+    let err = if base > 0.0 {
         quad(delta.as_ref(), h.as_ref()) / base
     } else {
         0.0
-    })
+    };
+    Ok((pruned, err))
 }
 
-/// The summed relative pruning error of the layer's seven linears, in the original basis
-/// (`rot = None`) or rotated. Each linear's pruning runs on its own thread pair.
-pub fn pruning_error(
+/// A layer pruned on its dense statistics in one basis.
+pub struct PrunedLayer {
+    /// Summed relative reconstruction error of the seven linears.
+    pub error: f64,
+    /// Each linear's pruned weight mapped back to the original basis, row-major `out × in`.
+    pub weights: Vec<(Linear, Vec<f64>)>,
+}
+
+/// One pruning job: the linear, its weight and Hessian in the variant's basis, and the factors
+/// `(left, right)` that map the pruned weight back to the original basis (`left · P · right`).
+type Job<'a> = (
+    &'a Linear,
+    Mat<f64>,
+    Mat<f64>,
+    Option<Mat<f64>>,
+    Option<Mat<f64>>,
+);
+
+/// Prunes the layer's seven linears on their dense Hessians, in the original basis
+/// (`rot = None`) or rotated. The linears are spread over two threads.
+pub fn pruned_layer(
     m: &Module,
     lp: &LayerParts,
     h: &LayerHessians,
     rot: Option<&LayerRotation<'_>>,
     spec: &PruneSpec,
-) -> Result<f64, PassError> {
+) -> Result<PrunedLayer, PassError> {
     let g = m.main_graph();
     let weight = |l: &Linear| -> Result<Mat<f64>, PassError> {
         let (w, r, c) = linear_weight(m, l)?;
@@ -99,8 +120,7 @@ pub fn pruning_error(
         square(&h.mlp),
         square(&h.down),
     );
-    // (linear, rotated weight, rotated Hessian)
-    let mut jobs: Vec<(&Linear, Mat<f64>, Mat<f64>)> = Vec::with_capacity(7);
+    let mut jobs: Vec<Job<'_>> = Vec::with_capacity(7);
     match rot {
         None => {
             for (l, hh) in [
@@ -112,11 +132,12 @@ pub fn pruning_error(
                 (&lp.up, &hm),
                 (&lp.down, &hd),
             ] {
-                jobs.push((l, weight(l)?, hh.clone()));
+                jobs.push((l, weight(l)?, hh.clone(), None, None));
             }
         }
         Some(r) => {
             let q = r.q1.as_ref();
+            let qt = r.q1.transpose().to_owned();
             let heads = lp.heads;
             let rv = block_diag(&r.r2.iter().collect::<Vec<_>>());
             let rep: Vec<&Mat<f64>> = (0..heads.heads).map(|x| &r.r2[heads.kv_of(x)]).collect();
@@ -126,27 +147,44 @@ pub fn pruning_error(
             let ha_r = rot_h(&ha, q);
             let hm_r = rot_h(&hm, q);
             let ho_r = rot_h(&ho, ro.as_ref());
+            // Input side W' = W Q (P = P' Qᵀ); v: W' = Rᵀ W Q (P = R P' Qᵀ); o: W' = Qᵀ W R_rep
+            // (P = Q P' R_repᵀ); down: W' = Qᵀ W (P = Q P').
             for l in [&lp.q, &lp.k] {
-                jobs.push((l, mm(weight(l)?.as_ref(), q), ha_r.clone()));
+                jobs.push((
+                    l,
+                    mm(weight(l)?.as_ref(), q),
+                    ha_r.clone(),
+                    None,
+                    Some(qt.clone()),
+                ));
             }
             let v = mm(rv.transpose(), mm(weight(&lp.v)?.as_ref(), q).as_ref());
-            jobs.push((&lp.v, v, ha_r.clone()));
+            jobs.push((&lp.v, v, ha_r.clone(), Some(rv.clone()), Some(qt.clone())));
             let o = mm(
                 mm(q.transpose(), weight(&lp.o)?.as_ref()).as_ref(),
                 ro.as_ref(),
             );
-            jobs.push((&lp.o, o, ho_r));
-            for l in [&lp.gate, &lp.up] {
-                jobs.push((l, mm(weight(l)?.as_ref(), q), hm_r.clone()));
-            }
             jobs.push((
-                &lp.down,
-                mm(q.transpose(), weight(&lp.down)?.as_ref()),
-                hd.clone(),
+                &lp.o,
+                o,
+                ho_r,
+                Some(r.q1.clone()),
+                Some(ro.transpose().to_owned()),
             ));
+            for l in [&lp.gate, &lp.up] {
+                jobs.push((
+                    l,
+                    mm(weight(l)?.as_ref(), q),
+                    hm_r.clone(),
+                    None,
+                    Some(qt.clone()),
+                ));
+            }
+            let down = mm(q.transpose(), weight(&lp.down)?.as_ref());
+            jobs.push((&lp.down, down, hd.clone(), Some(r.q1.clone()), None));
         }
     }
-    for (l, w, hh) in &jobs {
+    for (l, w, hh, _, _) in &jobs {
         if hh.nrows() != w.ncols() {
             return Err(PassError::at(
                 g,
@@ -156,7 +194,8 @@ pub fn pruning_error(
         }
     }
     // Two worker threads (the machine's cores); each takes every other linear.
-    let results: Vec<(usize, Result<f64, String>)> = std::thread::scope(|s| {
+    type Out = (usize, Result<(Mat<f64>, f64), String>);
+    let results: Vec<Out> = std::thread::scope(|s| {
         let jobs = &jobs;
         let handles: Vec<_> = (0..2)
             .map(|t| {
@@ -164,7 +203,7 @@ pub fn pruning_error(
                     jobs.iter()
                         .enumerate()
                         .filter(|(i, _)| i % 2 == t)
-                        .map(|(i, (_, w, h))| (i, relative_error(w.clone(), h.clone(), spec)))
+                        .map(|(i, (_, w, h, _, _))| (i, prune_one(w, h, spec)))
                         .collect::<Vec<_>>()
                 })
             })
@@ -175,11 +214,33 @@ pub fn pruning_error(
             .collect()
     });
     if results.len() != jobs.len() {
-        return Err(PassError::new("a pruning-error worker failed"));
+        return Err(PassError::new("a pruning worker failed"));
     }
-    let mut total = 0.0;
-    for (i, r) in results {
-        total += r.map_err(|e| PassError::at(g, jobs[i].0.node, e))?;
+    let mut out = PrunedLayer {
+        error: 0.0,
+        weights: Vec::with_capacity(jobs.len()),
+    };
+    let mut sorted: Vec<Out> = results;
+    sorted.sort_by_key(|(i, _)| *i);
+    for (i, r) in sorted {
+        let (l, _, _, left, right) = &jobs[i];
+        let (p, err) = r.map_err(|e| PassError::at(g, l.node, e))?;
+        out.error += err;
+        let p = match left {
+            Some(a) => mm(a.as_ref(), p.as_ref()),
+            None => p,
+        };
+        let p = match right {
+            Some(b) => mm(p.as_ref(), b.as_ref()),
+            None => p,
+        };
+        let mut flat = Vec::with_capacity(p.nrows() * p.ncols());
+        for i in 0..p.nrows() {
+            for j in 0..p.ncols() {
+                flat.push(p[(i, j)]);
+            }
+        }
+        out.weights.push((**l, flat));
     }
-    Ok(total)
+    Ok(out)
 }
