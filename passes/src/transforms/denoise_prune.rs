@@ -85,7 +85,7 @@ static OPTIONS: &[OptionSpec] = &[
         name: "keep",
         kind: OptionKind::Enum(KEEP),
         default: "better",
-        doc: "better: keep a layer's rotation only if the layer prunes with less reconstruction error; always: keep every rotation.",
+        doc: "better: keep a block's rotation only if the pruned block's output is closer to the dense block's (both variants are run); always: keep every rotation.",
     },
 ];
 
