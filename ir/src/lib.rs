@@ -14,6 +14,7 @@ pub mod graph;
 pub mod module;
 pub mod numeric;
 pub mod op;
+pub mod semantics;
 pub mod shape;
 pub mod tensor;
 pub mod text;

@@ -38,15 +38,30 @@ pub struct Opaque {
 macro_rules! define_ops {
     (
         simple { $( $s:ident ($si:expr, $sx:expr => $so:expr) ),* $(,)? }
-        typed { $( $v:ident ($vi:expr, $vx:expr => $vo:expr, $vox:expr) { $( $f:ident : $t:ty = $k:literal ),* $(,)? } ),* $(,)? }
+        typed { $( $v:ident ($vi:expr, $vx:expr => $vo:expr, $vox:expr) { $( $f:ident : $t:ty = $k:literal $( => $d:expr )? ),* $(,)? } ),* $(,)? }
     ) => {
-        /// Typed attribute structs; a `None` field means the attribute was not given.
+        /// Typed attribute structs; a `None` field means the attribute was not given. Attributes with
+        /// an ONNX default (written once, after `=>` in the op table) also get an accessor of the
+        /// same name that returns the default when the attribute is absent: `a.epsilon()`.
         pub mod attrs {
             #[allow(unused_imports)]
             use super::*;
             $(
                 #[derive(Debug, Clone, Default, PartialEq)]
                 pub struct $v { $( pub $f: Option<$t>, )* }
+
+                impl $v {
+                    $( $(
+                        /// The attribute's value, or its ONNX default when it was not given.
+                        #[allow(clippy::clone_on_copy)]
+                        pub fn $f(&self) -> $t {
+                            match &self.$f {
+                                Some(x) => x.clone(),
+                                None => $d,
+                            }
+                        }
+                    )? )*
+                }
             )*
         }
 
@@ -157,59 +172,59 @@ define_ops! {
         Mean(1, VAR => 1),
     }
     typed {
-        Gemm(2, 3 => 1, 1) { alpha: f32 = "alpha", beta: f32 = "beta", trans_a: i64 = "transA", trans_b: i64 = "transB" },
-        Softmax(1, 1 => 1, 1) { axis: i64 = "axis" },
-        LogSoftmax(1, 1 => 1, 1) { axis: i64 = "axis" },
-        ReduceMean(1, 2 => 1, 1) { axes: Vec<i64> = "axes", keepdims: i64 = "keepdims", noop_with_empty_axes: i64 = "noop_with_empty_axes" },
-        ReduceSum(1, 2 => 1, 1) { axes: Vec<i64> = "axes", keepdims: i64 = "keepdims", noop_with_empty_axes: i64 = "noop_with_empty_axes" },
-        ReduceMax(1, 2 => 1, 1) { axes: Vec<i64> = "axes", keepdims: i64 = "keepdims", noop_with_empty_axes: i64 = "noop_with_empty_axes" },
-        ReduceMin(1, 2 => 1, 1) { axes: Vec<i64> = "axes", keepdims: i64 = "keepdims", noop_with_empty_axes: i64 = "noop_with_empty_axes" },
-        ReduceProd(1, 2 => 1, 1) { axes: Vec<i64> = "axes", keepdims: i64 = "keepdims", noop_with_empty_axes: i64 = "noop_with_empty_axes" },
-        ReduceL2(1, 2 => 1, 1) { axes: Vec<i64> = "axes", keepdims: i64 = "keepdims", noop_with_empty_axes: i64 = "noop_with_empty_axes" },
-        ReduceSumSquare(1, 2 => 1, 1) { axes: Vec<i64> = "axes", keepdims: i64 = "keepdims", noop_with_empty_axes: i64 = "noop_with_empty_axes" },
-        LayerNormalization(2, 3 => 1, 3) { axis: i64 = "axis", epsilon: f32 = "epsilon", stash_type: i64 = "stash_type" },
-        RMSNormalization(2, 2 => 1, 1) { axis: i64 = "axis", epsilon: f32 = "epsilon", stash_type: i64 = "stash_type" },
+        Gemm(2, 3 => 1, 1) { alpha: f32 = "alpha" => 1.0, beta: f32 = "beta" => 1.0, trans_a: i64 = "transA" => 0, trans_b: i64 = "transB" => 0 },
+        Softmax(1, 1 => 1, 1) { axis: i64 = "axis" => -1 },
+        LogSoftmax(1, 1 => 1, 1) { axis: i64 = "axis" => -1 },
+        ReduceMean(1, 2 => 1, 1) { axes: Vec<i64> = "axes", keepdims: i64 = "keepdims" => 1, noop_with_empty_axes: i64 = "noop_with_empty_axes" => 0 },
+        ReduceSum(1, 2 => 1, 1) { axes: Vec<i64> = "axes", keepdims: i64 = "keepdims" => 1, noop_with_empty_axes: i64 = "noop_with_empty_axes" => 0 },
+        ReduceMax(1, 2 => 1, 1) { axes: Vec<i64> = "axes", keepdims: i64 = "keepdims" => 1, noop_with_empty_axes: i64 = "noop_with_empty_axes" => 0 },
+        ReduceMin(1, 2 => 1, 1) { axes: Vec<i64> = "axes", keepdims: i64 = "keepdims" => 1, noop_with_empty_axes: i64 = "noop_with_empty_axes" => 0 },
+        ReduceProd(1, 2 => 1, 1) { axes: Vec<i64> = "axes", keepdims: i64 = "keepdims" => 1, noop_with_empty_axes: i64 = "noop_with_empty_axes" => 0 },
+        ReduceL2(1, 2 => 1, 1) { axes: Vec<i64> = "axes", keepdims: i64 = "keepdims" => 1, noop_with_empty_axes: i64 = "noop_with_empty_axes" => 0 },
+        ReduceSumSquare(1, 2 => 1, 1) { axes: Vec<i64> = "axes", keepdims: i64 = "keepdims" => 1, noop_with_empty_axes: i64 = "noop_with_empty_axes" => 0 },
+        LayerNormalization(2, 3 => 1, 3) { axis: i64 = "axis" => -1, epsilon: f32 = "epsilon" => 1e-5, stash_type: i64 = "stash_type" => 1 },
+        RMSNormalization(2, 2 => 1, 1) { axis: i64 = "axis" => -1, epsilon: f32 = "epsilon" => 1e-5, stash_type: i64 = "stash_type" => 1 },
         Attention(3, 7 => 1, 4) {
-            is_causal: i64 = "is_causal", kv_num_heads: i64 = "kv_num_heads", q_num_heads: i64 = "q_num_heads",
-            qk_matmul_output_mode: i64 = "qk_matmul_output_mode", scale: f32 = "scale", softcap: f32 = "softcap",
+            is_causal: i64 = "is_causal" => 0, kv_num_heads: i64 = "kv_num_heads", q_num_heads: i64 = "q_num_heads",
+            qk_matmul_output_mode: i64 = "qk_matmul_output_mode" => 0, scale: f32 = "scale", softcap: f32 = "softcap" => 0.0,
             softmax_precision: i64 = "softmax_precision",
         },
-        RotaryEmbedding(3, 4 => 1, 1) { interleaved: i64 = "interleaved", num_heads: i64 = "num_heads", rotary_embedding_dim: i64 = "rotary_embedding_dim" },
-        Gelu(1, 1 => 1, 1) { approximate: String = "approximate" },
-        LeakyRelu(1, 1 => 1, 1) { alpha: f32 = "alpha" },
-        Elu(1, 1 => 1, 1) { alpha: f32 = "alpha" },
-        Celu(1, 1 => 1, 1) { alpha: f32 = "alpha" },
-        Selu(1, 1 => 1, 1) { alpha: f32 = "alpha", gamma: f32 = "gamma" },
-        HardSigmoid(1, 1 => 1, 1) { alpha: f32 = "alpha", beta: f32 = "beta" },
-        ThresholdedRelu(1, 1 => 1, 1) { alpha: f32 = "alpha" },
-        IsInf(1, 1 => 1, 1) { detect_negative: i64 = "detect_negative", detect_positive: i64 = "detect_positive" },
-        Mod(2, 2 => 1, 1) { fmod: i64 = "fmod" },
-        Gather(2, 2 => 1, 1) { axis: i64 = "axis" },
-        GatherElements(2, 2 => 1, 1) { axis: i64 = "axis" },
-        GatherND(2, 2 => 1, 1) { batch_dims: i64 = "batch_dims" },
-        ScatterND(3, 3 => 1, 1) { reduction: String = "reduction" },
-        ScatterElements(3, 3 => 1, 1) { axis: i64 = "axis", reduction: String = "reduction" },
-        Split(1, 2 => 1, VAR) { axis: i64 = "axis", num_outputs: i64 = "num_outputs", split: Vec<i64> = "split" },
+        RotaryEmbedding(3, 4 => 1, 1) { interleaved: i64 = "interleaved" => 0, num_heads: i64 = "num_heads" => 0, rotary_embedding_dim: i64 = "rotary_embedding_dim" => 0 },
+        Gelu(1, 1 => 1, 1) { approximate: String = "approximate" => String::from("none") },
+        LeakyRelu(1, 1 => 1, 1) { alpha: f32 = "alpha" => 0.01 },
+        Elu(1, 1 => 1, 1) { alpha: f32 = "alpha" => 1.0 },
+        Celu(1, 1 => 1, 1) { alpha: f32 = "alpha" => 1.0 },
+        Selu(1, 1 => 1, 1) { alpha: f32 = "alpha" => 1.673_263_2, gamma: f32 = "gamma" => 1.050_701 },
+        HardSigmoid(1, 1 => 1, 1) { alpha: f32 = "alpha" => 0.2, beta: f32 = "beta" => 0.5 },
+        ThresholdedRelu(1, 1 => 1, 1) { alpha: f32 = "alpha" => 1.0 },
+        IsInf(1, 1 => 1, 1) { detect_negative: i64 = "detect_negative" => 1, detect_positive: i64 = "detect_positive" => 1 },
+        Mod(2, 2 => 1, 1) { fmod: i64 = "fmod" => 0 },
+        Gather(2, 2 => 1, 1) { axis: i64 = "axis" => 0 },
+        GatherElements(2, 2 => 1, 1) { axis: i64 = "axis" => 0 },
+        GatherND(2, 2 => 1, 1) { batch_dims: i64 = "batch_dims" => 0 },
+        ScatterND(3, 3 => 1, 1) { reduction: String = "reduction" => String::from("none") },
+        ScatterElements(3, 3 => 1, 1) { axis: i64 = "axis" => 0, reduction: String = "reduction" => String::from("none") },
+        Split(1, 2 => 1, VAR) { axis: i64 = "axis" => 0, num_outputs: i64 = "num_outputs", split: Vec<i64> = "split" },
         Concat(1, VAR => 1, 1) { axis: i64 = "axis" },
         Transpose(1, 1 => 1, 1) { perm: Vec<i64> = "perm" },
-        Reshape(2, 2 => 1, 1) { allowzero: i64 = "allowzero" },
-        Flatten(1, 1 => 1, 1) { axis: i64 = "axis" },
-        Cast(1, 1 => 1, 1) { to: i64 = "to", saturate: i64 = "saturate", round_mode: String = "round_mode" },
-        CastLike(2, 2 => 1, 1) { saturate: i64 = "saturate", round_mode: String = "round_mode" },
-        Shape(1, 1 => 1, 1) { start: i64 = "start", end: i64 = "end" },
+        Reshape(2, 2 => 1, 1) { allowzero: i64 = "allowzero" => 0 },
+        Flatten(1, 1 => 1, 1) { axis: i64 = "axis" => 1 },
+        Cast(1, 1 => 1, 1) { to: i64 = "to", saturate: i64 = "saturate" => 1, round_mode: String = "round_mode" => String::from("up") },
+        CastLike(2, 2 => 1, 1) { saturate: i64 = "saturate" => 1, round_mode: String = "round_mode" => String::from("up") },
+        Shape(1, 1 => 1, 1) { start: i64 = "start" => 0, end: i64 = "end" },
         ConstantOfShape(1, 1 => 1, 1) { value: TensorId = "value" },
         Constant(0, 0 => 1, 1) {
             value: TensorId = "value", value_float: f32 = "value_float", value_floats: Vec<f32> = "value_floats",
             value_int: i64 = "value_int", value_ints: Vec<i64> = "value_ints", value_string: String = "value_string",
         },
-        Trilu(1, 2 => 1, 1) { upper: i64 = "upper" },
+        Trilu(1, 2 => 1, 1) { upper: i64 = "upper" => 1 },
         Einsum(1, VAR => 1, 1) { equation: String = "equation" },
-        CumSum(2, 2 => 1, 1) { exclusive: i64 = "exclusive", reverse: i64 = "reverse" },
-        ArgMax(1, 1 => 1, 1) { axis: i64 = "axis", keepdims: i64 = "keepdims", select_last_index: i64 = "select_last_index" },
-        ArgMin(1, 1 => 1, 1) { axis: i64 = "axis", keepdims: i64 = "keepdims", select_last_index: i64 = "select_last_index" },
-        TopK(2, 2 => 2, 2) { axis: i64 = "axis", largest: i64 = "largest", sorted: i64 = "sorted" },
-        Pad(2, 4 => 1, 1) { mode: String = "mode" },
-        OneHot(3, 3 => 1, 1) { axis: i64 = "axis" },
+        CumSum(2, 2 => 1, 1) { exclusive: i64 = "exclusive" => 0, reverse: i64 = "reverse" => 0 },
+        ArgMax(1, 1 => 1, 1) { axis: i64 = "axis" => 0, keepdims: i64 = "keepdims" => 1, select_last_index: i64 = "select_last_index" => 0 },
+        ArgMin(1, 1 => 1, 1) { axis: i64 = "axis" => 0, keepdims: i64 = "keepdims" => 1, select_last_index: i64 = "select_last_index" => 0 },
+        TopK(2, 2 => 2, 2) { axis: i64 = "axis" => -1, largest: i64 = "largest" => 1, sorted: i64 = "sorted" => 1 },
+        Pad(2, 4 => 1, 1) { mode: String = "mode" => String::from("constant") },
+        OneHot(3, 3 => 1, 1) { axis: i64 = "axis" => -1 },
         Dropout(1, 3 => 1, 2) { seed: i64 = "seed" },
         If(1, 1 => 1, VAR) { then_branch: GraphId = "then_branch", else_branch: GraphId = "else_branch" },
         Loop(2, VAR => 1, VAR) { body: GraphId = "body" },

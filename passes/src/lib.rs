@@ -10,6 +10,7 @@
 //! hands IR dumps to a caller-supplied sink and returns everything else in its report.
 
 pub mod calib;
+pub(crate) mod consteval;
 pub mod manager;
 pub mod options;
 pub mod pass;

@@ -1,6 +1,6 @@
 //! Running a plan: feed checks, the step loop, liveness-based freeing and buffer reuse, and taps.
 
-use crate::cpu::error::RuntimeError;
+use crate::cpu::error::{KernelError, RuntimeError};
 use crate::cpu::kernel::{ExecCx, Inputs};
 use crate::cpu::plan::Plan;
 use crate::cpu::pool::BufferPool;
@@ -269,9 +269,9 @@ impl Plan {
                 for b in leftovers {
                     pool.recycle(b);
                 }
-                r.map_err(|msg| RuntimeError::Kernel {
+                r.map_err(|error| RuntimeError::Kernel {
                     node: step.desc.clone(),
-                    msg,
+                    error,
                 })?
             };
             let n_outs = outs.len();
@@ -289,9 +289,9 @@ impl Plan {
                     (Some(_), None) => {
                         return Err(RuntimeError::Kernel {
                             node: step.desc.clone(),
-                            msg: format!(
+                            error: KernelError::invalid(format!(
                                 "result {i} is used but the kernel produced only {n_outs}"
-                            ),
+                            )),
                         })
                     }
                     (None, Some(t)) => pool.recycle(t.into_parts().1),

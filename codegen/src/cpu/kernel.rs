@@ -6,7 +6,7 @@
 //! once per node at plan compile time by a [`KernelFactory`], which sees the node (attributes,
 //! operand count) through a [`KernelSite`].
 
-use crate::cpu::error::KernelResult;
+use crate::cpu::error::{KernelError, KernelResult};
 use crate::cpu::pool::BufferPool;
 use crate::cpu::tensor::{HostTensor, TensorBuf};
 use ortho_ir::{Graph, Module, Node, NodeId};
@@ -82,10 +82,10 @@ impl<'a> Inputs<'a> {
     /// Operand `i`, which the op requires.
     pub fn req(&self, i: usize) -> KernelResult<&HostTensor> {
         match self.items.get(i) {
-            Some(In::Taken) => Err(format!("operand {i} was already consumed")),
+            Some(In::Taken) => Err(KernelError::invalid(format!("operand {i} was already consumed"))),
             _ => self
                 .get(i)
-                .ok_or_else(|| format!("missing required operand {i}")),
+                .ok_or_else(|| KernelError::invalid(format!("missing required operand {i}"))),
         }
     }
 
@@ -219,10 +219,10 @@ pub fn elementwise_f32(f: ElementwiseFn) -> Box<dyn Kernel> {
             for i in 0..n_in {
                 let t = ins.req(i)?;
                 if t.as_f32().is_none() {
-                    return Err(format!(
+                    return Err(KernelError::dtype(format!(
                         "operand {i} is {}, this kernel takes f32",
                         t.dtype()
-                    ));
+                    )));
                 }
                 shapes.push(t.shape().to_vec());
             }

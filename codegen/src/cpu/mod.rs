@@ -20,7 +20,7 @@ mod plan;
 mod pool;
 mod tensor;
 
-pub use error::{KernelResult, RuntimeError};
+pub use error::{KernelError, KernelResult, RuntimeError};
 pub use evaluator::CpuEvaluator;
 pub use exec::Profile;
 pub use kernel::{

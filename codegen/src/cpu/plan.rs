@@ -9,7 +9,7 @@
 //! `MatMul(x, Transpose(W))` with a constant 2-D `W` reads `W` with swapped strides instead of
 //! materializing the transpose (the tied embedding / LM head of Llama exports).
 
-use crate::cpu::error::RuntimeError;
+use crate::cpu::error::{KernelError, RuntimeError};
 use crate::cpu::kernel::{ExecCx, Inputs, Kernel, KernelRegistry, KernelSite};
 use crate::cpu::kernels;
 use crate::cpu::pool::BufferPool;
@@ -188,7 +188,10 @@ impl Plan {
                         .map(|o| o.name.clone())
                         .unwrap_or_default();
                     let ht = HostTensor::from_tensor_data(module.tensor(*t))
-                        .map_err(|msg| RuntimeError::Constant { name, msg })?;
+                        .map_err(|e| RuntimeError::Constant {
+                            name,
+                            msg: e.to_string(),
+                        })?;
                     if let Some(s) = first {
                         consts[s] = Some(ht);
                     }
@@ -203,9 +206,9 @@ impl Plan {
                     };
                     let default = match default {
                         Some(t) => Some(HostTensor::from_tensor_data(module.tensor(*t)).map_err(
-                            |msg| RuntimeError::Constant {
+                            |e| RuntimeError::Constant {
                                 name: out.name.clone(),
-                                msg,
+                                msg: e.to_string(),
                             },
                         )?),
                         None => None,
@@ -227,10 +230,10 @@ impl Plan {
                     )))
                 }
                 Op::Constant(_) => {
-                    let t = kernels::constant_value(&node.op, module).map_err(|msg| {
+                    let t = kernels::constant_value(&node.op, module).map_err(|error| {
                         RuntimeError::Kernel {
                             node: g.describe(n),
-                            msg,
+                            error,
                         }
                     })?;
                     if let Some(s) = first {
@@ -245,13 +248,13 @@ impl Plan {
                         opset: module.opset(op.domain()).unwrap_or(0),
                     };
                     let kernel = match opts.kernels.get(op.domain(), op.name()) {
-                        Some(f) => Some(f(&site).map_err(|msg| RuntimeError::Kernel {
+                        Some(f) => Some(f(&site).map_err(|error| RuntimeError::Kernel {
                             node: g.describe(n),
-                            msg,
+                            error,
                         })?),
-                        None => kernels::builtin(&site).map_err(|msg| RuntimeError::Kernel {
+                        None => kernels::builtin(&site).map_err(|error| RuntimeError::Kernel {
                             node: g.describe(n),
-                            msg,
+                            error,
                         })?,
                     };
                     let Some(kernel) = kernel else {
@@ -534,9 +537,9 @@ fn fold_constants(
             let mut cx = ExecCx { pool, threads };
             b.kernel
                 .run(&mut cx, &mut ins)
-                .map_err(|msg| RuntimeError::Kernel {
+                .map_err(|error| RuntimeError::Kernel {
                     node: b.desc.clone(),
-                    msg,
+                    error,
                 })?
         };
         let mut outs = outs.into_iter();
@@ -547,7 +550,7 @@ fn fold_constants(
             } else if s.is_some_and(|s| is_output[s]) {
                 return Err(RuntimeError::Kernel {
                     node: b.desc.clone(),
-                    msg: "the kernel returned fewer results than the node has".into(),
+                    error: KernelError::invalid("the kernel returned fewer results than the node has"),
                 });
             }
         }

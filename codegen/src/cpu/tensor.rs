@@ -5,7 +5,8 @@
 //! `u16`. The [`Elem`] trait maps a Rust type to its variant, which lets kernels be written
 //! once, generically, and dispatched by dtype.
 
-use crate::cpu::error::RuntimeError;
+use crate::cpu::error::{KernelError, KernelResult, RuntimeError};
+use ortho_ir::semantics::size::checked_numel;
 use ortho_ir::{DType, TensorData};
 
 /// An IEEE half-precision value, stored as its bits.
@@ -452,18 +453,18 @@ impl TensorBuf {
     }
 
     /// Decodes little-endian element bytes.
-    pub fn from_le_bytes(dtype: DType, b: &[u8]) -> Result<TensorBuf, String> {
-        fn rd<T: Elem>(b: &[u8]) -> Result<TensorBuf, String> {
+    pub fn from_le_bytes(dtype: DType, b: &[u8]) -> KernelResult<TensorBuf> {
+        fn rd<T: Elem>(b: &[u8]) -> KernelResult<TensorBuf> {
             if b.len() % T::SIZE != 0 {
-                return Err(format!(
+                return Err(KernelError::size(format!(
                     "{} bytes is not a multiple of the element size {}",
                     b.len(),
                     T::SIZE
-                ));
+                )));
             }
             Ok(T::wrap(b.chunks_exact(T::SIZE).map(T::read_le).collect()))
         }
-        with_dtype!(dtype, T => rd::<T>(b), _ => Err(format!("dtype {dtype} is not supported by the CPU engine")))
+        with_dtype!(dtype, T => rd::<T>(b), _ => Err(KernelError::dtype(format!("dtype {dtype} is not supported by the CPU engine"))))
     }
 
     /// Little-endian element bytes.
@@ -482,7 +483,7 @@ pub struct HostTensor {
 impl HostTensor {
     /// A tensor from a shape and data; the element count must match the shape.
     pub fn new(shape: Vec<usize>, buf: TensorBuf) -> Result<HostTensor, RuntimeError> {
-        let n: usize = shape.iter().product();
+        let n = checked_numel(&shape).map_err(|e| RuntimeError::Tensor(e.to_string()))?;
         if n != buf.len() {
             return Err(RuntimeError::Tensor(format!(
                 "shape {shape:?} needs {n} elements, the data has {}",
@@ -492,9 +493,9 @@ impl HostTensor {
         Ok(HostTensor { shape, buf })
     }
 
-    /// Like `new`, for kernels: the error is a plain message.
-    pub fn make(shape: Vec<usize>, buf: TensorBuf) -> Result<HostTensor, String> {
-        HostTensor::new(shape, buf).map_err(|e| e.to_string())
+    /// Like `new`, for kernels: the error is a [`KernelError`].
+    pub fn make(shape: Vec<usize>, buf: TensorBuf) -> KernelResult<HostTensor> {
+        Ok(HostTensor::new(shape, buf)?)
     }
 
     pub fn from_vec<T: Elem>(shape: Vec<usize>, v: Vec<T>) -> Result<HostTensor, RuntimeError> {
@@ -510,7 +511,7 @@ impl HostTensor {
 
     /// A tensor of zeros (false, 0, +0.0).
     pub fn zeros(dtype: DType, shape: Vec<usize>) -> Result<HostTensor, RuntimeError> {
-        let n: usize = shape.iter().product();
+        let n = checked_numel(&shape).map_err(|e| RuntimeError::Tensor(e.to_string()))?;
         let buf = with_dtype!(dtype, T => T::wrap(vec![T::default(); n]),
             _ => return Err(RuntimeError::Tensor(format!("dtype {dtype} is not supported by the CPU engine"))));
         Ok(HostTensor { shape, buf })
@@ -535,7 +536,7 @@ impl HostTensor {
         (self.shape, self.buf)
     }
     /// The same data under another shape with the same element count.
-    pub fn reshaped(self, shape: Vec<usize>) -> Result<HostTensor, String> {
+    pub fn reshaped(self, shape: Vec<usize>) -> KernelResult<HostTensor> {
         HostTensor::make(shape, self.buf)
     }
 
@@ -564,15 +565,18 @@ impl HostTensor {
     }
 
     /// Decodes an IR constant (inline or memory-mapped) into typed host data.
-    pub fn from_tensor_data(t: &TensorData) -> Result<HostTensor, String> {
+    pub fn from_tensor_data(t: &TensorData) -> KernelResult<HostTensor> {
         let shape = t
             .dims
             .iter()
-            .map(|&d| usize::try_from(d).map_err(|_| format!("negative dimension {d}")))
+            .map(|&d| {
+                usize::try_from(d)
+                    .map_err(|_| KernelError::shape(format!("negative dimension {d}")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        let bytes = t
-            .bytes()
-            .ok_or_else(|| "its data is not available (elided or string)".to_string())?;
+        let bytes = t.bytes().ok_or(KernelError::unsupported(
+            "its data is not available (elided or string)",
+        ))?;
         let buf = TensorBuf::from_le_bytes(t.dtype, bytes)?;
         HostTensor::make(shape, buf)
     }
@@ -587,7 +591,9 @@ impl HostTensor {
     }
 }
 
-/// The product of a shape's dims.
+/// The product of a shape's dims, for the shape of a tensor that exists (its element count fits,
+/// being the length of its buffer). A shape computed from operands goes through
+/// [`ortho_ir::semantics::size::checked_numel`] first.
 pub fn numel(shape: &[usize]) -> usize {
     shape.iter().product()
 }

@@ -210,7 +210,7 @@ pub fn is_embedding(m: &Module, g: &Graph, n: NodeId) -> bool {
     let Op::Gather(a) = &node.op else {
         return false;
     };
-    if a.axis.unwrap_or(0) != 0 {
+    if a.axis() != 0 {
         return false;
     }
     node.operand(0)

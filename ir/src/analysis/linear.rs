@@ -106,7 +106,7 @@ pub fn match_linear(m: &Module, g: &Graph, n: NodeId) -> Option<Linear> {
             None,
         ),
         Op::Gemm(a) => {
-            if a.trans_a.unwrap_or(0) != 0 {
+            if a.trans_a() != 0 {
                 return None;
             }
             let bias = match node.operand(2) {
@@ -125,7 +125,7 @@ pub fn match_linear(m: &Module, g: &Graph, n: NodeId) -> Option<Linear> {
                 LinearOp::Gemm,
                 node.operand(0)?,
                 node.operand(1)?,
-                a.trans_b.unwrap_or(0) != 0,
+                a.trans_b() != 0,
                 bias,
             )
         }

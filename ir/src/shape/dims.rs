@@ -5,6 +5,7 @@
 //! precise than `Unknown`. Two different symbols may still be equal at run time, so they never
 //! conflict; only two different fixed sizes do.
 
+use crate::semantics;
 use crate::types::{DType, Dim, TensorType, Type};
 
 /// Builds a tensor type; an unknown dtype with no shape carries no information at all.
@@ -22,71 +23,27 @@ pub(crate) fn fmt_shape(dims: &[Dim]) -> String {
     format!("[{}]", parts.join(", "))
 }
 
-/// Normalizes an axis that may be negative against `rank`.
-pub(crate) fn axis(a: i64, rank: usize, what: &str) -> Result<usize, String> {
-    let r = rank as i64;
-    let n = if a < 0 { a + r } else { a };
-    if n < 0 || n >= r {
-        Err(format!("{what} {a} is out of range for rank {rank}"))
-    } else {
-        Ok(n as usize)
-    }
+/// Normalizes an axis that may be negative against `rank` (the rule is
+/// [`crate::semantics::axis`]; `what` names the attribute in the message).
+pub(crate) fn axis(a: i64, rank: usize, what: &'static str) -> Result<usize, String> {
+    semantics::axis::norm_axis_named(what, a, rank).map_err(|e| e.to_string())
 }
 
 /// A split point in `0..=rank` (`Flatten`); a negative value counts from the end, so `-1`
 /// is `rank - 1`, not `rank`.
-pub(crate) fn split_point(a: i64, rank: usize, what: &str) -> Result<usize, String> {
-    let r = rank as i64;
-    let n = if a < 0 { a + r } else { a };
-    if n < 0 || n > r {
-        Err(format!(
-            "{what} {a} is out of range for rank {rank} (allowed: -{rank}..={rank})"
-        ))
-    } else {
-        Ok(n as usize)
-    }
-}
-
-/// Multidirectional (numpy) broadcasting of one pair of dimensions.
-pub(crate) fn broadcast_dim(a: &Dim, b: &Dim) -> Result<Dim, String> {
-    use Dim::*;
-    Ok(match (a, b) {
-        (Fixed(1), x) | (x, Fixed(1)) => x.clone(),
-        (Fixed(x), Fixed(y)) if x == y => Fixed(*x),
-        (Fixed(x), Fixed(y)) => return Err(format!("dimensions {x} and {y} do not broadcast")),
-        // A symbol is either 1 or equal to the fixed size; either way the result is that size.
-        (Fixed(x), _) | (_, Fixed(x)) => Fixed(*x),
-        (Sym(s), Sym(t)) if s == t => Sym(s.clone()),
-        // Either side may be 1 at run time, so nothing can be said.
-        _ => Unknown,
-    })
+pub(crate) fn split_point(a: i64, rank: usize, what: &'static str) -> Result<usize, String> {
+    semantics::axis::split_point(what, a, rank).map_err(|e| e.to_string())
 }
 
 /// Broadcasts two shapes (aligned at the right).
 pub(crate) fn broadcast(a: &[Dim], b: &[Dim]) -> Result<Vec<Dim>, String> {
-    let n = a.len().max(b.len());
-    let one = Dim::Fixed(1);
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let da = if i + a.len() >= n {
-            &a[i + a.len() - n]
-        } else {
-            &one
-        };
-        let db = if i + b.len() >= n {
-            &b[i + b.len() - n]
-        } else {
-            &one
-        };
-        out.push(broadcast_dim(da, db).map_err(|e| {
-            format!(
-                "shapes {} and {} do not broadcast: {e}",
-                fmt_shape(a),
-                fmt_shape(b)
-            )
-        })?);
-    }
-    Ok(out)
+    semantics::broadcast::broadcast_symbolic(a, b).map_err(|(x, y)| {
+        format!(
+            "shapes {} and {} do not broadcast: dimensions {x} and {y} do not broadcast",
+            fmt_shape(a),
+            fmt_shape(b)
+        )
+    })
 }
 
 /// Two dimensions that must be equal (a contraction, a concatenation's other axes): the more
@@ -309,6 +266,7 @@ pub(crate) fn dtype_from_onnx(code: i64) -> DType {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::semantics::broadcast::broadcast_dim;
     use Dim::*;
 
     fn s(x: &str) -> Dim {

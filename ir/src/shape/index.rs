@@ -16,7 +16,7 @@ pub(crate) fn gather(cx: &NodeCx, at: &attrs::Gather) -> Infer {
     let (Some(data), Some(idx)) = (cx.shape(0), cx.shape(1)) else {
         return Ok(vec![tensor(dtype, None)]);
     };
-    let a = axis(at.axis.unwrap_or(0), data.len(), "axis")?;
+    let a = axis(at.axis(), data.len(), "axis")?;
     if let (Dim::Fixed(d @ 0..), Some(vals)) = (&data[a], cx.ints(1)) {
         if let Some(bad) = vals.iter().find(|&&i| i < -d || i >= *d) {
             return Err(format!(
@@ -48,7 +48,7 @@ pub(crate) fn gather_nd(cx: &NodeCx, at: &attrs::GatherND) -> Infer {
     let (Some(data), Some(idx)) = (cx.shape(0), cx.shape(1)) else {
         return Ok(vec![tensor(dtype, None)]);
     };
-    let b = usize::try_from(at.batch_dims.unwrap_or(0))
+    let b = usize::try_from(at.batch_dims())
         .map_err(|_| "batch_dims must be ≥ 0".to_string())?;
     let Some((last, lead)) = idx.split_last() else {
         return Err("indices must have rank ≥ 1".into());
@@ -76,19 +76,13 @@ pub(crate) fn gather_nd(cx: &NodeCx, at: &attrs::GatherND) -> Infer {
 /// The number of elements and the first index selected by `start:end:step` on an axis of
 /// size `d`, with ONNX's clamping of out-of-range bounds.
 pub(crate) fn slice_range(d: i64, start: i64, end: i64, step: i64) -> (i64, i64) {
-    if d <= 0 || step == 0 {
+    let Ok(dim) = usize::try_from(d) else {
         return (0, 0);
-    }
-    let norm = |x: i64| if x < 0 { x.saturating_add(d) } else { x };
-    let (s, e) = if step > 0 {
-        (norm(start).clamp(0, d), norm(end).clamp(0, d))
-    } else {
-        (norm(start).clamp(0, d - 1), norm(end).clamp(-1, d - 1))
     };
-    let span = if step > 0 { e - s } else { s - e };
-    let abs = i64::try_from(step.unsigned_abs()).unwrap_or(i64::MAX);
-    let count = if span <= 0 { 0 } else { 1 + (span - 1) / abs };
-    (count, s)
+    match crate::semantics::slice::slice_axis(dim, start, end, step) {
+        Ok(p) => (p.len as i64, p.start),
+        Err(_) => (0, 0),
+    }
 }
 
 /// The parameters of a `Slice` node, per sliced axis, when they are all known.
@@ -188,11 +182,8 @@ pub(crate) fn slice(cx: &NodeCx) -> Infer {
 
 /// The `[start, end)` range of dimensions a `Shape` node reports, for a rank-`r` input.
 pub(crate) fn shape_range(at: &attrs::Shape, r: usize) -> (usize, usize) {
-    let r = r as i64;
-    let norm = |x: i64| (if x < 0 { x + r } else { x }).clamp(0, r) as usize;
-    let s = norm(at.start.unwrap_or(0));
-    let e = norm(at.end.unwrap_or(r));
-    (s, e.max(s))
+    let range = crate::semantics::axis::shape_range(r, at.start, at.end);
+    (range.start, range.end)
 }
 
 pub(crate) fn shape(cx: &NodeCx, at: &attrs::Shape) -> Infer {
@@ -304,7 +295,7 @@ pub(crate) fn one_hot(cx: &NodeCx, at: &attrs::OneHot) -> Infer {
     let Some(idx) = cx.shape(0) else {
         return Ok(vec![tensor(dtype, None)]);
     };
-    let a = axis(at.axis.unwrap_or(-1), idx.len() + 1, "axis")?;
+    let a = axis(at.axis(), idx.len() + 1, "axis")?;
     let depth = scalar(cx, 1).unwrap_or(Dim::Unknown);
     let mut out = idx.to_vec();
     out.insert(a, depth);

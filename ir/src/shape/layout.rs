@@ -24,7 +24,7 @@ fn unknown_rank(dtype: DType, rank: Option<usize>) -> Type {
 
 pub(crate) fn reshape(cx: &NodeCx, at: &attrs::Reshape) -> Infer {
     let dtype = cx.dtype(0);
-    let allowzero = at.allowzero.unwrap_or(0) != 0;
+    let allowzero = at.allowzero() != 0;
     let Some(target) = cx.value(1) else {
         return Ok(vec![unknown_rank(dtype, operand_len(cx, 1))]);
     };
@@ -219,7 +219,7 @@ pub(crate) fn flatten(cx: &NodeCx, at: &attrs::Flatten) -> Infer {
     let Some(shape) = cx.shape(0) else {
         return Ok(vec![unknown_rank(dtype, Some(2))]);
     };
-    let a = split_point(at.axis.unwrap_or(1), shape.len(), "axis")?;
+    let a = split_point(at.axis(), shape.len(), "axis")?;
     let (l, r) = shape.split_at(a);
     Ok(vec![tensor(
         dtype,
@@ -313,7 +313,7 @@ pub(crate) fn split(cx: &NodeCx, at: &attrs::Split) -> Infer {
     let Some(shape) = cx.shape(0) else {
         return Ok(vec![tensor(dtype, None); n]);
     };
-    let a = axis(at.axis.unwrap_or(0), shape.len(), "axis")?;
+    let a = axis(at.axis(), shape.len(), "axis")?;
     let sizes: Option<Vec<Dim>> = match (&at.split, cx.has(1)) {
         (Some(s), _) => Some(s.iter().map(|&x| Dim::Fixed(x)).collect()),
         (None, true) => cx.value(1).map(<[Dim]>::to_vec),

@@ -68,12 +68,12 @@ pub(crate) fn gemm(cx: &NodeCx, at: &attrs::Gemm) -> Infer {
             fmt_shape(b)
         ));
     }
-    let (m, ka) = if at.trans_a.unwrap_or(0) != 0 {
+    let (m, ka) = if at.trans_a() != 0 {
         (&a[1], &a[0])
     } else {
         (&a[0], &a[1])
     };
-    let (kb, n) = if at.trans_b.unwrap_or(0) != 0 {
+    let (kb, n) = if at.trans_b() != 0 {
         (&b[1], &b[0])
     } else {
         (&b[0], &b[1])
@@ -97,11 +97,11 @@ pub(crate) fn gemm(cx: &NodeCx, at: &attrs::Gemm) -> Infer {
 /// the normalized ones, in the `stash_type` element type.
 pub(crate) fn layer_norm(cx: &NodeCx, at: &attrs::LayerNormalization) -> Infer {
     let x = cx.ty(0).clone();
-    let stash = dtype_from_onnx(at.stash_type.unwrap_or(1));
+    let stash = dtype_from_onnx(at.stash_type());
     let Some(shape) = cx.shape(0) else {
         return Ok(vec![x, tensor(stash, None), tensor(stash, None)]);
     };
-    let ax = axis(at.axis.unwrap_or(-1), shape.len(), "axis")?;
+    let ax = axis(at.axis(), shape.len(), "axis")?;
     let stats: Vec<Dim> = shape
         .iter()
         .enumerate()
@@ -117,7 +117,7 @@ pub(crate) fn layer_norm(cx: &NodeCx, at: &attrs::LayerNormalization) -> Infer {
 /// `RMSNormalization` (opset 23): Y has X's shape and the scale's element type (`V`).
 pub(crate) fn rms_norm(cx: &NodeCx, at: &attrs::RMSNormalization) -> Infer {
     if let Some(r) = cx.shape(0).map(<[Dim]>::len) {
-        axis(at.axis.unwrap_or(-1), r, "axis")?;
+        axis(at.axis(), r, "axis")?;
     }
     let dtype = if cx.dtype(1) != DType::Undefined {
         cx.dtype(1)

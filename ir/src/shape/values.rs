@@ -66,7 +66,7 @@ fn compute(cx: &NodeCx) -> Option<Vec<Dim>> {
         | Op::Flatten(_) => cx.value(0).map(<[Dim]>::to_vec),
         Op::Gather(a) => {
             let data = cx.value(0)?;
-            if cx.shape(0).map(<[Dim]>::len) != Some(1) || !matches!(a.axis.unwrap_or(0), 0 | -1) {
+            if cx.shape(0).map(<[Dim]>::len) != Some(1) || !matches!(a.axis(), 0 | -1) {
                 return None;
             }
             let n = data.len() as i64;

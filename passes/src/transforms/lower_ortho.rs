@@ -98,7 +98,8 @@ fn any_ortho_ops(m: &Module) -> bool {
     })
 }
 
-/// The shape two f32 operands broadcast to, as far as it is known without a verifier.
+/// The shape two f32 operands broadcast to (`ortho_ir::semantics::broadcast`), as far as it is
+/// known without a verifier: conflicting fixed sizes leave every dim unknown.
 fn broadcast(a: &Type, b: &Type) -> Type {
     let (Some(x), Some(y)) = (
         a.as_tensor().and_then(|t| t.shape.as_ref()),
@@ -106,27 +107,8 @@ fn broadcast(a: &Type, b: &Type) -> Type {
     ) else {
         return Type::Unknown;
     };
-    let n = x.len().max(y.len());
-    let one = Dim::Fixed(1);
-    let dims = (0..n)
-        .map(|i| {
-            let dx = if i + x.len() >= n {
-                &x[i + x.len() - n]
-            } else {
-                &one
-            };
-            let dy = if i + y.len() >= n {
-                &y[i + y.len() - n]
-            } else {
-                &one
-            };
-            match (dx, dy) {
-                (d, e) if d == e => d.clone(),
-                (Dim::Fixed(1), d) | (d, Dim::Fixed(1)) => d.clone(),
-                _ => Dim::Unknown,
-            }
-        })
-        .collect();
+    let dims = ortho_ir::semantics::broadcast::broadcast_symbolic(x, y)
+        .unwrap_or_else(|_| vec![Dim::Unknown; x.len().max(y.len())]);
     Type::tensor(ortho_ir::DType::F32, dims)
 }
 

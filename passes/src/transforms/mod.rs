@@ -7,7 +7,6 @@ pub mod dce;
 pub mod denoise;
 pub mod denoise_prune;
 pub mod denoise_rotate;
-pub(crate) mod fold;
 pub mod fold_norms;
 pub mod fuse_elementwise;
 pub mod gauge_verify;

@@ -7,7 +7,7 @@
 
 use super::matmul::{gemm_into, Mat};
 use super::reduce::softmax_inplace_f32;
-use crate::cpu::error::KernelResult;
+use crate::cpu::error::{KernelError, KernelResult};
 use crate::cpu::kernel::{ExecCx, Inputs};
 use crate::cpu::tensor::{HostTensor, TensorBuf};
 use rayon::prelude::*;
@@ -46,12 +46,12 @@ fn view(t: &HostTensor, heads: Option<usize>, what: &str) -> KernelResult<View> 
             ss: s[3],
         }),
         3 => {
-            let h = heads.ok_or_else(|| format!("3-D {what} needs the number of heads"))?;
+            let h = heads.ok_or_else(|| KernelError::shape(format!("3-D {what} needs the number of heads")))?;
             if h == 0 || s[2] % h != 0 {
-                return Err(format!(
+                return Err(KernelError::shape(format!(
                     "{what} hidden size {} is not a multiple of {h} heads",
                     s[2]
-                ));
+                )));
             }
             let d = s[2] / h;
             Ok(View {
@@ -64,7 +64,7 @@ fn view(t: &HostTensor, heads: Option<usize>, what: &str) -> KernelResult<View> 
                 ss: s[2],
             })
         }
-        r => Err(format!("{what} must be 3-D or 4-D, got rank {r}")),
+        r => Err(KernelError::shape(format!("{what} must be 3-D or 4-D, got rank {r}"))),
     }
 }
 
@@ -86,12 +86,12 @@ fn to_bhsd(x: &[f32], v: View) -> Vec<f32> {
 fn with_past(past: &HostTensor, new: &[f32], v: View, what: &str) -> KernelResult<Vec<f32>> {
     let p = past.shape();
     if p.len() != 4 || p[0] != v.b || p[1] != v.h || p[3] != v.d {
-        return Err(format!(
+        return Err(KernelError::shape(format!(
             "past_{what} of shape {p:?} does not match {what} [{}, {}, _, {}]",
             v.b, v.h, v.d
-        ));
+        )));
     }
-    let pd = past.as_f32().ok_or("past must be f32")?;
+    let pd = past.as_f32().ok_or(KernelError::dtype("past must be f32"))?;
     let mut out = Vec::with_capacity(pd.len() + v.b * v.h * v.s * v.d);
     for b in 0..v.b {
         for h in 0..v.h {
@@ -139,32 +139,32 @@ fn attention_f32(
     want_qk: bool,
 ) -> KernelResult<Vec<HostTensor>> {
     if want_qk {
-        return Err("the qk_matmul_output result is not supported".into());
+        return Err(KernelError::unsupported("the qk_matmul_output result is not supported"));
     }
     let (q, k, v) = (ins.req(0)?, ins.req(1)?, ins.req(2)?);
     let (qd, kd, vd) = (
         q.as_f32()
-            .ok_or_else(|| format!("Attention is implemented for f32, got {}", q.dtype()))?,
-        k.as_f32().ok_or("K must be f32")?,
-        v.as_f32().ok_or("V must be f32")?,
+            .ok_or_else(|| KernelError::dtype(format!("Attention is implemented for f32, got {}", q.dtype())))?,
+        k.as_f32().ok_or(KernelError::dtype("K must be f32"))?,
+        v.as_f32().ok_or(KernelError::dtype("V must be f32"))?,
     );
     let three_d = q.rank() == 3;
     let qv = view(q, a.q_heads, "Q")?;
     let mut kv = view(k, a.kv_heads, "K")?;
     let mut vv = view(v, a.kv_heads, "V")?;
     if qv.b != kv.b || kv.b != vv.b || qv.d != kv.d || kv.s != vv.s || kv.h != vv.h {
-        return Err(format!(
+        return Err(KernelError::shape(format!(
             "Q {:?}, K {:?} and V {:?} do not fit together",
             q.shape(),
             k.shape(),
             v.shape()
-        ));
+        )));
     }
     if kv.h == 0 || qv.h % kv.h != 0 {
-        return Err(format!(
+        return Err(KernelError::invalid(format!(
             "{} query heads are not a multiple of {} KV heads",
             qv.h, kv.h
-        ));
+        )));
     }
     let (past_k, past_v) = (ins.get(4), ins.get(5));
     let past_len = past_k
@@ -194,7 +194,7 @@ fn attention_f32(
             (&k_full, &v_full)
         }
         (None, None) => (kd, vd),
-        _ => return Err("past_key and past_value must be given together".into()),
+        _ => return Err(KernelError::invalid("past_key and past_value must be given together")),
     };
     let (bsz, hq, sq, t, dv) = (qv.b, qv.h, qv.s, kv.s, vv.d);
     let rep = hq / kv.h;
@@ -207,7 +207,7 @@ fn attention_f32(
         Some(m) => {
             let ms = m.shape();
             if ms.len() > 4 || ms.is_empty() {
-                return Err(format!("attn_mask of rank {} is not supported", ms.len()));
+                return Err(KernelError::unsupported(format!("attn_mask of rank {} is not supported", ms.len())));
             }
             let mut shape4 = vec![1usize; 4 - ms.len()];
             shape4.extend_from_slice(ms);
@@ -222,15 +222,15 @@ fn attention_f32(
                     mstride[3] = st[3];
                     mask_len = shape4[3];
                 } else if shape4[i] != 1 {
-                    return Err(format!(
+                    return Err(KernelError::dtype(format!(
                         "attn_mask of shape {ms:?} does not broadcast to {full:?}"
-                    ));
+                    )));
                 }
             }
             match m.buf() {
                 TensorBuf::Bool(b) => (None, Some(b.as_slice()), mstride),
                 TensorBuf::F32(f) => (Some(f.as_slice()), None, mstride),
-                _ => return Err(format!("attn_mask must be bool or f32, got {}", m.dtype())),
+                _ => return Err(KernelError::dtype(format!("attn_mask must be bool or f32, got {}", m.dtype()))),
             }
         }
     };
@@ -238,7 +238,7 @@ fn attention_f32(
     // key i + offset, offset = the past length, or nonpad − S for an external cache.
     let nonpad: Option<Vec<i64>> = ins.get(6).map(|t| t.to_i64_vec());
     if nonpad.as_ref().is_some_and(|v| v.len() != bsz) {
-        return Err("nonpad_kv_seqlen must hold one length per batch".into());
+        return Err(KernelError::shape("nonpad_kv_seqlen must hold one length per batch"));
     }
     let threads = cx.threads;
     let mut out = cx.pool.alloc::<f32>(bsz * hq * sq * dv);

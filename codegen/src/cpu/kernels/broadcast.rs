@@ -7,24 +7,12 @@
 use crate::cpu::error::KernelResult;
 use crate::cpu::kernel::ExecCx;
 use crate::cpu::tensor::{strides, Elem};
+use ortho_ir::semantics;
 use rayon::prelude::*;
 
-/// The broadcast shape of several shapes.
+/// The broadcast shape of several shapes (the rule is `ortho_ir::semantics::broadcast`).
 pub fn broadcast_shapes(shapes: &[&[usize]]) -> KernelResult<Vec<usize>> {
-    let rank = shapes.iter().map(|s| s.len()).max().unwrap_or(0);
-    let mut out = vec![1usize; rank];
-    for s in shapes {
-        let off = rank - s.len();
-        for (i, &d) in s.iter().enumerate() {
-            let o = &mut out[off + i];
-            if *o == 1 {
-                *o = d;
-            } else if d != 1 && d != *o {
-                return Err(format!("shapes {:?} do not broadcast", shapes));
-            }
-        }
-    }
-    Ok(out)
+    Ok(semantics::broadcast::broadcast_shapes(shapes)?)
 }
 
 /// A walk over a broadcast output: `outer` runs of `inner` elements.

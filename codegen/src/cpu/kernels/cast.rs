@@ -1,20 +1,34 @@
 //! Cast, Where and Clip.
 
 use super::broadcast::{broadcast_shapes, fill_runs, Walk};
-use crate::cpu::error::KernelResult;
+use crate::cpu::error::{KernelError, KernelResult};
 use crate::cpu::kernel::{ExecCx, Inputs};
 use crate::cpu::tensor::{numel, Elem, HostTensor};
 use ortho_ir::DType;
 
 fn convert<S: Elem, D: Elem>(cx: &mut ExecCx<'_>, x: &HostTensor) -> KernelResult<HostTensor> {
-    let src = x.data::<S>().ok_or("dtype")?;
+    let src = x.data::<S>().ok_or(KernelError::dtype("dtype"))?;
     let mut out = cx.pool.alloc::<D>(src.len());
     // Integer ↔ integer (and bool) conversions go through i64 so that large values stay exact;
-    // anything involving a float goes through f64 (float → integer truncates toward zero).
+    // float sources go through f64 (float → integer truncates toward zero and saturates; the
+    // constant folder leaves out-of-range and NaN conversions, which ONNX leaves undefined, to
+    // this kernel).
     let int_like = |d: DType| d.is_int() || d == DType::Bool;
     if int_like(S::DTYPE) && int_like(D::DTYPE) {
         for (o, v) in out.iter_mut().zip(src) {
             *o = D::from_i64(v.to_i64());
+        }
+    } else if int_like(S::DTYPE) {
+        // Integer → float converts straight from the integer, so the value is rounded once
+        // (i64 → f64 → f32 would round twice above 2^53, and disagree with the constant
+        // folder). A u64 above i64::MAX reads negative as i64; it goes through f64.
+        for (o, v) in out.iter_mut().zip(src) {
+            let i = v.to_i64();
+            *o = if S::DTYPE == DType::U64 && i < 0 {
+                D::from_f64(v.to_f64())
+            } else {
+                D::from_i64(i)
+            };
         }
     } else {
         for (o, v) in out.iter_mut().zip(src) {
@@ -35,8 +49,8 @@ pub fn cast(cx: &mut ExecCx<'_>, x: &HostTensor, to: DType) -> KernelResult<Host
     }
     let from = x.dtype();
     crate::with_dtype!(from, S => crate::with_dtype!(to, D => convert::<S, D>(cx, x),
-        _ => Err(format!("cast to {to} is not supported"))),
-        _ => Err(format!("cast from {from} is not supported")))
+        _ => Err(KernelError::unsupported(format!("cast to {to} is not supported")))),
+        _ => Err(KernelError::unsupported(format!("cast from {from} is not supported"))))
 }
 
 pub fn cast_kernel(
@@ -53,9 +67,9 @@ fn where_typed<T: Elem>(
     x: &HostTensor,
     y: &HostTensor,
 ) -> KernelResult<HostTensor> {
-    let cd = c.data::<bool>().ok_or("condition must be bool")?;
-    let xd = x.data::<T>().ok_or("dtype")?;
-    let yd = y.data::<T>().ok_or("dtype")?;
+    let cd = c.data::<bool>().ok_or(KernelError::dtype("condition must be bool"))?;
+    let xd = x.data::<T>().ok_or(KernelError::dtype("dtype"))?;
+    let yd = y.data::<T>().ok_or(KernelError::dtype("dtype"))?;
     let shape = broadcast_shapes(&[c.shape(), x.shape(), y.shape()])?;
     let walk = Walk::new(&shape, &[c.shape(), x.shape(), y.shape()]);
     let (sc, sx, sy) = (
@@ -79,10 +93,10 @@ fn where_typed<T: Elem>(
 pub fn where_kernel(cx: &mut ExecCx<'_>, ins: &mut Inputs<'_>) -> KernelResult<Vec<HostTensor>> {
     let (c, x, y) = (ins.req(0)?, ins.req(1)?, ins.req(2)?);
     if x.dtype() != y.dtype() {
-        return Err(format!("X is {} and Y is {}", x.dtype(), y.dtype()));
+        return Err(KernelError::dtype(format!("X is {} and Y is {}", x.dtype(), y.dtype())));
     }
     let d = x.dtype();
-    let r = crate::with_dtype!(d, T => where_typed::<T>(cx, c, x, y), _ => Err(format!("not defined for {d}")))?;
+    let r = crate::with_dtype!(d, T => where_typed::<T>(cx, c, x, y), _ => Err(KernelError::dtype(format!("not defined for {d}"))))?;
     Ok(vec![r])
 }
 
@@ -115,10 +129,10 @@ pub fn clip(
     let bound = |i: usize, attr: Option<f32>| -> KernelResult<Option<f64>> {
         match ins.get(i) {
             Some(t) if t.numel() == 1 => Ok(t.to_f64_vec().first().copied()),
-            Some(t) => Err(format!(
+            Some(t) => Err(KernelError::shape(format!(
                 "min/max must be scalars, got shape {:?}",
                 t.shape()
-            )),
+            ))),
             None => Ok(attr.map(|v| v as f64)),
         }
     };
@@ -129,7 +143,7 @@ pub fn clip(
             clip_typed::<f32>(cx, t[0], lo.map(|v| v as f32), hi.map(|v| v as f32))
         }),
         _ => {
-            crate::with_dtype!(d, T => clip_typed::<T>(cx, x, lo.map(T::from_f64), hi.map(T::from_f64)), _ => Err(format!("not defined for {d}")))
+            crate::with_dtype!(d, T => clip_typed::<T>(cx, x, lo.map(T::from_f64), hi.map(T::from_f64)), _ => Err(KernelError::dtype(format!("not defined for {d}"))))
         }
     }?;
     Ok(vec![r])

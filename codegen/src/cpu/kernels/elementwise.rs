@@ -4,7 +4,7 @@
 //! computed in f32 and rounded back once, as onnxruntime does.
 
 use super::broadcast::{broadcast_shapes, fill_flat, fill_runs, Walk};
-use crate::cpu::error::KernelResult;
+use crate::cpu::error::{KernelError, KernelResult};
 use crate::cpu::kernel::{ExecCx, Inputs};
 use crate::cpu::tensor::{numel, Elem, HostTensor, TensorBuf, BF16, F16};
 use ortho_ir::DType;
@@ -18,10 +18,10 @@ pub fn map2<A: Elem, B: Elem, O: Elem>(
 ) -> KernelResult<HostTensor> {
     let ad = a
         .data::<A>()
-        .ok_or_else(|| format!("expected {} operand, got {}", A::DTYPE, a.dtype()))?;
+        .ok_or_else(|| KernelError::dtype(format!("expected {} operand, got {}", A::DTYPE, a.dtype())))?;
     let bd = b
         .data::<B>()
-        .ok_or_else(|| format!("expected {} operand, got {}", B::DTYPE, b.dtype()))?;
+        .ok_or_else(|| KernelError::dtype(format!("expected {} operand, got {}", B::DTYPE, b.dtype())))?;
     let out_shape = broadcast_shapes(&[a.shape(), b.shape()])?;
     let n = numel(&out_shape);
     let mut out = cx.pool.alloc::<O>(n);
@@ -83,12 +83,12 @@ fn map2_f32_inplace(
     b: &HostTensor,
     f: impl Fn(f32, f32) -> f32 + Sync + Send + Copy,
 ) -> KernelResult<HostTensor> {
-    let bd = b.as_f32().ok_or("expected f32 operand")?;
+    let bd = b.as_f32().ok_or(KernelError::dtype("expected f32 operand"))?;
     let shape = a.shape().to_vec();
     let walk = Walk::new(&shape, &[&shape, b.shape()]);
     let sb = walk.inner_strides[1];
     let threads = cx.threads;
-    let ad = a.data_mut::<f32>().ok_or("expected f32 operand")?;
+    let ad = a.data_mut::<f32>().ok_or(KernelError::dtype("expected f32 operand"))?;
     let cx2 = ExecCx {
         pool: cx.pool,
         threads,
@@ -255,7 +255,7 @@ pub fn widen_half(t: &HostTensor) -> Option<HostTensor> {
 pub fn narrow_half(t: HostTensor, to: DType) -> KernelResult<HostTensor> {
     let (shape, buf) = t.into_parts();
     let TensorBuf::F32(v) = buf else {
-        return Err("expected f32".into());
+        return Err(KernelError::dtype("expected f32"));
     };
     let buf = match to {
         DType::F16 => TensorBuf::F16(v.iter().map(|&x| F16::from_f32(x)).collect()),
@@ -325,7 +325,7 @@ pub fn arith(
         return arith_dispatch(cx, op, a, &e).map(|t| vec![t]);
     }
     if da != db {
-        return Err(format!("operand dtypes differ: {da} and {db}"));
+        return Err(KernelError::dtype(format!("operand dtypes differ: {da} and {db}")));
     }
     arith_dispatch(cx, op, a, b).map(|t| vec![t])
 }
@@ -351,7 +351,7 @@ fn arith_dispatch(
         DType::U16 => arith_typed::<u16>(cx, op, a, b),
         DType::U32 => arith_typed::<u32>(cx, op, a, b),
         DType::U64 => arith_typed::<u64>(cx, op, a, b),
-        d => Err(format!("{op:?} is not defined for {d}")),
+        d => Err(KernelError::dtype(format!("{op:?} is not defined for {d}"))),
     }
 }
 
@@ -388,19 +388,19 @@ pub fn compare(
     let a = ins.req(0)?;
     let b = ins.req(1)?;
     if a.dtype() != b.dtype() {
-        return Err(format!(
+        return Err(KernelError::dtype(format!(
             "operand dtypes differ: {} and {}",
             a.dtype(),
             b.dtype()
-        ));
+        )));
     }
     let r = match a.dtype() {
         DType::F16 | DType::BF16 => {
-            let (wa, wb) = (widen_half(a).ok_or("f16")?, widen_half(b).ok_or("f16")?);
+            let (wa, wb) = (widen_half(a).ok_or(KernelError::dtype("f16"))?, widen_half(b).ok_or(KernelError::dtype("f16"))?);
             cmp_typed::<f32>(cx, op, &wa, &wb)
         }
         d => {
-            crate::with_dtype!(d, T => cmp_typed::<T>(cx, op, a, b), _ => Err(format!("comparison is not defined for {d}")))
+            crate::with_dtype!(d, T => cmp_typed::<T>(cx, op, a, b), _ => Err(KernelError::dtype(format!("comparison is not defined for {d}"))))
         }
     }?;
     Ok(vec![r])
@@ -444,7 +444,7 @@ pub fn variadic(
     if mean {
         let n = ins.len() as f64;
         let d = acc.dtype();
-        let div = crate::with_dtype!(d, T => HostTensor::scalar(T::from_f64(n)), _ => return Err(format!("Mean is not defined for {d}")));
+        let div = crate::with_dtype!(d, T => HostTensor::scalar(T::from_f64(n)), _ => return Err(KernelError::dtype(format!("Mean is not defined for {d}"))));
         acc = arith_dispatch(cx, Arith::Div, &acc, &div)?;
     }
     Ok(vec![acc])

@@ -1,7 +1,7 @@
 //! Index ops: ArgMax / ArgMin, CumSum, GatherElements, NonZero, OneHot.
 
 use super::shape::norm_axis;
-use crate::cpu::error::KernelResult;
+use crate::cpu::error::{KernelError, KernelResult};
 use crate::cpu::kernel::Inputs;
 use crate::cpu::tensor::{numel, strides, Elem, HostTensor};
 
@@ -21,10 +21,10 @@ fn arg_typed<T: Elem + PartialOrd>(
     max: bool,
     last: bool,
 ) -> KernelResult<HostTensor> {
-    let d = x.data::<T>().ok_or("dtype")?;
+    let d = x.data::<T>().ok_or(KernelError::dtype("dtype"))?;
     let (outer, n, inner) = split3(x.shape(), axis);
     if n == 0 {
-        return Err("ArgMax/ArgMin over an empty axis".into());
+        return Err(KernelError::shape("ArgMax/ArgMin over an empty axis"));
     }
     let mut out = Vec::with_capacity(outer * inner);
     for o in 0..outer {
@@ -62,7 +62,7 @@ pub fn arg_extreme(
     let x = wide.as_ref().unwrap_or(x);
     let d = x.dtype();
     Ok(vec![
-        crate::with_dtype!(d, T => arg_typed::<T>(x, a, keep, max, last), _ => Err(format!("not defined for {d}")))?,
+        crate::with_dtype!(d, T => arg_typed::<T>(x, a, keep, max, last), _ => Err(KernelError::dtype(format!("not defined for {d}"))))?,
     ])
 }
 
@@ -72,7 +72,7 @@ fn cumsum_typed<T: Elem>(
     exclusive: bool,
     reverse: bool,
 ) -> KernelResult<HostTensor> {
-    let d = x.data::<T>().ok_or("dtype")?;
+    let d = x.data::<T>().ok_or(KernelError::dtype("dtype"))?;
     let (outer, n, inner) = split3(x.shape(), axis);
     let float = T::DTYPE.is_float();
     let mut out = vec![T::default(); d.len()];
@@ -118,11 +118,11 @@ pub fn cumsum(
         .to_i64_vec()
         .first()
         .copied()
-        .ok_or("CumSum needs an axis")?;
+        .ok_or(KernelError::invalid("CumSum needs an axis"))?;
     let a = norm_axis(axis, x.rank())?;
     let d = x.dtype();
     Ok(vec![
-        crate::with_dtype!(d, T => cumsum_typed::<T>(x, a, exclusive, reverse), _ => Err(format!("not defined for {d}")))?,
+        crate::with_dtype!(d, T => cumsum_typed::<T>(x, a, exclusive, reverse), _ => Err(KernelError::dtype(format!("not defined for {d}"))))?,
     ])
 }
 
@@ -132,7 +132,7 @@ fn gather_elements_typed<T: Elem>(
     ishape: &[usize],
     axis: usize,
 ) -> KernelResult<HostTensor> {
-    let d = x.data::<T>().ok_or("dtype")?;
+    let d = x.data::<T>().ok_or(KernelError::dtype("dtype"))?;
     let xs = strides(x.shape());
     let is = strides(ishape);
     let dim = x.shape()[axis] as i64;
@@ -140,7 +140,7 @@ fn gather_elements_typed<T: Elem>(
     for (e, &j) in idx.iter().enumerate() {
         let j = if j < 0 { j + dim } else { j };
         if j < 0 || j >= dim {
-            return Err(format!("index {j} is out of range for axis of size {dim}"));
+            return Err(KernelError::shape(format!("index {j} is out of range for axis of size {dim}")));
         }
         let mut off = 0;
         for a in 0..ishape.len() {
@@ -155,13 +155,13 @@ fn gather_elements_typed<T: Elem>(
 pub fn gather_elements(ins: &mut Inputs<'_>, axis: i64) -> KernelResult<Vec<HostTensor>> {
     let (x, ind) = (ins.req(0)?, ins.req(1)?);
     if x.rank() != ind.rank() || x.rank() == 0 {
-        return Err("data and indices must have the same rank ≥ 1".into());
+        return Err(KernelError::shape("data and indices must have the same rank ≥ 1"));
     }
     let a = norm_axis(axis, x.rank())?;
     let idx = ind.to_i64_vec();
     let d = x.dtype();
     Ok(vec![
-        crate::with_dtype!(d, T => gather_elements_typed::<T>(x, &idx, ind.shape(), a), _ => Err(format!("not defined for {d}")))?,
+        crate::with_dtype!(d, T => gather_elements_typed::<T>(x, &idx, ind.shape(), a), _ => Err(KernelError::dtype(format!("not defined for {d}"))))?,
     ])
 }
 
@@ -220,15 +220,15 @@ pub fn onehot(ins: &mut Inputs<'_>, axis: i64) -> KernelResult<Vec<HostTensor>> 
         .to_f64_vec()
         .first()
         .copied()
-        .ok_or("depth must be a scalar")? as i64;
+        .ok_or(KernelError::shape("depth must be a scalar"))? as i64;
     if depth < 0 || values.numel() != 2 {
-        return Err("depth must be ≥ 0 and values hold [off, on]".into());
+        return Err(KernelError::invalid("depth must be ≥ 0 and values hold [off, on]"));
     }
     let a = norm_axis(axis, ind.rank() + 1)?;
     let idx = ind.to_i64_vec();
     let d = values.dtype();
     Ok(vec![crate::with_dtype!(d, T => {
-        let v = values.data::<T>().ok_or("dtype")?;
+        let v = values.data::<T>().ok_or(KernelError::dtype("dtype"))?;
         onehot_typed::<T>(&idx, ind.shape(), depth, v[0], v[1], a)?
-    }, _ => return Err(format!("not defined for {d}")))])
+    }, _ => return Err(KernelError::dtype(format!("not defined for {d}"))))])
 }

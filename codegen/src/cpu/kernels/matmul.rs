@@ -3,7 +3,7 @@
 //! weight is just `rs = 1, cs = K`.
 
 use super::broadcast::{broadcast_shapes, Walk};
-use crate::cpu::error::KernelResult;
+use crate::cpu::error::{KernelError, KernelResult};
 use crate::cpu::kernel::{ExecCx, Inputs, Kernel};
 use crate::cpu::tensor::{numel, Elem, HostTensor};
 use ortho_ir::DType;
@@ -119,7 +119,7 @@ struct MmShape {
 
 fn mm_shape(a: &[usize], b: &[usize]) -> KernelResult<MmShape> {
     if a.is_empty() || b.is_empty() {
-        return Err("MatMul operands must have rank ≥ 1".into());
+        return Err(KernelError::shape("MatMul operands must have rank ≥ 1"));
     }
     let (a_batch, m, ka) = if a.len() == 1 {
         (vec![], 1, a[0])
@@ -132,9 +132,9 @@ fn mm_shape(a: &[usize], b: &[usize]) -> KernelResult<MmShape> {
         (b[..b.len() - 2].to_vec(), b[b.len() - 2], b[b.len() - 1])
     };
     if ka != kb {
-        return Err(format!(
+        return Err(KernelError::shape(format!(
             "MatMul shapes {a:?} and {b:?} do not match (K = {ka} vs {kb})"
-        ));
+        )));
     }
     let out_batch = broadcast_shapes(&[&a_batch, &b_batch])?;
     let mut out = out_batch.clone();
@@ -167,7 +167,7 @@ fn matmul_gemm<T: GemmElem>(
         b.shape().to_vec()
     };
     let s = mm_shape(a.shape(), &bshape)?;
-    let (ad, bd) = (a.data::<T>().ok_or("dtype")?, b.data::<T>().ok_or("dtype")?);
+    let (ad, bd) = (a.data::<T>().ok_or(KernelError::dtype("dtype"))?, b.data::<T>().ok_or(KernelError::dtype("dtype"))?);
     let (m, k, n) = (s.m, s.k, s.n);
     let (brs, bcs) = if b_trans { (1, k) } else { (n, 1) };
     let mut out = cx.pool.alloc::<T>(numel(&s.out));
@@ -235,7 +235,7 @@ fn matmul_gemm<T: GemmElem>(
 
 fn matmul_int<T: Elem>(a: &HostTensor, b: &HostTensor) -> KernelResult<HostTensor> {
     let s = mm_shape(a.shape(), b.shape())?;
-    let (ad, bd) = (a.data::<T>().ok_or("dtype")?, b.data::<T>().ok_or("dtype")?);
+    let (ad, bd) = (a.data::<T>().ok_or(KernelError::dtype("dtype"))?, b.data::<T>().ok_or(KernelError::dtype("dtype"))?);
     let (m, k, n) = (s.m, s.k, s.n);
     let walk = Walk::new(&s.out_batch, &[&s.a_batch, &s.b_batch]);
     let mut out = Vec::with_capacity(numel(&s.out));
@@ -270,11 +270,11 @@ pub fn matmul(
 ) -> KernelResult<Vec<HostTensor>> {
     let (a, b) = (ins.req(0)?, ins.req(1)?);
     if a.dtype() != b.dtype() {
-        return Err(format!(
+        return Err(KernelError::dtype(format!(
             "operand dtypes differ: {} and {}",
             a.dtype(),
             b.dtype()
-        ));
+        )));
     }
     let r = match a.dtype() {
         DType::F32 => matmul_gemm::<f32>(cx, a, b, b_trans),
@@ -282,14 +282,14 @@ pub fn matmul(
         DType::F16 | DType::BF16 => {
             super::elementwise::via_f32(&[a, b], |t| matmul_gemm::<f32>(cx, t[0], t[1], b_trans))
         }
-        d if b_trans => Err(format!("transposed MatMul is not defined for {d}")),
+        d if b_trans => Err(KernelError::dtype(format!("transposed MatMul is not defined for {d}"))),
         DType::I64 => matmul_int::<i64>(a, b),
         DType::I32 => matmul_int::<i32>(a, b),
         DType::U32 => matmul_int::<u32>(a, b),
         DType::U64 => matmul_int::<u64>(a, b),
         DType::I8 => matmul_int::<i8>(a, b),
         DType::U8 => matmul_int::<u8>(a, b),
-        d => Err(format!("MatMul is not defined for {d}")),
+        d => Err(KernelError::dtype(format!("MatMul is not defined for {d}"))),
     }?;
     Ok(vec![r])
 }
@@ -309,7 +309,7 @@ fn gemm_op_typed<T: GemmElem>(
 ) -> KernelResult<HostTensor> {
     let (a, b) = (ins.req(0)?, ins.req(1)?);
     if a.rank() != 2 || b.rank() != 2 {
-        return Err("Gemm operands must be 2-D".into());
+        return Err(KernelError::shape("Gemm operands must be 2-D"));
     }
     let (m, k) = if ta {
         (a.shape()[1], a.shape()[0])
@@ -322,19 +322,19 @@ fn gemm_op_typed<T: GemmElem>(
         (b.shape()[0], b.shape()[1])
     };
     if k != kb {
-        return Err(format!(
+        return Err(KernelError::shape(format!(
             "Gemm shapes {:?} and {:?} do not match",
             a.shape(),
             b.shape()
-        ));
+        )));
     }
     let am = Mat {
-        data: a.data::<T>().ok_or("dtype")?,
+        data: a.data::<T>().ok_or(KernelError::dtype("dtype"))?,
         rs: if ta { 1 } else { k },
         cs: if ta { m } else { 1 },
     };
     let bm = Mat {
-        data: b.data::<T>().ok_or("dtype")?,
+        data: b.data::<T>().ok_or(KernelError::dtype("dtype"))?,
         rs: if tb { 1 } else { n },
         cs: if tb { k } else { 1 },
     };
@@ -379,7 +379,7 @@ pub fn gemm_op(
     let r = match ins.req(0)?.dtype() {
         DType::F32 => gemm_op_typed::<f32>(cx, ins, alpha, beta, ta, tb),
         DType::F64 => gemm_op_typed::<f64>(cx, ins, alpha, beta, ta, tb),
-        d => Err(format!("Gemm is not defined for {d}")),
+        d => Err(KernelError::dtype(format!("Gemm is not defined for {d}"))),
     }?;
     Ok(vec![r])
 }

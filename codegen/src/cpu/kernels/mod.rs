@@ -15,7 +15,7 @@ pub mod reduce;
 pub mod shape;
 pub mod unary;
 
-use crate::cpu::error::KernelResult;
+use crate::cpu::error::{KernelError, KernelResult};
 use crate::cpu::kernel::{ExecCx, Inputs, Kernel, KernelSite};
 use crate::cpu::tensor::HostTensor;
 use elementwise::{Arith, Cmp, Logic};
@@ -48,11 +48,10 @@ fn cmp(op: Cmp) -> Option<Box<dyn Kernel>> {
 fn red(
     op: Reduce,
     axes: Option<Vec<i64>>,
-    keepdims: Option<i64>,
-    noop: Option<i64>,
+    keepdims: i64,
+    noop: i64,
 ) -> Option<Box<dyn Kernel>> {
-    let keep = keepdims.unwrap_or(1) != 0;
-    let noop = noop.unwrap_or(0) != 0;
+    let (keep, noop) = (keepdims != 0, noop != 0);
     k(move |cx, ins| reduce::reduce(cx, op, ins, axes.as_deref(), keep, noop))
 }
 
@@ -117,25 +116,25 @@ pub fn builtin(site: &KernelSite<'_>) -> KernelResult<Option<Box<dyn Kernel>>> {
         Op::HardSwish => un(Unary::HardSwish),
         Op::Mish => un(Unary::Mish),
         Op::Gelu(a) => un(Unary::Gelu {
-            tanh: a.approximate.as_deref() == Some("tanh"),
+            tanh: a.approximate() == "tanh",
         }),
-        Op::LeakyRelu(a) => un(Unary::LeakyRelu(a.alpha.unwrap_or(0.01))),
-        Op::Elu(a) => un(Unary::Elu(a.alpha.unwrap_or(1.0))),
-        Op::Celu(a) => un(Unary::Celu(a.alpha.unwrap_or(1.0))),
+        Op::LeakyRelu(a) => un(Unary::LeakyRelu(a.alpha())),
+        Op::Elu(a) => un(Unary::Elu(a.alpha())),
+        Op::Celu(a) => un(Unary::Celu(a.alpha())),
         Op::Selu(a) => un(Unary::Selu(
-            a.alpha.unwrap_or(1.673_263_2),
-            a.gamma.unwrap_or(1.050_701),
+            a.alpha(),
+            a.gamma(),
         )),
         Op::HardSigmoid(a) => un(Unary::HardSigmoid(
-            a.alpha.unwrap_or(0.2),
-            a.beta.unwrap_or(0.5),
+            a.alpha(),
+            a.beta(),
         )),
-        Op::ThresholdedRelu(a) => un(Unary::ThresholdedRelu(a.alpha.unwrap_or(1.0))),
+        Op::ThresholdedRelu(a) => un(Unary::ThresholdedRelu(a.alpha())),
         Op::IsNaN => k(|cx, ins| unary::classify(cx, ins, true, false, false)),
         Op::IsInf(a) => {
             let (neg, pos) = (
-                a.detect_negative.unwrap_or(1) != 0,
-                a.detect_positive.unwrap_or(1) != 0,
+                a.detect_negative() != 0,
+                a.detect_positive() != 0,
             );
             k(move |cx, ins| unary::classify(cx, ins, false, neg, pos))
         }
@@ -147,7 +146,7 @@ pub fn builtin(site: &KernelSite<'_>) -> KernelResult<Option<Box<dyn Kernel>>> {
         Op::Pow => bin(Arith::Pow),
         Op::PRelu => bin(Arith::PRelu),
         Op::Mod(a) => bin(Arith::Mod {
-            fmod: a.fmod.unwrap_or(0) != 0,
+            fmod: a.fmod() != 0,
         }),
         Op::BitwiseAnd => bin(Arith::BitAnd),
         Op::BitwiseOr => bin(Arith::BitOr),
@@ -167,7 +166,7 @@ pub fn builtin(site: &KernelSite<'_>) -> KernelResult<Option<Box<dyn Kernel>>> {
         Op::Where => k(cast::where_kernel),
         Op::Clip => k(|cx, ins| cast::clip(cx, ins, None, None)),
         Op::Cast(a) => {
-            let to = DType::from_code(a.to.ok_or("Cast needs 'to'")?);
+            let to = DType::from_code(a.to.ok_or(KernelError::invalid("Cast needs 'to'"))?);
             k(move |cx, ins| cast::cast_kernel(cx, ins, to))
         }
         Op::CastLike(_) => k(|cx, ins| {
@@ -177,10 +176,10 @@ pub fn builtin(site: &KernelSite<'_>) -> KernelResult<Option<Box<dyn Kernel>>> {
         Op::MatMul => k(|cx, ins| matmul::matmul(cx, ins, false)),
         Op::Gemm(a) => {
             let (al, be, ta, tb) = (
-                a.alpha.unwrap_or(1.0),
-                a.beta.unwrap_or(1.0),
-                a.trans_a.unwrap_or(0) != 0,
-                a.trans_b.unwrap_or(0) != 0,
+                a.alpha(),
+                a.beta(),
+                a.trans_a() != 0,
+                a.trans_b() != 0,
             );
             k(move |cx, ins| matmul::gemm_op(cx, ins, al, be, ta, tb))
         }
@@ -197,71 +196,71 @@ pub fn builtin(site: &KernelSite<'_>) -> KernelResult<Option<Box<dyn Kernel>>> {
         Op::ReduceMean(a) => red(
             Reduce::Mean,
             a.axes.clone(),
-            a.keepdims,
-            a.noop_with_empty_axes,
+            a.keepdims(),
+            a.noop_with_empty_axes(),
         ),
         Op::ReduceSum(a) => red(
             Reduce::Sum,
             a.axes.clone(),
-            a.keepdims,
-            a.noop_with_empty_axes,
+            a.keepdims(),
+            a.noop_with_empty_axes(),
         ),
         Op::ReduceMax(a) => red(
             Reduce::Max,
             a.axes.clone(),
-            a.keepdims,
-            a.noop_with_empty_axes,
+            a.keepdims(),
+            a.noop_with_empty_axes(),
         ),
         Op::ReduceMin(a) => red(
             Reduce::Min,
             a.axes.clone(),
-            a.keepdims,
-            a.noop_with_empty_axes,
+            a.keepdims(),
+            a.noop_with_empty_axes(),
         ),
         Op::ReduceProd(a) => red(
             Reduce::Prod,
             a.axes.clone(),
-            a.keepdims,
-            a.noop_with_empty_axes,
+            a.keepdims(),
+            a.noop_with_empty_axes(),
         ),
         Op::ReduceL2(a) => red(
             Reduce::L2,
             a.axes.clone(),
-            a.keepdims,
-            a.noop_with_empty_axes,
+            a.keepdims(),
+            a.noop_with_empty_axes(),
         ),
         Op::ReduceSumSquare(a) => red(
             Reduce::SumSquare,
             a.axes.clone(),
-            a.keepdims,
-            a.noop_with_empty_axes,
+            a.keepdims(),
+            a.noop_with_empty_axes(),
         ),
         Op::RMSNormalization(a) => {
-            let (axis, eps) = (a.axis.unwrap_or(-1), a.epsilon.unwrap_or(1e-5));
+            let (axis, eps) = (a.axis(), a.epsilon());
             k(move |cx, ins| nn::rms_norm(cx, ins, axis, eps))
         }
         Op::LayerNormalization(a) => {
-            let (axis, eps) = (a.axis.unwrap_or(-1), a.epsilon.unwrap_or(1e-5));
+            let (axis, eps) = (a.axis(), a.epsilon());
             k(move |cx, ins| nn::layer_norm(cx, ins, axis, eps, n_out))
         }
         Op::RotaryEmbedding(a) => {
             let (il, nh, rd) = (
-                a.interleaved.unwrap_or(0) != 0,
-                a.num_heads.unwrap_or(0),
-                a.rotary_embedding_dim.unwrap_or(0),
+                a.interleaved() != 0,
+                a.num_heads(),
+                a.rotary_embedding_dim(),
             );
             k(move |cx, ins| nn::rotary(cx, ins, il, nh, rd))
         }
         Op::Attention(a) => {
-            if a.qk_matmul_output_mode.unwrap_or(0) != 0 && site.output_used(3) {
-                return Err("qk_matmul_output_mode other than 0 is not supported".into());
+            if a.qk_matmul_output_mode() != 0 && site.output_used(3) {
+                return Err(KernelError::unsupported("qk_matmul_output_mode other than 0 is not supported"));
             }
             let attrs = attention::AttentionAttrs {
-                is_causal: a.is_causal.unwrap_or(0) != 0,
+                is_causal: a.is_causal() != 0,
                 q_heads: positive(a.q_num_heads),
                 kv_heads: positive(a.kv_num_heads),
                 scale: a.scale,
-                softcap: a.softcap.unwrap_or(0.0),
+                softcap: a.softcap(),
             };
             let want_qk = site.output_used(3);
             let outs = (0..3)
@@ -271,11 +270,11 @@ pub fn builtin(site: &KernelSite<'_>) -> KernelResult<Option<Box<dyn Kernel>>> {
             k(move |cx, ins| attention::attention(cx, ins, attrs, outs, want_qk))
         }
         Op::Reshape(a) => {
-            let allowzero = a.allowzero.unwrap_or(0) != 0;
+            let allowzero = a.allowzero() != 0;
             k(move |_, ins| shape::reshape(ins, allowzero))
         }
         Op::Flatten(a) => {
-            let axis = a.axis.unwrap_or(1);
+            let axis = a.axis();
             k(move |_, ins| shape::flatten(ins, axis))
         }
         Op::Squeeze => k(|_, ins| shape::squeeze(ins, None)),
@@ -286,18 +285,18 @@ pub fn builtin(site: &KernelSite<'_>) -> KernelResult<Option<Box<dyn Kernel>>> {
         }
         Op::Slice => k(shape::slice),
         Op::Concat(a) => {
-            let axis = a.axis.ok_or("Concat needs 'axis'")?;
+            let axis = a.axis.ok_or(KernelError::shape("Concat needs 'axis'"))?;
             k(move |cx, ins| shape::concat(cx, ins, axis))
         }
         Op::Split(a) => {
-            let (axis, split) = (a.axis.unwrap_or(0), a.split.clone());
+            let (axis, split) = (a.axis(), a.split.clone());
             let parts = a.num_outputs.map(|n| n as usize).unwrap_or(n_out);
             k(move |cx, ins| shape::split(cx, ins, axis, split.as_deref(), parts))
         }
         Op::Expand => k(shape::expand),
         Op::Tile => k(shape::tile),
         Op::Gather(a) => {
-            let axis = a.axis.unwrap_or(0);
+            let axis = a.axis();
             k(move |cx, ins| shape::gather(cx, ins, axis))
         }
         Op::Shape(a) => {
@@ -314,36 +313,36 @@ pub fn builtin(site: &KernelSite<'_>) -> KernelResult<Option<Box<dyn Kernel>>> {
             k(move |_, ins| shape::constant_of_shape(ins, v.as_ref()))
         }
         Op::Trilu(a) => {
-            let upper = a.upper.unwrap_or(1) != 0;
+            let upper = a.upper() != 0;
             k(move |_, ins| shape::trilu(ins, upper))
         }
         Op::ArgMax(a) => {
             let (axis, keep, last) = (
-                a.axis.unwrap_or(0),
-                a.keepdims.unwrap_or(1) != 0,
-                a.select_last_index.unwrap_or(0) != 0,
+                a.axis(),
+                a.keepdims() != 0,
+                a.select_last_index() != 0,
             );
             k(move |_, ins| index::arg_extreme(ins, axis, keep, true, last))
         }
         Op::ArgMin(a) => {
             let (axis, keep, last) = (
-                a.axis.unwrap_or(0),
-                a.keepdims.unwrap_or(1) != 0,
-                a.select_last_index.unwrap_or(0) != 0,
+                a.axis(),
+                a.keepdims() != 0,
+                a.select_last_index() != 0,
             );
             k(move |_, ins| index::arg_extreme(ins, axis, keep, false, last))
         }
         Op::CumSum(a) => {
-            let (ex, rev) = (a.exclusive.unwrap_or(0) != 0, a.reverse.unwrap_or(0) != 0);
+            let (ex, rev) = (a.exclusive() != 0, a.reverse() != 0);
             k(move |_, ins| index::cumsum(ins, ex, rev))
         }
         Op::GatherElements(a) => {
-            let axis = a.axis.unwrap_or(0);
+            let axis = a.axis();
             k(move |_, ins| index::gather_elements(ins, axis))
         }
         Op::NonZero => k(|_, ins| index::nonzero(ins)),
         Op::OneHot(a) => {
-            let axis = a.axis.unwrap_or(-1);
+            let axis = a.axis();
             k(move |_, ins| index::onehot(ins, axis))
         }
         Op::Dropout(_) => {
@@ -354,7 +353,7 @@ pub fn builtin(site: &KernelSite<'_>) -> KernelResult<Option<Box<dyn Kernel>>> {
                 let mut r = shape::identity(ins)?;
                 if mask {
                     let n = shape.iter().product();
-                    r.push(HostTensor::from_vec(shape, vec![true; n]).map_err(|e| e.to_string())?);
+                    r.push(HostTensor::from_vec(shape, vec![true; n])?);
                 }
                 Ok(r)
             })
@@ -375,11 +374,14 @@ pub fn builtin(site: &KernelSite<'_>) -> KernelResult<Option<Box<dyn Kernel>>> {
                     "ReduceLogSum" => Reduce::LogSum,
                     _ => Reduce::LogSumExp,
                 };
+                // These reductions share the typed ones' attributes, defaults included.
+                let d = ortho_ir::attrs::ReduceSum::default();
                 red(
                     op,
                     opaque_ints(&o.attrs, "axes"),
-                    opaque_int(&o.attrs, "keepdims"),
-                    opaque_int(&o.attrs, "noop_with_empty_axes"),
+                    opaque_int(&o.attrs, "keepdims").unwrap_or(d.keepdims()),
+                    opaque_int(&o.attrs, "noop_with_empty_axes")
+                        .unwrap_or(d.noop_with_empty_axes()),
                 )
             }
             _ => None,
@@ -391,7 +393,7 @@ pub fn builtin(site: &KernelSite<'_>) -> KernelResult<Option<Box<dyn Kernel>>> {
 /// The value of an `onnx.Constant` node.
 pub fn constant_value(op: &Op, module: &Module) -> KernelResult<HostTensor> {
     let Op::Constant(a) = op else {
-        return Err("not a Constant".into());
+        return Err(KernelError::invalid("not a Constant"));
     };
     if let Some(t) = a.value {
         return HostTensor::from_tensor_data(module.tensor(t));
@@ -400,13 +402,13 @@ pub fn constant_value(op: &Op, module: &Module) -> KernelResult<HostTensor> {
         return Ok(HostTensor::scalar(v));
     }
     if let Some(v) = &a.value_floats {
-        return HostTensor::from_vec(vec![v.len()], v.clone()).map_err(|e| e.to_string());
+        return HostTensor::from_vec(vec![v.len()], v.clone()).map_err(KernelError::from);
     }
     if let Some(v) = a.value_int {
         return Ok(HostTensor::scalar(v));
     }
     if let Some(v) = &a.value_ints {
-        return HostTensor::from_vec(vec![v.len()], v.clone()).map_err(|e| e.to_string());
+        return HostTensor::from_vec(vec![v.len()], v.clone()).map_err(KernelError::from);
     }
-    Err("Constant without a numeric value (strings are not supported)".into())
+    Err(KernelError::unsupported("Constant without a numeric value (strings are not supported)"))
 }

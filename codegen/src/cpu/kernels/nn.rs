@@ -1,7 +1,7 @@
 //! Normalizations (RMSNormalization, LayerNormalization) and RotaryEmbedding.
 
 use super::shape::norm_axis;
-use crate::cpu::error::KernelResult;
+use crate::cpu::error::{KernelError, KernelResult};
 use crate::cpu::kernel::{ExecCx, Inputs};
 use crate::cpu::tensor::{numel, HostTensor, TensorBuf};
 use ortho_ir::DType;
@@ -48,11 +48,11 @@ fn row_params(
             let w = super::elementwise::widen_half(p);
             let p = w.as_ref().unwrap_or(p);
             if p.as_f32().is_none() {
-                return Err(format!("scale/bias must be float, got {}", p.dtype()));
+                return Err(KernelError::dtype(format!("scale/bias must be float, got {}", p.dtype())));
             }
             let shape = super::broadcast::broadcast_shapes(&[row_shape, p.shape()])?;
             if shape != row_shape {
-                return Err(format!("scale/bias of shape {:?} does not broadcast to the normalized shape {row_shape:?}", p.shape()));
+                return Err(KernelError::shape(format!("scale/bias of shape {:?} does not broadcast to the normalized shape {row_shape:?}", p.shape())));
             }
             Some(super::shape::expand_to::<f32>(cx, p, row_shape)?)
         }
@@ -73,9 +73,9 @@ pub fn rms_norm(
     let x = wide.as_ref().unwrap_or(x0);
     let xd = x
         .as_f32()
-        .ok_or_else(|| format!("RMSNormalization is not defined for {dt}"))?;
+        .ok_or_else(|| KernelError::dtype(format!("RMSNormalization is not defined for {dt}")))?;
     let (n, scale) = row_params(cx, x, axis, ins.get(1))?;
-    let scale = scale.ok_or("RMSNormalization needs a scale")?;
+    let scale = scale.ok_or(KernelError::invalid("RMSNormalization needs a scale"))?;
     let mut out = cx.pool.alloc::<f32>(xd.len());
     if n > 0 {
         rows(cx, xd, &mut out, n, |r, o| {
@@ -111,9 +111,9 @@ pub fn layer_norm(
     let x = wide.as_ref().unwrap_or(x0);
     let xd = x
         .as_f32()
-        .ok_or_else(|| format!("LayerNormalization is not defined for {dt}"))?;
+        .ok_or_else(|| KernelError::dtype(format!("LayerNormalization is not defined for {dt}")))?;
     let (n, scale) = row_params(cx, x, axis, ins.get(1))?;
-    let scale = scale.ok_or("LayerNormalization needs a scale")?;
+    let scale = scale.ok_or(KernelError::invalid("LayerNormalization needs a scale"))?;
     let (_, bias) = row_params(cx, x, axis, ins.get(2))?;
     let nrows = if n == 0 { 0 } else { xd.len() / n };
     let mut out = cx.pool.alloc::<f32>(xd.len());
@@ -174,10 +174,10 @@ pub fn rotary(
     let pos = ins.get(3).map(|p| p.to_i64_vec());
     let xd = x
         .as_f32()
-        .ok_or_else(|| format!("RotaryEmbedding is implemented for f32, got {}", x.dtype()))?;
+        .ok_or_else(|| KernelError::dtype(format!("RotaryEmbedding is implemented for f32, got {}", x.dtype())))?;
     let (cd, sd) = (
-        cos_t.as_f32().ok_or("cos_cache must be f32")?,
-        sin_t.as_f32().ok_or("sin_cache must be f32")?,
+        cos_t.as_f32().ok_or(KernelError::dtype("cos_cache must be f32"))?,
+        sin_t.as_f32().ok_or(KernelError::dtype("sin_cache must be f32"))?,
     );
     // Logical layout: (b, s, h, d) with element strides.
     let s = x.shape();
@@ -193,24 +193,24 @@ pub fn rotary(
         ),
         3 => {
             if num_heads <= 0 {
-                return Err("3-D input needs num_heads".into());
+                return Err(KernelError::shape("3-D input needs num_heads"));
             }
             let h = num_heads as usize;
             if s[2] % h != 0 {
-                return Err(format!(
+                return Err(KernelError::shape(format!(
                     "hidden size {} is not a multiple of num_heads {h}",
                     s[2]
-                ));
+                )));
             }
             (s[0], s[1], h, s[2] / h, s[1] * s[2], s[2], s[2] / h)
         }
-        r => return Err(format!("input must be 3-D or 4-D, got rank {r}")),
+        r => return Err(KernelError::shape(format!("input must be 3-D or 4-D, got rank {r}"))),
     };
     let rd = if rot_dim > 0 { rot_dim as usize } else { hd };
     if rd > hd || rd % 2 != 0 {
-        return Err(format!(
+        return Err(KernelError::shape(format!(
             "rotary_embedding_dim {rd} does not fit head size {hd}"
-        ));
+        )));
     }
     let half = rd / 2;
     let cache_row = |bi: usize, si: usize| -> KernelResult<usize> {
@@ -218,10 +218,10 @@ pub fn rotary(
             Some(p) => {
                 let idx = *p
                     .get(bi * seq + si)
-                    .ok_or("position_ids must be [batch, seq]")?;
+                    .ok_or(KernelError::invalid("position_ids must be [batch, seq]"))?;
                 let rows = cos_t.shape().first().copied().unwrap_or(0);
                 if idx < 0 || idx as usize >= rows {
-                    return Err(format!("position {idx} is outside the cache ({rows} rows)"));
+                    return Err(KernelError::shape(format!("position {idx} is outside the cache ({rows} rows)")));
                 }
                 Ok(idx as usize * half)
             }
@@ -229,10 +229,10 @@ pub fn rotary(
         }
     };
     if cos_t.shape().last().copied() != Some(half) || cd.len() != sd.len() {
-        return Err(format!(
+        return Err(KernelError::shape(format!(
             "cos/sin caches of shape {:?} do not hold {half} values per row",
             cos_t.shape()
-        ));
+        )));
     }
     let mut out = cx.pool.alloc::<f32>(xd.len());
     out.copy_from_slice(xd);
@@ -240,7 +240,7 @@ pub fn rotary(
         for si in 0..seq {
             let c0 = cache_row(bi, si)?;
             if c0 + half > cd.len() {
-                return Err("cos/sin cache is too small".into());
+                return Err(KernelError::shape("cos/sin cache is too small"));
             }
             let (c, sn) = (&cd[c0..c0 + half], &sd[c0..c0 + half]);
             for h in 0..heads {

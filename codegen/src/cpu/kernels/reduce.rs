@@ -5,7 +5,7 @@
 
 use super::mathf::exp_sub_inplace;
 use super::shape::norm_axis;
-use crate::cpu::error::KernelResult;
+use crate::cpu::error::{KernelError, KernelResult};
 use crate::cpu::kernel::{ExecCx, Inputs};
 use crate::cpu::tensor::{Elem, HostTensor};
 use ortho_ir::DType;
@@ -81,11 +81,11 @@ fn reduce_typed<T: Elem>(
     let contiguous_block = axes.windows(2).all(|w| w[1] == w[0] + 1);
     let (data, outer, red, inner): (std::borrow::Cow<'_, [T]>, usize, usize, usize) =
         if axes.is_empty() {
-            (x.data::<T>().ok_or("dtype")?.into(), x.numel(), 1, 1)
+            (x.data::<T>().ok_or(KernelError::dtype("dtype"))?.into(), x.numel(), 1, 1)
         } else if contiguous_block {
             let (a, b) = (axes[0], axes[axes.len() - 1] + 1);
             (
-                x.data::<T>().ok_or("dtype")?.into(),
+                x.data::<T>().ok_or(KernelError::dtype("dtype"))?.into(),
                 shape[..a].iter().product(),
                 shape[a..b].iter().product(),
                 shape[b..].iter().product(),
@@ -97,10 +97,10 @@ fn reduce_typed<T: Elem>(
                 .collect();
             perm.extend(axes.iter().map(|&i| i as i64));
             let t = super::shape::transpose(cx, &mut Inputs::borrowed(&[Some(x)]), Some(&perm))?;
-            let t = t.into_iter().next().ok_or("transpose")?;
+            let t = t.into_iter().next().ok_or(KernelError::invalid("transpose"))?;
             let red: usize = axes.iter().map(|&a| shape[a]).product();
             let outer = t.numel() / red.max(1);
-            (t.data::<T>().ok_or("dtype")?.to_vec().into(), outer, red, 1)
+            (t.data::<T>().ok_or(KernelError::dtype("dtype"))?.to_vec().into(), outer, red, 1)
         };
     let mut out = cx.pool.alloc::<T>(outer * inner);
     if red == 0 && T::DTYPE == DType::Bool {
@@ -169,7 +169,7 @@ pub fn reduce(
             super::elementwise::via_f32(&[x], |t| reduce_typed::<f32>(cx, op, t[0], &ax, keepdims))
         }
         _ => {
-            crate::with_dtype!(d, T => reduce_typed::<T>(cx, op, x, &ax, keepdims), _ => Err(format!("not defined for {d}")))
+            crate::with_dtype!(d, T => reduce_typed::<T>(cx, op, x, &ax, keepdims), _ => Err(KernelError::dtype(format!("not defined for {d}"))))
         }
     }?;
     Ok(vec![r])
@@ -285,7 +285,7 @@ pub fn softmax(
         let r = super::elementwise::via_f32(&[x], |t| {
             let mut i = Inputs::borrowed(&[Some(t[0])]);
             softmax(cx, &mut i, axis, log, legacy)
-                .and_then(|v| v.into_iter().next().ok_or_else(|| "softmax".to_string()))
+                .and_then(|v| v.into_iter().next().ok_or_else(|| KernelError::invalid("softmax")))
         })?;
         return Ok(vec![r]);
     }
@@ -310,7 +310,7 @@ pub fn softmax(
     }
     match x.dtype() {
         DType::F32 if inner == 1 => {
-            let xd = x.as_f32().ok_or("dtype")?;
+            let xd = x.as_f32().ok_or(KernelError::dtype("dtype"))?;
             let mut out = cx.pool.alloc::<f32>(xd.len());
             if cx.parallel(xd.len()) {
                 let rows = outer.div_ceil(cx.threads * 8).max(1);
@@ -352,7 +352,7 @@ pub fn softmax(
                 Ok(vec![t])
             }
         }
-        d => Err(format!("not defined for {d}")),
+        d => Err(KernelError::dtype(format!("not defined for {d}"))),
     }
 }
 

@@ -1,26 +1,25 @@
 //! Data movement and shape ops: Reshape, Transpose, (Un)Squeeze, Flatten, Slice, Concat, Split,
 //! Expand, Tile, Gather, Shape, Size, Range, ConstantOfShape, Trilu, Identity.
+//!
+//! The op rules (axes, reshape dims, slice clamping, gather/concat movement, range counts) are
+//! `ortho_ir::semantics`, shared with the constant folder; this file adds typed dispatch, the
+//! buffer pool and strided copies.
 
 use super::broadcast::{broadcast_shapes, fill_runs, Walk};
-use crate::cpu::error::KernelResult;
+use crate::cpu::error::{KernelError, KernelResult};
 use crate::cpu::kernel::{ExecCx, Inputs};
 use crate::cpu::tensor::{numel, strides, Elem, HostTensor};
+use ortho_ir::semantics::slice::{plan_dims, slice_plan, SliceAxis};
+use ortho_ir::semantics::{axis, movement, reshape as rs, size};
 use ortho_ir::DType;
 
 /// Normalizes a possibly negative axis for a tensor of rank `rank`.
-pub fn norm_axis(axis: i64, rank: usize) -> KernelResult<usize> {
-    let r = rank as i64;
-    let a = if axis < 0 { axis + r } else { axis };
-    if a < 0 || a >= r {
-        return Err(format!("axis {axis} is out of range for rank {rank}"));
-    }
-    Ok(a as usize)
+pub fn norm_axis(a: i64, rank: usize) -> KernelResult<usize> {
+    Ok(axis::norm_axis(a, rank)?)
 }
 
-fn dims_from(v: &[i64], what: &str) -> KernelResult<Vec<usize>> {
-    v.iter()
-        .map(|&d| usize::try_from(d).map_err(|_| format!("{what}: negative dimension {d}")))
-        .collect()
+fn dims_from(v: &[i64], what: &'static str) -> KernelResult<Vec<usize>> {
+    Ok(size::dims_to_usize(v, what)?)
 }
 
 /// Passes operand 0 through under a new shape, without copying when it dies here.
@@ -29,8 +28,12 @@ fn relabel(ins: &mut Inputs<'_>, shape: Vec<usize>) -> KernelResult<Vec<HostTens
         Some(t) => t,
         None => ins.req(0)?.clone(),
     };
-    if numel(&shape) != t.numel() {
-        return Err(format!("cannot reshape {:?} to {:?}", t.shape(), shape));
+    if size::checked_numel(&shape)? != t.numel() {
+        return Err(KernelError::shape(format!(
+            "cannot reshape {:?} to {:?}",
+            t.shape(),
+            shape
+        )));
     }
     Ok(vec![t.reshaped(shape)?])
 }
@@ -43,45 +46,14 @@ pub fn identity(ins: &mut Inputs<'_>) -> KernelResult<Vec<HostTensor>> {
 pub fn reshape(ins: &mut Inputs<'_>, allowzero: bool) -> KernelResult<Vec<HostTensor>> {
     let x = ins.req(0)?;
     let spec = ins.req(1)?.to_i64_vec();
-    let mut out = Vec::with_capacity(spec.len());
-    let mut infer = None;
-    for (i, &d) in spec.iter().enumerate() {
-        match d {
-            0 if !allowzero => out.push(
-                *x.shape()
-                    .get(i)
-                    .ok_or_else(|| format!("shape {spec:?}: no input dim {i} to copy"))?,
-            ),
-            -1 if infer.is_none() => {
-                infer = Some(i);
-                out.push(1);
-            }
-            d if d >= 0 => out.push(d as usize),
-            d => return Err(format!("invalid shape element {d} in {spec:?}")),
-        }
-    }
-    if let Some(i) = infer {
-        let known: usize = out.iter().product();
-        if known == 0 || x.numel() % known != 0 {
-            return Err(format!("cannot reshape {:?} to {spec:?}", x.shape()));
-        }
-        out[i] = x.numel() / known;
-    }
+    let out = rs::reshape_dims(x.shape(), &spec, allowzero)?;
     relabel(ins, out)
 }
 
 pub fn flatten(ins: &mut Inputs<'_>, axis: i64) -> KernelResult<Vec<HostTensor>> {
     let s = ins.req(0)?.shape().to_vec();
-    let a = if axis < 0 {
-        axis + s.len() as i64
-    } else {
-        axis
-    };
-    if a < 0 || a as usize > s.len() {
-        return Err(format!("axis {axis} is out of range for rank {}", s.len()));
-    }
-    let a = a as usize;
-    relabel(ins, vec![s[..a].iter().product(), s[a..].iter().product()])
+    let dims = rs::flatten_dims(&s, axis)?;
+    relabel(ins, dims.to_vec())
 }
 
 pub fn squeeze(ins: &mut Inputs<'_>, attr_axes: Option<&[i64]>) -> KernelResult<Vec<HostTensor>> {
@@ -90,25 +62,7 @@ pub fn squeeze(ins: &mut Inputs<'_>, attr_axes: Option<&[i64]>) -> KernelResult<
         Some(a) => Some(a.to_i64_vec()),
         None => attr_axes.map(|a| a.to_vec()),
     };
-    let out: Vec<usize> = match axes {
-        None => s.iter().copied().filter(|&d| d != 1).collect(),
-        Some(axes) => {
-            let ax = axes
-                .iter()
-                .map(|&a| norm_axis(a, s.len()))
-                .collect::<KernelResult<Vec<_>>>()?;
-            for &a in &ax {
-                if s[a] != 1 {
-                    return Err(format!("cannot squeeze axis {a} of size {}", s[a]));
-                }
-            }
-            s.iter()
-                .enumerate()
-                .filter(|(i, _)| !ax.contains(i))
-                .map(|(_, &d)| d)
-                .collect()
-        }
-    };
+    let out = rs::squeeze_dims(&s, axes.as_deref())?;
     relabel(ins, out)
 }
 
@@ -118,27 +72,9 @@ pub fn unsqueeze(ins: &mut Inputs<'_>, attr_axes: Option<&[i64]>) -> KernelResul
         Some(a) => a.to_i64_vec(),
         None => attr_axes
             .map(|a| a.to_vec())
-            .ok_or("Unsqueeze needs axes")?,
+            .ok_or(KernelError::invalid("Unsqueeze needs axes"))?,
     };
-    let r = s.len() + axes.len();
-    let mut ax = axes
-        .iter()
-        .map(|&a| norm_axis(a, r))
-        .collect::<KernelResult<Vec<_>>>()?;
-    ax.sort_unstable();
-    ax.dedup();
-    if ax.len() != axes.len() {
-        return Err(format!("repeated axes {axes:?}"));
-    }
-    let mut out = Vec::with_capacity(r);
-    let mut it = s.iter();
-    for i in 0..r {
-        if ax.contains(&i) {
-            out.push(1);
-        } else {
-            out.push(*it.next().ok_or("axes out of range")?);
-        }
-    }
+    let out = rs::unsqueeze_dims(&s, &axes)?;
     relabel(ins, out)
 }
 
@@ -174,7 +110,7 @@ fn transpose_typed<T: Elem>(
     let xs = strides(x.shape());
     let shape: Vec<usize> = perm.iter().map(|&p| x.shape()[p]).collect();
     let st: Vec<usize> = perm.iter().map(|&p| xs[p]).collect();
-    let out = gather_strided(cx, x.data::<T>().ok_or("dtype")?, 0, &shape, st);
+    let out = gather_strided(cx, x.data::<T>().ok_or(KernelError::dtype("dtype"))?, 0, &shape, st);
     HostTensor::make(shape, T::wrap(out))
 }
 
@@ -195,11 +131,11 @@ pub fn transpose(
     let mut seen = perm.clone();
     seen.sort_unstable();
     if seen != (0..r).collect::<Vec<_>>() {
-        return Err(format!("perm {perm:?} is not a permutation of rank {r}"));
+        return Err(KernelError::shape(format!("perm {perm:?} is not a permutation of rank {r}")));
     }
     let d = x.dtype();
     Ok(vec![
-        crate::with_dtype!(d, T => transpose_typed::<T>(cx, x, &perm), _ => Err(format!("not defined for {d}")))?,
+        crate::with_dtype!(d, T => transpose_typed::<T>(cx, x, &perm), _ => Err(KernelError::dtype(format!("not defined for {d}"))))?,
     ])
 }
 
@@ -209,7 +145,7 @@ pub fn expand_to<T: Elem>(
     t: &HostTensor,
     shape: &[usize],
 ) -> KernelResult<Vec<T>> {
-    let x = t.data::<T>().ok_or("dtype")?;
+    let x = t.data::<T>().ok_or(KernelError::dtype("dtype"))?;
     let walk = Walk::new(shape, &[t.shape()]);
     let s = walk.inner_strides[0];
     let mut out = cx.pool.alloc::<T>(numel(shape));
@@ -228,7 +164,7 @@ pub fn expand(cx: &mut ExecCx<'_>, ins: &mut Inputs<'_>) -> KernelResult<Vec<Hos
     let target = dims_from(&ins.req(1)?.to_i64_vec(), "Expand")?;
     let shape = broadcast_shapes(&[x.shape(), &target])?;
     let d = x.dtype();
-    let v = crate::with_dtype!(d, T => T::wrap(expand_to::<T>(cx, x, &shape)?), _ => return Err(format!("not defined for {d}")));
+    let v = crate::with_dtype!(d, T => T::wrap(expand_to::<T>(cx, x, &shape)?), _ => return Err(KernelError::dtype(format!("not defined for {d}"))));
     Ok(vec![HostTensor::make(shape, v)?])
 }
 
@@ -236,7 +172,7 @@ pub fn tile(cx: &mut ExecCx<'_>, ins: &mut Inputs<'_>) -> KernelResult<Vec<HostT
     let x = ins.req(0)?;
     let reps = dims_from(&ins.req(1)?.to_i64_vec(), "Tile")?;
     if reps.len() != x.rank() {
-        return Err(format!("repeats {reps:?} do not match rank {}", x.rank()));
+        return Err(KernelError::shape(format!("repeats {reps:?} do not match rank {}", x.rank())));
     }
     // out[r0, i0, r1, i1, ...] viewed with the repeats as broadcast dims, then merged.
     let mut view = Vec::new();
@@ -248,50 +184,40 @@ pub fn tile(cx: &mut ExecCx<'_>, ins: &mut Inputs<'_>) -> KernelResult<Vec<HostT
         view.push(n);
         st.push(xs[i]);
     }
-    let shape: Vec<usize> = x.shape().iter().zip(&reps).map(|(a, b)| a * b).collect();
+    let shape = x
+        .shape()
+        .iter()
+        .zip(&reps)
+        .map(|(a, b)| a.checked_mul(*b))
+        .collect::<Option<Vec<usize>>>()
+        .ok_or_else(|| KernelError::size(format!("tiling {:?} by {reps:?} overflows", x.shape())))?;
+    size::checked_numel(&shape)?;
     let d = x.dtype();
-    let v = crate::with_dtype!(d, T => T::wrap(gather_strided::<T>(cx, x.data::<T>().ok_or("dtype")?, 0, &view, st)), _ => return Err(format!("not defined for {d}")));
+    let v = crate::with_dtype!(d, T => T::wrap(gather_strided::<T>(cx, x.data::<T>().ok_or(KernelError::dtype("dtype"))?, 0, &view, st)), _ => return Err(KernelError::dtype(format!("not defined for {d}"))));
     Ok(vec![HostTensor::make(shape, v)?])
-}
-
-/// Start, step and count of ONNX Slice along one axis of size `dim`.
-fn slice_axis(dim: usize, start: i64, end: i64, step: i64) -> (i64, i64, usize) {
-    let d = dim as i64;
-    let clamp = |v: i64, lo: i64, hi: i64| v.max(lo).min(hi);
-    let (s, e) = if step > 0 {
-        let s = if start < 0 { start + d } else { start };
-        let e = if end < 0 { end + d } else { end };
-        (clamp(s, 0, d), clamp(e, 0, d))
-    } else {
-        let s = if start < 0 { start + d } else { start };
-        let e = if end < 0 { end + d } else { end };
-        (clamp(s, 0, d - 1), clamp(e, -1, d - 1))
-    };
-    let n = if step > 0 {
-        (e - s + step - 1).div_euclid(step)
-    } else {
-        (s - e + (-step) - 1).div_euclid(-step)
-    };
-    (s, step, n.max(0) as usize)
 }
 
 fn slice_typed<T: Elem>(
     cx: &mut ExecCx<'_>,
     x: &HostTensor,
-    spec: &[(i64, i64, usize)],
+    spec: &[SliceAxis],
 ) -> KernelResult<HostTensor> {
     let xs = strides(x.shape());
-    let shape: Vec<usize> = spec.iter().map(|s| s.2).collect();
-    let xd = x.data::<T>().ok_or("dtype")?;
+    let shape = plan_dims(spec);
+    let xd = x.data::<T>().ok_or(KernelError::dtype("dtype"))?;
     if numel(&shape) == 0 {
         return HostTensor::make(shape, T::wrap(Vec::new()));
     }
-    if spec.iter().all(|s| s.1 > 0) {
-        let base: usize = spec.iter().zip(&xs).map(|(s, st)| s.0 as usize * st).sum();
+    if spec.iter().all(|s| s.step > 0) {
+        let base: usize = spec
+            .iter()
+            .zip(&xs)
+            .map(|(s, st)| s.start as usize * st)
+            .sum();
         let st: Vec<usize> = spec
             .iter()
             .zip(&xs)
-            .map(|(s, st)| s.1 as usize * st)
+            .map(|(s, st)| s.step as usize * st)
             .collect();
         let out = gather_strided(cx, xd, base, &shape, st);
         return HostTensor::make(shape, T::wrap(out));
@@ -304,7 +230,7 @@ fn slice_typed<T: Elem>(
         let mut off: i64 = 0;
         for d in 0..shape.len() {
             let idx = (i / os[d] % shape[d]) as i64;
-            off += (spec[d].0 + idx * spec[d].1) * xs[d] as i64;
+            off += (spec[d].start + idx * spec[d].step) * xs[d] as i64;
         }
         out.push(xd[off as usize]);
     }
@@ -315,29 +241,18 @@ pub fn slice(cx: &mut ExecCx<'_>, ins: &mut Inputs<'_>) -> KernelResult<Vec<Host
     let x = ins.req(0)?;
     let starts = ins.req(1)?.to_i64_vec();
     let ends = ins.req(2)?.to_i64_vec();
-    let r = x.rank();
-    let axes = match ins.get(3) {
-        Some(a) => a.to_i64_vec(),
-        None => (0..starts.len() as i64).collect(),
-    };
-    let steps = match ins.get(4) {
-        Some(s) => s.to_i64_vec(),
-        None => vec![1; starts.len()],
-    };
-    if ends.len() != starts.len() || axes.len() != starts.len() || steps.len() != starts.len() {
-        return Err("starts, ends, axes and steps differ in length".into());
-    }
-    let mut spec: Vec<(i64, i64, usize)> = x.shape().iter().map(|&d| (0, 1, d)).collect();
-    for i in 0..starts.len() {
-        let a = norm_axis(axes[i], r)?;
-        if steps[i] == 0 {
-            return Err("slice step 0".into());
-        }
-        spec[a] = slice_axis(x.shape()[a], starts[i], ends[i], steps[i]);
-    }
+    let axes = ins.get(3).map(|a| a.to_i64_vec());
+    let steps = ins.get(4).map(|s| s.to_i64_vec());
+    let spec = slice_plan(
+        x.shape(),
+        &starts,
+        &ends,
+        axes.as_deref(),
+        steps.as_deref(),
+    )?;
     let d = x.dtype();
     Ok(vec![
-        crate::with_dtype!(d, T => slice_typed::<T>(cx, x, &spec), _ => Err(format!("not defined for {d}")))?,
+        crate::with_dtype!(d, T => slice_typed::<T>(cx, x, &spec), _ => Err(KernelError::dtype(format!("not defined for {d}"))))?,
     ])
 }
 
@@ -347,25 +262,12 @@ fn concat_typed<T: Elem>(
     axis: usize,
     shape: Vec<usize>,
 ) -> KernelResult<HostTensor> {
-    let outer: usize = shape[..axis].iter().product();
     let mut out = cx.pool.alloc::<T>(numel(&shape));
-    let chunks: Vec<(&[T], usize)> = xs
+    let parts: Vec<(&[T], &[usize])> = xs
         .iter()
-        .map(|x| {
-            Ok((
-                x.data::<T>().ok_or("dtype")?,
-                x.shape()[axis..].iter().product(),
-            ))
-        })
+        .map(|x| Ok((x.data::<T>().ok_or(KernelError::dtype("dtype"))?, x.shape())))
         .collect::<KernelResult<_>>()?;
-    let row: usize = chunks.iter().map(|c| c.1).sum();
-    for o in 0..outer {
-        let mut at = o * row;
-        for (d, n) in &chunks {
-            out[at..at + n].copy_from_slice(&d[o * n..(o + 1) * n]);
-            at += n;
-        }
-    }
+    movement::concat_into(&parts, axis, &mut out);
     HostTensor::make(shape, T::wrap(out))
 }
 
@@ -375,32 +277,22 @@ pub fn concat(
     axis: i64,
 ) -> KernelResult<Vec<HostTensor>> {
     let xs: Vec<&HostTensor> = (0..ins.len()).filter_map(|i| ins.get(i)).collect();
-    let first = xs.first().ok_or("Concat needs operands")?;
-    let r = first.rank();
-    let a = norm_axis(axis, r)?;
-    let mut shape = first.shape().to_vec();
-    shape[a] = 0;
-    for x in &xs {
-        if x.rank() != r
-            || x.dtype() != first.dtype()
-            || x.shape()
-                .iter()
-                .enumerate()
-                .any(|(i, &d)| i != a && d != first.shape()[i])
-        {
-            return Err(format!(
-                "cannot concatenate {:?} {} with {:?} {} on axis {a}",
-                first.shape(),
-                first.dtype(),
-                x.shape(),
-                x.dtype()
-            ));
-        }
-        shape[a] += x.shape()[a];
+    let first = xs.first().ok_or(KernelError::invalid("Concat needs operands"))?;
+    let a = norm_axis(axis, first.rank())?;
+    if let Some(x) = xs.iter().find(|x| x.dtype() != first.dtype()) {
+        return Err(KernelError::dtype(format!(
+            "cannot concatenate {:?} {} with {:?} {} on axis {a}",
+            first.shape(),
+            first.dtype(),
+            x.shape(),
+            x.dtype()
+        )));
     }
+    let shapes: Vec<&[usize]> = xs.iter().map(|x| x.shape()).collect();
+    let shape = movement::concat_dims(&shapes, a)?;
     let d = first.dtype();
     Ok(vec![
-        crate::with_dtype!(d, T => concat_typed::<T>(cx, &xs, a, shape), _ => Err(format!("not defined for {d}")))?,
+        crate::with_dtype!(d, T => concat_typed::<T>(cx, &xs, a, shape), _ => Err(KernelError::dtype(format!("not defined for {d}"))))?,
     ])
 }
 
@@ -410,10 +302,9 @@ fn split_typed<T: Elem>(
     axis: usize,
     sizes: &[usize],
 ) -> KernelResult<Vec<HostTensor>> {
-    let xd = x.data::<T>().ok_or("dtype")?;
-    let outer: usize = x.shape()[..axis].iter().product();
-    let inner: usize = x.shape()[axis + 1..].iter().product();
-    let row = x.shape()[axis] * inner;
+    let xd = x.data::<T>().ok_or(KernelError::dtype("dtype"))?;
+    let (outer, dim, inner) = size::split_at_axis(x.shape(), axis)?;
+    let row = dim * inner;
     let mut start = 0;
     let mut res = Vec::with_capacity(sizes.len());
     for &s in sizes {
@@ -452,11 +343,11 @@ pub fn split(
                 .collect()
         }
     };
-    if sizes.iter().sum::<usize>() != dim {
-        return Err(format!("split sizes {sizes:?} do not add up to dim {dim}"));
+    if sizes.iter().try_fold(0usize, |a, &b| a.checked_add(b)) != Some(dim) {
+        return Err(KernelError::shape(format!("split sizes {sizes:?} do not add up to dim {dim}")));
     }
     let d = x.dtype();
-    crate::with_dtype!(d, T => split_typed::<T>(cx, x, a, &sizes), _ => Err(format!("not defined for {d}")))
+    crate::with_dtype!(d, T => split_typed::<T>(cx, x, a, &sizes), _ => Err(KernelError::dtype(format!("not defined for {d}"))))
 }
 
 fn gather_typed<T: Elem>(
@@ -466,26 +357,10 @@ fn gather_typed<T: Elem>(
     idx_shape: &[usize],
     axis: usize,
 ) -> KernelResult<HostTensor> {
-    let xd = x.data::<T>().ok_or("dtype")?;
-    let dim = x.shape()[axis] as i64;
-    let outer: usize = x.shape()[..axis].iter().product();
-    let inner: usize = x.shape()[axis + 1..].iter().product();
-    let mut shape = x.shape()[..axis].to_vec();
-    shape.extend_from_slice(idx_shape);
-    shape.extend_from_slice(&x.shape()[axis + 1..]);
-    let mut out = cx.pool.alloc::<T>(numel(&shape));
-    let mut at = 0;
-    for o in 0..outer {
-        for &i in idx {
-            let j = if i < 0 { i + dim } else { i };
-            if j < 0 || j >= dim {
-                return Err(format!("index {i} is out of range for axis of size {dim}"));
-            }
-            let src = (o * dim as usize + j as usize) * inner;
-            out[at..at + inner].copy_from_slice(&xd[src..src + inner]);
-            at += inner;
-        }
-    }
+    let xd = x.data::<T>().ok_or(KernelError::dtype("dtype"))?;
+    let shape = movement::gather_dims(x.shape(), idx_shape, axis);
+    let mut out = cx.pool.alloc::<T>(size::checked_numel(&shape)?);
+    movement::gather_into(xd, x.shape(), idx, axis, &mut out)?;
     HostTensor::make(shape, T::wrap(out))
 }
 
@@ -497,13 +372,13 @@ pub fn gather(
     let x = ins.req(0)?;
     let ind = ins.req(1)?;
     if !(ind.dtype().is_int()) {
-        return Err(format!("indices must be integers, got {}", ind.dtype()));
+        return Err(KernelError::dtype(format!("indices must be integers, got {}", ind.dtype())));
     }
     let a = norm_axis(axis, x.rank())?;
     let idx = ind.to_i64_vec();
     let d = x.dtype();
     Ok(vec![
-        crate::with_dtype!(d, T => gather_typed::<T>(cx, x, &idx, ind.shape(), a), _ => Err(format!("not defined for {d}")))?,
+        crate::with_dtype!(d, T => gather_typed::<T>(cx, x, &idx, ind.shape(), a), _ => Err(KernelError::dtype(format!("not defined for {d}"))))?,
     ])
 }
 
@@ -512,11 +387,8 @@ pub fn shape_of(
     start: Option<i64>,
     end: Option<i64>,
 ) -> KernelResult<Vec<HostTensor>> {
-    let s: Vec<i64> = ins.req(0)?.shape().iter().map(|&d| d as i64).collect();
-    let r = s.len() as i64;
-    let cl = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
-    let (a, b) = (cl(start.unwrap_or(0)), cl(end.unwrap_or(r)));
-    let v: Vec<i64> = if a < b { s[a..b].to_vec() } else { Vec::new() };
+    let s = size::dims_to_i64(ins.req(0)?.shape())?;
+    let v = s[axis::shape_range(s.len(), start, end)].to_vec();
     Ok(vec![HostTensor::make(vec![v.len()], i64::wrap(v))?])
 }
 
@@ -527,26 +399,12 @@ pub fn size_of(ins: &mut Inputs<'_>) -> KernelResult<Vec<HostTensor>> {
 pub fn range(ins: &mut Inputs<'_>) -> KernelResult<Vec<HostTensor>> {
     let (s, l, d) = (ins.req(0)?, ins.req(1)?, ins.req(2)?);
     let dt = s.dtype();
-    let f = |t: &HostTensor| {
-        t.to_f64_vec()
-            .first()
-            .copied()
-            .ok_or("Range operands must be scalars")
-    };
+    let scalar = || KernelError::shape("Range operands must be scalars");
     if dt.is_int() {
-        let g = |t: &HostTensor| {
-            t.to_i64_vec()
-                .first()
-                .copied()
-                .ok_or("Range operands must be scalars")
-        };
+        let g = |t: &HostTensor| t.to_i64_vec().first().copied().ok_or_else(scalar);
         let (start, limit, delta) = (g(s)?, g(l)?, g(d)?);
-        if delta == 0 {
-            return Err("Range delta is 0".into());
-        }
-        let n = ((limit - start) as f64 / delta as f64).ceil().max(0.0) as usize;
-        let v: Vec<i64> = (0..n as i64).map(|i| start + i * delta).collect();
-        let t = HostTensor::make(vec![n], i64::wrap(v))?;
+        let n = movement::range_len_int(start, limit, delta)?;
+        let t = HostTensor::make(vec![n], i64::wrap(movement::range_values(start, delta, n)))?;
         let mut pool = crate::cpu::pool::BufferPool::new();
         let mut cx = ExecCx {
             pool: &mut pool,
@@ -554,24 +412,19 @@ pub fn range(ins: &mut Inputs<'_>) -> KernelResult<Vec<HostTensor>> {
         };
         return Ok(vec![super::cast::cast(&mut cx, &t, dt)?]);
     }
+    let f = |t: &HostTensor| t.to_f64_vec().first().copied().ok_or_else(scalar);
     let (start, limit, delta) = (f(s)?, f(l)?, f(d)?);
-    if delta == 0.0 {
-        return Err("Range delta is 0".into());
-    }
-    let n = ((limit - start) / delta).ceil().max(0.0) as usize;
+    let n = movement::range_len_float(start, limit, delta)?;
     let t = match dt {
-        DType::F32 => {
-            let (s0, d0) = (start as f32, delta as f32);
-            HostTensor::make(
-                vec![n],
-                f32::wrap((0..n).map(|i| s0 + i as f32 * d0).collect()),
-            )?
-        }
+        DType::F32 => HostTensor::make(
+            vec![n],
+            f32::wrap(movement::range_values(start as f32, delta as f32, n)),
+        )?,
         DType::F64 => HostTensor::make(
             vec![n],
-            f64::wrap((0..n).map(|i| start + i as f64 * delta).collect()),
+            f64::wrap(movement::range_values(start, delta, n)),
         )?,
-        d => return Err(format!("Range is not defined for {d}")),
+        d => return Err(KernelError::dtype(format!("Range is not defined for {d}"))),
     };
     Ok(vec![t])
 }
@@ -581,15 +434,17 @@ pub fn constant_of_shape(
     value: Option<&HostTensor>,
 ) -> KernelResult<Vec<HostTensor>> {
     let shape = dims_from(&ins.req(0)?.to_i64_vec(), "ConstantOfShape")?;
-    let n = numel(&shape);
     let t = match value {
-        None => HostTensor::make(shape, f32::wrap(vec![0.0; n]))?,
+        None => HostTensor::make(
+            shape.clone(),
+            f32::wrap(movement::constant_of_shape(&shape, &[0.0f32])?),
+        )?,
         Some(v) => {
             let d = v.dtype();
             crate::with_dtype!(d, T => {
-                let x = *v.data::<T>().and_then(|s| s.first()).ok_or("value must have one element")?;
-                HostTensor::make(shape, T::wrap(vec![x; n]))?
-            }, _ => return Err(format!("not defined for {d}")))
+                let x = v.data::<T>().ok_or(KernelError::dtype("dtype"))?;
+                HostTensor::make(shape.clone(), T::wrap(movement::constant_of_shape(&shape, x)?))?
+            }, _ => return Err(KernelError::dtype(format!("not defined for {d}"))))
         }
     };
     Ok(vec![t])
@@ -598,10 +453,10 @@ pub fn constant_of_shape(
 fn trilu_typed<T: Elem>(x: &HostTensor, upper: bool, k: i64) -> KernelResult<HostTensor> {
     let r = x.rank();
     if r < 2 {
-        return Err("Trilu needs rank ≥ 2".into());
+        return Err(KernelError::shape("Trilu needs rank ≥ 2"));
     }
     let (m, n) = (x.shape()[r - 2], x.shape()[r - 1]);
-    let mut v = x.data::<T>().ok_or("dtype")?.to_vec();
+    let mut v = x.data::<T>().ok_or(KernelError::dtype("dtype"))?.to_vec();
     for (e, o) in v.iter_mut().enumerate() {
         let i = (e / n % m) as i64;
         let j = (e % n) as i64;
@@ -621,7 +476,7 @@ pub fn trilu(ins: &mut Inputs<'_>, upper: bool) -> KernelResult<Vec<HostTensor>>
         .unwrap_or(0);
     let d = x.dtype();
     Ok(vec![
-        crate::with_dtype!(d, T => trilu_typed::<T>(x, upper, k), _ => Err(format!("not defined for {d}")))?,
+        crate::with_dtype!(d, T => trilu_typed::<T>(x, upper, k), _ => Err(KernelError::dtype(format!("not defined for {d}"))))?,
     ])
 }
 

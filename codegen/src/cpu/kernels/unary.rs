@@ -2,7 +2,7 @@
 
 use super::broadcast::fill_flat;
 use super::elementwise::via_f32;
-use crate::cpu::error::KernelResult;
+use crate::cpu::error::{KernelError, KernelResult};
 use crate::cpu::kernel::{ExecCx, Inputs};
 use crate::cpu::tensor::{Elem, HostTensor};
 use ortho_ir::DType;
@@ -174,7 +174,7 @@ pub fn map1<A: Elem, O: Elem>(
 ) -> KernelResult<HostTensor> {
     let xd = x
         .data::<A>()
-        .ok_or_else(|| format!("expected {} operand, got {}", A::DTYPE, x.dtype()))?;
+        .ok_or_else(|| KernelError::dtype(format!("expected {} operand, got {}", A::DTYPE, x.dtype())))?;
     let mut out = cx.pool.alloc::<O>(xd.len());
     fill_flat(cx, &mut out, |o, s| {
         for (o, v) in o.iter_mut().zip(&xd[s..]) {
@@ -194,7 +194,7 @@ fn map1_inplace<T: Elem>(
         pool: cx.pool,
         threads,
     };
-    let d = x.data_mut::<T>().ok_or("dtype")?;
+    let d = x.data_mut::<T>().ok_or(KernelError::dtype("dtype"))?;
     fill_flat(&cx2, d, |o, _| {
         for v in o.iter_mut() {
             *v = f(*v);
@@ -341,7 +341,7 @@ fn unary_int<T: Elem + PartialOrd>(
             }
         }),
         Unary::Floor | Unary::Ceil | Unary::Round => map1::<T, T>(cx, x, |v| v),
-        _ => Err(format!("{op:?} is not defined for {}", x.dtype())),
+        _ => Err(KernelError::dtype(format!("{op:?} is not defined for {}", x.dtype()))),
     }
 }
 
@@ -359,8 +359,8 @@ pub fn unary(
             None => {
                 let x = ins.req(0)?;
                 let mut v = cx.pool.alloc::<f32>(x.numel());
-                v.copy_from_slice(x.as_f32().ok_or("dtype")?);
-                HostTensor::from_vec(x.shape().to_vec(), v).map_err(|e| e.to_string())?
+                v.copy_from_slice(x.as_f32().ok_or(KernelError::dtype("dtype"))?);
+                HostTensor::from_vec(x.shape().to_vec(), v)?
             }
         };
         let threads = cx.threads;
@@ -368,7 +368,7 @@ pub fn unary(
             pool: cx.pool,
             threads,
         };
-        fill_flat(&cx2, t.data_mut::<f32>().ok_or("dtype")?, |o, _| {
+        fill_flat(&cx2, t.data_mut::<f32>().ok_or(KernelError::dtype("dtype"))?, |o, _| {
             super::mathf::sigmoid_inplace(o)
         });
         return Ok(vec![t]);
@@ -395,7 +395,7 @@ pub fn unary(
         {
             Ok(ins.req(0)?.clone())
         }
-        _ => Err(format!("{op:?} is not defined for {d}")),
+        _ => Err(KernelError::dtype(format!("{op:?} is not defined for {d}"))),
     }?;
     Ok(vec![r])
 }
@@ -421,7 +421,7 @@ pub fn classify(
     let r = match x.dtype() {
         DType::F32 => map1::<f32, bool>(cx, x, move |v| test(v as f64)),
         DType::F64 => map1::<f64, bool>(cx, x, test),
-        d => Err(format!("not defined for {d}")),
+        d => Err(KernelError::dtype(format!("not defined for {d}"))),
     }?;
     Ok(vec![r])
 }
@@ -439,7 +439,7 @@ pub fn not(cx: &mut ExecCx<'_>, ins: &mut Inputs<'_>) -> KernelResult<Vec<HostTe
         DType::U16 => map1::<u16, u16>(cx, x, |v| !v),
         DType::U32 => map1::<u32, u32>(cx, x, |v| !v),
         DType::U64 => map1::<u64, u64>(cx, x, |v| !v),
-        d => Err(format!("not defined for {d}")),
+        d => Err(KernelError::dtype(format!("not defined for {d}"))),
     }?;
     Ok(vec![r])
 }

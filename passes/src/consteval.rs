@@ -1,4 +1,11 @@
-//! Constant-folding kernels used by `canonicalize` (this file is not a pass).
+//! Constant evaluation of one node, used by `canonicalize` to fold constants (not a pass).
+//!
+//! The op rules (broadcasting, axes, slice clamping, reshape dims, Gather/Concat/Where/Slice/
+//! Range/ConstantOfShape data movement) are `ortho_ir::semantics`, the same code the engine's
+//! kernels run, so this folder and the engine's compile-time folding agree by construction.
+//! This file only adapts constants (raw little-endian bytes) to those functions: elements are
+//! viewed as opaque `[u8; N]` values, so data movement works for every dtype with a whole
+//! number of bytes per element.
 //!
 //! Arithmetic follows the numerics policy: floats are decoded to f64, computed once and encoded
 //! once into the result dtype (for one IEEE operation that equals computing in the narrow type);
@@ -9,7 +16,10 @@
 //! byte budget: output sizes are checked before computing.
 
 use ortho_ir::numeric::{encode_f64, encode_i64};
-use ortho_ir::tensor::numel;
+use ortho_ir::semantics::axis::{norm_axis, shape_range};
+use ortho_ir::semantics::broadcast::{broadcast_index, broadcast_shapes};
+use ortho_ir::semantics::size::{checked_bytes, checked_numel, dims_to_i64, dims_to_usize};
+use ortho_ir::semantics::{movement, reshape, slice as sem_slice, SemError};
 use ortho_ir::{DType, Module, Op, TensorData, Type};
 
 /// One operand as folding sees it: its data when it is a constant, and its type.
@@ -82,7 +92,7 @@ fn fold_op(m: &Module, op: &Op, ins: &[Option<Operand<'_>>], budget: u64) -> R {
             arg(0)?,
             &ints(arg(1)?)?,
             arg(1)?.dims.as_slice(),
-            a.axis.unwrap_or(0),
+            a.axis(),
             budget,
         ),
         Op::Concat(a) => {
@@ -94,7 +104,7 @@ fn fold_op(m: &Module, op: &Op, ins: &[Option<Operand<'_>>], budget: u64) -> R {
         Op::Reshape(a) => {
             let x = arg(0)?;
             let dims =
-                reshape_dims(&x.dims, &ints(arg(1)?)?, a.allowzero == Some(1)).ok_or(Why::No)?;
+                reshape_dims(&x.dims, &ints(arg(1)?)?, a.allowzero() == 1).ok_or(Why::No)?;
             Ok(with_dims(x, dims))
         }
         Op::Range => range(arg(0)?, arg(1)?, arg(2)?, budget),
@@ -126,22 +136,34 @@ fn elem_size(d: DType) -> Option<usize> {
     }
 }
 
+/// Every semantics error means "leave this node to the runtime".
+impl From<SemError> for Why {
+    fn from(_: SemError) -> Why {
+        Why::No
+    }
+}
+
 /// Errors unless `dims` of `dtype` fit in the budget; returns the element count.
-fn check(dtype: DType, dims: &[i64], budget: u64) -> Result<usize, Why> {
-    let n = numel(dims).ok_or(Why::No)?;
-    let bytes = dtype.bytes_for(n).ok_or(Why::No)?;
+fn check(dtype: DType, dims: &[usize], budget: u64) -> Result<usize, Why> {
+    let n = checked_numel(dims)?;
+    let bytes = dtype.bytes_for(n as u64).ok_or(Why::No)?;
     if bytes > budget {
         return Err(Why::OverBudget);
     }
-    Ok(n as usize)
+    Ok(n)
+}
+
+/// A constant's dims as `usize`.
+fn udims(t: &TensorData) -> Result<Vec<usize>, Why> {
+    Ok(dims_to_usize(&t.dims, "constant")?)
 }
 
 /// The element bytes and element size of a constant, checked against its dims.
 fn raw(t: &TensorData) -> Result<(&[u8], usize), Why> {
     let es = elem_size(t.dtype).ok_or(Why::No)?;
     let b = t.bytes().ok_or(Why::No)?;
-    let n = numel(&t.dims).ok_or(Why::No)? as usize;
-    if b.len() != n * es {
+    let n = checked_numel(&udims(t)?)?;
+    if b.len() != checked_bytes(n, es)? {
         return Err(Why::No);
     }
     Ok((b, es))
@@ -160,70 +182,55 @@ fn with_dims(x: &TensorData, dims: Vec<i64>) -> TensorData {
     TensorData::from_bytes(x.dtype, dims, bytes)
 }
 
-/// Visits every multi-index of `dims` in row-major order.
-fn for_each_index(dims: &[i64], mut f: impl FnMut(&[i64])) {
-    if dims.iter().any(|&d| d <= 0) {
-        return;
-    }
-    let mut idx = vec![0i64; dims.len()];
-    loop {
-        f(&idx);
-        let mut k = dims.len();
-        loop {
-            if k == 0 {
-                return;
-            }
-            k -= 1;
-            idx[k] += 1;
-            if idx[k] < dims[k] {
-                break;
-            }
-            idx[k] = 0;
-        }
-    }
+/// A constant of `dtype` with `dims` and element bytes `bytes`.
+fn tensor(dtype: DType, dims: &[usize], bytes: Vec<u8>) -> R {
+    Ok(TensorData::from_bytes(dtype, dims_to_i64(dims)?, bytes))
 }
 
-fn strides(dims: &[i64]) -> Vec<i64> {
-    let mut s = vec![1i64; dims.len()];
-    for k in (0..dims.len().saturating_sub(1)).rev() {
-        s[k] = s[k + 1] * dims[k + 1];
-    }
-    s
+/// Raw bytes viewed as elements of `N` bytes (the caller checked the length).
+fn elems<const N: usize>(b: &[u8]) -> Vec<[u8; N]> {
+    b.chunks_exact(N)
+        .map(|c| {
+            let mut e = [0u8; N];
+            e.copy_from_slice(c);
+            e
+        })
+        .collect()
 }
 
-/// The multidirectional (numpy) broadcast of `shapes`, `None` when they are incompatible.
-pub(crate) fn broadcast(shapes: &[&[i64]]) -> Option<Vec<i64>> {
-    let r = shapes.iter().map(|s| s.len()).max().unwrap_or(0);
-    let mut out = vec![1i64; r];
-    for s in shapes {
-        for (i, &d) in s.iter().rev().enumerate() {
-            let o = &mut out[r - 1 - i];
-            if *o == 1 {
-                *o = d;
-            } else if d != 1 && d != *o {
-                return None;
-            }
-        }
-    }
-    Some(out)
+/// Elements back to raw bytes.
+fn flat<const N: usize>(v: Vec<[u8; N]>) -> Vec<u8> {
+    v.into_iter().flatten().collect()
 }
 
-/// For each element of `out` (row-major), the linear index of the element of an operand with
-/// dims `dims` that broadcasting reads.
-fn broadcast_index(dims: &[i64], out: &[i64]) -> Vec<usize> {
-    let st = strides(dims);
-    let shift = out.len() - dims.len();
-    let mut v = Vec::new();
-    for_each_index(out, |idx| {
-        let mut off = 0;
-        for (k, &d) in dims.iter().enumerate() {
-            if d != 1 {
-                off += idx[k + shift] * st[k];
+/// Runs `$body` with `$n` bound to the element size `$es` as a constant, so that the generic
+/// semantics functions see elements as `[u8; $n]`.
+macro_rules! per_width {
+    ($es:expr, |$n:ident| $body:expr) => {
+        match $es {
+            1 => {
+                const $n: usize = 1;
+                $body
             }
+            2 => {
+                const $n: usize = 2;
+                $body
+            }
+            4 => {
+                const $n: usize = 4;
+                $body
+            }
+            8 => {
+                const $n: usize = 8;
+                $body
+            }
+            16 => {
+                const $n: usize = 16;
+                $body
+            }
+            _ => Err(Why::No),
         }
-        v.push(off as usize);
-    });
-    v
+    };
 }
 
 enum Num {
@@ -264,17 +271,15 @@ fn binary(op: Bin, a: &TensorData, b: &TensorData, budget: u64) -> R {
     if a.dtype != b.dtype {
         return Err(Why::No);
     }
-    let dims = broadcast(&[&a.dims, &b.dims]).ok_or(Why::No)?;
+    let (da, db) = (udims(a)?, udims(b)?);
+    let dims = broadcast_shapes(&[&da, &db])?;
     let out_dtype = if op == Bin::Equal {
         DType::Bool
     } else {
         a.dtype
     };
     check(out_dtype, &dims, budget)?;
-    let (ia, ib) = (
-        broadcast_index(&a.dims, &dims),
-        broadcast_index(&b.dims, &dims),
-    );
+    let (ia, ib) = (broadcast_index(&da, &dims)?, broadcast_index(&db, &dims)?);
     let out = match (decode(a)?, decode(b)?) {
         (Num::F(x), Num::F(y)) => {
             let pairs = ia.iter().zip(&ib).map(|(&i, &j)| (x[i], y[j]));
@@ -308,11 +313,7 @@ fn binary(op: Bin, a: &TensorData, b: &TensorData, budget: u64) -> R {
         }
         _ => return Err(Why::No),
     };
-    Ok(TensorData::from_bytes(
-        out_dtype,
-        dims,
-        encode(out_dtype, &out)?,
-    ))
+    tensor(out_dtype, &dims, encode(out_dtype, &out)?)
 }
 
 fn unary(sqrt: bool, x: &TensorData) -> R {
@@ -343,7 +344,7 @@ fn int_range(d: DType) -> Option<(f64, f64)> {
 }
 
 fn cast(x: &TensorData, to: DType, budget: u64) -> R {
-    check(to, &x.dims, budget)?;
+    check(to, &udims(x)?, budget)?;
     let bytes = match (decode(x)?, to) {
         (Num::F(v), DType::F32 | DType::F64) => encode_f64(to, &v).ok_or(Why::No)?,
         (Num::F(v), DType::Bool) => encode_i64(
@@ -396,142 +397,68 @@ pub(crate) fn fixed_dims(ty: &Type) -> Option<Vec<i64>> {
 }
 
 fn shape(dims: &[i64], start: Option<i64>, end: Option<i64>, budget: u64) -> R {
-    let r = dims.len() as i64;
-    let norm = |x: i64| {
-        let x = if x < 0 { x + r } else { x };
-        x.clamp(0, r) as usize
-    };
-    let s = norm(start.unwrap_or(0));
-    let e = norm(end.unwrap_or(r)).max(s);
-    let v = &dims[s..e];
-    check(DType::I64, &[v.len() as i64], budget)?;
+    let v = &dims[shape_range(dims.len(), start, end)];
+    check(DType::I64, &[v.len()], budget)?;
     Ok(TensorData::from_i64(vec![v.len() as i64], v))
-}
-
-fn norm_axis(axis: i64, rank: usize) -> Result<usize, Why> {
-    let r = rank as i64;
-    let a = if axis < 0 { axis + r } else { axis };
-    if (0..r).contains(&a) {
-        Ok(a as usize)
-    } else {
-        Err(Why::No)
-    }
 }
 
 fn gather(x: &TensorData, idx: &[i64], idx_dims: &[i64], axis: i64, budget: u64) -> R {
     let (b, es) = raw(x)?;
-    let a = norm_axis(axis, x.dims.len())?;
-    let d = x.dims[a];
-    let mut dims = x.dims[..a].to_vec();
-    dims.extend_from_slice(idx_dims);
-    dims.extend_from_slice(&x.dims[a + 1..]);
-    check(x.dtype, &dims, budget)?;
-    let outer = numel(&x.dims[..a]).ok_or(Why::No)? as usize;
-    let inner = numel(&x.dims[a + 1..]).ok_or(Why::No)? as usize * es;
-    let mut out = Vec::new();
-    for o in 0..outer {
-        for &i in idx {
-            let i = if i < 0 { i + d } else { i };
-            if !(0..d).contains(&i) {
-                return Err(Why::No);
-            }
-            let at = (o * d as usize + i as usize) * inner;
-            out.extend_from_slice(&b[at..at + inner]);
-        }
-    }
-    Ok(TensorData::from_bytes(x.dtype, dims, out))
+    let dims = udims(x)?;
+    let idx_dims = dims_to_usize(idx_dims, "indices")?;
+    let a = norm_axis(axis, dims.len())?;
+    let out_dims = movement::gather_dims(&dims, &idx_dims, a);
+    check(x.dtype, &out_dims, budget)?;
+    let bytes = per_width!(es, |N| {
+        let (_, v) = movement::gather(&elems::<N>(b), &dims, idx, &idx_dims, a)?;
+        Ok(flat(v))
+    })?;
+    tensor(x.dtype, &out_dims, bytes)
 }
 
 fn concat(xs: &[&TensorData], axis: i64, budget: u64) -> R {
     let first = xs.first().ok_or(Why::No)?;
+    if xs.iter().any(|x| x.dtype != first.dtype) {
+        return Err(Why::No);
+    }
     let a = norm_axis(axis, first.dims.len())?;
-    let mut dims = first.dims.clone();
-    dims[a] = 0;
-    for x in xs {
-        let same_rest =
-            x.dims.len() == dims.len() && (0..dims.len()).all(|k| k == a || x.dims[k] == dims[k]);
-        if x.dtype != first.dtype || !same_rest {
-            return Err(Why::No);
-        }
-        dims[a] += x.dims[a];
-    }
+    let shapes = xs.iter().map(|x| udims(x)).collect::<Result<Vec<_>, _>>()?;
+    let shape_refs: Vec<&[usize]> = shapes.iter().map(Vec::as_slice).collect();
+    let dims = movement::concat_dims(&shape_refs, a)?;
     check(first.dtype, &dims, budget)?;
-    let outer = numel(&dims[..a]).ok_or(Why::No)? as usize;
-    let mut out = Vec::new();
-    for o in 0..outer {
-        for x in xs {
-            let (b, es) = raw(x)?;
-            let chunk = numel(&x.dims[a..]).ok_or(Why::No)? as usize * es;
-            out.extend_from_slice(&b[o * chunk..(o + 1) * chunk]);
-        }
-    }
-    Ok(TensorData::from_bytes(first.dtype, dims, out))
+    let raws = xs.iter().map(|x| raw(x)).collect::<Result<Vec<_>, _>>()?;
+    let es = raws.first().map_or(0, |r| r.1);
+    let bytes = per_width!(es, |N| {
+        let data: Vec<Vec<[u8; N]>> = raws.iter().map(|r| elems::<N>(r.0)).collect();
+        let parts: Vec<(&[[u8; N]], &[usize])> = data
+            .iter()
+            .zip(&shape_refs)
+            .map(|(d, s)| (d.as_slice(), *s))
+            .collect();
+        let (_, v) = movement::concat(&parts, a)?;
+        Ok(flat(v))
+    })?;
+    tensor(first.dtype, &dims, bytes)
 }
 
 fn unsqueeze(x: &TensorData, axes: &[i64]) -> R {
     raw(x)?;
-    let r = x.dims.len() + axes.len();
-    let mut ones = vec![false; r];
-    for &ax in axes {
-        let a = norm_axis(ax, r)?;
-        if std::mem::replace(&mut ones[a], true) {
-            return Err(Why::No);
-        }
-    }
-    let mut rest = x.dims.iter();
-    let dims = ones
-        .iter()
-        .map(|&one| if one { Some(1) } else { rest.next().copied() })
-        .collect::<Option<Vec<_>>>()
-        .ok_or(Why::No)?;
-    Ok(with_dims(x, dims))
+    let dims = reshape::unsqueeze_dims(&udims(x)?, axes)?;
+    Ok(with_dims(x, dims_to_i64(&dims)?))
 }
 
 fn squeeze(x: &TensorData, axes: Option<&[i64]>) -> R {
     raw(x)?;
-    let r = x.dims.len();
-    let drop: Vec<usize> = match axes {
-        None => (0..r).filter(|&k| x.dims[k] == 1).collect(),
-        Some(axes) => axes
-            .iter()
-            .map(|&a| norm_axis(a, r))
-            .collect::<Result<_, _>>()?,
-    };
-    if drop.iter().any(|&k| x.dims[k] != 1) {
-        return Err(Why::No);
-    }
-    let dims = (0..r)
-        .filter(|k| !drop.contains(k))
-        .map(|k| x.dims[k])
-        .collect();
-    Ok(with_dims(x, dims))
+    let dims = reshape::squeeze_dims(&udims(x)?, axes)?;
+    Ok(with_dims(x, dims_to_i64(&dims)?))
 }
 
 /// The dims `Reshape` produces from `input` and the shape operand `shape` (0 copies the input
 /// dim unless `allowzero`, one -1 is inferred); `None` when the shape is invalid.
 pub(crate) fn reshape_dims(input: &[i64], shape: &[i64], allowzero: bool) -> Option<Vec<i64>> {
-    let mut out = Vec::with_capacity(shape.len());
-    let mut infer = None;
-    for (i, &s) in shape.iter().enumerate() {
-        match s {
-            0 if !allowzero => out.push(*input.get(i)?),
-            -1 if infer.is_none() => {
-                infer = Some(i);
-                out.push(1);
-            }
-            s if s >= 0 => out.push(s),
-            _ => return None,
-        }
-    }
-    let total = numel(input)?;
-    if let Some(i) = infer {
-        let rest = numel(&out)?;
-        if rest == 0 || total % rest != 0 {
-            return None;
-        }
-        out[i] = (total / rest) as i64;
-    }
-    (numel(&out)? == total).then_some(out)
+    let input = dims_to_usize(input, "input").ok()?;
+    let out = reshape::reshape_dims(&input, shape, allowzero).ok()?;
+    dims_to_i64(&out).ok()
 }
 
 fn range(start: &TensorData, limit: &TensorData, delta: &TensorData, budget: u64) -> R {
@@ -544,75 +471,64 @@ fn range(start: &TensorData, limit: &TensorData, delta: &TensorData, budget: u64
     }
     let es = elem_size(t).ok_or(Why::No)? as u64;
     let max_count = budget / es.max(1);
-    let vals = match (decode(start)?, decode(limit)?, decode(delta)?) {
+    let over = |n: usize| n as u64 > max_count;
+    let bytes = match (decode(start)?, decode(limit)?, decode(delta)?) {
         (Num::F(s), Num::F(l), Num::F(d)) => {
-            let n = ((l[0] - s[0]) / d[0]).ceil().max(0.0);
-            if !n.is_finite() {
-                return Err(Why::No);
-            }
-            if n > max_count as f64 {
+            let n = movement::range_len_float(s[0], l[0], d[0])?;
+            if over(n) {
                 return Err(Why::OverBudget);
             }
-            Num::F((0..n as u64).map(|i| s[0] + i as f64 * d[0]).collect())
+            // Each element is computed in the element type, as the engine does.
+            match t {
+                DType::F32 => movement::range_values(s[0] as f32, d[0] as f32, n)
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+                DType::F64 => encode_f64(t, &movement::range_values(s[0], d[0], n)).ok_or(Why::No)?,
+                _ => return Err(Why::No),
+            }
         }
         (Num::I(s), Num::I(l), Num::I(d)) => {
-            let (s, l, d) = (s[0] as i128, l[0] as i128, d[0] as i128);
-            if d == 0 {
-                return Err(Why::No);
-            }
-            let n = if d > 0 {
-                (l - s + d - 1).div_euclid(d)
-            } else {
-                (s - l - d - 1).div_euclid(-d)
-            }
-            .max(0);
-            if n > max_count as i128 {
+            let n = movement::range_len_int(s[0], l[0], d[0])?;
+            if over(n) {
                 return Err(Why::OverBudget);
             }
-            Num::I((0..n).map(|i| (s + i * d) as i64).collect())
+            encode_i64(t, &movement::range_values(s[0], d[0], n)).ok_or(Why::No)?
         }
         _ => return Err(Why::No),
     };
-    let n = match &vals {
-        Num::F(v) => v.len(),
-        Num::I(v) => v.len(),
-    };
-    Ok(TensorData::from_bytes(t, vec![n as i64], encode(t, &vals)?))
+    let n = bytes.len() / es.max(1) as usize;
+    tensor(t, &[n], bytes)
 }
 
 fn where_(cond: &TensorData, x: &TensorData, y: &TensorData, budget: u64) -> R {
     if cond.dtype != DType::Bool || x.dtype != y.dtype {
         return Err(Why::No);
     }
-    let dims = broadcast(&[&cond.dims, &x.dims, &y.dims]).ok_or(Why::No)?;
+    let (dc, dx, dy) = (udims(cond)?, udims(x)?, udims(y)?);
+    let dims = broadcast_shapes(&[&dc, &dx, &dy])?;
     check(x.dtype, &dims, budget)?;
     let ((c, _), (xb, es), (yb, _)) = (raw(cond)?, raw(x)?, raw(y)?);
-    let (ic, ix, iy) = (
-        broadcast_index(&cond.dims, &dims),
-        broadcast_index(&x.dims, &dims),
-        broadcast_index(&y.dims, &dims),
-    );
-    let mut out = Vec::with_capacity(ic.len() * es);
-    for k in 0..ic.len() {
-        let (src, i) = if c[ic[k]] != 0 {
-            (xb, ix[k])
-        } else {
-            (yb, iy[k])
-        };
-        out.extend_from_slice(&src[i * es..(i + 1) * es]);
-    }
-    Ok(TensorData::from_bytes(x.dtype, dims, out))
+    let c: Vec<bool> = c.iter().map(|&v| v != 0).collect();
+    let bytes = per_width!(es, |N| {
+        let (xe, ye) = (elems::<N>(xb), elems::<N>(yb));
+        let (_, v) = movement::where_select((&c, &dc), (&xe, &dx), (&ye, &dy))?;
+        Ok(flat(v))
+    })?;
+    tensor(x.dtype, &dims, bytes)
 }
 
 fn constant_of_shape(dims: &[i64], value: Option<&TensorData>, budget: u64) -> R {
     let zero = TensorData::from_f32(vec![1], &[0.0]);
     let v = value.unwrap_or(&zero);
-    if v.numel() != Some(1) || dims.iter().any(|&d| d < 0) {
-        return Err(Why::No);
-    }
-    let (b, _) = raw(v)?;
-    let n = check(v.dtype, dims, budget)?;
-    Ok(TensorData::from_bytes(v.dtype, dims.to_vec(), b.repeat(n)))
+    let dims = dims_to_usize(dims, "ConstantOfShape")?;
+    let (b, es) = raw(v)?;
+    check(v.dtype, &dims, budget)?;
+    let bytes = per_width!(es, |N| Ok(flat(movement::constant_of_shape(
+        &dims,
+        &elems::<N>(b)
+    )?)))?;
+    tensor(v.dtype, &dims, bytes)
 }
 
 fn slice(
@@ -624,47 +540,14 @@ fn slice(
     budget: u64,
 ) -> R {
     let (b, es) = raw(x)?;
-    let r = x.dims.len();
-    let k = starts.len();
-    let default_axes: Vec<i64> = (0..k as i64).collect();
-    let axes = axes.unwrap_or(&default_axes);
-    let ones = vec![1i64; k];
-    let steps = steps.unwrap_or(&ones);
-    if ends.len() != k || axes.len() != k || steps.len() != k {
-        return Err(Why::No);
-    }
-    let (mut start, mut step, mut dims) = (vec![0i64; r], vec![1i64; r], x.dims.clone());
-    let mut seen = vec![false; r];
-    for i in 0..k {
-        let a = norm_axis(axes[i], r)?;
-        let (d, st) = (x.dims[a], steps[i]);
-        if std::mem::replace(&mut seen[a], true) || st == 0 {
-            return Err(Why::No);
-        }
-        // i128: ends are often i64::MAX, and `end - start + step` must not overflow.
-        let (d, stw) = (d as i128, st as i128);
-        let adj = |v: i64| if v < 0 { v as i128 + d } else { v as i128 };
-        let (s, e) = (adj(starts[i]), adj(ends[i]));
-        let (s, count) = if d == 0 {
-            (0, 0)
-        } else if stw > 0 {
-            let (s, e) = (s.clamp(0, d), e.clamp(0, d));
-            (s, if e > s { (e - s + stw - 1) / stw } else { 0 })
-        } else {
-            let (s, e) = (s.clamp(0, d - 1), e.clamp(-1, d - 1));
-            (s, if s > e { (s - e - stw - 1) / -stw } else { 0 })
-        };
-        start[a] = s as i64;
-        step[a] = st;
-        dims[a] = count as i64;
-    }
-    check(x.dtype, &dims, budget)?;
-    let st = strides(&x.dims);
-    let mut out = Vec::new();
-    for_each_index(&dims, |idx| {
-        let off: i64 = (0..r).map(|a| (start[a] + idx[a] * step[a]) * st[a]).sum();
-        let off = off as usize * es;
-        out.extend_from_slice(&b[off..off + es]);
-    });
-    Ok(TensorData::from_bytes(x.dtype, dims, out))
+    let dims = udims(x)?;
+    let plan = sem_slice::slice_plan(&dims, starts, ends, axes, steps)?;
+    let out_dims = sem_slice::plan_dims(&plan);
+    check(x.dtype, &out_dims, budget)?;
+    let bytes = per_width!(es, |N| Ok(flat(sem_slice::slice_copy(
+        &elems::<N>(b),
+        &dims,
+        &plan
+    )?)))?;
+    tensor(x.dtype, &out_dims, bytes)
 }
