@@ -103,8 +103,7 @@ fn fold_op(m: &Module, op: &Op, ins: &[Option<Operand<'_>>], budget: u64) -> R {
         Op::Squeeze => squeeze(arg(0)?, opt_ints(1)?.as_deref()),
         Op::Reshape(a) => {
             let x = arg(0)?;
-            let dims =
-                reshape_dims(&x.dims, &ints(arg(1)?)?, a.allowzero() == 1).ok_or(Why::No)?;
+            let dims = reshape_dims(&x.dims, &ints(arg(1)?)?, a.allowzero() == 1).ok_or(Why::No)?;
             Ok(with_dims(x, dims))
         }
         Op::Range => range(arg(0)?, arg(1)?, arg(2)?, budget),
@@ -484,7 +483,9 @@ fn range(start: &TensorData, limit: &TensorData, delta: &TensorData, budget: u64
                     .iter()
                     .flat_map(|v| v.to_le_bytes())
                     .collect(),
-                DType::F64 => encode_f64(t, &movement::range_values(s[0], d[0], n)).ok_or(Why::No)?,
+                DType::F64 => {
+                    encode_f64(t, &movement::range_values(s[0], d[0], n)).ok_or(Why::No)?
+                }
                 _ => return Err(Why::No),
             }
         }

@@ -82,7 +82,9 @@ impl<'a> Inputs<'a> {
     /// Operand `i`, which the op requires.
     pub fn req(&self, i: usize) -> KernelResult<&HostTensor> {
         match self.items.get(i) {
-            Some(In::Taken) => Err(KernelError::invalid(format!("operand {i} was already consumed"))),
+            Some(In::Taken) => Err(KernelError::invalid(format!(
+                "operand {i} was already consumed"
+            ))),
             _ => self
                 .get(i)
                 .ok_or_else(|| KernelError::invalid(format!("missing required operand {i}"))),

@@ -14,7 +14,7 @@ use crate::cpu::kernel::{ExecCx, Inputs, Kernel, KernelRegistry, KernelSite};
 use crate::cpu::kernels;
 use crate::cpu::pool::BufferPool;
 use crate::cpu::tensor::HostTensor;
-use ortho_ir::{DType, Dim, Module, Op, ValueId};
+use ortho_ir::{DType, Dim, Graph, Module, NodeId, Op, ValueId};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -127,209 +127,31 @@ impl Plan {
         Plan::compile_inner(module, opts, Some((feeds, outputs)))
     }
 
+    /// Compiles the main graph (or the region between `region`'s feeds and outputs) in phases:
+    /// slots for every value, a kernel per node, the outputs, then rewrites (transposed
+    /// MatMuls, dead steps, compile-time folding) and the schedule (liveness, buffer donation).
     fn compile_inner(
         module: &Module,
         opts: &PlanOptions,
         region: Option<(&[ValueId], &[ValueId])>,
     ) -> Result<Plan, RuntimeError> {
         let g = module.main_graph();
-        let mut order = g
-            .toposort()
-            .map_err(|c| RuntimeError::Graph(format!("cycle through {}", g.describe(c.node))))?;
         let fed: HashMap<ValueId, usize> = region
             .map(|(f, _)| f.iter().enumerate().map(|(i, v)| (*v, i)).collect())
             .unwrap_or_default();
-        if let Some((_, outs)) = region {
-            order = region_nodes(g, &order, &fed, outs)?;
-        }
-        let mut slot_of: HashMap<ValueId, usize> = HashMap::new();
-        let mut value_of_slot: Vec<Option<ValueId>> = Vec::new();
-        for &n in &order {
-            for v in g.results(n) {
-                slot_of.insert(v, value_of_slot.len());
-                value_of_slot.push(Some(v));
-            }
-        }
+        let order = node_order(g, &fed, region.map(|r| r.1))?;
+        let (slot_of, value_of_slot) = assign_slots(g, &order);
         let nslots = value_of_slot.len();
-        let mut consts: Vec<Option<HostTensor>> = (0..nslots).map(|_| None).collect();
-        let mut inputs = Vec::new();
-        let mut building: Vec<Building> = Vec::new();
-        let mut unsupported: Vec<RuntimeError> = Vec::new();
-
-        for &n in &order {
-            let node = g.node(n);
-            let out_slots: Vec<Option<usize>> = g
-                .results(n)
-                .iter()
-                .map(|v| slot_of.get(v).copied())
-                .collect();
-            let first = out_slots.first().copied().flatten();
-            // A node with fed results is not run: those results become inputs.
-            let results = g.results(n);
-            if results.iter().any(|v| fed.contains_key(v)) {
-                for (v, s) in results.iter().zip(&out_slots) {
-                    if let (Some(s), true) = (s, fed.contains_key(v)) {
-                        inputs.push(InputSpec {
-                            name: format!("feed#{}", fed[v]),
-                            slot: *s,
-                            dtype: DType::Undefined,
-                            dims: None,
-                            default: None,
-                        });
-                    }
-                }
-                continue;
-            }
-            match &node.op {
-                Op::Const(t) => {
-                    let name = node
-                        .outputs
-                        .first()
-                        .map(|o| o.name.clone())
-                        .unwrap_or_default();
-                    let ht = HostTensor::from_tensor_data(module.tensor(*t))
-                        .map_err(|e| RuntimeError::Constant {
-                            name,
-                            msg: e.to_string(),
-                        })?;
-                    if let Some(s) = first {
-                        consts[s] = Some(ht);
-                    }
-                }
-                Op::Input { default } => {
-                    let out = node.outputs.first().ok_or_else(|| {
-                        RuntimeError::Graph("an input node without a result".into())
-                    })?;
-                    let (dtype, dims) = match out.ty.as_tensor() {
-                        Some(t) => (t.dtype, t.shape.clone()),
-                        None => (DType::Undefined, None),
-                    };
-                    let default = match default {
-                        Some(t) => Some(HostTensor::from_tensor_data(module.tensor(*t)).map_err(
-                            |e| RuntimeError::Constant {
-                                name: out.name.clone(),
-                                msg: e.to_string(),
-                            },
-                        )?),
-                        None => None,
-                    };
-                    if let Some(slot) = first {
-                        inputs.push(InputSpec {
-                            name: out.name.clone(),
-                            slot,
-                            dtype,
-                            dims,
-                            default,
-                        });
-                    }
-                }
-                Op::Capture => {
-                    return Err(RuntimeError::Graph(format!(
-                        "{} captures a value of an enclosing graph",
-                        g.describe(n)
-                    )))
-                }
-                Op::Constant(_) => {
-                    let t = kernels::constant_value(&node.op, module).map_err(|error| {
-                        RuntimeError::Kernel {
-                            node: g.describe(n),
-                            error,
-                        }
-                    })?;
-                    if let Some(s) = first {
-                        consts[s] = Some(t);
-                    }
-                }
-                op => {
-                    let site = KernelSite {
-                        module,
-                        graph: g,
-                        node_id: n,
-                        opset: module.opset(op.domain()).unwrap_or(0),
-                    };
-                    let kernel = match opts.kernels.get(op.domain(), op.name()) {
-                        Some(f) => Some(f(&site).map_err(|error| RuntimeError::Kernel {
-                            node: g.describe(n),
-                            error,
-                        })?),
-                        None => kernels::builtin(&site).map_err(|error| RuntimeError::Kernel {
-                            node: g.describe(n),
-                            error,
-                        })?,
-                    };
-                    let Some(kernel) = kernel else {
-                        unsupported.push(RuntimeError::UnsupportedOp {
-                            op: op.name().to_string(),
-                            domain: op.domain().to_string(),
-                            node: g.describe(n),
-                        });
-                        continue;
-                    };
-                    let ins: Vec<Option<usize>> = node
-                        .operands()
-                        .iter()
-                        .map(|o| o.and_then(|v| slot_of.get(&v).copied()))
-                        .collect();
-                    let transpose2d_of = match op {
-                        Op::Transpose(a) if a.perm.as_deref().is_none_or(|p| p == [1, 0]) => ins
-                            .first()
-                            .copied()
-                            .flatten()
-                            .filter(|&s| consts[s].as_ref().is_some_and(|c| c.rank() == 2)),
-                        _ => None,
-                    };
-                    building.push(Building {
-                        desc: g.describe(n),
-                        op: op.name().to_string(),
-                        kernel,
-                        inputs: ins,
-                        outputs: out_slots,
-                        foldable: !op.has_side_effects() && !matches!(op, Op::Opaque(_)),
-                        transpose2d_of,
-                        is_matmul: matches!(op, Op::MatMul),
-                    });
-                }
-            }
+        let Built {
+            mut consts,
+            inputs,
+            mut building,
+        } = build_steps(module, opts, &order, &slot_of, &fed)?;
+        let graph_outputs = output_slots(g, region.map(|r| r.1), &slot_of)?;
+        let mut is_output = vec![false; nslots];
+        for (_, s) in &graph_outputs {
+            is_output[*s] = true;
         }
-        if let Some(e) = unsupported.into_iter().next() {
-            return Err(e);
-        }
-
-        let graph_outputs: Vec<(String, usize)> = match region {
-            Some((_, outs)) => outs
-                .iter()
-                .enumerate()
-                .map(|(i, v)| {
-                    slot_of
-                        .get(v)
-                        .map(|&s| (format!("out#{i}"), s))
-                        .ok_or_else(|| {
-                            RuntimeError::Graph(format!(
-                                "requested value {v:?} is not in the graph"
-                            ))
-                        })
-                })
-                .collect::<Result<_, _>>()?,
-            None => g
-                .outputs
-                .iter()
-                .map(|o| {
-                    slot_of
-                        .get(&o.value)
-                        .map(|&s| (o.name.clone(), s))
-                        .ok_or_else(|| {
-                            RuntimeError::Graph(format!("output '{}' names no value", o.name))
-                        })
-                })
-                .collect::<Result<_, _>>()?,
-        };
-        let is_output: Vec<bool> = {
-            let mut v = vec![false; nslots];
-            for (_, s) in &graph_outputs {
-                v[*s] = true;
-            }
-            v
-        };
 
         rewrite_transposed_matmuls(&mut building, &is_output);
         remove_dead(&mut building, &is_output);
@@ -344,68 +166,8 @@ impl Plan {
             )?;
         }
         remove_dead(&mut building, &is_output);
-
-        // Liveness: the last step reading each slot.
-        let mut last_use: Vec<Option<usize>> = vec![None; nslots];
-        for (i, b) in building.iter().enumerate() {
-            for s in b.inputs.iter().flatten() {
-                last_use[*s] = Some(i);
-            }
-        }
-        let mut steps = Vec::with_capacity(building.len());
-        for (i, b) in building.into_iter().enumerate() {
-            let donate = b
-                .inputs
-                .iter()
-                .map(|s| match s {
-                    Some(s) => {
-                        last_use[*s] == Some(i)
-                            && !is_output[*s]
-                            && consts[*s].is_none()
-                            && b.inputs.iter().filter(|x| **x == Some(*s)).count() == 1
-                    }
-                    None => false,
-                })
-                .collect();
-            let mut free: Vec<usize> = b
-                .inputs
-                .iter()
-                .flatten()
-                .copied()
-                .filter(|&s| last_use[s] == Some(i) && !is_output[s] && consts[s].is_none())
-                .collect();
-            // Results nobody reads are freed right away.
-            free.extend(
-                b.outputs
-                    .iter()
-                    .flatten()
-                    .copied()
-                    .filter(|&s| last_use[s].is_none() && !is_output[s]),
-            );
-            free.sort_unstable();
-            free.dedup();
-            steps.push(Step {
-                desc: b.desc,
-                op: b.op,
-                kernel: b.kernel,
-                inputs: b.inputs,
-                outputs: b.outputs,
-                donate,
-                free,
-            });
-        }
-        // Constants nothing reads any more (folded away) are dropped.
-        let mut used = vec![false; nslots];
-        for s in &steps {
-            for i in s.inputs.iter().flatten() {
-                used[*i] = true;
-            }
-        }
-        for (s, c) in consts.iter_mut().enumerate() {
-            if !used[s] && !is_output[s] {
-                *c = None;
-            }
-        }
+        let steps = schedule(building, &consts, &is_output);
+        drop_unused_consts(&steps, &mut consts, &is_output);
         Ok(Plan {
             steps,
             nslots,
@@ -482,6 +244,336 @@ fn region_nodes(
     Ok(order.iter().copied().filter(|n| need.contains(n)).collect())
 }
 
+/// The nodes to compile, in a topological order: all of them, or those a region needs.
+fn node_order(
+    g: &Graph,
+    fed: &HashMap<ValueId, usize>,
+    region_outputs: Option<&[ValueId]>,
+) -> Result<Vec<NodeId>, RuntimeError> {
+    let order = g
+        .toposort()
+        .map_err(|c| RuntimeError::Graph(format!("cycle through {}", g.describe(c.node))))?;
+    match region_outputs {
+        Some(outs) => region_nodes(g, &order, fed, outs),
+        None => Ok(order),
+    }
+}
+
+/// One slot per value the nodes produce, in order: the slot of each value, and its inverse.
+#[allow(clippy::type_complexity)]
+fn assign_slots(g: &Graph, order: &[NodeId]) -> (HashMap<ValueId, usize>, Vec<Option<ValueId>>) {
+    let mut slot_of: HashMap<ValueId, usize> = HashMap::new();
+    let mut value_of_slot: Vec<Option<ValueId>> = Vec::new();
+    for &n in order {
+        for v in g.results(n) {
+            slot_of.insert(v, value_of_slot.len());
+            value_of_slot.push(Some(v));
+        }
+    }
+    (slot_of, value_of_slot)
+}
+
+/// What building the nodes produces: decoded constants per slot, the inputs to feed, and one
+/// step (with its kernel) per computing node.
+struct Built {
+    consts: Vec<Option<HostTensor>>,
+    inputs: Vec<InputSpec>,
+    building: Vec<Building>,
+}
+
+/// Decodes constants, records inputs and builds a kernel per node. Every node without a kernel
+/// is collected so that the error names the first one.
+fn build_steps(
+    module: &Module,
+    opts: &PlanOptions,
+    order: &[NodeId],
+    slot_of: &HashMap<ValueId, usize>,
+    fed: &HashMap<ValueId, usize>,
+) -> Result<Built, RuntimeError> {
+    let g = module.main_graph();
+    let mut built = Built {
+        consts: (0..slot_of.len()).map(|_| None).collect(),
+        inputs: Vec::new(),
+        building: Vec::new(),
+    };
+    let mut unsupported: Vec<RuntimeError> = Vec::new();
+    for &n in order {
+        let out_slots: Vec<Option<usize>> = g
+            .results(n)
+            .iter()
+            .map(|v| slot_of.get(v).copied())
+            .collect();
+        // A node with fed results is not run: those results become inputs.
+        let results = g.results(n);
+        if results.iter().any(|v| fed.contains_key(v)) {
+            for (v, s) in results.iter().zip(&out_slots) {
+                if let (Some(s), true) = (s, fed.contains_key(v)) {
+                    built.inputs.push(InputSpec {
+                        name: format!("feed#{}", fed[v]),
+                        slot: *s,
+                        dtype: DType::Undefined,
+                        dims: None,
+                        default: None,
+                    });
+                }
+            }
+            continue;
+        }
+        if let Err(e) = build_node(module, opts, n, out_slots, slot_of, &mut built) {
+            match e {
+                e @ RuntimeError::UnsupportedOp { .. } => unsupported.push(e),
+                e => return Err(e),
+            }
+        }
+    }
+    match unsupported.into_iter().next() {
+        Some(e) => Err(e),
+        None => Ok(built),
+    }
+}
+
+/// Builds one node: a constant, an input, or a step with its kernel.
+fn build_node(
+    module: &Module,
+    opts: &PlanOptions,
+    n: NodeId,
+    out_slots: Vec<Option<usize>>,
+    slot_of: &HashMap<ValueId, usize>,
+    built: &mut Built,
+) -> Result<(), RuntimeError> {
+    let g = module.main_graph();
+    let node = g.node(n);
+    let first = out_slots.first().copied().flatten();
+    let Built {
+        consts,
+        inputs,
+        building,
+    } = built;
+    match &node.op {
+        Op::Const(t) => {
+            let name = node
+                .outputs
+                .first()
+                .map(|o| o.name.clone())
+                .unwrap_or_default();
+            let ht = HostTensor::from_tensor_data(module.tensor(*t)).map_err(|e| {
+                RuntimeError::Constant {
+                    name,
+                    msg: e.to_string(),
+                }
+            })?;
+            if let Some(s) = first {
+                consts[s] = Some(ht);
+            }
+        }
+        Op::Input { default } => {
+            let out = node
+                .outputs
+                .first()
+                .ok_or_else(|| RuntimeError::Graph("an input node without a result".into()))?;
+            let (dtype, dims) = match out.ty.as_tensor() {
+                Some(t) => (t.dtype, t.shape.clone()),
+                None => (DType::Undefined, None),
+            };
+            let default =
+                match default {
+                    Some(t) => Some(HostTensor::from_tensor_data(module.tensor(*t)).map_err(
+                        |e| RuntimeError::Constant {
+                            name: out.name.clone(),
+                            msg: e.to_string(),
+                        },
+                    )?),
+                    None => None,
+                };
+            if let Some(slot) = first {
+                inputs.push(InputSpec {
+                    name: out.name.clone(),
+                    slot,
+                    dtype,
+                    dims,
+                    default,
+                });
+            }
+        }
+        Op::Capture => {
+            return Err(RuntimeError::Graph(format!(
+                "{} captures a value of an enclosing graph",
+                g.describe(n)
+            )))
+        }
+        Op::Constant(_) => {
+            let t = kernels::constant_value(&node.op, module).map_err(|error| {
+                RuntimeError::Kernel {
+                    node: g.describe(n),
+                    error,
+                }
+            })?;
+            if let Some(s) = first {
+                consts[s] = Some(t);
+            }
+        }
+        op => {
+            let site = KernelSite {
+                module,
+                graph: g,
+                node_id: n,
+                opset: module.opset(op.domain()).unwrap_or(0),
+            };
+            let kernel = match opts.kernels.get(op.domain(), op.name()) {
+                Some(f) => Some(f(&site).map_err(|error| RuntimeError::Kernel {
+                    node: g.describe(n),
+                    error,
+                })?),
+                None => kernels::builtin(&site).map_err(|error| RuntimeError::Kernel {
+                    node: g.describe(n),
+                    error,
+                })?,
+            };
+            let Some(kernel) = kernel else {
+                return Err(RuntimeError::UnsupportedOp {
+                    op: op.name().to_string(),
+                    domain: op.domain().to_string(),
+                    node: g.describe(n),
+                });
+            };
+            let ins: Vec<Option<usize>> = node
+                .operands()
+                .iter()
+                .map(|o| o.and_then(|v| slot_of.get(&v).copied()))
+                .collect();
+            let transpose2d_of = match op {
+                Op::Transpose(a) if a.perm.as_deref().is_none_or(|p| p == [1, 0]) => ins
+                    .first()
+                    .copied()
+                    .flatten()
+                    .filter(|&s| consts[s].as_ref().is_some_and(|c| c.rank() == 2)),
+                _ => None,
+            };
+            building.push(Building {
+                desc: g.describe(n),
+                op: op.name().to_string(),
+                kernel,
+                inputs: ins,
+                outputs: out_slots,
+                foldable: !op.has_side_effects() && !matches!(op, Op::Opaque(_)),
+                transpose2d_of,
+                is_matmul: matches!(op, Op::MatMul),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The slots of the plan's outputs, with their names: the graph's outputs, or a region's
+/// requested values (`out#0`, …).
+fn output_slots(
+    g: &Graph,
+    region_outputs: Option<&[ValueId]>,
+    slot_of: &HashMap<ValueId, usize>,
+) -> Result<Vec<(String, usize)>, RuntimeError> {
+    match region_outputs {
+        Some(outs) => outs
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                slot_of
+                    .get(v)
+                    .map(|&s| (format!("out#{i}"), s))
+                    .ok_or_else(|| {
+                        RuntimeError::Graph(format!("requested value {v:?} is not in the graph"))
+                    })
+            })
+            .collect(),
+        None => g
+            .outputs
+            .iter()
+            .map(|o| {
+                slot_of
+                    .get(&o.value)
+                    .map(|&s| (o.name.clone(), s))
+                    .ok_or_else(|| {
+                        RuntimeError::Graph(format!("output '{}' names no value", o.name))
+                    })
+            })
+            .collect(),
+    }
+}
+
+/// Orders the steps for execution with liveness: each operand's last use may consume
+/// (donate) its buffer, and slots nobody reads afterwards are freed after the step.
+fn schedule(
+    building: Vec<Building>,
+    consts: &[Option<HostTensor>],
+    is_output: &[bool],
+) -> Vec<Step> {
+    let nslots = consts.len();
+    // Liveness: the last step reading each slot.
+    let mut last_use: Vec<Option<usize>> = vec![None; nslots];
+    for (i, b) in building.iter().enumerate() {
+        for s in b.inputs.iter().flatten() {
+            last_use[*s] = Some(i);
+        }
+    }
+    let mut steps = Vec::with_capacity(building.len());
+    for (i, b) in building.into_iter().enumerate() {
+        let donate = b
+            .inputs
+            .iter()
+            .map(|s| match s {
+                Some(s) => {
+                    last_use[*s] == Some(i)
+                        && !is_output[*s]
+                        && consts[*s].is_none()
+                        && b.inputs.iter().filter(|x| **x == Some(*s)).count() == 1
+                }
+                None => false,
+            })
+            .collect();
+        let mut free: Vec<usize> = b
+            .inputs
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|&s| last_use[s] == Some(i) && !is_output[s] && consts[s].is_none())
+            .collect();
+        // Results nobody reads are freed right away.
+        free.extend(
+            b.outputs
+                .iter()
+                .flatten()
+                .copied()
+                .filter(|&s| last_use[s].is_none() && !is_output[s]),
+        );
+        free.sort_unstable();
+        free.dedup();
+        steps.push(Step {
+            desc: b.desc,
+            op: b.op,
+            kernel: b.kernel,
+            inputs: b.inputs,
+            outputs: b.outputs,
+            donate,
+            free,
+        });
+    }
+    steps
+}
+
+/// Drops the constants nothing reads any more (folded away).
+fn drop_unused_consts(steps: &[Step], consts: &mut [Option<HostTensor>], is_output: &[bool]) {
+    let mut used = vec![false; consts.len()];
+    for s in steps {
+        for i in s.inputs.iter().flatten() {
+            used[*i] = true;
+        }
+    }
+    for (s, c) in consts.iter_mut().enumerate() {
+        if !used[s] && !is_output[s] {
+            *c = None;
+        }
+    }
+}
+
 /// `MatMul(x, Transpose(W))` with a constant 2-D `W`: the MatMul reads `W` transposed.
 fn rewrite_transposed_matmuls(building: &mut [Building], is_output: &[bool]) {
     let mut producer: HashMap<usize, usize> = HashMap::new();
@@ -550,7 +642,9 @@ fn fold_constants(
             } else if s.is_some_and(|s| is_output[s]) {
                 return Err(RuntimeError::Kernel {
                     node: b.desc.clone(),
-                    error: KernelError::invalid("the kernel returned fewer results than the node has"),
+                    error: KernelError::invalid(
+                        "the kernel returned fewer results than the node has",
+                    ),
                 });
             }
         }

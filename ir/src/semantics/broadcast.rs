@@ -78,7 +78,9 @@ pub fn broadcast_symbolic(a: &[Dim], b: &[Dim]) -> Result<Vec<Dim>, (i64, i64)> 
             one.clone()
         }
     };
-    (0..n).map(|i| broadcast_dim(&at(a, i), &at(b, i))).collect()
+    (0..n)
+        .map(|i| broadcast_dim(&at(a, i), &at(b, i)))
+        .collect()
 }
 
 /// For each element of the broadcast result `out` (row-major), the linear index of the element

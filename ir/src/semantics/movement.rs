@@ -90,8 +90,8 @@ pub fn concat_dims(shapes: &[&[usize]], axis: usize) -> SemResult<Vec<usize>> {
     let mut out = first.to_vec();
     out[axis] = 0;
     for s in shapes {
-        let same_rest = s.len() == first.len()
-            && (0..first.len()).all(|k| k == axis || s[k] == first[k]);
+        let same_rest =
+            s.len() == first.len() && (0..first.len()).all(|k| k == axis || s[k] == first[k]);
         if !same_rest {
             return Err(SemError::Invalid(format!(
                 "cannot concatenate {first:?} with {s:?} on axis {axis}"
@@ -115,7 +115,10 @@ pub fn concat_runs<T: Copy>(parts: &[(&[T], &[usize])], axis: usize, mut f: impl
     // Dims before `axis` agree across operands (checked), and the output's element count fits,
     // so these products do too.
     let outer: usize = first[..axis].iter().product();
-    let chunks: Vec<usize> = parts.iter().map(|(_, s)| s[axis..].iter().product()).collect();
+    let chunks: Vec<usize> = parts
+        .iter()
+        .map(|(_, s)| s[axis..].iter().product())
+        .collect();
     for o in 0..outer {
         for ((d, _), &n) in parts.iter().zip(&chunks) {
             f(&d[o * n..(o + 1) * n]);
@@ -154,7 +157,13 @@ pub fn where_select<T: Copy>(
         broadcast_index(y.1, &dims)?,
     );
     let out = (0..ic.len())
-        .map(|k| if cond.0[ic[k]] { x.0[ix[k]] } else { y.0[iy[k]] })
+        .map(|k| {
+            if cond.0[ic[k]] {
+                x.0[ix[k]]
+            } else {
+                y.0[iy[k]]
+            }
+        })
         .collect();
     Ok((dims, out))
 }

@@ -84,7 +84,13 @@ pub fn unsqueeze_dims(dims: &[usize], axes: &[i64]) -> SemResult<Vec<usize>> {
     let mut rest = dims.iter();
     Ok(ones
         .iter()
-        .map(|&one| if one { 1 } else { rest.next().copied().unwrap_or(1) })
+        .map(|&one| {
+            if one {
+                1
+            } else {
+                rest.next().copied().unwrap_or(1)
+            }
+        })
         .collect())
 }
 

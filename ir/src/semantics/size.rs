@@ -40,9 +40,7 @@ pub fn dims_to_usize(dims: &[i64], what: &'static str) -> SemResult<Vec<usize>> 
 /// `usize` dims as the signed dims ONNX stores.
 pub fn dims_to_i64(dims: &[usize]) -> SemResult<Vec<i64>> {
     dims.iter()
-        .map(|&d| {
-            i64::try_from(d).map_err(|_| SemError::Overflow(format!("dimension {d} as i64")))
-        })
+        .map(|&d| i64::try_from(d).map_err(|_| SemError::Overflow(format!("dimension {d} as i64"))))
         .collect()
 }
 

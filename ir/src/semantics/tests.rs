@@ -37,7 +37,10 @@ fn axes_normalize_and_name_the_attribute() {
 
 #[test]
 fn broadcasting_concrete_and_symbolic() {
-    assert_eq!(broadcast_shapes::<usize>(&[&[2, 1, 3], &[4, 1]]), Ok(vec![2, 4, 3]));
+    assert_eq!(
+        broadcast_shapes::<usize>(&[&[2, 1, 3], &[4, 1]]),
+        Ok(vec![2, 4, 3])
+    );
     let e = broadcast_shapes::<usize>(&[&[2, 3], &[4]]).unwrap_err();
     assert_eq!(e.to_string(), "shapes [[2, 3], [4]] do not broadcast");
     let s = |x: &str| Dim::Sym(x.into());
@@ -76,7 +79,10 @@ fn slices_clamp_like_onnx() {
 
 #[test]
 fn reshape_family() {
-    assert_eq!(reshape_dims(&[2, 3, 4], &[0, -1, 2], false), Ok(vec![2, 6, 2]));
+    assert_eq!(
+        reshape_dims(&[2, 3, 4], &[0, -1, 2], false),
+        Ok(vec![2, 6, 2])
+    );
     assert_eq!(reshape_dims(&[0, 3], &[0, 3], true), Ok(vec![0, 3]));
     assert!(reshape_dims(&[2, 3, 4], &[5, -1], false).is_err());
     assert!(reshape_dims(&[2, 3], &[-1, -1], false).is_err());

@@ -48,8 +48,7 @@ pub(crate) fn gather_nd(cx: &NodeCx, at: &attrs::GatherND) -> Infer {
     let (Some(data), Some(idx)) = (cx.shape(0), cx.shape(1)) else {
         return Ok(vec![tensor(dtype, None)]);
     };
-    let b = usize::try_from(at.batch_dims())
-        .map_err(|_| "batch_dims must be ≥ 0".to_string())?;
+    let b = usize::try_from(at.batch_dims()).map_err(|_| "batch_dims must be ≥ 0".to_string())?;
     let Some((last, lead)) = idx.split_last() else {
         return Err("indices must have rank ≥ 1".into());
     };

@@ -20,10 +20,10 @@
 //! Constants that lose their last use are left for `dce`. A node whose result name a subgraph
 //! captures is never removed.
 
+use crate::consteval::{dtype_from_onnx, fixed_dims, fold, reshape_dims, Folded, Operand};
 use crate::options::{OptionKind, OptionSpec, PassOptions};
 use crate::pass::{Pass, PassContext, PassError, PassResult};
 use crate::registry::PassInfo;
-use crate::consteval::{dtype_from_onnx, fixed_dims, fold, reshape_dims, Folded, Operand};
 use crate::transforms::scope::{captured_names, defines_any};
 use ortho_ir::numeric::{encode_f64, encode_i64};
 use ortho_ir::op::attrs;

@@ -46,7 +46,9 @@ fn view(t: &HostTensor, heads: Option<usize>, what: &str) -> KernelResult<View> 
             ss: s[3],
         }),
         3 => {
-            let h = heads.ok_or_else(|| KernelError::shape(format!("3-D {what} needs the number of heads")))?;
+            let h = heads.ok_or_else(|| {
+                KernelError::shape(format!("3-D {what} needs the number of heads"))
+            })?;
             if h == 0 || s[2] % h != 0 {
                 return Err(KernelError::shape(format!(
                     "{what} hidden size {} is not a multiple of {h} heads",
@@ -64,7 +66,9 @@ fn view(t: &HostTensor, heads: Option<usize>, what: &str) -> KernelResult<View> 
                 ss: s[2],
             })
         }
-        r => Err(KernelError::shape(format!("{what} must be 3-D or 4-D, got rank {r}"))),
+        r => Err(KernelError::shape(format!(
+            "{what} must be 3-D or 4-D, got rank {r}"
+        ))),
     }
 }
 
@@ -91,7 +95,9 @@ fn with_past(past: &HostTensor, new: &[f32], v: View, what: &str) -> KernelResul
             v.b, v.h, v.d
         )));
     }
-    let pd = past.as_f32().ok_or(KernelError::dtype("past must be f32"))?;
+    let pd = past
+        .as_f32()
+        .ok_or(KernelError::dtype("past must be f32"))?;
     let mut out = Vec::with_capacity(pd.len() + v.b * v.h * v.s * v.d);
     for b in 0..v.b {
         for h in 0..v.h {
@@ -139,12 +145,18 @@ fn attention_f32(
     want_qk: bool,
 ) -> KernelResult<Vec<HostTensor>> {
     if want_qk {
-        return Err(KernelError::unsupported("the qk_matmul_output result is not supported"));
+        return Err(KernelError::unsupported(
+            "the qk_matmul_output result is not supported",
+        ));
     }
     let (q, k, v) = (ins.req(0)?, ins.req(1)?, ins.req(2)?);
     let (qd, kd, vd) = (
-        q.as_f32()
-            .ok_or_else(|| KernelError::dtype(format!("Attention is implemented for f32, got {}", q.dtype())))?,
+        q.as_f32().ok_or_else(|| {
+            KernelError::dtype(format!(
+                "Attention is implemented for f32, got {}",
+                q.dtype()
+            ))
+        })?,
         k.as_f32().ok_or(KernelError::dtype("K must be f32"))?,
         v.as_f32().ok_or(KernelError::dtype("V must be f32"))?,
     );
@@ -194,7 +206,11 @@ fn attention_f32(
             (&k_full, &v_full)
         }
         (None, None) => (kd, vd),
-        _ => return Err(KernelError::invalid("past_key and past_value must be given together")),
+        _ => {
+            return Err(KernelError::invalid(
+                "past_key and past_value must be given together",
+            ))
+        }
     };
     let (bsz, hq, sq, t, dv) = (qv.b, qv.h, qv.s, kv.s, vv.d);
     let rep = hq / kv.h;
@@ -207,7 +223,10 @@ fn attention_f32(
         Some(m) => {
             let ms = m.shape();
             if ms.len() > 4 || ms.is_empty() {
-                return Err(KernelError::unsupported(format!("attn_mask of rank {} is not supported", ms.len())));
+                return Err(KernelError::unsupported(format!(
+                    "attn_mask of rank {} is not supported",
+                    ms.len()
+                )));
             }
             let mut shape4 = vec![1usize; 4 - ms.len()];
             shape4.extend_from_slice(ms);
@@ -230,7 +249,12 @@ fn attention_f32(
             match m.buf() {
                 TensorBuf::Bool(b) => (None, Some(b.as_slice()), mstride),
                 TensorBuf::F32(f) => (Some(f.as_slice()), None, mstride),
-                _ => return Err(KernelError::dtype(format!("attn_mask must be bool or f32, got {}", m.dtype()))),
+                _ => {
+                    return Err(KernelError::dtype(format!(
+                        "attn_mask must be bool or f32, got {}",
+                        m.dtype()
+                    )))
+                }
             }
         }
     };
@@ -238,7 +262,9 @@ fn attention_f32(
     // key i + offset, offset = the past length, or nonpad − S for an external cache.
     let nonpad: Option<Vec<i64>> = ins.get(6).map(|t| t.to_i64_vec());
     if nonpad.as_ref().is_some_and(|v| v.len() != bsz) {
-        return Err(KernelError::shape("nonpad_kv_seqlen must hold one length per batch"));
+        return Err(KernelError::shape(
+            "nonpad_kv_seqlen must hold one length per batch",
+        ));
     }
     let threads = cx.threads;
     let mut out = cx.pool.alloc::<f32>(bsz * hq * sq * dv);

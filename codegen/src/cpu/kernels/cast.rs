@@ -67,7 +67,9 @@ fn where_typed<T: Elem>(
     x: &HostTensor,
     y: &HostTensor,
 ) -> KernelResult<HostTensor> {
-    let cd = c.data::<bool>().ok_or(KernelError::dtype("condition must be bool"))?;
+    let cd = c
+        .data::<bool>()
+        .ok_or(KernelError::dtype("condition must be bool"))?;
     let xd = x.data::<T>().ok_or(KernelError::dtype("dtype"))?;
     let yd = y.data::<T>().ok_or(KernelError::dtype("dtype"))?;
     let shape = broadcast_shapes(&[c.shape(), x.shape(), y.shape()])?;
@@ -93,7 +95,11 @@ fn where_typed<T: Elem>(
 pub fn where_kernel(cx: &mut ExecCx<'_>, ins: &mut Inputs<'_>) -> KernelResult<Vec<HostTensor>> {
     let (c, x, y) = (ins.req(0)?, ins.req(1)?, ins.req(2)?);
     if x.dtype() != y.dtype() {
-        return Err(KernelError::dtype(format!("X is {} and Y is {}", x.dtype(), y.dtype())));
+        return Err(KernelError::dtype(format!(
+            "X is {} and Y is {}",
+            x.dtype(),
+            y.dtype()
+        )));
     }
     let d = x.dtype();
     let r = crate::with_dtype!(d, T => where_typed::<T>(cx, c, x, y), _ => Err(KernelError::dtype(format!("not defined for {d}"))))?;

@@ -16,12 +16,12 @@ pub fn map2<A: Elem, B: Elem, O: Elem>(
     b: &HostTensor,
     f: impl Fn(A, B) -> O + Sync + Send + Copy,
 ) -> KernelResult<HostTensor> {
-    let ad = a
-        .data::<A>()
-        .ok_or_else(|| KernelError::dtype(format!("expected {} operand, got {}", A::DTYPE, a.dtype())))?;
-    let bd = b
-        .data::<B>()
-        .ok_or_else(|| KernelError::dtype(format!("expected {} operand, got {}", B::DTYPE, b.dtype())))?;
+    let ad = a.data::<A>().ok_or_else(|| {
+        KernelError::dtype(format!("expected {} operand, got {}", A::DTYPE, a.dtype()))
+    })?;
+    let bd = b.data::<B>().ok_or_else(|| {
+        KernelError::dtype(format!("expected {} operand, got {}", B::DTYPE, b.dtype()))
+    })?;
     let out_shape = broadcast_shapes(&[a.shape(), b.shape()])?;
     let n = numel(&out_shape);
     let mut out = cx.pool.alloc::<O>(n);
@@ -83,12 +83,16 @@ fn map2_f32_inplace(
     b: &HostTensor,
     f: impl Fn(f32, f32) -> f32 + Sync + Send + Copy,
 ) -> KernelResult<HostTensor> {
-    let bd = b.as_f32().ok_or(KernelError::dtype("expected f32 operand"))?;
+    let bd = b
+        .as_f32()
+        .ok_or(KernelError::dtype("expected f32 operand"))?;
     let shape = a.shape().to_vec();
     let walk = Walk::new(&shape, &[&shape, b.shape()]);
     let sb = walk.inner_strides[1];
     let threads = cx.threads;
-    let ad = a.data_mut::<f32>().ok_or(KernelError::dtype("expected f32 operand"))?;
+    let ad = a
+        .data_mut::<f32>()
+        .ok_or(KernelError::dtype("expected f32 operand"))?;
     let cx2 = ExecCx {
         pool: cx.pool,
         threads,
@@ -325,7 +329,9 @@ pub fn arith(
         return arith_dispatch(cx, op, a, &e).map(|t| vec![t]);
     }
     if da != db {
-        return Err(KernelError::dtype(format!("operand dtypes differ: {da} and {db}")));
+        return Err(KernelError::dtype(format!(
+            "operand dtypes differ: {da} and {db}"
+        )));
     }
     arith_dispatch(cx, op, a, b).map(|t| vec![t])
 }
@@ -396,7 +402,10 @@ pub fn compare(
     }
     let r = match a.dtype() {
         DType::F16 | DType::BF16 => {
-            let (wa, wb) = (widen_half(a).ok_or(KernelError::dtype("f16"))?, widen_half(b).ok_or(KernelError::dtype("f16"))?);
+            let (wa, wb) = (
+                widen_half(a).ok_or(KernelError::dtype("f16"))?,
+                widen_half(b).ok_or(KernelError::dtype("f16"))?,
+            );
             cmp_typed::<f32>(cx, op, &wa, &wb)
         }
         d => {

@@ -140,7 +140,9 @@ fn gather_elements_typed<T: Elem>(
     for (e, &j) in idx.iter().enumerate() {
         let j = if j < 0 { j + dim } else { j };
         if j < 0 || j >= dim {
-            return Err(KernelError::shape(format!("index {j} is out of range for axis of size {dim}")));
+            return Err(KernelError::shape(format!(
+                "index {j} is out of range for axis of size {dim}"
+            )));
         }
         let mut off = 0;
         for a in 0..ishape.len() {
@@ -155,7 +157,9 @@ fn gather_elements_typed<T: Elem>(
 pub fn gather_elements(ins: &mut Inputs<'_>, axis: i64) -> KernelResult<Vec<HostTensor>> {
     let (x, ind) = (ins.req(0)?, ins.req(1)?);
     if x.rank() != ind.rank() || x.rank() == 0 {
-        return Err(KernelError::shape("data and indices must have the same rank ≥ 1"));
+        return Err(KernelError::shape(
+            "data and indices must have the same rank ≥ 1",
+        ));
     }
     let a = norm_axis(axis, x.rank())?;
     let idx = ind.to_i64_vec();
@@ -222,7 +226,9 @@ pub fn onehot(ins: &mut Inputs<'_>, axis: i64) -> KernelResult<Vec<HostTensor>> 
         .copied()
         .ok_or(KernelError::shape("depth must be a scalar"))? as i64;
     if depth < 0 || values.numel() != 2 {
-        return Err(KernelError::invalid("depth must be ≥ 0 and values hold [off, on]"));
+        return Err(KernelError::invalid(
+            "depth must be ≥ 0 and values hold [off, on]",
+        ));
     }
     let a = norm_axis(axis, ind.rank() + 1)?;
     let idx = ind.to_i64_vec();

@@ -167,7 +167,10 @@ fn matmul_gemm<T: GemmElem>(
         b.shape().to_vec()
     };
     let s = mm_shape(a.shape(), &bshape)?;
-    let (ad, bd) = (a.data::<T>().ok_or(KernelError::dtype("dtype"))?, b.data::<T>().ok_or(KernelError::dtype("dtype"))?);
+    let (ad, bd) = (
+        a.data::<T>().ok_or(KernelError::dtype("dtype"))?,
+        b.data::<T>().ok_or(KernelError::dtype("dtype"))?,
+    );
     let (m, k, n) = (s.m, s.k, s.n);
     let (brs, bcs) = if b_trans { (1, k) } else { (n, 1) };
     let mut out = cx.pool.alloc::<T>(numel(&s.out));
@@ -235,7 +238,10 @@ fn matmul_gemm<T: GemmElem>(
 
 fn matmul_int<T: Elem>(a: &HostTensor, b: &HostTensor) -> KernelResult<HostTensor> {
     let s = mm_shape(a.shape(), b.shape())?;
-    let (ad, bd) = (a.data::<T>().ok_or(KernelError::dtype("dtype"))?, b.data::<T>().ok_or(KernelError::dtype("dtype"))?);
+    let (ad, bd) = (
+        a.data::<T>().ok_or(KernelError::dtype("dtype"))?,
+        b.data::<T>().ok_or(KernelError::dtype("dtype"))?,
+    );
     let (m, k, n) = (s.m, s.k, s.n);
     let walk = Walk::new(&s.out_batch, &[&s.a_batch, &s.b_batch]);
     let mut out = Vec::with_capacity(numel(&s.out));
@@ -282,7 +288,9 @@ pub fn matmul(
         DType::F16 | DType::BF16 => {
             super::elementwise::via_f32(&[a, b], |t| matmul_gemm::<f32>(cx, t[0], t[1], b_trans))
         }
-        d if b_trans => Err(KernelError::dtype(format!("transposed MatMul is not defined for {d}"))),
+        d if b_trans => Err(KernelError::dtype(format!(
+            "transposed MatMul is not defined for {d}"
+        ))),
         DType::I64 => matmul_int::<i64>(a, b),
         DType::I32 => matmul_int::<i32>(a, b),
         DType::U32 => matmul_int::<u32>(a, b),

@@ -45,12 +45,7 @@ fn cmp(op: Cmp) -> Option<Box<dyn Kernel>> {
     k(move |cx, ins| elementwise::compare(cx, op, ins))
 }
 
-fn red(
-    op: Reduce,
-    axes: Option<Vec<i64>>,
-    keepdims: i64,
-    noop: i64,
-) -> Option<Box<dyn Kernel>> {
+fn red(op: Reduce, axes: Option<Vec<i64>>, keepdims: i64, noop: i64) -> Option<Box<dyn Kernel>> {
     let (keep, noop) = (keepdims != 0, noop != 0);
     k(move |cx, ins| reduce::reduce(cx, op, ins, axes.as_deref(), keep, noop))
 }
@@ -121,21 +116,12 @@ pub fn builtin(site: &KernelSite<'_>) -> KernelResult<Option<Box<dyn Kernel>>> {
         Op::LeakyRelu(a) => un(Unary::LeakyRelu(a.alpha())),
         Op::Elu(a) => un(Unary::Elu(a.alpha())),
         Op::Celu(a) => un(Unary::Celu(a.alpha())),
-        Op::Selu(a) => un(Unary::Selu(
-            a.alpha(),
-            a.gamma(),
-        )),
-        Op::HardSigmoid(a) => un(Unary::HardSigmoid(
-            a.alpha(),
-            a.beta(),
-        )),
+        Op::Selu(a) => un(Unary::Selu(a.alpha(), a.gamma())),
+        Op::HardSigmoid(a) => un(Unary::HardSigmoid(a.alpha(), a.beta())),
         Op::ThresholdedRelu(a) => un(Unary::ThresholdedRelu(a.alpha())),
         Op::IsNaN => k(|cx, ins| unary::classify(cx, ins, true, false, false)),
         Op::IsInf(a) => {
-            let (neg, pos) = (
-                a.detect_negative() != 0,
-                a.detect_positive() != 0,
-            );
+            let (neg, pos) = (a.detect_negative() != 0, a.detect_positive() != 0);
             k(move |cx, ins| unary::classify(cx, ins, false, neg, pos))
         }
         Op::Not | Op::BitwiseNot => k(unary::not),
@@ -175,12 +161,7 @@ pub fn builtin(site: &KernelSite<'_>) -> KernelResult<Option<Box<dyn Kernel>>> {
         }),
         Op::MatMul => k(|cx, ins| matmul::matmul(cx, ins, false)),
         Op::Gemm(a) => {
-            let (al, be, ta, tb) = (
-                a.alpha(),
-                a.beta(),
-                a.trans_a() != 0,
-                a.trans_b() != 0,
-            );
+            let (al, be, ta, tb) = (a.alpha(), a.beta(), a.trans_a() != 0, a.trans_b() != 0);
             k(move |cx, ins| matmul::gemm_op(cx, ins, al, be, ta, tb))
         }
         Op::Softmax(_) | Op::LogSoftmax(_) => {
@@ -253,7 +234,9 @@ pub fn builtin(site: &KernelSite<'_>) -> KernelResult<Option<Box<dyn Kernel>>> {
         }
         Op::Attention(a) => {
             if a.qk_matmul_output_mode() != 0 && site.output_used(3) {
-                return Err(KernelError::unsupported("qk_matmul_output_mode other than 0 is not supported"));
+                return Err(KernelError::unsupported(
+                    "qk_matmul_output_mode other than 0 is not supported",
+                ));
             }
             let attrs = attention::AttentionAttrs {
                 is_causal: a.is_causal() != 0,
@@ -317,19 +300,11 @@ pub fn builtin(site: &KernelSite<'_>) -> KernelResult<Option<Box<dyn Kernel>>> {
             k(move |_, ins| shape::trilu(ins, upper))
         }
         Op::ArgMax(a) => {
-            let (axis, keep, last) = (
-                a.axis(),
-                a.keepdims() != 0,
-                a.select_last_index() != 0,
-            );
+            let (axis, keep, last) = (a.axis(), a.keepdims() != 0, a.select_last_index() != 0);
             k(move |_, ins| index::arg_extreme(ins, axis, keep, true, last))
         }
         Op::ArgMin(a) => {
-            let (axis, keep, last) = (
-                a.axis(),
-                a.keepdims() != 0,
-                a.select_last_index() != 0,
-            );
+            let (axis, keep, last) = (a.axis(), a.keepdims() != 0, a.select_last_index() != 0);
             k(move |_, ins| index::arg_extreme(ins, axis, keep, false, last))
         }
         Op::CumSum(a) => {
@@ -410,5 +385,7 @@ pub fn constant_value(op: &Op, module: &Module) -> KernelResult<HostTensor> {
     if let Some(v) = &a.value_ints {
         return HostTensor::from_vec(vec![v.len()], v.clone()).map_err(KernelError::from);
     }
-    Err(KernelError::unsupported("Constant without a numeric value (strings are not supported)"))
+    Err(KernelError::unsupported(
+        "Constant without a numeric value (strings are not supported)",
+    ))
 }

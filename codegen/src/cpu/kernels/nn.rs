@@ -48,7 +48,10 @@ fn row_params(
             let w = super::elementwise::widen_half(p);
             let p = w.as_ref().unwrap_or(p);
             if p.as_f32().is_none() {
-                return Err(KernelError::dtype(format!("scale/bias must be float, got {}", p.dtype())));
+                return Err(KernelError::dtype(format!(
+                    "scale/bias must be float, got {}",
+                    p.dtype()
+                )));
             }
             let shape = super::broadcast::broadcast_shapes(&[row_shape, p.shape()])?;
             if shape != row_shape {
@@ -172,12 +175,19 @@ pub fn rotary(
     let x = ins.req(0)?;
     let (cos_t, sin_t) = (ins.req(1)?, ins.req(2)?);
     let pos = ins.get(3).map(|p| p.to_i64_vec());
-    let xd = x
-        .as_f32()
-        .ok_or_else(|| KernelError::dtype(format!("RotaryEmbedding is implemented for f32, got {}", x.dtype())))?;
+    let xd = x.as_f32().ok_or_else(|| {
+        KernelError::dtype(format!(
+            "RotaryEmbedding is implemented for f32, got {}",
+            x.dtype()
+        ))
+    })?;
     let (cd, sd) = (
-        cos_t.as_f32().ok_or(KernelError::dtype("cos_cache must be f32"))?,
-        sin_t.as_f32().ok_or(KernelError::dtype("sin_cache must be f32"))?,
+        cos_t
+            .as_f32()
+            .ok_or(KernelError::dtype("cos_cache must be f32"))?,
+        sin_t
+            .as_f32()
+            .ok_or(KernelError::dtype("sin_cache must be f32"))?,
     );
     // Logical layout: (b, s, h, d) with element strides.
     let s = x.shape();
@@ -204,7 +214,11 @@ pub fn rotary(
             }
             (s[0], s[1], h, s[2] / h, s[1] * s[2], s[2], s[2] / h)
         }
-        r => return Err(KernelError::shape(format!("input must be 3-D or 4-D, got rank {r}"))),
+        r => {
+            return Err(KernelError::shape(format!(
+                "input must be 3-D or 4-D, got rank {r}"
+            )))
+        }
     };
     let rd = if rot_dim > 0 { rot_dim as usize } else { hd };
     if rd > hd || rd % 2 != 0 {
@@ -221,7 +235,9 @@ pub fn rotary(
                     .ok_or(KernelError::invalid("position_ids must be [batch, seq]"))?;
                 let rows = cos_t.shape().first().copied().unwrap_or(0);
                 if idx < 0 || idx as usize >= rows {
-                    return Err(KernelError::shape(format!("position {idx} is outside the cache ({rows} rows)")));
+                    return Err(KernelError::shape(format!(
+                        "position {idx} is outside the cache ({rows} rows)"
+                    )));
                 }
                 Ok(idx as usize * half)
             }

@@ -81,7 +81,12 @@ fn reduce_typed<T: Elem>(
     let contiguous_block = axes.windows(2).all(|w| w[1] == w[0] + 1);
     let (data, outer, red, inner): (std::borrow::Cow<'_, [T]>, usize, usize, usize) =
         if axes.is_empty() {
-            (x.data::<T>().ok_or(KernelError::dtype("dtype"))?.into(), x.numel(), 1, 1)
+            (
+                x.data::<T>().ok_or(KernelError::dtype("dtype"))?.into(),
+                x.numel(),
+                1,
+                1,
+            )
         } else if contiguous_block {
             let (a, b) = (axes[0], axes[axes.len() - 1] + 1);
             (
@@ -97,10 +102,21 @@ fn reduce_typed<T: Elem>(
                 .collect();
             perm.extend(axes.iter().map(|&i| i as i64));
             let t = super::shape::transpose(cx, &mut Inputs::borrowed(&[Some(x)]), Some(&perm))?;
-            let t = t.into_iter().next().ok_or(KernelError::invalid("transpose"))?;
+            let t = t
+                .into_iter()
+                .next()
+                .ok_or(KernelError::invalid("transpose"))?;
             let red: usize = axes.iter().map(|&a| shape[a]).product();
             let outer = t.numel() / red.max(1);
-            (t.data::<T>().ok_or(KernelError::dtype("dtype"))?.to_vec().into(), outer, red, 1)
+            (
+                t.data::<T>()
+                    .ok_or(KernelError::dtype("dtype"))?
+                    .to_vec()
+                    .into(),
+                outer,
+                red,
+                1,
+            )
         };
     let mut out = cx.pool.alloc::<T>(outer * inner);
     if red == 0 && T::DTYPE == DType::Bool {
@@ -284,8 +300,11 @@ pub fn softmax(
     if matches!(x.dtype(), DType::F16 | DType::BF16) {
         let r = super::elementwise::via_f32(&[x], |t| {
             let mut i = Inputs::borrowed(&[Some(t[0])]);
-            softmax(cx, &mut i, axis, log, legacy)
-                .and_then(|v| v.into_iter().next().ok_or_else(|| KernelError::invalid("softmax")))
+            softmax(cx, &mut i, axis, log, legacy).and_then(|v| {
+                v.into_iter()
+                    .next()
+                    .ok_or_else(|| KernelError::invalid("softmax"))
+            })
         })?;
         return Ok(vec![r]);
     }

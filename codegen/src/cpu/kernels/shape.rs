@@ -110,7 +110,13 @@ fn transpose_typed<T: Elem>(
     let xs = strides(x.shape());
     let shape: Vec<usize> = perm.iter().map(|&p| x.shape()[p]).collect();
     let st: Vec<usize> = perm.iter().map(|&p| xs[p]).collect();
-    let out = gather_strided(cx, x.data::<T>().ok_or(KernelError::dtype("dtype"))?, 0, &shape, st);
+    let out = gather_strided(
+        cx,
+        x.data::<T>().ok_or(KernelError::dtype("dtype"))?,
+        0,
+        &shape,
+        st,
+    );
     HostTensor::make(shape, T::wrap(out))
 }
 
@@ -131,7 +137,9 @@ pub fn transpose(
     let mut seen = perm.clone();
     seen.sort_unstable();
     if seen != (0..r).collect::<Vec<_>>() {
-        return Err(KernelError::shape(format!("perm {perm:?} is not a permutation of rank {r}")));
+        return Err(KernelError::shape(format!(
+            "perm {perm:?} is not a permutation of rank {r}"
+        )));
     }
     let d = x.dtype();
     Ok(vec![
@@ -172,7 +180,10 @@ pub fn tile(cx: &mut ExecCx<'_>, ins: &mut Inputs<'_>) -> KernelResult<Vec<HostT
     let x = ins.req(0)?;
     let reps = dims_from(&ins.req(1)?.to_i64_vec(), "Tile")?;
     if reps.len() != x.rank() {
-        return Err(KernelError::shape(format!("repeats {reps:?} do not match rank {}", x.rank())));
+        return Err(KernelError::shape(format!(
+            "repeats {reps:?} do not match rank {}",
+            x.rank()
+        )));
     }
     // out[r0, i0, r1, i1, ...] viewed with the repeats as broadcast dims, then merged.
     let mut view = Vec::new();
@@ -190,7 +201,9 @@ pub fn tile(cx: &mut ExecCx<'_>, ins: &mut Inputs<'_>) -> KernelResult<Vec<HostT
         .zip(&reps)
         .map(|(a, b)| a.checked_mul(*b))
         .collect::<Option<Vec<usize>>>()
-        .ok_or_else(|| KernelError::size(format!("tiling {:?} by {reps:?} overflows", x.shape())))?;
+        .ok_or_else(|| {
+            KernelError::size(format!("tiling {:?} by {reps:?} overflows", x.shape()))
+        })?;
     size::checked_numel(&shape)?;
     let d = x.dtype();
     let v = crate::with_dtype!(d, T => T::wrap(gather_strided::<T>(cx, x.data::<T>().ok_or(KernelError::dtype("dtype"))?, 0, &view, st)), _ => return Err(KernelError::dtype(format!("not defined for {d}"))));
@@ -243,13 +256,7 @@ pub fn slice(cx: &mut ExecCx<'_>, ins: &mut Inputs<'_>) -> KernelResult<Vec<Host
     let ends = ins.req(2)?.to_i64_vec();
     let axes = ins.get(3).map(|a| a.to_i64_vec());
     let steps = ins.get(4).map(|s| s.to_i64_vec());
-    let spec = slice_plan(
-        x.shape(),
-        &starts,
-        &ends,
-        axes.as_deref(),
-        steps.as_deref(),
-    )?;
+    let spec = slice_plan(x.shape(), &starts, &ends, axes.as_deref(), steps.as_deref())?;
     let d = x.dtype();
     Ok(vec![
         crate::with_dtype!(d, T => slice_typed::<T>(cx, x, &spec), _ => Err(KernelError::dtype(format!("not defined for {d}"))))?,
@@ -277,7 +284,9 @@ pub fn concat(
     axis: i64,
 ) -> KernelResult<Vec<HostTensor>> {
     let xs: Vec<&HostTensor> = (0..ins.len()).filter_map(|i| ins.get(i)).collect();
-    let first = xs.first().ok_or(KernelError::invalid("Concat needs operands"))?;
+    let first = xs
+        .first()
+        .ok_or(KernelError::invalid("Concat needs operands"))?;
     let a = norm_axis(axis, first.rank())?;
     if let Some(x) = xs.iter().find(|x| x.dtype() != first.dtype()) {
         return Err(KernelError::dtype(format!(
@@ -344,7 +353,9 @@ pub fn split(
         }
     };
     if sizes.iter().try_fold(0usize, |a, &b| a.checked_add(b)) != Some(dim) {
-        return Err(KernelError::shape(format!("split sizes {sizes:?} do not add up to dim {dim}")));
+        return Err(KernelError::shape(format!(
+            "split sizes {sizes:?} do not add up to dim {dim}"
+        )));
     }
     let d = x.dtype();
     crate::with_dtype!(d, T => split_typed::<T>(cx, x, a, &sizes), _ => Err(KernelError::dtype(format!("not defined for {d}"))))
@@ -372,7 +383,10 @@ pub fn gather(
     let x = ins.req(0)?;
     let ind = ins.req(1)?;
     if !(ind.dtype().is_int()) {
-        return Err(KernelError::dtype(format!("indices must be integers, got {}", ind.dtype())));
+        return Err(KernelError::dtype(format!(
+            "indices must be integers, got {}",
+            ind.dtype()
+        )));
     }
     let a = norm_axis(axis, x.rank())?;
     let idx = ind.to_i64_vec();
@@ -420,10 +434,9 @@ pub fn range(ins: &mut Inputs<'_>) -> KernelResult<Vec<HostTensor>> {
             vec![n],
             f32::wrap(movement::range_values(start as f32, delta as f32, n)),
         )?,
-        DType::F64 => HostTensor::make(
-            vec![n],
-            f64::wrap(movement::range_values(start, delta, n)),
-        )?,
+        DType::F64 => {
+            HostTensor::make(vec![n], f64::wrap(movement::range_values(start, delta, n)))?
+        }
         d => return Err(KernelError::dtype(format!("Range is not defined for {d}"))),
     };
     Ok(vec![t])

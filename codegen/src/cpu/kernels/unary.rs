@@ -172,9 +172,9 @@ pub fn map1<A: Elem, O: Elem>(
     x: &HostTensor,
     f: impl Fn(A) -> O + Sync + Send + Copy,
 ) -> KernelResult<HostTensor> {
-    let xd = x
-        .data::<A>()
-        .ok_or_else(|| KernelError::dtype(format!("expected {} operand, got {}", A::DTYPE, x.dtype())))?;
+    let xd = x.data::<A>().ok_or_else(|| {
+        KernelError::dtype(format!("expected {} operand, got {}", A::DTYPE, x.dtype()))
+    })?;
     let mut out = cx.pool.alloc::<O>(xd.len());
     fill_flat(cx, &mut out, |o, s| {
         for (o, v) in o.iter_mut().zip(&xd[s..]) {
@@ -341,7 +341,10 @@ fn unary_int<T: Elem + PartialOrd>(
             }
         }),
         Unary::Floor | Unary::Ceil | Unary::Round => map1::<T, T>(cx, x, |v| v),
-        _ => Err(KernelError::dtype(format!("{op:?} is not defined for {}", x.dtype()))),
+        _ => Err(KernelError::dtype(format!(
+            "{op:?} is not defined for {}",
+            x.dtype()
+        ))),
     }
 }
 
@@ -368,9 +371,11 @@ pub fn unary(
             pool: cx.pool,
             threads,
         };
-        fill_flat(&cx2, t.data_mut::<f32>().ok_or(KernelError::dtype("dtype"))?, |o, _| {
-            super::mathf::sigmoid_inplace(o)
-        });
+        fill_flat(
+            &cx2,
+            t.data_mut::<f32>().ok_or(KernelError::dtype("dtype"))?,
+            |o, _| super::mathf::sigmoid_inplace(o),
+        );
         return Ok(vec![t]);
     }
     let r = match d {
