@@ -14,10 +14,12 @@ pub mod graph;
 pub mod module;
 pub mod numeric;
 pub mod op;
+pub mod op_ortho;
 pub mod shape;
 pub mod tensor;
 pub mod text;
 pub mod types;
+pub mod unary;
 pub mod verify;
 
 pub use attr::{Attr, AttrKind, AttrValue};

@@ -4,7 +4,7 @@
 
 use super::interp::{binary, unary, unary_f64};
 use super::*;
-use ortho_ir::fused::{Binary, Instr, Unary};
+use ortho_ir::fused::{Binary, FusedError, Instr, Unary};
 
 /// xorshift64*: deterministic, no dependency.
 struct Rng(u64);
@@ -511,11 +511,20 @@ fn bad_operands_are_errors_not_crashes() {
     };
     assert!(matches!(
         JitKernel::compile(&bad),
-        Err(JitError::Program(_))
+        Err(JitError::Program(FusedError::UndefinedRegister { reg: 0, .. }))
     ));
     assert!(matches!(
         interpret(&bad, &[], &mut [], 0, 1),
-        Err(JitError::Program(_))
+        Err(JitError::Program(FusedError::UndefinedRegister { reg: 0, .. }))
+    ));
+    // The engine's unary ops that have no fused instruction are refused, not miscompiled.
+    let sin = FusedElementwise {
+        program: vec![Instr::Input(0), Instr::Unary(Unary::Sin, 0)],
+        forms: vec![Form::Full],
+    };
+    assert!(matches!(
+        JitKernel::compile(&sin),
+        Err(JitError::Program(FusedError::NotFusible { op: "sin", .. }))
     ));
 }
 
