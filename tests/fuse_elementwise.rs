@@ -312,7 +312,10 @@ graph @silu_gate(%x: tensor<2x8xf32>, %y: tensor<2x8xf32>, %g: tensor<8xf32>) ->
     let (f, _) = fused.first().expect("one fused node");
     let op = f.to_op();
     let (domain, op_type, attrs) = op.to_parts().expect("parts");
-    assert_eq!((domain.as_str(), op_type.as_str()), ("ortho", "FusedElementwise"));
+    assert_eq!(
+        (domain.as_str(), op_type.as_str()),
+        ("ortho", "FusedElementwise")
+    );
     let names: Vec<(&str, &ortho_ir::AttrValue)> =
         attrs.iter().map(|a| (a.name.as_str(), &a.value)).collect();
     assert_eq!(
@@ -321,8 +324,8 @@ graph @silu_gate(%x: tensor<2x8xf32>, %y: tensor<2x8xf32>, %g: tensor<8xf32>) ->
             (
                 "program",
                 &ortho_ir::AttrValue::Ints(vec![
-                    0, 0, 0, 17, 0, 0, 32, 0, 1, 0, 1, 0, 32, 2, 3, 1, 0, 0, 30, 4, 5, 0, 2, 0,
-                    32, 6, 7
+                    0, 0, 0, 17, 0, 0, 32, 0, 1, 0, 1, 0, 32, 2, 3, 1, 0, 0, 30, 4, 5, 0, 2, 0, 32,
+                    6, 7
                 ])
             ),
             ("constants", &ortho_ir::AttrValue::Floats(vec![1e-5])),
@@ -336,7 +339,10 @@ graph @silu_gate(%x: tensor<2x8xf32>, %y: tensor<2x8xf32>, %g: tensor<8xf32>) ->
     let imported = ortho_frontends::import_file(&first).expect("import");
     let back = fused_nodes(&imported);
     assert_eq!(back.len(), 1);
-    assert_eq!(&back[0].0, f, "the import yields the typed op with the same program");
+    assert_eq!(
+        &back[0].0, f,
+        "the import yields the typed op with the same program"
+    );
     let second = tmp.path().join("again.onnx");
     ortho_frontends::export_file(&imported, &second, &Default::default()).expect("re-export");
     assert!(

@@ -337,7 +337,11 @@ pub enum FusedError {
     #[error("the program is empty")]
     Empty,
     #[error("instruction {index} ({instr}) reads register r{reg}, which is not defined before it")]
-    UndefinedRegister { index: usize, instr: String, reg: Reg },
+    UndefinedRegister {
+        index: usize,
+        instr: String,
+        reg: Reg,
+    },
     #[error("instruction {index} reads operand {operand}, but the node has {forms} forms")]
     OperandIndex {
         index: usize,
@@ -416,7 +420,9 @@ impl FusedElementwise {
         for w in program.chunks_exact(3) {
             let (op, a, b) = (w[0], w[1], w[2]);
             let ins = match op {
-                OP_INPUT => Instr::Input(u32::try_from(a).map_err(|_| FusedError::OperandRange(a))?),
+                OP_INPUT => {
+                    Instr::Input(u32::try_from(a).map_err(|_| FusedError::OperandRange(a))?)
+                }
                 OP_CONST => Instr::Const(konst(a)?),
                 OP_POWI => Instr::Powi(
                     reg(a)?,

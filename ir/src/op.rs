@@ -274,7 +274,9 @@ impl Op {
     pub fn has_side_effects(&self) -> bool {
         match self {
             // An op of another domain is unknown to us, so it may print, log or keep state.
-            Op::Opaque(o) if !matches!(o.domain.as_str(), "" | "ai.onnx" | crate::op_ortho::DOMAIN) => {
+            Op::Opaque(o)
+                if !matches!(o.domain.as_str(), "" | "ai.onnx" | crate::op_ortho::DOMAIN) =>
+            {
                 true
             }
             Op::Opaque(o) => {

@@ -80,7 +80,8 @@ fn same_attrs(a: &[Attr], b: &[Attr]) -> bool {
                 && x.doc == y.doc
                 && match (&x.value, &y.value) {
                     (AttrValue::Floats(p), AttrValue::Floats(q)) => {
-                        p.len() == q.len() && p.iter().zip(q).all(|(s, t)| s.to_bits() == t.to_bits())
+                        p.len() == q.len()
+                            && p.iter().zip(q).all(|(s, t)| s.to_bits() == t.to_bits())
                     }
                     (p, q) => p == q,
                 }

@@ -437,15 +437,17 @@ fn emit(
             continue;
         }
         let v = match *ins {
-            Instr::Input(k) => leaves
-                .get(k as usize)
-                .copied()
-                .flatten()
-                .ok_or(JitError::Program(FusedError::OperandIndex {
-                    index: i,
-                    operand: k,
-                    forms: f.forms.len(),
-                }))?,
+            Instr::Input(k) => {
+                leaves
+                    .get(k as usize)
+                    .copied()
+                    .flatten()
+                    .ok_or(JitError::Program(FusedError::OperandIndex {
+                        index: i,
+                        operand: k,
+                        forms: f.forms.len(),
+                    }))?
+            }
             Instr::Const(c) => m.splat(b, c),
             Instr::Unary(u, r) => {
                 let x = reg(regs, r)?;

@@ -514,11 +514,17 @@ fn bad_operands_are_errors_not_crashes() {
     };
     assert!(matches!(
         JitKernel::compile(&bad),
-        Err(JitError::Program(FusedError::UndefinedRegister { reg: 0, .. }))
+        Err(JitError::Program(FusedError::UndefinedRegister {
+            reg: 0,
+            ..
+        }))
     ));
     assert!(matches!(
         interpret(&bad, &[], &mut [], 0, 1),
-        Err(JitError::Program(FusedError::UndefinedRegister { reg: 0, .. }))
+        Err(JitError::Program(FusedError::UndefinedRegister {
+            reg: 0,
+            ..
+        }))
     ));
     // The engine's unary ops that have no fused instruction are refused, not miscompiled.
     let sin = FusedElementwise {

@@ -52,9 +52,7 @@ impl Parser<'_> {
     fn f32_or_bits(&mut self) -> PResult<f32> {
         self.ws();
         if let Some(h) = self.rest().strip_prefix("0x") {
-            let n = h
-                .find(|c: char| !c.is_ascii_hexdigit())
-                .unwrap_or(h.len());
+            let n = h.find(|c: char| !c.is_ascii_hexdigit()).unwrap_or(h.len());
             let at = self.pos;
             let bits = u32::from_str_radix(&h[..n], 16)
                 .map_err(|_| self.err_at(at, "expected 8 hex digits of f32 bits"))?;
@@ -243,7 +241,10 @@ graph @g(%x: tensor<2x3xf32>, %v: tensor<3xf32>) -> (%y) {
         let printed = print_module(&m, PrintOptions::default());
         // `nan` reads as the canonical NaN, which prints as `NaN`; everything else is as written.
         assert_eq!(printed, FUSED.replace("const(nan)", "const(NaN)"));
-        let again = print_module(&parse_module(&printed).expect("reparse"), PrintOptions::default());
+        let again = print_module(
+            &parse_module(&printed).expect("reparse"),
+            PrintOptions::default(),
+        );
         assert_eq!(again, printed);
     }
 
