@@ -8,8 +8,9 @@ use common::{fixtures, python, run, TempDir};
 use ortho_codegen::cpu::{
     elementwise_f32, npy, HostTensor, KernelRegistry, Plan, PlanOptions, RuntimeError,
 };
+use ortho_ir::fused::{self, Binary, Form, FusedElementwise, Instr};
 use ortho_ir::{
-    attrs, DType, Dim, GraphOutput, Module, Op, Opaque, OpsetImport, Output, TensorData, Type,
+    attrs, op_ortho, DType, Dim, GraphOutput, Module, Op, OpsetImport, Output, TensorData, Type,
     ValueId,
 };
 use std::path::Path;
@@ -155,17 +156,25 @@ fn supplied_kernels_and_unknown_ops() {
         version: 17,
     });
     m.opsets.push(OpsetImport {
-        domain: "ortho".into(),
+        domain: op_ortho::DOMAIN.into(),
         version: 1,
     });
     let g = m.main_graph_mut();
     let x = g.add_input("x", Type::tensor(DType::F32, vec![Dim::Fixed(2)]));
     let y = g.add_input("y", Type::tensor(DType::F32, vec![Dim::Fixed(1)]));
-    let op = Op::Opaque(Opaque {
-        domain: "ortho".into(),
-        op_type: "FusedElementwise".into(),
-        attrs: vec![],
-    });
+    // z = x * 2 + y; the engine has no kernel of its own for fused nodes (the JIT is not wired
+    // in by default), so a supplied one runs it.
+    let op = FusedElementwise {
+        program: vec![
+            Instr::Input(0),
+            Instr::Const(2.0),
+            Instr::Binary(Binary::Mul, 0, 1),
+            Instr::Input(1),
+            Instr::Binary(Binary::Add, 2, 3),
+        ],
+        forms: vec![Form::Full, Form::Scalar],
+    }
+    .to_op();
     let n = g.add_node(
         op,
         vec![Some(x), Some(y)],
@@ -182,8 +191,8 @@ fn supplied_kernels_and_unknown_ops() {
     );
     let mut reg = KernelRegistry::new();
     reg.register(
-        "ortho",
-        "FusedElementwise",
+        op_ortho::DOMAIN,
+        fused::OP_TYPE,
         Arc::new(|_site| {
             Ok(elementwise_f32(Arc::new(
                 |ins: &[&[f32]], out: &mut [f32]| {

@@ -1,21 +1,31 @@
 //! `ortho.FusedElementwise`: a region of f32 elementwise ops collapsed into one node.
 //!
 //! The node's operands are the region's leaf values; its one result is the region's root value.
-//! What it computes is a small register program held in its attributes:
+//! What it computes is a small register program, [`FusedElementwise`], held by the op itself
+//! (`Op::Ortho(OrthoOp::FusedElementwise(..))`): instruction `i` defines register `i`, operands
+//! refer to earlier registers, the last register is the result, and each node operand has a
+//! [`Form`] saying how it broadcasts against the result. The payload is built once (by
+//! `fuse-elementwise`, the `.oir` parser or the ONNX import) and read as it is by every consumer.
 //!
-//! - `program` (ints): three ints per instruction, `[opcode, a, b]`. Instruction `i` defines
-//!   register `i`; operands refer to earlier registers; the last register is the result.
+//! In `.oir` the node reads
+//! `%y = ortho.FusedElementwise(%x, %g) {program = [r0 = input(0), r1 = input(1), r2 = mul(r0, r1)], forms = [full, last-axis]} : …`
+//! (the [`Display`](fmt::Display) of the payload).
+//!
+//! In ONNX (the export and import mapping, [`FusedElementwise::to_attrs`] and
+//! [`FusedElementwise::from_attrs`]) the program is held in integer attributes:
+//!
+//! - `program` (ints): three ints per instruction, `[opcode, a, b]`.
 //! - `constants` (floats): the values `const` and `powf` instructions refer to by index.
-//! - `forms` (ints): one per operand, how the operand broadcasts against the result (see [`Form`]).
+//! - `forms` (ints): one per operand (0 full, 1 scalar, 2 last-axis, 3 per-row).
 //!
 //! | opcode | text | meaning |
 //! |---|---|---|
-//! | 0 | `input k` | element of operand `k` (per its form) |
-//! | 1 | `const c` | `constants[c]` |
-//! | 10–19 | `neg abs sqrt reciprocal exp log tanh sigmoid relu erf` `r` | unary op on register `r` |
-//! | 30–35 | `add sub mul div max min` `r s` | binary op |
-//! | 40 | `powi r n` | `r^n` for an integer `n`, `|n| <=` [`MAX_POWI`], by multiplications |
-//! | 41 | `powf r c` | `powf(r, constants[c])` |
+//! | 0 | `input(k)` | element of operand `k` (per its form) |
+//! | 1 | `const(c)` | `constants[c]` |
+//! | 10–19 | `neg abs sqrt reciprocal exp log tanh sigmoid relu erf` `(r)` | unary op on register `r` |
+//! | 30–35 | `add sub mul div max min` `(r, s)` | binary op |
+//! | 40 | `powi(r, n)` | `r^n` for an integer `n`, `|n| <=` [`MAX_POWI`], by multiplications |
+//! | 41 | `powf(r, c)` | `powf(r, constants[c])` |
 //!
 //! Semantics are those of the ONNX ops the instructions come from, evaluated in f32 with every
 //! instruction's result rounded to f32. `max`/`min` propagate NaN (IEEE 754-2019 maximum and
@@ -25,13 +35,12 @@
 //! elements `n` and the row length (the result's last dimension, 1 for a scalar) from it.
 
 use crate::attr::{Attr, AttrValue};
-use crate::op::{Op, Opaque};
+use crate::op::Op;
+pub use crate::op_ortho::{OrthoOp, DOMAIN};
 use crate::types::Dim;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
-/// The domain of the ops ortho-opt adds.
-pub const DOMAIN: &str = "ortho";
 /// The op type of the fused elementwise op.
 pub const OP_TYPE: &str = "FusedElementwise";
 /// Largest `|n|` of a `powi` instruction.
@@ -80,6 +89,12 @@ impl Form {
             Form::LastAxis => "last-axis",
             Form::PerRow => "per-row",
         }
+    }
+    /// The form named `name` (the inverse of [`name`](Self::name)).
+    pub fn named(name: &str) -> Option<Form> {
+        [Form::Full, Form::Scalar, Form::LastAxis, Form::PerRow]
+            .into_iter()
+            .find(|f| f.name() == name)
     }
 }
 
@@ -136,51 +151,14 @@ impl Form {
     }
 }
 
-/// One-operand instructions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Unary {
-    Neg,
-    Abs,
-    Sqrt,
-    Reciprocal,
-    Exp,
-    Log,
-    Tanh,
-    Sigmoid,
-    Relu,
-    Erf,
-}
+pub use crate::unary::Unary;
 
-impl Unary {
-    pub const ALL: [Unary; 10] = [
-        Unary::Neg,
-        Unary::Abs,
-        Unary::Sqrt,
-        Unary::Reciprocal,
-        Unary::Exp,
-        Unary::Log,
-        Unary::Tanh,
-        Unary::Sigmoid,
-        Unary::Relu,
-        Unary::Erf,
-    ];
-    fn code(self) -> i64 {
-        10 + Self::ALL.iter().position(|&u| u == self).unwrap_or(0) as i64
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            Unary::Neg => "neg",
-            Unary::Abs => "abs",
-            Unary::Sqrt => "sqrt",
-            Unary::Reciprocal => "reciprocal",
-            Unary::Exp => "exp",
-            Unary::Log => "log",
-            Unary::Tanh => "tanh",
-            Unary::Sigmoid => "sigmoid",
-            Unary::Relu => "relu",
-            Unary::Erf => "erf",
-        }
-    }
+/// The opcode of a fusible unary op (`10 + ` its index in [`Unary::FUSIBLE`]).
+fn unary_code(u: Unary) -> Option<i64> {
+    Unary::FUSIBLE
+        .iter()
+        .position(|&x| x == u)
+        .map(|i| 10 + i as i64)
 }
 
 /// Two-operand instructions.
@@ -215,6 +193,10 @@ impl Binary {
             Binary::Max => "max",
             Binary::Min => "min",
         }
+    }
+    /// The op named `name` (the inverse of [`name`](Self::name)).
+    pub fn named(name: &str) -> Option<Binary> {
+        Self::ALL.into_iter().find(|b| b.name() == name)
     }
 }
 
@@ -279,20 +261,33 @@ impl Instr {
     }
 }
 
+/// An f32 as the text form writes it: Rust's shortest round-trip form (`1e-5`, `2.0`, `inf`),
+/// `NaN` for the canonical quiet NaN, and the bits in hex (`0x7fc00001`) for any other NaN, so
+/// that a constant reads back with the same bits.
+pub fn fmt_f32(x: f32) -> String {
+    if x.is_nan() && x.to_bits() != f32::NAN.to_bits() {
+        format!("{:#010x}", x.to_bits())
+    } else {
+        format!("{x:?}")
+    }
+}
+
+/// `input(0)`, `const(1e-5)`, `exp(r2)`, `add(r1, r2)`, `powi(r5, -3)`, `powf(r6, 0.75)`: the
+/// syntax of an instruction in `.oir` and in messages.
 impl fmt::Display for Instr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            Instr::Input(k) => write!(f, "input {k}"),
-            Instr::Const(c) => write!(f, "const {c:?}"),
-            Instr::Unary(u, r) => write!(f, "{} %{r}", u.name()),
-            Instr::Binary(b, x, y) => write!(f, "{} %{x}, %{y}", b.name()),
-            Instr::Powi(r, n) => write!(f, "powi %{r}, {n}"),
-            Instr::Powf(r, e) => write!(f, "powf %{r}, {e:?}"),
+            Instr::Input(k) => write!(f, "input({k})"),
+            Instr::Const(c) => write!(f, "const({})", fmt_f32(c)),
+            Instr::Unary(u, r) => write!(f, "{}(r{r})", u.name()),
+            Instr::Binary(b, x, y) => write!(f, "{}(r{x}, r{y})", b.name()),
+            Instr::Powi(r, n) => write!(f, "powi(r{r}, {n})"),
+            Instr::Powf(r, e) => write!(f, "powf(r{r}, {})", fmt_f32(e)),
         }
     }
 }
 
-/// The typed view of an `ortho.FusedElementwise` node.
+/// The typed payload of an `ortho.FusedElementwise` node.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FusedElementwise {
     pub program: Vec<Instr>,
@@ -301,102 +296,146 @@ pub struct FusedElementwise {
 }
 
 impl fmt::Display for FusedElementwise {
-    /// `(full, scalar) { %0 = input 0; %1 = input 1; %2 = mul %0, %1 }`, for messages and notes.
+    /// `program = [r0 = input(0), r1 = input(1), r2 = mul(r0, r1)], forms = [full, scalar]`:
+    /// the attribute block of the node in `.oir`, also used in messages.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let forms: Vec<&str> = self.forms.iter().map(|x| x.name()).collect();
-        write!(f, "({}) {{", forms.join(", "))?;
+        f.write_str("program = [")?;
         for (i, ins) in self.program.iter().enumerate() {
-            write!(f, "{} %{i} = {ins}", if i == 0 { "" } else { ";" })?;
+            write!(f, "{}r{i} = {ins}", if i == 0 { "" } else { ", " })?;
         }
-        f.write_str(" }")
+        let forms: Vec<&str> = self.forms.iter().map(|x| x.name()).collect();
+        write!(f, "], forms = [{}]", forms.join(", "))
+    }
+}
+
+/// Why a fused program, or the attributes that encode it, is not a well-formed one. The
+/// messages are those the verifier and the parser show after the node's name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FusedError {
+    #[error("unexpected attribute '{name}' of kind {kind}")]
+    UnexpectedAttribute { name: String, kind: &'static str },
+    #[error("attribute '{0}' (ints) is missing")]
+    MissingAttribute(&'static str),
+    #[error("attribute '{0}' has a doc string, which the typed op does not keep")]
+    AttributeDoc(String),
+    #[error("unknown operand form {0} (expected 0 to 3)")]
+    UnknownFormCode(i64),
+    #[error("'program' has {0} ints, not a multiple of 3")]
+    NotTriples(usize),
+    #[error("constant index {index} is out of range ({len} constants)")]
+    ConstantIndex { index: i64, len: usize },
+    #[error("register {0} is out of range")]
+    RegisterRange(i64),
+    #[error("operand index {0} is out of range")]
+    OperandRange(i64),
+    #[error("powi exponent {0} is out of range")]
+    PowiRange(i64),
+    #[error("unknown opcode {0}")]
+    UnknownOpcode(i64),
+    #[error("the attributes are not in the canonical encoding (constants stored once, in order of first use, without an empty list)")]
+    NotCanonical,
+    #[error("the program is empty")]
+    Empty,
+    #[error("instruction {index} ({instr}) reads register r{reg}, which is not defined before it")]
+    UndefinedRegister {
+        index: usize,
+        instr: String,
+        reg: Reg,
+    },
+    #[error("instruction {index} reads operand {operand}, but the node has {forms} forms")]
+    OperandIndex {
+        index: usize,
+        operand: u32,
+        forms: usize,
+    },
+    #[error("instruction {index}: powi exponent {n} exceeds {MAX_POWI} in magnitude")]
+    PowiExponent { index: usize, n: i32 },
+    #[error("instruction {index}: {op} cannot be fused")]
+    NotFusible { index: usize, op: &'static str },
+}
+
+impl FusedError {
+    /// Whether the error is in the program's instructions (as opposed to its encoding).
+    pub fn is_program_error(&self) -> bool {
+        matches!(
+            self,
+            FusedError::Empty
+                | FusedError::UndefinedRegister { .. }
+                | FusedError::OperandIndex { .. }
+                | FusedError::PowiExponent { .. }
+                | FusedError::NotFusible { .. }
+        )
     }
 }
 
 impl FusedElementwise {
-    /// Whether `op` is an `ortho.FusedElementwise` (well-formed or not).
-    pub fn is_fused(op: &Op) -> bool {
-        matches!(op, Op::Opaque(o) if o.domain == DOMAIN && o.op_type == OP_TYPE)
-    }
-
-    /// The typed view of `op`, or `None` when it is not a well-formed `ortho.FusedElementwise`.
-    pub fn from_op(op: &Op) -> Option<FusedElementwise> {
-        Self::decode(op).ok()
-    }
-
-    /// Like [`from_op`](Self::from_op), with the reason when `op` is not a well-formed one.
-    pub fn decode(op: &Op) -> Result<FusedElementwise, String> {
-        let Op::Opaque(o) = op else {
-            return Err(format!("{} is not {DOMAIN}.{OP_TYPE}", op.name()));
-        };
-        if o.domain != DOMAIN || o.op_type != OP_TYPE {
-            return Err(format!(
-                "{}.{} is not {DOMAIN}.{OP_TYPE}",
-                o.domain, o.op_type
-            ));
+    /// The payload of `op` when it is an `ortho.FusedElementwise` node.
+    pub fn from_op(op: &Op) -> Option<&FusedElementwise> {
+        match op {
+            Op::Ortho(OrthoOp::FusedElementwise(f)) => Some(f),
+            _ => None,
         }
+    }
+
+    /// Decodes the ONNX attributes of an `ortho.FusedElementwise` node (`program`,
+    /// `constants`, `forms`; see the module documentation) and validates the program. Used by
+    /// the import mapping ([`OrthoOp::from_parts`]) only; everything else reads the typed op.
+    pub fn from_attrs(attrs: &[Attr]) -> Result<FusedElementwise, FusedError> {
         let (mut program, mut constants, mut forms) = (None, None, None);
-        for a in &o.attrs {
+        for a in attrs {
             match (a.name.as_str(), &a.value) {
                 ("program", AttrValue::Ints(v)) if program.is_none() => program = Some(v),
                 ("constants", AttrValue::Floats(v)) if constants.is_none() => constants = Some(v),
                 ("forms", AttrValue::Ints(v)) if forms.is_none() => forms = Some(v),
                 (name, v) => {
-                    return Err(format!(
-                        "unexpected attribute '{name}' of kind {}",
-                        v.kind().name()
-                    ))
+                    return Err(FusedError::UnexpectedAttribute {
+                        name: name.to_string(),
+                        kind: v.kind().name(),
+                    })
                 }
             }
         }
-        let program = program.ok_or("attribute 'program' (ints) is missing")?;
+        let program = program.ok_or(FusedError::MissingAttribute("program"))?;
         let empty = Vec::new();
         let constants = constants.unwrap_or(&empty);
-        let forms = forms.ok_or("attribute 'forms' (ints) is missing")?;
+        let forms = forms.ok_or(FusedError::MissingAttribute("forms"))?;
         let forms = forms
             .iter()
-            .map(|&c| {
-                Form::from_code(c)
-                    .ok_or_else(|| format!("unknown operand form {c} (expected 0 to 3)"))
-            })
+            .map(|&c| Form::from_code(c).ok_or(FusedError::UnknownFormCode(c)))
             .collect::<Result<Vec<_>, _>>()?;
         if !program.len().is_multiple_of(3) {
-            return Err(format!(
-                "'program' has {} ints, not a multiple of 3",
-                program.len()
-            ));
+            return Err(FusedError::NotTriples(program.len()));
         }
-        let konst = |c: i64| -> Result<f32, String> {
+        let konst = |c: i64| -> Result<f32, FusedError> {
             usize::try_from(c)
                 .ok()
-                .and_then(|c| constants.get(c).copied())
-                .ok_or_else(|| {
-                    format!(
-                        "constant index {c} is out of range ({} constants)",
-                        constants.len()
-                    )
+                .and_then(|i| constants.get(i).copied())
+                .ok_or(FusedError::ConstantIndex {
+                    index: c,
+                    len: constants.len(),
                 })
         };
-        let reg = |r: i64| u32::try_from(r).map_err(|_| format!("register {r} is out of range"));
+        let reg = |r: i64| u32::try_from(r).map_err(|_| FusedError::RegisterRange(r));
         let mut out = Vec::with_capacity(program.len() / 3);
         for w in program.chunks_exact(3) {
             let (op, a, b) = (w[0], w[1], w[2]);
             let ins = match op {
-                OP_INPUT => Instr::Input(
-                    u32::try_from(a).map_err(|_| format!("operand index {a} is out of range"))?,
-                ),
+                OP_INPUT => {
+                    Instr::Input(u32::try_from(a).map_err(|_| FusedError::OperandRange(a))?)
+                }
                 OP_CONST => Instr::Const(konst(a)?),
                 OP_POWI => Instr::Powi(
                     reg(a)?,
-                    i32::try_from(b).map_err(|_| format!("powi exponent {b} is out of range"))?,
+                    i32::try_from(b).map_err(|_| FusedError::PowiRange(b))?,
                 ),
                 OP_POWF => Instr::Powf(reg(a)?, konst(b)?),
                 _ => {
-                    if let Some(&u) = Unary::ALL.iter().find(|u| u.code() == op) {
+                    if let Some(&u) = Unary::FUSIBLE.iter().find(|&&u| unary_code(u) == Some(op)) {
                         Instr::Unary(u, reg(a)?)
                     } else if let Some(&bi) = Binary::ALL.iter().find(|x| x.code() == op) {
                         Instr::Binary(bi, reg(a)?, reg(b)?)
                     } else {
-                        return Err(format!("unknown opcode {op}"));
+                        return Err(FusedError::UnknownOpcode(op));
                     }
                 }
             };
@@ -410,29 +449,38 @@ impl FusedElementwise {
         Ok(f)
     }
 
-    /// Checks that registers are defined before use, operand indices exist, the program is not
-    /// empty and `powi` exponents are in range.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks that the program is not empty, registers are defined before use, operand
+    /// indices exist, unary ops are fusible and `powi` exponents are in range.
+    pub fn validate(&self) -> Result<(), FusedError> {
         if self.program.is_empty() {
-            return Err("the program is empty".into());
+            return Err(FusedError::Empty);
         }
         for (i, ins) in self.program.iter().enumerate() {
             for r in ins.operands() {
                 if r as usize >= i {
-                    return Err(format!("instruction {i} ({ins}) reads register %{r}, which is not defined before it"));
+                    return Err(FusedError::UndefinedRegister {
+                        index: i,
+                        instr: ins.to_string(),
+                        reg: r,
+                    });
                 }
             }
             match *ins {
                 Instr::Input(k) if k as usize >= self.forms.len() => {
-                    return Err(format!(
-                        "instruction {i} reads operand {k}, but the node has {} forms",
-                        self.forms.len()
-                    ));
+                    return Err(FusedError::OperandIndex {
+                        index: i,
+                        operand: k,
+                        forms: self.forms.len(),
+                    });
                 }
                 Instr::Powi(_, n) if i64::from(n).abs() > MAX_POWI => {
-                    return Err(format!(
-                        "instruction {i}: powi exponent {n} exceeds {MAX_POWI} in magnitude"
-                    ));
+                    return Err(FusedError::PowiExponent { index: i, n });
+                }
+                Instr::Unary(u, _) if !u.is_fusible() => {
+                    return Err(FusedError::NotFusible {
+                        index: i,
+                        op: u.name(),
+                    });
                 }
                 _ => {}
             }
@@ -445,8 +493,15 @@ impl FusedElementwise {
         self.program.len().saturating_sub(1) as Reg
     }
 
-    /// The node op: `Op::Opaque` in domain `ortho` with `program`, `constants` and `forms`.
+    /// The node op `ortho.FusedElementwise` with this payload.
     pub fn to_op(&self) -> Op {
+        Op::Ortho(OrthoOp::FusedElementwise(self.clone()))
+    }
+
+    /// The ONNX attributes: `program`, `constants` (when any; each value stored once, in order
+    /// of first use) and `forms`. This is the export mapping; [`from_attrs`](Self::from_attrs)
+    /// reads it back.
+    pub fn to_attrs(&self) -> Vec<Attr> {
         let mut program = Vec::with_capacity(self.program.len() * 3);
         let mut constants: Vec<f32> = Vec::new();
         let mut konst = |c: f32| -> i64 {
@@ -461,8 +516,10 @@ impl FusedElementwise {
         for ins in &self.program {
             let w = match *ins {
                 Instr::Input(k) => [OP_INPUT, i64::from(k), 0],
+                // A non-fusible unary op never gets here from a validated program; opcode -1 keeps
+                // the encoding total, and decoding refuses it.
+                Instr::Unary(u, r) => [unary_code(u).unwrap_or(-1), i64::from(r), 0],
                 Instr::Const(c) => [OP_CONST, konst(c), 0],
-                Instr::Unary(u, r) => [u.code(), i64::from(r), 0],
                 Instr::Binary(b, x, y) => [b.code(), i64::from(x), i64::from(y)],
                 Instr::Powi(r, n) => [OP_POWI, i64::from(r), i64::from(n)],
                 Instr::Powf(r, e) => [OP_POWF, i64::from(r), konst(e)],
@@ -477,11 +534,7 @@ impl FusedElementwise {
             "forms",
             AttrValue::Ints(self.forms.iter().map(|f| f.code()).collect()),
         ));
-        Op::Opaque(Opaque {
-            domain: DOMAIN.to_string(),
-            op_type: OP_TYPE.to_string(),
-            attrs,
-        })
+        attrs
     }
 }
 
@@ -507,18 +560,28 @@ mod tests {
     }
 
     #[test]
-    fn round_trips_through_op() {
+    fn round_trips_through_attributes() {
         let f = sample();
         let op = f.to_op();
-        assert!(FusedElementwise::is_fused(&op));
-        assert_eq!(FusedElementwise::decode(&op), Ok(f.clone()));
+        assert_eq!(FusedElementwise::from_op(&op), Some(&f));
+        let attrs = f.to_attrs();
+        assert_eq!(FusedElementwise::from_attrs(&attrs), Ok(f.clone()));
         // The shared constant is stored once.
-        let Op::Opaque(o) = &op else { panic!("opaque") };
-        assert!(o
-            .attrs
+        assert!(attrs
             .iter()
             .any(|a| a.name == "constants" && a.value == AttrValue::Floats(vec![1e-5])));
-        assert_eq!(f.to_string(), "(full, per-row) { %0 = input 0; %1 = input 1; %2 = const 1e-5; %3 = add %1, %2; %4 = sqrt %3; %5 = div %0, %4; %6 = powi %5, -3; %7 = powf %6, 1e-5; %8 = erf %7 }");
+        assert_eq!(
+            f.to_string(),
+            "program = [r0 = input(0), r1 = input(1), r2 = const(1e-5), r3 = add(r1, r2), r4 = sqrt(r3), r5 = div(r0, r4), r6 = powi(r5, -3), r7 = powf(r6, 1e-5), r8 = erf(r7)], forms = [full, per-row]"
+        );
+    }
+
+    #[test]
+    fn nan_payloads_print_as_bits() {
+        assert_eq!(fmt_f32(f32::NAN), "NaN");
+        assert_eq!(fmt_f32(f32::from_bits(0x7fc0_0001)), "0x7fc00001");
+        assert_eq!(fmt_f32(-0.0), "-0.0");
+        assert_eq!(fmt_f32(f32::NEG_INFINITY), "-inf");
     }
 
     #[test]
@@ -570,24 +633,41 @@ mod tests {
     #[test]
     fn malformed_programs_are_refused() {
         let bad = |program: Vec<i64>, forms: Vec<i64>| {
-            let op = Op::Opaque(Opaque {
-                domain: DOMAIN.into(),
-                op_type: OP_TYPE.into(),
-                attrs: vec![
-                    Attr::new("program", AttrValue::Ints(program)),
-                    Attr::new("forms", AttrValue::Ints(forms)),
-                ],
-            });
-            FusedElementwise::decode(&op).expect_err("malformed")
+            FusedElementwise::from_attrs(&[
+                Attr::new("program", AttrValue::Ints(program)),
+                Attr::new("forms", AttrValue::Ints(forms)),
+            ])
+            .expect_err("malformed")
         };
-        assert!(bad(vec![], vec![0]).contains("empty"));
-        assert!(bad(vec![0, 0], vec![0]).contains("multiple of 3"));
-        assert!(bad(vec![0, 1, 0], vec![0]).contains("operand 1"));
-        assert!(bad(vec![0, 0, 0, 30, 0, 1], vec![0]).contains("not defined"));
-        assert!(bad(vec![99, 0, 0], vec![0]).contains("unknown opcode"));
-        assert!(bad(vec![1, 0, 0], vec![0]).contains("constant index"));
-        assert!(bad(vec![0, 0, 0], vec![7]).contains("form"));
-        assert!(bad(vec![0, 0, 0, 40, 0, 65], vec![0]).contains("powi"));
-        assert!(FusedElementwise::decode(&Op::Relu).is_err());
+        assert_eq!(bad(vec![], vec![0]), FusedError::Empty);
+        assert_eq!(bad(vec![0, 0], vec![0]), FusedError::NotTriples(2));
+        assert!(matches!(
+            bad(vec![0, 1, 0], vec![0]),
+            FusedError::OperandIndex { operand: 1, .. }
+        ));
+        let e = bad(vec![0, 0, 0, 30, 0, 1], vec![0]);
+        assert!(matches!(e, FusedError::UndefinedRegister { reg: 1, .. }));
+        assert_eq!(
+            e.to_string(),
+            "instruction 1 (add(r0, r1)) reads register r1, which is not defined before it"
+        );
+        assert_eq!(bad(vec![99, 0, 0], vec![0]), FusedError::UnknownOpcode(99));
+        assert!(matches!(
+            bad(vec![1, 0, 0], vec![0]),
+            FusedError::ConstantIndex { index: 0, len: 0 }
+        ));
+        assert_eq!(bad(vec![0, 0, 0], vec![7]), FusedError::UnknownFormCode(7));
+        assert!(matches!(
+            bad(vec![0, 0, 0, 40, 0, 65], vec![0]),
+            FusedError::PowiExponent { n: 65, .. }
+        ));
+        let sin = FusedElementwise {
+            program: vec![Instr::Input(0), Instr::Unary(Unary::Sin, 0)],
+            forms: vec![Form::Full],
+        };
+        assert!(matches!(
+            sin.validate(),
+            Err(FusedError::NotFusible { op: "sin", .. })
+        ));
     }
 }

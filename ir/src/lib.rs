@@ -14,11 +14,13 @@ pub mod graph;
 pub mod module;
 pub mod numeric;
 pub mod op;
+pub mod op_ortho;
 pub mod semantics;
 pub mod shape;
 pub mod tensor;
 pub mod text;
 pub mod types;
+pub mod unary;
 pub mod verify;
 
 pub use attr::{Attr, AttrKind, AttrValue};

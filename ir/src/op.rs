@@ -1,7 +1,8 @@
 //! Operations.
 //!
 //! `Op` has one variant per operation the IR understands, each with a typed attribute struct
-//! (in [`attrs`]), plus three structural variants (`Input`, `Const`, `Capture`) and `Opaque` for
+//! (in [`attrs`]), plus three structural variants (`Input`, `Const`, `Capture`), `Ortho` for
+//! ortho-opt's own ops with their typed payloads ([`crate::op_ortho`]), and `Opaque` for
 //! everything else, carried through untouched. The `onnx.` mnemonics below are the IR's textual
 //! names; they equal the ONNX op types on purpose so that `.oir` reads like the model, and the
 //! frontend maps NodeProtos through [`Op::from_parts`] / [`Op::to_parts`].
@@ -74,6 +75,8 @@ macro_rules! define_ops {
             Const(TensorId),
             /// A value of an enclosing graph, referenced by name from inside a subgraph.
             Capture,
+            /// An op of ortho-opt's own domain, with its typed payload.
+            Ortho(crate::op_ortho::OrthoOp),
             $( $s, )*
             $( $v(attrs::$v), )*
             Opaque(Opaque),
@@ -103,6 +106,11 @@ macro_rules! define_ops {
                         _ => {}
                     }
                 }
+                if domain == crate::op_ortho::DOMAIN {
+                    if let Some(o) = crate::op_ortho::OrthoOp::from_parts(op_type, &attrs_in) {
+                        return Op::Ortho(o);
+                    }
+                }
                 Op::Opaque(Opaque { domain: domain.to_string(), op_type: op_type.to_string(), attrs: attrs_in })
             }
 
@@ -110,6 +118,7 @@ macro_rules! define_ops {
             pub fn to_parts(&self) -> Option<(String, String, Vec<Attr>)> {
                 match self {
                     Op::Input { .. } | Op::Const(_) | Op::Capture => None,
+                    Op::Ortho(o) => Some((crate::op_ortho::DOMAIN.to_string(), o.op_type().to_string(), o.to_attrs())),
                     $( Op::$s => Some((String::new(), stringify!($s).to_string(), Vec::new())), )*
                     $( Op::$v(_a) => {
                         #[allow(unused_mut)]
@@ -127,6 +136,7 @@ macro_rules! define_ops {
                     Op::Input { .. } => "input",
                     Op::Const(_) => "const",
                     Op::Capture => "capture",
+                    Op::Ortho(o) => o.op_type(),
                     $( Op::$s => stringify!($s), )*
                     $( Op::$v(_) => stringify!($v), )*
                     Op::Opaque(o) => &o.op_type,
@@ -137,6 +147,7 @@ macro_rules! define_ops {
             pub fn arity(&self) -> Arity {
                 let (min_in, max_in, min_out, max_out) = match self {
                     Op::Input { .. } | Op::Const(_) | Op::Capture => (0, 0, 1, 1),
+                    Op::Ortho(o) => o.arity(),
                     $( Op::$s => ($si, $sx, $so, $so), )*
                     $( Op::$v(_) => ($vi, $vx, $vo, $vox), )*
                     Op::Opaque(_) => (0, VAR, 0, VAR),
@@ -236,6 +247,7 @@ impl Op {
     pub fn domain(&self) -> &str {
         match self {
             Op::Opaque(o) => &o.domain,
+            Op::Ortho(_) => crate::op_ortho::DOMAIN,
             _ => "",
         }
     }
@@ -277,7 +289,11 @@ impl Op {
     pub fn has_side_effects(&self) -> bool {
         match self {
             // An op of another domain is unknown to us, so it may print, log or keep state.
-            Op::Opaque(o) if !matches!(o.domain.as_str(), "" | "ai.onnx" | "ortho") => true,
+            Op::Opaque(o)
+                if !matches!(o.domain.as_str(), "" | "ai.onnx" | crate::op_ortho::DOMAIN) =>
+            {
+                true
+            }
             Op::Opaque(o) => {
                 o.op_type.contains("Random")
                     || o.op_type == "Multinomial"

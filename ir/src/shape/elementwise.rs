@@ -88,8 +88,8 @@ pub(crate) fn same_with_axis(cx: &NodeCx, axis: Option<i64>, default: i64) -> In
 /// `ortho.FusedElementwise`: a well-formed program, one form per operand, f32 operands; the
 /// result is the f32 broadcast of the operands. Each operand's form is checked against the
 /// result where both shapes are fully fixed (symbols could still be 1 at run time).
-pub(crate) fn fused_elementwise(cx: &NodeCx) -> Infer {
-    let f = crate::fused::FusedElementwise::decode(&cx.node.op)?;
+pub(crate) fn fused_elementwise(cx: &NodeCx, f: &crate::fused::FusedElementwise) -> Infer {
+    f.validate().map_err(|e| e.to_string())?;
     if f.forms.len() != cx.n_in() || (0..cx.n_in()).any(|s| !cx.has(s)) {
         return Err(format!(
             "has {} operands but {} operand forms",

@@ -565,9 +565,12 @@ fn infer_node(cx: &NodeCx, outer: &Scope) -> Infer {
         ConstantOfShape(a) => index::constant_of_shape(cx, a),
         Constant(a) => index::constant(cx, a),
         OneHot(a) => index::one_hot(cx, a),
-        Opaque(_) if crate::fused::FusedElementwise::is_fused(&node.op) => {
-            ew::fused_elementwise(cx)
-        }
+        Ortho(crate::op_ortho::OrthoOp::FusedElementwise(f)) => ew::fused_elementwise(cx, f),
+        // An `ortho` node the import could not type is an error here, so the verifier names it.
+        Opaque(_) => match crate::op_ortho::malformed(&node.op) {
+            Some(e) => Err(e.to_string()),
+            None => ew::unknown(),
+        },
         // Control flow is handled by the caller; ops added to `Op` later start out unknown.
         _ => ew::unknown(),
     }

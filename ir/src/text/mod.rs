@@ -13,7 +13,7 @@
 mod parser;
 mod printer;
 
-pub use parser::{parse_module, ParseError};
+pub use parser::{parse_module, ParseError, ParseErrorKind};
 pub use printer::{print_graph, print_module, PrintOptions};
 
 /// Characters allowed in an unquoted name.

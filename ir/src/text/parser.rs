@@ -11,23 +11,35 @@ use crate::op::Op;
 use crate::tensor::{Storage, TensorData, TensorId};
 use crate::types::{DType, Dim, TensorType, Type};
 use std::collections::HashMap;
-use std::fmt;
 
-/// A syntax error with its position.
-#[derive(Debug, Clone, PartialEq, Eq)]
+mod ortho;
+
+/// A syntax error with its position; `message` is the whole text after `line:col:`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{line}:{col}: {message}")]
 pub struct ParseError {
     pub line: usize,
     pub col: usize,
     pub message: String,
+    pub kind: ParseErrorKind,
 }
 
-impl fmt::Display for ParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: {}", self.line, self.col, self.message)
-    }
+/// What kind of error a [`ParseError`] is, for callers that branch on it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ParseErrorKind {
+    /// The text does not follow the grammar (or a literal is out of range).
+    #[default]
+    Syntax,
+    /// A value is used but never defined in its graph.
+    UndefinedValue(String),
+    /// A value is defined twice in one graph.
+    DuplicateValue(String),
+    /// The typed payload of an `ortho` op is invalid (`node` is its first result's name).
+    InvalidOrthoOp {
+        node: String,
+        error: crate::fused::FusedError,
+    },
 }
-
-impl std::error::Error for ParseError {}
 
 type PResult<T> = Result<T, ParseError>;
 
@@ -70,6 +82,15 @@ impl<'s> Parser<'s> {
             line,
             col,
             message: msg.into(),
+            kind: ParseErrorKind::Syntax,
+        }
+    }
+
+    /// An error of a given kind at `pos`.
+    fn err_kind(&self, pos: usize, msg: impl Into<String>, kind: ParseErrorKind) -> ParseError {
+        ParseError {
+            kind,
+            ..self.err_at(pos, msg)
         }
     }
 
@@ -452,7 +473,11 @@ impl<'s> Parser<'s> {
                 )
                 .is_some()
             {
-                return Err(self.err_at(at, format!("value %{vname} is defined twice")));
+                return Err(self.err_kind(
+                    at,
+                    format!("value %{vname} is defined twice"),
+                    ParseErrorKind::DuplicateValue(vname),
+                ));
             }
             inputs.push(id);
             self.eat(",");
@@ -511,7 +536,13 @@ impl<'s> Parser<'s> {
                     None => operands.push(None),
                     Some((n, at)) => match defs.get(&n) {
                         Some(v) => operands.push(Some(*v)),
-                        None => return Err(self.err_at(at, format!("use of undefined value %{n}"))),
+                        None => {
+                            return Err(self.err_kind(
+                                at,
+                                format!("use of undefined value %{n}"),
+                                ParseErrorKind::UndefinedValue(n.clone()),
+                            ))
+                        }
                     },
                 }
             }
@@ -580,21 +611,29 @@ impl<'s> Parser<'s> {
                 }
                 self.eat(",");
             }
-            let attrs = if self.eat("{") {
-                self.attr_list("}")?
+            // An `ortho` op written in its typed syntax; otherwise attributes as for any op.
+            let typed = if domain == crate::op_ortho::DOMAIN && self.at_typed_ortho() {
+                Some(self.ortho_op(&op_type, &results)?)
             } else {
-                Vec::new()
+                None
+            };
+            let op = match typed {
+                Some(op) => op,
+                None => {
+                    let attrs = if self.eat("{") {
+                        self.attr_list("}")?
+                    } else {
+                        Vec::new()
+                    };
+                    Op::from_parts(&domain, &op_type, attrs)
+                }
             };
             self.expect(":")?;
             let mut tys = vec![self.ty()?];
             while self.eat(",") {
                 tys.push(self.ty()?);
             }
-            (
-                Op::from_parts(&domain, &op_type, attrs),
-                operands,
-                Some(tys),
-            )
+            (op, operands, Some(tys))
         };
         let outputs: Vec<Output> = match &op {
             Op::Const(t) => {
@@ -651,7 +690,11 @@ impl<'s> Parser<'s> {
                 )
                 .is_some()
             {
-                return Err(self.err_at(*at, format!("value %{n} is defined twice")));
+                return Err(self.err_kind(
+                    *at,
+                    format!("value %{n} is defined twice"),
+                    ParseErrorKind::DuplicateValue(n.clone()),
+                ));
             }
         }
         pending.push(PendingNode { id, operands });
@@ -672,7 +715,7 @@ impl<'s> Parser<'s> {
         if let Some(t) = w.strip_prefix("onnx.") {
             Ok((String::new(), t.to_string()))
         } else if let Some(t) = w.strip_prefix("ortho.") {
-            Ok(("ortho".to_string(), t.to_string()))
+            Ok((crate::op_ortho::DOMAIN.to_string(), t.to_string()))
         } else {
             Err(self.err_at(
                 start,

@@ -6,6 +6,7 @@ use crate::attr::{Attr, AttrValue};
 use crate::graph::{Graph, GraphId, NodeId};
 use crate::module::{Module, OpsetImport};
 use crate::op::Op;
+use crate::op_ortho::{OrthoOp, DOMAIN};
 use crate::tensor::{Storage, TensorData, TensorId};
 use crate::types::{DType, Dim, TensorType, Type};
 use std::fmt::Write;
@@ -262,7 +263,10 @@ impl Printer<'_> {
                     .collect();
                 self.out.push_str(&operands.join(", "));
                 self.out.push(')');
-                if !attrs.is_empty() {
+                if let Op::Ortho(o) = op {
+                    // The typed payload, not the integer attributes that encode it in ONNX.
+                    let _ = write!(self.out, " {{{}}}", ortho_payload(o));
+                } else if !attrs.is_empty() {
                     self.out.push_str(" {");
                     self.attr_list(&attrs, level);
                     self.out.push('}');
@@ -367,6 +371,13 @@ impl Printer<'_> {
     }
 }
 
+/// The typed attribute block of an `ortho` op (parsed by `parser::ortho`).
+fn ortho_payload(o: &OrthoOp) -> String {
+    match o {
+        OrthoOp::FusedElementwise(f) => f.to_string(),
+    }
+}
+
 /// `onnx.Op`, `ortho.Op`, or `op<"domain", "Op">`.
 pub(crate) fn op_mnemonic(domain: &str, op_type: &str) -> String {
     let ident = !op_type.is_empty()
@@ -375,7 +386,7 @@ pub(crate) fn op_mnemonic(domain: &str, op_type: &str) -> String {
             .all(|c| c.is_ascii_alphanumeric() || c == '_');
     match domain {
         "" if ident => format!("onnx.{op_type}"),
-        "ortho" if ident => format!("ortho.{op_type}"),
+        DOMAIN if ident => format!("{DOMAIN}.{op_type}"),
         _ => format!("op<{}, {}>", quote(domain), quote(op_type)),
     }
 }

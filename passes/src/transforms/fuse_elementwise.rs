@@ -27,7 +27,8 @@ use crate::options::{OptionKind, OptionSpec, PassOptions};
 use crate::pass::{Pass, PassContext, PassError, PassResult};
 use crate::registry::PassInfo;
 use crate::transforms::scope::captured_names;
-use ortho_ir::fused::{Binary, Form, FusedElementwise, Instr, Reg, Unary, DOMAIN};
+use ortho_ir::fused::{Binary, Form, FusedElementwise, Instr, Reg, Unary};
+use ortho_ir::op_ortho::{OrthoOp, DOMAIN};
 use ortho_ir::shape::{infer_graph, InferOptions, Scope};
 use ortho_ir::tensor::Storage;
 use ortho_ir::{DType, Dim, GraphId, Module, NodeId, Op, OpsetImport, Type, ValueId};
@@ -183,16 +184,7 @@ fn classify(m: &Module, g: GraphId, id: NodeId, types: &HashMap<ValueId, Type>) 
         .filter_map(|(s, v)| v.map(|v| (s, v)))
         .collect();
     let kind = match &node.op {
-        Op::Neg => Kind::Unary(Unary::Neg),
-        Op::Abs => Kind::Unary(Unary::Abs),
-        Op::Sqrt => Kind::Unary(Unary::Sqrt),
-        Op::Reciprocal => Kind::Unary(Unary::Reciprocal),
-        Op::Exp => Kind::Unary(Unary::Exp),
-        Op::Log => Kind::Unary(Unary::Log),
-        Op::Tanh => Kind::Unary(Unary::Tanh),
-        Op::Sigmoid => Kind::Unary(Unary::Sigmoid),
-        Op::Relu => Kind::Unary(Unary::Relu),
-        Op::Erf => Kind::Unary(Unary::Erf),
+        op if Unary::fusible_of(op).is_some() => Kind::Unary(Unary::fusible_of(op)?),
         Op::Add => Kind::Binary(Binary::Add),
         Op::Sub => Kind::Binary(Binary::Sub),
         Op::Mul => Kind::Binary(Binary::Mul),
@@ -461,7 +453,7 @@ fn build_region(
 /// Rewrites the root node into the fused node and removes the other members.
 fn apply(m: &mut Module, g: GraphId, r: Region) {
     let graph = m.graph_mut(g);
-    graph.node_mut(r.root).op = r.program.to_op();
+    graph.node_mut(r.root).op = Op::Ortho(OrthoOp::FusedElementwise(r.program));
     graph.set_operands(r.root, r.leaves.into_iter().map(Some).collect());
     // Interior members are used only inside the region; once the root no longer reads them,
     // removing them all (any order) leaves no dangling operand.

@@ -13,7 +13,8 @@
 
 use crate::pass::{Pass, PassContext, PassError, PassResult};
 use crate::registry::PassInfo;
-use ortho_ir::fused::{Binary, FusedElementwise, Instr, Unary, DOMAIN};
+use ortho_ir::fused::{Binary, FusedElementwise, Instr};
+use ortho_ir::op_ortho::{malformed, OrthoOp, DOMAIN};
 use ortho_ir::{Dim, Graph, GraphId, Module, NodeId, Op, Output, TensorData, Type, ValueId};
 use std::collections::HashMap;
 
@@ -51,31 +52,35 @@ pub fn lower_ortho(m: &mut Module) -> Result<LowerOrthoStats, PassError> {
         let mut work = Vec::new();
         for id in order {
             let op = &graph.node(id).op;
-            if op.domain() != DOMAIN {
-                continue;
-            }
-            match FusedElementwise::decode(op) {
-                Ok(f) if f.forms.len() == graph.node(id).operands().len() => work.push((id, f)),
-                Ok(f) => {
-                    return Err(PassError::at(
-                        graph,
-                        id,
-                        format!(
-                            "has {} operands but its program has {} operand forms",
-                            graph.node(id).operands().len(),
-                            f.forms.len()
-                        ),
-                    ))
+            let f = match op {
+                Op::Ortho(OrthoOp::FusedElementwise(f)) => f,
+                Op::Opaque(_) if op.domain() == DOMAIN => {
+                    // An `ortho` node the import could not type says why; an unknown one has
+                    // no lowering.
+                    let msg = match malformed(op) {
+                        Some(e) => e.to_string(),
+                        None => format!("no lowering for {DOMAIN}.{}", op.name()),
+                    };
+                    return Err(PassError::at(graph, id, msg));
                 }
-                Err(_) if !FusedElementwise::is_fused(op) => {
-                    return Err(PassError::at(
-                        graph,
-                        id,
-                        format!("no lowering for {DOMAIN}.{}", op.name()),
-                    ));
-                }
-                Err(e) => return Err(PassError::at(graph, id, e)),
+                _ => continue,
+            };
+            // Register indices are trusted below, so an invalid program is refused first.
+            if let Err(e) = f.validate() {
+                return Err(PassError::at(graph, id, e.to_string()));
             }
+            if f.forms.len() != graph.node(id).operands().len() {
+                return Err(PassError::at(
+                    graph,
+                    id,
+                    format!(
+                        "has {} operands but its program has {} operand forms",
+                        graph.node(id).operands().len(),
+                        f.forms.len()
+                    ),
+                ));
+            }
+            work.push((id, f.clone()));
         }
         for (id, f) in work {
             lower_node(m, g, id, &f, &mut stats)?;
@@ -110,21 +115,6 @@ fn broadcast(a: &Type, b: &Type) -> Type {
     let dims = ortho_ir::semantics::broadcast::broadcast_symbolic(x, y)
         .unwrap_or_else(|_| vec![Dim::Unknown; x.len().max(y.len())]);
     Type::tensor(ortho_ir::DType::F32, dims)
-}
-
-fn unary_op(u: Unary) -> Op {
-    match u {
-        Unary::Neg => Op::Neg,
-        Unary::Abs => Op::Abs,
-        Unary::Sqrt => Op::Sqrt,
-        Unary::Reciprocal => Op::Reciprocal,
-        Unary::Exp => Op::Exp,
-        Unary::Log => Op::Log,
-        Unary::Tanh => Op::Tanh,
-        Unary::Sigmoid => Op::Sigmoid,
-        Unary::Relu => Op::Relu,
-        Unary::Erf => Op::Erf,
-    }
 }
 
 fn binary_op(b: Binary) -> Op {
@@ -204,7 +194,13 @@ fn lower_node(
                     continue;
                 }
             }
-            Instr::Unary(u, r) => (unary_op(u), vec![regs[r as usize].0]),
+            Instr::Unary(u, r) => {
+                // `validate` admits only fusible unary ops, which all have an ONNX op.
+                let op = u.fusible_op().ok_or_else(|| {
+                    PassError::at(m.graph(g), id, format!("{} cannot be lowered", u.name()))
+                })?;
+                (op, vec![regs[r as usize].0])
+            }
             Instr::Binary(b, x, y) => (binary_op(b), vec![regs[x as usize].0, regs[y as usize].0]),
             Instr::Powi(r, n) => {
                 let e = new_const(m, g, n as f32, &root_name, &mut names, stats);

@@ -14,7 +14,7 @@ use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, Linkage, Module};
-use ortho_ir::fused::{Binary, Form, FusedElementwise, Instr, Unary};
+use ortho_ir::fused::{Binary, Form, FusedElementwise, FusedError, Instr, Unary};
 use std::sync::OnceLock;
 
 /// Name under which `powf` is registered with the JIT.
@@ -377,7 +377,7 @@ fn element_result(
     regs.last()
         .copied()
         .flatten()
-        .ok_or_else(|| JitError::Program("the program is empty".into()))
+        .ok_or(JitError::Program(FusedError::Empty))
 }
 
 /// The f32x4 value of every full or last-axis operand at column offset `jb` (bytes): four
@@ -423,22 +423,31 @@ fn emit(
     regs: &mut [Option<Value>],
     m: &Math,
 ) -> Result<(), JitError> {
-    let reg = |regs: &[Option<Value>], r: u32| -> Result<Value, JitError> {
-        regs.get(r as usize)
-            .copied()
-            .flatten()
-            .ok_or_else(|| JitError::Program(format!("register %{r} is not defined")))
-    };
     for (i, ins) in f.program.iter().enumerate() {
+        let reg = |regs: &[Option<Value>], r: u32| -> Result<Value, JitError> {
+            regs.get(r as usize).copied().flatten().ok_or_else(|| {
+                JitError::Program(FusedError::UndefinedRegister {
+                    index: i,
+                    instr: ins.to_string(),
+                    reg: r,
+                })
+            })
+        };
         if lv[i] != level {
             continue;
         }
         let v = match *ins {
-            Instr::Input(k) => leaves
-                .get(k as usize)
-                .copied()
-                .flatten()
-                .ok_or_else(|| JitError::Program(format!("operand {k} does not exist")))?,
+            Instr::Input(k) => {
+                leaves
+                    .get(k as usize)
+                    .copied()
+                    .flatten()
+                    .ok_or(JitError::Program(FusedError::OperandIndex {
+                        index: i,
+                        operand: k,
+                        forms: f.forms.len(),
+                    }))?
+            }
             Instr::Const(c) => m.splat(b, c),
             Instr::Unary(u, r) => {
                 let x = reg(regs, r)?;
@@ -456,6 +465,12 @@ fn emit(
                     Unary::Sigmoid => m.sigmoid(b, x),
                     Unary::Relu => m.relu(b, x),
                     Unary::Erf => m.erf(b, x),
+                    u => {
+                        return Err(JitError::Program(FusedError::NotFusible {
+                            index: i,
+                            op: u.name(),
+                        }))
+                    }
                 }
             }
             Instr::Binary(op, x, y) => {

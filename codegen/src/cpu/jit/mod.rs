@@ -1,7 +1,7 @@
 //! Native kernels for `ortho.FusedElementwise` nodes, compiled with Cranelift.
 //!
 //! ```text
-//! let f = FusedElementwise::from_op(&node.op).ok_or(..)?;     // ortho_ir::fused
+//! let f = FusedElementwise::from_op(&node.op).ok_or(..)?;     // the node's typed payload
 //! let k = JitKernel::cached(&f)?;                             // compiled once per program
 //! k.run(&[x.as_slice(), g.as_slice()], &mut out, n, row_len)?; // n = numel(result), row_len = last dim
 //! ```
@@ -50,7 +50,7 @@ pub const DEFAULT_THREADS: usize = 2;
 pub enum JitError {
     /// The program is malformed (see `FusedElementwise::validate`).
     #[error("invalid fused program: {0}")]
-    Program(String),
+    Program(#[from] ortho_ir::fused::FusedError),
     /// The host cannot run Cranelift code, or a setting was refused.
     #[error("the JIT is not available on this host: {0}")]
     Unsupported(String),

@@ -7,46 +7,8 @@ use crate::cpu::kernel::{ExecCx, Inputs};
 use crate::cpu::tensor::{Elem, HostTensor};
 use ortho_ir::DType;
 
-/// A unary op; parameters are those of the activation attributes.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Unary {
-    Neg,
-    Abs,
-    Sqrt,
-    Reciprocal,
-    Exp,
-    Log,
-    Sin,
-    Cos,
-    Tan,
-    Tanh,
-    Asin,
-    Acos,
-    Atan,
-    Sinh,
-    Cosh,
-    Asinh,
-    Acosh,
-    Atanh,
-    Erf,
-    Sigmoid,
-    Relu,
-    Floor,
-    Ceil,
-    Round,
-    Sign,
-    Softplus,
-    Softsign,
-    HardSwish,
-    Mish,
-    Gelu { tanh: bool },
-    LeakyRelu(f32),
-    Elu(f32),
-    Celu(f32),
-    Selu(f32, f32),
-    HardSigmoid(f32, f32),
-    ThresholdedRelu(f32),
-}
+/// The op list lives in the IR, shared with the fused elementwise program.
+pub use ortho_ir::unary::Unary;
 
 /// Float element types with the math the unary ops need.
 pub trait Float:
