@@ -73,8 +73,12 @@ pub fn missing_calibration(pass: &str) -> PassError {
 #[derive(Debug, Clone)]
 pub struct BlockSpan {
     pub index: usize,
-    /// The stream value the block's first branch reads and adds to.
+    /// The stream value the block's first branch reads and adds to. After a boundary linear (a
+    /// basis change between blocks, `entry`) it is the boundary's result, not the previous
+    /// block's `output`.
     pub input: ValueId,
+    /// The boundary linear on the stream entering the block, when there is one.
+    pub entry: Option<ortho_ir::NodeId>,
     /// The result of the block's last residual add.
     pub output: ValueId,
     /// The stream value between the block's two branches (the first residual add's result),
@@ -187,6 +191,7 @@ pub fn block_spans(m: &Module) -> Result<Vec<BlockSpan>, PassError> {
         spans.push(BlockSpan {
             index,
             input,
+            entry: b.entry.map(|l| l.node),
             output,
             mid,
             attention,
@@ -421,8 +426,10 @@ pub fn walk_layers_until(
         blocks: spans.len(),
         advance_seconds: t.elapsed().as_secs_f64(),
     };
-    for span in &spans {
-        let last = span.index + 1 == spans.len();
+    for (k, span) in spans.iter().enumerate() {
+        // The value the next block reads: this block's output, or — across a boundary linear
+        // (a basis change between blocks) — the boundary's result, so the advance applies it.
+        let next_input = spans.get(k + 1).map(|s| s.input);
         let mid = {
             let mut cx = LayerCx {
                 module: m,
@@ -436,9 +443,9 @@ pub fn walk_layers_until(
             visit(&mut cx)?;
             cx.mid
         };
-        if last {
+        let Some(next_input) = next_input else {
             break;
-        }
+        };
         let t = Instant::now();
         let fed = match &mid {
             Some((v, tensors)) => (*v, tensors.as_slice()),
@@ -450,7 +457,7 @@ pub fn walk_layers_until(
             &inputs,
             Some(fed),
             &[StatRequest {
-                value: span.output,
+                value: next_input,
                 kind: StatKind::Full,
             }],
         )?;
