@@ -397,7 +397,13 @@ fn the_walk_and_prune_run_through_boundary_matmuls() {
     assert_eq!(spans[0].entry, None);
     let entry = spans[1].entry.expect("a boundary enters block 1");
     assert_eq!(m.main_graph().node(entry).op, ortho_ir::Op::MatMul);
-    assert_eq!(spans[1].input, ValueId { node: entry, output: 0 });
+    assert_eq!(
+        spans[1].input,
+        ValueId {
+            node: entry,
+            output: 0
+        }
+    );
     assert_ne!(spans[1].input, spans[0].output);
     // The walk advances the cache through the boundary: block 1's statistics equal those of
     // the whole model observed directly.

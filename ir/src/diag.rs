@@ -170,11 +170,15 @@ mod tests {
         let typed = Diagnostic::at(DiagKind::Arity, &g, None, Some(n), "takes 1 operand");
         let text = Diagnostic::text("main", g.describe(n), "takes 1 operand");
         assert_eq!(typed.to_string(), text.to_string());
-        assert_eq!(typed.to_string(), "graph @main: Relu producing '%r': takes 1 operand");
+        assert_eq!(
+            typed.to_string(),
+            "graph @main: Relu producing '%r': takes 1 operand"
+        );
         assert_eq!((typed.kind, typed.node_id), (DiagKind::Arity, Some(n)));
         assert_eq!((text.kind, text.node_id), (DiagKind::Other, None));
         // A graph-level problem has neither node text nor id.
-        let graph_level = Diagnostic::at(DiagKind::Structure, &g, None, None, "output 0 has no name");
+        let graph_level =
+            Diagnostic::at(DiagKind::Structure, &g, None, None, "output 0 has no name");
         assert_eq!(graph_level.to_string(), "graph @main: output 0 has no name");
         assert_eq!(graph_level.node_id, None);
         // `or_kind` refines only what is untyped.

@@ -97,9 +97,10 @@ impl Verifier<'_> {
     fn graph(&mut self, gid: GraphId, outer: &Scope, conditional: bool) {
         let m = self.m;
         if gid.index() >= m.graphs.len() {
-            let mut d = Diagnostic::text("", "", format!("graph #{} does not exist", gid.index()));
-            d.kind = DiagKind::Structure;
-            self.diags.0.push(d);
+            self.diags.0.push(Diagnostic {
+                kind: DiagKind::Structure,
+                ..Diagnostic::text("", "", format!("graph #{} does not exist", gid.index()))
+            });
             return;
         }
         let g = m.graph(gid);
@@ -135,44 +136,11 @@ impl Verifier<'_> {
             );
         }
         let types = if sound {
-            let inf = shape::infer_graph(
-                m,
-                gid,
-                outer,
-                InferOptions {
-                    subgraphs: false,
-                    conditional,
-                },
-            );
-            // Everything inference reports is a shape or type problem of this graph.
-            self.diags.0.extend(
-                inf.diags
-                    .0
-                    .into_iter()
-                    .map(|d| d.or_kind(DiagKind::Shape, Some(gid))),
-            );
-            for &id in &nodes {
-                self.dtype_rules(g, id, &inf.types);
-            }
-            inf.types
+            self.types(gid, &nodes, outer, conditional)
         } else {
             HashMap::new()
         };
-        let mut scope = outer.clone();
-        for &id in &nodes {
-            for (i, o) in g.node(id).outputs.iter().enumerate() {
-                if !o.name.is_empty() {
-                    let v = ValueId {
-                        node: id,
-                        output: i as u32,
-                    };
-                    scope.insert(
-                        o.name.clone(),
-                        types.get(&v).cloned().unwrap_or_else(|| o.ty.clone()),
-                    );
-                }
-            }
-        }
+        let scope = scope_with(g, &nodes, &types, outer);
         for &id in &nodes {
             let op = &g.node(id).op;
             let branch = conditional || matches!(op, Op::If(_));
@@ -183,6 +151,38 @@ impl Verifier<'_> {
         self.stack.pop();
     }
 
+    /// Type checks of a structurally sound graph: shape inference's diagnostics and the
+    /// element-type rules. Returns the inferred types.
+    fn types(
+        &mut self,
+        gid: GraphId,
+        nodes: &[NodeId],
+        outer: &Scope,
+        conditional: bool,
+    ) -> HashMap<ValueId, Type> {
+        let (m, g) = (self.m, self.m.graph(gid));
+        let inf = shape::infer_graph(
+            m,
+            gid,
+            outer,
+            InferOptions {
+                subgraphs: false,
+                conditional,
+            },
+        );
+        // Everything inference reports is a shape or type problem of this graph.
+        self.diags.0.extend(
+            inf.diags
+                .0
+                .into_iter()
+                .map(|d| d.or_kind(DiagKind::Shape, Some(gid))),
+        );
+        for &id in nodes {
+            self.dtype_rules(g, id, &inf.types);
+        }
+        inf.types
+    }
+
     /// The input list names existing input nodes, each once. Returns whether it is sound.
     fn inputs(&mut self, g: &Graph) -> bool {
         let mut ok = true;
@@ -190,7 +190,7 @@ impl Verifier<'_> {
         for (k, &i) in g.inputs().iter().enumerate() {
             if !g.contains(i) {
                 self.err(
-                DiagKind::Structure,
+                    DiagKind::Structure,
                     g,
                     None,
                     format!("input {k} refers to a node that does not exist"),
@@ -198,13 +198,18 @@ impl Verifier<'_> {
                 ok = false;
             } else if !matches!(g.node(i).op, Op::Input { .. }) {
                 self.err(
-                DiagKind::Structure,
+                    DiagKind::Structure,
                     g,
                     Some(i),
                     format!("is listed as graph input {k} but is not an input node"),
                 );
             } else if !seen.insert(i) {
-                self.err(DiagKind::Structure, g, Some(i), "is listed twice among the graph inputs");
+                self.err(
+                    DiagKind::Structure,
+                    g,
+                    Some(i),
+                    "is listed twice among the graph inputs",
+                );
             }
         }
         ok
@@ -238,7 +243,7 @@ impl Verifier<'_> {
             if let Some(&prev) = names.get(o.name.as_str()) {
                 let p = g.describe(prev);
                 self.err(
-                DiagKind::Structure,
+                    DiagKind::Structure,
                     g,
                     Some(id),
                     format!("defines %{}, which {p} already defines", o.name),
@@ -249,7 +254,7 @@ impl Verifier<'_> {
             match (&n.op, outer.contains_key(&o.name)) {
                 (Op::Capture, false) => {
                     self.err(
-                DiagKind::Structure,
+                        DiagKind::Structure,
                         g,
                         Some(id),
                         format!("captures %{}, which no enclosing graph defines", o.name),
@@ -257,7 +262,7 @@ impl Verifier<'_> {
                 }
                 (Op::Capture, true) | (_, false) => {}
                 (_, true) => self.err(
-                DiagKind::Structure,
+                    DiagKind::Structure,
                     g,
                     Some(id),
                     format!(
@@ -271,7 +276,7 @@ impl Verifier<'_> {
             let Some(v) = o else { continue };
             if !g.is_valid_value(*v) {
                 self.err(
-                DiagKind::Structure,
+                    DiagKind::Structure,
                     g,
                     Some(id),
                     format!("operand {slot} refers to a value that does not exist"),
@@ -280,7 +285,7 @@ impl Verifier<'_> {
             } else if g.value_name(*v).is_empty() {
                 let p = g.describe(v.node);
                 self.err(
-                DiagKind::Structure,
+                    DiagKind::Structure,
                     g,
                     Some(id),
                     format!(
@@ -322,7 +327,12 @@ impl Verifier<'_> {
             // leading `min_in` operands are required.
             for slot in 0..a.min_in {
                 if n.operand(slot).is_none() {
-                    self.err(DiagKind::Arity, g, Some(id), format!("required operand {slot} is missing"));
+                    self.err(
+                        DiagKind::Arity,
+                        g,
+                        Some(id),
+                        format!("required operand {slot} is missing"),
+                    );
                 }
             }
         }
@@ -373,14 +383,14 @@ impl Verifier<'_> {
             Storage::Strings(s) => {
                 if td.dtype != DType::Str {
                     self.err(
-                DiagKind::Tensor,
+                        DiagKind::Tensor,
                         g,
                         Some(id),
                         format!("{label} holds strings but its element type is {}", td.dtype),
                     );
                 } else if s.len() as u64 != n {
                     self.err(
-                DiagKind::Tensor,
+                        DiagKind::Tensor,
                         g,
                         Some(id),
                         format!(
@@ -394,7 +404,7 @@ impl Verifier<'_> {
             Storage::Bytes(_) | Storage::Mapped { .. } => {
                 if td.bytes().is_none() {
                     self.err(
-                DiagKind::Tensor,
+                        DiagKind::Tensor,
                         g,
                         Some(id),
                         format!("{label} lies outside its backing file"),
@@ -403,7 +413,7 @@ impl Verifier<'_> {
                     if need != td.byte_len() {
                         let have = td.byte_len();
                         self.err(
-                DiagKind::Tensor,
+                            DiagKind::Tensor,
                             g,
                             Some(id),
                             format!(
@@ -414,7 +424,7 @@ impl Verifier<'_> {
                     }
                 } else if td.dtype == DType::Str {
                     self.err(
-                DiagKind::Tensor,
+                        DiagKind::Tensor,
                         g,
                         Some(id),
                         format!("{label} has element type str but holds raw bytes"),
@@ -459,10 +469,15 @@ impl Verifier<'_> {
         let mut exposed: std::collections::HashSet<&str> = std::collections::HashSet::new();
         for (k, o) in g.outputs.iter().enumerate() {
             if o.name.is_empty() {
-                self.err(DiagKind::Structure, g, None, format!("output {k} has no name"));
+                self.err(
+                    DiagKind::Structure,
+                    g,
+                    None,
+                    format!("output {k} has no name"),
+                );
             } else if !exposed.insert(o.name.as_str()) {
                 self.err(
-                DiagKind::Structure,
+                    DiagKind::Structure,
                     g,
                     None,
                     format!("output {k}: the name '{}' is exposed twice", o.name),
@@ -470,7 +485,7 @@ impl Verifier<'_> {
             } else if let Some(v) = names.get(&o.name) {
                 if *v != o.value {
                     self.err(
-                DiagKind::Structure,
+                        DiagKind::Structure,
                         g,
                         None,
                         format!(
@@ -482,7 +497,7 @@ impl Verifier<'_> {
             }
             if !g.is_valid_value(o.value) {
                 self.err(
-                DiagKind::Structure,
+                    DiagKind::Structure,
                     g,
                     None,
                     format!(
@@ -492,7 +507,7 @@ impl Verifier<'_> {
                 );
             } else if g.value_name(o.value).is_empty() {
                 self.err(
-                DiagKind::Structure,
+                    DiagKind::Structure,
                     g,
                     None,
                     format!(
@@ -538,7 +553,10 @@ impl Verifier<'_> {
         let is = |slot: usize, ok: &[DType], what: &str, errs: &mut Vec<(DiagKind, String)>| {
             if let Some(d) = dt(slot) {
                 if !ok.contains(&d) {
-                    errs.push((DiagKind::Type, format!("operand {slot} must be {what}, not {d}")));
+                    errs.push((
+                        DiagKind::Type,
+                        format!("operand {slot} must be {what}, not {d}"),
+                    ));
                 }
             }
         };
@@ -581,7 +599,10 @@ impl Verifier<'_> {
                 if let Some(c) =
                     a.to.filter(|&c| dtype_from_onnx(c) == DType::Undefined || c < 0)
                 {
-                    errs.push((DiagKind::Attribute, format!("'to' = {c} is not an element type")));
+                    errs.push((
+                        DiagKind::Attribute,
+                        format!("'to' = {c} is not an element type"),
+                    ));
                 }
             }
             _ => {}
@@ -590,6 +611,34 @@ impl Verifier<'_> {
             self.err(kind, g, Some(id), e);
         }
     }
+}
+
+/// What the subgraphs of `g`'s nodes can capture: `outer` and every named result of `nodes`
+/// (in that order, so a later definition wins), with its inferred type where known.
+// `shape` builds the same scope for its subgraphs (`shape::scope_of`, over `node_ids()`); that
+// one can call this instead.
+pub(crate) fn scope_with(
+    g: &Graph,
+    nodes: &[NodeId],
+    types: &HashMap<ValueId, Type>,
+    outer: &Scope,
+) -> Scope {
+    let mut scope = outer.clone();
+    for &id in nodes {
+        for (i, o) in g.node(id).outputs.iter().enumerate() {
+            if !o.name.is_empty() {
+                let v = ValueId {
+                    node: id,
+                    output: i as u32,
+                };
+                scope.insert(
+                    o.name.clone(),
+                    types.get(&v).cloned().unwrap_or_else(|| o.ty.clone()),
+                );
+            }
+        }
+    }
+    scope
 }
 
 /// A node on a cycle, followed by the rest of that cycle, found by depth-first search along
@@ -668,7 +717,10 @@ mod tests {
     /// Asserts that every needle is a substring of some error and that there are `count`.
     fn expect_all(errs: &[String], needles: &[&str], count: usize) {
         for needle in needles {
-            assert!(errs.iter().any(|e| e.contains(needle)), "{needle:?} not in {errs:?}");
+            assert!(
+                errs.iter().any(|e| e.contains(needle)),
+                "{needle:?} not in {errs:?}"
+            );
         }
         assert_eq!(errs.len(), count, "{errs:?}");
     }

@@ -11,8 +11,8 @@
 //! A norm records every node of its pattern, so callers can treat it as one unit.
 
 use super::util::{
-    const_all_equal, const_scalar, const_tensor, other_operand, out0,
-    reduces_last_axis, sole_user, sole_user_with_const,
+    const_all_equal, const_scalar, const_tensor, other_operand, out0, reduces_last_axis, sole_user,
+    sole_user_with_const,
 };
 use crate::graph::{Graph, NodeId, ValueId};
 use crate::module::Module;

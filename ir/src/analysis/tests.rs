@@ -26,7 +26,10 @@ impl Text {
     fn matrix(&mut self, name: &str) {
         let vals: Vec<String> = (0..D * D)
             .map(|_| {
-                self.seed = self.seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                self.seed = self
+                    .seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let x = ((self.seed >> 33) % 97) as f64 / 100.0 - 0.48;
                 format!("{x:.2}")
             })
@@ -52,7 +55,9 @@ impl Text {
             self.matrix(&format!("w{w}{i}"));
         }
         for l in [
-            format!("%n{i}a = onnx.RMSNormalization(%{x}, %g{i}a) {{axis = -1, epsilon = 1e-5}} : ?"),
+            format!(
+                "%n{i}a = onnx.RMSNormalization(%{x}, %g{i}a) {{axis = -1, epsilon = 1e-5}} : ?"
+            ),
             format!("%q{i} = onnx.MatMul(%n{i}a, %wq{i}) : ?"),
             format!("%k{i} = onnx.MatMul(%n{i}a, %wk{i}) : ?"),
             format!("%v{i} = onnx.MatMul(%n{i}a, %wv{i}) : ?"),
@@ -63,7 +68,9 @@ impl Text {
             format!("%pv{i} = onnx.MatMul(%p{i}, %v{i}) : ?"),
             format!("%o{i} = onnx.MatMul(%pv{i}, %wo{i}) : ?"),
             format!("%r{i}a = onnx.Add(%{x}, %o{i}) : ?"),
-            format!("%n{i}b = onnx.RMSNormalization(%r{i}a, %g{i}b) {{axis = -1, epsilon = 1e-5}} : ?"),
+            format!(
+                "%n{i}b = onnx.RMSNormalization(%r{i}a, %g{i}b) {{axis = -1, epsilon = 1e-5}} : ?"
+            ),
             format!("%gate{i} = onnx.MatMul(%n{i}b, %wg{i}) : ?"),
             format!("%up{i} = onnx.MatMul(%n{i}b, %wu{i}) : ?"),
             format!("%sig{i} = onnx.Sigmoid(%gate{i}) : ?"),
@@ -178,7 +185,10 @@ fn boundaries_between_blocks_begin_new_segments_and_blocks() {
     let (x1, x2) = (node_named(&m, "x1"), node_named(&m, "x2"));
     let entries: Vec<Option<NodeId>> = s.blocks.iter().map(|b| b.entry.map(|l| l.node)).collect();
     assert_eq!(entries, vec![None, Some(x1), Some(x2)]);
-    assert_eq!(s.boundaries.iter().map(|l| l.node).collect::<Vec<_>>(), vec![x1, x2]);
+    assert_eq!(
+        s.boundaries.iter().map(|l| l.node).collect::<Vec<_>>(),
+        vec![x1, x2]
+    );
     // The head is the LM head, not a boundary.
     assert_eq!(s.heads.len(), 1);
     assert_eq!(s.heads[0].linear.node, node_named(&m, "logits"));
@@ -190,8 +200,14 @@ fn boundaries_between_blocks_begin_new_segments_and_blocks() {
     let seg = |k: usize| &s.gauge.classes[chain[k]];
     assert_eq!(seg(0).origin, Origin::Embedding);
     assert_eq!(seg(0).exits, vec![x1]);
-    assert_eq!((seg(1).origin, seg(1).entries.clone()), (Origin::Boundary, vec![x1]));
-    assert_eq!((seg(2).origin, seg(2).entries.clone()), (Origin::Boundary, vec![x2]));
+    assert_eq!(
+        (seg(1).origin, seg(1).entries.clone()),
+        (Origin::Boundary, vec![x1])
+    );
+    assert_eq!(
+        (seg(2).origin, seg(2).entries.clone()),
+        (Origin::Boundary, vec![x2])
+    );
     use super::gauge::SiteRole::{Reader, Writer};
     let role_at = |k: usize, n: NodeId| {
         seg(k)
@@ -207,9 +223,9 @@ fn boundaries_between_blocks_begin_new_segments_and_blocks() {
     assert_eq!(role_at(2, x2), vec![Writer]);
     assert!(role_at(0, x2).is_empty() && role_at(2, x1).is_empty());
     // Each segment is a residual stream of its own, admitting O(d) (unit gains).
-    assert!(chain
-        .iter()
-        .all(|&i| s.gauge.classes[i].admits.contains(super::group::Group::ORTHOGONAL)));
+    assert!(chain.iter().all(|&i| s.gauge.classes[i]
+        .admits
+        .contains(super::group::Group::ORTHOGONAL)));
 }
 
 #[test]
@@ -220,7 +236,13 @@ fn a_shard_without_embedding_or_head_is_a_run_of_blocks() {
     let (h, out) = (node_named(&m, "h"), node_named(&m, "r1b"));
     assert!(!s.ends.embedding && !s.ends.head, "{:?}", s.ends);
     assert_eq!(s.ends.stream_inputs, vec![ValueId { node: h, output: 0 }]);
-    assert_eq!(s.ends.stream_outputs, vec![ValueId { node: out, output: 0 }]);
+    assert_eq!(
+        s.ends.stream_outputs,
+        vec![ValueId {
+            node: out,
+            output: 0
+        }]
+    );
     assert!(s.embeddings.is_empty() && s.heads.is_empty() && s.final_norm.is_none());
     assert_eq!(s.width, Some(D as i64));
     // The stream is the shard's interface: no transform may change its basis.
@@ -236,14 +258,20 @@ fn shards_with_one_end_and_boundaries() {
     let s = analyze_transformer(&m, m.main);
     assert_blocks(&m, &s, 2);
     assert!(s.ends.embedding && !s.ends.head);
-    assert_eq!(s.blocks[1].entry.map(|l| l.node), Some(node_named(&m, "x1")));
+    assert_eq!(
+        s.blocks[1].entry.map(|l| l.node),
+        Some(node_named(&m, "x1"))
+    );
     // The last shard (head, no embedding), starting at a boundary on its input.
     let m = model(2, &[0, 1], false, true);
     let s = analyze_transformer(&m, m.main);
     assert_blocks(&m, &s, 2);
     assert!(!s.ends.embedding && s.ends.head);
     assert_eq!(s.boundaries.len(), 2);
-    assert_eq!(s.blocks[0].entry.map(|l| l.node), Some(node_named(&m, "x0")));
+    assert_eq!(
+        s.blocks[0].entry.map(|l| l.node),
+        Some(node_named(&m, "x0"))
+    );
 }
 
 #[test]
@@ -261,7 +289,9 @@ fn a_float_input_that_nothing_writes_to_is_no_stream() {
     assert_eq!(d.0[0].kind, crate::diag::DiagKind::Structure);
     assert_eq!(d.0[0].graph_id, Some(m.main));
     assert_eq!(d.0[0].node_id, Some(node_named(&m, "y")));
-    assert!(d.0[0].to_string().starts_with("graph @g: MatMul producing '%y': no embedding"));
+    assert!(d.0[0]
+        .to_string()
+        .starts_with("graph @g: MatMul producing '%y': no embedding"));
 }
 
 #[test]

@@ -134,7 +134,13 @@ impl Structure {
         if let Some(gid) = self.gauge.graph {
             let g = m.graph(gid);
             for u in &self.unmatched {
-                d.error(DiagKind::Structure, g, Some(gid), Some(u.node), u.why.clone());
+                d.error(
+                    DiagKind::Structure,
+                    g,
+                    Some(gid),
+                    Some(u.node),
+                    u.why.clone(),
+                );
             }
         }
         d
@@ -386,7 +392,10 @@ fn group_blocks(ctx: &Ctx<'_>, branches: &[Branch]) -> Vec<Block> {
                 ..new
             }),
             (BranchKind::Mlp(_), Some(bl)) if bl.mlp.is_none() => bl.mlp = Some(i),
-            (BranchKind::Mlp(_), _) => blocks.push(Block { mlp: Some(i), ..new }),
+            (BranchKind::Mlp(_), _) => blocks.push(Block {
+                mlp: Some(i),
+                ..new
+            }),
             (BranchKind::Unknown, _) => blocks.push(Block {
                 other: Some(i),
                 ..new
@@ -448,9 +457,10 @@ impl<'a> Ctx<'a> {
                 segment_of.entry(site.consumer).or_insert(k);
             }
             if c.origin == Origin::Boundary {
-                let entry = c.entries.first().and_then(|e| {
-                    boundaries.iter().find(|l| l.node == *e).copied()
-                });
+                let entry = c
+                    .entries
+                    .first()
+                    .and_then(|e| boundaries.iter().find(|l| l.node == *e).copied());
                 if let Some(l) = entry {
                     entry_of_segment.insert(k, l);
                 }

@@ -220,22 +220,63 @@ fn decomposed_attention(
     let is_core = |n: NodeId| {
         matches!(g.node(n).op, Op::MatMul) && !cx.readers.contains(&n) && set.contains(&n)
     };
-    // Scores: the first MatMul behind the softmax input.
+    let qk = score_product(cx, set, s, &is_core)?;
+    let pv = output_product(cx, set, s, &is_core)?;
+    let qn = g.node(qk);
+    let qs = behind(cx, set, qn.operand(0)?);
+    let ks = behind(cx, set, qn.operand(1)?);
+    let vs = behind(cx, set, g.node(pv).operand(1)?);
+    let q = reader_in(readers, &qs).copied();
+    let k = reader_in(readers, &ks).copied();
+    let v = reader_in(readers, &vs).copied();
+    let head_dim = reshape_head_dim(cx, &qs).or_else(|| scale_head_dim(cx, set, qk, s));
+    let per = |l: Option<Linear>| match (l, head_dim) {
+        (Some(l), Some(h)) if h > 0 && l.out_features % h == 0 => Some(l.out_features / h),
+        _ => None,
+    };
+    Some(Attention {
+        q,
+        k,
+        v,
+        o: *writer,
+        heads: per(q),
+        kv_heads: per(k),
+        head_dim,
+        rope: rope_in(cx, &qs).or_else(|| rope_in(cx, &ks)),
+        fused: None,
+    })
+}
+
+/// The scores: the first core `MatMul` behind the softmax `s`'s input.
+fn score_product(
+    cx: &Ctx<'_>,
+    set: &HashSet<NodeId>,
+    s: NodeId,
+    is_core: &dyn Fn(NodeId) -> bool,
+) -> Option<NodeId> {
+    let g = cx.g;
     let mut stack = vec![g.node(s).operand(0)?.node];
     let mut seen = HashSet::new();
-    let mut qk = None;
     while let Some(n) = stack.pop() {
         if !set.contains(&n) || !seen.insert(n) {
             continue;
         }
         if is_core(n) {
-            qk = Some(n);
-            break;
+            return Some(n);
         }
         stack.extend(g.node(n).inputs().map(|v| v.node));
     }
-    let qk = qk?;
-    // Output: the first MatMul after the softmax that takes it on the left.
+    None
+}
+
+/// The output: the first core `MatMul` after the softmax `s` that takes it on the left.
+fn output_product(
+    cx: &Ctx<'_>,
+    set: &HashSet<NodeId>,
+    s: NodeId,
+    is_core: &dyn Fn(NodeId) -> bool,
+) -> Option<NodeId> {
+    let g = cx.g;
     let mut stack = vec![s];
     let mut seen = HashSet::new();
     let mut pv = None;
@@ -254,18 +295,16 @@ fn decomposed_attention(
             break;
         }
     }
-    let pv = pv?;
-    let qn = g.node(qk);
-    let qs = behind(cx, set, qn.operand(0)?);
-    let ks = behind(cx, set, qn.operand(1)?);
-    let vs = behind(cx, set, g.node(pv).operand(1)?);
-    let q = reader_in(readers, &qs).copied();
-    let k = reader_in(readers, &ks).copied();
-    let v = reader_in(readers, &vs).copied();
-    // Head size: the last entry of a constant Reshape target on the q side, else the scale.
-    let mut head_dim = None;
+    pv
+}
+
+/// The head size as the last entry of a constant `Reshape` target among the q-side nodes `qs`
+/// (the last such `Reshape` in graph order).
+fn reshape_head_dim(cx: &Ctx<'_>, qs: &HashSet<NodeId>) -> Option<i64> {
+    let g = cx.g;
     let mut ids: Vec<NodeId> = qs.iter().copied().collect();
     ids.sort_by_key(|n| g.node(*n).seq());
+    let mut head_dim = None;
     for n in ids {
         let node = g.node(n);
         if matches!(node.op, Op::Reshape(_)) {
@@ -280,24 +319,7 @@ fn decomposed_attention(
             }
         }
     }
-    if head_dim.is_none() {
-        head_dim = scale_head_dim(cx, set, qk, s);
-    }
-    let per = |l: Option<Linear>| match (l, head_dim) {
-        (Some(l), Some(h)) if h > 0 && l.out_features % h == 0 => Some(l.out_features / h),
-        _ => None,
-    };
-    Some(Attention {
-        q,
-        k,
-        v,
-        o: *writer,
-        heads: per(q),
-        kv_heads: per(k),
-        head_dim,
-        rope: rope_in(cx, &qs).or_else(|| rope_in(cx, &ks)),
-        fused: None,
-    })
+    head_dim
 }
 
 /// The head size from a `1/sqrt(head_dim)` scale (Mul) or a `sqrt(head_dim)` divisor (Div)

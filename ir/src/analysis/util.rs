@@ -120,6 +120,10 @@ pub fn sole_user_with_const(
     }
     let c = other_operand(g, u, v)?;
     const_data(m, g, c)?;
-    let slot = if g.node(u).operand(0) == Some(c) { 0 } else { 1 };
+    let slot = if g.node(u).operand(0) == Some(c) {
+        0
+    } else {
+        1
+    };
     Some((u, slot, c))
 }
