@@ -247,6 +247,26 @@ fn decomposed_attention(
     })
 }
 
+/// Depth-first from `start`, each node once: the first node `step` reports found (`Err`), or
+/// `None` when every path ends (`Ok` lists the nodes to go on to).
+fn search(
+    start: NodeId,
+    mut step: impl FnMut(NodeId) -> Result<Vec<NodeId>, NodeId>,
+) -> Option<NodeId> {
+    let mut stack = vec![start];
+    let mut seen = HashSet::new();
+    while let Some(n) = stack.pop() {
+        if !seen.insert(n) {
+            continue;
+        }
+        match step(n) {
+            Ok(next) => stack.extend(next),
+            Err(found) => return Some(found),
+        }
+    }
+    None
+}
+
 /// The scores: the first core `MatMul` behind the softmax `s`'s input.
 fn score_product(
     cx: &Ctx<'_>,
@@ -255,21 +275,15 @@ fn score_product(
     is_core: &dyn Fn(NodeId) -> bool,
 ) -> Option<NodeId> {
     let g = cx.g;
-    let mut stack = vec![g.node(s).operand(0)?.node];
-    let mut seen = HashSet::new();
-    while let Some(n) = stack.pop() {
-        if !set.contains(&n) || !seen.insert(n) {
-            continue;
-        }
-        if is_core(n) {
-            return Some(n);
-        }
-        stack.extend(g.node(n).inputs().map(|v| v.node));
-    }
-    None
+    search(g.node(s).operand(0)?.node, |n| match n {
+        n if !set.contains(&n) => Ok(Vec::new()),
+        n if is_core(n) => Err(n),
+        n => Ok(g.node(n).inputs().map(|v| v.node).collect()),
+    })
 }
 
-/// The output: the first core `MatMul` after the softmax `s` that takes it on the left.
+/// The output: the first core `MatMul` after the softmax `s` that takes it on the left (the
+/// last such user of the node where one is found).
 fn output_product(
     cx: &Ctx<'_>,
     set: &HashSet<NodeId>,
@@ -277,25 +291,21 @@ fn output_product(
     is_core: &dyn Fn(NodeId) -> bool,
 ) -> Option<NodeId> {
     let g = cx.g;
-    let mut stack = vec![s];
-    let mut seen = HashSet::new();
-    let mut pv = None;
-    while let Some(n) = stack.pop() {
-        if !seen.insert(n) {
-            continue;
+    search(s, |n| {
+        let users = g.users(crate::graph::ValueId { node: n, output: 0 });
+        match users
+            .iter()
+            .rev()
+            .find(|&&(u, slot)| is_core(u) && slot == 0)
+        {
+            Some(&(u, _)) => Err(u),
+            None => Ok(users
+                .iter()
+                .map(|&(u, _)| u)
+                .filter(|u| set.contains(u))
+                .collect()),
         }
-        for (u, slot) in g.users(crate::graph::ValueId { node: n, output: 0 }) {
-            if is_core(u) && slot == 0 {
-                pv = Some(u);
-            } else if set.contains(&u) {
-                stack.push(u);
-            }
-        }
-        if pv.is_some() {
-            break;
-        }
-    }
-    pv
+    })
 }
 
 /// The head size as the last entry of a constant `Reshape` target among the q-side nodes `qs`
