@@ -371,6 +371,100 @@ fn prune_end_to_end_is_exact_and_deterministic() {
     }
 }
 
+/// The tiny decoder after `denoise-rotate{mode=per-layer}`: one rotation per layer, so a
+/// boundary `MatMul` by `Q0ᵀ Q1` on the stream entering block 1.
+fn rotated_per_layer(model: &str) -> String {
+    let r = run(&[
+        model,
+        "--elide-above=none",
+        "--pass-pipeline=denoise-rotate{mode=per-layer method=magnitude iters=8}",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    r.stdout
+}
+
+#[test]
+fn the_walk_and_prune_run_through_boundary_matmuls() {
+    let (dir, model, idp) = setup("prune-boundary", 200);
+    // denoise-rotate reads the head size from the score scale: make it exactly 1/√d.
+    let exact = tiny_decoder().replace("dense<[0.35]>", "dense<[0.35355339]>");
+    std::fs::write(&model, exact).unwrap();
+    let rotated = rotated_per_layer(&model);
+    let mut m = parse_module(&rotated).unwrap();
+    // Both blocks are found; block 1 begins at the boundary, whose result is its input.
+    let spans = block_spans(&m).unwrap();
+    assert_eq!(spans.len(), 2);
+    assert_eq!(spans[0].entry, None);
+    let entry = spans[1].entry.expect("a boundary enters block 1");
+    assert_eq!(m.main_graph().node(entry).op, ortho_ir::Op::MatMul);
+    assert_eq!(
+        spans[1].input,
+        ValueId {
+            node: entry,
+            output: 0
+        }
+    );
+    assert_ne!(spans[1].input, spans[0].output);
+    // The walk advances the cache through the boundary: block 1's statistics equal those of
+    // the whole model observed directly.
+    let chunks = vec![ids(12), ids(20)[8..20].to_vec()];
+    let calib = calibration(&chunks);
+    let att = spans[1].attention.clone().unwrap();
+    let mlp = spans[1].mlp.clone().unwrap();
+    let vals = [att.q.unwrap().input, mlp.down.input];
+    let mut walked: Vec<Vec<f64>> = Vec::new();
+    let report = walk_layers(&mut m, &calib, &mut |cx| {
+        if cx.block.index == 1 {
+            walked = cx.grams(&vals)?.into_iter().map(|g| g.xtx).collect();
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(report.blocks, 2);
+    let mut direct = vec![vec![0.0; D * D]; 2];
+    for c in &chunks {
+        for (acc, t) in direct.iter_mut().zip(observe(&m, c, &vals)) {
+            for (a, b) in acc.iter_mut().zip(gram(&f32s(&t), D)) {
+                *a += b;
+            }
+        }
+    }
+    close(&walked[0], &direct[0], 1e-5);
+    close(&walked[1], &direct[1], 1e-5);
+    // `prune` after per-layer rotation (refused before boundaries were understood) prunes
+    // every linear of both blocks to the requested sparsity, with and without calibration.
+    let path = dir.path().join("rotated.oir");
+    std::fs::write(&path, &rotated).unwrap();
+    let path = path.display().to_string();
+    for method in ["magnitude", "wanda"] {
+        let r = prune_cli(&path, &idp, &format!("prune{{method={method}}}"), "1");
+        assert_eq!(r.code, 0, "{method}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(&format!(
+                "{method} unstructured: 448 of 896 weights zero (50.00 %) in 14 linears of 2 blocks"
+            )),
+            "{method}: {}",
+            r.stderr
+        );
+        let w = block_weights(&r.stdout);
+        assert_eq!(w.len(), 14);
+        for (i, w) in w.iter().enumerate() {
+            let z = w.iter().filter(|x| **x == 0.0).count();
+            assert_eq!(z, D * D / 2, "{method}: linear {i}");
+        }
+        // The boundary itself is no layer: it keeps every weight.
+        let pruned = parse_module(&r.stdout).unwrap();
+        let b = block_spans(&pruned).unwrap()[1].entry.unwrap();
+        let g = pruned.main_graph();
+        let k = g.node(b).operand(1).unwrap();
+        let ortho_ir::Op::Const(t) = g.node(k.node).op else {
+            panic!("the boundary's matrix is a constant")
+        };
+        let vals = pruned.tensor(t).to_f64_vec().unwrap();
+        assert!(vals.iter().filter(|x| **x == 0.0).count() < D * D / 2);
+    }
+}
+
 #[test]
 fn bad_calibration_input_fails_before_any_work() {
     let (_d, model, idp) = setup("prune-bad", 20);

@@ -24,7 +24,7 @@ pub mod unary;
 pub mod verify;
 
 pub use attr::{Attr, AttrKind, AttrValue};
-pub use diag::{Diagnostic, Diagnostics};
+pub use diag::{DiagKind, Diagnostic, Diagnostics};
 pub use graph::{Graph, GraphId, GraphOutput, Node, NodeId, Output, ValueId};
 pub use module::{Function, ModelMeta, Module, OpsetImport};
 pub use op::{attrs, Op, Opaque};

@@ -13,15 +13,20 @@
 //! weights as they are now*, changes weights (prune, rotate), and collects again for the next
 //! group. When the visitor returns, the block runs once more on the cached input with its final
 //! weights and its output becomes the next block's cached input — so block `i` is calibrated on
-//! the outputs of the already rewritten blocks before it.
+//! the outputs of the already rewritten blocks before it. Where a boundary linear (a basis change
+//! on the stream, e.g. from `denoise-rotate{mode=per-layer}`) enters the next block, the advance
+//! runs through it: the cache holds the next block's input ([`BlockSpan::input`]), not this
+//! block's output.
 //!
 //! Evaluation runs one chunk of sequences at a time (the chunking is chosen by whoever built the
 //! [`Calibration`]), so attention scores of the whole set never exist at once.
 
 use crate::pass::PassError;
-use ortho_ir::analysis::transformer::{analyze_transformer, Attention, BranchKind, Mlp};
+use ortho_ir::analysis::transformer::{
+    analyze_transformer, Attention, Block, BranchKind, Mlp, Structure,
+};
 use ortho_ir::eval::{EvalTensor, Evaluator, Gram, Region, Stat, StatKind, StatRequest, Stats};
-use ortho_ir::{Module, Op, ValueId};
+use ortho_ir::{Graph, Module, Op, ValueId};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
@@ -73,8 +78,12 @@ pub fn missing_calibration(pass: &str) -> PassError {
 #[derive(Debug, Clone)]
 pub struct BlockSpan {
     pub index: usize,
-    /// The stream value the block's first branch reads and adds to.
+    /// The stream value the block's first branch reads and adds to. After a boundary linear (a
+    /// basis change between blocks, `entry`) it is the boundary's result, not the previous
+    /// block's `output`.
     pub input: ValueId,
+    /// The boundary linear on the stream entering the block, when there is one.
+    pub entry: Option<ortho_ir::NodeId>,
     /// The result of the block's last residual add.
     pub output: ValueId,
     /// The stream value between the block's two branches (the first residual add's result),
@@ -106,6 +115,18 @@ fn linear_downstream(m: &Module, v: ValueId) -> Option<ortho_ir::NodeId> {
 /// The blocks of the main graph, in stream order, found by the structure analysis.
 pub fn block_spans(m: &Module) -> Result<Vec<BlockSpan>, PassError> {
     let s = analyze_transformer(m, m.main);
+    check_walkable(m, &s)?;
+    let mut spans = Vec::new();
+    for (index, b) in s.blocks.iter().enumerate() {
+        if let Some(span) = block_span(m.main_graph(), &s, index, b)? {
+            spans.push(span);
+        }
+    }
+    Ok(spans)
+}
+
+/// Refuses a structure the layer-wise walk would cover only in part.
+fn check_walkable(m: &Module, s: &Structure) -> Result<(), PassError> {
     let g = m.main_graph();
     if s.blocks.is_empty() {
         return Err(PassError::new(
@@ -113,9 +134,9 @@ pub fn block_spans(m: &Module) -> Result<Vec<BlockSpan>, PassError> {
         ));
     }
     // A node on the stream that no layer claims, or a linear layer reading what the analysis takes
-    // for the LM head (the basis-change MatMul that `denoise-rotate{mode=per-layer}` inserts looks
-    // like a head), ends the blocks the analysis can see; walking only those would silently
-    // calibrate or prune part of the model, so refuse instead.
+    // for the LM head, ends the blocks the analysis can see; walking only those would silently
+    // calibrate or prune part of the model, so refuse instead. (Boundary linears between blocks
+    // are no such node: the analysis makes each the entry of the block after it.)
     if let Some(u) = s.unmatched.first() {
         return Err(PassError::at(
             g,
@@ -135,65 +156,73 @@ pub fn block_spans(m: &Module) -> Result<Vec<BlockSpan>, PassError> {
                 h.linear.node,
                 format!(
                     "the structure analysis takes this node for the LM head, but a linear layer \
-                     ({}) reads its result: the stream goes on through a node no block contains \
-                     (a basis change such as denoise-rotate{{mode=per-layer}} inserts), so the \
-                     layer-wise walk would miss the blocks after it",
+                     ({}) reads its result: the stream goes on through a node no block contains, \
+                     so the layer-wise walk would miss the blocks after it",
                     g.describe(n)
                 ),
             ));
         }
     }
-    let mut spans = Vec::new();
-    for (index, b) in s.blocks.iter().enumerate() {
-        let ids: Vec<usize> = [b.attention, b.mlp, b.other]
-            .into_iter()
-            .flatten()
-            .collect();
-        let (Some(&first), Some(&last)) = (ids.iter().min(), ids.iter().max()) else {
-            continue;
-        };
-        let (fb, lb) = (&s.branches[first], &s.branches[last]);
-        for br in [fb, lb] {
-            if !matches!(g.node(br.add).op, Op::Add) {
-                return Err(PassError::at(
-                    g,
-                    br.add,
-                    "the residual sum is not a plain Add (fused skip-norms are not supported by \
-                     the layer-wise calibration driver)",
-                ));
-            }
+    Ok(())
+}
+
+/// The span of block `b` (number `index`): its stream input (after its entry boundary, if any)
+/// and output, and its middle value when it has two branches. `None` for a block without
+/// branches.
+fn block_span(
+    g: &Graph,
+    s: &Structure,
+    index: usize,
+    b: &Block,
+) -> Result<Option<BlockSpan>, PassError> {
+    let ids: Vec<usize> = [b.attention, b.mlp, b.other]
+        .into_iter()
+        .flatten()
+        .collect();
+    let (Some(&first), Some(&last)) = (ids.iter().min(), ids.iter().max()) else {
+        return Ok(None);
+    };
+    let (fb, lb) = (&s.branches[first], &s.branches[last]);
+    for br in [fb, lb] {
+        if !matches!(g.node(br.add).op, Op::Add) {
+            return Err(PassError::at(
+                g,
+                br.add,
+                "the residual sum is not a plain Add (fused skip-norms are not supported by \
+                 the layer-wise calibration driver)",
+            ));
         }
-        let input = g
-            .node(fb.add)
-            .inputs()
-            .find(|v| !fb.nodes.contains(&v.node))
-            .ok_or_else(|| PassError::at(g, fb.add, "residual Add without a stream operand"))?;
-        let output = ValueId {
-            node: lb.add,
-            output: 0,
-        };
-        let attention = b.attention.and_then(|i| match &s.branches[i].kind {
-            BranchKind::Attention(a) => Some(a.clone()),
-            _ => None,
-        });
-        let mlp = b.mlp.and_then(|i| match &s.branches[i].kind {
-            BranchKind::Mlp(x) => Some(x.clone()),
-            _ => None,
-        });
-        let mid = (first != last).then_some(ValueId {
-            node: fb.add,
-            output: 0,
-        });
-        spans.push(BlockSpan {
-            index,
-            input,
-            output,
-            mid,
-            attention,
-            mlp,
-        });
     }
-    Ok(spans)
+    let input = g
+        .node(fb.add)
+        .inputs()
+        .find(|v| !fb.nodes.contains(&v.node))
+        .ok_or_else(|| PassError::at(g, fb.add, "residual Add without a stream operand"))?;
+    let output = ValueId {
+        node: lb.add,
+        output: 0,
+    };
+    let attention = b.attention.and_then(|i| match &s.branches[i].kind {
+        BranchKind::Attention(a) => Some(a.clone()),
+        _ => None,
+    });
+    let mlp = b.mlp.and_then(|i| match &s.branches[i].kind {
+        BranchKind::Mlp(x) => Some(x.clone()),
+        _ => None,
+    });
+    let mid = (first != last).then_some(ValueId {
+        node: fb.add,
+        output: 0,
+    });
+    Ok(Some(BlockSpan {
+        index,
+        input,
+        entry: b.entry.map(|l| l.node),
+        output,
+        mid,
+        attention,
+        mlp,
+    }))
 }
 
 /// What the driver hands the visitor for one block.
@@ -421,8 +450,10 @@ pub fn walk_layers_until(
         blocks: spans.len(),
         advance_seconds: t.elapsed().as_secs_f64(),
     };
-    for span in &spans {
-        let last = span.index + 1 == spans.len();
+    for (k, span) in spans.iter().enumerate() {
+        // The value the next block reads: this block's output, or — across a boundary linear
+        // (a basis change between blocks) — the boundary's result, so the advance applies it.
+        let next_input = spans.get(k + 1).map(|s| s.input);
         let mid = {
             let mut cx = LayerCx {
                 module: m,
@@ -436,9 +467,9 @@ pub fn walk_layers_until(
             visit(&mut cx)?;
             cx.mid
         };
-        if last {
+        let Some(next_input) = next_input else {
             break;
-        }
+        };
         let t = Instant::now();
         let fed = match &mid {
             Some((v, tensors)) => (*v, tensors.as_slice()),
@@ -450,7 +481,7 @@ pub fn walk_layers_until(
             &inputs,
             Some(fed),
             &[StatRequest {
-                value: span.output,
+                value: next_input,
                 kind: StatKind::Full,
             }],
         )?;

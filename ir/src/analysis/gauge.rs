@@ -126,9 +126,31 @@ pub struct ParamSite {
     pub tensor: TensorId,
 }
 
+/// Where a stream class (a segment of the residual stream) begins.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// At one or more embedding lookups (a whole model, or the first shard of one).
+    #[default]
+    Embedding,
+    /// At a float graph input that is the stream itself (a shard without the embedding).
+    Input,
+    /// At a boundary: a constant `d × d` linear that reads the previous segment and whose result
+    /// is the stream again (`denoise-rotate{mode=per-layer}` and shard cuts insert them). The
+    /// boundary is a reader fold site of the segment before it and a writer fold site of this one:
+    /// the two segments have different bases and admit transforms independently.
+    Boundary,
+}
+
 /// Tensors that share one basis, with what the basis admits and where to fold a transform.
 #[derive(Debug, Clone, Default)]
 pub struct StreamClass {
+    /// How the class begins; with `entries`, the nodes it begins at (graph `Input` nodes for
+    /// [`Origin::Input`], the boundary linears for [`Origin::Boundary`]; empty for embeddings,
+    /// whose lookups are in `seeds`).
+    pub origin: Origin,
+    pub entries: Vec<NodeId>,
+    /// Boundary linears that read this class and begin another one (in graph order).
+    pub exits: Vec<NodeId>,
     /// Member values in topological order.
     pub values: Vec<ValueId>,
     /// The stream width d.
@@ -202,6 +224,52 @@ impl GaugeAnalysis {
     pub fn main(&self) -> Option<&StreamClass> {
         self.classes.first()
     }
+
+    /// The segments of the residual stream that [`main`](Self::main) belongs to, in stream
+    /// order (indices into `classes`): back through the boundaries that begin it to the segment
+    /// that starts at the embedding or a graph input, then forward through each segment's first
+    /// exit boundary. A model without boundaries has one segment.
+    pub fn chain(&self) -> Vec<usize> {
+        if self.classes.is_empty() {
+            return Vec::new();
+        }
+        let before = |i: usize| {
+            let c = &self.classes[i];
+            if c.origin != Origin::Boundary {
+                return None;
+            }
+            let entry = c.entries.first()?;
+            self.classes.iter().position(|p| p.exits.contains(entry))
+        };
+        let after = |i: usize| {
+            let exit = self.classes[i].exits.first()?;
+            self.classes
+                .iter()
+                .position(|c| c.origin == Origin::Boundary && c.entries.contains(exit))
+        };
+        let mut seen = HashSet::from([0]);
+        let mut start = 0;
+        while let Some(p) = before(start).filter(|p| seen.insert(*p)) {
+            start = p;
+        }
+        let mut out = vec![start];
+        let mut seen = HashSet::from([start]);
+        let mut at = start;
+        while let Some(n) = after(at).filter(|n| seen.insert(*n)) {
+            out.push(n);
+            at = n;
+        }
+        out
+    }
+
+    /// Every boundary linear of the chain ([`chain`](Self::chain)), in stream order.
+    pub fn boundaries(&self) -> Vec<NodeId> {
+        self.chain()
+            .into_iter()
+            .filter(|&i| self.classes[i].origin == Origin::Boundary)
+            .flat_map(|i| self.classes[i].entries.iter().copied())
+            .collect()
+    }
 }
 
 /// Whether node `n` is an embedding lookup: `Gather(axis 0)` of a constant 2-D float table.
@@ -218,43 +286,174 @@ pub fn is_embedding(m: &Module, g: &Graph, n: NodeId) -> bool {
         .is_some_and(|d| d.dims.len() == 2 && d.dtype.is_float())
 }
 
-/// Runs the analysis on graph `gid`.
+/// Runs the analysis on graph `gid`: classes grown from the embedding lookups (or, in a graph
+/// without one, from float graph inputs that are a residual stream: a shard), then from every
+/// boundary linear that continues one of them.
 pub fn analyze_gauge(m: &Module, gid: GraphId) -> GaugeAnalysis {
     let g = m.graph(gid);
     let norms = Norms::find(m, g);
     let order = g.toposort().unwrap_or_else(|_| g.node_ids());
     let rank: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, n)| (*n, i)).collect();
-    let mut classes = Vec::new();
+    let grower = Grower {
+        m,
+        g,
+        norms: &norms,
+        rank: &rank,
+    };
     let mut claimed: HashSet<ValueId> = HashSet::new();
-    for &n in &order {
-        if !is_embedding(m, g, n) || claimed.contains(&out0(n)) {
-            continue;
-        }
-        let width = g
-            .node(n)
-            .operand(0)
-            .and_then(|t| const_data(m, g, t))
-            .map(|d| d.dims[1])
-            .unwrap_or(0);
-        let mut w = Walker::new(m, g, &norms, width);
-        w.join(out0(n));
-        w.run();
-        let mut class = w.finish(&rank);
-        claimed.extend(class.values.iter().copied());
-        class.seeds = class
-            .values
-            .iter()
-            .filter(|v| is_embedding(m, g, v.node))
-            .map(|v| v.node)
-            .collect();
-        classes.push(class);
+    let mut classes = grower.embedding_classes(&order, &mut claimed);
+    // Only a graph without an embedding is taken for a shard, so that a whole model's analysis
+    // never depends on which float inputs it has (KV caches, masks).
+    if classes.is_empty() {
+        classes = grower.input_classes(&mut claimed);
     }
+    grower.boundary_classes(&mut classes, &mut claimed);
     classes.sort_by_key(|c| std::cmp::Reverse(c.sites.len()));
     GaugeAnalysis {
         graph: Some(gid),
         norms,
         classes,
     }
+}
+
+/// Grows classes from seeds; `claimed` holds the values of the classes accepted so far.
+struct Grower<'a> {
+    m: &'a Module,
+    g: &'a Graph,
+    norms: &'a Norms,
+    rank: &'a HashMap<NodeId, usize>,
+}
+
+impl Grower<'_> {
+    fn grow(&self, seed: ValueId, width: i64) -> StreamClass {
+        let mut w = Walker::new(self.m, self.g, self.norms, width);
+        w.join(seed);
+        w.run();
+        w.finish(self.rank)
+    }
+
+    /// One class per set of embedding lookups that share a stream.
+    fn embedding_classes(
+        &self,
+        order: &[NodeId],
+        claimed: &mut HashSet<ValueId>,
+    ) -> Vec<StreamClass> {
+        let (m, g) = (self.m, self.g);
+        let mut classes = Vec::new();
+        for &n in order {
+            if !is_embedding(m, g, n) || claimed.contains(&out0(n)) {
+                continue;
+            }
+            let width = g
+                .node(n)
+                .operand(0)
+                .and_then(|t| const_data(m, g, t))
+                .map(|d| d.dims[1])
+                .unwrap_or(0);
+            let mut class = self.grow(out0(n), width);
+            claimed.extend(class.values.iter().copied());
+            class.seeds = class
+                .values
+                .iter()
+                .filter(|v| is_embedding(m, g, v.node))
+                .map(|v| v.node)
+                .collect();
+            classes.push(class);
+        }
+        classes
+    }
+
+    /// Classes grown from float graph inputs that are a residual stream: a branch writes into
+    /// them, or into the segment after a boundary on them.
+    fn input_classes(&self, claimed: &mut HashSet<ValueId>) -> Vec<StreamClass> {
+        let mut classes = Vec::new();
+        for &n in self.g.inputs() {
+            let Some(width) = stream_input_width(self.g, n) else {
+                continue;
+            };
+            if claimed.contains(&out0(n)) {
+                continue;
+            }
+            let mut class = self.grow(out0(n), width);
+            // A shard may begin with a boundary on its input: then only the segment after it
+            // receives writers.
+            let continued = || {
+                boundary_candidates(self.m, self.g, &class)
+                    .into_iter()
+                    .any(|b| {
+                        !claimed.contains(&out0(b))
+                            && receives_writers(&self.grow(out0(b), width), &[b])
+                    })
+            };
+            if !receives_writers(&class, &[]) && !continued() {
+                continue;
+            }
+            claimed.extend(class.values.iter().copied());
+            class.origin = Origin::Input;
+            class.entries = vec![n];
+            classes.push(class);
+        }
+        classes
+    }
+
+    /// Classes begun by boundaries, each grown from a class found before it (breadth-first), and
+    /// linked to it through `exits` / `entries`.
+    fn boundary_classes(&self, classes: &mut Vec<StreamClass>, claimed: &mut HashSet<ValueId>) {
+        let mut at = 0;
+        while at < classes.len() {
+            for b in boundary_candidates(self.m, self.g, &classes[at]) {
+                if claimed.contains(&out0(b)) {
+                    continue;
+                }
+                let mut class = self.grow(out0(b), classes[at].width);
+                if !receives_writers(&class, &[b]) {
+                    continue;
+                }
+                claimed.extend(class.values.iter().copied());
+                class.origin = Origin::Boundary;
+                class.entries = vec![b];
+                classes[at].exits.push(b);
+                classes.push(class);
+            }
+            at += 1;
+        }
+    }
+}
+
+/// The width of graph input `n` when it may be a residual stream: a float tensor of rank ≥ 2
+/// whose last dimension is fixed.
+fn stream_input_width(g: &Graph, n: NodeId) -> Option<i64> {
+    let t = g.value_type(out0(n)).as_tensor()?;
+    if !t.dtype.is_float() {
+        return None;
+    }
+    let shape = t.shape.as_ref()?;
+    if shape.len() < 2 {
+        return None;
+    }
+    shape.last()?.fixed().filter(|&d| d > 0)
+}
+
+/// Whether a class grown from a seed is a residual stream: some linear other than `entry`
+/// writes into it (a branch adds to it), which neither a head's logits nor a projection's
+/// output (q, a KV cache) ever receive.
+fn receives_writers(c: &StreamClass, entry: &[NodeId]) -> bool {
+    c.sites
+        .iter()
+        .any(|s| s.role == SiteRole::Writer && !entry.contains(&s.consumer))
+}
+
+/// The square linears reading class `c` (`d × d`, in either layout): each may be a boundary.
+fn boundary_candidates(m: &Module, g: &Graph, c: &StreamClass) -> Vec<NodeId> {
+    c.sites
+        .iter()
+        .filter(|s| s.role == SiteRole::Reader)
+        .filter(|s| {
+            match_linear(m, g, s.consumer)
+                .is_some_and(|l| l.in_features == c.width && l.out_features == c.width)
+        })
+        .map(|s| s.consumer)
+        .collect()
 }
 
 struct Walker<'a> {
@@ -594,6 +793,9 @@ impl<'a> Walker<'a> {
         let mut params = self.params;
         params.sort_by_key(|p| (key(&p.consumer), p.slot));
         StreamClass {
+            origin: Origin::Embedding,
+            entries: Vec::new(),
+            exits: Vec::new(),
             values,
             width: self.width,
             seeds: Vec::new(),

@@ -3,8 +3,21 @@
 //! `transB` layout; a constant bias is the `Gemm`'s `C` or an `Add` right after the `MatMul`.
 //!
 //! Everything is found from the ops and the constants' shapes; names play no part.
+//!
+//! # Structured linears (extension point)
+//!
+//! [`LinearKind`] says how a layer computes its product. Every layer recognized today is
+//! [`LinearKind::Dense`]: one constant matrix, described by [`Linear::weight`]. A structured
+//! linear — factorized (Kronecker, low rank) or reparameterized (POET `R·W0·P`) — comes as a new
+//! op; to make the analyses see it, add a `LinearKind` variant carrying its factors (constant
+//! operands, as [`WeightRef`]s) and an arm in [`match_linear`] that recognizes the op. The
+//! structure and gauge analyses then place it like any linear: they only read `node`, `input`,
+//! `output`, the feature counts and — for fold sites — the side of the layer that touches the
+//! stream. A pass that rewrites the stored matrix itself (prune, rotate) must ask
+//! [`Linear::dense`] first and skip or refuse other kinds; `LinearKind` is `#[non_exhaustive]`
+//! so that matches outside this crate already handle kinds added later.
 
-use super::util::{const_data, const_tensor, other_operand, out0, sole_user};
+use super::util::{const_data, const_tensor, out0, sole_user_with_const};
 use crate::graph::{Graph, NodeId, ValueId};
 use crate::module::Module;
 use crate::op::Op;
@@ -46,11 +59,20 @@ pub enum LinearOp {
     Gemm,
 }
 
+/// How a linear layer computes its product (see the module docs for adding a kind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LinearKind {
+    /// One constant weight matrix ([`Linear::weight`]) read by a `MatMul` or `Gemm`.
+    Dense,
+}
+
 /// A linear layer `y = x W (+ b)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Linear {
-    /// The `MatMul` or `Gemm`.
+    /// The node computing the product (the `MatMul` or `Gemm` of a dense layer).
     pub node: NodeId,
+    pub kind: LinearKind,
     pub op: LinearOp,
     pub input: ValueId,
     /// The operand slot of the weight on `node`.
@@ -61,6 +83,16 @@ pub struct Linear {
     pub output: ValueId,
     pub in_features: i64,
     pub out_features: i64,
+}
+
+impl Linear {
+    /// The stored weight matrix when the layer is dense (one constant matrix a pass may rewrite
+    /// in place); `None` for structured kinds.
+    pub fn dense(&self) -> Option<&WeightRef> {
+        match self.kind {
+            LinearKind::Dense => Some(&self.weight),
+        }
+    }
 }
 
 /// The constant 2-D weight behind operand `w`, directly or through one 2-D `Transpose`.
@@ -94,10 +126,19 @@ fn weight_ref(m: &Module, g: &Graph, w: ValueId, transposed_use: bool) -> Option
     })
 }
 
-/// The linear layer computed by node `n`, if it is one.
+/// The linear layer computed by node `n`, if it is one. Each kind of linear is recognized by
+/// its own matcher (one arm per op family; see the module docs).
 pub fn match_linear(m: &Module, g: &Graph, n: NodeId) -> Option<Linear> {
+    match &g.node(n).op {
+        Op::MatMul | Op::Gemm(_) => match_dense(m, g, n),
+        _ => None,
+    }
+}
+
+/// A dense layer: `MatMul(x, W)` or `Gemm(x, B, C)` with a constant 2-D weight.
+fn match_dense(m: &Module, g: &Graph, n: NodeId) -> Option<Linear> {
     let node = g.node(n);
-    let (op, input, wv, trans_b, mut bias) = match &node.op {
+    let (op, input, wv, trans_b, bias) = match &node.op {
         Op::MatMul => (
             LinearOp::MatMul,
             node.operand(0)?,
@@ -138,36 +179,17 @@ pub fn match_linear(m: &Module, g: &Graph, n: NodeId) -> Option<Linear> {
     let dims = &m.tensor(weight.tensor).dims;
     let in_features = dims[weight.in_axis];
     let out_features = dims[weight.out_axis()];
-    let mut output = out0(n);
-    if op == LinearOp::MatMul {
-        // A bias is an Add of a constant with `out_features` elements along the last axis.
-        if let Some(user) = sole_user(g, output) {
-            if matches!(g.node(user).op, Op::Add) {
-                if let Some(b) = other_operand(g, user, output) {
-                    let ok = const_data(m, g, b).is_some_and(|d| {
-                        d.numel() == Some(out_features as u64)
-                            && d.dims.last() == Some(&out_features)
-                    });
-                    if let (true, Some(t)) = (ok, const_tensor(g, b)) {
-                        let slot = if g.node(user).operand(0) == Some(b) {
-                            0
-                        } else {
-                            1
-                        };
-                        bias = Some(BiasRef {
-                            node: user,
-                            slot,
-                            konst: b.node,
-                            tensor: t,
-                        });
-                        output = out0(user);
-                    }
-                }
-            }
-        }
-    }
+    // A `MatMul` has no bias operand: a bias is the `Add` right after it.
+    let (bias, output) = match (op, bias) {
+        (LinearOp::MatMul, _) => match trailing_bias(m, g, n, out_features) {
+            Some(b) => (Some(b), out0(b.node)),
+            None => (None, out0(n)),
+        },
+        (_, b) => (b, out0(n)),
+    };
     Some(Linear {
         node: n,
+        kind: LinearKind::Dense,
         op,
         input,
         weight_slot: 1,
@@ -176,6 +198,22 @@ pub fn match_linear(m: &Module, g: &Graph, n: NodeId) -> Option<Linear> {
         output,
         in_features,
         out_features,
+    })
+}
+
+/// A bias added right after node `n`: the sole user of its result is an `Add` of a constant with
+/// `out_features` elements along the last axis.
+fn trailing_bias(m: &Module, g: &Graph, n: NodeId, out_features: i64) -> Option<BiasRef> {
+    let (user, slot, b) = sole_user_with_const(m, g, out0(n), |o| matches!(o, Op::Add))?;
+    let d = const_data(m, g, b)?;
+    if d.numel() != Some(out_features as u64) || d.dims.last() != Some(&out_features) {
+        return None;
+    }
+    Some(BiasRef {
+        node: user,
+        slot,
+        konst: b.node,
+        tensor: const_tensor(g, b)?,
     })
 }
 

@@ -8,6 +8,11 @@
 //! - [`gauge`]: which tensors share a basis and which transforms that basis admits;
 //! - [`transformer`]: the transformer structure (stream, blocks, attention, MLP, head).
 //!
+//! Besides whole models they accept what passes leave and shards are: boundary linears between
+//! blocks (a constant `d × d` basis change on the stream, which splits it into segments of
+//! different bases: [`gauge::Origin::Boundary`], `Block::entry`) and runs of blocks without
+//! embedding or head (`Structure::ends`). Structured linears plug in at [`linear::LinearKind`].
+//!
 //! None of them looks at tensor or node names.
 
 pub mod gauge;
@@ -18,11 +23,15 @@ pub mod transformer;
 mod transformer_parts;
 pub mod util;
 
+#[cfg(test)]
+mod tests;
+
 pub use gauge::{
-    analyze_gauge, Blocker, BlockerKind, FoldSite, GaugeAnalysis, ParamSite, SiteRole, StreamClass,
+    analyze_gauge, Blocker, BlockerKind, FoldSite, GaugeAnalysis, Origin, ParamSite, SiteRole,
+    StreamClass,
 };
 pub use group::{Group, Kind};
-pub use linear::{match_linear, Linear};
+pub use linear::{match_linear, Linear, LinearKind};
 pub use norm::{Norm, NormForm, NormKind, Norms};
-pub use transformer::{analyze_transformer, Structure};
+pub use transformer::{analyze_transformer, Ends, Structure};
 pub use transformer_parts::{head_spaces, Attention, HeadSpace, Mlp, MlpKind, RopeForm};

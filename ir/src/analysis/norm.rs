@@ -11,8 +11,8 @@
 //! A norm records every node of its pattern, so callers can treat it as one unit.
 
 use super::util::{
-    const_all_equal, const_data, const_scalar, const_tensor, other_operand, out0,
-    reduces_last_axis, sole_user,
+    const_all_equal, const_scalar, const_tensor, other_operand, out0, reduces_last_axis, sole_user,
+    sole_user_with_const,
 };
 use crate::graph::{Graph, NodeId, ValueId};
 use crate::module::Module;
@@ -311,38 +311,17 @@ fn match_decomposed(m: &Module, g: &Graph, x: ValueId) -> Option<Norm> {
     let mut output = normalized;
     let mut gain = None;
     let mut bias = None;
-    if let Some(u) = sole_user(g, output) {
-        if matches!(g.node(u).op, Op::Mul) {
-            if let Some(gv) = other_operand(g, u, output) {
-                if const_data(m, g, gv).is_some() {
-                    let slot = if g.node(u).operand(0) == Some(gv) {
-                        0
-                    } else {
-                        1
-                    };
-                    gain = param(m, g, u, slot, 1.0);
-                    nodes.push(u);
-                    output = out0(u);
-                }
-            }
-        }
+    // A gain (`Mul` by a constant) and, for LayerNorm, a bias (`Add` of one) after the core.
+    if let Some((u, slot, _)) = sole_user_with_const(m, g, output, |o| matches!(o, Op::Mul)) {
+        gain = param(m, g, u, slot, 1.0);
+        nodes.push(u);
+        output = out0(u);
     }
     if kind == NormKind::Layer {
-        if let Some(u) = sole_user(g, output) {
-            if matches!(g.node(u).op, Op::Add) {
-                if let Some(bv) = other_operand(g, u, output) {
-                    if const_data(m, g, bv).is_some() {
-                        let slot = if g.node(u).operand(0) == Some(bv) {
-                            0
-                        } else {
-                            1
-                        };
-                        bias = param(m, g, u, slot, 0.0);
-                        nodes.push(u);
-                        output = out0(u);
-                    }
-                }
-            }
+        if let Some((u, slot, _)) = sole_user_with_const(m, g, output, |o| matches!(o, Op::Add)) {
+            bias = param(m, g, u, slot, 0.0);
+            nodes.push(u);
+            output = out0(u);
         }
     }
     let node = output.node;

@@ -6,9 +6,10 @@
 //! Nodes that depend on the stream but belong to no recognized part are reported one by one;
 //! nodes that do not depend on it (positions, masks, RoPE tables) are auxiliary.
 
-use super::gauge::{analyze_gauge, GaugeAnalysis, SiteRole, StreamClass};
+use super::gauge::{analyze_gauge, GaugeAnalysis, Origin, SiteRole, StreamClass};
 use super::linear::{match_linear, Linear};
-use super::util::{const_data, out0};
+use super::util::{const_data, is_graph_output, out0};
+use crate::diag::{DiagKind, Diagnostics};
 use crate::graph::{Graph, GraphId, NodeId, ValueId};
 use crate::module::Module;
 use crate::op::Op;
@@ -54,6 +55,26 @@ pub struct Block {
     pub mlp: Option<usize>,
     /// Branches of unknown kind.
     pub other: Option<usize>,
+    /// The boundary linear on the stream entering the block (a basis change between blocks, see
+    /// [`Origin::Boundary`](super::gauge::Origin::Boundary)), when there is one: the block's
+    /// input is its result. A boundary always begins a new block.
+    pub entry: Option<Linear>,
+}
+
+/// Which ends of a whole model the graph has. A whole model starts at an embedding and ends in
+/// a final norm and head; a shard (a run of blocks cut out of one) may lack either end, its
+/// stream then being a graph input or output itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ends {
+    /// The stream starts at embedding lookups (`Structure::embeddings`).
+    pub embedding: bool,
+    /// Graph inputs that are the stream itself (a shard without the embedding).
+    pub stream_inputs: Vec<ValueId>,
+    /// A linear head reads the stream after the last block (`Structure::heads`; its norm is
+    /// `Structure::final_norm`).
+    pub head: bool,
+    /// Graph outputs that are the stream itself (a shard without the head).
+    pub stream_outputs: Vec<ValueId>,
 }
 
 /// A linear layer that reads the stream outside every branch (the LM head).
@@ -96,9 +117,34 @@ pub struct Structure {
     pub final_norm: Option<usize>,
     pub heads: Vec<Head>,
     pub placement: Placement,
+    /// Boundary linears on the stream (basis changes between blocks), in stream order; each is
+    /// also the `entry` of the block after it, when a block follows.
+    pub boundaries: Vec<Linear>,
+    pub ends: Ends,
     pub unmatched: Vec<Unmatched>,
     /// Nodes that do not depend on the stream (positions, masks, RoPE tables, shapes).
     pub auxiliary: usize,
+}
+
+impl Structure {
+    /// The nodes the analysis could not place, as diagnostics of kind
+    /// [`DiagKind::Structure`] naming graph and node (for a pass that refuses such a graph).
+    pub fn diagnostics(&self, m: &Module) -> Diagnostics {
+        let mut d = Diagnostics::default();
+        if let Some(gid) = self.gauge.graph {
+            let g = m.graph(gid);
+            for u in &self.unmatched {
+                d.error(
+                    DiagKind::Structure,
+                    g,
+                    Some(gid),
+                    Some(u.node),
+                    u.why.clone(),
+                );
+            }
+        }
+        d
+    }
 }
 
 /// Analyzes graph `gid` of `m`.
@@ -115,11 +161,14 @@ pub fn analyze_transformer(m: &Module, gid: GraphId) -> Structure {
         final_norm: None,
         heads: Vec::new(),
         placement: Placement::NoNorm,
+        boundaries: Vec::new(),
+        ends: Ends::default(),
         unmatched: Vec::new(),
         auxiliary: 0,
     };
     let order = g.toposort().unwrap_or_else(|_| g.node_ids());
-    let Some(main) = gauge.main() else {
+    let segments: Vec<&StreamClass> = gauge.chain().iter().map(|&i| &gauge.classes[i]).collect();
+    if segments.is_empty() {
         s.unmatched = order
             .iter()
             .filter(|n| !g.node(**n).op.is_structural())
@@ -131,13 +180,38 @@ pub fn analyze_transformer(m: &Module, gid: GraphId) -> Structure {
             .collect();
         s.gauge = gauge;
         return s;
+    }
+    let ctx = Ctx::new(m, g, &gauge, &segments, &order);
+    s.width = Some(segments[0].width);
+    s.embeddings = embeddings(m, g, &segments);
+    s.boundaries = ctx.boundaries.clone();
+    let mut claimed: HashSet<NodeId> = HashSet::new();
+    for b in &s.boundaries {
+        claimed.insert(b.node);
+        claimed.extend(b.bias.map(|x| x.node));
+    }
+    let post = residual_branches(&ctx, &segments, &mut s, &mut claimed);
+    find_heads(&ctx, &segments, &mut s, &mut claimed);
+    s.final_norm = s.heads.first().and_then(|h| h.norm);
+    let no_norms = gauge.norms.list.is_empty() || segments.iter().all(|c| c.norms.is_empty());
+    s.placement = match (no_norms, post) {
+        (true, _) => Placement::NoNorm,
+        (false, true) => Placement::PostNorm,
+        (false, false) => Placement::PreNorm,
     };
-    let ctx = Ctx::new(m, g, &gauge, main, &order);
-    s.width = Some(main.width);
-    s.embeddings = main
-        .seeds
+    s.blocks = group_blocks(&ctx, &s.branches);
+    s.ends = ends(g, &segments, &s);
+    unmatched(&ctx, &segments, &order, &claimed, &mut s);
+    s.gauge = gauge;
+    s
+}
+
+/// The embedding lookups that start the stream.
+fn embeddings(m: &Module, g: &Graph, segments: &[&StreamClass]) -> Vec<Embedding> {
+    segments
         .iter()
-        .filter_map(|&n| {
+        .flat_map(|c| c.seeds.iter().copied())
+        .filter_map(|n| {
             let t = g.node(n).operand(0)?;
             let d = const_data(m, g, t)?;
             Some(Embedding {
@@ -147,11 +221,21 @@ pub fn analyze_transformer(m: &Module, gid: GraphId) -> Structure {
                 width: d.dims[1],
             })
         })
-        .collect();
-    // Residual adds: an Add of the stream and a branch output.
-    let mut claimed: HashSet<NodeId> = HashSet::new();
+        .collect()
+}
+
+/// Walks the stream values in order: residual adds (an `Add` of the stream and a branch output,
+/// or a norm with the add fused in) yield the branches; the other values are the stream proper.
+/// Returns whether a norm sits on the stream (post-norm).
+fn residual_branches(
+    ctx: &Ctx<'_>,
+    segments: &[&StreamClass],
+    s: &mut Structure,
+    claimed: &mut HashSet<NodeId>,
+) -> bool {
+    let (g, gauge) = (ctx.g, ctx.gauge);
     let mut post = false;
-    for &v in &main.values {
+    for &v in segments.iter().flat_map(|c| c.values.iter()) {
         let n = v.node;
         let node = g.node(n);
         if let Some(&i) = gauge.norms.by_output.get(&v) {
@@ -161,17 +245,9 @@ pub fn analyze_transformer(m: &Module, gid: GraphId) -> Structure {
                 // A norm with the residual add fused in: its summands are stream and branch,
                 // its `sum` result (when used) is the stream.
                 if v == norm.output {
-                    for x in [Some(norm.input), norm.skip]
-                        .into_iter()
-                        .flatten()
-                        .filter(|x| ctx.is_branch_out(*x))
-                    {
-                        for w in ctx.writers_of(x) {
-                            if let Some(b) = ctx.branch(norm.node, w) {
-                                claimed.extend(b.nodes.iter().copied());
-                                s.branches.push(b);
-                            }
-                        }
+                    let summands = [Some(norm.input), norm.skip].into_iter().flatten();
+                    for x in summands.filter(|x| ctx.is_branch_out(*x)) {
+                        ctx.add_branches(norm.node, x, &mut s.branches, claimed);
                     }
                 } else {
                     s.stream.push(v);
@@ -192,27 +268,33 @@ pub fn analyze_transformer(m: &Module, gid: GraphId) -> Structure {
             Op::Add | Op::Sub if node.inputs().any(|x| ctx.is_branch_out(x)) => {
                 s.stream.push(v);
                 for x in node.inputs().filter(|x| ctx.is_branch_out(*x)) {
-                    for w in ctx.writers_of(x) {
-                        if let Some(b) = ctx.branch(n, w) {
-                            claimed.extend(b.nodes.iter().copied());
-                            s.branches.push(b);
-                        }
-                    }
+                    ctx.add_branches(n, x, &mut s.branches, claimed);
                 }
             }
             _ => s.stream.push(v),
         }
     }
+    post
+}
+
+/// Linear readers of the stream outside every branch (and not boundaries): the LM head(s).
+fn find_heads(
+    ctx: &Ctx<'_>,
+    segments: &[&StreamClass],
+    s: &mut Structure,
+    claimed: &mut HashSet<NodeId>,
+) {
     let in_branch: HashSet<NodeId> = claimed.clone();
-    for site in main
-        .sites
-        .iter()
-        .filter(|x| x.role == SiteRole::Reader && !in_branch.contains(&x.consumer))
-    {
-        let Some(linear) = match_linear(m, g, site.consumer) else {
+    let readers = segments.iter().flat_map(|c| c.sites.iter()).filter(|x| {
+        x.role == SiteRole::Reader
+            && !in_branch.contains(&x.consumer)
+            && !ctx.boundary_nodes.contains(&x.consumer)
+    });
+    for site in readers {
+        let Some(linear) = match_linear(ctx.m, ctx.g, site.consumer) else {
             continue;
         };
-        let norm = gauge.norms.by_output.get(&linear.input).copied();
+        let norm = ctx.gauge.norms.by_output.get(&linear.input).copied();
         let tied = s.embeddings.iter().any(|e| e.table == linear.weight.konst);
         s.heads.push(Head { linear, norm, tied });
         claimed.insert(linear.node);
@@ -221,16 +303,45 @@ pub fn analyze_transformer(m: &Module, gid: GraphId) -> Structure {
         }
         claimed.extend(ctx.downstream(linear.output.node));
     }
-    s.final_norm = s.heads.first().and_then(|h| h.norm);
-    s.placement = match (gauge.norms.list.is_empty() || main.norms.is_empty(), post) {
-        (true, _) => Placement::NoNorm,
-        (false, true) => Placement::PostNorm,
-        (false, false) => Placement::PreNorm,
-    };
-    s.blocks = group_blocks(&s.branches);
-    let blockers: HashMap<NodeId, String> =
-        main.blockers.iter().map(|b| (b.node, b.reason())).collect();
-    for &n in &order {
+}
+
+/// Which ends the stream has (see [`Ends`]).
+fn ends(g: &Graph, segments: &[&StreamClass], s: &Structure) -> Ends {
+    let stream_inputs = segments
+        .iter()
+        .filter(|c| c.origin == Origin::Input)
+        .flat_map(|c| c.entries.iter().map(|&n| out0(n)))
+        .collect();
+    let stream_outputs = segments
+        .iter()
+        .flat_map(|c| c.values.iter().copied())
+        .filter(|v| is_graph_output(g, *v))
+        .collect();
+    Ends {
+        embedding: !s.embeddings.is_empty(),
+        stream_inputs,
+        head: !s.heads.is_empty(),
+        stream_outputs,
+    }
+}
+
+/// Nodes that depend on the stream but no part claims (each with the reason a blocker gives,
+/// when one does), then branches of unknown kind; counts the auxiliary nodes.
+fn unmatched(
+    ctx: &Ctx<'_>,
+    segments: &[&StreamClass],
+    order: &[NodeId],
+    claimed: &HashSet<NodeId>,
+    s: &mut Structure,
+) {
+    let g = ctx.g;
+    // The last blocker of a node names it (as a map collected in graph order keeps).
+    let blockers: HashMap<NodeId, String> = segments
+        .iter()
+        .flat_map(|c| c.blockers.iter())
+        .map(|b| (b.node, b.reason()))
+        .collect();
+    for &n in order {
         if g.node(n).op.is_structural() {
             continue;
         }
@@ -252,31 +363,42 @@ pub fn analyze_transformer(m: &Module, gid: GraphId) -> Structure {
             });
         }
     }
-    s.gauge = gauge;
-    s
 }
 
-/// Blocks: each attention branch opens one; an MLP joins the open block unless it has one.
-fn group_blocks(branches: &[Branch]) -> Vec<Block> {
+/// Blocks: each attention branch opens one; an MLP joins the open block unless it has one. A
+/// boundary between two branches closes the open block: the next one begins at it.
+fn group_blocks(ctx: &Ctx<'_>, branches: &[Branch]) -> Vec<Block> {
     let mut blocks: Vec<Block> = Vec::new();
+    let mut segment = None;
     for (i, b) in branches.iter().enumerate() {
-        let open = blocks.last_mut();
+        let seg = ctx.segment_of.get(&b.writer.node).copied();
+        let entry = match seg {
+            Some(k) if segment.is_some_and(|p| p != k) || segment.is_none() => {
+                ctx.entry_of_segment.get(&k).copied()
+            }
+            _ => None,
+        };
+        segment = seg.or(segment);
+        let new = Block {
+            attention: None,
+            mlp: None,
+            other: None,
+            entry,
+        };
+        let open = blocks.last_mut().filter(|_| entry.is_none());
         match (&b.kind, open) {
             (BranchKind::Attention(_), _) => blocks.push(Block {
                 attention: Some(i),
-                mlp: None,
-                other: None,
+                ..new
             }),
             (BranchKind::Mlp(_), Some(bl)) if bl.mlp.is_none() => bl.mlp = Some(i),
             (BranchKind::Mlp(_), _) => blocks.push(Block {
-                attention: None,
                 mlp: Some(i),
-                other: None,
+                ..new
             }),
             (BranchKind::Unknown, _) => blocks.push(Block {
-                attention: None,
-                mlp: None,
                 other: Some(i),
+                ..new
             }),
         }
     }
@@ -295,6 +417,13 @@ pub(crate) struct Ctx<'a> {
     /// Nodes that depend on a Sin or Cos (RoPE tables).
     pub trig: HashSet<NodeId>,
     pub gauge: &'a GaugeAnalysis,
+    /// The boundary linears of the chain, in stream order, and their nodes.
+    boundaries: Vec<Linear>,
+    boundary_nodes: HashSet<NodeId>,
+    /// The segment (index into the chain) of each writer, and the boundary each segment after
+    /// the first begins at.
+    segment_of: HashMap<NodeId, usize>,
+    entry_of_segment: HashMap<usize, Linear>,
 }
 
 impl<'a> Ctx<'a> {
@@ -302,17 +431,50 @@ impl<'a> Ctx<'a> {
         m: &'a Module,
         g: &'a Graph,
         gauge: &'a GaugeAnalysis,
-        main: &'a StreamClass,
+        segments: &[&StreamClass],
         order: &[NodeId],
     ) -> Self {
+        let boundaries: Vec<Linear> = gauge
+            .boundaries()
+            .into_iter()
+            .filter_map(|n| match_linear(m, g, n))
+            .collect();
+        let boundary_nodes: HashSet<NodeId> = boundaries.iter().map(|l| l.node).collect();
+        // A boundary is a reader of the segment before it and a writer of its own; as neither
+        // does it belong to a branch.
         let role = |r: SiteRole| {
-            main.sites
+            segments
                 .iter()
-                .filter(|s| s.role == r)
+                .flat_map(|c| c.sites.iter())
+                .filter(|s| s.role == r && !boundary_nodes.contains(&s.consumer))
                 .map(|s| s.consumer)
                 .collect::<HashSet<_>>()
         };
-        let mut dep: HashSet<NodeId> = main.seeds.iter().copied().collect();
+        let mut segment_of = HashMap::new();
+        let mut entry_of_segment = HashMap::new();
+        for (k, c) in segments.iter().enumerate() {
+            for site in c.sites.iter().filter(|s| s.role == SiteRole::Writer) {
+                segment_of.entry(site.consumer).or_insert(k);
+            }
+            if c.origin == Origin::Boundary {
+                let entry = c
+                    .entries
+                    .first()
+                    .and_then(|e| boundaries.iter().find(|l| l.node == *e).copied());
+                if let Some(l) = entry {
+                    entry_of_segment.insert(k, l);
+                }
+            }
+        }
+        // The stream starts at the embedding lookups or, in a shard, at its graph inputs.
+        let mut dep: HashSet<NodeId> = segments
+            .iter()
+            .flat_map(|c| {
+                let inputs = (c.origin == Origin::Input).then_some(c.entries.iter());
+                c.seeds.iter().chain(inputs.into_iter().flatten())
+            })
+            .copied()
+            .collect();
         let mut trig: HashSet<NodeId> = HashSet::new();
         for &n in order {
             let node = g.node(n);
@@ -327,12 +489,35 @@ impl<'a> Ctx<'a> {
         Ctx {
             m,
             g,
-            members: main.values.iter().copied().collect(),
+            members: segments
+                .iter()
+                .flat_map(|c| c.values.iter().copied())
+                .collect(),
             writers: role(SiteRole::Writer),
             readers: role(SiteRole::Reader),
             dep,
             trig,
             gauge,
+            boundaries,
+            boundary_nodes,
+            segment_of,
+            entry_of_segment,
+        }
+    }
+
+    /// Adds the branches behind branch output `x`, summed into the stream by `add`.
+    fn add_branches(
+        &self,
+        add: NodeId,
+        x: ValueId,
+        branches: &mut Vec<Branch>,
+        claimed: &mut HashSet<NodeId>,
+    ) {
+        for w in self.writers_of(x) {
+            if let Some(b) = self.branch(add, w) {
+                claimed.extend(b.nodes.iter().copied());
+                branches.push(b);
+            }
         }
     }
 

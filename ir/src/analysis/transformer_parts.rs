@@ -220,41 +220,8 @@ fn decomposed_attention(
     let is_core = |n: NodeId| {
         matches!(g.node(n).op, Op::MatMul) && !cx.readers.contains(&n) && set.contains(&n)
     };
-    // Scores: the first MatMul behind the softmax input.
-    let mut stack = vec![g.node(s).operand(0)?.node];
-    let mut seen = HashSet::new();
-    let mut qk = None;
-    while let Some(n) = stack.pop() {
-        if !set.contains(&n) || !seen.insert(n) {
-            continue;
-        }
-        if is_core(n) {
-            qk = Some(n);
-            break;
-        }
-        stack.extend(g.node(n).inputs().map(|v| v.node));
-    }
-    let qk = qk?;
-    // Output: the first MatMul after the softmax that takes it on the left.
-    let mut stack = vec![s];
-    let mut seen = HashSet::new();
-    let mut pv = None;
-    while let Some(n) = stack.pop() {
-        if !seen.insert(n) {
-            continue;
-        }
-        for (u, slot) in g.users(crate::graph::ValueId { node: n, output: 0 }) {
-            if is_core(u) && slot == 0 {
-                pv = Some(u);
-            } else if set.contains(&u) {
-                stack.push(u);
-            }
-        }
-        if pv.is_some() {
-            break;
-        }
-    }
-    let pv = pv?;
+    let qk = score_product(cx, set, s, &is_core)?;
+    let pv = output_product(cx, set, s, &is_core)?;
     let qn = g.node(qk);
     let qs = behind(cx, set, qn.operand(0)?);
     let ks = behind(cx, set, qn.operand(1)?);
@@ -262,27 +229,7 @@ fn decomposed_attention(
     let q = reader_in(readers, &qs).copied();
     let k = reader_in(readers, &ks).copied();
     let v = reader_in(readers, &vs).copied();
-    // Head size: the last entry of a constant Reshape target on the q side, else the scale.
-    let mut head_dim = None;
-    let mut ids: Vec<NodeId> = qs.iter().copied().collect();
-    ids.sort_by_key(|n| g.node(*n).seq());
-    for n in ids {
-        let node = g.node(n);
-        if matches!(node.op, Op::Reshape(_)) {
-            if let Some(shape) = node
-                .operand(1)
-                .and_then(|v| const_data(cx.m, g, v))
-                .and_then(|d| d.to_i64_vec())
-            {
-                if let Some(&last) = shape.last().filter(|&&l| l > 0) {
-                    head_dim = Some(last);
-                }
-            }
-        }
-    }
-    if head_dim.is_none() {
-        head_dim = scale_head_dim(cx, set, qk, s);
-    }
+    let head_dim = reshape_head_dim(cx, &qs).or_else(|| scale_head_dim(cx, set, qk, s));
     let per = |l: Option<Linear>| match (l, head_dim) {
         (Some(l), Some(h)) if h > 0 && l.out_features % h == 0 => Some(l.out_features / h),
         _ => None,
@@ -298,6 +245,91 @@ fn decomposed_attention(
         rope: rope_in(cx, &qs).or_else(|| rope_in(cx, &ks)),
         fused: None,
     })
+}
+
+/// Depth-first from `start`, each node once: the first node `step` reports found (`Err`), or
+/// `None` when every path ends (`Ok` lists the nodes to go on to).
+fn search(
+    start: NodeId,
+    mut step: impl FnMut(NodeId) -> Result<Vec<NodeId>, NodeId>,
+) -> Option<NodeId> {
+    let mut stack = vec![start];
+    let mut seen = HashSet::new();
+    while let Some(n) = stack.pop() {
+        if !seen.insert(n) {
+            continue;
+        }
+        match step(n) {
+            Ok(next) => stack.extend(next),
+            Err(found) => return Some(found),
+        }
+    }
+    None
+}
+
+/// The scores: the first core `MatMul` behind the softmax `s`'s input.
+fn score_product(
+    cx: &Ctx<'_>,
+    set: &HashSet<NodeId>,
+    s: NodeId,
+    is_core: &dyn Fn(NodeId) -> bool,
+) -> Option<NodeId> {
+    let g = cx.g;
+    search(g.node(s).operand(0)?.node, |n| match n {
+        n if !set.contains(&n) => Ok(Vec::new()),
+        n if is_core(n) => Err(n),
+        n => Ok(g.node(n).inputs().map(|v| v.node).collect()),
+    })
+}
+
+/// The output: the first core `MatMul` after the softmax `s` that takes it on the left (the
+/// last such user of the node where one is found).
+fn output_product(
+    cx: &Ctx<'_>,
+    set: &HashSet<NodeId>,
+    s: NodeId,
+    is_core: &dyn Fn(NodeId) -> bool,
+) -> Option<NodeId> {
+    let g = cx.g;
+    search(s, |n| {
+        let users = g.users(crate::graph::ValueId { node: n, output: 0 });
+        match users
+            .iter()
+            .rev()
+            .find(|&&(u, slot)| is_core(u) && slot == 0)
+        {
+            Some(&(u, _)) => Err(u),
+            None => Ok(users
+                .iter()
+                .map(|&(u, _)| u)
+                .filter(|u| set.contains(u))
+                .collect()),
+        }
+    })
+}
+
+/// The head size as the last entry of a constant `Reshape` target among the q-side nodes `qs`
+/// (the last such `Reshape` in graph order).
+fn reshape_head_dim(cx: &Ctx<'_>, qs: &HashSet<NodeId>) -> Option<i64> {
+    let g = cx.g;
+    let mut ids: Vec<NodeId> = qs.iter().copied().collect();
+    ids.sort_by_key(|n| g.node(*n).seq());
+    let mut head_dim = None;
+    for n in ids {
+        let node = g.node(n);
+        if matches!(node.op, Op::Reshape(_)) {
+            if let Some(shape) = node
+                .operand(1)
+                .and_then(|v| const_data(cx.m, g, v))
+                .and_then(|d| d.to_i64_vec())
+            {
+                if let Some(&last) = shape.last().filter(|&&l| l > 0) {
+                    head_dim = Some(last);
+                }
+            }
+        }
+    }
+    head_dim
 }
 
 /// The head size from a `1/sqrt(head_dim)` scale (Mul) or a `sqrt(head_dim)` divisor (Div)

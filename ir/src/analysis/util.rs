@@ -104,3 +104,26 @@ pub fn out0(n: NodeId) -> ValueId {
 pub fn is_graph_output(g: &Graph, v: ValueId) -> bool {
     g.outputs.iter().any(|o| o.value == v)
 }
+
+/// When the sole user of `v` is a binary node whose op `is_op` accepts and whose other operand is
+/// a constant: that node, the constant's operand slot and the constant's value (a gain `Mul` or
+/// bias `Add` right after a norm or a product).
+pub fn sole_user_with_const(
+    m: &Module,
+    g: &Graph,
+    v: ValueId,
+    is_op: fn(&Op) -> bool,
+) -> Option<(NodeId, usize, ValueId)> {
+    let u = sole_user(g, v)?;
+    if !is_op(&g.node(u).op) {
+        return None;
+    }
+    let c = other_operand(g, u, v)?;
+    const_data(m, g, c)?;
+    let slot = if g.node(u).operand(0) == Some(c) {
+        0
+    } else {
+        1
+    };
+    Some((u, slot, c))
+}
