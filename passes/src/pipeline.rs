@@ -12,7 +12,8 @@
 //! (`canonicalize{fold=true max-fold-bytes=65536}`); that string goes into reports and reproducers.
 
 use crate::options::{is_bare_value_char, PassOptions, SetError};
-use crate::registry::{PassInfo, Registry, FIXPOINT_NAME, FIXPOINT_OPTIONS};
+use crate::pass::PassInfo;
+use crate::registry::{FixpointOptions, Registry, FIXPOINT_NAME, FIXPOINT_OPTIONS};
 use std::fmt;
 
 /// A parsed pipeline.
@@ -266,17 +267,16 @@ impl Parser<'_> {
             );
         }
         if name == FIXPOINT_NAME {
-            let mut opts = PassOptions::defaults(FIXPOINT_OPTIONS).map_err(|m| PipelineError {
-                pos: start,
-                message: m,
-            })?;
+            let mut opts = PassOptions::defaults(FIXPOINT_OPTIONS);
             if self.peek() == Some('{') {
                 self.options(&name, &mut opts)?;
             }
-            let max = opts.uint("max-iterations").map_err(|m| PipelineError {
-                pos: start,
-                message: m,
-            })?;
+            let max = FixpointOptions::from_options(&opts)
+                .map_err(|e| PipelineError {
+                    pos: start,
+                    message: e.to_string(),
+                })?
+                .max_iterations;
             if self.peek() != Some('(') {
                 let found = self.found();
                 return self.err(
@@ -290,17 +290,14 @@ impl Parser<'_> {
             self.pos += 1;
             let body = self.pipeline(Some(open))?;
             return Ok(PipelineItem::Fixpoint(Fixpoint {
-                max_iterations: max as usize,
+                max_iterations: max,
                 body,
             }));
         }
         let Some(info) = self.registry.get(&name) else {
             return self.err(start, unknown_pass_message(&name, self.registry));
         };
-        let mut options = PassOptions::defaults(info.options).map_err(|m| PipelineError {
-            pos: start,
-            message: m,
-        })?;
+        let mut options = PassOptions::defaults(info.options);
         if self.peek() == Some('{') {
             self.options(&name, &mut options)?;
         }

@@ -39,22 +39,19 @@ pub enum Importance {
 
 impl Importance {
     pub fn parse(s: &str) -> Option<Importance> {
-        Some(match s {
-            "magnitude" => Importance::Magnitude,
-            "wanda" => Importance::Wanda,
-            "sparsegpt" => Importance::SparseGpt,
-            _ => return None,
-        })
+        Importance::from_word(s)
     }
 
     pub fn name(self) -> &'static str {
-        match self {
-            Importance::Magnitude => "magnitude",
-            Importance::Wanda => "wanda",
-            Importance::SparseGpt => "sparsegpt",
-        }
+        self.word()
     }
 }
+
+crate::word_option_type!(Importance {
+    SparseGpt = "sparsegpt",
+    Wanda = "wanda",
+    Magnitude = "magnitude",
+});
 
 /// Attention head layout of a layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,28 @@
+//! DenoiseRotator's search for rotations (ALGORITHMS.md §2), shared by `denoise-rotate` and
+//! `denoise-prune`: the entropy objective of one layer with its analytic gradient (`loss`), Adam
+//! on SO(n) through the Cayley map keeping the best iterate (`optim`), and the two joined as one
+//! layer's objective ([`layer_objective`]). Not a pass.
+
+pub mod loss;
+pub mod optim;
+
+#[cfg(test)]
+mod tests;
+
+use faer::Mat;
+use loss::LayerProblem;
+
+/// The objective over blocks `[Q1, R2_0, …]` of one layer, recording every evaluation's loss.
+pub(crate) fn layer_objective<'a>(
+    p: &'a LayerProblem,
+    history: &'a mut Vec<f64>,
+) -> impl FnMut(&[Mat<f32>], &mut [Mat<f32>]) -> f64 + 'a {
+    move |qs, gs| {
+        let (gq, gr) = gs.split_at_mut(1);
+        let l = p
+            .loss_grad(qs[0].as_ref(), &qs[1..], &mut gq[0], gr)
+            .total();
+        history.push(l);
+        l
+    }
+}
