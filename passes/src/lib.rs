@@ -49,7 +49,9 @@ pub use options::{
 pub use pass::{
     Pass, PassBuilder, PassContext, PassError, PassErrorKind, PassInfo, PassResult, Statistics,
 };
-pub use pipeline::{parse_pipeline, Fixpoint, PassSpec, Pipeline, PipelineError, PipelineItem};
+pub use pipeline::{
+    parse_pipeline, Fixpoint, PassSpec, Pipeline, PipelineError, PipelineErrorKind, PipelineItem,
+};
 pub use registry::{list_passes, Registry, RegistryError};
 pub use transforms::{
     canonicalize, cse, dce, infer_shapes, CanonicalizeOptions, CanonicalizeStats, CseStats,

@@ -199,7 +199,11 @@ impl PartialEq for PassOptions {
     /// Same option names and values (specs are compared by name: their defaults are functions).
     fn eq(&self, other: &Self) -> bool {
         self.specs.len() == other.specs.len()
-            && self.specs.iter().zip(other.specs).all(|(a, b)| a.name == b.name)
+            && self
+                .specs
+                .iter()
+                .zip(other.specs)
+                .all(|(a, b)| a.name == b.name)
             && self.values == other.values
     }
 }
@@ -218,7 +222,9 @@ impl PassOptions {
         values: Vec<OptionValue>,
     ) -> Result<Self, OptionError> {
         for (i, s) in specs.iter().enumerate() {
-            let v = values.get(i).ok_or(OptionError::NotDeclared { name: s.name })?;
+            let v = values
+                .get(i)
+                .ok_or(OptionError::NotDeclared { name: s.name })?;
             v.check(s.kind).map_err(|error| OptionError::Value {
                 name: s.name,
                 error,

@@ -118,7 +118,9 @@ fn write_entry(out: &mut String, name: &str, summary: &str, options: &[OptionSpe
     let _ = writeln!(out, "  {name:<16} {summary}");
     for o in options {
         let lhs = format!("{}=<{}>", o.name, o.kind.describe());
-        let _ = writeln!(out, "      {lhs:<28} {} (default: {})",
+        let _ = writeln!(
+            out,
+            "      {lhs:<28} {} (default: {})",
             o.doc,
             o.default_text()
         );

@@ -10,9 +10,9 @@
 //! head the last one's, and the stream entering layer `i > 0` is multiplied by the boundary
 //! matrix `Q_{i−1}ᵀ Q_i` (one `MatMul`, omitted when it is exactly the identity).
 
-use crate::rotation_search::loss::{Heads, Importance, LayerProblem};
 use crate::linalg::weights::{self, Rewrite, WeightError};
 use crate::pass::{PassError, PassErrorKind};
+use crate::rotation_search::loss::{Heads, Importance, LayerProblem};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, Par};
 use ortho_ir::analysis::transformer::{BranchKind, Placement};
@@ -273,12 +273,10 @@ pub fn problem(
         if method == Importance::Magnitude {
             return Ok(None);
         }
-        let st = stats
-            .get(k)
-            .ok_or_else(|| {
-                PassError::at_main(m, lin.node, "missing calibration statistics")
-                    .with_kind(PassErrorKind::Evaluation)
-            })?;
+        let st = stats.get(k).ok_or_else(|| {
+            PassError::at_main(m, lin.node, "missing calibration statistics")
+                .with_kind(PassErrorKind::Evaluation)
+        })?;
         let mat = factor_matrix(st, method, &g.describe(lin.node)).map_err(|e| {
             let kind = match e {
                 FactorError::Missing(_) => PassErrorKind::Evaluation,
@@ -287,10 +285,12 @@ pub fn problem(
             PassError::at_main(m, lin.node, e.to_string()).with_kind(kind)
         })?;
         if mat.nrows() != lin.in_features as usize {
-            return Err(
-                PassError::at_main(m, lin.node, "calibration statistics of the wrong width")
-                    .with_kind(PassErrorKind::Evaluation),
-            );
+            return Err(PassError::at_main(
+                m,
+                lin.node,
+                "calibration statistics of the wrong width",
+            )
+            .with_kind(PassErrorKind::Evaluation));
         }
         Ok(Some(mat))
     };
@@ -351,11 +351,7 @@ pub(crate) fn mul64(a: faer::MatRef<'_, f64>, b: faer::MatRef<'_, f64>) -> Mat<f
 }
 
 /// Maps every fiber along the listed axes of a stored 1-D or 2-D tensor: `x ↦ x M`.
-fn transform(
-    v: &[f64],
-    dims: &[i64],
-    ops: &[(usize, &Mat<f64>)],
-) -> Result<Vec<f64>, WeightError> {
+fn transform(v: &[f64], dims: &[i64], ops: &[(usize, &Mat<f64>)]) -> Result<Vec<f64>, WeightError> {
     let (r, c) = match dims {
         [n] => (1, *n as usize),
         [r, c] => (*r as usize, *c as usize),

@@ -47,7 +47,8 @@ pub enum WeightError {
 }
 
 /// A builder of the new tensor for one rewrite key (see [`apply`]).
-pub(crate) type MakeFn<'a> = dyn Fn(usize, &TensorData) -> Result<TensorData, WeightError> + Sync + 'a;
+pub(crate) type MakeFn<'a> =
+    dyn Fn(usize, &TensorData) -> Result<TensorData, WeightError> + Sync + 'a;
 
 /// One operand to redirect to a transformed copy of its constant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,9 +148,7 @@ pub(crate) fn apply(
             .map(|j| {
                 tensor_of(g, j.konst)
                     .map(|t| m.tensor(t))
-                    .ok_or_else(|| {
-                        PassError::at(g, j.konst, "expected a constant").in_graph(gid)
-                    })
+                    .ok_or_else(|| PassError::at(g, j.konst, "expected a constant").in_graph(gid))
             })
             .collect::<Result<_, _>>()?;
         let keys: Vec<usize> = jobs.iter().map(|j| j.key).collect();
@@ -332,11 +331,7 @@ pub(crate) fn encode_like(like: &TensorData, v: &[f64]) -> Result<TensorData, We
 }
 
 /// A new tensor of `dtype` and `dims` holding `v`, cast once from f64.
-pub(crate) fn encode(
-    dtype: DType,
-    dims: Vec<i64>,
-    v: &[f64],
-) -> Result<TensorData, WeightError> {
+pub(crate) fn encode(dtype: DType, dims: Vec<i64>, v: &[f64]) -> Result<TensorData, WeightError> {
     Ok(TensorData::from_bytes(dtype, dims, encode_bytes(dtype, v)?))
 }
 
@@ -394,8 +389,7 @@ pub(crate) fn map_rows(
     for start in (0..rows).step_by(block) {
         let r = block.min(rows - start);
         let chunk = &bytes[start * row_len * size..(start + r) * row_len * size];
-        let v = ortho_ir::numeric::decode_f64(old.dtype, chunk)
-            .ok_or(WeightError::Undecodable)?;
+        let v = ortho_ir::numeric::decode_f64(old.dtype, chunk).ok_or(WeightError::Undecodable)?;
         let y = f(&v, r)?;
         if y.len() != v.len() {
             return Err(WeightError::BlockSize);

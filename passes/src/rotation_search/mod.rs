@@ -9,8 +9,28 @@ pub mod optim;
 #[cfg(test)]
 mod tests;
 
+use crate::options::{OptionDecl, OptionError, OptionKind};
 use faer::Mat;
 use loss::LayerProblem;
+
+/// The `lr` option of the passes that run the search (`denoise-rotate`, `denoise-prune`).
+pub const LR: OptionDecl<f64> = OptionDecl {
+    name: "lr",
+    kind: OptionKind::Float,
+    default: || 0.01,
+    doc: "Adam learning rate on the skew-symmetric Cayley parameters.",
+};
+
+/// Refuses a learning rate Adam cannot use.
+pub fn check_lr(lr: f64) -> Result<(), OptionError> {
+    if lr > 0.0 && lr.is_finite() {
+        Ok(())
+    } else {
+        Err(OptionError::Invalid(format!(
+            "lr must be positive, got {lr}"
+        )))
+    }
+}
 
 /// The objective over blocks `[Q1, R2_0, …]` of one layer, recording every evaluation's loss.
 pub(crate) fn layer_objective<'a>(

@@ -108,9 +108,7 @@ pub fn prune_block(
         for (role, l) in &members {
             let i = inputs.iter().position(|v| *v == l.input).unwrap_or(0);
             let out = match &stats[i] {
-                Stat::ColSumSq { sums, .. } => {
-                    prune_linear_diag(lcx.module(), l, sums, spec)?
-                }
+                Stat::ColSumSq { sums, .. } => prune_linear_diag(lcx.module(), l, sums, spec)?,
                 Stat::Gram(g) => {
                     let h = g.hessian();
                     prune_linear(lcx.module(), l, Some(&h), spec)?

@@ -33,8 +33,14 @@ pub enum PruneError {
     #[error("pattern {n}:{m} needs an input width divisible by {m}, got {cols}")]
     Width { n: usize, m: usize, cols: usize },
     #[error("weight has {len} values, expected {rows} × {cols}")]
-    WeightSize { len: usize, rows: usize, cols: usize },
-    #[error("weight has {len} values and the diagonal {diag}, expected {rows} × {cols} and {cols}")]
+    WeightSize {
+        len: usize,
+        rows: usize,
+        cols: usize,
+    },
+    #[error(
+        "weight has {len} values and the diagonal {diag}, expected {rows} × {cols} and {cols}"
+    )]
     DiagonalSize {
         len: usize,
         diag: usize,
@@ -492,13 +498,7 @@ fn sparsegpt(
 
 /// Checks that every group of `m` consecutive weights of each row (`rows × cols`) has at most
 /// `n` non-zeros; the error names the first offending row and group.
-pub fn check_nm(
-    w: &[f64],
-    rows: usize,
-    cols: usize,
-    n: usize,
-    m: usize,
-) -> Result<(), PruneError> {
+pub fn check_nm(w: &[f64], rows: usize, cols: usize, n: usize, m: usize) -> Result<(), PruneError> {
     if m == 0 || !cols.is_multiple_of(m) || w.len() != rows * cols {
         return Err(PruneError::NoGroups { rows, cols, n, m });
     }

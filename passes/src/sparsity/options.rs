@@ -31,7 +31,9 @@ impl OptionType for Pattern {
     const KIND: OptionKind = OptionKind::Str;
     fn from_value(v: &OptionValue) -> Result<Self, ValueError> {
         match v {
-            OptionValue::Str(s) => Pattern::parse(s).map_err(|e| ValueError::Invalid(e.to_string())),
+            OptionValue::Str(s) => {
+                Pattern::parse(s).map_err(|e| ValueError::Invalid(e.to_string()))
+            }
             _ => Err(ValueError::Expected(Self::KIND)),
         }
     }

@@ -360,13 +360,13 @@ fn run_pass(
     opts: &CanonicalizeOptions,
     cx: &mut PassContext,
 ) -> Result<PassResult, PassError> {
-        let s = canonicalize(m, opts);
-        cx.stat("removed-noops", s.removed_noops as u64);
-        cx.stat("materialized", s.materialized as u64);
-        cx.stat("folded", s.folded as u64);
-        cx.stat("folded-bytes", s.folded_bytes);
-        cx.stat("over-budget", s.over_budget as u64);
-        Ok(PassResult::changed(
-            s.removed_noops + s.materialized + s.folded > 0,
-        ))
+    let s = canonicalize(m, opts);
+    cx.stat("removed-noops", s.removed_noops as u64);
+    cx.stat("materialized", s.materialized as u64);
+    cx.stat("folded", s.folded as u64);
+    cx.stat("folded-bytes", s.folded_bytes);
+    cx.stat("over-budget", s.over_budget as u64);
+    Ok(PassResult::changed(
+        s.removed_noops + s.materialized + s.folded > 0,
+    ))
 }

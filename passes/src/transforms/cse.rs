@@ -8,8 +8,8 @@
 //! captures, side-effecting ops, ops holding subgraphs, constants whose data is elided, and nodes
 //! that define a name a subgraph captures (the name must stay defined).
 
-use crate::pass::{PassContext, PassError, PassResult};
 use crate::captures::{captured_names, defines_any};
+use crate::pass::{PassContext, PassError, PassResult};
 use ortho_ir::tensor::{Storage, TensorData};
 use ortho_ir::{GraphId, Module, Node, NodeId, Op, ValueId};
 use std::collections::hash_map::DefaultHasher;
@@ -188,7 +188,7 @@ fn same_data(a: &TensorData, b: &TensorData) -> bool {
 }
 
 fn run_pass(m: &mut Module, cx: &mut PassContext) -> Result<PassResult, PassError> {
-        let s = cse(m);
-        cx.stats(&[("merged", s.merged), ("merged-consts", s.merged_consts)]);
-        Ok(PassResult::changed(s.merged > 0))
+    let s = cse(m);
+    cx.stats(&[("merged", s.merged), ("merged-consts", s.merged_consts)]);
+    Ok(PassResult::changed(s.merged > 0))
 }

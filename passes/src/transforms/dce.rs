@@ -9,8 +9,8 @@
 //! subgraph no longer keeps the outer value alive. Tensors of removed constants stay in the
 //! append-only arena; export writes only referenced ones.
 
-use crate::pass::{PassContext, PassError, PassResult};
 use crate::captures::node_captures;
+use crate::pass::{PassContext, PassError, PassResult};
 use ortho_ir::{GraphId, Module, NodeId, Op};
 use std::collections::HashSet;
 
@@ -86,7 +86,7 @@ fn dead_nodes(m: &Module, g: GraphId) -> Vec<NodeId> {
 }
 
 fn run_pass(m: &mut Module, cx: &mut PassContext) -> Result<PassResult, PassError> {
-        let s = dce(m);
-        cx.stats(&[("removed", s.removed), ("removed-consts", s.removed_consts)]);
-        Ok(PassResult::changed(s.removed > 0))
+    let s = dce(m);
+    cx.stats(&[("removed", s.removed), ("removed-consts", s.removed_consts)]);
+    Ok(PassResult::changed(s.removed > 0))
 }

@@ -37,9 +37,9 @@ use crate::calib::{block_spans, missing_calibration, walk_layers, Calibration, L
 use crate::linalg::layer_rotations::{self as rotations, LayerParts, Layers};
 use crate::options::{OptionError, OptionKind};
 use crate::pass::{PassContext, PassError, PassErrorKind, PassResult};
-use crate::rotation_search::layer_objective;
 use crate::rotation_search::loss::Importance;
 use crate::rotation_search::optim::{optimize, AdamOptions};
+use crate::rotation_search::{check_lr, layer_objective, LR};
 use crate::sparsity::linears::{
     linear_weight, prune_block, record, set_linear_weight, PruneStats, ROLES,
 };
@@ -83,11 +83,7 @@ crate::pass_options! {
             doc: "Adam steps per layer; 0 rotates nothing (plain true-sequential pruning).",
             kind: OptionKind::Int { min: 0, max: 100_000 },
         },
-        pub lr: f64 = {
-            name: "lr",
-            default: 0.01,
-            doc: "Adam learning rate on the skew-symmetric Cayley parameters.",
-        },
+        pub lr: f64 = LR,
         /// Sequences whose statistics choose and check the rotation (0: all; see
         /// [`DenoisePruneOptions::samples`]).
         pub rotation_samples: usize = {
@@ -124,13 +120,7 @@ impl DenoisePruneOptions {
         self.spec()
             .validate()
             .map_err(|e| OptionError::Invalid(e.to_string()))?;
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return Err(OptionError::Invalid(format!(
-                "lr must be positive, got {}",
-                self.lr
-            )));
-        }
-        Ok(())
+        check_lr(self.lr)
     }
 }
 

@@ -28,9 +28,9 @@ use crate::calib::{missing_calibration, walk_layers};
 use crate::linalg::layer_rotations::{self as rotations, FoldStats, Layers, Rotations};
 use crate::options::{OptionError, OptionKind};
 use crate::pass::{PassContext, PassError, PassErrorKind, PassResult};
-use crate::rotation_search::layer_objective;
 use crate::rotation_search::loss::{Importance, LayerProblem};
 use crate::rotation_search::optim::{optimize, AdamOptions, Optimized, StopReason};
+use crate::rotation_search::{check_lr, layer_objective, LR};
 use faer::Mat;
 use ortho_ir::eval::{Stat, StatRequest};
 use ortho_ir::Module;
@@ -67,24 +67,14 @@ crate::pass_options! {
             doc: "Adam steps per optimization (per layer, or in total for mode=global); 0 folds the identity.",
             kind: OptionKind::Int { min: 0, max: 100_000 },
         },
-        pub lr: f64 = {
-            name: "lr",
-            default: 0.01,
-            doc: "Adam learning rate on the skew-symmetric Cayley parameters.",
-        },
+        pub lr: f64 = LR,
     }
     check: DenoiseRotateOptions::check;
 }
 
 impl DenoiseRotateOptions {
     fn check(&self) -> Result<(), OptionError> {
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return Err(OptionError::Invalid(format!(
-                "lr must be positive, got {}",
-                self.lr
-            )));
-        }
-        Ok(())
+        check_lr(self.lr)
     }
 }
 
@@ -250,39 +240,39 @@ fn run_pass(
     opts: &DenoiseRotateOptions,
     cx: &mut PassContext,
 ) -> Result<PassResult, PassError> {
-        let calib = cx.calibration().cloned();
-        // Statistics of every layer from one layer-wise walk over the calibration set on the
-        // model as it enters the pass (the rotations change no layer's function, so rotating
-        // earlier layers first would not change what later layers see).
-        let mut moments = |m: &mut Module, reqs: &[StatRequest]| -> Result<Vec<Stat>, PassError> {
-            let calib = calib
-                .as_ref()
-                .ok_or_else(|| missing_calibration(INFO.name))?;
-            let per_layer = reqs.len() / rotations::REQUESTS_PER_LAYER;
-            let mut out: Vec<Stat> = Vec::with_capacity(reqs.len());
-            walk_layers(m, calib, &mut |lcx| {
-                let i = lcx.block.index;
-                if i >= per_layer {
-                    return Err(PassError::new(
-                        "the calibration driver found more blocks than denoise-rotate",
-                    ));
-                }
-                let k = rotations::REQUESTS_PER_LAYER;
-                lcx.progress("denoise-rotate: input statistics");
-                out.extend(lcx.collect(&reqs[k * i..k * (i + 1)])?.stats);
-                Ok(())
-            })?;
-            Ok(out)
-        };
-        let r = denoise_rotate(m, opts, &mut moments)?;
-        report(&r, cx);
-        if r.fold.boundaries > 0 {
-            cx.note(format!(
+    let calib = cx.calibration().cloned();
+    // Statistics of every layer from one layer-wise walk over the calibration set on the
+    // model as it enters the pass (the rotations change no layer's function, so rotating
+    // earlier layers first would not change what later layers see).
+    let mut moments = |m: &mut Module, reqs: &[StatRequest]| -> Result<Vec<Stat>, PassError> {
+        let calib = calib
+            .as_ref()
+            .ok_or_else(|| missing_calibration(INFO.name))?;
+        let per_layer = reqs.len() / rotations::REQUESTS_PER_LAYER;
+        let mut out: Vec<Stat> = Vec::with_capacity(reqs.len());
+        walk_layers(m, calib, &mut |lcx| {
+            let i = lcx.block.index;
+            if i >= per_layer {
+                return Err(PassError::new(
+                    "the calibration driver found more blocks than denoise-rotate",
+                ));
+            }
+            let k = rotations::REQUESTS_PER_LAYER;
+            lcx.progress("denoise-rotate: input statistics");
+            out.extend(lcx.collect(&reqs[k * i..k * (i + 1)])?.stats);
+            Ok(())
+        })?;
+        Ok(out)
+    };
+    let r = denoise_rotate(m, opts, &mut moments)?;
+    report(&r, cx);
+    if r.fold.boundaries > 0 {
+        cx.note(format!(
                 "{} boundary MatMul(s) on the residual stream: later passes that walk the blocks (prune) refuse the model; use mode=global to compose with them",
                 r.fold.boundaries
             ));
-        }
-        Ok(PassResult::changed(true))
+    }
+    Ok(PassResult::changed(true))
 }
 
 /// Statistics and notes of a run.

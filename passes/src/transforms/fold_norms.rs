@@ -147,11 +147,7 @@ fn fold_gains(m: &mut Module, gid: GraphId, stats: &mut FoldNormsStats) -> Resul
 
 /// The rewrites of every norm whose gain or shift can be folded; the others go to
 /// `stats.skipped` with the reason.
-fn plan_gains(
-    m: &Module,
-    gid: GraphId,
-    stats: &mut FoldNormsStats,
-) -> Result<GainPlan, PassError> {
+fn plan_gains(m: &Module, gid: GraphId, stats: &mut FoldNormsStats) -> Result<GainPlan, PassError> {
     let g = m.graph(gid);
     let norms = Norms::find(m, g);
     let mut plan = GainPlan::default();
@@ -166,7 +162,9 @@ fn plan_gains(
         let readers = match foldable_readers(m, g, norm, shift.is_some()) {
             Ok(r) => r,
             Err(why) => {
-                stats.skipped.push(format!("{}: {why}", g.describe(norm.node)));
+                stats
+                    .skipped
+                    .push(format!("{}: {why}", g.describe(norm.node)));
                 continue;
             }
         };
@@ -214,7 +212,13 @@ fn foldable_readers(
     let readers: Option<Vec<Linear>> = g
         .users(norm.output)
         .iter()
-        .map(|&(u, slot)| if slot == 0 { match_linear(m, g, u) } else { None })
+        .map(|&(u, slot)| {
+            if slot == 0 {
+                match_linear(m, g, u)
+            } else {
+                None
+            }
+        })
         .collect();
     let readers = match readers {
         Some(r) if !r.is_empty() && !g.outputs.iter().any(|o| o.value == norm.output) => r,
@@ -283,8 +287,7 @@ fn transformed(
 ) -> Result<TensorData, WeightError> {
     // A scale along the last axis (an untied head stored [vocab, d]) goes block by block.
     if let Transform::Scale { axis, s } = t {
-        if *axis + 1 == old.dims.len() && old.dims.len() >= 2 && s.len() as i64 == old.dims[*axis]
-        {
+        if *axis + 1 == old.dims.len() && old.dims.len() >= 2 && s.len() as i64 == old.dims[*axis] {
             return weights::map_rows(old, s.len(), &|v, _| {
                 Ok(v.iter().zip(s.iter().cycle()).map(|(x, g)| x * g).collect())
             });
@@ -335,39 +338,39 @@ fn shift_bias(
 }
 
 fn run_pass(m: &mut Module, cx: &mut PassContext) -> Result<PassResult, PassError> {
-        let s = fold_norms(m)?;
-        cx.stats(&[
-            ("folded", s.folded),
-            ("readers", s.readers),
-            ("untied", s.untied),
-            ("skipped", s.skipped.len()),
-        ]);
-        // Only models with LayerNorms have these; the others' reports stay as they were.
-        for (k, v) in [
-            ("centered", s.centered),
-            ("biases-added", s.biases_added),
-            ("converted", s.converted),
-        ] {
-            if v > 0 {
-                cx.stat(k, v as u64);
-            }
+    let s = fold_norms(m)?;
+    cx.stats(&[
+        ("folded", s.folded),
+        ("readers", s.readers),
+        ("untied", s.untied),
+        ("skipped", s.skipped.len()),
+    ]);
+    // Only models with LayerNorms have these; the others' reports stay as they were.
+    for (k, v) in [
+        ("centered", s.centered),
+        ("biases-added", s.biases_added),
+        ("converted", s.converted),
+    ] {
+        if v > 0 {
+            cx.stat(k, v as u64);
         }
-        for n in &s.skipped {
-            cx.note(format!("not folded: {n}"));
-        }
-        if s.untied > 0 {
-            cx.note(format!("{} weight(s) copied so that other readers keep the original values (e.g. a head untied from the embedding)", s.untied));
-        }
-        if let Some(why) = &s.not_converted {
-            cx.note(format!("LayerNorms kept (not converted to RMSNorm): {why}"));
-        }
-        if s.converted > 0 {
-            cx.note(format!(
-                "{} LayerNorm(s) converted to RMSNorm after centering {} weight(s) of the stream",
-                s.converted, s.centered
-            ));
-        }
-        Ok(PassResult::changed(
-            s.folded > 0 || s.converted > 0 || s.centered > 0 || s.biases_added > 0,
-        ))
+    }
+    for n in &s.skipped {
+        cx.note(format!("not folded: {n}"));
+    }
+    if s.untied > 0 {
+        cx.note(format!("{} weight(s) copied so that other readers keep the original values (e.g. a head untied from the embedding)", s.untied));
+    }
+    if let Some(why) = &s.not_converted {
+        cx.note(format!("LayerNorms kept (not converted to RMSNorm): {why}"));
+    }
+    if s.converted > 0 {
+        cx.note(format!(
+            "{} LayerNorm(s) converted to RMSNorm after centering {} weight(s) of the stream",
+            s.converted, s.centered
+        ));
+    }
+    Ok(PassResult::changed(
+        s.folded > 0 || s.converted > 0 || s.centered > 0 || s.biases_added > 0,
+    ))
 }

@@ -456,9 +456,9 @@ fn run_pass(
     opts: &FuseElementwiseOptions,
     cx: &mut PassContext,
 ) -> Result<PassResult, PassError> {
-        let s = fuse_elementwise(m, opts);
-        cx.stat("regions", s.regions as u64);
-        cx.stat("ops", s.ops as u64);
-        cx.stat("too-small", s.too_small as u64);
-        Ok(PassResult::changed(s.regions > 0))
+    let s = fuse_elementwise(m, opts);
+    cx.stat("regions", s.regions as u64);
+    cx.stat("ops", s.ops as u64);
+    cx.stat("too-small", s.too_small as u64);
+    Ok(PassResult::changed(s.regions > 0))
 }

@@ -141,9 +141,7 @@ pub fn gauge_verify(m: &Module, opts: &GaugeVerifyOptions) -> Result<GaugeReport
                 main.admits.strongest()
             );
             return Err(match main.blocker_for(req.group()) {
-                Some(b) => {
-                    PassError::at_main(m, b.node, format!("{msg}: {}", b.reason()))
-                }
+                Some(b) => PassError::at_main(m, b.node, format!("{msg}: {}", b.reason())),
                 None => PassError::new(msg),
             });
         }
@@ -159,23 +157,23 @@ fn run_pass(
     opts: &GaugeVerifyOptions,
     cx: &mut PassContext,
 ) -> Result<PassResult, PassError> {
-        let r = gauge_verify(m, opts)?;
-        let s = &r.structure;
-        cx.stat("classes", s.gauge.classes.len() as u64);
-        cx.stat(
-            "stream-tensors",
-            s.gauge.main().map_or(0, |c| c.values.len()) as u64,
-        );
-        cx.stat(
-            "blockers",
-            s.gauge
-                .classes
-                .iter()
-                .map(|c| c.blockers.len())
-                .sum::<usize>() as u64,
-        );
-        for l in r.lines {
-            cx.note(l);
-        }
-        Ok(PassResult::changed(false))
+    let r = gauge_verify(m, opts)?;
+    let s = &r.structure;
+    cx.stat("classes", s.gauge.classes.len() as u64);
+    cx.stat(
+        "stream-tensors",
+        s.gauge.main().map_or(0, |c| c.values.len()) as u64,
+    );
+    cx.stat(
+        "blockers",
+        s.gauge
+            .classes
+            .iter()
+            .map(|c| c.blockers.len())
+            .sum::<usize>() as u64,
+    );
+    for l in r.lines {
+        cx.note(l);
+    }
+    Ok(PassResult::changed(false))
 }

@@ -27,22 +27,22 @@ pub fn infer_shapes(m: &mut Module) -> InferShapesStats {
 }
 
 fn run_pass(m: &mut Module, cx: &mut PassContext) -> Result<PassResult, PassError> {
-        let s = infer_shapes(m);
-        cx.stats(&[
-            ("refined", s.refined),
-            ("ranked", s.ranked),
-            ("fully-shaped", s.fully_shaped),
-            ("values", s.values),
-            ("problems", s.diags.0.len()),
-        ]);
-        for d in s.diags.0.iter().take(MAX_NOTES) {
-            cx.note(d.to_string());
-        }
-        if s.diags.0.len() > MAX_NOTES {
-            cx.note(format!(
-                "… and {} more problems",
-                s.diags.0.len() - MAX_NOTES
-            ));
-        }
-        Ok(PassResult::changed(s.refined > 0))
+    let s = infer_shapes(m);
+    cx.stats(&[
+        ("refined", s.refined),
+        ("ranked", s.ranked),
+        ("fully-shaped", s.fully_shaped),
+        ("values", s.values),
+        ("problems", s.diags.0.len()),
+    ]);
+    for d in s.diags.0.iter().take(MAX_NOTES) {
+        cx.note(d.to_string());
+    }
+    if s.diags.0.len() > MAX_NOTES {
+        cx.note(format!(
+            "… and {} more problems",
+            s.diags.0.len() - MAX_NOTES
+        ));
+    }
+    Ok(PassResult::changed(s.refined > 0))
 }

@@ -279,8 +279,8 @@ fn new_const(
 }
 
 fn run_pass(m: &mut Module, cx: &mut PassContext) -> Result<PassResult, PassError> {
-        let s = lower_ortho(m)?;
-        cx.stat("lowered", s.lowered as u64);
-        cx.stat("created", s.created as u64);
-        Ok(PassResult::changed(s.lowered > 0))
+    let s = lower_ortho(m)?;
+    cx.stat("lowered", s.lowered as u64);
+    cx.stat("created", s.created as u64);
+    Ok(PassResult::changed(s.lowered > 0))
 }

@@ -25,12 +25,12 @@ use crate::sparsity::matrix::{PruneMethod, PruneSpec};
 use crate::sparsity::options::{PATTERN, SPARSITY};
 use ortho_ir::Module;
 
-pub use crate::sparsity::linears::{PruneStats, ROLES};
 /// Compatibility paths: these moved to `crate::sparsity::linears` (shared with
 /// `denoise-prune`).
 pub use crate::sparsity::linears::{
     linear_weight, prune_linear, prune_linear_diag, set_linear_weight,
 };
+pub use crate::sparsity::linears::{PruneStats, ROLES};
 
 crate::pass_options! {
     /// Options of [`prune`].
@@ -93,7 +93,7 @@ impl OptionType for BlockSelection {
     const KIND: OptionKind = OptionKind::Str;
     fn from_value(v: &OptionValue) -> Result<Self, ValueError> {
         match v {
-            OptionValue::Str(s) => parse_layers(s).map(BlockSelection).map_err(ValueError::Invalid),
+            OptionValue::Str(s) => parse_layers(s).map(BlockSelection),
             _ => Err(ValueError::Expected(Self::KIND)),
         }
     }
@@ -119,7 +119,7 @@ impl OptionType for RoleSelection {
     const KIND: OptionKind = OptionKind::Str;
     fn from_value(v: &OptionValue) -> Result<Self, ValueError> {
         match v {
-            OptionValue::Str(s) => parse_linears(s).map(RoleSelection).map_err(ValueError::Invalid),
+            OptionValue::Str(s) => parse_linears(s).map(RoleSelection),
             _ => Err(ValueError::Expected(Self::KIND)),
         }
     }
@@ -133,11 +133,12 @@ impl OptionType for RoleSelection {
 }
 
 /// `all` or `0-3+7` (also accepts `,` inside a quoted value).
-pub fn parse_layers(s: &str) -> Result<Option<Vec<usize>>, String> {
+pub fn parse_layers(s: &str) -> Result<Option<Vec<usize>>, ValueError> {
     if s == "all" {
         return Ok(None);
     }
-    let bad = |p: &str| format!("layers: '{p}' is not an index or a range a-b");
+    let bad =
+        |p: &str| ValueError::Invalid(format!("layers: '{p}' is not an index or a range a-b"));
     let mut out = Vec::new();
     for part in s.split(['+', ',']).map(str::trim) {
         match part.split_once('-') {
@@ -157,7 +158,7 @@ pub fn parse_layers(s: &str) -> Result<Option<Vec<usize>>, String> {
     Ok(Some(out))
 }
 
-fn parse_linears(s: &str) -> Result<Vec<&'static str>, String> {
+fn parse_linears(s: &str) -> Result<Vec<&'static str>, ValueError> {
     if s == "all" {
         return Ok(ROLES.to_vec());
     }
@@ -167,7 +168,12 @@ fn parse_linears(s: &str) -> Result<Vec<&'static str>, String> {
                 .iter()
                 .copied()
                 .find(|r| *r == p.trim())
-                .ok_or_else(|| format!("linears: unknown role '{p}' (known: {})", ROLES.join(", ")))
+                .ok_or_else(|| {
+                    ValueError::Invalid(format!(
+                        "linears: unknown role '{p}' (known: {})",
+                        ROLES.join(", ")
+                    ))
+                })
         })
         .collect()
 }
@@ -263,4 +269,3 @@ pub fn prune(
     })?;
     Ok(stats)
 }
-

@@ -455,11 +455,11 @@ fn run_pass(
         ("rewritten", s.rewritten),
         ("copies", s.copies),
     ]);
-        cx.note(format!(
-            "{} per-KV-head matrices ({}) over {} attention layers, max ‖RᵀR − I‖_F = {:.3e}",
-            s.matrices, s.construction, s.layers, s.orthogonality_error
-        ));
-        Ok(PassResult::changed(s.layers > 0))
+    cx.note(format!(
+        "{} per-KV-head matrices ({}) over {} attention layers, max ‖RᵀR − I‖_F = {:.3e}",
+        s.matrices, s.construction, s.layers, s.orthogonality_error
+    ));
+    Ok(PassResult::changed(s.layers > 0))
 }
 
 #[cfg(test)]

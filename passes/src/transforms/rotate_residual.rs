@@ -13,9 +13,7 @@
 //! computed in f64 and cast once. A tied head stays tied (`(hQ)(EQ)ᵀ = hEᵀ`). The note reports
 //! the construction and `‖QᵀQ − I‖_F`.
 
-use crate::linalg::orthogonal::{
-    self, left_multiply_transposed, right_multiply, Orthogonal, Rng,
-};
+use crate::linalg::orthogonal::{self, left_multiply_transposed, right_multiply, Orthogonal, Rng};
 use crate::linalg::weights::{self, Rewrite, WeightError};
 use crate::pass::{PassContext, PassError, PassResult};
 use ortho_ir::analysis::{analyze_gauge, Group, Kind};
@@ -140,12 +138,7 @@ pub fn build_transform(kind: RotationKind, d: usize, seed: u64) -> (Orthogonal, 
 }
 
 /// `v ↦ v Q` along `axis` of a tensor (the last axis, or axis 0 of a matrix).
-fn rotate(
-    v: &[f64],
-    dims: &[i64],
-    axis: usize,
-    q: &Orthogonal,
-) -> Result<Vec<f64>, WeightError> {
+fn rotate(v: &[f64], dims: &[i64], axis: usize, q: &Orthogonal) -> Result<Vec<f64>, WeightError> {
     let d = q.dim();
     if dims.get(axis).copied() != Some(d as i64) {
         return Err(WeightError::Shape(format!(
@@ -293,9 +286,9 @@ fn run_pass(
         ("gains", s.gains),
         ("copies", s.copies),
     ]);
-        cx.note(format!(
-            "Q = {} (d = {}), ‖QᵀQ − I‖_F = {:.3e}",
-            s.construction, s.width, s.orthogonality_error
-        ));
-        Ok(PassResult::changed(true))
+    cx.note(format!(
+        "Q = {} (d = {}), ‖QᵀQ − I‖_F = {:.3e}",
+        s.construction, s.width, s.orthogonality_error
+    ));
+    Ok(PassResult::changed(true))
 }

@@ -56,11 +56,7 @@ fn quad(a: MatRef<'_, f64>, h: MatRef<'_, f64>) -> f64 {
 
 /// One linear pruned on its input Hessian: the pruned weight (row-major `out × in`) and its
 /// relative reconstruction error `tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)`.
-fn prune_one(
-    w: &Mat<f64>,
-    h: &Mat<f64>,
-    spec: &PruneSpec,
-) -> Result<(Mat<f64>, f64), PruneError> {
+fn prune_one(w: &Mat<f64>, h: &Mat<f64>, spec: &PruneSpec) -> Result<(Mat<f64>, f64), PruneError> {
     let (rows, cols) = (w.nrows(), w.ncols());
     let mut flat = Vec::with_capacity(rows * cols);
     for i in 0..rows {
@@ -190,13 +186,11 @@ pub fn pruned_layer(
     }
     for (l, w, hh, _, _) in &jobs {
         if hh.nrows() != w.ncols() {
-            return Err(PassError::at(
-                g,
-                l.node,
-                "calibration statistics of the wrong width",
-            )
-            .in_graph(gid)
-            .with_kind(PassErrorKind::Evaluation));
+            return Err(
+                PassError::at(g, l.node, "calibration statistics of the wrong width")
+                    .in_graph(gid)
+                    .with_kind(PassErrorKind::Evaluation),
+            );
         }
     }
     // Two worker threads (the machine's cores); each takes every other linear.
