@@ -46,8 +46,8 @@ pub struct Layers {
     pub heads: Vec<NodeId>,
 }
 
-fn need<T>(x: Option<T>, g: &ortho_ir::Graph, n: NodeId, what: &str) -> Result<T, PassError> {
-    x.ok_or_else(|| PassError::at(g, n, format!("denoise-rotate needs {what}")))
+fn need<T>(x: Option<T>, m: &Module, n: NodeId, what: &str) -> Result<T, PassError> {
+    x.ok_or_else(|| PassError::at_main(m, n, format!("denoise-rotate needs {what}")))
 }
 
 /// Finds the layers, refusing (with the blocking node) a stream that does not admit O(d).
@@ -63,7 +63,7 @@ pub fn find_layers(m: &Module) -> Result<Layers, PassError> {
     if !class.admits.contains(Group::ORTHOGONAL) {
         let msg = |r: String| format!("the residual stream does not admit rotations: {r}");
         return Err(match class.blocker_for(Group::ORTHOGONAL) {
-            Some(b) => PassError::at(g, b.node, msg(b.reason())),
+            Some(b) => PassError::at_main(m, b.node, msg(b.reason())),
             None => PassError::new(msg("its norms admit no rotation".into())),
         });
     }
@@ -79,37 +79,41 @@ pub fn find_layers(m: &Module) -> Result<Layers, PassError> {
             let msg = format!("block {i} is not an attention branch followed by an MLP branch");
             return Err(
                 match [b.attention, b.mlp, b.other].into_iter().flatten().next() {
-                    Some(br) => PassError::at(g, s.branches[br].add, msg),
+                    Some(br) => PassError::at_main(m, s.branches[br].add, msg),
                     None => PassError::new(msg),
                 },
             );
         };
         let (ab, mb) = (&s.branches[ai], &s.branches[mi]);
         let BranchKind::Attention(att) = &ab.kind else {
-            return Err(PassError::at(g, ab.add, "expected an attention branch"));
+            return Err(PassError::at_main(
+                m,
+                ab.add,
+                "expected an attention branch",
+            ));
         };
         let BranchKind::Mlp(mlp) = &mb.kind else {
-            return Err(PassError::at(g, mb.add, "expected an MLP branch"));
+            return Err(PassError::at_main(m, mb.add, "expected an MLP branch"));
         };
         let at = att.o.node;
         if att.fused.is_some() {
-            return Err(PassError::at(
-                g,
+            return Err(PassError::at_main(
+                m,
                 at,
                 "denoise-rotate needs decomposed attention (q/k/v/o as linears)",
             ));
         }
-        let q = need(att.q, g, at, "a q projection")?;
-        let k = need(att.k, g, at, "a k projection")?;
-        let v = need(att.v, g, at, "a v projection")?;
+        let q = need(att.q, m, at, "a q projection")?;
+        let k = need(att.k, m, at, "a k projection")?;
+        let v = need(att.v, m, at, "a v projection")?;
         let heads = Heads {
-            heads: need(att.heads, g, at, "the head count")? as usize,
-            kv_heads: need(att.kv_heads, g, at, "the KV head count")? as usize,
-            head_dim: need(att.head_dim, g, at, "the head size")? as usize,
+            heads: need(att.heads, m, at, "the head count")? as usize,
+            kv_heads: need(att.kv_heads, m, at, "the KV head count")? as usize,
+            head_dim: need(att.head_dim, m, at, "the head size")? as usize,
         };
         if heads.kv_heads == 0 || !heads.heads.is_multiple_of(heads.kv_heads) {
-            return Err(PassError::at(
-                g,
+            return Err(PassError::at_main(
+                m,
                 at,
                 "query heads are not a multiple of KV heads",
             ));
@@ -117,32 +121,31 @@ pub fn find_layers(m: &Module) -> Result<Layers, PassError> {
         if v.out_features as usize != heads.kv_heads * heads.head_dim
             || att.o.in_features as usize != heads.heads * heads.head_dim
         {
-            return Err(PassError::at(
-                g,
+            return Err(PassError::at_main(
+                m,
                 at,
                 "v/o widths do not match the head layout",
             ));
         }
         if k.input != q.input || v.input != q.input {
-            return Err(PassError::at(
-                g,
+            return Err(PassError::at_main(
+                m,
                 q.node,
                 "q, k and v do not read the same value",
             ));
         }
-        let gate = need(mlp.gate, g, mlp.down.node, "a gated MLP (gate, up, down)")?;
+        let gate = need(mlp.gate, m, mlp.down.node, "a gated MLP (gate, up, down)")?;
         if gate.input != mlp.up.input {
-            return Err(PassError::at(
-                g,
+            return Err(PassError::at_main(
+                m,
                 gate.node,
                 "gate and up do not read the same value",
             ));
         }
         let add = g.node(ab.add);
-        let stream_in = add
-            .inputs()
-            .find(|x| *x != att.o.output)
-            .ok_or_else(|| PassError::at(g, ab.add, "residual add without a stream operand"))?;
+        let stream_in = add.inputs().find(|x| *x != att.o.output).ok_or_else(|| {
+            PassError::at_main(m, ab.add, "residual add without a stream operand")
+        })?;
         layers.push(LayerParts {
             q,
             k,
@@ -475,7 +478,6 @@ fn fold_weights(
         plan[at].1.push(op);
     };
     {
-        let g = m.graph(gid);
         for s in &layers.class.sites {
             let layer = match (layer_of.get(&s.consumer), s.role) {
                 (Some(&i), _) => i,
@@ -484,8 +486,7 @@ fn fold_weights(
                 (None, SiteRole::Reader) if layers.heads.contains(&s.consumer) => nl - 1,
                 (None, _) if !per_layer => 0,
                 (None, _) => {
-                    return Err(PassError::at(
-                        g,
+                    return Err(PassError::at_main(m,
                         s.consumer,
                         "reads or writes the residual stream outside every decoder layer; per-layer rotations cannot place it (use mode=global)",
                     ))
@@ -587,13 +588,13 @@ pub fn insert_matmul(m: &mut Module, h: ValueId, b: &Mat<f64>) -> Result<NodeId,
     let gid = m.main;
     let g = m.graph(gid);
     if g.outputs.iter().any(|o| o.value == h) {
-        return Err(PassError::at(g, h.node, "a stream value between layers is a graph output; per-layer rotations would change it (use mode=global)"));
+        return Err(PassError::at_main(m, h.node, "a stream value between layers is a graph output; per-layer rotations would change it (use mode=global)"));
     }
     let d = b.nrows();
     let ty = g.value_type(h).clone();
     let dtype = ty.dtype().unwrap_or(ortho_ir::DType::F32);
     let t = boundary_tensor(b, dtype).map_err(|e| {
-        PassError::at(g, h.node, e.to_string())
+        PassError::at_main(m, h.node, e.to_string())
             .in_graph(gid)
             .with_kind(PassErrorKind::Weights)
     })?;
@@ -643,8 +644,8 @@ pub fn premultiply_matmul(
     let gid = m.main;
     let g = m.graph(gid);
     let Op::Const(old) = g.node(konst).op else {
-        return Err(PassError::at(
-            g,
+        return Err(PassError::at_main(
+            m,
             konst,
             "the boundary matrix is not a constant",
         ));

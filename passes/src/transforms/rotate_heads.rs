@@ -137,8 +137,8 @@ fn check_path(m: &Module, g: &Graph, p: &VoPath) -> Result<(), PassError> {
             continue;
         }
         if g.outputs.iter().any(|o| o.value == v) {
-            return Err(PassError::at(
-                g,
+            return Err(PassError::at_main(
+                m,
                 v.node,
                 "a V/O value is a graph output (a KV cache?): its basis is the model's interface",
             ));
@@ -155,7 +155,7 @@ fn check_path(m: &Module, g: &Graph, p: &VoPath) -> Result<(), PassError> {
                     let cache = n.operand(4).is_some() || n.operand(5).is_some();
                     let present = g.results(u).iter().skip(1).any(|r| !g.users(*r).is_empty());
                     if slot != 2 || cache || present {
-                        return Err(PassError::at(g, u, "an Attention op with a KV cache (or V in another slot) on the V/O path"));
+                        return Err(PassError::at_main(m, u, "an Attention op with a KV cache (or V in another slot) on the V/O path"));
                     }
                     work.push((out0(u), 1));
                     continue;
@@ -169,8 +169,8 @@ fn check_path(m: &Module, g: &Graph, p: &VoPath) -> Result<(), PassError> {
                 work.push((out0(u), phase));
                 continue;
             }
-            return Err(PassError::at(
-                g,
+            return Err(PassError::at_main(
+                m,
                 u,
                 format!(
                     "{} on the V/O path does not just move head vectors",
@@ -180,8 +180,8 @@ fn check_path(m: &Module, g: &Graph, p: &VoPath) -> Result<(), PassError> {
         }
     }
     if !reached_o {
-        return Err(PassError::at(
-            g,
+        return Err(PassError::at_main(
+            m,
             p.o.node,
             "the v projection's output does not reach o_proj through the attention core",
         ));
@@ -202,22 +202,20 @@ pub fn vo_paths(m: &Module) -> Result<Vec<VoPath>, PassError> {
         };
         let at = g.describe(a.o.node);
         let (Some(v), Some(h), Some(kv), Some(hd)) = (a.v, a.heads, a.kv_heads, a.head_dim) else {
-            return Err(PassError::at(
-                g,
+            return Err(PassError::at_main(m,
                 a.o.node,
                 format!("attention writing through {at}: v projection, head counts or head size not found"),
             ));
         };
         if h <= 0 || kv <= 0 || hd <= 0 || h % kv != 0 {
-            return Err(PassError::at(
-                g,
+            return Err(PassError::at_main(
+                m,
                 a.o.node,
                 format!("{h} query heads cannot share {kv} KV heads"),
             ));
         }
         if v.out_features != kv * hd || a.o.in_features != h * hd {
-            return Err(PassError::at(
-                g,
+            return Err(PassError::at_main(m,
                 a.o.node,
                 format!(
                     "v projection has {} outputs and o projection {} inputs; expected {kv}×{hd} and {h}×{hd}",
@@ -325,19 +323,18 @@ pub fn fold_vo_rotations(
     let mut rewrites = Vec::new();
     // Key → (path, role): role 0 = v (kv-head blocks), 1 = o (query-head blocks).
     let mut keys: Vec<(usize, usize, usize)> = Vec::new();
-    let g = m.graph(m.main);
     for (i, (p, rs)) in paths.iter().zip(rotations).enumerate() {
         if rs.len() != p.kv_heads {
-            return Err(PassError::at(
-                g,
+            return Err(PassError::at_main(
+                m,
                 p.o.node,
                 format!("{} head rotations for {} KV heads", rs.len(), p.kv_heads),
             ));
         }
         for r in rs {
             if r.nrows() != p.head_dim || r.ncols() != p.head_dim {
-                return Err(PassError::at(
-                    g,
+                return Err(PassError::at_main(
+                    m,
                     p.o.node,
                     format!(
                         "a {}×{} head rotation for head size {}",
@@ -349,8 +346,8 @@ pub fn fold_vo_rotations(
             }
             let e = Orthogonal::Dense(r.clone()).orthogonality_error();
             if e.is_nan() || e > 1e-6 {
-                return Err(PassError::at(
-                    g,
+                return Err(PassError::at_main(
+                    m,
                     p.o.node,
                     format!("a head rotation is not orthogonal (‖RᵀR − I‖_F = {e:.3e})"),
                 ));

@@ -352,11 +352,19 @@ fn convert_op(m: &mut Module, gid: GraphId, n: &Norm, opset: i64) -> Result<bool
         let node = g.node(ln);
         let stash = match &node.op {
             Op::LayerNormalization(a) => a.stash_type,
-            _ => return Err(PassError::at(g, ln, "expected a LayerNormalization")),
+            _ => {
+                return Err(PassError::at_graph(
+                    m,
+                    gid,
+                    ln,
+                    "expected a LayerNormalization",
+                ))
+            }
         };
         let (Some(x), Some(gamma)) = (node.operand(0), node.operand(1)) else {
-            return Err(PassError::at(
-                g,
+            return Err(PassError::at_graph(
+                m,
+                gid,
                 ln,
                 "a LayerNormalization without input or scale",
             ));
