@@ -29,7 +29,10 @@ fn nm_validator_accepts_and_rejects() {
             m: 4
         }
     );
-    assert!(e.to_string().contains("row 0, columns 4..8: 3 non-zeros"), "{e}");
+    assert!(
+        e.to_string().contains("row 0, columns 4..8: 3 non-zeros"),
+        "{e}"
+    );
     assert!(
         matches!(check_nm(&ok, 1, 8, 2, 3), Err(PruneError::NoGroups { .. })),
         "3 does not divide 8"
@@ -138,7 +141,14 @@ fn bad_options_are_refused() {
         &spec(PruneMethod::Magnitude, 0.5, TWO_FOUR),
     )
     .unwrap_err();
-    assert_eq!(e, PruneError::Width { n: 2, m: 4, cols: 6 });
+    assert_eq!(
+        e,
+        PruneError::Width {
+            n: 2,
+            m: 4,
+            cols: 6
+        }
+    );
     assert!(e.to_string().contains("divisible by 4, got 6"), "{e}");
     let e = prune_matrix(
         &mut w,
