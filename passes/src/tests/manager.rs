@@ -127,7 +127,11 @@ fn registry() -> Registry {
     for p in [&ALWAYS, &STRIP, &BREAK, &FAIL, &PANIC, &SILENT] {
         assert!(r.register(p).is_ok());
     }
-    assert!(r.register(&ALWAYS).is_err(), "names are unique");
+    assert_eq!(
+        r.register(&ALWAYS),
+        Err(crate::registry::RegistryError::Taken("test-always-change")),
+        "names are unique"
+    );
     r
 }
 

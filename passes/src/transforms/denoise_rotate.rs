@@ -12,9 +12,9 @@
 //! Does: per layer, the objective of §2.1.6 (sum of Shannon entropies of normalized scores) over
 //! a residual rotation `Q1` and one `R2_j ∈ O(head_dim)` per KV head (V/O path only: q/k head
 //! dims are never rotated, RoPE would not commute), minimized by Adam on SO(n) through the Cayley
-//! map (`denoise::optim`) keeping the best iterate; `mode=global` optimizes one `Q1` for the
+//! map (`rotation_search::optim`) keeping the best iterate; `mode=global` optimizes one `Q1` for the
 //! summed loss of all layers (per-layer `R2` still), `mode=per-layer` one `Q1` per layer.
-//! Leaves: the rotations folded into the weights in f64, cast once (`denoise::fold`): no node
+//! Leaves: the rotations folded into the weights in f64, cast once (`linalg::layer_rotations`): no node
 //! added in `global` mode (embedding, readers, writers, stream biases, head — a tied head stays
 //! tied); in `per-layer` mode one `MatMul` by `Q_{i−1}ᵀ Q_i` on the stream entering each layer
 //! `i > 0` (the first layer's `Q` folded into the embedding, the last one's into the head, which
@@ -245,9 +245,9 @@ fn run_pass(
     // model as it enters the pass (the rotations change no layer's function, so rotating
     // earlier layers first would not change what later layers see).
     let mut moments = |m: &mut Module, reqs: &[StatRequest]| -> Result<Vec<Stat>, PassError> {
-        let calib = calib
-            .as_ref()
-            .ok_or_else(|| missing_calibration(INFO.name))?;
+        let calib = calib.as_ref().ok_or_else(|| {
+            missing_calibration(INFO.name).with_kind(PassErrorKind::MissingCalibration)
+        })?;
         let per_layer = reqs.len() / rotations::REQUESTS_PER_LAYER;
         let mut out: Vec<Stat> = Vec::with_capacity(reqs.len());
         walk_layers(m, calib, &mut |lcx| {

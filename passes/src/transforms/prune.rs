@@ -252,7 +252,9 @@ pub fn prune(
         }
         return Ok(stats);
     }
-    let calib = calib.ok_or_else(|| missing_calibration(INFO.name))?;
+    let calib = calib.ok_or_else(|| {
+        missing_calibration(INFO.name).with_kind(PassErrorKind::MissingCalibration)
+    })?;
     let last = opts.layers.0.as_ref().and_then(|l| l.last().copied());
     walk_layers_until(m, calib, last, &mut |lcx: &mut LayerCx<'_>| {
         if !selected(lcx.block.index) {
