@@ -29,29 +29,8 @@
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatMut, MatRef, Par};
 
-/// Which pruning method's importance the loss concentrates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Importance {
-    Magnitude,
-    Wanda,
-    SparseGpt,
-}
-
-impl Importance {
-    pub fn parse(s: &str) -> Option<Importance> {
-        Importance::from_word(s)
-    }
-
-    pub fn name(self) -> &'static str {
-        self.word()
-    }
-}
-
-crate::word_option_type!(Importance {
-    SparseGpt = "sparsegpt",
-    Wanda = "wanda",
-    Magnitude = "magnitude",
-});
+/// Which pruning method's importance the loss concentrates: the pruning method itself.
+pub use crate::sparsity::matrix::PruneMethod as Importance;
 
 /// Attention head layout of a layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -21,6 +21,9 @@ pub const LR: OptionDecl<f64> = OptionDecl {
     doc: "Adam learning rate on the skew-symmetric Cayley parameters.",
 };
 
+/// The pipeline type of the `method` option of those passes (SparseGPT, their default, first).
+pub const METHOD_KIND: OptionKind = OptionKind::Enum(&["sparsegpt", "wanda", "magnitude"]);
+
 /// Refuses a learning rate Adam cannot use.
 pub fn check_lr(lr: f64) -> Result<(), OptionError> {
     if lr > 0.0 && lr.is_finite() {

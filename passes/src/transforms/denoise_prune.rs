@@ -37,9 +37,8 @@ use crate::calib::{block_spans, missing_calibration, walk_layers, Calibration, L
 use crate::linalg::layer_rotations::{self as rotations, LayerParts, Layers};
 use crate::options::{OptionError, OptionKind};
 use crate::pass::{PassContext, PassError, PassErrorKind, PassResult};
-use crate::rotation_search::loss::Importance;
 use crate::rotation_search::optim::{optimize, AdamOptions};
-use crate::rotation_search::{check_lr, layer_objective, LR};
+use crate::rotation_search::{check_lr, layer_objective, LR, METHOD_KIND};
 use crate::sparsity::linears::{
     linear_weight, prune_block, record, set_linear_weight, PruneStats, ROLES,
 };
@@ -72,7 +71,7 @@ crate::pass_options! {
             name: "method",
             default: PruneMethod::SparseGpt,
             doc: "Pruning method; its importance scores are what the rotation concentrates.",
-            kind: OptionKind::Enum(&["sparsegpt", "wanda", "magnitude"]),
+            kind: METHOD_KIND,
         },
         pub sparsity: f64 = SPARSITY,
         pub pattern: Pattern = PATTERN,
@@ -150,14 +149,6 @@ pub struct DenoisePruneReport {
     pub blocks: Vec<BlockReport>,
     /// `d × d` MatMuls left on the stream.
     pub boundaries: usize,
-}
-
-fn importance(m: PruneMethod) -> Importance {
-    match m {
-        PruneMethod::Magnitude => Importance::Magnitude,
-        PruneMethod::Wanda => Importance::Wanda,
-        PruneMethod::SparseGpt => Importance::SparseGpt,
-    }
 }
 
 /// Where the stream entering a block carries a boundary `MatMul` (its constant node and value).
@@ -323,7 +314,7 @@ fn search_rotation(
         lcx.module_ref(),
         layers,
         i,
-        importance(opts.method),
+        opts.method,
         &dense.objective_stats(),
     )?;
     let mut sizes = vec![layers.d];

@@ -30,7 +30,7 @@ use crate::options::{OptionError, OptionKind};
 use crate::pass::{PassContext, PassError, PassErrorKind, PassResult};
 use crate::rotation_search::loss::{Importance, LayerProblem};
 use crate::rotation_search::optim::{optimize, AdamOptions, Optimized, StopReason};
-use crate::rotation_search::{check_lr, layer_objective, LR};
+use crate::rotation_search::{check_lr, layer_objective, LR, METHOD_KIND};
 use faer::Mat;
 use ortho_ir::eval::{Stat, StatRequest};
 use ortho_ir::Module;
@@ -60,6 +60,7 @@ crate::pass_options! {
             name: "method",
             default: Importance::SparseGpt,
             doc: "The pruning method whose importance scores are concentrated (wanda and sparsegpt need calibration).",
+            kind: METHOD_KIND,
         },
         pub iters: usize = {
             name: "iters",
