@@ -6,6 +6,7 @@
 //! Passes are counted from 1 in execution order, fixpoint iterations included; that count is what
 //! `--opt-bisect-limit=N` compares with and what messages call "run #N".
 
+use crate::options::OptionError;
 use crate::pass::{Pass, PassContext, PassError, Statistics};
 use crate::pipeline::{Pipeline, PipelineItem};
 use crate::registry::{Registry, FIXPOINT_NAME};
@@ -317,8 +318,8 @@ pub enum ManagerError {
     #[error("--print-ir-before/after names unknown pass '{0}'")]
     UnknownPrintName(String),
     /// A pass refused its options (the pipeline parser normally catches this first).
-    #[error("pass '{pass}': {message}")]
-    Build { pass: String, message: String },
+    #[error("pass '{pass}': {error}")]
+    Build { pass: String, error: OptionError },
 }
 
 /// A pass or loop ready to run.
@@ -436,9 +437,9 @@ fn build_steps(
         match item {
             PipelineItem::Pass(spec) => {
                 let pass =
-                    (spec.info.build)(&spec.options).map_err(|message| ManagerError::Build {
+                    (spec.info.build)(&spec.options).map_err(|error| ManagerError::Build {
                         pass: spec.info.name.to_string(),
-                        message,
+                        error,
                     })?;
                 *slot += 1;
                 let path = format!("{prefix}{}", spec.info.name);

@@ -1,10 +1,12 @@
 //! The `Pass` trait, what a pass returns, and the statistics it records.
 //!
-//! A pass is a value built from its typed options (see `registry`); the manager runs it on a whole
+//! A pass is a value built from its typed options (declared with `declare_pass!`, listed by
+//! [`PassInfo`] and collected in the `registry`); the manager runs it on a whole
 //! [`Module`] with a fresh [`PassContext`] each time, so a pass keeps no state between runs and a
 //! fixpoint loop can run the same instance again.
 
-use ortho_ir::{Graph, Module, NodeId};
+use crate::options::{OptionError, OptionSpec, PassOptions};
+use ortho_ir::{Graph, GraphId, Module, NodeId};
 use std::fmt;
 
 /// What a successful run reports.
@@ -21,9 +23,34 @@ impl PassResult {
     }
 }
 
-/// A pass failed; like an `ortho_ir::Diagnostic`, it names the graph and node it concerns.
+/// What went wrong, for callers that branch on it; the message says the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassErrorKind {
+    /// The module lacks a structure the pass needs, or has one it cannot handle (a blocking
+    /// node, a missing stream, an unexpected op).
+    Unsupported,
+    /// An option value that only the module can judge (a block that does not exist, a width an
+    /// N:M pattern does not divide).
+    InvalidOptions,
+    /// The pass needs calibration data and none was given.
+    MissingCalibration,
+    /// Running the model on calibration data failed or returned something unexpected.
+    Evaluation,
+    /// A weight could not be read or written (dtype, element count, shape).
+    Weights,
+    /// The numerics failed (a factorization of a singular matrix, …).
+    Numeric,
+}
+
+/// A pass failed; like an `ortho_ir::Diagnostic`, it names the graph and node it concerns, both
+/// as ids (for callers) and as text (for printing).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PassError {
+    pub kind: PassErrorKind,
+    /// The graph concerned; `None` for module-level problems.
+    pub graph_id: Option<GraphId>,
+    /// The node concerned, in `graph_id`.
+    pub node_id: Option<NodeId>,
     /// The graph's name, empty for module-level problems.
     pub graph: String,
     /// How the node is named (`Graph::describe`), empty when no node is concerned.
@@ -32,26 +59,56 @@ pub struct PassError {
 }
 
 impl PassError {
-    /// A module-level error.
+    /// A module-level error (kind [`PassErrorKind::Unsupported`] until [`Self::with_kind`]).
     pub fn new(message: impl Into<String>) -> Self {
         PassError {
+            kind: PassErrorKind::Unsupported,
+            graph_id: None,
+            node_id: None,
             graph: String::new(),
             node: String::new(),
             message: message.into(),
         }
     }
 
-    /// An error about node `id` of `g`.
+    /// An error about node `id` of `g` (kind [`PassErrorKind::Unsupported`] until
+    /// [`Self::with_kind`]). A `Graph` does not know its id: [`Self::at_main`] and
+    /// [`Self::in_graph`] add it.
     pub fn at(g: &Graph, id: NodeId, message: impl Into<String>) -> Self {
         PassError {
+            kind: PassErrorKind::Unsupported,
+            graph_id: None,
+            node_id: Some(id),
             graph: g.name.clone(),
             node: g.describe(id),
             message: message.into(),
         }
     }
-}
 
+    /// An error about node `id` of graph `gid` of `m`.
+    pub fn at_graph(m: &Module, gid: GraphId, id: NodeId, message: impl Into<String>) -> Self {
+        PassError::at(m.graph(gid), id, message).in_graph(gid)
+    }
+
+    /// An error about node `id` of the main graph.
+    pub fn at_main(m: &Module, id: NodeId, message: impl Into<String>) -> Self {
+        PassError::at_graph(m, m.main, id, message)
+    }
+
+    /// The same error, naming the graph's id.
+    pub fn in_graph(mut self, gid: GraphId) -> Self {
+        self.graph_id = Some(gid);
+        self
+    }
+
+    /// The same error with another kind.
+    pub fn with_kind(mut self, kind: PassErrorKind) -> Self {
+        self.kind = kind;
+        self
+    }
+}
 impl fmt::Display for PassError {
+    /// `graph @g: node: message`, omitting what is empty (the ids are not printed).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (self.graph.is_empty(), self.node.is_empty()) {
             (true, _) => f.write_str(&self.message),
@@ -142,6 +199,14 @@ impl PassContext {
         self.stats.add(&key, n);
     }
 
+    /// Adds each `(name, n)` to the counter `<pass>.<name>`, in order (a pass's statistics
+    /// struct, counter by counter).
+    pub fn stats(&mut self, counters: &[(&str, usize)]) {
+        for &(name, n) in counters {
+            self.stat(name, n as u64);
+        }
+    }
+
     /// A remark for the report (something skipped and why), not an error.
     pub fn note(&mut self, message: impl Into<String>) {
         self.notes.push(message.into());
@@ -164,4 +229,19 @@ pub trait Pass {
     /// Runs once over the module. An `Err` leaves the module in whatever state the pass reached;
     /// the manager reports it with a reproducer rather than trying to roll back.
     fn run(&self, m: &mut Module, cx: &mut PassContext) -> Result<PassResult, PassError>;
+}
+
+/// Builds a pass from its complete options; the error says which option value is unusable.
+pub type PassBuilder = fn(&PassOptions) -> Result<Box<dyn Pass>, OptionError>;
+
+/// Everything the registry knows about one pass; each pass file declares its own as `INFO`
+/// (with [`crate::declare_pass!`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PassInfo {
+    /// Kebab-case name used in pipelines.
+    pub name: &'static str,
+    /// One line for `--list-passes`.
+    pub summary: &'static str,
+    pub options: &'static [OptionSpec],
+    pub build: PassBuilder,
 }

@@ -12,7 +12,8 @@
 //! (`canonicalize{fold=true max-fold-bytes=65536}`); that string goes into reports and reproducers.
 
 use crate::options::{is_bare_value_char, PassOptions, SetError};
-use crate::registry::{PassInfo, Registry, FIXPOINT_NAME, FIXPOINT_OPTIONS};
+use crate::pass::PassInfo;
+use crate::registry::{FixpointOptions, Registry, FIXPOINT_NAME, FIXPOINT_OPTIONS};
 use std::fmt;
 
 /// A parsed pipeline.
@@ -114,9 +115,27 @@ impl fmt::Display for Pipeline {
     }
 }
 
-/// A pipeline string that does not parse: byte offset and message.
+/// What is wrong with a pipeline string, for callers that branch on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PipelineErrorKind {
+    /// Not the grammar: an unbalanced bracket, a missing separator, a bad escape, ….
+    Syntax,
+    /// A name that is neither a registered pass nor `fixpoint`.
+    UnknownPass,
+    /// An option the pass does not declare.
+    UnknownOption,
+    /// An option given twice.
+    DuplicateOption,
+    /// A value that does not fit its option's type.
+    BadValue,
+    /// The pass refused its options when built (combinations, values single types cannot judge).
+    Refused,
+}
+
+/// A pipeline string that does not parse: what is wrong, byte offset and message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PipelineError {
+    pub kind: PipelineErrorKind,
     pub pos: usize,
     pub message: String,
 }
@@ -162,8 +181,19 @@ struct Parser<'a> {
 type PResult<T> = Result<T, PipelineError>;
 
 impl Parser<'_> {
+    /// A syntax error.
     fn err<T>(&self, pos: usize, message: impl Into<String>) -> PResult<T> {
+        self.err_kind(PipelineErrorKind::Syntax, pos, message)
+    }
+
+    fn err_kind<T>(
+        &self,
+        kind: PipelineErrorKind,
+        pos: usize,
+        message: impl Into<String>,
+    ) -> PResult<T> {
         Err(PipelineError {
+            kind,
             pos,
             message: message.into(),
         })
@@ -266,17 +296,17 @@ impl Parser<'_> {
             );
         }
         if name == FIXPOINT_NAME {
-            let mut opts = PassOptions::defaults(FIXPOINT_OPTIONS).map_err(|m| PipelineError {
-                pos: start,
-                message: m,
-            })?;
+            let mut opts = PassOptions::defaults(FIXPOINT_OPTIONS);
             if self.peek() == Some('{') {
                 self.options(&name, &mut opts)?;
             }
-            let max = opts.uint("max-iterations").map_err(|m| PipelineError {
-                pos: start,
-                message: m,
-            })?;
+            let max = FixpointOptions::from_options(&opts)
+                .map_err(|e| PipelineError {
+                    kind: PipelineErrorKind::Refused,
+                    pos: start,
+                    message: e.to_string(),
+                })?
+                .max_iterations;
             if self.peek() != Some('(') {
                 let found = self.found();
                 return self.err(
@@ -290,17 +320,18 @@ impl Parser<'_> {
             self.pos += 1;
             let body = self.pipeline(Some(open))?;
             return Ok(PipelineItem::Fixpoint(Fixpoint {
-                max_iterations: max as usize,
+                max_iterations: max,
                 body,
             }));
         }
         let Some(info) = self.registry.get(&name) else {
-            return self.err(start, unknown_pass_message(&name, self.registry));
+            return self.err_kind(
+                PipelineErrorKind::UnknownPass,
+                start,
+                unknown_pass_message(&name, self.registry),
+            );
         };
-        let mut options = PassOptions::defaults(info.options).map_err(|m| PipelineError {
-            pos: start,
-            message: m,
-        })?;
+        let mut options = PassOptions::defaults(info.options);
         if self.peek() == Some('{') {
             self.options(&name, &mut options)?;
         }
@@ -312,7 +343,11 @@ impl Parser<'_> {
         }
         // Building validates combinations of options that single values cannot.
         if let Err(m) = (info.build)(&options) {
-            return self.err(start, format!("pass '{name}': {m}"));
+            return self.err_kind(
+                PipelineErrorKind::Refused,
+                start,
+                format!("pass '{name}': {m}"),
+            );
         }
         Ok(PipelineItem::Pass(PassSpec { info, options }))
     }
@@ -349,7 +384,8 @@ impl Parser<'_> {
             let value_pos = self.pos;
             let value = self.value()?;
             if seen.contains(&key) {
-                return self.err(
+                return self.err_kind(
+                    PipelineErrorKind::DuplicateOption,
                     key_pos,
                     format!("option '{key}' of pass '{pass}' is given twice"),
                 );
@@ -357,10 +393,15 @@ impl Parser<'_> {
             match opts.set(&key, &value) {
                 Ok(()) => seen.push(key),
                 Err(SetError::Unknown) => {
-                    return self.err(key_pos, unknown_option_message(pass, &key, opts))
+                    return self.err_kind(
+                        PipelineErrorKind::UnknownOption,
+                        key_pos,
+                        unknown_option_message(pass, &key, opts),
+                    )
                 }
                 Err(SetError::BadValue(m)) => {
-                    return self.err(
+                    return self.err_kind(
+                        PipelineErrorKind::BadValue,
                         value_pos,
                         format!("bad value '{value}' for option '{key}' of pass '{pass}': {m}"),
                     )

@@ -4,24 +4,10 @@
 //! (`--list-passes`), the pipeline parser and the manager all read the same source of truth.
 //! Tests and embedders may add their own passes to a [`Registry`] built from the builtin one.
 
-use crate::options::{OptionKind, OptionSpec, PassOptions};
-use crate::pass::Pass;
+use crate::options::{OptionKind, OptionSpec};
+use crate::pass::PassInfo;
 use crate::transforms;
 use std::fmt::Write;
-
-/// Builds a pass from its complete options; the error says which option value is unusable.
-pub type PassBuilder = fn(&PassOptions) -> Result<Box<dyn Pass>, String>;
-
-/// Everything the registry knows about one pass.
-#[derive(Debug, Clone, Copy)]
-pub struct PassInfo {
-    /// Kebab-case name used in pipelines.
-    pub name: &'static str,
-    /// One line for `--list-passes`.
-    pub summary: &'static str,
-    pub options: &'static [OptionSpec],
-    pub build: PassBuilder,
-}
 
 /// The builtin passes, one line each, sorted by name.
 static BUILTIN: &[&PassInfo] = &[
@@ -45,15 +31,29 @@ static BUILTIN: &[&PassInfo] = &[
 pub const FIXPOINT_NAME: &str = "fixpoint";
 pub const FIXPOINT_SUMMARY: &str =
     "Repeats the nested pipeline until an iteration changes nothing, at most max-iterations times.";
-pub static FIXPOINT_OPTIONS: &[OptionSpec] = &[OptionSpec {
-    name: "max-iterations",
-    kind: OptionKind::Int {
-        min: 1,
-        max: 1_000_000,
-    },
-    default: "8",
-    doc: "Upper bound on iterations; the report says whether the loop converged or hit it.",
-}];
+
+crate::pass_options! {
+    /// Options of the `fixpoint` construct.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct FixpointOptions {
+        pub max_iterations: usize = {
+            name: "max-iterations",
+            default: 8,
+            doc: "Upper bound on iterations; the report says whether the loop converged or hit it.",
+            kind: OptionKind::Int { min: 1, max: 1_000_000 },
+        },
+    }
+}
+
+/// The option specs of `fixpoint`.
+pub static FIXPOINT_OPTIONS: &[OptionSpec] = FixpointOptions::SPECS;
+
+/// Why [`Registry::register`] refused a pass.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    #[error("a pass named '{0}' is already registered")]
+    Taken(&'static str),
+}
 
 /// A set of passes addressable by name.
 #[derive(Debug, Clone)]
@@ -76,12 +76,9 @@ impl Registry {
     }
 
     /// Adds a pass; a name that is taken (or is `fixpoint`) is refused.
-    pub fn register(&mut self, info: &'static PassInfo) -> Result<(), String> {
+    pub fn register(&mut self, info: &'static PassInfo) -> Result<(), RegistryError> {
         if info.name == FIXPOINT_NAME || self.get(info.name).is_some() {
-            return Err(format!(
-                "a pass named '{}' is already registered",
-                info.name
-            ));
+            return Err(RegistryError::Taken(info.name));
         }
         self.passes.push(info);
         Ok(())
@@ -121,7 +118,12 @@ fn write_entry(out: &mut String, name: &str, summary: &str, options: &[OptionSpe
     let _ = writeln!(out, "  {name:<16} {summary}");
     for o in options {
         let lhs = format!("{}=<{}>", o.name, o.kind.describe());
-        let _ = writeln!(out, "      {lhs:<28} {} (default: {})", o.doc, o.default);
+        let _ = writeln!(
+            out,
+            "      {lhs:<28} {} (default: {})",
+            o.doc,
+            o.default_text()
+        );
     }
 }
 

@@ -3,9 +3,10 @@
 use super::{parse, print, run, run_with};
 use crate::manager::{DumpWhen, FailureKind, IrEvent, ManagerOptions, PassManager, StopReason};
 use crate::options::PassOptions;
+use crate::pass::PassInfo;
 use crate::pass::{Pass, PassContext, PassError, PassResult};
 use crate::pipeline::{parse_pipeline, Pipeline};
-use crate::registry::{PassInfo, Registry};
+use crate::registry::Registry;
 use ortho_ir::types::TensorType;
 use ortho_ir::{DType, Module, Op, Output, Type, ValueId};
 
@@ -108,7 +109,9 @@ macro_rules! test_pass {
             name: $name,
             summary: "test pass",
             options: &[],
-            build: |_: &PassOptions| -> Result<Box<dyn Pass>, String> { Ok(Box::new($ty)) },
+            build: |_: &PassOptions| -> Result<Box<dyn Pass>, crate::options::OptionError> {
+                Ok(Box::new($ty))
+            },
         };
     };
 }
@@ -124,7 +127,11 @@ fn registry() -> Registry {
     for p in [&ALWAYS, &STRIP, &BREAK, &FAIL, &PANIC, &SILENT] {
         assert!(r.register(p).is_ok());
     }
-    assert!(r.register(&ALWAYS).is_err(), "names are unique");
+    assert_eq!(
+        r.register(&ALWAYS),
+        Err(crate::registry::RegistryError::Taken("test-always-change")),
+        "names are unique"
+    );
     r
 }
 

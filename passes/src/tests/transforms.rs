@@ -499,3 +499,41 @@ fn invalid_or_unencodable_folds_are_left_alone() {
         "%y = const tensor<0xi64> dense<[]>"
     );
 }
+
+/// A refused transform's error carries the graph and node as ids (for callers) and as text (for
+/// printing), and says what kind of failure it is.
+#[test]
+fn pass_errors_carry_graph_and_node_ids() {
+    use crate::pass::PassErrorKind;
+    use crate::transforms::{rotate_residual, RotateResidualOptions};
+    let mut m = parse(
+        r#"module {ir_version = 8, opset_import = ["" = 23]}
+graph @rms(%ids: tensor<"b"x"s"xi64>) -> (%logits) {
+  %E = const tensor<3x2xf32> dense<[-0.64, 0.32, -0.33, -0.60, -0.02, -0.01]>
+  %w1 = const tensor<2x2xf32> dense<[-0.28, -0.20, -0.49, 0.48]>
+  %wh = const tensor<2x3xf32> dense<[-0.41, -0.35, -0.35, -0.42, 0.15, 0.04]>
+  %g1 = const tensor<2xf32> dense<[0.64, 0.84]>
+  %h0 = onnx.Gather(%E, %ids) {axis = 0} : ?
+  %n1 = onnx.RMSNormalization(%h0, %g1) {axis = -1, epsilon = 1e-5} : ?
+  %a = onnx.MatMul(%n1, %w1) : ?
+  %r1 = onnx.Add(%h0, %a) : ?
+  %logits = onnx.MatMul(%r1, %wh) : tensor<"b"x"s"x3xf32>
+}
+"#,
+    );
+    let e = match rotate_residual(&mut m, &RotateResidualOptions::default()) {
+        Ok(s) => panic!("rotated a stream with a gain: {s:?}"),
+        Err(e) => e,
+    };
+    assert_eq!(e.kind, PassErrorKind::Unsupported);
+    assert_eq!(e.graph_id, Some(m.main));
+    let g = m.main_graph();
+    let node = e.node_id.unwrap_or_else(|| panic!("no node in {e}"));
+    assert_eq!(g.value_name(ortho_ir::ValueId { node, output: 0 }), "n1");
+    assert!(
+        e.to_string().starts_with(
+            "graph @rms: RMSNormalization producing '%n1': kind=haar is not admitted: norm gain"
+        ),
+        "{e}"
+    );
+}

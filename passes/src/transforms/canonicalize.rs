@@ -20,11 +20,9 @@
 //! Constants that lose their last use are left for `dce`. A node whose result name a subgraph
 //! captures is never removed.
 
+use crate::captures::{captured_names, defines_any};
 use crate::consteval::{dtype_from_onnx, fixed_dims, fold, reshape_dims, Folded, Operand};
-use crate::options::{OptionKind, OptionSpec, PassOptions};
-use crate::pass::{Pass, PassContext, PassError, PassResult};
-use crate::registry::PassInfo;
-use crate::transforms::scope::{captured_names, defines_any};
+use crate::pass::{PassContext, PassError, PassResult};
 use ortho_ir::numeric::{encode_f64, encode_i64};
 use ortho_ir::op::attrs;
 use ortho_ir::tensor::Storage;
@@ -34,59 +32,30 @@ use ortho_ir::{
 };
 use std::collections::HashMap;
 
-static OPTIONS: &[OptionSpec] = &[
-    OptionSpec {
-        name: "fold",
-        kind: OptionKind::Bool,
-        default: "true",
-        doc: "Fold ops whose operands are all constants into constants.",
-    },
-    OptionSpec {
-        name: "max-fold-bytes",
-        kind: OptionKind::UINT,
-        default: "65536",
-        doc: "Largest constant operand read and largest result written by folding, in bytes.",
-    },
-];
+crate::pass_options! {
+    /// Options of [`canonicalize`].
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct CanonicalizeOptions {
+        /// Fold constant subexpressions (`fold`).
+        pub fold: bool = {
+            name: "fold",
+            default: true,
+            doc: "Fold ops whose operands are all constants into constants.",
+        },
+        /// Byte budget per folded operand and result (`max-fold-bytes`).
+        pub max_fold_bytes: u64 = {
+            name: "max-fold-bytes",
+            default: 65536,
+            doc: "Largest constant operand read and largest result written by folding, in bytes.",
+        },
+    }
+}
 
-pub const INFO: PassInfo = PassInfo {
+crate::declare_pass! {
     name: "canonicalize",
     summary: "Removes no-op ops, materializes Constant ops, folds constants within a size budget.",
-    options: OPTIONS,
-    build,
-};
-
-fn build(o: &PassOptions) -> Result<Box<dyn Pass>, String> {
-    Ok(Box::new(Canonicalize {
-        opts: CanonicalizeOptions::from_options(o)?,
-    }))
-}
-
-/// Options of [`canonicalize`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CanonicalizeOptions {
-    /// Fold constant subexpressions (`fold`).
-    pub fold: bool,
-    /// Byte budget per folded operand and result (`max-fold-bytes`).
-    pub max_fold_bytes: u64,
-}
-
-impl Default for CanonicalizeOptions {
-    fn default() -> Self {
-        CanonicalizeOptions {
-            fold: true,
-            max_fold_bytes: 65536,
-        }
-    }
-}
-
-impl CanonicalizeOptions {
-    pub fn from_options(o: &PassOptions) -> Result<Self, String> {
-        Ok(CanonicalizeOptions {
-            fold: o.bool("fold")?,
-            max_fold_bytes: o.uint("max-fold-bytes")?,
-        })
-    }
+    options: CanonicalizeOptions,
+    run: run_pass,
 }
 
 /// What [`canonicalize`] did.
@@ -386,24 +355,18 @@ fn keeps_shape(c: &[i64], x: &[Dim]) -> bool {
             .all(|(&cd, xd)| cd == 1 || xd.fixed() == Some(cd))
 }
 
-struct Canonicalize {
-    opts: CanonicalizeOptions,
-}
-
-impl Pass for Canonicalize {
-    fn name(&self) -> &'static str {
-        INFO.name
-    }
-
-    fn run(&self, m: &mut Module, cx: &mut PassContext) -> Result<PassResult, PassError> {
-        let s = canonicalize(m, &self.opts);
-        cx.stat("removed-noops", s.removed_noops as u64);
-        cx.stat("materialized", s.materialized as u64);
-        cx.stat("folded", s.folded as u64);
-        cx.stat("folded-bytes", s.folded_bytes);
-        cx.stat("over-budget", s.over_budget as u64);
-        Ok(PassResult::changed(
-            s.removed_noops + s.materialized + s.folded > 0,
-        ))
-    }
+fn run_pass(
+    m: &mut Module,
+    opts: &CanonicalizeOptions,
+    cx: &mut PassContext,
+) -> Result<PassResult, PassError> {
+    let s = canonicalize(m, opts);
+    cx.stat("removed-noops", s.removed_noops as u64);
+    cx.stat("materialized", s.materialized as u64);
+    cx.stat("folded", s.folded as u64);
+    cx.stat("folded-bytes", s.folded_bytes);
+    cx.stat("over-budget", s.over_budget as u64);
+    Ok(PassResult::changed(
+        s.removed_noops + s.materialized + s.folded > 0,
+    ))
 }

@@ -8,24 +8,18 @@
 //! captures, side-effecting ops, ops holding subgraphs, constants whose data is elided, and nodes
 //! that define a name a subgraph captures (the name must stay defined).
 
-use crate::pass::{Pass, PassContext, PassError, PassResult};
-use crate::registry::PassInfo;
-use crate::transforms::scope::{captured_names, defines_any};
+use crate::captures::{captured_names, defines_any};
+use crate::pass::{PassContext, PassError, PassResult};
 use ortho_ir::tensor::{Storage, TensorData};
 use ortho_ir::{GraphId, Module, Node, NodeId, Op, ValueId};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
-pub const INFO: PassInfo = PassInfo {
+crate::declare_pass! {
     name: "cse",
     summary: "Merges identical nodes (same op, attributes and operands; equal constants).",
-    options: &[],
-    build,
-};
-
-fn build(_: &crate::options::PassOptions) -> Result<Box<dyn Pass>, String> {
-    Ok(Box::new(Cse))
+    run: run_pass,
 }
 
 /// What [`cse`] merged.
@@ -193,17 +187,8 @@ fn same_data(a: &TensorData, b: &TensorData) -> bool {
     }
 }
 
-struct Cse;
-
-impl Pass for Cse {
-    fn name(&self) -> &'static str {
-        INFO.name
-    }
-
-    fn run(&self, m: &mut Module, cx: &mut PassContext) -> Result<PassResult, PassError> {
-        let s = cse(m);
-        cx.stat("merged", s.merged as u64);
-        cx.stat("merged-consts", s.merged_consts as u64);
-        Ok(PassResult::changed(s.merged > 0))
-    }
+fn run_pass(m: &mut Module, cx: &mut PassContext) -> Result<PassResult, PassError> {
+    let s = cse(m);
+    cx.stats(&[("merged", s.merged), ("merged-consts", s.merged_consts)]);
+    Ok(PassResult::changed(s.merged > 0))
 }

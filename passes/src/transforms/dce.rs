@@ -9,22 +9,15 @@
 //! subgraph no longer keeps the outer value alive. Tensors of removed constants stay in the
 //! append-only arena; export writes only referenced ones.
 
-use crate::pass::{Pass, PassContext, PassError, PassResult};
-use crate::registry::PassInfo;
-use crate::transforms::scope::node_captures;
+use crate::captures::node_captures;
+use crate::pass::{PassContext, PassError, PassResult};
 use ortho_ir::{GraphId, Module, NodeId, Op};
 use std::collections::HashSet;
 
-pub const INFO: PassInfo = PassInfo {
+crate::declare_pass! {
     name: "dce",
-    summary:
-        "Removes nodes whose results are unused (keeps inputs, side effects and captured values).",
-    options: &[],
-    build,
-};
-
-fn build(_: &crate::options::PassOptions) -> Result<Box<dyn Pass>, String> {
-    Ok(Box::new(Dce))
+    summary: "Removes nodes whose results are unused (keeps inputs, side effects and captured values).",
+    run: run_pass,
 }
 
 /// What [`dce`] removed.
@@ -92,17 +85,8 @@ fn dead_nodes(m: &Module, g: GraphId) -> Vec<NodeId> {
         .collect()
 }
 
-struct Dce;
-
-impl Pass for Dce {
-    fn name(&self) -> &'static str {
-        INFO.name
-    }
-
-    fn run(&self, m: &mut Module, cx: &mut PassContext) -> Result<PassResult, PassError> {
-        let s = dce(m);
-        cx.stat("removed", s.removed as u64);
-        cx.stat("removed-consts", s.removed_consts as u64);
-        Ok(PassResult::changed(s.removed > 0))
-    }
+fn run_pass(m: &mut Module, cx: &mut PassContext) -> Result<PassResult, PassError> {
+    let s = dce(m);
+    cx.stats(&[("removed", s.removed), ("removed-consts", s.removed_consts)]);
+    Ok(PassResult::changed(s.removed > 0))
 }

@@ -12,9 +12,9 @@
 //! Does: per layer, the objective of §2.1.6 (sum of Shannon entropies of normalized scores) over
 //! a residual rotation `Q1` and one `R2_j ∈ O(head_dim)` per KV head (V/O path only: q/k head
 //! dims are never rotated, RoPE would not commute), minimized by Adam on SO(n) through the Cayley
-//! map (`denoise::optim`) keeping the best iterate; `mode=global` optimizes one `Q1` for the
+//! map (`rotation_search::optim`) keeping the best iterate; `mode=global` optimizes one `Q1` for the
 //! summed loss of all layers (per-layer `R2` still), `mode=per-layer` one `Q1` per layer.
-//! Leaves: the rotations folded into the weights in f64, cast once (`denoise::fold`): no node
+//! Leaves: the rotations folded into the weights in f64, cast once (`linalg::layer_rotations`): no node
 //! added in `global` mode (embedding, readers, writers, stream biases, head — a tied head stays
 //! tied); in `per-layer` mode one `MatMul` by `Q_{i−1}ᵀ Q_i` on the stream entering each layer
 //! `i > 0` (the first layer's `Q` folded into the embedding, the last one's into the head, which
@@ -25,58 +25,15 @@
 //! structure analysis, so a later `prune` sees only the first block; the pass says so in a note.
 
 use crate::calib::{missing_calibration, walk_layers};
-use crate::options::{OptionKind, OptionSpec, PassOptions};
-use crate::pass::{PassError, PassResult};
-use crate::registry::PassInfo;
-use crate::transforms::denoise::fold::{self, FoldStats, Layers, Rotations};
-use crate::transforms::denoise::loss::{Importance, LayerProblem};
-use crate::transforms::denoise::optim::{optimize, AdamOptions, Optimized, StopReason};
+use crate::linalg::layer_rotations::{self as rotations, FoldStats, Layers, Rotations};
+use crate::options::{OptionError, OptionKind};
+use crate::pass::{PassContext, PassError, PassErrorKind, PassResult};
+use crate::rotation_search::loss::{Importance, LayerProblem};
+use crate::rotation_search::optim::{optimize, AdamOptions, Optimized, StopReason};
+use crate::rotation_search::{check_lr, layer_objective, LR, METHOD_KIND};
 use faer::Mat;
 use ortho_ir::eval::{Stat, StatRequest};
 use ortho_ir::Module;
-
-static MODES: &[&str] = &["global", "per-layer"];
-static METHODS: &[&str] = &["sparsegpt", "wanda", "magnitude"];
-
-static OPTIONS: &[OptionSpec] = &[
-    OptionSpec {
-        name: "mode",
-        kind: OptionKind::Enum(MODES),
-        default: "global",
-        doc: "One residual rotation for the whole stream (no node added) or one per layer (a d×d MatMul at each layer boundary).",
-    },
-    OptionSpec {
-        name: "method",
-        kind: OptionKind::Enum(METHODS),
-        default: "sparsegpt",
-        doc: "The pruning method whose importance scores are concentrated (wanda and sparsegpt need calibration).",
-    },
-    OptionSpec {
-        name: "iters",
-        kind: OptionKind::Int { min: 0, max: 100_000 },
-        default: "16",
-        doc: "Adam steps per optimization (per layer, or in total for mode=global); 0 folds the identity.",
-    },
-    OptionSpec {
-        name: "lr",
-        kind: OptionKind::Float,
-        default: "0.01",
-        doc: "Adam learning rate on the skew-symmetric Cayley parameters.",
-    },
-];
-
-pub const INFO: PassInfo = PassInfo {
-    name: "denoise-rotate",
-    summary: "DenoiseRotator: rotates each layer to concentrate pruning importance (entropy loss, Adam on SO(n)), folded into the weights.",
-    options: OPTIONS,
-    build,
-};
-
-fn build(o: &PassOptions) -> Result<Box<dyn crate::pass::Pass>, String> {
-    Ok(Box::new(DenoiseRotate {
-        opts: DenoiseRotateOptions::from_options(o)?,
-    }))
-}
 
 /// One rotation per layer or one for the whole stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,44 +42,48 @@ pub enum Mode {
     Global,
 }
 
-/// Options of [`denoise_rotate`].
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct DenoiseRotateOptions {
-    pub mode: Mode,
-    pub method: Importance,
-    pub iters: usize,
-    pub lr: f64,
-}
+crate::word_option_type!(Mode {
+    Global = "global",
+    PerLayer = "per-layer",
+});
 
-impl Default for DenoiseRotateOptions {
-    fn default() -> Self {
-        DenoiseRotateOptions {
-            mode: Mode::Global,
-            method: Importance::SparseGpt,
-            iters: 16,
-            lr: 0.01,
-        }
+crate::pass_options! {
+    /// Options of [`denoise_rotate`].
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub struct DenoiseRotateOptions {
+        pub mode: Mode = {
+            name: "mode",
+            default: Mode::Global,
+            doc: "One residual rotation for the whole stream (no node added) or one per layer (a d×d MatMul at each layer boundary).",
+        },
+        pub method: Importance = {
+            name: "method",
+            default: Importance::SparseGpt,
+            doc: "The pruning method whose importance scores are concentrated (wanda and sparsegpt need calibration).",
+            kind: METHOD_KIND,
+        },
+        pub iters: usize = {
+            name: "iters",
+            default: 16,
+            doc: "Adam steps per optimization (per layer, or in total for mode=global); 0 folds the identity.",
+            kind: OptionKind::Int { min: 0, max: 100_000 },
+        },
+        pub lr: f64 = LR,
     }
+    check: DenoiseRotateOptions::check;
 }
 
 impl DenoiseRotateOptions {
-    pub fn from_options(o: &PassOptions) -> Result<Self, String> {
-        let mode = match o.str("mode")? {
-            "per-layer" => Mode::PerLayer,
-            _ => Mode::Global,
-        };
-        let method = Importance::parse(o.str("method")?).ok_or("unknown method")?;
-        let lr = o.float("lr")?;
-        if !(lr > 0.0 && lr.is_finite()) {
-            return Err(format!("lr must be positive, got {lr}"));
-        }
-        Ok(DenoiseRotateOptions {
-            mode,
-            method,
-            iters: o.int("iters")? as usize,
-            lr,
-        })
+    fn check(&self) -> Result<(), OptionError> {
+        check_lr(self.lr)
     }
+}
+
+crate::declare_pass! {
+    name: "denoise-rotate",
+    summary: "DenoiseRotator: rotates each layer to concentrate pruning importance (entropy loss, Adam on SO(n)), folded into the weights.",
+    options: DenoiseRotateOptions,
+    run: run_pass,
 }
 
 /// One layer's entropy loss at the identity and at the folded rotations.
@@ -156,21 +117,6 @@ fn run_line(what: &str, r: &Optimized) -> String {
     )
 }
 
-/// The objective over blocks `[Q1, R2_0, …]` of one layer, recording every evaluation's loss.
-pub(crate) fn layer_objective<'a>(
-    p: &'a LayerProblem,
-    history: &'a mut Vec<f64>,
-) -> impl FnMut(&[Mat<f32>], &mut [Mat<f32>]) -> f64 + 'a {
-    move |qs, gs| {
-        let (gq, gr) = gs.split_at_mut(1);
-        let l = p
-            .loss_grad(qs[0].as_ref(), &qs[1..], &mut gq[0], gr)
-            .total();
-        history.push(l);
-        l
-    }
-}
-
 /// Runs DenoiseRotator on the main graph of `m`. `moments` is called once (never for
 /// `magnitude`) with the statistics the method needs.
 pub fn denoise_rotate(
@@ -178,8 +124,8 @@ pub fn denoise_rotate(
     opts: &DenoiseRotateOptions,
     moments: &mut MomentSource<'_>,
 ) -> Result<DenoiseReport, PassError> {
-    let layers: Layers = fold::find_layers(m)?;
-    let requests = fold::requests(&layers, opts.method);
+    let layers: Layers = rotations::find_layers(m)?;
+    let requests = rotations::requests(&layers, opts.method);
     let stats: Vec<Stat> = if requests.is_empty() {
         Vec::new()
     } else {
@@ -189,7 +135,8 @@ pub fn denoise_rotate(
                 "calibration returned {} statistics for {} requests",
                 s.len(),
                 requests.len()
-            )));
+            ))
+            .with_kind(PassErrorKind::Evaluation));
         }
         s
     };
@@ -198,7 +145,7 @@ pub fn denoise_rotate(
         if stats.is_empty() {
             &[]
         } else {
-            &stats[fold::REQUESTS_PER_LAYER * i..fold::REQUESTS_PER_LAYER * (i + 1)]
+            &stats[rotations::REQUESTS_PER_LAYER * i..rotations::REQUESTS_PER_LAYER * (i + 1)]
         }
     };
     let adam = AdamOptions {
@@ -218,7 +165,7 @@ pub fn denoise_rotate(
                 r2: Vec::with_capacity(nl),
             };
             for i in 0..nl {
-                let p = fold::problem(m, &layers, i, opts.method, per(i))?;
+                let p = rotations::problem(m, &layers, i, opts.method, per(i))?;
                 let hd = p.heads.head_dim;
                 let mut sizes = vec![layers.d];
                 sizes.extend(std::iter::repeat_n(hd, p.heads.kv_heads));
@@ -237,7 +184,7 @@ pub fn denoise_rotate(
         }
         Mode::Global => {
             let problems: Vec<LayerProblem> = (0..nl)
-                .map(|i| fold::problem(m, &layers, i, opts.method, per(i)))
+                .map(|i| rotations::problem(m, &layers, i, opts.method, per(i)))
                 .collect::<Result<_, _>>()?;
             let kv: Vec<usize> = problems.iter().map(|p| p.heads.kv_heads).collect();
             let mut sizes = vec![layers.d];
@@ -285,62 +232,52 @@ pub fn denoise_rotate(
             Rotations { q1, r2 }
         }
     };
-    report.fold = fold::fold(m, &layers, &rot)?;
+    report.fold = rotations::fold(m, &layers, &rot)?;
     Ok(report)
 }
 
-struct DenoiseRotate {
-    opts: DenoiseRotateOptions,
-}
-
-impl crate::pass::Pass for DenoiseRotate {
-    fn name(&self) -> &'static str {
-        INFO.name
-    }
-
-    fn run(
-        &self,
-        m: &mut Module,
-        cx: &mut crate::pass::PassContext,
-    ) -> Result<PassResult, PassError> {
-        let calib = cx.calibration().cloned();
-        // Statistics of every layer from one layer-wise walk over the calibration set on the
-        // model as it enters the pass (the rotations change no layer's function, so rotating
-        // earlier layers first would not change what later layers see).
-        let mut moments = |m: &mut Module, reqs: &[StatRequest]| -> Result<Vec<Stat>, PassError> {
-            let calib = calib
-                .as_ref()
-                .ok_or_else(|| missing_calibration(INFO.name))?;
-            let per_layer = reqs.len() / fold::REQUESTS_PER_LAYER;
-            let mut out: Vec<Stat> = Vec::with_capacity(reqs.len());
-            walk_layers(m, calib, &mut |lcx| {
-                let i = lcx.block.index;
-                if i >= per_layer {
-                    return Err(PassError::new(
-                        "the calibration driver found more blocks than denoise-rotate",
-                    ));
-                }
-                let k = fold::REQUESTS_PER_LAYER;
-                lcx.progress("denoise-rotate: input statistics");
-                out.extend(lcx.collect(&reqs[k * i..k * (i + 1)])?.stats);
-                Ok(())
-            })?;
-            Ok(out)
-        };
-        let r = denoise_rotate(m, &self.opts, &mut moments)?;
-        report(&r, cx);
-        if r.fold.boundaries > 0 {
-            cx.note(format!(
+fn run_pass(
+    m: &mut Module,
+    opts: &DenoiseRotateOptions,
+    cx: &mut PassContext,
+) -> Result<PassResult, PassError> {
+    let calib = cx.calibration().cloned();
+    // Statistics of every layer from one layer-wise walk over the calibration set on the
+    // model as it enters the pass (the rotations change no layer's function, so rotating
+    // earlier layers first would not change what later layers see).
+    let mut moments = |m: &mut Module, reqs: &[StatRequest]| -> Result<Vec<Stat>, PassError> {
+        let calib = calib.as_ref().ok_or_else(|| {
+            missing_calibration(INFO.name).with_kind(PassErrorKind::MissingCalibration)
+        })?;
+        let per_layer = reqs.len() / rotations::REQUESTS_PER_LAYER;
+        let mut out: Vec<Stat> = Vec::with_capacity(reqs.len());
+        walk_layers(m, calib, &mut |lcx| {
+            let i = lcx.block.index;
+            if i >= per_layer {
+                return Err(PassError::new(
+                    "the calibration driver found more blocks than denoise-rotate",
+                ));
+            }
+            let k = rotations::REQUESTS_PER_LAYER;
+            lcx.progress("denoise-rotate: input statistics");
+            out.extend(lcx.collect(&reqs[k * i..k * (i + 1)])?.stats);
+            Ok(())
+        })?;
+        Ok(out)
+    };
+    let r = denoise_rotate(m, opts, &mut moments)?;
+    report(&r, cx);
+    if r.fold.boundaries > 0 {
+        cx.note(format!(
                 "{} boundary MatMul(s) on the residual stream: later passes that walk the blocks (prune) refuse the model; use mode=global to compose with them",
                 r.fold.boundaries
             ));
-        }
-        Ok(PassResult::changed(true))
     }
+    Ok(PassResult::changed(true))
 }
 
 /// Statistics and notes of a run.
-fn report(r: &DenoiseReport, cx: &mut crate::pass::PassContext) {
+fn report(r: &DenoiseReport, cx: &mut PassContext) {
     cx.stat("layers", r.layers.len() as u64);
     cx.stat("rewritten", r.fold.rewritten as u64);
     cx.stat("copies", r.fold.copies as u64);

@@ -21,24 +21,19 @@
 //! `ReduceMean → Sub`). Afterwards the stream admits O(d). A post-norm stream (BERT-like) is
 //! left as it was and the note names the norm that prevents it.
 
-use crate::pass::{Pass, PassContext, PassError, PassResult};
-use crate::registry::PassInfo;
-use crate::transforms::weights::{self, Rewrite};
-use ortho_ir::analysis::norm::{NormKind, Norms};
+use crate::linalg::weights::{self, Rewrite, WeightError};
+use crate::pass::{PassContext, PassError, PassErrorKind, PassResult};
+use ortho_ir::analysis::norm::{Norm, NormKind, NormParam, Norms};
 use ortho_ir::analysis::{match_linear, Linear};
-use ortho_ir::{Module, TensorData, TensorId};
+use ortho_ir::{Graph, GraphId, Module, NodeId, TensorData, TensorId};
+use std::collections::HashMap;
 
 mod center;
 
-pub const INFO: PassInfo = PassInfo {
+crate::declare_pass! {
     name: "fold-norms",
     summary: "Folds RMSNorm/LayerNorm gains (and LayerNorm shifts) into the linear layers reading them; on a pre-norm stream of LayerNorms, centers the stream and turns them into RMSNorms (SliceGPT).",
-    options: &[],
-    build,
-};
-
-fn build(_: &crate::options::PassOptions) -> Result<Box<dyn Pass>, String> {
-    Ok(Box::new(FoldNorms))
+    run: run_pass,
 }
 
 /// What [`fold_norms`] did.
@@ -86,7 +81,7 @@ pub fn fold_norms(m: &mut Module) -> Result<FoldNormsStats, PassError> {
     let plan = match center::plan(m, gid) {
         Ok(p) => p,
         Err(why) => {
-            stats.not_converted = Some(why);
+            stats.not_converted = Some(why.to_string());
             None
         }
     };
@@ -103,26 +98,59 @@ pub fn fold_norms(m: &mut Module) -> Result<FoldNormsStats, PassError> {
     Ok(stats)
 }
 
-/// Moves γ (and β) of every pre-norm norm into its linear readers.
-fn fold_gains(
-    m: &mut Module,
-    gid: ortho_ir::GraphId,
-    stats: &mut FoldNormsStats,
-) -> Result<(), PassError> {
-    let g = m.graph(gid);
-    let norms = Norms::find(m, g);
-    let mut rewrites: Vec<Rewrite> = Vec::new();
-    let mut transforms: Vec<Transform> = Vec::new();
-    let mut push = |rw: &mut Vec<Rewrite>, t: Transform, consumer, slot, konst, transpose| {
-        transforms.push(t);
-        rw.push(Rewrite {
+/// The rewrites folding the norms needs, and the transform each one's key names.
+#[derive(Default)]
+struct GainPlan {
+    rewrites: Vec<Rewrite>,
+    transforms: Vec<Transform>,
+}
+
+impl GainPlan {
+    fn push(
+        &mut self,
+        t: Transform,
+        consumer: NodeId,
+        slot: usize,
+        konst: NodeId,
+        transpose: Option<NodeId>,
+    ) {
+        self.transforms.push(t);
+        self.rewrites.push(Rewrite {
             consumer,
             slot,
             konst,
             transpose,
-            key: transforms.len() - 1,
+            key: self.transforms.len() - 1,
         });
-    };
+    }
+}
+
+/// A reader weight in f64 before any rewrite, with its dims (what a bias shift reads).
+struct Original {
+    values: Vec<f64>,
+    dims: Vec<i64>,
+}
+
+/// Moves γ (and β) of every pre-norm norm into its linear readers: plans the rewrites norm by
+/// norm, reads the weights the bias shifts need before anything changes, then rewrites.
+fn fold_gains(m: &mut Module, gid: GraphId, stats: &mut FoldNormsStats) -> Result<(), PassError> {
+    let plan = plan_gains(m, gid, stats)?;
+    if plan.rewrites.is_empty() {
+        return Ok(());
+    }
+    let originals = shifted_weights(m, gid, &plan.transforms)?;
+    let make = |key: usize, old: &TensorData| transformed(&plan.transforms[key], old, &originals);
+    let applied = weights::apply(m, gid, &plan.rewrites, "folded", &make)?;
+    stats.untied += applied.copies;
+    Ok(())
+}
+
+/// The rewrites of every norm whose gain or shift can be folded; the others go to
+/// `stats.skipped` with the reason.
+fn plan_gains(m: &Module, gid: GraphId, stats: &mut FoldNormsStats) -> Result<GainPlan, PassError> {
+    let g = m.graph(gid);
+    let norms = Norms::find(m, g);
+    let mut plan = GainPlan::default();
     for norm in &norms.list {
         let gain = norm.gain.filter(|p| !p.trivial);
         let shift = norm
@@ -131,205 +159,218 @@ fn fold_gains(
         if gain.is_none() && shift.is_none() {
             continue;
         }
-        let at = g.describe(norm.node);
-        if !norm.last_axis {
-            stats
-                .skipped
-                .push(format!("{at}: normalizes another axis than the last"));
-            continue;
-        }
-        let users = g.users(norm.output);
-        let readers: Option<Vec<Linear>> = users
-            .iter()
-            .map(|&(u, slot)| {
-                if slot == 0 {
-                    match_linear(m, g, u)
-                } else {
-                    None
-                }
-            })
-            .collect();
-        let readers = match readers {
-            Some(r) if !r.is_empty() && !g.outputs.iter().any(|o| o.value == norm.output) => r,
-            _ => {
-                stats.skipped.push(format!("{at}: its output is not read only by linear layers (a norm on the stream: post-LN or sandwich)"));
+        let readers = match foldable_readers(m, g, norm, shift.is_some()) {
+            Ok(r) => r,
+            Err(why) => {
+                stats
+                    .skipped
+                    .push(format!("{}: {why}", g.describe(norm.node)));
                 continue;
             }
         };
-        let vec_of =
-            |p: ortho_ir::analysis::norm::NormParam, n: i64| -> Result<Vec<f64>, PassError> {
-                let v = weights::decode(m.tensor(p.tensor))
-                    .map_err(|e| PassError::at(g, p.konst, e))?;
-                match v.len() {
-                    1 => Ok(vec![v[0]; n as usize]),
-                    k if k as i64 == n => Ok(v),
-                    k => Err(PassError::at(
-                        g,
-                        p.konst,
-                        format!("a norm parameter of {k} elements for {n} features"),
-                    )),
-                }
-            };
         let width = readers[0].in_features;
-        if readers.iter().any(|r| r.in_features != width) {
-            stats
-                .skipped
-                .push(format!("{at}: its readers disagree on the input width"));
-            continue;
-        }
-        if shift.is_some() && readers.iter().any(|r| r.bias.is_none()) {
-            stats.skipped.push(format!(
-                "{at}: LayerNorm shift β ≠ 0 and a reader without a bias to take it"
-            ));
-            continue;
-        }
         for r in &readers {
             if let Some(p) = gain {
-                push(
-                    &mut rewrites,
-                    Transform::Scale {
-                        axis: r.weight.in_axis,
-                        s: vec_of(p, width)?,
-                    },
-                    r.node,
-                    r.weight_slot,
-                    r.weight.konst,
-                    r.weight.transpose,
-                );
+                let t = Transform::Scale {
+                    axis: r.weight.in_axis,
+                    s: param_vector(m, gid, p, width)?,
+                };
+                plan.push(t, r.node, r.weight_slot, r.weight.konst, r.weight.transpose);
             }
             if let (Some(p), Some(b)) = (shift, r.bias) {
                 let t = Transform::ShiftBias {
                     w: r.weight.tensor,
                     in_axis: r.weight.in_axis,
-                    beta: vec_of(p, width)?,
+                    beta: param_vector(m, gid, p, width)?,
                 };
-                push(&mut rewrites, t, b.node, b.slot, b.konst, None);
+                plan.push(t, b.node, b.slot, b.konst, None);
             }
         }
         if let Some(p) = gain {
-            push(
-                &mut rewrites,
-                Transform::Fill(1.0),
-                p.consumer,
-                p.slot,
-                p.konst,
-                None,
-            );
+            plan.push(Transform::Fill(1.0), p.consumer, p.slot, p.konst, None);
         }
         if let Some(p) = shift {
-            push(
-                &mut rewrites,
-                Transform::Fill(0.0),
-                p.consumer,
-                p.slot,
-                p.konst,
-                None,
-            );
+            plan.push(Transform::Fill(0.0), p.consumer, p.slot, p.konst, None);
         }
         stats.folded += 1;
         stats.readers += readers.len();
     }
-    if rewrites.is_empty() {
-        return Ok(());
+    Ok(plan)
+}
+
+/// The linear layers that read `norm`'s output, when the norm can be folded into them; else
+/// why not.
+fn foldable_readers(
+    m: &Module,
+    g: &Graph,
+    norm: &Norm,
+    shifted: bool,
+) -> Result<Vec<Linear>, &'static str> {
+    if !norm.last_axis {
+        return Err("normalizes another axis than the last");
     }
-    // The bias shifts read the original weights: take them before anything is replaced.
-    let originals: std::collections::HashMap<TensorId, Vec<f64>> = transforms
+    let readers: Option<Vec<Linear>> = g
+        .users(norm.output)
+        .iter()
+        .map(|&(u, slot)| {
+            if slot == 0 {
+                match_linear(m, g, u)
+            } else {
+                None
+            }
+        })
+        .collect();
+    let readers = match readers {
+        Some(r) if !r.is_empty() && !g.outputs.iter().any(|o| o.value == norm.output) => r,
+        _ => {
+            return Err("its output is not read only by linear layers (a norm on the stream: post-LN or sandwich)")
+        }
+    };
+    let width = readers[0].in_features;
+    if readers.iter().any(|r| r.in_features != width) {
+        return Err("its readers disagree on the input width");
+    }
+    if shifted && readers.iter().any(|r| r.bias.is_none()) {
+        return Err("LayerNorm shift β ≠ 0 and a reader without a bias to take it");
+    }
+    Ok(readers)
+}
+
+/// A norm parameter as `n` values (a scalar is broadcast).
+fn param_vector(m: &Module, gid: GraphId, p: NormParam, n: i64) -> Result<Vec<f64>, PassError> {
+    let v = weights::decode(m.tensor(p.tensor)).map_err(|e| {
+        PassError::at_graph(m, gid, p.konst, e.to_string()).with_kind(PassErrorKind::Weights)
+    })?;
+    match v.len() {
+        1 => Ok(vec![v[0]; n as usize]),
+        k if k as i64 == n => Ok(v),
+        k => Err(PassError::at_graph(
+            m,
+            gid,
+            p.konst,
+            format!("a norm parameter of {k} elements for {n} features"),
+        )
+        .with_kind(PassErrorKind::Weights)),
+    }
+}
+
+/// The original values of every weight a bias shift reads.
+fn shifted_weights(
+    m: &Module,
+    gid: GraphId,
+    transforms: &[Transform],
+) -> Result<HashMap<TensorId, Original>, PassError> {
+    transforms
         .iter()
         .filter_map(|t| match t {
             Transform::ShiftBias { w, .. } => Some(*w),
             _ => None,
         })
-        .map(|w| weights::decode(m.tensor(w)).map(|v| (w, v)))
-        .collect::<Result<_, _>>()
-        .map_err(PassError::new)?;
-    let dims_of: std::collections::HashMap<TensorId, Vec<i64>> = originals
-        .keys()
-        .map(|&w| (w, m.tensor(w).dims.clone()))
-        .collect();
-    let make = |key: usize, old: &TensorData| -> Result<TensorData, String> {
-        // A scale along the last axis (an untied head stored [vocab, d]) goes block by block.
-        if let Transform::Scale { axis, s } = &transforms[key] {
-            if *axis + 1 == old.dims.len()
-                && old.dims.len() >= 2
-                && s.len() as i64 == old.dims[*axis]
-            {
-                return weights::map_rows(old, s.len(), &|v, _| {
-                    Ok(v.iter().zip(s.iter().cycle()).map(|(x, g)| x * g).collect())
-                });
-            }
+        .map(|w| {
+            let t = m.tensor(w);
+            let values = weights::decode(t).map_err(|e| {
+                PassError::new(e.to_string())
+                    .in_graph(gid)
+                    .with_kind(PassErrorKind::Weights)
+            })?;
+            let dims = t.dims.clone();
+            Ok((w, Original { values, dims }))
+        })
+        .collect()
+}
+
+/// The new value of a constant under `t`.
+fn transformed(
+    t: &Transform,
+    old: &TensorData,
+    originals: &HashMap<TensorId, Original>,
+) -> Result<TensorData, WeightError> {
+    // A scale along the last axis (an untied head stored [vocab, d]) goes block by block.
+    if let Transform::Scale { axis, s } = t {
+        if *axis + 1 == old.dims.len() && old.dims.len() >= 2 && s.len() as i64 == old.dims[*axis] {
+            return weights::map_rows(old, s.len(), &|v, _| {
+                Ok(v.iter().zip(s.iter().cycle()).map(|(x, g)| x * g).collect())
+            });
         }
-        let mut v = weights::decode(old)?;
-        match &transforms[key] {
-            Transform::Scale { axis, s } => weights::scale_axis(&mut v, &old.dims, *axis, s)?,
-            Transform::Fill(x) => v.iter_mut().for_each(|e| *e = *x),
-            Transform::ShiftBias { w, in_axis, beta } => {
-                let (wv, dims) = (&originals[w], &dims_of[w]);
-                let (rows, cols) = (dims[0] as usize, dims[1] as usize);
-                let out = if *in_axis == 0 { cols } else { rows };
-                if v.len() != out {
-                    return Err(format!("a bias of {} elements for {out} outputs", v.len()));
-                }
-                for (o, b) in v.iter_mut().enumerate() {
-                    *b += (0..beta.len())
-                        .map(|i| {
-                            beta[i]
-                                * if *in_axis == 0 {
-                                    wv[i * cols + o]
-                                } else {
-                                    wv[o * cols + i]
-                                }
-                        })
-                        .sum::<f64>();
-                }
-            }
+    }
+    let mut v = weights::decode(old)?;
+    match t {
+        Transform::Scale { axis, s } => weights::scale_axis(&mut v, &old.dims, *axis, s)?,
+        Transform::Fill(x) => v.iter_mut().for_each(|e| *e = *x),
+        Transform::ShiftBias { w, in_axis, beta } => {
+            let o = originals
+                .get(w)
+                .ok_or_else(|| WeightError::Shape("a bias shift without its weight".into()))?;
+            shift_bias(&mut v, o, *in_axis, beta)?;
         }
-        weights::encode_like(old, &v)
-    };
-    let applied = weights::apply(m, gid, &rewrites, "folded", &make)?;
-    stats.untied += applied.copies;
+    }
+    weights::encode_like(old, &v)
+}
+
+/// `b ← b + β W` for a reader weight `w` whose input features lie on `in_axis`.
+fn shift_bias(
+    b: &mut [f64],
+    w: &Original,
+    in_axis: usize,
+    beta: &[f64],
+) -> Result<(), WeightError> {
+    let (rows, cols) = (w.dims[0] as usize, w.dims[1] as usize);
+    let out = if in_axis == 0 { cols } else { rows };
+    if b.len() != out {
+        return Err(WeightError::Shape(format!(
+            "a bias of {} elements for {out} outputs",
+            b.len()
+        )));
+    }
+    for (o, bo) in b.iter_mut().enumerate() {
+        *bo += (0..beta.len())
+            .map(|i| {
+                beta[i]
+                    * if in_axis == 0 {
+                        w.values[i * cols + o]
+                    } else {
+                        w.values[o * cols + i]
+                    }
+            })
+            .sum::<f64>();
+    }
     Ok(())
 }
 
-struct FoldNorms;
-
-impl Pass for FoldNorms {
-    fn name(&self) -> &'static str {
-        INFO.name
+fn run_pass(m: &mut Module, cx: &mut PassContext) -> Result<PassResult, PassError> {
+    let s = fold_norms(m)?;
+    cx.stats(&[
+        ("folded", s.folded),
+        ("readers", s.readers),
+        ("untied", s.untied),
+        ("skipped", s.skipped.len()),
+    ]);
+    // Only models with LayerNorms have these; the others' reports stay as they were.
+    for (k, v) in [
+        ("centered", s.centered),
+        ("biases-added", s.biases_added),
+        ("converted", s.converted),
+    ] {
+        if v > 0 {
+            cx.stat(k, v as u64);
+        }
     }
-
-    fn run(&self, m: &mut Module, cx: &mut PassContext) -> Result<PassResult, PassError> {
-        let s = fold_norms(m)?;
-        cx.stat("folded", s.folded as u64);
-        cx.stat("readers", s.readers as u64);
-        cx.stat("untied", s.untied as u64);
-        cx.stat("skipped", s.skipped.len() as u64);
-        // Only models with LayerNorms have these; the others' reports stay as they were.
-        for (k, v) in [
-            ("centered", s.centered),
-            ("biases-added", s.biases_added),
-            ("converted", s.converted),
-        ] {
-            if v > 0 {
-                cx.stat(k, v as u64);
-            }
-        }
-        for n in &s.skipped {
-            cx.note(format!("not folded: {n}"));
-        }
-        if s.untied > 0 {
-            cx.note(format!("{} weight(s) copied so that other readers keep the original values (e.g. a head untied from the embedding)", s.untied));
-        }
-        if let Some(why) = &s.not_converted {
-            cx.note(format!("LayerNorms kept (not converted to RMSNorm): {why}"));
-        }
-        if s.converted > 0 {
-            cx.note(format!(
-                "{} LayerNorm(s) converted to RMSNorm after centering {} weight(s) of the stream",
-                s.converted, s.centered
-            ));
-        }
-        Ok(PassResult::changed(
-            s.folded > 0 || s.converted > 0 || s.centered > 0 || s.biases_added > 0,
-        ))
+    for n in &s.skipped {
+        cx.note(format!("not folded: {n}"));
     }
+    if s.untied > 0 {
+        cx.note(format!("{} weight(s) copied so that other readers keep the original values (e.g. a head untied from the embedding)", s.untied));
+    }
+    if let Some(why) = &s.not_converted {
+        cx.note(format!("LayerNorms kept (not converted to RMSNorm): {why}"));
+    }
+    if s.converted > 0 {
+        cx.note(format!(
+            "{} LayerNorm(s) converted to RMSNorm after centering {} weight(s) of the stream",
+            s.converted, s.centered
+        ));
+    }
+    Ok(PassResult::changed(
+        s.folded > 0 || s.converted > 0 || s.centered > 0 || s.biases_added > 0,
+    ))
 }

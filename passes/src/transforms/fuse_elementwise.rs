@@ -23,10 +23,9 @@
 //! Cast only join regions, never start one. Scalar f32 constants are folded into the program
 //! as constants instead of becoming operands (unless that would lower the result's rank).
 
-use crate::options::{OptionKind, OptionSpec, PassOptions};
-use crate::pass::{Pass, PassContext, PassError, PassResult};
-use crate::registry::PassInfo;
-use crate::transforms::scope::captured_names;
+use crate::captures::captured_names;
+use crate::options::OptionKind;
+use crate::pass::{PassContext, PassError, PassResult};
 use ortho_ir::fused::{Binary, Form, FusedElementwise, Instr, Reg, Unary};
 use ortho_ir::op_ortho::{OrthoOp, DOMAIN};
 use ortho_ir::shape::{infer_graph, InferOptions, Scope};
@@ -34,45 +33,25 @@ use ortho_ir::tensor::Storage;
 use ortho_ir::{DType, Dim, GraphId, Module, NodeId, Op, OpsetImport, Type, ValueId};
 use std::collections::{HashMap, HashSet};
 
-static OPTIONS: &[OptionSpec] = &[OptionSpec {
-    name: "min-ops",
-    kind: OptionKind::Int { min: 1, max: 1_000_000 },
-    default: "2",
-    doc: "Smallest number of computing ops (Identity and Cast not counted) a region needs to be fused.",
-}];
+crate::pass_options! {
+    /// Options of [`fuse_elementwise`].
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct FuseElementwiseOptions {
+        /// Smallest region, in computing ops (`min-ops`).
+        pub min_ops: usize = {
+            name: "min-ops",
+            default: 2,
+            doc: "Smallest number of computing ops (Identity and Cast not counted) a region needs to be fused.",
+            kind: OptionKind::Int { min: 1, max: 1_000_000 },
+        },
+    }
+}
 
-pub const INFO: PassInfo = PassInfo {
+crate::declare_pass! {
     name: "fuse-elementwise",
     summary: "Fuses chains of f32 elementwise ops into ortho.FusedElementwise nodes (lower-ortho undoes it).",
-    options: OPTIONS,
-    build,
-};
-
-fn build(o: &PassOptions) -> Result<Box<dyn Pass>, String> {
-    Ok(Box::new(FuseElementwisePass {
-        opts: FuseElementwiseOptions::from_options(o)?,
-    }))
-}
-
-/// Options of [`fuse_elementwise`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FuseElementwiseOptions {
-    /// Smallest region, in computing ops (`min-ops`).
-    pub min_ops: usize,
-}
-
-impl Default for FuseElementwiseOptions {
-    fn default() -> Self {
-        FuseElementwiseOptions { min_ops: 2 }
-    }
-}
-
-impl FuseElementwiseOptions {
-    pub fn from_options(o: &PassOptions) -> Result<Self, String> {
-        let min_ops = usize::try_from(o.int("min-ops")?)
-            .map_err(|_| "min-ops is out of range".to_string())?;
-        Ok(FuseElementwiseOptions { min_ops })
-    }
+    options: FuseElementwiseOptions,
+    run: run_pass,
 }
 
 /// What [`fuse_elementwise`] did.
@@ -464,20 +443,14 @@ fn apply(m: &mut Module, g: GraphId, r: Region) {
     }
 }
 
-struct FuseElementwisePass {
-    opts: FuseElementwiseOptions,
-}
-
-impl Pass for FuseElementwisePass {
-    fn name(&self) -> &'static str {
-        INFO.name
-    }
-
-    fn run(&self, m: &mut Module, cx: &mut PassContext) -> Result<PassResult, PassError> {
-        let s = fuse_elementwise(m, &self.opts);
-        cx.stat("regions", s.regions as u64);
-        cx.stat("ops", s.ops as u64);
-        cx.stat("too-small", s.too_small as u64);
-        Ok(PassResult::changed(s.regions > 0))
-    }
+fn run_pass(
+    m: &mut Module,
+    opts: &FuseElementwiseOptions,
+    cx: &mut PassContext,
+) -> Result<PassResult, PassError> {
+    let s = fuse_elementwise(m, opts);
+    cx.stat("regions", s.regions as u64);
+    cx.stat("ops", s.ops as u64);
+    cx.stat("too-small", s.too_small as u64);
+    Ok(PassResult::changed(s.regions > 0))
 }

@@ -8,58 +8,56 @@
 //! node and the strongest admitted group) unless the residual stream admits K — a guard to put
 //! in front of a transform in a pipeline.
 
-use crate::options::{OptionKind, OptionSpec, PassOptions};
-use crate::pass::{Pass, PassContext, PassError, PassResult};
-use crate::registry::PassInfo;
+use crate::options::{OptionKind, OptionType, OptionValue, ValueError};
+use crate::pass::{PassContext, PassError, PassResult};
 use ortho_ir::analysis::transformer::Structure;
 use ortho_ir::analysis::{analyze_transformer, head_spaces, Kind};
 use ortho_ir::Module;
 
-static REQUIRE: &[&str] = &["none", "permutation", "signed-permutation", "orthogonal"];
-
-static OPTIONS: &[OptionSpec] = &[
-    OptionSpec {
-        name: "require",
-        kind: OptionKind::Enum(REQUIRE),
-        default: "none",
-        doc: "Fail unless the residual stream admits this group.",
-    },
-    OptionSpec {
-        name: "list-tensors",
-        kind: OptionKind::Bool,
-        default: "false",
-        doc: "Also list every tensor of each class.",
-    },
-];
-
-pub const INFO: PassInfo = PassInfo {
-    name: "gauge-verify",
-    summary: "Reports the transform group each residual-stream tensor admits and what blocks more.",
-    options: OPTIONS,
-    build,
-};
-
-fn build(o: &PassOptions) -> Result<Box<dyn Pass>, String> {
-    let require = match o.str("require")? {
-        "permutation" => Some(Kind::Permutation),
-        "signed-permutation" => Some(Kind::SignedPermutation),
-        "orthogonal" => Some(Kind::Orthogonal),
-        _ => None,
-    };
-    Ok(Box::new(GaugeVerify {
-        opts: GaugeVerifyOptions {
-            require,
-            list_tensors: o.bool("list-tensors")?,
+crate::pass_options! {
+    /// Options of [`gauge_verify`].
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct GaugeVerifyOptions {
+        /// Fail unless the residual stream admits this group.
+        pub require: Option<Kind> = {
+            name: "require",
+            default: None,
+            doc: "Fail unless the residual stream admits this group.",
         },
-    }))
+        pub list_tensors: bool = {
+            name: "list-tensors",
+            default: false,
+            doc: "Also list every tensor of each class.",
+        },
+    }
 }
 
-/// Options of [`gauge_verify`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct GaugeVerifyOptions {
-    /// Fail unless the residual stream admits this group.
-    pub require: Option<Kind>,
-    pub list_tensors: bool,
+crate::declare_pass! {
+    name: "gauge-verify",
+    summary: "Reports the transform group each residual-stream tensor admits and what blocks more.",
+    options: GaugeVerifyOptions,
+    run: run_pass,
+}
+
+/// `require`: `none` (no requirement) or a group the stream must admit.
+impl OptionType for Option<Kind> {
+    const KIND: OptionKind =
+        OptionKind::Enum(&["none", "permutation", "signed-permutation", "orthogonal"]);
+    fn from_value(v: &OptionValue) -> Result<Self, ValueError> {
+        match v {
+            OptionValue::Str(s) => match s.as_str() {
+                "none" => Ok(None),
+                "permutation" => Ok(Some(Kind::Permutation)),
+                "signed-permutation" => Ok(Some(Kind::SignedPermutation)),
+                "orthogonal" => Ok(Some(Kind::Orthogonal)),
+                _ => Err(ValueError::Expected(Self::KIND)),
+            },
+            _ => Err(ValueError::Expected(Self::KIND)),
+        }
+    }
+    fn to_value(&self) -> OptionValue {
+        OptionValue::Str(self.map_or("none", Kind::key).to_string())
+    }
 }
 
 /// The report: readable lines, and the structure they describe.
@@ -143,7 +141,7 @@ pub fn gauge_verify(m: &Module, opts: &GaugeVerifyOptions) -> Result<GaugeReport
                 main.admits.strongest()
             );
             return Err(match main.blocker_for(req.group()) {
-                Some(b) => PassError::at(g, b.node, format!("{msg}: {}", b.reason())),
+                Some(b) => PassError::at_main(m, b.node, format!("{msg}: {}", b.reason())),
                 None => PassError::new(msg),
             });
         }
@@ -154,34 +152,28 @@ pub fn gauge_verify(m: &Module, opts: &GaugeVerifyOptions) -> Result<GaugeReport
     })
 }
 
-struct GaugeVerify {
-    opts: GaugeVerifyOptions,
-}
-
-impl Pass for GaugeVerify {
-    fn name(&self) -> &'static str {
-        INFO.name
+fn run_pass(
+    m: &mut Module,
+    opts: &GaugeVerifyOptions,
+    cx: &mut PassContext,
+) -> Result<PassResult, PassError> {
+    let r = gauge_verify(m, opts)?;
+    let s = &r.structure;
+    cx.stat("classes", s.gauge.classes.len() as u64);
+    cx.stat(
+        "stream-tensors",
+        s.gauge.main().map_or(0, |c| c.values.len()) as u64,
+    );
+    cx.stat(
+        "blockers",
+        s.gauge
+            .classes
+            .iter()
+            .map(|c| c.blockers.len())
+            .sum::<usize>() as u64,
+    );
+    for l in r.lines {
+        cx.note(l);
     }
-
-    fn run(&self, m: &mut Module, cx: &mut PassContext) -> Result<PassResult, PassError> {
-        let r = gauge_verify(m, &self.opts)?;
-        let s = &r.structure;
-        cx.stat("classes", s.gauge.classes.len() as u64);
-        cx.stat(
-            "stream-tensors",
-            s.gauge.main().map_or(0, |c| c.values.len()) as u64,
-        );
-        cx.stat(
-            "blockers",
-            s.gauge
-                .classes
-                .iter()
-                .map(|c| c.blockers.len())
-                .sum::<usize>() as u64,
-        );
-        for l in r.lines {
-            cx.note(l);
-        }
-        Ok(PassResult::changed(false))
-    }
+    Ok(PassResult::changed(false))
 }

@@ -7,19 +7,13 @@
 //! errors of this pass: they become notes and the `problems` counter, and the verifier, which
 //! performs the same checks, decides whether the module is valid.
 
-use crate::pass::{Pass, PassContext, PassError, PassResult};
-use crate::registry::PassInfo;
+use crate::pass::{PassContext, PassError, PassResult};
 use ortho_ir::Module;
 
-pub const INFO: PassInfo = PassInfo {
+crate::declare_pass! {
     name: "infer-shapes",
     summary: "Infers value types and symbolic shapes and writes the refined types into the IR.",
-    options: &[],
-    build,
-};
-
-fn build(_: &crate::options::PassOptions) -> Result<Box<dyn Pass>, String> {
-    Ok(Box::new(InferShapes))
+    run: run_pass,
 }
 
 /// Notes beyond this many problems are summarized, so a broken model does not flood the report.
@@ -32,29 +26,23 @@ pub fn infer_shapes(m: &mut Module) -> InferShapesStats {
     ortho_ir::shape::infer_shapes(m)
 }
 
-struct InferShapes;
-
-impl Pass for InferShapes {
-    fn name(&self) -> &'static str {
-        INFO.name
+fn run_pass(m: &mut Module, cx: &mut PassContext) -> Result<PassResult, PassError> {
+    let s = infer_shapes(m);
+    cx.stats(&[
+        ("refined", s.refined),
+        ("ranked", s.ranked),
+        ("fully-shaped", s.fully_shaped),
+        ("values", s.values),
+        ("problems", s.diags.0.len()),
+    ]);
+    for d in s.diags.0.iter().take(MAX_NOTES) {
+        cx.note(d.to_string());
     }
-
-    fn run(&self, m: &mut Module, cx: &mut PassContext) -> Result<PassResult, PassError> {
-        let s = infer_shapes(m);
-        cx.stat("refined", s.refined as u64);
-        cx.stat("ranked", s.ranked as u64);
-        cx.stat("fully-shaped", s.fully_shaped as u64);
-        cx.stat("values", s.values as u64);
-        cx.stat("problems", s.diags.0.len() as u64);
-        for d in s.diags.0.iter().take(MAX_NOTES) {
-            cx.note(d.to_string());
-        }
-        if s.diags.0.len() > MAX_NOTES {
-            cx.note(format!(
-                "… and {} more problems",
-                s.diags.0.len() - MAX_NOTES
-            ));
-        }
-        Ok(PassResult::changed(s.refined > 0))
+    if s.diags.0.len() > MAX_NOTES {
+        cx.note(format!(
+            "… and {} more problems",
+            s.diags.0.len() - MAX_NOTES
+        ));
     }
+    Ok(PassResult::changed(s.refined > 0))
 }

@@ -11,22 +11,16 @@
 //! itself becomes the op of the last instruction, keeping its name, location, result name and
 //! type; the other results get fresh names derived from it (`%y_f3` for register 3 of `%y`).
 
-use crate::pass::{Pass, PassContext, PassError, PassResult};
-use crate::registry::PassInfo;
+use crate::pass::{PassContext, PassError, PassResult};
 use ortho_ir::fused::{Binary, FusedElementwise, Instr};
 use ortho_ir::op_ortho::{malformed, OrthoOp, DOMAIN};
 use ortho_ir::{Dim, Graph, GraphId, Module, NodeId, Op, Output, TensorData, Type, ValueId};
 use std::collections::HashMap;
 
-pub const INFO: PassInfo = PassInfo {
+crate::declare_pass! {
     name: "lower-ortho",
     summary: "Rewrites ortho.* ops (fused elementwise regions) into standard ONNX ops.",
-    options: &[],
-    build,
-};
-
-fn build(_: &crate::options::PassOptions) -> Result<Box<dyn Pass>, String> {
-    Ok(Box::new(LowerOrtho))
+    run: run_pass,
 }
 
 /// What [`lower_ortho`] did.
@@ -262,17 +256,9 @@ fn new_const(
     v
 }
 
-struct LowerOrtho;
-
-impl Pass for LowerOrtho {
-    fn name(&self) -> &'static str {
-        INFO.name
-    }
-
-    fn run(&self, m: &mut Module, cx: &mut PassContext) -> Result<PassResult, PassError> {
-        let s = lower_ortho(m)?;
-        cx.stat("lowered", s.lowered as u64);
-        cx.stat("created", s.created as u64);
-        Ok(PassResult::changed(s.lowered > 0))
-    }
+fn run_pass(m: &mut Module, cx: &mut PassContext) -> Result<PassResult, PassError> {
+    let s = lower_ortho(m)?;
+    cx.stat("lowered", s.lowered as u64);
+    cx.stat("created", s.created as u64);
+    Ok(PassResult::changed(s.lowered > 0))
 }

@@ -1,10 +1,10 @@
-//! The passes, one file each, plus helpers they share (`scope`) and canonicalize's folding
-//! kernels (`fold`, not a pass).
+//! The passes, one file each (or a folder for a pass's private parts). What passes share lives
+//! outside, in modules named for what it is (`linalg`, `sparsity`, `rotation_search`,
+//! `captures`); `fold` is canonicalize's constant folder.
 
 pub mod canonicalize;
 pub mod cse;
 pub mod dce;
-pub mod denoise;
 pub mod denoise_prune;
 pub mod denoise_rotate;
 pub mod fold_norms;
@@ -12,13 +12,12 @@ pub mod fuse_elementwise;
 pub mod gauge_verify;
 pub mod infer_shapes;
 pub mod lower_ortho;
-pub mod orthogonal;
 pub mod prune;
-pub mod prune_math;
 pub mod rotate_heads;
 pub mod rotate_residual;
-pub(crate) mod scope;
-pub(crate) mod weights;
+
+/// Compatibility path: pruning maths moved to `crate::sparsity::matrix`.
+pub use crate::sparsity::matrix as prune_math;
 
 pub use canonicalize::{canonicalize, CanonicalizeOptions, CanonicalizeStats};
 pub use cse::{cse, CseStats};

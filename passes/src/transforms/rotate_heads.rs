@@ -18,11 +18,9 @@
 //! [`fold_vo_rotations`] is the reusable half: it takes explicit per-KV-head matrices for every
 //! path [`vo_paths`] lists (e.g. learned rotations) and folds them.
 
-use crate::options::{OptionKind, OptionSpec, PassOptions};
-use crate::pass::{Pass, PassContext, PassError, PassResult};
-use crate::registry::PassInfo;
-use crate::transforms::orthogonal::{self, Orthogonal, Rng};
-use crate::transforms::weights::{self, Rewrite};
+use crate::linalg::orthogonal::{self, Orthogonal, Rng};
+use crate::linalg::weights::{self, Rewrite, WeightError};
+use crate::pass::{PassContext, PassError, PassResult};
 use faer::Mat;
 use ortho_ir::analysis::transformer::BranchKind;
 use ortho_ir::analysis::util::{const_data, out0};
@@ -30,37 +28,28 @@ use ortho_ir::analysis::{analyze_transformer, Linear};
 use ortho_ir::{Graph, Module, NodeId, Op, TensorData, ValueId};
 use std::collections::HashSet;
 
-static KINDS: &[&str] = &["haar", "hadamard"];
+crate::pass_options! {
+    /// Options of [`rotate_heads`].
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct RotateHeadsOptions {
+        pub kind: HeadKind = {
+            name: "kind",
+            default: HeadKind::Haar,
+            doc: "The per-KV-head transform: Haar-random rotation or randomized Hadamard (any head size).",
+        },
+        pub seed: u64 = {
+            name: "seed",
+            default: 0,
+            doc: "Seed of the random construction (one matrix per KV head per layer, drawn in layer order).",
+        },
+    }
+}
 
-static OPTIONS: &[OptionSpec] = &[
-    OptionSpec {
-        name: "kind",
-        kind: OptionKind::Enum(KINDS),
-        default: "haar",
-        doc: "The per-KV-head transform: Haar-random rotation or randomized Hadamard (any head size).",
-    },
-    OptionSpec { name: "seed", kind: OptionKind::UINT, default: "0", doc: "Seed of the random construction (one matrix per KV head per layer, drawn in layer order)." },
-];
-
-pub const INFO: PassInfo = PassInfo {
+crate::declare_pass! {
     name: "rotate-heads",
     summary: "Applies an orthogonal map per KV head on every attention's V/O path (GQA-aware), folded into v_proj and o_proj.",
-    options: OPTIONS,
-    build,
-};
-
-fn build(o: &PassOptions) -> Result<Box<dyn Pass>, String> {
-    let kind = match o.str("kind")? {
-        "haar" => HeadKind::Haar,
-        "hadamard" => HeadKind::Hadamard,
-        k => return Err(format!("unknown kind {k}")),
-    };
-    Ok(Box::new(RotateHeads {
-        opts: RotateHeadsOptions {
-            kind,
-            seed: o.uint("seed")?,
-        },
-    }))
+    options: RotateHeadsOptions,
+    run: run_pass,
 }
 
 /// The per-head transform [`rotate_heads`] draws.
@@ -70,21 +59,10 @@ pub enum HeadKind {
     Hadamard,
 }
 
-/// Options of [`rotate_heads`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RotateHeadsOptions {
-    pub kind: HeadKind,
-    pub seed: u64,
-}
-
-impl Default for RotateHeadsOptions {
-    fn default() -> Self {
-        RotateHeadsOptions {
-            kind: HeadKind::Haar,
-            seed: 0,
-        }
-    }
-}
+crate::word_option_type!(HeadKind {
+    Haar = "haar",
+    Hadamard = "hadamard",
+});
 
 /// One attention layer's V/O path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,8 +137,8 @@ fn check_path(m: &Module, g: &Graph, p: &VoPath) -> Result<(), PassError> {
             continue;
         }
         if g.outputs.iter().any(|o| o.value == v) {
-            return Err(PassError::at(
-                g,
+            return Err(PassError::at_main(
+                m,
                 v.node,
                 "a V/O value is a graph output (a KV cache?): its basis is the model's interface",
             ));
@@ -177,7 +155,7 @@ fn check_path(m: &Module, g: &Graph, p: &VoPath) -> Result<(), PassError> {
                     let cache = n.operand(4).is_some() || n.operand(5).is_some();
                     let present = g.results(u).iter().skip(1).any(|r| !g.users(*r).is_empty());
                     if slot != 2 || cache || present {
-                        return Err(PassError::at(g, u, "an Attention op with a KV cache (or V in another slot) on the V/O path"));
+                        return Err(PassError::at_main(m, u, "an Attention op with a KV cache (or V in another slot) on the V/O path"));
                     }
                     work.push((out0(u), 1));
                     continue;
@@ -191,8 +169,8 @@ fn check_path(m: &Module, g: &Graph, p: &VoPath) -> Result<(), PassError> {
                 work.push((out0(u), phase));
                 continue;
             }
-            return Err(PassError::at(
-                g,
+            return Err(PassError::at_main(
+                m,
                 u,
                 format!(
                     "{} on the V/O path does not just move head vectors",
@@ -202,8 +180,8 @@ fn check_path(m: &Module, g: &Graph, p: &VoPath) -> Result<(), PassError> {
         }
     }
     if !reached_o {
-        return Err(PassError::at(
-            g,
+        return Err(PassError::at_main(
+            m,
             p.o.node,
             "the v projection's output does not reach o_proj through the attention core",
         ));
@@ -224,22 +202,20 @@ pub fn vo_paths(m: &Module) -> Result<Vec<VoPath>, PassError> {
         };
         let at = g.describe(a.o.node);
         let (Some(v), Some(h), Some(kv), Some(hd)) = (a.v, a.heads, a.kv_heads, a.head_dim) else {
-            return Err(PassError::at(
-                g,
+            return Err(PassError::at_main(m,
                 a.o.node,
                 format!("attention writing through {at}: v projection, head counts or head size not found"),
             ));
         };
         if h <= 0 || kv <= 0 || hd <= 0 || h % kv != 0 {
-            return Err(PassError::at(
-                g,
+            return Err(PassError::at_main(
+                m,
                 a.o.node,
                 format!("{h} query heads cannot share {kv} KV heads"),
             ));
         }
         if v.out_features != kv * hd || a.o.in_features != h * hd {
-            return Err(PassError::at(
-                g,
+            return Err(PassError::at_main(m,
                 a.o.node,
                 format!(
                     "v projection has {} outputs and o projection {} inputs; expected {kv}×{hd} and {h}×{hd}",
@@ -274,13 +250,13 @@ fn rotate_blocks(
     axis: usize,
     mats: &[Mat<f64>],
     map: &[usize],
-) -> Result<Vec<f64>, String> {
+) -> Result<Vec<f64>, WeightError> {
     let hd = mats.first().map(|r| r.nrows()).unwrap_or(0);
     let n = hd * map.len();
     if dims.get(axis).copied() != Some(n as i64) {
-        return Err(format!(
+        return Err(WeightError::Shape(format!(
             "axis {axis} of a tensor of shape {dims:?} is not {n} wide"
-        ));
+        )));
     }
     let mut y = vec![0.0; x.len()];
     if axis + 1 == dims.len() {
@@ -319,9 +295,9 @@ fn rotate_blocks(
             );
         }
     } else {
-        return Err(format!(
+        return Err(WeightError::Shape(format!(
             "cannot rotate axis {axis} of a tensor of shape {dims:?}"
-        ));
+        )));
     }
     Ok(y)
 }
@@ -347,19 +323,18 @@ pub fn fold_vo_rotations(
     let mut rewrites = Vec::new();
     // Key → (path, role): role 0 = v (kv-head blocks), 1 = o (query-head blocks).
     let mut keys: Vec<(usize, usize, usize)> = Vec::new();
-    let g = m.graph(m.main);
     for (i, (p, rs)) in paths.iter().zip(rotations).enumerate() {
         if rs.len() != p.kv_heads {
-            return Err(PassError::at(
-                g,
+            return Err(PassError::at_main(
+                m,
                 p.o.node,
                 format!("{} head rotations for {} KV heads", rs.len(), p.kv_heads),
             ));
         }
         for r in rs {
             if r.nrows() != p.head_dim || r.ncols() != p.head_dim {
-                return Err(PassError::at(
-                    g,
+                return Err(PassError::at_main(
+                    m,
                     p.o.node,
                     format!(
                         "a {}×{} head rotation for head size {}",
@@ -371,8 +346,8 @@ pub fn fold_vo_rotations(
             }
             let e = Orthogonal::Dense(r.clone()).orthogonality_error();
             if e.is_nan() || e > 1e-6 {
-                return Err(PassError::at(
-                    g,
+                return Err(PassError::at_main(
+                    m,
                     p.o.node,
                     format!("a head rotation is not orthogonal (‖RᵀR − I‖_F = {e:.3e})"),
                 ));
@@ -421,7 +396,7 @@ pub fn fold_vo_rotations(
             ]
         })
         .collect();
-    let make = |key: usize, old: &TensorData| -> Result<TensorData, String> {
+    let make = |key: usize, old: &TensorData| -> Result<TensorData, WeightError> {
         let (i, role, axis) = keys[key];
         let v = weights::decode(old)?;
         let out = rotate_blocks(&v, &old.dims, axis, &rotations[i], &maps[i][role])?;
@@ -465,27 +440,23 @@ pub fn rotate_heads(
     Ok(stats)
 }
 
-struct RotateHeads {
-    opts: RotateHeadsOptions,
-}
-
-impl Pass for RotateHeads {
-    fn name(&self) -> &'static str {
-        INFO.name
-    }
-
-    fn run(&self, m: &mut Module, cx: &mut PassContext) -> Result<PassResult, PassError> {
-        let s = rotate_heads(m, &self.opts)?;
-        cx.stat("layers", s.layers as u64);
-        cx.stat("matrices", s.matrices as u64);
-        cx.stat("rewritten", s.rewritten as u64);
-        cx.stat("copies", s.copies as u64);
-        cx.note(format!(
-            "{} per-KV-head matrices ({}) over {} attention layers, max ‖RᵀR − I‖_F = {:.3e}",
-            s.matrices, s.construction, s.layers, s.orthogonality_error
-        ));
-        Ok(PassResult::changed(s.layers > 0))
-    }
+fn run_pass(
+    m: &mut Module,
+    opts: &RotateHeadsOptions,
+    cx: &mut PassContext,
+) -> Result<PassResult, PassError> {
+    let s = rotate_heads(m, opts)?;
+    cx.stats(&[
+        ("layers", s.layers),
+        ("matrices", s.matrices),
+        ("rewritten", s.rewritten),
+        ("copies", s.copies),
+    ]);
+    cx.note(format!(
+        "{} per-KV-head matrices ({}) over {} attention layers, max ‖RᵀR − I‖_F = {:.3e}",
+        s.matrices, s.construction, s.layers, s.orthogonality_error
+    ));
+    Ok(PassResult::changed(s.layers > 0))
 }
 
 #[cfg(test)]

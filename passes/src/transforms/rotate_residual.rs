@@ -13,40 +13,34 @@
 //! computed in f64 and cast once. A tied head stays tied (`(hQ)(EQ)ᵀ = hEᵀ`). The note reports
 //! the construction and `‖QᵀQ − I‖_F`.
 
-use crate::options::{OptionKind, OptionSpec, PassOptions};
-use crate::pass::{Pass, PassContext, PassError, PassResult};
-use crate::registry::PassInfo;
-use crate::transforms::orthogonal::{
-    self, left_multiply_transposed, right_multiply, Orthogonal, Rng,
-};
-use crate::transforms::weights::{self, Rewrite};
+use crate::linalg::orthogonal::{self, left_multiply_transposed, right_multiply, Orthogonal, Rng};
+use crate::linalg::weights::{self, Rewrite, WeightError};
+use crate::pass::{PassContext, PassError, PassResult};
 use ortho_ir::analysis::{analyze_gauge, Group, Kind};
 use ortho_ir::{Module, TensorData};
 
-static KINDS: &[&str] = &["haar", "hadamard", "signed-permutation", "permutation"];
+crate::pass_options! {
+    /// Options of [`rotate_residual`].
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct RotateResidualOptions {
+        pub kind: RotationKind = {
+            name: "kind",
+            default: RotationKind::Haar,
+            doc: "The transform: Haar-random rotation, randomized Hadamard (any size), random signed permutation, or permutation.",
+        },
+        pub seed: u64 = {
+            name: "seed",
+            default: 0,
+            doc: "Seed of the random construction.",
+        },
+    }
+}
 
-static OPTIONS: &[OptionSpec] = &[
-    OptionSpec {
-        name: "kind",
-        kind: OptionKind::Enum(KINDS),
-        default: "haar",
-        doc: "The transform: Haar-random rotation, randomized Hadamard (any size), random signed permutation, or permutation.",
-    },
-    OptionSpec { name: "seed", kind: OptionKind::UINT, default: "0", doc: "Seed of the random construction." },
-];
-
-pub const INFO: PassInfo = PassInfo {
+crate::declare_pass! {
     name: "rotate-residual",
-    summary:
-        "Applies one orthogonal change of basis to the residual stream, folded into the weights.",
-    options: OPTIONS,
-    build,
-};
-
-fn build(o: &PassOptions) -> Result<Box<dyn Pass>, String> {
-    Ok(Box::new(RotateResidual {
-        opts: RotateResidualOptions::from_options(o)?,
-    }))
+    summary: "Applies one orthogonal change of basis to the residual stream, folded into the weights.",
+    options: RotateResidualOptions,
+    run: run_pass,
 }
 
 /// The transform [`rotate_residual`] applies.
@@ -58,24 +52,20 @@ pub enum RotationKind {
     Permutation,
 }
 
+crate::word_option_type!(RotationKind {
+    Haar = "haar",
+    Hadamard = "hadamard",
+    SignedPermutation = "signed-permutation",
+    Permutation = "permutation",
+});
+
 impl RotationKind {
     pub fn parse(s: &str) -> Option<RotationKind> {
-        Some(match s {
-            "haar" => RotationKind::Haar,
-            "hadamard" => RotationKind::Hadamard,
-            "signed-permutation" => RotationKind::SignedPermutation,
-            "permutation" => RotationKind::Permutation,
-            _ => return None,
-        })
+        RotationKind::from_word(s)
     }
 
     pub fn name(self) -> &'static str {
-        match self {
-            RotationKind::Haar => "haar",
-            RotationKind::Hadamard => "hadamard",
-            RotationKind::SignedPermutation => "signed-permutation",
-            RotationKind::Permutation => "permutation",
-        }
+        self.word()
     }
 
     /// The group the stream must admit.
@@ -95,32 +85,6 @@ impl RotationKind {
             Kind::Permutation => Some("permutation"),
             _ => None,
         }
-    }
-}
-
-/// Options of [`rotate_residual`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RotateResidualOptions {
-    pub kind: RotationKind,
-    pub seed: u64,
-}
-
-impl Default for RotateResidualOptions {
-    fn default() -> Self {
-        RotateResidualOptions {
-            kind: RotationKind::Haar,
-            seed: 0,
-        }
-    }
-}
-
-impl RotateResidualOptions {
-    pub fn from_options(o: &PassOptions) -> Result<Self, String> {
-        let kind = RotationKind::parse(o.str("kind")?).ok_or("unknown kind")?;
-        Ok(RotateResidualOptions {
-            kind,
-            seed: o.uint("seed")?,
-        })
     }
 }
 
@@ -174,21 +138,21 @@ pub fn build_transform(kind: RotationKind, d: usize, seed: u64) -> (Orthogonal, 
 }
 
 /// `v ↦ v Q` along `axis` of a tensor (the last axis, or axis 0 of a matrix).
-fn rotate(v: &[f64], dims: &[i64], axis: usize, q: &Orthogonal) -> Result<Vec<f64>, String> {
+fn rotate(v: &[f64], dims: &[i64], axis: usize, q: &Orthogonal) -> Result<Vec<f64>, WeightError> {
     let d = q.dim();
     if dims.get(axis).copied() != Some(d as i64) {
-        return Err(format!(
+        return Err(WeightError::Shape(format!(
             "axis {axis} of a tensor of shape {dims:?} is not the stream width {d}"
-        ));
+        )));
     }
     if axis + 1 == dims.len() {
         Ok(right_multiply(v, v.len() / d.max(1), q))
     } else if axis == 0 && dims.len() == 2 {
         Ok(left_multiply_transposed(v, dims[1] as usize, q))
     } else {
-        Err(format!(
+        Err(WeightError::Shape(format!(
             "cannot rotate axis {axis} of a tensor of shape {dims:?}"
-        ))
+        )))
     }
 }
 
@@ -215,7 +179,7 @@ pub fn rotate_residual(
         let msg =
             |reason: String| format!("kind={} is not admitted: {reason}{hint}", opts.kind.name());
         return Err(match class.blocker_for(need) {
-            Some(b) => PassError::at(g, b.node, msg(b.reason())),
+            Some(b) => PassError::at(g, b.node, msg(b.reason())).in_graph(gid),
             None => PassError::new(msg(
                 "the stream's norms admit no diagonal-free transform".into()
             )),
@@ -223,7 +187,7 @@ pub fn rotate_residual(
     }
     let d = usize::try_from(class.width).unwrap_or(0);
     if d == 0 {
-        return Err(PassError::new("the residual stream has width 0"));
+        return Err(PassError::new("the residual stream has width 0").in_graph(gid));
     }
     let (q, construction) = build_transform(opts.kind, d, opts.seed);
     let perm_gains = matches!(q, Orthogonal::SignedPerm { .. });
@@ -276,18 +240,18 @@ pub fn rotate_residual(
         },
         dense => dense.clone(),
     };
-    let make = |key: usize, old: &TensorData| -> Result<TensorData, String> {
+    let make = |key: usize, old: &TensorData| -> Result<TensorData, WeightError> {
         let axis = axes.get(&key).copied();
         // Rows along the last axis (embedding, untied head, readers stored [out, in]): block
         // by block, without a full f64 copy of the table.
         if key != 1 && axis.is_some_and(|a| a + 1 == old.dims.len()) && old.dims.len() >= 2 {
             let d = q.dim();
             if old.dims.last().copied() != Some(d as i64) {
-                return Err(format!(
+                return Err(WeightError::Shape(format!(
                     "axis {} of a tensor of shape {:?} is not the stream width {d}",
                     old.dims.len() - 1,
                     old.dims
-                ));
+                )));
             }
             return weights::map_rows(old, d, &|v, rows| Ok(right_multiply(v, rows, &q)));
         }
@@ -308,27 +272,23 @@ pub fn rotate_residual(
     Ok(stats)
 }
 
-struct RotateResidual {
-    opts: RotateResidualOptions,
-}
-
-impl Pass for RotateResidual {
-    fn name(&self) -> &'static str {
-        INFO.name
-    }
-
-    fn run(&self, m: &mut Module, cx: &mut PassContext) -> Result<PassResult, PassError> {
-        let s = rotate_residual(m, &self.opts)?;
-        cx.stat("embeddings", s.embeddings as u64);
-        cx.stat("readers", s.readers as u64);
-        cx.stat("writers", s.writers as u64);
-        cx.stat("biases", s.biases as u64);
-        cx.stat("gains", s.gains as u64);
-        cx.stat("copies", s.copies as u64);
-        cx.note(format!(
-            "Q = {} (d = {}), ‖QᵀQ − I‖_F = {:.3e}",
-            s.construction, s.width, s.orthogonality_error
-        ));
-        Ok(PassResult::changed(true))
-    }
+fn run_pass(
+    m: &mut Module,
+    opts: &RotateResidualOptions,
+    cx: &mut PassContext,
+) -> Result<PassResult, PassError> {
+    let s = rotate_residual(m, opts)?;
+    cx.stats(&[
+        ("embeddings", s.embeddings),
+        ("readers", s.readers),
+        ("writers", s.writers),
+        ("biases", s.biases),
+        ("gains", s.gains),
+        ("copies", s.copies),
+    ]);
+    cx.note(format!(
+        "Q = {} (d = {}), ‖QᵀQ − I‖_F = {:.3e}",
+        s.construction, s.width, s.orthogonality_error
+    ));
+    Ok(PassResult::changed(true))
 }

@@ -16,8 +16,8 @@
 //! else the decomposed chain `Mul(x, x) → ReduceMean → Add(eps) → Sqrt → Div(x, ·)`; a
 //! decomposed LayerNorm just loses its `ReduceMean → Sub`.
 
-use crate::pass::PassError;
-use crate::transforms::weights::{self, Rewrite};
+use crate::linalg::weights::{self, Rewrite, WeightError};
+use crate::pass::{PassError, PassErrorKind};
 use ortho_ir::analysis::util::{const_all_equal, out0};
 use ortho_ir::analysis::{
     analyze_gauge, match_linear, BlockerKind, Norm, NormForm, NormKind, SiteRole,
@@ -34,11 +34,26 @@ pub(crate) struct Plan {
     pub rewrites: Vec<Rewrite>,
 }
 
+/// Why the stream's LayerNorms cannot become RMSNorms: the node that prevents it and how.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{at}: {reason}")]
+pub(crate) struct NotConvertible {
+    pub node: NodeId,
+    /// The node as `Graph::describe` names it.
+    pub at: String,
+    pub reason: String,
+}
+
 /// Whether the main stream of graph `gid` can trade its LayerNorms for RMSNorms. `Ok(None)`:
-/// it has no LayerNorm; `Err`: it has, and the reason (naming a node) it cannot.
-pub(crate) fn plan(m: &Module, gid: GraphId) -> Result<Option<Plan>, String> {
+/// it has no LayerNorm; `Err`: it has, and the node that prevents it.
+pub(crate) fn plan(m: &Module, gid: GraphId) -> Result<Option<Plan>, NotConvertible> {
     let a = analyze_gauge(m, gid);
     let g = m.graph(gid);
+    let blocked = |node: NodeId, reason: &str| NotConvertible {
+        node,
+        at: g.describe(node),
+        reason: reason.to_string(),
+    };
     let Some(class) = a.main() else {
         return Ok(None);
     };
@@ -50,15 +65,16 @@ pub(crate) fn plan(m: &Module, gid: GraphId) -> Result<Option<Plan>, String> {
     let mut betas: HashSet<(NodeId, usize)> = HashSet::new();
     for &i in &class.norms {
         let n = &list[i];
-        let at = g.describe(n.node);
         if n.kind != NormKind::Layer {
-            return Err(format!(
-                "{at}: an RMSNorm on the same stream would see the mean the conversion removes"
+            return Err(blocked(
+                n.node,
+                "an RMSNorm on the same stream would see the mean the conversion removes",
             ));
         }
         if !n.last_axis || n.skip.is_some() {
-            return Err(format!(
-                "{at}: does not normalize the last axis of the stream alone"
+            return Err(blocked(
+                n.node,
+                "does not normalize the last axis of the stream alone",
             ));
         }
         let only_linear = g
@@ -66,8 +82,9 @@ pub(crate) fn plan(m: &Module, gid: GraphId) -> Result<Option<Plan>, String> {
             .iter()
             .all(|&(u, slot)| slot == 0 && match_linear(m, g, u).is_some());
         if !only_linear || g.outputs.iter().any(|o| o.value == n.output) {
-            return Err(format!(
-                "{at}: its output is not read only by linear layers (post-norm: the norm sits on the stream)"
+            return Err(blocked(
+                n.node,
+                "its output is not read only by linear layers (post-norm: the norm sits on the stream)",
             ));
         }
         ln_outputs.insert(n.output);
@@ -81,13 +98,13 @@ pub(crate) fn plan(m: &Module, gid: GraphId) -> Result<Option<Plan>, String> {
             BlockerKind::LayerNormMean { .. } | BlockerKind::NormGain { foldable: true, .. }
         );
         if !fine {
-            return Err(format!("{}: {}", g.describe(b.node), b.reason()));
+            return Err(blocked(b.node, &b.reason()));
         }
     }
     if let Some(p) = class.params.iter().find(|p| p.norm.is_none()) {
-        return Err(format!(
-            "{}: a per-channel product on the stream would see the mean",
-            g.describe(p.consumer)
+        return Err(blocked(
+            p.consumer,
+            "a per-channel product on the stream would see the mean",
         ));
     }
     let mut rewrites = Vec::new();
@@ -97,9 +114,9 @@ pub(crate) fn plan(m: &Module, gid: GraphId) -> Result<Option<Plan>, String> {
                 let behind_norm =
                     match_linear(m, g, s.consumer).is_some_and(|l| ln_outputs.contains(&l.input));
                 if !behind_norm {
-                    return Err(format!(
-                        "{}: reads the stream without a LayerNorm in between",
-                        g.describe(s.consumer)
+                    return Err(blocked(
+                        s.consumer,
+                        "reads the stream without a LayerNorm in between",
                     ));
                 }
             }
@@ -123,8 +140,8 @@ pub(crate) fn plan(m: &Module, gid: GraphId) -> Result<Option<Plan>, String> {
 
 /// Subtracts from every fiber along `axis` its mean (a vector `v` of the stream becomes
 /// `v (I − 11ᵀ/d)`), in f64.
-pub(crate) fn center_axis(v: &mut [f64], dims: &[i64], axis: usize) -> Result<(), String> {
-    let n = *dims.get(axis).ok_or("axis out of range")? as usize;
+pub(crate) fn center_axis(v: &mut [f64], dims: &[i64], axis: usize) -> Result<(), WeightError> {
+    let n = *dims.get(axis).ok_or(WeightError::Axis)? as usize;
     if n == 0 {
         return Ok(());
     }
@@ -149,7 +166,7 @@ pub(crate) fn center(
     gid: GraphId,
     plan: &Plan,
 ) -> Result<(usize, usize), PassError> {
-    let make = |key: usize, old: &TensorData| -> Result<TensorData, String> {
+    let make = |key: usize, old: &TensorData| -> Result<TensorData, WeightError> {
         let last = old.dims.len().saturating_sub(1);
         if key - 1 == last && old.dims.len() >= 2 {
             // Rows (an embedding table): block by block, no full f64 copy.
@@ -166,6 +183,11 @@ pub(crate) fn center(
     };
     let applied = weights::apply(m, gid, &plan.rewrites, "centered", &make)?;
     Ok((applied.in_place + applied.copies, applied.copies))
+}
+
+/// A weight that could not be encoded, as a module-level error.
+fn weight_error(e: WeightError) -> PassError {
+    PassError::new(e.to_string()).with_kind(PassErrorKind::Weights)
 }
 
 /// Gives every linear reader of a pre-norm LayerNorm with a shift β ≠ 0 a bias (zeros) when it
@@ -202,7 +224,7 @@ pub(crate) fn add_reader_biases(m: &mut Module, gid: GraphId) -> Result<usize, P
     }
     for &(node, gemm, out, dtype) in &todo {
         let t = m.add_tensor(
-            weights::encode(dtype, vec![out], &vec![0.0; out as usize]).map_err(PassError::new)?,
+            weights::encode(dtype, vec![out], &vec![0.0; out as usize]).map_err(weight_error)?,
         );
         let g = m.graph_mut(gid);
         let mut names = g.value_names();
@@ -330,11 +352,19 @@ fn convert_op(m: &mut Module, gid: GraphId, n: &Norm, opset: i64) -> Result<bool
         let node = g.node(ln);
         let stash = match &node.op {
             Op::LayerNormalization(a) => a.stash_type,
-            _ => return Err(PassError::at(g, ln, "expected a LayerNormalization")),
+            _ => {
+                return Err(PassError::at_graph(
+                    m,
+                    gid,
+                    ln,
+                    "expected a LayerNormalization",
+                ))
+            }
         };
         let (Some(x), Some(gamma)) = (node.operand(0), node.operand(1)) else {
-            return Err(PassError::at(
-                g,
+            return Err(PassError::at_graph(
+                m,
+                gid,
                 ln,
                 "a LayerNormalization without input or scale",
             ));
@@ -354,7 +384,7 @@ fn convert_op(m: &mut Module, gid: GraphId, n: &Norm, opset: i64) -> Result<bool
             .map(|d| d.dtype)
             .unwrap_or(DType::F32)
     };
-    let eps_t = m.add_tensor(weights::encode(dtype, vec![], &[eps]).map_err(PassError::new)?);
+    let eps_t = m.add_tensor(weights::encode(dtype, vec![], &[eps]).map_err(weight_error)?);
     let axes_t = if (18..23).contains(&opset) {
         Some(m.add_tensor(TensorData::from_i64(vec![1], &[-1])))
     } else {

@@ -1,4 +1,4 @@
-//! The maths of pruning one weight matrix (not a pass; `prune` and `denoise-rotate` call it).
+//! The maths of pruning one weight matrix (not a pass; `prune` and `denoise-prune` call it).
 //!
 //! Conventions: `w` is `rows × cols` row-major f64 with one row per *output* neuron and one
 //! column per *input* feature (`y = x wᵀ`), and `h` is the `cols × cols` input Hessian
@@ -18,6 +18,71 @@
 use faer::linalg::solvers::DenseSolveCore;
 use faer::{Mat, Side};
 
+/// Why a matrix could not be pruned as asked, or a pruned matrix breaks its pattern.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PruneError {
+    #[error("pattern '{0}' is neither 'unstructured' nor N:M with 0 < N < M")]
+    BadPattern(String),
+    #[error("sparsity must lie in (0, 1), got {0}")]
+    Sparsity(f64),
+    #[error("the SparseGPT block must be at least 1")]
+    Block,
+    #[error("damping must be ≥ 0, got {0}")]
+    Damping(f64),
+    /// An N:M pattern on a matrix whose input width `m` does not divide.
+    #[error("pattern {n}:{m} needs an input width divisible by {m}, got {cols}")]
+    Width { n: usize, m: usize, cols: usize },
+    #[error("weight has {len} values, expected {rows} × {cols}")]
+    WeightSize {
+        len: usize,
+        rows: usize,
+        cols: usize,
+    },
+    #[error(
+        "weight has {len} values and the diagonal {diag}, expected {rows} × {cols} and {cols}"
+    )]
+    DiagonalSize {
+        len: usize,
+        diag: usize,
+        rows: usize,
+        cols: usize,
+    },
+    #[error("Hessian has {len} values, expected {cols} × {cols}")]
+    HessianSize { len: usize, cols: usize },
+    /// The method (named) needs the input Hessian and none was given.
+    #[error("{0} needs the input Hessian")]
+    NeedsHessian(&'static str),
+    #[error("sparsegpt needs the whole input Hessian, not its diagonal")]
+    NeedsFullHessian,
+    #[error("the damped Hessian is not positive definite")]
+    NotPositiveDefinite,
+    #[error("the inverse Hessian is not positive definite")]
+    InverseNotPositiveDefinite,
+    #[error("a {rows} × {cols} matrix cannot hold {n}:{m} groups")]
+    NoGroups {
+        rows: usize,
+        cols: usize,
+        n: usize,
+        m: usize,
+    },
+    /// A group of `m` weights of row `row` starting at column `start` keeps `kept > n`.
+    #[error("row {row}, columns {start}..{}: {kept} non-zeros, more than {n} of {m}", start + m)]
+    GroupTooDense {
+        row: usize,
+        start: usize,
+        kept: usize,
+        n: usize,
+        m: usize,
+    },
+    /// Fewer zeros than the sparsity asks, in row `row` (`None`: in the whole matrix).
+    #[error("{}{zeros} zeros, fewer than {needed}", row.map_or(String::new(), |r| format!("row {r}: ")))]
+    TooFewZeros {
+        row: Option<usize>,
+        zeros: usize,
+        needed: usize,
+    },
+}
+
 /// Which score decides what is removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PruneMethod {
@@ -31,11 +96,7 @@ impl PruneMethod {
         !matches!(self, PruneMethod::Magnitude)
     }
     pub fn name(self) -> &'static str {
-        match self {
-            PruneMethod::Magnitude => "magnitude",
-            PruneMethod::Wanda => "wanda",
-            PruneMethod::SparseGpt => "sparsegpt",
-        }
+        self.word()
     }
 }
 
@@ -50,11 +111,11 @@ pub enum Pattern {
 
 impl Pattern {
     /// Parses `unstructured` or `N:M` (0 < N < M).
-    pub fn parse(s: &str) -> Result<Pattern, String> {
+    pub fn parse(s: &str) -> Result<Pattern, PruneError> {
         if s == "unstructured" {
             return Ok(Pattern::Unstructured);
         }
-        let bad = || format!("pattern '{s}' is neither 'unstructured' nor N:M with 0 < N < M");
+        let bad = || PruneError::BadPattern(s.to_string());
         let (a, b) = s.split_once(':').ok_or_else(bad)?;
         let n: usize = a.trim().parse().map_err(|_| bad())?;
         let m: usize = b.trim().parse().map_err(|_| bad())?;
@@ -69,6 +130,16 @@ impl Pattern {
         match self {
             Pattern::Unstructured => sparsity,
             Pattern::NM { n, m } => 1.0 - n as f64 / m as f64,
+        }
+    }
+}
+
+impl std::fmt::Display for Pattern {
+    /// `unstructured` or `N:M`, as [`Pattern::parse`] reads it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pattern::Unstructured => f.write_str("unstructured"),
+            Pattern::NM { n, m } => write!(f, "{n}:{m}"),
         }
     }
 }
@@ -98,29 +169,24 @@ impl PruneSpec {
     }
 
     /// Checks the options that do not depend on a matrix.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), PruneError> {
         if !(self.sparsity > 0.0 && self.sparsity < 1.0) {
-            return Err(format!(
-                "sparsity must lie in (0, 1), got {}",
-                self.sparsity
-            ));
+            return Err(PruneError::Sparsity(self.sparsity));
         }
         if self.block == 0 {
-            return Err("the SparseGPT block must be at least 1".into());
+            return Err(PruneError::Block);
         }
         if !(self.damp >= 0.0 && self.damp.is_finite()) {
-            return Err(format!("damping must be ≥ 0, got {}", self.damp));
+            return Err(PruneError::Damping(self.damp));
         }
         Ok(())
     }
 
     /// Checks that the pattern fits a matrix with `cols` input features.
-    pub fn check_width(&self, cols: usize) -> Result<(), String> {
+    pub fn check_width(&self, cols: usize) -> Result<(), PruneError> {
         if let Pattern::NM { n, m } = self.pattern {
             if !cols.is_multiple_of(m) {
-                return Err(format!(
-                    "pattern {n}:{m} needs an input width divisible by {m}, got {cols}"
-                ));
+                return Err(PruneError::Width { n, m, cols });
             }
         }
         Ok(())
@@ -148,25 +214,21 @@ pub fn prune_matrix(
     cols: usize,
     h: Option<&[f64]>,
     spec: &PruneSpec,
-) -> Result<PruneOutcome, String> {
+) -> Result<PruneOutcome, PruneError> {
     spec.validate()?;
     spec.check_width(cols)?;
     if w.len() != rows * cols {
-        return Err(format!(
-            "weight has {} values, expected {rows} × {cols}",
-            w.len()
-        ));
+        return Err(PruneError::WeightSize {
+            len: w.len(),
+            rows,
+            cols,
+        });
     }
     let need_h = spec.method.needs_hessian();
     let h = match h {
         Some(h) if h.len() == cols * cols => Some(h),
-        Some(h) => {
-            return Err(format!(
-                "Hessian has {} values, expected {cols} × {cols}",
-                h.len()
-            ))
-        }
-        None if need_h => return Err(format!("{} needs the input Hessian", spec.method.name())),
+        Some(h) => return Err(PruneError::HessianSize { len: h.len(), cols }),
+        None if need_h => return Err(PruneError::NeedsHessian(spec.method.name())),
         None => None,
     };
     match spec.method {
@@ -176,7 +238,7 @@ pub fn prune_matrix(
             apply_mask(w, &mask);
         }
         PruneMethod::Wanda => {
-            let h = h.ok_or("wanda needs the input Hessian")?;
+            let h = h.ok_or(PruneError::NeedsHessian("wanda"))?;
             let norms: Vec<f64> = (0..cols).map(|j| h[j * cols + j].max(0.0).sqrt()).collect();
             let scores: Vec<f64> = w
                 .iter()
@@ -187,7 +249,7 @@ pub fn prune_matrix(
             apply_mask(w, &mask);
         }
         PruneMethod::SparseGpt => {
-            let h = h.ok_or("sparsegpt needs the input Hessian")?;
+            let h = h.ok_or(PruneError::NeedsHessian("sparsegpt"))?;
             sparsegpt(w, rows, cols, h, spec)?;
         }
     }
@@ -205,18 +267,19 @@ pub fn prune_matrix_diag(
     cols: usize,
     diag: &[f64],
     spec: &PruneSpec,
-) -> Result<PruneOutcome, String> {
+) -> Result<PruneOutcome, PruneError> {
     if spec.method == PruneMethod::SparseGpt {
-        return Err("sparsegpt needs the whole input Hessian, not its diagonal".into());
+        return Err(PruneError::NeedsFullHessian);
     }
     spec.validate()?;
     spec.check_width(cols)?;
     if w.len() != rows * cols || diag.len() != cols {
-        return Err(format!(
-            "weight has {} values and the diagonal {}, expected {rows} × {cols} and {cols}",
-            w.len(),
-            diag.len()
-        ));
+        return Err(PruneError::DiagonalSize {
+            len: w.len(),
+            diag: diag.len(),
+            rows,
+            cols,
+        });
     }
     let per_row = spec.method == PruneMethod::Wanda;
     let scores: Vec<f64> = w
@@ -301,7 +364,7 @@ fn apply_mask(w: &mut [f64], mask: &[bool]) {
 
 /// The upper Cholesky factor `U` (`A = UᵀU`) of `(H + λI)⁻¹`, row-major, after SparseGPT's
 /// treatment of dead inputs (a zero diagonal entry gets 1, its weights are zeroed by the caller).
-pub fn sparsegpt_hinv_upper(h: &[f64], cols: usize, damp: f64) -> Result<Vec<f64>, String> {
+pub fn sparsegpt_hinv_upper(h: &[f64], cols: usize, damp: f64) -> Result<Vec<f64>, PruneError> {
     let mut hm = Mat::<f64>::from_fn(cols, cols, |i, j| h[i * cols + j]);
     for i in 0..cols {
         if hm[(i, i)] == 0.0 {
@@ -314,11 +377,11 @@ pub fn sparsegpt_hinv_upper(h: &[f64], cols: usize, damp: f64) -> Result<Vec<f64
     }
     let llt = hm
         .llt(Side::Lower)
-        .map_err(|_| "the damped Hessian is not positive definite".to_string())?;
+        .map_err(|_| PruneError::NotPositiveDefinite)?;
     let inv = llt.inverse();
     let inv_llt = inv
         .llt(Side::Lower)
-        .map_err(|_| "the inverse Hessian is not positive definite".to_string())?;
+        .map_err(|_| PruneError::InverseNotPositiveDefinite)?;
     let l = inv_llt.L();
     // U = Lᵀ: U[i][j] = L[j][i] for j ≥ i.
     let mut u = vec![0.0; cols * cols];
@@ -337,7 +400,7 @@ fn sparsegpt(
     cols: usize,
     h: &[f64],
     spec: &PruneSpec,
-) -> Result<(), String> {
+) -> Result<(), PruneError> {
     for j in 0..cols {
         if h[j * cols + j] == 0.0 {
             for r in 0..rows {
@@ -435,11 +498,9 @@ fn sparsegpt(
 
 /// Checks that every group of `m` consecutive weights of each row (`rows × cols`) has at most
 /// `n` non-zeros; the error names the first offending row and group.
-pub fn check_nm(w: &[f64], rows: usize, cols: usize, n: usize, m: usize) -> Result<(), String> {
+pub fn check_nm(w: &[f64], rows: usize, cols: usize, n: usize, m: usize) -> Result<(), PruneError> {
     if m == 0 || !cols.is_multiple_of(m) || w.len() != rows * cols {
-        return Err(format!(
-            "a {rows} × {cols} matrix cannot hold {n}:{m} groups"
-        ));
+        return Err(PruneError::NoGroups { rows, cols, n, m });
     }
     for r in 0..rows {
         for g0 in (0..cols).step_by(m) {
@@ -448,10 +509,13 @@ pub fn check_nm(w: &[f64], rows: usize, cols: usize, n: usize, m: usize) -> Resu
                 .filter(|x| **x != 0.0)
                 .count();
             if kept > n {
-                return Err(format!(
-                    "row {r}, columns {g0}..{}: {kept} non-zeros, more than {n} of {m}",
-                    g0 + m
-                ));
+                return Err(PruneError::GroupTooDense {
+                    row: r,
+                    start: g0,
+                    kept,
+                    n,
+                    m,
+                });
             }
         }
     }
@@ -465,21 +529,29 @@ pub fn check_unstructured(
     cols: usize,
     sparsity: f64,
     per_row: bool,
-) -> Result<(), String> {
+) -> Result<(), PruneError> {
     let zeros = |s: &[f64]| s.iter().filter(|x| **x == 0.0).count();
     if per_row {
         let k = (cols as f64 * sparsity) as usize;
         for r in 0..rows {
             let z = zeros(&w[r * cols..(r + 1) * cols]);
             if z < k {
-                return Err(format!("row {r}: {z} zeros, fewer than {k}"));
+                return Err(PruneError::TooFewZeros {
+                    row: Some(r),
+                    zeros: z,
+                    needed: k,
+                });
             }
         }
     } else {
         let k = (w.len() as f64 * sparsity) as usize;
         let z = zeros(w);
         if z < k {
-            return Err(format!("{z} zeros, fewer than {k}"));
+            return Err(PruneError::TooFewZeros {
+                row: None,
+                zeros: z,
+                needed: k,
+            });
         }
     }
     Ok(())

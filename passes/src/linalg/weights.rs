@@ -10,9 +10,45 @@
 //! Numerics: values are decoded to f64, transformed, and encoded once into the storage dtype
 //! (f32, f64, f16, bf16; round to nearest even).
 
-use crate::pass::PassError;
+use crate::pass::{PassError, PassErrorKind};
 use ortho_ir::{DType, Graph, GraphId, Module, NodeId, Op, Output, TensorData, ValueId};
 use std::collections::{BTreeMap, HashMap};
+
+/// Why a weight could not be read, transformed or written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WeightError {
+    #[error("weights of dtype {0} cannot be folded")]
+    Dtype(DType),
+    #[error("the tensor's data is not available (elided text, or a size mismatch)")]
+    Unavailable,
+    #[error("the tensor's byte length does not match its dims")]
+    ByteLength,
+    #[error("the tensor's bytes cannot be decoded")]
+    Undecodable,
+    #[error("cannot encode dtype {0}")]
+    Encode(DType),
+    #[error("a tensor of shape {dims:?} ({bytes} bytes) is not made of rows of {row_len}")]
+    NotRows {
+        dims: Vec<i64>,
+        bytes: usize,
+        row_len: usize,
+    },
+    #[error("a block changed size")]
+    BlockSize,
+    #[error("axis out of range")]
+    Axis,
+    #[error("a scale of {len} elements cannot apply to an axis of {axis_len}")]
+    ScaleLength { len: usize, axis_len: usize },
+    #[error("a worker thread failed")]
+    Worker,
+    /// The tensor's shape does not fit the transform a pass applies (the message says how).
+    #[error("{0}")]
+    Shape(String),
+}
+
+/// A builder of the new tensor for one rewrite key (see [`apply`]).
+pub(crate) type MakeFn<'a> =
+    dyn Fn(usize, &TensorData) -> Result<TensorData, WeightError> + Sync + 'a;
 
 /// One operand to redirect to a transformed copy of its constant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +92,7 @@ pub(crate) fn apply(
     gid: GraphId,
     rewrites: &[Rewrite],
     suffix: &str,
-    make: &(dyn Fn(usize, &TensorData) -> Result<TensorData, String> + Sync),
+    make: &MakeFn<'_>,
 ) -> Result<Applied, PassError> {
     let mut by_const: BTreeMap<NodeId, Vec<Rewrite>> = BTreeMap::new();
     for r in rewrites {
@@ -74,7 +110,7 @@ pub(crate) fn apply(
         let g = m.graph(gid);
         for (&konst, rs) in &by_const {
             let Some(_) = tensor_of(g, konst) else {
-                return Err(PassError::at(g, konst, "expected a constant"));
+                return Err(PassError::at(g, konst, "expected a constant").in_graph(gid));
             };
             let covered =
                 |n: NodeId, slot: usize| rs.iter().any(|r| r.consumer == n && r.slot == slot);
@@ -112,14 +148,20 @@ pub(crate) fn apply(
             .map(|j| {
                 tensor_of(g, j.konst)
                     .map(|t| m.tensor(t))
-                    .ok_or_else(|| PassError::at(g, j.konst, "expected a constant"))
+                    .ok_or_else(|| PassError::at(g, j.konst, "expected a constant").in_graph(gid))
             })
             .collect::<Result<_, _>>()?;
         let keys: Vec<usize> = jobs.iter().map(|j| j.key).collect();
         build_all(&olds, &keys, make)
             .into_iter()
             .zip(&jobs)
-            .map(|(r, j)| r.map_err(|e| PassError::at(g, j.konst, e)))
+            .map(|(r, j)| {
+                r.map_err(|e| {
+                    PassError::at(g, j.konst, e.to_string())
+                        .in_graph(gid)
+                        .with_kind(PassErrorKind::Weights)
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?
     };
     let mut stats = Applied::default();
@@ -187,13 +229,13 @@ pub(crate) fn apply(
 fn build_all(
     olds: &[&TensorData],
     keys: &[usize],
-    make: &(dyn Fn(usize, &TensorData) -> Result<TensorData, String> + Sync),
-) -> Vec<Result<TensorData, String>> {
+    make: &MakeFn<'_>,
+) -> Vec<Result<TensorData, WeightError>> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
     let mut order: Vec<usize> = (0..olds.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(olds[i].byte_len()));
-    let results: Vec<Mutex<Option<Result<TensorData, String>>>> =
+    let results: Vec<Mutex<Option<Result<TensorData, WeightError>>>> =
         (0..olds.len()).map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
     let threads = std::thread::available_parallelism()
@@ -218,21 +260,19 @@ fn build_all(
             m.into_inner()
                 .ok()
                 .flatten()
-                .unwrap_or_else(|| Err("a worker thread failed".into()))
+                .unwrap_or(Err(WeightError::Worker))
         })
         .collect()
 }
 
 /// The elements of a tensor as f64, or why they are not available.
-pub(crate) fn decode(t: &TensorData) -> Result<Vec<f64>, String> {
+pub(crate) fn decode(t: &TensorData) -> Result<Vec<f64>, WeightError> {
     if !matches!(t.dtype, DType::F32 | DType::F64 | DType::F16 | DType::BF16) {
-        return Err(format!("weights of dtype {} cannot be folded", t.dtype));
+        return Err(WeightError::Dtype(t.dtype));
     }
-    let v = t.to_f64_vec().ok_or_else(|| {
-        "the tensor's data is not available (elided text, or a size mismatch)".to_string()
-    })?;
+    let v = t.to_f64_vec().ok_or(WeightError::Unavailable)?;
     if Some(v.len() as u64) != t.numel() {
-        return Err("the tensor's byte length does not match its dims".into());
+        return Err(WeightError::ByteLength);
     }
     Ok(v)
 }
@@ -283,7 +323,7 @@ fn f32_to_bf16(x: f32) -> u16 {
 }
 
 /// A tensor of `like`'s dtype, dims and name holding `v` (cast once).
-pub(crate) fn encode_like(like: &TensorData, v: &[f64]) -> Result<TensorData, String> {
+pub(crate) fn encode_like(like: &TensorData, v: &[f64]) -> Result<TensorData, WeightError> {
     let mut t = encode(like.dtype, like.dims.clone(), v)?;
     t.name = like.name.clone();
     t.doc = like.doc.clone();
@@ -291,12 +331,12 @@ pub(crate) fn encode_like(like: &TensorData, v: &[f64]) -> Result<TensorData, St
 }
 
 /// A new tensor of `dtype` and `dims` holding `v`, cast once from f64.
-pub(crate) fn encode(dtype: DType, dims: Vec<i64>, v: &[f64]) -> Result<TensorData, String> {
+pub(crate) fn encode(dtype: DType, dims: Vec<i64>, v: &[f64]) -> Result<TensorData, WeightError> {
     Ok(TensorData::from_bytes(dtype, dims, encode_bytes(dtype, v)?))
 }
 
 /// The little-endian bytes of `v` in `dtype`, cast once from f64.
-fn encode_bytes(dtype: DType, v: &[f64]) -> Result<Vec<u8>, String> {
+fn encode_bytes(dtype: DType, v: &[f64]) -> Result<Vec<u8>, WeightError> {
     fn put<const N: usize>(v: &[f64], f: impl Fn(f64) -> [u8; N]) -> Vec<u8> {
         let mut out = Vec::with_capacity(v.len() * N);
         for &x in v {
@@ -311,12 +351,12 @@ fn encode_bytes(dtype: DType, v: &[f64]) -> Result<Vec<u8>, String> {
         // to, except in rare double-rounding ties, which are below the f16 resolution.
         DType::F16 => put(v, |x| f32_to_f16(x as f32).to_le_bytes()),
         DType::BF16 => put(v, |x| f32_to_bf16(x as f32).to_le_bytes()),
-        d => return Err(format!("cannot encode dtype {d}")),
+        d => return Err(WeightError::Encode(d)),
     })
 }
 
 /// A transform of a block of rows for [`map_rows`]: `(values, rows) → new values`.
-pub(crate) type RowsFn<'a> = dyn Fn(&[f64], usize) -> Result<Vec<f64>, String> + 'a;
+pub(crate) type RowsFn<'a> = dyn Fn(&[f64], usize) -> Result<Vec<f64>, WeightError> + 'a;
 
 /// A tensor like `old` whose rows (`row_len` consecutive elements) are transformed block by
 /// block: `f(values, rows)` gets about 64 Ki elements of whole rows in f64 and returns their new
@@ -326,23 +366,21 @@ pub(crate) fn map_rows(
     old: &TensorData,
     row_len: usize,
     f: &RowsFn<'_>,
-) -> Result<TensorData, String> {
+) -> Result<TensorData, WeightError> {
     if !matches!(
         old.dtype,
         DType::F32 | DType::F64 | DType::F16 | DType::BF16
     ) {
-        return Err(format!("weights of dtype {} cannot be folded", old.dtype));
+        return Err(WeightError::Dtype(old.dtype));
     }
-    let bytes = old
-        .bytes()
-        .ok_or("the tensor's data is not available (elided text, or a size mismatch)")?;
+    let bytes = old.bytes().ok_or(WeightError::Unavailable)?;
     let n = old.numel().unwrap_or(0) as usize;
     if n == 0 || n.checked_rem(row_len) != Some(0) || bytes.len().checked_rem(n) != Some(0) {
-        return Err(format!(
-            "a tensor of shape {:?} ({} bytes) is not made of rows of {row_len}",
-            old.dims,
-            bytes.len()
-        ));
+        return Err(WeightError::NotRows {
+            dims: old.dims.clone(),
+            bytes: bytes.len(),
+            row_len,
+        });
     }
     let size = bytes.len() / n;
     let rows = n / row_len;
@@ -351,11 +389,10 @@ pub(crate) fn map_rows(
     for start in (0..rows).step_by(block) {
         let r = block.min(rows - start);
         let chunk = &bytes[start * row_len * size..(start + r) * row_len * size];
-        let v = ortho_ir::numeric::decode_f64(old.dtype, chunk)
-            .ok_or("the tensor's bytes cannot be decoded")?;
+        let v = ortho_ir::numeric::decode_f64(old.dtype, chunk).ok_or(WeightError::Undecodable)?;
         let y = f(&v, r)?;
         if y.len() != v.len() {
-            return Err("a block changed size".into());
+            return Err(WeightError::BlockSize);
         }
         out.extend_from_slice(&encode_bytes(old.dtype, &y)?);
     }
@@ -371,13 +408,13 @@ pub(crate) fn scale_axis(
     dims: &[i64],
     axis: usize,
     s: &[f64],
-) -> Result<(), String> {
-    let n = *dims.get(axis).ok_or("axis out of range")? as usize;
+) -> Result<(), WeightError> {
+    let n = *dims.get(axis).ok_or(WeightError::Axis)? as usize;
     if n != s.len() {
-        return Err(format!(
-            "a scale of {} elements cannot apply to an axis of {n}",
-            s.len()
-        ));
+        return Err(WeightError::ScaleLength {
+            len: s.len(),
+            axis_len: n,
+        });
     }
     let inner: usize = dims[axis + 1..].iter().map(|&d| d as usize).product();
     for (i, x) in v.iter_mut().enumerate() {

@@ -10,9 +10,9 @@
 //! head the last one's, and the stream entering layer `i > 0` is multiplied by the boundary
 //! matrix `Q_{i−1}ᵀ Q_i` (one `MatMul`, omitted when it is exactly the identity).
 
-use super::loss::{Heads, Importance, LayerProblem};
-use crate::pass::PassError;
-use crate::transforms::weights::{self, Rewrite};
+use crate::linalg::weights::{self, Rewrite, WeightError};
+use crate::pass::{PassError, PassErrorKind};
+use crate::rotation_search::loss::{Heads, Importance, LayerProblem};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, Par};
 use ortho_ir::analysis::transformer::{BranchKind, Placement};
@@ -46,8 +46,8 @@ pub struct Layers {
     pub heads: Vec<NodeId>,
 }
 
-fn need<T>(x: Option<T>, g: &ortho_ir::Graph, n: NodeId, what: &str) -> Result<T, PassError> {
-    x.ok_or_else(|| PassError::at(g, n, format!("denoise-rotate needs {what}")))
+fn need<T>(x: Option<T>, m: &Module, n: NodeId, what: &str) -> Result<T, PassError> {
+    x.ok_or_else(|| PassError::at_main(m, n, format!("denoise-rotate needs {what}")))
 }
 
 /// Finds the layers, refusing (with the blocking node) a stream that does not admit O(d).
@@ -63,7 +63,7 @@ pub fn find_layers(m: &Module) -> Result<Layers, PassError> {
     if !class.admits.contains(Group::ORTHOGONAL) {
         let msg = |r: String| format!("the residual stream does not admit rotations: {r}");
         return Err(match class.blocker_for(Group::ORTHOGONAL) {
-            Some(b) => PassError::at(g, b.node, msg(b.reason())),
+            Some(b) => PassError::at_main(m, b.node, msg(b.reason())),
             None => PassError::new(msg("its norms admit no rotation".into())),
         });
     }
@@ -79,37 +79,41 @@ pub fn find_layers(m: &Module) -> Result<Layers, PassError> {
             let msg = format!("block {i} is not an attention branch followed by an MLP branch");
             return Err(
                 match [b.attention, b.mlp, b.other].into_iter().flatten().next() {
-                    Some(br) => PassError::at(g, s.branches[br].add, msg),
+                    Some(br) => PassError::at_main(m, s.branches[br].add, msg),
                     None => PassError::new(msg),
                 },
             );
         };
         let (ab, mb) = (&s.branches[ai], &s.branches[mi]);
         let BranchKind::Attention(att) = &ab.kind else {
-            return Err(PassError::at(g, ab.add, "expected an attention branch"));
+            return Err(PassError::at_main(
+                m,
+                ab.add,
+                "expected an attention branch",
+            ));
         };
         let BranchKind::Mlp(mlp) = &mb.kind else {
-            return Err(PassError::at(g, mb.add, "expected an MLP branch"));
+            return Err(PassError::at_main(m, mb.add, "expected an MLP branch"));
         };
         let at = att.o.node;
         if att.fused.is_some() {
-            return Err(PassError::at(
-                g,
+            return Err(PassError::at_main(
+                m,
                 at,
                 "denoise-rotate needs decomposed attention (q/k/v/o as linears)",
             ));
         }
-        let q = need(att.q, g, at, "a q projection")?;
-        let k = need(att.k, g, at, "a k projection")?;
-        let v = need(att.v, g, at, "a v projection")?;
+        let q = need(att.q, m, at, "a q projection")?;
+        let k = need(att.k, m, at, "a k projection")?;
+        let v = need(att.v, m, at, "a v projection")?;
         let heads = Heads {
-            heads: need(att.heads, g, at, "the head count")? as usize,
-            kv_heads: need(att.kv_heads, g, at, "the KV head count")? as usize,
-            head_dim: need(att.head_dim, g, at, "the head size")? as usize,
+            heads: need(att.heads, m, at, "the head count")? as usize,
+            kv_heads: need(att.kv_heads, m, at, "the KV head count")? as usize,
+            head_dim: need(att.head_dim, m, at, "the head size")? as usize,
         };
         if heads.kv_heads == 0 || !heads.heads.is_multiple_of(heads.kv_heads) {
-            return Err(PassError::at(
-                g,
+            return Err(PassError::at_main(
+                m,
                 at,
                 "query heads are not a multiple of KV heads",
             ));
@@ -117,32 +121,31 @@ pub fn find_layers(m: &Module) -> Result<Layers, PassError> {
         if v.out_features as usize != heads.kv_heads * heads.head_dim
             || att.o.in_features as usize != heads.heads * heads.head_dim
         {
-            return Err(PassError::at(
-                g,
+            return Err(PassError::at_main(
+                m,
                 at,
                 "v/o widths do not match the head layout",
             ));
         }
         if k.input != q.input || v.input != q.input {
-            return Err(PassError::at(
-                g,
+            return Err(PassError::at_main(
+                m,
                 q.node,
                 "q, k and v do not read the same value",
             ));
         }
-        let gate = need(mlp.gate, g, mlp.down.node, "a gated MLP (gate, up, down)")?;
+        let gate = need(mlp.gate, m, mlp.down.node, "a gated MLP (gate, up, down)")?;
         if gate.input != mlp.up.input {
-            return Err(PassError::at(
-                g,
+            return Err(PassError::at_main(
+                m,
                 gate.node,
                 "gate and up do not read the same value",
             ));
         }
         let add = g.node(ab.add);
-        let stream_in = add
-            .inputs()
-            .find(|x| *x != att.o.output)
-            .ok_or_else(|| PassError::at(g, ab.add, "residual add without a stream operand"))?;
+        let stream_in = add.inputs().find(|x| *x != att.o.output).ok_or_else(|| {
+            PassError::at_main(m, ab.add, "residual add without a stream operand")
+        })?;
         layers.push(LayerParts {
             q,
             k,
@@ -188,7 +191,7 @@ pub fn requests(layers: &Layers, method: Importance) -> Vec<StatRequest> {
 }
 
 /// The weight of a linear as an out×in f32 matrix.
-fn out_in(m: &Module, l: &Linear) -> Result<Mat<f32>, String> {
+fn out_in(m: &Module, l: &Linear) -> Result<Mat<f32>, WeightError> {
     let t = m.tensor(l.weight.tensor);
     let v = weights::decode(t)?;
     let (r, c) = (t.dims[0] as usize, t.dims[1] as usize);
@@ -210,11 +213,20 @@ fn stack(a: Mat<f32>, b: Mat<f32>) -> Mat<f32> {
     })
 }
 
+/// Why a column factor could not be computed; `what` names the linear.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum FactorError {
+    #[error("no calibration statistics for {0}")]
+    Missing(String),
+    #[error("the damped input Hessian of {0} is not positive definite")]
+    NotPositiveDefinite(String),
+}
+
 /// `M` of the column factor from a Gram statistic: `H` (Wanda) or `(H + λI)⁻¹` with
 /// `λ = 0.01·mean diag H` (SparseGPT), computed in f64.
-fn factor_matrix(stat: &Stat, method: Importance, what: &str) -> Result<Mat<f32>, String> {
+fn factor_matrix(stat: &Stat, method: Importance, what: &str) -> Result<Mat<f32>, FactorError> {
     let Stat::Gram(gram) = stat else {
-        return Err(format!("no calibration statistics for {what}"));
+        return Err(FactorError::Missing(what.to_string()));
     };
     let n = gram.dim;
     let h = gram.hessian();
@@ -239,11 +251,7 @@ fn factor_matrix(stat: &Stat, method: Importance, what: &str) -> Result<Mat<f32>
     use faer::linalg::solvers::DenseSolveCore;
     let inv = match a.llt(faer::Side::Lower) {
         Ok(c) => c.inverse(),
-        Err(_) => {
-            return Err(format!(
-                "the damped input Hessian of {what} is not positive definite"
-            ))
-        }
+        Err(_) => return Err(FactorError::NotPositiveDefinite(what.to_string())),
     };
     Ok(Mat::from_fn(n, n, |i, j| inv[(i, j)] as f32))
 }
@@ -259,22 +267,33 @@ pub fn problem(
 ) -> Result<LayerProblem, PassError> {
     let l = &layers.layers[i];
     let g = m.graph(m.main);
-    let w = |lin: &Linear| out_in(m, lin).map_err(|e| PassError::at(g, lin.node, e));
+    let w = |lin: &Linear| {
+        out_in(m, lin).map_err(|e| {
+            PassError::at_main(m, lin.node, e.to_string()).with_kind(PassErrorKind::Weights)
+        })
+    };
     let fm = |k: usize, lin: &Linear| -> Result<Option<Mat<f32>>, PassError> {
         if method == Importance::Magnitude {
             return Ok(None);
         }
-        let st = stats
-            .get(k)
-            .ok_or_else(|| PassError::at(g, lin.node, "missing calibration statistics"))?;
-        let mat = factor_matrix(st, method, &g.describe(lin.node))
-            .map_err(|e| PassError::at(g, lin.node, e))?;
+        let st = stats.get(k).ok_or_else(|| {
+            PassError::at_main(m, lin.node, "missing calibration statistics")
+                .with_kind(PassErrorKind::Evaluation)
+        })?;
+        let mat = factor_matrix(st, method, &g.describe(lin.node)).map_err(|e| {
+            let kind = match e {
+                FactorError::Missing(_) => PassErrorKind::Evaluation,
+                FactorError::NotPositiveDefinite(_) => PassErrorKind::Numeric,
+            };
+            PassError::at_main(m, lin.node, e.to_string()).with_kind(kind)
+        })?;
         if mat.nrows() != lin.in_features as usize {
-            return Err(PassError::at(
-                g,
+            return Err(PassError::at_main(
+                m,
                 lin.node,
                 "calibration statistics of the wrong width",
-            ));
+            )
+            .with_kind(PassErrorKind::Evaluation));
         }
         Ok(Some(mat))
     };
@@ -335,21 +354,25 @@ pub(crate) fn mul64(a: faer::MatRef<'_, f64>, b: faer::MatRef<'_, f64>) -> Mat<f
 }
 
 /// Maps every fiber along the listed axes of a stored 1-D or 2-D tensor: `x ↦ x M`.
-fn transform(v: &[f64], dims: &[i64], ops: &[(usize, &Mat<f64>)]) -> Result<Vec<f64>, String> {
+fn transform(v: &[f64], dims: &[i64], ops: &[(usize, &Mat<f64>)]) -> Result<Vec<f64>, WeightError> {
     let (r, c) = match dims {
         [n] => (1, *n as usize),
         [r, c] => (*r as usize, *c as usize),
-        _ => return Err(format!("cannot rotate a tensor of shape {dims:?}")),
+        _ => {
+            return Err(WeightError::Shape(format!(
+                "cannot rotate a tensor of shape {dims:?}"
+            )))
+        }
     };
     let mut s = faer::MatRef::from_row_major_slice(v, r, c).to_owned();
     for &(axis, q) in ops {
         let axis = if dims.len() == 1 { 1 } else { axis };
         let n = if axis == 1 { c } else { r };
         if q.nrows() != n {
-            return Err(format!(
+            return Err(WeightError::Shape(format!(
                 "axis {axis} of a tensor of shape {dims:?} is not {} wide",
                 q.nrows()
-            ));
+            )));
         }
         s = if axis == 1 {
             mul64(s.as_ref(), q.as_ref())
@@ -455,7 +478,6 @@ fn fold_weights(
         plan[at].1.push(op);
     };
     {
-        let g = m.graph(gid);
         for s in &layers.class.sites {
             let layer = match (layer_of.get(&s.consumer), s.role) {
                 (Some(&i), _) => i,
@@ -464,8 +486,7 @@ fn fold_weights(
                 (None, SiteRole::Reader) if layers.heads.contains(&s.consumer) => nl - 1,
                 (None, _) if !per_layer => 0,
                 (None, _) => {
-                    return Err(PassError::at(
-                        g,
+                    return Err(PassError::at_main(m,
                         s.consumer,
                         "reads or writes the residual stream outside every decoder layer; per-layer rotations cannot place it (use mode=global)",
                     ))
@@ -517,7 +538,7 @@ fn fold_weights(
             key,
         });
     }
-    let make = |key: usize, old: &TensorData| -> Result<TensorData, String> {
+    let make = |key: usize, old: &TensorData| -> Result<TensorData, WeightError> {
         let v = weights::decode(old)?;
         let ops: Vec<(usize, &Mat<f64>)> =
             ops_of[key].iter().map(|&(a, k)| (a, &mats[k])).collect();
@@ -548,7 +569,7 @@ fn insert_boundaries(m: &mut Module, layers: &Layers, q1: &[Mat<f64>]) -> Result
 }
 
 /// The `d × d` constant `b` in the dtype of `like` (f64 values cast once).
-fn boundary_tensor(b: &Mat<f64>, dtype: ortho_ir::DType) -> Result<TensorData, String> {
+fn boundary_tensor(b: &Mat<f64>, dtype: ortho_ir::DType) -> Result<TensorData, WeightError> {
     let (r, c) = (b.nrows(), b.ncols());
     let mut vals = Vec::with_capacity(r * c);
     for i in 0..r {
@@ -567,12 +588,16 @@ pub fn insert_matmul(m: &mut Module, h: ValueId, b: &Mat<f64>) -> Result<NodeId,
     let gid = m.main;
     let g = m.graph(gid);
     if g.outputs.iter().any(|o| o.value == h) {
-        return Err(PassError::at(g, h.node, "a stream value between layers is a graph output; per-layer rotations would change it (use mode=global)"));
+        return Err(PassError::at_main(m, h.node, "a stream value between layers is a graph output; per-layer rotations would change it (use mode=global)"));
     }
     let d = b.nrows();
     let ty = g.value_type(h).clone();
     let dtype = ty.dtype().unwrap_or(ortho_ir::DType::F32);
-    let t = boundary_tensor(b, dtype).map_err(|e| PassError::at(g, h.node, e))?;
+    let t = boundary_tensor(b, dtype).map_err(|e| {
+        PassError::at_main(m, h.node, e.to_string())
+            .in_graph(gid)
+            .with_kind(PassErrorKind::Weights)
+    })?;
     let users = g.users(h);
     let mut names = g.value_names();
     let base = g.value_name(h).to_string();
@@ -619,15 +644,17 @@ pub fn premultiply_matmul(
     let gid = m.main;
     let g = m.graph(gid);
     let Op::Const(old) = g.node(konst).op else {
-        return Err(PassError::at(
-            g,
+        return Err(PassError::at_main(
+            m,
             konst,
             "the boundary matrix is not a constant",
         ));
     };
     let p = mul64(b.as_ref(), q.as_ref());
     let dtype = m.tensor(old).dtype;
-    let t = boundary_tensor(&p, dtype).map_err(|e| PassError::at(m.graph(gid), konst, e))?;
+    let t = boundary_tensor(&p, dtype).map_err(|e| {
+        PassError::at_graph(m, gid, konst, e.to_string()).with_kind(PassErrorKind::Weights)
+    })?;
     let tid = m.add_tensor(t);
     m.graph_mut(gid).node_mut(konst).op = Op::Const(tid);
     Ok(p)

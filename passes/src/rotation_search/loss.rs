@@ -29,32 +29,8 @@
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatMut, MatRef, Par};
 
-/// Which pruning method's importance the loss concentrates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Importance {
-    Magnitude,
-    Wanda,
-    SparseGpt,
-}
-
-impl Importance {
-    pub fn parse(s: &str) -> Option<Importance> {
-        Some(match s {
-            "magnitude" => Importance::Magnitude,
-            "wanda" => Importance::Wanda,
-            "sparsegpt" => Importance::SparseGpt,
-            _ => return None,
-        })
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Importance::Magnitude => "magnitude",
-            Importance::Wanda => "wanda",
-            Importance::SparseGpt => "sparsegpt",
-        }
-    }
-}
+/// Which pruning method's importance the loss concentrates: the pruning method itself.
+pub use crate::sparsity::matrix::PruneMethod as Importance;
 
 /// Attention head layout of a layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

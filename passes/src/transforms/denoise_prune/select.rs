@@ -10,10 +10,10 @@
 //! unchanged graph. [`PrunedLayer::error`] adds the per-linear relative reconstruction errors
 //! `‖ΔW X‖² / ‖W X‖²` (rotation-invariant denominators) for the report. Not a pass.
 
-use super::fold::{block_diag, mul64 as mm, LayerParts};
-use crate::pass::PassError;
-use crate::transforms::prune::linear_weight;
-use crate::transforms::prune_math::{prune_matrix, PruneSpec};
+use crate::linalg::layer_rotations::{block_diag, mul64 as mm, LayerParts};
+use crate::pass::{PassError, PassErrorKind};
+use crate::sparsity::linears::linear_weight;
+use crate::sparsity::matrix::{prune_matrix, PruneError, PruneSpec};
 use faer::{Mat, MatRef};
 use ortho_ir::analysis::Linear;
 use ortho_ir::Module;
@@ -56,7 +56,7 @@ fn quad(a: MatRef<'_, f64>, h: MatRef<'_, f64>) -> f64 {
 
 /// One linear pruned on its input Hessian: the pruned weight (row-major `out × in`) and its
 /// relative reconstruction error `tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)`.
-fn prune_one(w: &Mat<f64>, h: &Mat<f64>, spec: &PruneSpec) -> Result<(Mat<f64>, f64), String> {
+fn prune_one(w: &Mat<f64>, h: &Mat<f64>, spec: &PruneSpec) -> Result<(Mat<f64>, f64), PruneError> {
     let (rows, cols) = (w.nrows(), w.ncols());
     let mut flat = Vec::with_capacity(rows * cols);
     for i in 0..rows {
@@ -109,7 +109,7 @@ pub fn pruned_layer(
     rot: Option<&LayerRotation<'_>>,
     spec: &PruneSpec,
 ) -> Result<PrunedLayer, PassError> {
-    let g = m.main_graph();
+    let (gid, g) = (m.main, m.main_graph());
     let weight = |l: &Linear| -> Result<Mat<f64>, PassError> {
         let (w, r, c) = linear_weight(m, l)?;
         Ok(MatRef::from_row_major_slice(&w, r, c).to_owned())
@@ -186,15 +186,15 @@ pub fn pruned_layer(
     }
     for (l, w, hh, _, _) in &jobs {
         if hh.nrows() != w.ncols() {
-            return Err(PassError::at(
-                g,
-                l.node,
-                "calibration statistics of the wrong width",
-            ));
+            return Err(
+                PassError::at(g, l.node, "calibration statistics of the wrong width")
+                    .in_graph(gid)
+                    .with_kind(PassErrorKind::Evaluation),
+            );
         }
     }
     // Two worker threads (the machine's cores); each takes every other linear.
-    type Out = (usize, Result<(Mat<f64>, f64), String>);
+    type Out = (usize, Result<(Mat<f64>, f64), PruneError>);
     let results: Vec<Out> = std::thread::scope(|s| {
         let jobs = &jobs;
         let handles: Vec<_> = (0..2)
@@ -214,7 +214,7 @@ pub fn pruned_layer(
             .collect()
     });
     if results.len() != jobs.len() {
-        return Err(PassError::new("a pruning worker failed"));
+        return Err(PassError::new("a pruning worker failed").with_kind(PassErrorKind::Numeric));
     }
     let mut out = PrunedLayer {
         error: 0.0,
@@ -224,7 +224,11 @@ pub fn pruned_layer(
     sorted.sort_by_key(|(i, _)| *i);
     for (i, r) in sorted {
         let (l, _, _, left, right) = &jobs[i];
-        let (p, err) = r.map_err(|e| PassError::at(g, l.node, e))?;
+        let (p, err) = r.map_err(|e| {
+            PassError::at(g, l.node, e.to_string())
+                .in_graph(gid)
+                .with_kind(PassErrorKind::Numeric)
+        })?;
         out.error += err;
         let p = match left {
             Some(a) => mm(a.as_ref(), p.as_ref()),

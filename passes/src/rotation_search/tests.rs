@@ -3,7 +3,7 @@
 
 use super::loss::{Heads, Importance, LayerProblem};
 use super::optim::{optimize, orthogonality_error, AdamOptions, StopReason};
-use crate::transforms::orthogonal::Rng;
+use crate::linalg::orthogonal::Rng;
 use faer::Mat;
 
 fn random(r: usize, c: usize, rng: &mut Rng) -> Mat<f32> {
