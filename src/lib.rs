@@ -2,17 +2,24 @@
 //!
 //! `Driver::run(args)` parses a command line, does the work, and returns what the CLI would
 //! print and its exit status, so `tests/filetests.rs` can run RUN lines without spawning processes.
+//!
+//! Each command is one module with its clap arguments and a `run` function; `cli.rs` lists them
+//! as subcommands beside the optimizer's own (default) command line.
 
 mod analyze;
 pub mod calib;
 mod cli;
 mod compare;
+mod error;
 mod eval;
+mod input;
+mod lm;
 mod opt;
 mod passes_glue;
 mod run;
 
-pub use cli::Driver;
+pub use cli::{Driver, GlobalArgs};
+pub use error::CliError;
 
 /// What a command produced.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -35,6 +42,13 @@ impl DriverOutput {
             code: 1,
             stdout: String::new(),
             stderr,
+        }
+    }
+    /// The output of a command that returns (stdout, stderr) or an error printed as `error: …`.
+    pub(crate) fn from_result(r: Result<(String, String), CliError>) -> Self {
+        match r {
+            Ok((out, err)) => DriverOutput::ok(out, err),
+            Err(e) => DriverOutput::error(format!("error: {e}\n")),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Glue between the command line and the pass manager: flags → `ManagerOptions`, events and
 //! reports → stderr text.
 
-use crate::cli::OptArgs;
+use crate::cli::GlobalArgs;
+use crate::opt::OptArgs;
 use ortho_ir::text::PrintOptions;
 use ortho_ir::Module;
 use ortho_passes::{ManagerOptions, PassManager, Pipeline};
@@ -15,6 +16,7 @@ pub fn list_passes() -> String {
 pub fn run_pipeline(
     m: &mut Module,
     a: &OptArgs,
+    g: &GlobalArgs,
     input: &Path,
     print: PrintOptions,
     err: &mut String,
@@ -35,7 +37,7 @@ pub fn run_pipeline(
         return Ok(());
     }
     // Calibration data is built (and checked) before any pass runs.
-    let calibration = match crate::calib::build(&a.calib, m) {
+    let calibration = match crate::calib::build(&a.calib, g, m) {
         Ok(c) => c,
         Err(e) => {
             err.push_str(&format!("error: calibration: {e}\n"));
