@@ -49,7 +49,7 @@ pub fn run(a: AnalyzeArgs) -> DriverOutput {
     }
     let module = match read_module(&a.input) {
         Ok(m) => m,
-        Err(e) => return DriverOutput::error(format!("error: {e}\n")),
+        Err(e) => return DriverOutput::failed(e),
     };
     if let Err(d) = ortho_ir::verify::verify_module(&module) {
         return DriverOutput::error(format!("error: {shown}: failed verification: {d}\n"));
@@ -682,7 +682,9 @@ fn to_json(g: &Graph, s: &Structure, shown: &str) -> Result<String, serde_json::
         },
     };
     let mut out = Vec::new();
-    report.serialize(&mut serde_json::Serializer::with_formatter(&mut out, Spaced))?;
+    report.serialize(&mut serde_json::Serializer::with_formatter(
+        &mut out, Spaced,
+    ))?;
     // The serializer writes only valid UTF-8 (it copies Rust strings and ASCII).
     Ok(String::from_utf8_lossy(&out).into_owned())
 }

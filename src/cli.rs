@@ -58,9 +58,7 @@ pub struct GlobalArgs {
 impl GlobalArgs {
     /// The tokenizer, or the usage error `missing` when none was given.
     pub fn tokenizer(&self, missing: &'static str) -> Result<&Path, CliError> {
-        self.tokenizer
-            .as_deref()
-            .ok_or(CliError::Usage(missing))
+        self.tokenizer.as_deref().ok_or(CliError::Usage(missing))
     }
 }
 

@@ -36,6 +36,33 @@ pub enum CliError {
     /// The engine failed while running the model (or building a feed for it).
     #[error("{source}")]
     Run { source: Source },
+    /// The optimizer's form without an input file.
+    #[error("no input file (see --help)")]
+    NoInput,
+    /// `--elide-above` that is neither a number nor `none`.
+    #[error("--elide-above expects a number or 'none', got '{0}'")]
+    ElideAbove(String),
+    /// An output path that is the input file.
+    #[error("refusing to write the output over the input '{}'", .input.display())]
+    OutputOverInput { input: PathBuf },
+    /// A `--pass-pipeline` that does not parse (rendered with a caret under the offending text).
+    #[error("invalid --pass-pipeline: {rendered}")]
+    InvalidPipeline { rendered: String },
+    /// The pass manager refused the pipeline (an unknown pass or option, a bad option value).
+    #[error("{source}")]
+    PassSetup { source: Source },
+    /// A pass failed (the source names the pass and the node).
+    #[error("{source}")]
+    PassFailed { source: Source },
+    /// The calibration data of the optimizer's passes cannot be built.
+    #[error("calibration: {0}")]
+    Calibration(Box<CliError>),
+    /// `ortho.*` ops that cannot be lowered to standard ONNX for export.
+    #[error("cannot lower ortho.* ops for export: {source}")]
+    LowerOrtho { source: Source },
+    /// The ONNX writer failed (the source names the file).
+    #[error("{source}")]
+    Export { source: Source },
     /// A command-line value outside its range, or a combination of flags that does not work.
     #[error("{0}")]
     Usage(&'static str),
@@ -129,6 +156,14 @@ pub enum CliError {
 }
 
 impl CliError {
+    /// The exit status for this error: 2 for a command line that names no work, else 1.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::NoInput => 2,
+            _ => 1,
+        }
+    }
+
     /// `Io` for `path`, as a closure for `map_err`.
     pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> CliError {
         let path = path.into();

@@ -190,10 +190,7 @@ pub(crate) fn forward_windows(
                 names.iter().map(String::as_str).zip(tensors).collect();
             let outs = plan.run(&refs).map_err(run_error)?;
             let idx = outs.iter().position(|(n, _)| n == "logits").unwrap_or(0);
-            let (_, t) = outs
-                .into_iter()
-                .nth(idx)
-                .ok_or(CliError::NoOutputs)?;
+            let (_, t) = outs.into_iter().nth(idx).ok_or(CliError::NoOutputs)?;
             check_logits(&t, chunk.len(), chunk[0].len(), w.vocab)?;
             logits.push(t);
         }

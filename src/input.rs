@@ -61,11 +61,11 @@ pub(crate) fn for_each_case(
     mut each: impl FnMut(Case<'_>) -> (String, bool),
 ) -> DriverOutput {
     if !is_oir(path) {
-        return DriverOutput::error("error: --split-input-file needs a .oir input\n".into());
+        return DriverOutput::failed(CliError::Usage("--split-input-file needs a .oir input"));
     }
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) => return DriverOutput::error(format!("error: {}: {e}\n", path.display())),
+        Err(e) => return DriverOutput::failed(CliError::io(path)(e)),
     };
     let mut outs = Vec::new();
     let mut code = 0;

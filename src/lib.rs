@@ -44,11 +44,19 @@ impl DriverOutput {
             stderr,
         }
     }
-    /// The output of a command that returns (stdout, stderr) or an error printed as `error: …`.
+    /// A command that failed before printing anything: `error: …` and the error's status.
+    pub(crate) fn failed(e: CliError) -> Self {
+        DriverOutput {
+            code: e.exit_code(),
+            stdout: String::new(),
+            stderr: format!("error: {e}\n"),
+        }
+    }
+    /// The output of a command that returns (stdout, stderr) or an error.
     pub(crate) fn from_result(r: Result<(String, String), CliError>) -> Self {
         match r {
             Ok((out, err)) => DriverOutput::ok(out, err),
-            Err(e) => DriverOutput::error(format!("error: {e}\n")),
+            Err(e) => DriverOutput::failed(e),
         }
     }
 }

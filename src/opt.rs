@@ -1,7 +1,7 @@
 //! The optimizer command (the default form of the command line): read → verify → passes → write.
 
 use crate::cli::GlobalArgs;
-use crate::DriverOutput;
+use crate::{CliError, DriverOutput};
 use ortho_ir::text::{parse_module, print_module, PrintOptions};
 use ortho_ir::Module;
 use std::fmt::Write as _;
@@ -103,47 +103,10 @@ pub fn run(a: OptArgs, g: &GlobalArgs) -> DriverOutput {
         }
         return DriverOutput::ok(t, String::new());
     }
-    let Some(input) = a.input.clone() else {
-        return DriverOutput {
-            code: 2,
-            stdout: String::new(),
-            stderr: "error: no input file (see --help)\n".into(),
-        };
+    let (input, job) = match job(&a) {
+        Ok(x) => x,
+        Err(e) => return DriverOutput::failed(e),
     };
-    let print = match a.elide_above.as_str() {
-        "none" => PrintOptions { elide_above: None },
-        s => match s.parse() {
-            Ok(n) => PrintOptions {
-                elide_above: Some(n),
-            },
-            Err(_) => {
-                return DriverOutput::error(format!(
-                    "error: --elide-above expects a number or 'none', got '{s}'\n"
-                ))
-            }
-        },
-    };
-    let emit = match (a.emit.as_deref(), &a.output) {
-        (Some("onnx"), _) => Emit::Onnx,
-        (Some(_), _) => Emit::Oir,
-        (None, Some(o)) if o.extension().is_some_and(|e| e == "oir") => Emit::Oir,
-        (None, Some(_)) => Emit::Onnx,
-        (None, None) => Emit::Oir,
-    };
-    if emit == Emit::Onnx && a.output.is_none() {
-        return DriverOutput::error(
-            "error: ONNX output needs -o FILE (or use --emit=oir)\n".into(),
-        );
-    }
-    if let Some(o) = &a.output {
-        if same_file(o, &input) {
-            return DriverOutput::error(format!(
-                "error: refusing to write the output over the input '{}'\n",
-                input.display()
-            ));
-        }
-    }
-    let job = Job { print, emit };
     if a.split_input_file {
         // A case's diagnostics stay in its own chunk, as comments, so chunks map to cases.
         return crate::input::for_each_case(&input, |case| {
@@ -158,7 +121,10 @@ pub fn run(a: OptArgs, g: &GlobalArgs) -> DriverOutput {
                 Ok(m) => match process(m, &a, g, &input, &job, &mut case_err) {
                     Ok(Some(t)) => chunk.push_str(&t),
                     Ok(None) => {}
-                    Err(()) => failed = true,
+                    Err(e) => {
+                        failed = true;
+                        report(&mut case_err, &e);
+                    }
                 },
             }
             for l in case_err.lines() {
@@ -170,7 +136,7 @@ pub fn run(a: OptArgs, g: &GlobalArgs) -> DriverOutput {
     let t0 = Instant::now();
     let module = match crate::input::read_module(&input) {
         Ok(m) => m,
-        Err(e) => return DriverOutput::error(format!("error: {e}\n")),
+        Err(e) => return DriverOutput::failed(e),
     };
     let import_time = t0.elapsed();
     if a.timing {
@@ -179,11 +145,51 @@ pub fn run(a: OptArgs, g: &GlobalArgs) -> DriverOutput {
     match process(module, &a, g, &input, &job, &mut err) {
         Ok(Some(text)) => DriverOutput::ok(text, err),
         Ok(None) => DriverOutput::ok(String::new(), err),
-        Err(()) => DriverOutput {
-            code: 1,
-            stdout: String::new(),
-            stderr: err,
+        Err(e) => {
+            report(&mut err, &e);
+            DriverOutput {
+                code: 1,
+                stdout: String::new(),
+                stderr: err,
+            }
+        }
+    }
+}
+
+/// The input and what to do with the result, checked before anything is read.
+fn job(a: &OptArgs) -> Result<(PathBuf, Job), CliError> {
+    let input = a.input.clone().ok_or(CliError::NoInput)?;
+    let print = match a.elide_above.as_str() {
+        "none" => PrintOptions { elide_above: None },
+        s => PrintOptions {
+            elide_above: Some(s.parse().map_err(|_| CliError::ElideAbove(s.to_string()))?),
         },
+    };
+    let emit = match (a.emit.as_deref(), &a.output) {
+        (Some("onnx"), _) => Emit::Onnx,
+        (Some(_), _) => Emit::Oir,
+        (None, Some(o)) if crate::input::is_oir(o) => Emit::Oir,
+        (None, Some(_)) => Emit::Onnx,
+        (None, None) => Emit::Oir,
+    };
+    if emit == Emit::Onnx && a.output.is_none() {
+        return Err(CliError::Usage(
+            "ONNX output needs -o FILE (or use --emit=oir)",
+        ));
+    }
+    if let Some(o) = &a.output {
+        if same_file(o, &input) {
+            return Err(CliError::OutputOverInput { input });
+        }
+    }
+    Ok((input, Job { print, emit }))
+}
+
+/// Appends `error: …` for `e` to the stderr text, ending in one newline.
+fn report(err: &mut String, e: &CliError) {
+    let _ = write!(err, "error: {e}");
+    if !err.ends_with('\n') {
+        err.push('\n');
     }
 }
 
@@ -195,19 +201,18 @@ fn process(
     input: &Path,
     job: &Job,
     err: &mut String,
-) -> Result<Option<String>, ()> {
-    if let Err(d) = ortho_ir::verify::verify_module(&m) {
-        let _ = write!(err, "error: {} failed verification: {d}", input.display());
-        return Err(());
-    }
+) -> Result<Option<String>, CliError> {
+    ortho_ir::verify::verify_module(&m).map_err(|d| CliError::Verify {
+        path: input.to_path_buf(),
+        source: d.into(),
+    })?;
     crate::passes_glue::run_pipeline(&mut m, a, g, input, job.print, err)?;
     let t0 = Instant::now();
     let out = match (job.emit, &a.output) {
         (Emit::Oir, None) => Some(print_module(&m, job.print)),
         (Emit::Oir, Some(path)) => {
-            write_atomic(path, print_module(&m, job.print).as_bytes()).map_err(|e| {
-                let _ = writeln!(err, "error: {}: {e}", path.display());
-            })?;
+            write_atomic(path, print_module(&m, job.print).as_bytes())
+                .map_err(CliError::io(path))?;
             None
         }
         (Emit::Onnx, Some(path)) => {
@@ -221,10 +226,7 @@ fn process(
                     );
                 }
                 Ok(_) => {}
-                Err(e) => {
-                    let _ = writeln!(err, "error: cannot lower ortho.* ops for export: {e}");
-                    return Err(());
-                }
+                Err(e) => return Err(CliError::LowerOrtho { source: e.into() }),
             }
             let opts = ortho_frontends::ExportOptions {
                 external_min_bytes: a.external_data,
@@ -242,10 +244,7 @@ fn process(
                         );
                     }
                 }
-                Err(e) => {
-                    let _ = writeln!(err, "error: {e}");
-                    return Err(());
-                }
+                Err(e) => return Err(CliError::Export { source: e.into() }),
             }
             None
         }

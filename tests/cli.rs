@@ -22,18 +22,16 @@ fn help_subcommand_prints_help_instead_of_opening_a_file() {
     assert!(r.stdout.contains("Usage: ortho-opt"), "{}", r.stdout);
     for command in ["run", "eval", "compare", "analyze"] {
         assert!(
-            r.stdout.lines().any(|l| l.trim_start().starts_with(command)),
+            r.stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with(command)),
             "`help` lists {command}: {}",
             r.stdout
         );
     }
     let r = run(&["help", "eval"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(
-        r.stdout.contains("Usage: ortho-opt eval"),
-        "{}",
-        r.stdout
-    );
+    assert!(r.stdout.contains("Usage: ortho-opt eval"), "{}", r.stdout);
     // The command's own help text (its JSON keys) and the shared options.
     assert!(r.stdout.contains("nll_mean"), "{}", r.stdout);
     assert!(r.stdout.contains("--tokenizer"), "{}", r.stdout);
@@ -82,7 +80,11 @@ fn usage_lines_name_the_subcommand() {
 
 #[test]
 fn a_mistyped_command_gets_a_suggestion() {
-    for (typed, meant) in [("evl", "eval"), ("anlyze", "analyze"), ("compar", "compare")] {
+    for (typed, meant) in [
+        ("evl", "eval"),
+        ("anlyze", "analyze"),
+        ("compar", "compare"),
+    ] {
         let r = run(&[typed, "model.onnx"]);
         assert_eq!(r.code, 2, "{typed}: {}", r.stderr);
         assert!(
@@ -173,11 +175,7 @@ fn global_options_are_shared_by_the_commands() {
     // eval and compare need the shared --tokenizer; without it the error says so.
     let r = run(&["eval", &s(&model()), "--text", "t.txt"]);
     assert_eq!(r.code, 1);
-    assert!(
-        r.stderr.contains("eval needs --tokenizer"),
-        "{}",
-        r.stderr
-    );
+    assert!(r.stderr.contains("eval needs --tokenizer"), "{}", r.stderr);
     let r = run(&["compare", &s(&model()), &s(&model()), "--text", "t.txt"]);
     assert_eq!(r.code, 1);
     assert!(
