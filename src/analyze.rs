@@ -52,11 +52,20 @@ pub fn run(a: AnalyzeArgs) -> DriverOutput {
         Err(e) => return DriverOutput::failed(e),
     };
     if let Err(d) = ortho_ir::verify::verify_module(&module) {
-        return DriverOutput::error(format!("error: {shown}: failed verification: {d}\n"));
+        // analyze has always put a colon after the file name here.
+        let text = format!("error: {shown}: failed verification: {d}\n");
+        let e = CliError::Verify {
+            path: a.input.clone(),
+            source: d.into(),
+        };
+        return DriverOutput::failed_with(e, text);
     }
     match render(&module, &shown, a.json) {
         Ok(t) => DriverOutput::ok(t, String::new()),
-        Err(e) => DriverOutput::error(format!("error: {shown}: {e}\n")),
+        Err(e) => {
+            let text = format!("error: {shown}: {e}\n");
+            DriverOutput::failed_with(e, text)
+        }
     }
 }
 

@@ -152,11 +152,7 @@ fn misspelled_command(args: &[String]) -> Option<clap::Error> {
 fn clap_output(e: clap::Error) -> DriverOutput {
     let text = e.render().to_string();
     if e.use_stderr() {
-        DriverOutput {
-            code: 2,
-            stdout: String::new(),
-            stderr: text,
-        }
+        DriverOutput::failed_with(CliError::CommandLine(e), text)
     } else {
         DriverOutput::ok(text, String::new())
     }

@@ -36,6 +36,9 @@ pub enum CliError {
     /// The engine failed while running the model (or building a feed for it).
     #[error("{source}")]
     Run { source: Source },
+    /// A command line clap rejects (unknown flag, missing argument, mistyped command).
+    #[error("{0}")]
+    CommandLine(clap::Error),
     /// The optimizer's form without an input file.
     #[error("no input file (see --help)")]
     NoInput,
@@ -156,10 +159,10 @@ pub enum CliError {
 }
 
 impl CliError {
-    /// The exit status for this error: 2 for a command line that names no work, else 1.
+    /// The exit status for this error: 2 for a command line that cannot be run as given, else 1.
     pub fn exit_code(&self) -> i32 {
         match self {
-            CliError::NoInput => 2,
+            CliError::CommandLine(_) | CliError::NoInput => 2,
             _ => 1,
         }
     }

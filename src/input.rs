@@ -86,5 +86,6 @@ pub(crate) fn for_each_case(
         code,
         stdout: outs.join("// -----\n"),
         stderr: String::new(),
+        error: None,
     }
 }

@@ -147,11 +147,7 @@ pub fn run(a: OptArgs, g: &GlobalArgs) -> DriverOutput {
         Ok(None) => DriverOutput::ok(String::new(), err),
         Err(e) => {
             report(&mut err, &e);
-            DriverOutput {
-                code: 1,
-                stdout: String::new(),
-                stderr: err,
-            }
+            DriverOutput::failed_with(e, err)
         }
     }
 }

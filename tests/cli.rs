@@ -4,6 +4,7 @@
 mod common;
 
 use common::{repo, run, TempDir};
+use ortho_opt::CliError;
 use std::path::PathBuf;
 
 /// A small decoder of the file tests (embedding, one block, tied head).
@@ -98,6 +99,12 @@ fn a_mistyped_command_gets_a_suggestion() {
             "{typed}: {}",
             r.stderr
         );
+        match r.error.as_deref() {
+            Some(CliError::CommandLine(e)) => {
+                assert_eq!(e.kind(), clap::error::ErrorKind::InvalidSubcommand)
+            }
+            other => panic!("{typed}: {other:?}"),
+        }
     }
     // A missing model is still a missing file, not a command.
     let r = run(&["no-such-model.onnx"]);
@@ -107,9 +114,21 @@ fn a_mistyped_command_gets_a_suggestion() {
         "{}",
         r.stderr
     );
+    assert!(
+        matches!(r.error.as_deref(), Some(CliError::Import { .. })),
+        "{:?}",
+        r.error
+    );
     let r = run(&["zzzz"]);
     assert_eq!(r.code, 1);
     assert!(!r.stderr.contains("subcommand"), "{}", r.stderr);
+    // No input at all is a usage error.
+    let r = run(&[]);
+    assert_eq!(r.code, 2);
+    assert!(
+        matches!(r.error.as_deref(), Some(CliError::NoInput)),
+        "{r:?}"
+    );
 }
 
 #[test]
