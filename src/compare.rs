@@ -4,6 +4,7 @@
 use crate::cli::GlobalArgs;
 use crate::eval::{
     batch_nll, default_batch, finite_or_null as num, forward_windows, tokenize, Progress, TextArgs,
+    Timings,
 };
 use crate::{CliError, DriverOutput};
 use ortho_codegen::metrics;
@@ -132,8 +133,6 @@ fn run_inner(a: &CompareArgs, g: &GlobalArgs) -> Result<(String, String), CliErr
         let j = serde_json::json!({
             "model_a": a.model_a.display().to_string(),
             "model_b": a.model_b.display().to_string(),
-            "tokenizer": tokenizer.display().to_string(),
-            "text": a.text.text.display().to_string(),
             "max_abs_logit_diff": num(acc.max_abs),
             "max_rel_logit_diff": num(acc.max_rel),
             "ppl_a": num(ppl_a),
@@ -149,13 +148,13 @@ fn run_inner(a: &CompareArgs, g: &GlobalArgs) -> Result<(String, String), CliErr
             "tokens": acc.preds,
             "non_finite_a": acc.nf_a,
             "non_finite_b": acc.nf_b,
-            "windows": a.text.windows,
-            "seqlen": a.text.seqlen,
-            "bos": a.text.bos,
-            "threads": pa.threads(),
-            "seconds": {"tokenize": w.seconds, "compile": compile_s, "forward": forward_s, "total": t_all.elapsed().as_secs_f64()},
         });
-        format!("{j}\n")
+        Timings {
+            compile: compile_s,
+            forward: forward_s,
+            start: t_all,
+        }
+        .json(j, &a.text, tokenizer, &w, pa.threads())
     } else {
         let mut s = String::new();
         let _ = writeln!(s, "A: {}", a.model_a.display());

@@ -248,6 +248,46 @@ pub fn run(a: EvalArgs, g: &GlobalArgs) -> DriverOutput {
     DriverOutput::from_result(run_inner(&a, g))
 }
 
+/// When the phases of `eval` / `compare` ended.
+pub(crate) struct Timings {
+    pub compile: f64,
+    pub forward: f64,
+    /// When the command started (the total runs up to the JSON being written).
+    pub start: Instant,
+}
+
+impl Timings {
+    /// The `--json` line of `eval` / `compare`: the command's own keys plus the context both
+    /// print (text, tokenizer, window layout, threads, seconds). Keys print sorted.
+    pub(crate) fn json(
+        &self,
+        own: serde_json::Value,
+        t: &TextArgs,
+        tokenizer: &Path,
+        w: &Windows,
+        threads: usize,
+    ) -> String {
+        let mut j = serde_json::json!({
+            "tokenizer": tokenizer.display().to_string(),
+            "text": t.text.display().to_string(),
+            "windows": t.windows,
+            "seqlen": t.seqlen,
+            "bos": t.bos,
+            "threads": threads,
+            "seconds": {
+                "tokenize": w.seconds,
+                "compile": self.compile,
+                "forward": self.forward,
+                "total": self.start.elapsed().as_secs_f64(),
+            },
+        });
+        if let (Some(all), serde_json::Value::Object(own)) = (j.as_object_mut(), own) {
+            all.extend(own);
+        }
+        format!("{j}\n")
+    }
+}
+
 /// A JSON number, or `null` for a non-finite value (JSON has no NaN or infinity).
 pub(crate) fn finite_or_null(x: f64) -> serde_json::Value {
     serde_json::Number::from_f64(x)
@@ -294,22 +334,20 @@ fn run_inner(a: &EvalArgs, g: &GlobalArgs) -> Result<(String, String), CliError>
     let out = if a.json {
         let j = serde_json::json!({
             "model": a.model.display().to_string(),
-            "tokenizer": tokenizer.display().to_string(),
-            "text": a.text.text.display().to_string(),
             "perplexity": finite_or_null(ppl),
             "nll_mean": finite_or_null(nll_mean),
             "tokens": count,
-            "windows": a.text.windows,
-            "seqlen": a.text.seqlen,
-            "bos": a.text.bos,
             "non_finite": non_finite,
             "non_finite_positions": nf_positions,
             "vocab": w.vocab,
             "text_tokens": w.text_tokens,
-            "threads": plan.threads(),
-            "seconds": {"tokenize": w.seconds, "compile": compile_s, "forward": forward_s, "total": t_all.elapsed().as_secs_f64()},
         });
-        format!("{j}\n")
+        Timings {
+            compile: compile_s,
+            forward: forward_s,
+            start: t_all,
+        }
+        .json(j, &a.text, tokenizer, &w, plan.threads())
     } else {
         let mut s = String::new();
         let _ = writeln!(s, "model:       {}", a.model.display());
