@@ -1,21 +1,21 @@
 //! `ortho-opt analyze MODEL [--json]`: the transformer structure and the basis (gauge) analysis
 //! of a model, as a readable summary or as one JSON object. Nothing is written.
 
-use crate::DriverOutput;
-use clap::Parser;
+use crate::input::{for_each_case, read_module};
+use crate::{CliError, DriverOutput};
 use ortho_ir::analysis::transformer::{Block, Branch, BranchKind, Placement, Structure};
 use ortho_ir::analysis::{
     analyze_transformer, head_spaces, Attention, Linear, Mlp, Norm, StreamClass,
 };
 use ortho_ir::{Graph, Module, NodeId, ValueId};
+use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-/// ortho-opt analyze: find the transformer structure (residual stream, blocks, norms, attention,
-/// MLP, embedding and head) and the transforms each residual-stream tensor admits.
-#[derive(Debug, Parser)]
-#[command(name = "ortho-opt analyze", about, long_about = None)]
-struct AnalyzeArgs {
+/// Find the transformer structure (residual stream, blocks, norms, attention, MLP, embedding
+/// and head) and the transforms each residual-stream tensor admits.
+#[derive(Debug, clap::Args)]
+pub struct AnalyzeArgs {
     /// Model: .onnx or .oir.
     input: PathBuf,
     /// Print one JSON object instead of the summary.
@@ -26,82 +26,55 @@ struct AnalyzeArgs {
     split_input_file: bool,
 }
 
-/// Runs `analyze`; `args[0]` is `analyze`.
-pub fn run(args: &[String]) -> DriverOutput {
-    let a = match AnalyzeArgs::try_parse_from(args) {
-        Ok(a) => a,
-        Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
-            let text = e.render().to_string();
-            return if code == 0 {
-                DriverOutput::ok(text, String::new())
-            } else {
-                DriverOutput {
-                    code,
-                    stdout: String::new(),
-                    stderr: text,
-                }
-            };
-        }
-    };
+pub fn run(a: AnalyzeArgs) -> DriverOutput {
     let shown = a.input.display().to_string();
-    let is_oir = a.input.extension().is_some_and(|e| e == "oir");
     if a.split_input_file {
-        if !is_oir {
-            return DriverOutput::error("error: --split-input-file needs a .oir input\n".into());
-        }
-        let text = match std::fs::read_to_string(&a.input) {
-            Ok(t) => t,
-            Err(e) => return DriverOutput::error(format!("error: {shown}: {e}\n")),
-        };
-        let mut outs = Vec::new();
-        let mut code = 0;
-        for (i, case) in text.split("\n// -----").enumerate() {
-            match ortho_ir::text::parse_module(case)
-                .map_err(|e| e.to_string())
-                .and_then(|m| render(&m, &shown, a.json))
-            {
-                Ok(t) => outs.push(t),
-                Err(e) => {
-                    code = 1;
-                    outs.push(format!("// error: {shown}: case {}: {e}\n", i + 1));
-                }
-            }
-        }
-        return DriverOutput {
-            code,
-            stdout: outs.join("// -----\n"),
-            stderr: String::new(),
-        };
-    }
-    let module = if is_oir {
-        match std::fs::read_to_string(&a.input) {
-            Ok(t) => match ortho_ir::text::parse_module(&t) {
+        return for_each_case(&a.input, |case| {
+            let failed = |e: &dyn std::fmt::Display| {
+                let text = format!("// error: {shown}: case {}: {e}\n", case.index + 1);
+                (text, true)
+            };
+            let m = match ortho_ir::text::parse_module(case.text) {
                 Ok(m) => m,
-                Err(e) => return DriverOutput::error(format!("error: {shown}:{e}\n")),
-            },
-            Err(e) => return DriverOutput::error(format!("error: {shown}: {e}\n")),
-        }
-    } else {
-        match ortho_frontends::import_file(&a.input) {
-            Ok(m) => m,
-            Err(e) => return DriverOutput::error(format!("error: {e}\n")),
-        }
+                Err(e) => return failed(&e),
+            };
+            if let Err(d) = ortho_ir::verify::verify_module(&m) {
+                return failed(&format_args!("failed verification: {d}"));
+            }
+            match render(&m, &shown, a.json) {
+                Ok(t) => (t, false),
+                Err(e) => failed(&e),
+            }
+        });
+    }
+    let module = match read_module(&a.input) {
+        Ok(m) => m,
+        Err(e) => return DriverOutput::failed(e),
     };
+    if let Err(d) = ortho_ir::verify::verify_module(&module) {
+        // analyze has always put a colon after the file name here.
+        let text = format!("error: {shown}: failed verification: {d}\n");
+        let e = CliError::Verify {
+            path: a.input.clone(),
+            source: d.into(),
+        };
+        return DriverOutput::failed_with(e, text);
+    }
     match render(&module, &shown, a.json) {
         Ok(t) => DriverOutput::ok(t, String::new()),
-        Err(e) => DriverOutput::error(format!("error: {shown}: {e}\n")),
+        Err(e) => {
+            let text = format!("error: {shown}: {e}\n");
+            DriverOutput::failed_with(e, text)
+        }
     }
 }
 
-fn render(m: &Module, shown: &str, json: bool) -> Result<String, String> {
-    if let Err(d) = ortho_ir::verify::verify_module(m) {
-        return Err(format!("failed verification: {d}"));
-    }
+/// The summary or the JSON report of a verified module.
+fn render(m: &Module, shown: &str, json: bool) -> Result<String, CliError> {
     let s = analyze_transformer(m, m.main);
     let g = m.main_graph();
     Ok(if json {
-        to_json(m, g, &s, shown).to_string() + "\n"
+        to_json(g, &s, shown).map_err(CliError::Json)? + "\n"
     } else {
         summary(m, g, &s, shown)
     })
@@ -363,311 +336,364 @@ fn class_text(o: &mut String, _m: &Module, g: &Graph, c: &StreamClass, k: usize)
     }
 }
 
-/// A JSON value, printed compactly with keys in insertion order.
-pub enum Json {
-    Null,
-    Bool(bool),
-    Int(i64),
-    Num(f64),
-    Str(String),
-    Arr(Vec<Json>),
-    Obj(Vec<(String, Json)>),
+/// serde_json's compact output with a space after `,` and `:`, floats in Rust's shortest
+/// round-trip form (`1e-5`, not `0.00001`), and control characters other than newline as
+/// `\u00XX`: the layout `analyze --json` has always printed, so reports stay comparable.
+struct Spaced;
+
+impl serde_json::ser::Formatter for Spaced {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
+    }
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        self.begin_array_value(w, first)
+    }
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(b": ")
+    }
+    fn write_f64<W: ?Sized + std::io::Write>(&mut self, w: &mut W, x: f64) -> std::io::Result<()> {
+        write!(w, "{x:?}")
+    }
+    fn write_char_escape<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        escape: serde_json::ser::CharEscape,
+    ) -> std::io::Result<()> {
+        use serde_json::ser::CharEscape;
+        let byte = match escape {
+            CharEscape::Backspace => 0x08,
+            CharEscape::Tab => 0x09,
+            CharEscape::FormFeed => 0x0c,
+            CharEscape::CarriageReturn => 0x0d,
+            other => return serde_json::ser::CompactFormatter.write_char_escape(w, other),
+        };
+        write!(w, "\\u{byte:04x}")
+    }
 }
 
-impl Json {
-    fn obj(kv: Vec<(&str, Json)>) -> Json {
-        Json::Obj(kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+#[derive(Serialize)]
+struct LinearJson {
+    node: String,
+    #[serde(rename = "in")]
+    in_features: i64,
+    #[serde(rename = "out")]
+    out_features: i64,
+    weight: String,
+    layout: &'static str,
+    bias: bool,
+}
+
+impl LinearJson {
+    fn new(g: &Graph, l: &Linear) -> LinearJson {
+        LinearJson {
+            node: g.describe(l.node),
+            in_features: l.in_features,
+            out_features: l.out_features,
+            weight: const_name(g, l.weight.konst),
+            layout: if l.weight.in_axis == 0 {
+                "[in, out]"
+            } else {
+                "[out, in]"
+            },
+            bias: l.bias.is_some(),
+        }
     }
-    fn s(x: impl Into<String>) -> Json {
-        Json::Str(x.into())
-    }
-    fn opt(x: Option<i64>) -> Json {
-        x.map(Json::Int).unwrap_or(Json::Null)
+    fn opt(g: &Graph, l: Option<Linear>) -> Option<LinearJson> {
+        l.map(|l| LinearJson::new(g, &l))
     }
 }
 
-impl std::fmt::Display for Json {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Json::Null => f.write_str("null"),
-            Json::Bool(b) => write!(f, "{b}"),
-            Json::Int(i) => write!(f, "{i}"),
-            Json::Num(x) if x.is_finite() => write!(f, "{x:?}"),
-            Json::Num(_) => f.write_str("null"),
-            Json::Str(s) => {
-                f.write_str("\"")?;
-                for c in s.chars() {
-                    match c {
-                        '"' => f.write_str("\\\"")?,
-                        '\\' => f.write_str("\\\\")?,
-                        '\n' => f.write_str("\\n")?,
-                        c if (c as u32) < 0x20 => write!(f, "\\u{:04x}", c as u32)?,
-                        c => write!(f, "{c}")?,
-                    }
-                }
-                f.write_str("\"")
-            }
-            Json::Arr(v) => {
-                f.write_str("[")?;
-                for (i, x) in v.iter().enumerate() {
-                    if i > 0 {
-                        f.write_str(", ")?;
-                    }
-                    write!(f, "{x}")?;
-                }
-                f.write_str("]")
-            }
-            Json::Obj(kv) => {
-                f.write_str("{")?;
-                for (i, (k, v)) in kv.iter().enumerate() {
-                    if i > 0 {
-                        f.write_str(", ")?;
-                    }
-                    write!(f, "{}: {v}", Json::Str(k.clone()))?;
-                }
-                f.write_str("}")
-            }
+/// What a branch computes; `type` names the variant.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum BranchBody {
+    Attention {
+        q: Option<LinearJson>,
+        k: Option<LinearJson>,
+        v: Option<LinearJson>,
+        o: LinearJson,
+        heads: Option<i64>,
+        kv_heads: Option<i64>,
+        group_size: Option<i64>,
+        head_dim: Option<i64>,
+        rope: Option<&'static str>,
+        fused: bool,
+    },
+    Mlp {
+        kind: &'static str,
+        activation: String,
+        gate: Option<LinearJson>,
+        up: LinearJson,
+        down: LinearJson,
+        hidden: i64,
+    },
+    Unknown {
+        writer: LinearJson,
+    },
+}
+
+#[derive(Serialize)]
+struct BranchJson {
+    #[serde(flatten)]
+    body: BranchBody,
+    norm: Option<usize>,
+    residual_add: String,
+    nodes: usize,
+}
+
+impl BranchJson {
+    fn new(g: &Graph, b: &Branch) -> BranchJson {
+        let body = match &b.kind {
+            BranchKind::Attention(a) => BranchBody::Attention {
+                q: LinearJson::opt(g, a.q),
+                k: LinearJson::opt(g, a.k),
+                v: LinearJson::opt(g, a.v),
+                o: LinearJson::new(g, &a.o),
+                heads: a.heads,
+                kv_heads: a.kv_heads,
+                group_size: a.group_size(),
+                head_dim: a.head_dim,
+                rope: a.rope.map(|r| match r {
+                    ortho_ir::analysis::RopeForm::Op => "op",
+                    ortho_ir::analysis::RopeForm::Decomposed => "decomposed",
+                }),
+                fused: a.fused.is_some(),
+            },
+            BranchKind::Mlp(m) => BranchBody::Mlp {
+                kind: m.kind.name(),
+                activation: m.activation.clone(),
+                gate: LinearJson::opt(g, m.gate),
+                up: LinearJson::new(g, &m.up),
+                down: LinearJson::new(g, &m.down),
+                hidden: m.hidden,
+            },
+            BranchKind::Unknown => BranchBody::Unknown {
+                writer: LinearJson::new(g, &b.writer),
+            },
+        };
+        BranchJson {
+            body,
+            norm: b.norm,
+            residual_add: g.describe(b.add),
+            nodes: b.nodes.len(),
         }
     }
 }
 
-fn linear_json(g: &Graph, l: &Linear) -> Json {
-    Json::obj(vec![
-        ("node", Json::s(g.describe(l.node))),
-        ("in", Json::Int(l.in_features)),
-        ("out", Json::Int(l.out_features)),
-        ("weight", Json::s(const_name(g, l.weight.konst))),
-        (
-            "layout",
-            Json::s(if l.weight.in_axis == 0 {
-                "[in, out]"
-            } else {
-                "[out, in]"
-            }),
-        ),
-        ("bias", Json::Bool(l.bias.is_some())),
-    ])
+#[derive(Serialize)]
+struct BlockJson {
+    index: usize,
+    attention: Option<BranchJson>,
+    mlp: Option<BranchJson>,
+    other: Option<BranchJson>,
 }
 
-fn branch_json(g: &Graph, s: &Structure, i: usize) -> Json {
-    let b = &s.branches[i];
-    let body = match &b.kind {
-        BranchKind::Attention(a) => Json::obj(vec![
-            ("type", Json::s("attention")),
-            ("q", a.q.map(|l| linear_json(g, &l)).unwrap_or(Json::Null)),
-            ("k", a.k.map(|l| linear_json(g, &l)).unwrap_or(Json::Null)),
-            ("v", a.v.map(|l| linear_json(g, &l)).unwrap_or(Json::Null)),
-            ("o", linear_json(g, &a.o)),
-            ("heads", Json::opt(a.heads)),
-            ("kv_heads", Json::opt(a.kv_heads)),
-            ("group_size", Json::opt(a.group_size())),
-            ("head_dim", Json::opt(a.head_dim)),
-            (
-                "rope",
-                match a.rope {
-                    Some(ortho_ir::analysis::RopeForm::Op) => Json::s("op"),
-                    Some(ortho_ir::analysis::RopeForm::Decomposed) => Json::s("decomposed"),
-                    None => Json::Null,
-                },
-            ),
-            ("fused", Json::Bool(a.fused.is_some())),
-        ]),
-        BranchKind::Mlp(m) => Json::obj(vec![
-            ("type", Json::s("mlp")),
-            ("kind", Json::s(m.kind.name())),
-            ("activation", Json::s(m.activation.clone())),
-            (
-                "gate",
-                m.gate.map(|l| linear_json(g, &l)).unwrap_or(Json::Null),
-            ),
-            ("up", linear_json(g, &m.up)),
-            ("down", linear_json(g, &m.down)),
-            ("hidden", Json::Int(m.hidden)),
-        ]),
-        BranchKind::Unknown => Json::obj(vec![
-            ("type", Json::s("unknown")),
-            ("writer", linear_json(g, &b.writer)),
-        ]),
-    };
-    let mut kv = match body {
-        Json::Obj(kv) => kv,
-        _ => Vec::new(),
-    };
-    kv.push((
-        "norm".into(),
-        b.norm.map(|n| Json::Int(n as i64)).unwrap_or(Json::Null),
-    ));
-    kv.push(("residual_add".into(), Json::s(g.describe(b.add))));
-    kv.push(("nodes".into(), Json::Int(b.nodes.len() as i64)));
-    Json::Obj(kv)
+#[derive(Serialize)]
+struct NormJson {
+    description: String,
+    node: String,
+    input: String,
+    output: String,
+    gain_is_one: bool,
+    eps: Option<f64>,
 }
 
-fn to_json(_m: &Module, g: &Graph, s: &Structure, shown: &str) -> Json {
-    let norms = s
-        .gauge
-        .norms
-        .list
-        .iter()
-        .map(|n| {
-            Json::obj(vec![
-                ("description", Json::s(n.describe())),
-                ("node", Json::s(g.describe(n.node))),
-                ("input", Json::s(val(g, n.input))),
-                ("output", Json::s(val(g, n.output))),
-                ("gain_is_one", Json::Bool(n.gain_is_one())),
-                ("eps", n.eps.map(Json::Num).unwrap_or(Json::Null)),
-            ])
-        })
-        .collect();
-    let blocks = s
-        .blocks
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            let part = |x: Option<usize>| x.map(|x| branch_json(g, s, x)).unwrap_or(Json::Null);
-            Json::obj(vec![
-                ("index", Json::Int(i as i64)),
-                ("attention", part(b.attention)),
-                ("mlp", part(b.mlp)),
-                ("other", part(b.other)),
-            ])
-        })
-        .collect();
-    let classes = s
-        .gauge
-        .classes
-        .iter()
-        .map(|c| {
-            let admits = Json::s(c.admits.strongest().key());
-            Json::obj(vec![
-                ("width", Json::Int(c.width)),
-                ("admits", admits),
-                (
-                    "families",
-                    Json::Arr(c.admits.families().into_iter().map(Json::s).collect()),
-                ),
-                (
-                    "tensors",
-                    Json::Arr(
-                        c.values
-                            .iter()
-                            .map(|v| {
-                                Json::obj(vec![
-                                    ("value", Json::s(val(g, *v))),
-                                    ("admits", Json::s(c.admits.strongest().key())),
-                                ])
-                            })
-                            .collect(),
-                    ),
-                ),
-                (
-                    "blockers",
-                    Json::Arr(
-                        c.blockers
-                            .iter()
-                            .map(|b| {
-                                Json::obj(vec![
-                                    ("node", Json::s(g.describe(b.node))),
-                                    ("reason", Json::s(b.reason())),
-                                    ("allows", Json::s(b.allows.strongest().key())),
-                                ])
-                            })
-                            .collect(),
-                    ),
-                ),
-                ("fold_sites", Json::Int(c.sites.len() as i64)),
-                ("gains", Json::Int(c.params.len() as i64)),
-            ])
-        })
-        .collect();
-    let spaces = head_spaces(s)
-        .into_iter()
-        .map(|h| {
-            Json::obj(vec![
-                ("branch", Json::Int(h.branch as i64)),
-                ("space", Json::s(h.space)),
-                ("admits", Json::s(h.admits.key())),
-                (
-                    "blocker",
-                    h.blocker
-                        .map(|(n, r)| Json::s(format!("{}: {r}", g.describe(n))))
-                        .unwrap_or(Json::Null),
-                ),
-            ])
-        })
-        .collect();
-    Json::obj(vec![
-        ("model", Json::s(shown)),
-        ("graph", Json::s(g.name.clone())),
-        ("width", Json::opt(s.width)),
-        ("placement", Json::s(placement(s.placement))),
-        (
-            "embeddings",
-            Json::Arr(
-                s.embeddings
-                    .iter()
-                    .map(|e| {
-                        Json::obj(vec![
-                            ("node", Json::s(g.describe(e.node))),
-                            ("table", Json::s(const_name(g, e.table))),
-                            ("vocab", Json::Int(e.vocab)),
-                            ("width", Json::Int(e.width)),
-                        ])
-                    })
-                    .collect(),
-            ),
-        ),
-        (
-            "stream",
-            Json::Arr(s.stream.iter().map(|v| Json::s(val(g, *v))).collect()),
-        ),
-        ("blocks", Json::Arr(blocks)),
-        ("norms", Json::Arr(norms)),
-        (
-            "final_norm",
-            s.final_norm
-                .map(|i| Json::Int(i as i64))
-                .unwrap_or(Json::Null),
-        ),
-        (
-            "heads",
-            Json::Arr(
-                s.heads
-                    .iter()
-                    .map(|h| {
-                        Json::obj(vec![
-                            ("linear", linear_json(g, &h.linear)),
-                            ("tied", Json::Bool(h.tied)),
-                            (
-                                "norm",
-                                h.norm.map(|i| Json::Int(i as i64)).unwrap_or(Json::Null),
-                            ),
-                        ])
-                    })
-                    .collect(),
-            ),
-        ),
-        (
-            "unmatched",
-            Json::Arr(
-                s.unmatched
-                    .iter()
-                    .map(|u| {
-                        Json::obj(vec![
-                            ("node", Json::s(g.describe(u.node))),
-                            ("why", Json::s(u.why.clone())),
-                        ])
-                    })
-                    .collect(),
-            ),
-        ),
-        ("auxiliary_nodes", Json::Int(s.auxiliary as i64)),
-        (
-            "gauge",
-            Json::obj(vec![
-                ("classes", Json::Arr(classes)),
-                ("head_spaces", Json::Arr(spaces)),
-            ]),
-        ),
-    ])
+#[derive(Serialize)]
+struct EmbeddingJson {
+    node: String,
+    table: String,
+    vocab: i64,
+    width: i64,
+}
+
+#[derive(Serialize)]
+struct HeadJson {
+    linear: LinearJson,
+    tied: bool,
+    norm: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct UnmatchedJson {
+    node: String,
+    why: String,
+}
+
+#[derive(Serialize)]
+struct TensorJson {
+    value: String,
+    admits: &'static str,
+}
+
+#[derive(Serialize)]
+struct BlockerJson {
+    node: String,
+    reason: String,
+    allows: &'static str,
+}
+
+#[derive(Serialize)]
+struct ClassJson {
+    width: i64,
+    admits: &'static str,
+    families: Vec<&'static str>,
+    tensors: Vec<TensorJson>,
+    blockers: Vec<BlockerJson>,
+    fold_sites: usize,
+    gains: usize,
+}
+
+#[derive(Serialize)]
+struct HeadSpaceJson {
+    branch: usize,
+    space: &'static str,
+    admits: &'static str,
+    blocker: Option<String>,
+}
+
+#[derive(Serialize)]
+struct GaugeJson {
+    classes: Vec<ClassJson>,
+    head_spaces: Vec<HeadSpaceJson>,
+}
+
+/// The whole `--json` report; fields print in this order.
+#[derive(Serialize)]
+struct Report<'a> {
+    model: &'a str,
+    graph: &'a str,
+    width: Option<i64>,
+    placement: &'static str,
+    embeddings: Vec<EmbeddingJson>,
+    stream: Vec<String>,
+    blocks: Vec<BlockJson>,
+    norms: Vec<NormJson>,
+    final_norm: Option<usize>,
+    heads: Vec<HeadJson>,
+    unmatched: Vec<UnmatchedJson>,
+    auxiliary_nodes: usize,
+    gauge: GaugeJson,
+}
+
+fn class_json(g: &Graph, c: &StreamClass) -> ClassJson {
+    let admits = c.admits.strongest().key();
+    ClassJson {
+        width: c.width,
+        admits,
+        families: c.admits.families(),
+        tensors: c
+            .values
+            .iter()
+            .map(|v| TensorJson {
+                value: val(g, *v),
+                admits,
+            })
+            .collect(),
+        blockers: c
+            .blockers
+            .iter()
+            .map(|b| BlockerJson {
+                node: g.describe(b.node),
+                reason: b.reason(),
+                allows: b.allows.strongest().key(),
+            })
+            .collect(),
+        fold_sites: c.sites.len(),
+        gains: c.params.len(),
+    }
+}
+
+fn to_json(g: &Graph, s: &Structure, shown: &str) -> Result<String, serde_json::Error> {
+    let branch = |x: Option<usize>| x.map(|i| BranchJson::new(g, &s.branches[i]));
+    let report = Report {
+        model: shown,
+        graph: &g.name,
+        width: s.width,
+        placement: placement(s.placement),
+        embeddings: s
+            .embeddings
+            .iter()
+            .map(|e| EmbeddingJson {
+                node: g.describe(e.node),
+                table: const_name(g, e.table),
+                vocab: e.vocab,
+                width: e.width,
+            })
+            .collect(),
+        stream: s.stream.iter().map(|v| val(g, *v)).collect(),
+        blocks: s
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(index, b)| BlockJson {
+                index,
+                attention: branch(b.attention),
+                mlp: branch(b.mlp),
+                other: branch(b.other),
+            })
+            .collect(),
+        norms: s
+            .gauge
+            .norms
+            .list
+            .iter()
+            .map(|n| NormJson {
+                description: n.describe(),
+                node: g.describe(n.node),
+                input: val(g, n.input),
+                output: val(g, n.output),
+                gain_is_one: n.gain_is_one(),
+                eps: n.eps,
+            })
+            .collect(),
+        final_norm: s.final_norm,
+        heads: s
+            .heads
+            .iter()
+            .map(|h| HeadJson {
+                linear: LinearJson::new(g, &h.linear),
+                tied: h.tied,
+                norm: h.norm,
+            })
+            .collect(),
+        unmatched: s
+            .unmatched
+            .iter()
+            .map(|u| UnmatchedJson {
+                node: g.describe(u.node),
+                why: u.why.clone(),
+            })
+            .collect(),
+        auxiliary_nodes: s.auxiliary,
+        gauge: GaugeJson {
+            classes: s.gauge.classes.iter().map(|c| class_json(g, c)).collect(),
+            head_spaces: head_spaces(s)
+                .into_iter()
+                .map(|h| HeadSpaceJson {
+                    branch: h.branch,
+                    space: h.space,
+                    admits: h.admits.key(),
+                    blocker: h.blocker.map(|(n, r)| format!("{}: {r}", g.describe(n))),
+                })
+                .collect(),
+        },
+    };
+    let mut out = Vec::new();
+    report.serialize(&mut serde_json::Serializer::with_formatter(
+        &mut out, Spaced,
+    ))?;
+    // The serializer writes only valid UTF-8 (it copies Rust strings and ASCII).
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }

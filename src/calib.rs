@@ -1,5 +1,6 @@
 //! Calibration input for the optimizer command: `--calib-text FILE --tokenizer tokenizer.json`
-//! (or `--calib-ids FILE`) with `--calib-samples N --calib-seqlen L --calib-seed S`.
+//! (or `--calib-ids FILE`) with `--calib-samples N --calib-seqlen L --calib-seed S`; the engine's
+//! `--threads` and `--quiet` (alias `--calib-threads`, `--calib-quiet`) are the global options.
 //!
 //! Everything is checked before any pass runs: the text must hold at least N × L tokens, the
 //! tokenizer's vocabulary must fit the model's embedding table, and every sampled id must be a
@@ -7,6 +8,8 @@
 //! so a seed always gives the same calibration set. The memory estimate is printed (stderr)
 //! before any work, and progress lines of the calibration passes go to stderr as they happen.
 
+use crate::cli::GlobalArgs;
+use crate::CliError;
 use ortho_codegen::cpu::CpuEvaluator;
 use ortho_ir::analysis::transformer::analyze_transformer;
 use ortho_ir::eval::EvalTensor;
@@ -15,7 +18,8 @@ use ortho_passes::calib::Calibration;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// The calibration flags of the optimizer command.
+/// The calibration flags of the optimizer command (the tokenizer, threads and quiet flags are
+/// global: [`GlobalArgs`]).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct CalibArgs {
     /// UTF-8 calibration text (needs --tokenizer); tokenized whole, without special tokens.
@@ -25,9 +29,6 @@ pub struct CalibArgs {
     /// whitespace-separated decimal ids (any other extension).
     #[arg(long = "calib-ids", value_name = "FILE", conflicts_with = "calib_text")]
     pub calib_ids: Option<PathBuf>,
-    /// tokenizer.json (Hugging Face `tokenizers` format) for --calib-text.
-    #[arg(long = "tokenizer", value_name = "FILE")]
-    pub tokenizer: Option<PathBuf>,
     /// Number of calibration sequences.
     #[arg(long = "calib-samples", default_value_t = 128)]
     pub samples: usize,
@@ -40,12 +41,6 @@ pub struct CalibArgs {
     /// Sequences per forward pass (default: as many as fit in 4096 tokens).
     #[arg(long = "calib-chunk")]
     pub chunk: Option<usize>,
-    /// Threads of the calibration engine (default: all cores).
-    #[arg(long = "calib-threads")]
-    pub threads: Option<usize>,
-    /// No per-layer calibration progress on stderr (the memory estimate is still printed).
-    #[arg(long = "calib-quiet")]
-    pub quiet: bool,
 }
 
 impl CalibArgs {
@@ -90,26 +85,29 @@ pub fn sample_windows(ids: &[u32], samples: usize, seqlen: usize, seed: u64) -> 
         .collect()
 }
 
-fn read_ids(path: &Path) -> Result<Vec<u32>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+fn read_ids(path: &Path) -> Result<Vec<u32>, CliError> {
+    let bytes = std::fs::read(path).map_err(CliError::io(path))?;
     if path.extension().is_some_and(|e| e == "bin") {
         if bytes.len() % 2 != 0 {
-            return Err(format!(
-                "{}: a .bin file of uint16 ids has an even length, this one has {} bytes",
-                path.display(),
-                bytes.len()
-            ));
+            return Err(CliError::OddIdsFile {
+                path: path.to_path_buf(),
+                bytes: bytes.len(),
+            });
         }
         return Ok(bytes
             .chunks_exact(2)
             .map(|b| u32::from(u16::from_le_bytes([b[0], b[1]])))
             .collect());
     }
-    let text = String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8", path.display()))?;
+    let text = String::from_utf8(bytes).map_err(|_| CliError::NotUtf8 {
+        path: path.to_path_buf(),
+    })?;
     text.split_whitespace()
         .map(|w| {
-            w.parse::<u32>()
-                .map_err(|_| format!("{}: '{w}' is not a token id", path.display()))
+            w.parse::<u32>().map_err(|_| CliError::NotATokenId {
+                path: path.to_path_buf(),
+                word: w.to_string(),
+            })
         })
         .collect()
 }
@@ -123,59 +121,52 @@ fn model_dims(m: &Module) -> Option<(usize, usize)> {
 
 /// Builds the calibration set of `a` for model `m`, or `None` when no calibration flag is given.
 /// Errors name the file and what does not fit; nothing has run yet when they are returned.
-pub fn build(a: &CalibArgs, m: &Module) -> Result<Option<Arc<Calibration>>, String> {
+pub fn build(
+    a: &CalibArgs,
+    g: &GlobalArgs,
+    m: &Module,
+) -> Result<Option<Arc<Calibration>>, CliError> {
     if !a.given() {
         return Ok(None);
     }
     if a.samples == 0 || a.seqlen < 2 {
-        return Err("--calib-samples must be ≥ 1 and --calib-seqlen ≥ 2".into());
+        return Err(CliError::Usage(
+            "--calib-samples must be ≥ 1 and --calib-seqlen ≥ 2",
+        ));
     }
-    let (vocab, width) = model_dims(m).ok_or(
-        "calibration needs a language model whose embedding lookup the structure analysis finds \
-         (see `ortho-opt analyze`)",
-    )?;
+    let (vocab, width) = model_dims(m).ok_or(CliError::NotALanguageModel)?;
     let (source, ids) = match (&a.calib_text, &a.calib_ids) {
         (Some(text), _) => {
-            let tp = a
-                .tokenizer
-                .as_ref()
-                .ok_or("--calib-text needs --tokenizer tokenizer.json")?;
-            let tok = tokenizers::Tokenizer::from_file(tp)
-                .map_err(|e| format!("{}: cannot load the tokenizer: {e}", tp.display()))?;
+            let tp = g.tokenizer("--calib-text needs --tokenizer tokenizer.json")?;
+            let tok = crate::lm::load_tokenizer(tp)?;
             let tv = tok.get_vocab_size(true);
             if tv > vocab {
-                return Err(format!(
-                    "{}: the tokenizer has {tv} tokens but the model's embedding has {vocab} \
-                     rows: it is not this model's tokenizer",
-                    tp.display()
-                ));
+                return Err(CliError::TokenizerTooLarge {
+                    path: tp.to_path_buf(),
+                    tokens: tv,
+                    vocab,
+                });
             }
-            let s =
-                std::fs::read_to_string(text).map_err(|e| format!("{}: {e}", text.display()))?;
-            let enc = tok
-                .encode(s.as_str(), false)
-                .map_err(|e| format!("{}: tokenization failed: {e}", text.display()))?;
-            (text, enc.get_ids().to_vec())
+            (text, crate::lm::encode_file(&tok, text)?)
         }
         (None, Some(p)) => (p, read_ids(p)?),
         (None, None) => return Ok(None),
     };
-    let need = a.samples * a.seqlen;
-    if ids.len() < need {
-        return Err(format!(
-            "{} has {} tokens, fewer than the {} requested (--calib-samples {} × --calib-seqlen {})",
-            source.display(),
-            ids.len(),
-            need,
-            a.samples,
-            a.seqlen
-        ));
+    if ids.len() < a.samples * a.seqlen {
+        return Err(CliError::TooFewCalibrationTokens {
+            path: source.clone(),
+            tokens: ids.len(),
+            samples: a.samples,
+            seqlen: a.seqlen,
+        });
     }
     if let Some((i, &bad)) = ids.iter().enumerate().find(|(_, &x)| x as usize >= vocab) {
-        return Err(format!(
-            "{}: token {i} has id {bad}, outside the model's vocabulary of {vocab}",
-            source.display()
-        ));
+        return Err(CliError::TokenOutsideVocabulary {
+            path: source.clone(),
+            index: i,
+            id: bad,
+            vocab,
+        });
     }
     let windows = sample_windows(&ids, a.samples, a.seqlen, a.seed);
     let chunk = a.chunk.unwrap_or((4096 / a.seqlen).max(1)).max(1);
@@ -191,12 +182,24 @@ pub fn build(a: &CalibArgs, m: &Module) -> Result<Option<Arc<Calibration>>, Stri
     };
     let mut chunks = Vec::new();
     for batch in windows.chunks(chunk) {
-        chunks.push(feeds(&names, batch)?);
+        let feeds = crate::lm::feeds(&names, batch, "calibration")?;
+        chunks.push(
+            feeds
+                .into_iter()
+                .map(|f| {
+                    let t = EvalTensor::I64 {
+                        shape: f.shape,
+                        data: f.data,
+                    };
+                    (f.name, t)
+                })
+                .collect(),
+        );
     }
-    let threads = a.threads.unwrap_or_else(|| CpuEvaluator::default().threads);
+    let threads = g.threads.unwrap_or_else(|| CpuEvaluator::default().threads);
     let estimate = estimate_bytes(m, a.samples, a.seqlen, chunk, width);
     let mib = |b: f64| b / (1024.0 * 1024.0);
-    let quiet = a.quiet;
+    let quiet = g.quiet;
     {
         eprintln!(
             "calibration: {} × {} tokens of {} (seed {}), {} chunks of ≤ {chunk} sequences, {threads} threads; \
@@ -226,36 +229,6 @@ pub fn build(a: &CalibArgs, m: &Module) -> Result<Option<Arc<Calibration>>, Stri
         seqlen: a.seqlen,
         progress,
     })))
-}
-
-/// The feeds of a decoder LM for a batch of windows (as `eval` fills them).
-fn feeds(names: &[String], batch: &[Vec<i64>]) -> Result<Vec<(String, EvalTensor)>, String> {
-    let (b, s) = (batch.len(), batch.first().map_or(0, |w| w.len()));
-    let mut out = Vec::new();
-    for n in names {
-        let t = match n.as_str() {
-            "attention_mask" => EvalTensor::I64 {
-                shape: vec![b, s],
-                data: vec![1; b * s],
-            },
-            "position_ids" => EvalTensor::I64 {
-                shape: vec![b, s],
-                data: (0..b * s).map(|i| (i % s) as i64).collect(),
-            },
-            x if x == "input_ids" || names.len() == 1 => EvalTensor::I64 {
-                shape: vec![b, s],
-                data: batch.iter().flatten().copied().collect(),
-            },
-            other => {
-                return Err(format!(
-                    "the model has an input '{other}' that calibration cannot fill (it feeds \
-                     input_ids, attention_mask, position_ids)"
-                ))
-            }
-        };
-        out.push((n.clone(), t));
-    }
-    Ok(out)
 }
 
 /// The parts of the memory estimate, in bytes.

@@ -1,9 +1,12 @@
 //! `ortho-opt compare`: the equivalence harness. Runs two models on the same token windows and
 //! reports how far B's logits and perplexity are from A's.
 
-use crate::eval::{batch_nll, default_batch, forward_windows, tokenize, Progress, TextArgs};
-use crate::DriverOutput;
-use clap::Parser;
+use crate::cli::GlobalArgs;
+use crate::eval::{
+    batch_nll, default_batch, finite_or_null as num, forward_windows, tokenize, Progress, TextArgs,
+    Timings,
+};
+use crate::{CliError, DriverOutput};
 use ortho_codegen::metrics;
 use rayon::prelude::*;
 use std::fmt::Write as _;
@@ -25,8 +28,8 @@ predictions of each window). With --json, stdout is one JSON object:
   windows, seqlen, bos, model_a, model_b, tokenizer, text, threads, seconds {tokenize, compile, forward, total}";
 
 /// Compare two models' logits and perplexity on the same text (B relative to A).
-#[derive(Debug, Parser)]
-#[command(name = "ortho-opt compare", after_help = COMPARE_JSON)]
+#[derive(Debug, clap::Args)]
+#[command(after_help = COMPARE_JSON)]
 pub struct CompareArgs {
     /// The reference model (.onnx or .oir).
     pub model_a: PathBuf,
@@ -54,27 +57,19 @@ struct Acc {
     nf_b: usize,
 }
 
-pub fn run(a: CompareArgs) -> DriverOutput {
-    match run_inner(&a) {
-        Ok((out, err)) => DriverOutput::ok(out, err),
-        Err(e) => DriverOutput::error(format!("error: {e}\n")),
-    }
+pub fn run(a: CompareArgs, g: &GlobalArgs) -> DriverOutput {
+    DriverOutput::from_result(run_inner(&a, g))
 }
 
-fn num(x: f64) -> serde_json::Value {
-    serde_json::Number::from_f64(x)
-        .map(serde_json::Value::Number)
-        .unwrap_or(serde_json::Value::Null)
-}
-
-fn run_inner(a: &CompareArgs) -> Result<(String, String), String> {
+fn run_inner(a: &CompareArgs, g: &GlobalArgs) -> Result<(String, String), CliError> {
     let t_all = Instant::now();
-    let w = tokenize(&a.text)?;
+    let tokenizer = g.tokenizer("compare needs --tokenizer tokenizer.json")?;
+    let w = tokenize(&a.text, tokenizer)?;
     let t0 = Instant::now();
-    let pa = crate::run::compile(&a.model_a, a.text.threads)?;
-    let pb = crate::run::compile(&a.model_b, a.text.threads)?;
+    let pa = crate::run::compile(&a.model_a, g.threads)?;
+    let pb = crate::run::compile(&a.model_b, g.threads)?;
     let compile_s = t0.elapsed().as_secs_f64();
-    let mut progress = Progress::new("compare", w.ids.len(), a.text.quiet);
+    let mut progress = Progress::new("compare", w.ids.len(), g.quiet);
     let t1 = Instant::now();
     let mut acc = Acc::default();
     forward_windows(
@@ -138,8 +133,6 @@ fn run_inner(a: &CompareArgs) -> Result<(String, String), String> {
         let j = serde_json::json!({
             "model_a": a.model_a.display().to_string(),
             "model_b": a.model_b.display().to_string(),
-            "tokenizer": a.text.tokenizer.display().to_string(),
-            "text": a.text.text.display().to_string(),
             "max_abs_logit_diff": num(acc.max_abs),
             "max_rel_logit_diff": num(acc.max_rel),
             "ppl_a": num(ppl_a),
@@ -155,13 +148,13 @@ fn run_inner(a: &CompareArgs) -> Result<(String, String), String> {
             "tokens": acc.preds,
             "non_finite_a": acc.nf_a,
             "non_finite_b": acc.nf_b,
-            "windows": a.text.windows,
-            "seqlen": a.text.seqlen,
-            "bos": a.text.bos,
-            "threads": pa.threads(),
-            "seconds": {"tokenize": w.seconds, "compile": compile_s, "forward": forward_s, "total": t_all.elapsed().as_secs_f64()},
         });
-        format!("{j}\n")
+        Timings {
+            compile: compile_s,
+            forward: forward_s,
+            start: t_all,
+        }
+        .json(j, &a.text, tokenizer, &w, pa.threads())
     } else {
         let mut s = String::new();
         let _ = writeln!(s, "A: {}", a.model_a.display());

@@ -1,22 +1,21 @@
 //! `ortho-opt eval`: perplexity of a language model on text, and the pieces `compare` shares
 //! (tokenizing into windows, batched forward passes with progress).
 
-use crate::DriverOutput;
-use clap::Parser;
+use crate::cli::GlobalArgs;
+use crate::run::run_error;
+use crate::{CliError, DriverOutput};
 use ortho_codegen::cpu::{HostTensor, Plan};
 use ortho_codegen::metrics;
 use rayon::prelude::*;
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Which tokens to score: the text, its tokenizer, and the window layout.
+/// Which tokens to score: the text and the window layout (the tokenizer is the global
+/// `--tokenizer`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct TextArgs {
-    /// tokenizer.json (Hugging Face `tokenizers` format).
-    #[arg(long)]
-    pub tokenizer: PathBuf,
     /// UTF-8 text; it is tokenized whole, without special tokens.
     #[arg(long)]
     pub text: PathBuf,
@@ -32,12 +31,6 @@ pub struct TextArgs {
     /// Windows per forward pass (default: as many as fit in 1024 tokens).
     #[arg(long)]
     pub batch: Option<usize>,
-    /// Threads for the engine (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// No progress on stderr.
-    #[arg(long, short = 'q')]
-    pub quiet: bool,
 }
 
 const EVAL_JSON: &str = "With --json, stdout is one JSON object:
@@ -53,8 +46,8 @@ const EVAL_JSON: &str = "With --json, stdout is one JSON object:
   seconds         {tokenize, compile, forward, total}";
 
 /// Perplexity of a language model (input_ids → logits) on text, over non-overlapping windows.
-#[derive(Debug, Parser)]
-#[command(name = "ortho-opt eval", after_help = EVAL_JSON)]
+#[derive(Debug, clap::Args)]
+#[command(after_help = EVAL_JSON)]
 pub struct EvalArgs {
     /// The model (.onnx or .oir): input `input_ids` int64 [batch, seq], output logits [batch, seq, vocab].
     pub model: PathBuf,
@@ -73,28 +66,22 @@ pub(crate) struct Windows {
     pub seconds: f64,
 }
 
-pub(crate) fn tokenize(t: &TextArgs) -> Result<Windows, String> {
+pub(crate) fn tokenize(t: &TextArgs, tokenizer: &Path) -> Result<Windows, CliError> {
     if t.windows == 0 || t.seqlen < 2 {
-        return Err("--windows must be ≥ 1 and --seqlen ≥ 2".into());
+        return Err(CliError::Usage("--windows must be ≥ 1 and --seqlen ≥ 2"));
     }
     let t0 = Instant::now();
-    let tok = tokenizers::Tokenizer::from_file(&t.tokenizer)
-        .map_err(|e| format!("{}: cannot load the tokenizer: {e}", t.tokenizer.display()))?;
-    let text =
-        std::fs::read_to_string(&t.text).map_err(|e| format!("{}: {e}", t.text.display()))?;
-    let enc = tok
-        .encode(text.as_str(), false)
-        .map_err(|e| format!("{}: tokenization failed: {e}", t.text.display()))?;
-    let ids = enc.get_ids();
+    let tok = crate::lm::load_tokenizer(tokenizer)?;
+    let ids = crate::lm::encode_file(&tok, &t.text)?;
     let body = t.seqlen - usize::from(t.bos.is_some());
     let need = t.windows * body;
     if ids.len() < need {
-        return Err(format!(
-            "{} has {} tokens, fewer than {} windows × {body}",
-            t.text.display(),
-            ids.len(),
-            t.windows
-        ));
+        return Err(CliError::TooFewWindows {
+            path: t.text.clone(),
+            tokens: ids.len(),
+            windows: t.windows,
+            body,
+        });
     }
     let windows = (0..t.windows)
         .map(|w| {
@@ -112,24 +99,15 @@ pub(crate) fn tokenize(t: &TextArgs) -> Result<Windows, String> {
     })
 }
 
-/// The feeds of a decoder LM for a batch of windows: `input_ids`, and `attention_mask` /
-/// `position_ids` when the model has them.
-fn feeds(plan: &Plan, batch: &[Vec<i64>]) -> Result<Vec<(String, HostTensor)>, String> {
-    let (b, s) = (batch.len(), batch.first().map_or(0, |w| w.len()));
-    let flat: Vec<i64> = batch.iter().flatten().copied().collect();
-    let names = plan.input_names();
-    let mut out = Vec::new();
-    for n in &names {
-        let t = match n.as_str() {
-            "attention_mask" => HostTensor::from_vec(vec![b, s], vec![1i64; b * s]),
-            "position_ids" => HostTensor::from_vec(vec![b, s], (0..b * s).map(|i| (i % s) as i64).collect::<Vec<_>>()),
-            x if x == "input_ids" || names.len() == 1 => HostTensor::from_vec(vec![b, s], flat.clone()),
-            other => return Err(format!("the model has an input '{other}' that eval cannot fill (it feeds input_ids, attention_mask, position_ids)")),
-        }
-        .map_err(|e| e.to_string())?;
-        out.push((n.clone(), t));
-    }
-    Ok(out)
+/// The engine feeds of a decoder LM for a batch of windows.
+fn feeds(plan: &Plan, batch: &[Vec<i64>]) -> Result<Vec<(String, HostTensor)>, CliError> {
+    crate::lm::feeds(&plan.input_names(), batch, "eval")?
+        .into_iter()
+        .map(|f| {
+            let t = HostTensor::from_vec(f.shape, f.data).map_err(run_error)?;
+            Ok((f.name, t))
+        })
+        .collect()
 }
 
 /// Progress on stderr: a bar redrawn in place on a terminal, a few lines otherwise.
@@ -199,8 +177,8 @@ pub(crate) fn forward_windows(
     w: &Windows,
     batch: usize,
     progress: &mut Progress,
-    mut f: impl FnMut(usize, &[HostTensor]) -> Result<(), String>,
-) -> Result<(), String> {
+    mut f: impl FnMut(usize, &[HostTensor]) -> Result<(), CliError>,
+) -> Result<(), CliError> {
     progress.update(0);
     let mut done = 0;
     for chunk in w.ids.chunks(batch.max(1)) {
@@ -210,12 +188,9 @@ pub(crate) fn forward_windows(
                 feeds(plan, chunk)?.into_iter().unzip();
             let refs: Vec<(&str, HostTensor)> =
                 names.iter().map(String::as_str).zip(tensors).collect();
-            let outs = plan.run(&refs).map_err(|e| e.to_string())?;
+            let outs = plan.run(&refs).map_err(run_error)?;
             let idx = outs.iter().position(|(n, _)| n == "logits").unwrap_or(0);
-            let (_, t) = outs
-                .into_iter()
-                .nth(idx)
-                .ok_or("the model has no outputs")?;
+            let (_, t) = outs.into_iter().nth(idx).ok_or(CliError::NoOutputs)?;
             check_logits(&t, chunk.len(), chunk[0].len(), w.vocab)?;
             logits.push(t);
         }
@@ -226,20 +201,24 @@ pub(crate) fn forward_windows(
     Ok(())
 }
 
-fn check_logits(t: &HostTensor, b: usize, s: usize, vocab: usize) -> Result<(), String> {
+fn check_logits(t: &HostTensor, b: usize, s: usize, vocab: usize) -> Result<(), CliError> {
     if t.as_f32().is_none() {
-        return Err(format!("the logits are {}, expected f32", t.dtype()));
+        return Err(CliError::LogitsDType {
+            dtype: t.dtype().to_string(),
+        });
     }
     match t.shape() {
         [tb, ts, v] if *tb == b && *ts == s => {
             if *v != vocab {
-                return Err(format!("the tokenizer's vocabulary has {vocab} tokens but the model's logits are {v} wide; use the model's own tokenizer.json"));
+                return Err(CliError::VocabularyMismatch { vocab, width: *v });
             }
             Ok(())
         }
-        other => Err(format!(
-            "logits of shape {other:?}, expected [{b}, {s}, vocab]"
-        )),
+        other => Err(CliError::LogitsShape {
+            shape: other.to_vec(),
+            batch: b,
+            seqlen: s,
+        }),
     }
 }
 
@@ -265,26 +244,65 @@ pub(crate) fn default_batch(t: &TextArgs) -> usize {
         .max(1)
 }
 
-pub fn run(a: EvalArgs) -> DriverOutput {
-    match run_inner(&a) {
-        Ok((out, err)) => DriverOutput::ok(out, err),
-        Err(e) => DriverOutput::error(format!("error: {e}\n")),
+pub fn run(a: EvalArgs, g: &GlobalArgs) -> DriverOutput {
+    DriverOutput::from_result(run_inner(&a, g))
+}
+
+/// When the phases of `eval` / `compare` ended.
+pub(crate) struct Timings {
+    pub compile: f64,
+    pub forward: f64,
+    /// When the command started (the total runs up to the JSON being written).
+    pub start: Instant,
+}
+
+impl Timings {
+    /// The `--json` line of `eval` / `compare`: the command's own keys plus the context both
+    /// print (text, tokenizer, window layout, threads, seconds). Keys print sorted.
+    pub(crate) fn json(
+        &self,
+        own: serde_json::Value,
+        t: &TextArgs,
+        tokenizer: &Path,
+        w: &Windows,
+        threads: usize,
+    ) -> String {
+        let mut j = serde_json::json!({
+            "tokenizer": tokenizer.display().to_string(),
+            "text": t.text.display().to_string(),
+            "windows": t.windows,
+            "seqlen": t.seqlen,
+            "bos": t.bos,
+            "threads": threads,
+            "seconds": {
+                "tokenize": w.seconds,
+                "compile": self.compile,
+                "forward": self.forward,
+                "total": self.start.elapsed().as_secs_f64(),
+            },
+        });
+        if let (Some(all), serde_json::Value::Object(own)) = (j.as_object_mut(), own) {
+            all.extend(own);
+        }
+        format!("{j}\n")
     }
 }
 
-fn finite_or_null(x: f64) -> serde_json::Value {
+/// A JSON number, or `null` for a non-finite value (JSON has no NaN or infinity).
+pub(crate) fn finite_or_null(x: f64) -> serde_json::Value {
     serde_json::Number::from_f64(x)
         .map(serde_json::Value::Number)
         .unwrap_or(serde_json::Value::Null)
 }
 
-fn run_inner(a: &EvalArgs) -> Result<(String, String), String> {
+fn run_inner(a: &EvalArgs, g: &GlobalArgs) -> Result<(String, String), CliError> {
     let t_all = Instant::now();
-    let w = tokenize(&a.text)?;
+    let tokenizer = g.tokenizer("eval needs --tokenizer tokenizer.json")?;
+    let w = tokenize(&a.text, tokenizer)?;
     let t0 = Instant::now();
-    let plan = crate::run::compile(&a.model, a.text.threads)?;
+    let plan = crate::run::compile(&a.model, g.threads)?;
     let compile_s = t0.elapsed().as_secs_f64();
-    let mut progress = Progress::new("eval", w.ids.len(), a.text.quiet);
+    let mut progress = Progress::new("eval", w.ids.len(), g.quiet);
     let t1 = Instant::now();
     let mut nll_sum = 0.0f64;
     let mut count = 0usize;
@@ -316,22 +334,20 @@ fn run_inner(a: &EvalArgs) -> Result<(String, String), String> {
     let out = if a.json {
         let j = serde_json::json!({
             "model": a.model.display().to_string(),
-            "tokenizer": a.text.tokenizer.display().to_string(),
-            "text": a.text.text.display().to_string(),
             "perplexity": finite_or_null(ppl),
             "nll_mean": finite_or_null(nll_mean),
             "tokens": count,
-            "windows": a.text.windows,
-            "seqlen": a.text.seqlen,
-            "bos": a.text.bos,
             "non_finite": non_finite,
             "non_finite_positions": nf_positions,
             "vocab": w.vocab,
             "text_tokens": w.text_tokens,
-            "threads": plan.threads(),
-            "seconds": {"tokenize": w.seconds, "compile": compile_s, "forward": forward_s, "total": t_all.elapsed().as_secs_f64()},
         });
-        format!("{j}\n")
+        Timings {
+            compile: compile_s,
+            forward: forward_s,
+            start: t_all,
+        }
+        .json(j, &a.text, tokenizer, &w, plan.threads())
     } else {
         let mut s = String::new();
         let _ = writeln!(s, "model:       {}", a.model.display());

@@ -1,12 +1,85 @@
-//! The optimizer command: read → verify → passes → write.
+//! The optimizer command (the default form of the command line): read → verify → passes → write.
 
-use crate::cli::OptArgs;
-use crate::DriverOutput;
+use crate::cli::GlobalArgs;
+use crate::{CliError, DriverOutput};
 use ortho_ir::text::{parse_module, print_module, PrintOptions};
 use ortho_ir::Module;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+/// The optimizer's own arguments (`ortho-opt IN [-o OUT] --pass-pipeline=… [options]`).
+#[derive(Debug, clap::Args)]
+pub struct OptArgs {
+    /// Input model: .onnx (external data allowed) or .oir text. Optional with --list-passes.
+    pub input: Option<PathBuf>,
+
+    /// Output file. Its extension picks the format unless --emit is given (.oir → text, else ONNX).
+    /// Without -o the textual IR goes to stdout.
+    #[arg(short = 'o', long = "output")]
+    pub output: Option<PathBuf>,
+
+    /// Pass pipeline, e.g. `canonicalize,cse,dce` or `fixpoint{max-iterations=8}(canonicalize,dce)`.
+    #[arg(long = "pass-pipeline", default_value = "")]
+    pub pass_pipeline: String,
+
+    /// Output format.
+    #[arg(long = "emit", value_parser = ["onnx", "oir"])]
+    pub emit: Option<String>,
+
+    /// List the registered passes with their options and exit.
+    #[arg(long = "list-passes")]
+    pub list_passes: bool,
+
+    /// Print the IR before these passes (comma-separated names) to stderr.
+    #[arg(long = "print-ir-before", value_delimiter = ',')]
+    pub print_ir_before: Vec<String>,
+
+    /// Print the IR after these passes (comma-separated names) to stderr.
+    #[arg(long = "print-ir-after", value_delimiter = ',')]
+    pub print_ir_after: Vec<String>,
+
+    /// Print the IR after every pass to stderr.
+    #[arg(long = "print-ir-after-all")]
+    pub print_ir_after_all: bool,
+
+    /// Print the IR after every pass that changed it to stderr.
+    #[arg(long = "print-ir-after-change")]
+    pub print_ir_after_change: bool,
+
+    /// Print a table of the time spent in each pass (and in import/export) to stderr.
+    #[arg(long = "timing")]
+    pub timing: bool,
+
+    /// Print per-pass statistics (`dce.removed`, …) to stderr.
+    #[arg(long = "statistics")]
+    pub statistics: bool,
+
+    /// Run the verifier after every pass (default true).
+    #[arg(long = "verify-each", default_value_t = true, action = clap::ArgAction::Set)]
+    pub verify_each: bool,
+
+    /// Run only the first N pass executions, skipping the rest (for bisecting a miscompile).
+    #[arg(long = "opt-bisect-limit")]
+    pub opt_bisect_limit: Option<usize>,
+
+    /// Write tensors of at least MIN_BYTES (default 1024) to an external data file `<output>.data`.
+    /// Models over 2 GiB always get external data.
+    #[arg(long = "external-data", num_args = 0..=1, default_missing_value = "1024", value_name = "MIN_BYTES")]
+    pub external_data: Option<u64>,
+
+    /// Tensors with more elements than this print elided as a content hash (`none`: print all data).
+    #[arg(long = "elide-above", default_value = "16")]
+    pub elide_above: String,
+
+    /// Treat the .oir input as several modules separated by `// -----`, each processed on its own.
+    #[arg(long = "split-input-file")]
+    pub split_input_file: bool,
+
+    /// Calibration data for passes that run the model (`prune{method=wanda|sparsegpt}`, …).
+    #[command(flatten)]
+    pub calib: crate::calib::CalibArgs,
+}
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +94,7 @@ struct Job {
     emit: Emit,
 }
 
-pub fn run(a: OptArgs) -> DriverOutput {
+pub fn run(a: OptArgs, g: &GlobalArgs) -> DriverOutput {
     let mut err = String::new();
     if a.list_passes {
         let mut t = crate::passes_glue::list_passes();
@@ -30,118 +103,89 @@ pub fn run(a: OptArgs) -> DriverOutput {
         }
         return DriverOutput::ok(t, String::new());
     }
-    let Some(input) = a.input.clone() else {
-        return DriverOutput {
-            code: 2,
-            stdout: String::new(),
-            stderr: "error: no input file (see --help)\n".into(),
-        };
+    let (input, job) = match job(&a) {
+        Ok(x) => x,
+        Err(e) => return DriverOutput::failed(e),
     };
-    let print = match a.elide_above.as_str() {
-        "none" => PrintOptions { elide_above: None },
-        s => match s.parse() {
-            Ok(n) => PrintOptions {
-                elide_above: Some(n),
-            },
-            Err(_) => {
-                return DriverOutput::error(format!(
-                    "error: --elide-above expects a number or 'none', got '{s}'\n"
-                ))
-            }
-        },
-    };
-    let emit = match (a.emit.as_deref(), &a.output) {
-        (Some("onnx"), _) => Emit::Onnx,
-        (Some(_), _) => Emit::Oir,
-        (None, Some(o)) if o.extension().is_some_and(|e| e == "oir") => Emit::Oir,
-        (None, Some(_)) => Emit::Onnx,
-        (None, None) => Emit::Oir,
-    };
-    if emit == Emit::Onnx && a.output.is_none() {
-        return DriverOutput::error(
-            "error: ONNX output needs -o FILE (or use --emit=oir)\n".into(),
-        );
-    }
-    if let Some(o) = &a.output {
-        if same_file(o, &input) {
-            return DriverOutput::error(format!(
-                "error: refusing to write the output over the input '{}'\n",
-                input.display()
-            ));
-        }
-    }
-    let job = Job { print, emit };
-    let is_oir = input.extension().is_some_and(|e| e == "oir");
     if a.split_input_file {
-        if !is_oir {
-            return DriverOutput::error("error: --split-input-file needs a .oir input\n".into());
-        }
-        let text = match std::fs::read_to_string(&input) {
-            Ok(t) => t,
-            Err(e) => return DriverOutput::error(format!("error: {}: {e}\n", input.display())),
-        };
-        // Each case runs on its own; a failing case prints its diagnostic and the run goes on,
-        // so one file can hold both valid and invalid cases (as mlir-opt's -split-input-file).
-        let mut outs = Vec::new();
-        let mut code = 0;
-        let mut line_offset = 0;
-        for case in text.split("\n// -----") {
-            // Padding with the newlines of the cases before keeps error positions file-relative.
-            let padded = format!("{}{case}", "\n".repeat(line_offset));
-            line_offset += case.matches('\n').count() + 1;
+        // A case's diagnostics stay in its own chunk, as comments, so chunks map to cases.
+        return crate::input::for_each_case(&input, |case| {
             let mut case_err = String::new();
             let mut chunk = String::new();
-            match parse_module(&padded) {
+            let mut failed = false;
+            match parse_module(&case.padded()) {
                 Err(e) => {
-                    code = 1;
+                    failed = true;
                     let _ = writeln!(case_err, "error: {}:{e}", input.display());
                 }
-                Ok(m) => match process(m, &a, &input, &job, &mut case_err) {
+                Ok(m) => match process(m, &a, g, &input, &job, &mut case_err) {
                     Ok(Some(t)) => chunk.push_str(&t),
                     Ok(None) => {}
-                    Err(()) => code = 1,
+                    Err(e) => {
+                        failed = true;
+                        report(&mut case_err, &e);
+                    }
                 },
             }
-            // A case's diagnostics stay in its own chunk, as comments, so chunks map to cases.
             for l in case_err.lines() {
                 let _ = writeln!(chunk, "// {l}");
             }
-            outs.push(chunk);
-        }
-        let stdout = outs.join("// -----\n");
-        return DriverOutput {
-            code,
-            stdout,
-            stderr: err,
-        };
+            (chunk, failed)
+        });
     }
     let t0 = Instant::now();
-    let module = if is_oir {
-        match std::fs::read_to_string(&input) {
-            Ok(t) => match parse_module(&t) {
-                Ok(m) => m,
-                Err(e) => return DriverOutput::error(format!("error: {}:{e}\n", input.display())),
-            },
-            Err(e) => return DriverOutput::error(format!("error: {}: {e}\n", input.display())),
-        }
-    } else {
-        match ortho_frontends::import_file(&input) {
-            Ok(m) => m,
-            Err(e) => return DriverOutput::error(format!("error: {e}\n")),
-        }
+    let module = match crate::input::read_module(&input) {
+        Ok(m) => m,
+        Err(e) => return DriverOutput::failed(e),
     };
     let import_time = t0.elapsed();
     if a.timing {
         let _ = writeln!(err, "import: {:.3} s", import_time.as_secs_f64());
     }
-    match process(module, &a, &input, &job, &mut err) {
+    match process(module, &a, g, &input, &job, &mut err) {
         Ok(Some(text)) => DriverOutput::ok(text, err),
         Ok(None) => DriverOutput::ok(String::new(), err),
-        Err(()) => DriverOutput {
-            code: 1,
-            stdout: String::new(),
-            stderr: err,
+        Err(e) => {
+            report(&mut err, &e);
+            DriverOutput::failed_with(e, err)
+        }
+    }
+}
+
+/// The input and what to do with the result, checked before anything is read.
+fn job(a: &OptArgs) -> Result<(PathBuf, Job), CliError> {
+    let input = a.input.clone().ok_or(CliError::NoInput)?;
+    let print = match a.elide_above.as_str() {
+        "none" => PrintOptions { elide_above: None },
+        s => PrintOptions {
+            elide_above: Some(s.parse().map_err(|_| CliError::ElideAbove(s.to_string()))?),
         },
+    };
+    let emit = match (a.emit.as_deref(), &a.output) {
+        (Some("onnx"), _) => Emit::Onnx,
+        (Some(_), _) => Emit::Oir,
+        (None, Some(o)) if crate::input::is_oir(o) => Emit::Oir,
+        (None, Some(_)) => Emit::Onnx,
+        (None, None) => Emit::Oir,
+    };
+    if emit == Emit::Onnx && a.output.is_none() {
+        return Err(CliError::Usage(
+            "ONNX output needs -o FILE (or use --emit=oir)",
+        ));
+    }
+    if let Some(o) = &a.output {
+        if same_file(o, &input) {
+            return Err(CliError::OutputOverInput { input });
+        }
+    }
+    Ok((input, Job { print, emit }))
+}
+
+/// Appends `error: …` for `e` to the stderr text, ending in one newline.
+fn report(err: &mut String, e: &CliError) {
+    let _ = write!(err, "error: {e}");
+    if !err.ends_with('\n') {
+        err.push('\n');
     }
 }
 
@@ -149,22 +193,22 @@ pub fn run(a: OptArgs) -> DriverOutput {
 fn process(
     mut m: Module,
     a: &OptArgs,
+    g: &GlobalArgs,
     input: &Path,
     job: &Job,
     err: &mut String,
-) -> Result<Option<String>, ()> {
-    if let Err(d) = ortho_ir::verify::verify_module(&m) {
-        let _ = write!(err, "error: {} failed verification: {d}", input.display());
-        return Err(());
-    }
-    crate::passes_glue::run_pipeline(&mut m, a, input, job.print, err)?;
+) -> Result<Option<String>, CliError> {
+    ortho_ir::verify::verify_module(&m).map_err(|d| CliError::Verify {
+        path: input.to_path_buf(),
+        source: d.into(),
+    })?;
+    crate::passes_glue::run_pipeline(&mut m, a, g, input, job.print, err)?;
     let t0 = Instant::now();
     let out = match (job.emit, &a.output) {
         (Emit::Oir, None) => Some(print_module(&m, job.print)),
         (Emit::Oir, Some(path)) => {
-            write_atomic(path, print_module(&m, job.print).as_bytes()).map_err(|e| {
-                let _ = writeln!(err, "error: {}: {e}", path.display());
-            })?;
+            write_atomic(path, print_module(&m, job.print).as_bytes())
+                .map_err(CliError::io(path))?;
             None
         }
         (Emit::Onnx, Some(path)) => {
@@ -178,10 +222,7 @@ fn process(
                     );
                 }
                 Ok(_) => {}
-                Err(e) => {
-                    let _ = writeln!(err, "error: cannot lower ortho.* ops for export: {e}");
-                    return Err(());
-                }
+                Err(e) => return Err(CliError::LowerOrtho { source: e.into() }),
             }
             let opts = ortho_frontends::ExportOptions {
                 external_min_bytes: a.external_data,
@@ -199,10 +240,7 @@ fn process(
                         );
                     }
                 }
-                Err(e) => {
-                    let _ = writeln!(err, "error: {e}");
-                    return Err(());
-                }
+                Err(e) => return Err(CliError::Export { source: e.into() }),
             }
             None
         }

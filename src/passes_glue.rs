@@ -1,7 +1,9 @@
 //! Glue between the command line and the pass manager: flags → `ManagerOptions`, events and
 //! reports → stderr text.
 
-use crate::cli::OptArgs;
+use crate::cli::GlobalArgs;
+use crate::opt::OptArgs;
+use crate::CliError;
 use ortho_ir::text::PrintOptions;
 use ortho_ir::Module;
 use ortho_passes::{ManagerOptions, PassManager, Pipeline};
@@ -11,37 +13,33 @@ pub fn list_passes() -> String {
     ortho_passes::list_passes()
 }
 
-/// Runs the pipeline of `a` on `m`; IR dumps, reports and errors are appended to `err`.
+/// Runs the pipeline of `a` on `m`; IR dumps and reports are appended to `err` as they happen,
+/// and a failure is returned for the caller to print after them.
 pub fn run_pipeline(
     m: &mut Module,
     a: &OptArgs,
+    g: &GlobalArgs,
     input: &Path,
     print: PrintOptions,
     err: &mut String,
-) -> Result<(), ()> {
-    let pipeline = match Pipeline::parse(&a.pass_pipeline) {
-        Ok(p) => p,
-        Err(e) => {
-            let rendered = e.render(&a.pass_pipeline);
-            err.push_str(&format!(
-                "error: invalid --pass-pipeline: {}\n",
-                rendered.strip_prefix("error: ").unwrap_or(&rendered)
-            ));
-            return Err(());
+) -> Result<(), CliError> {
+    let pipeline = Pipeline::parse(&a.pass_pipeline).map_err(|e| {
+        // The rendering points at the offending text of the pipeline.
+        let rendered = e.render(&a.pass_pipeline);
+        CliError::InvalidPipeline {
+            rendered: rendered
+                .strip_prefix("error: ")
+                .unwrap_or(&rendered)
+                .to_string(),
         }
-    };
+    })?;
     let wants_report = a.timing || a.statistics;
     if pipeline.is_empty() && !wants_report && a.opt_bisect_limit.is_none() {
         return Ok(());
     }
     // Calibration data is built (and checked) before any pass runs.
-    let calibration = match crate::calib::build(&a.calib, m) {
-        Ok(c) => c,
-        Err(e) => {
-            err.push_str(&format!("error: calibration: {e}\n"));
-            return Err(());
-        }
-    };
+    let calibration =
+        crate::calib::build(&a.calib, g, m).map_err(|e| CliError::Calibration(Box::new(e)))?;
     let opts = ManagerOptions {
         verify_each: a.verify_each,
         print_ir_before: a.print_ir_before.clone(),
@@ -54,13 +52,8 @@ pub fn run_pipeline(
         print_options: print,
         calibration,
     };
-    let pm = match PassManager::new(pipeline, opts.clone()) {
-        Ok(pm) => pm,
-        Err(e) => {
-            err.push_str(&format!("error: {e}\n"));
-            return Err(());
-        }
-    };
+    let pm = PassManager::new(pipeline, opts.clone())
+        .map_err(|e| CliError::PassSetup { source: e.into() })?;
     let input = input.display().to_string();
     let mut sink = |ev: ortho_passes::IrEvent| {
         let mut t = ev.render();
@@ -81,9 +74,6 @@ pub fn run_pipeline(
             }
             Ok(())
         }
-        Err(f) => {
-            err.push_str(&format!("error: {f}\n"));
-            Err(())
-        }
+        Err(f) => Err(CliError::PassFailed { source: f.into() }),
     }
 }

@@ -229,6 +229,14 @@ fn vocabulary_mismatch_and_short_text_are_errors() {
         "{}",
         r.stderr
     );
+    assert!(
+        matches!(
+            r.error.as_deref(),
+            Some(ortho_opt::CliError::VocabularyMismatch { vocab: 3, width: 4 })
+        ),
+        "{:?}",
+        r.error
+    );
     let r = run(&[
         "eval",
         s(&model),
@@ -249,6 +257,19 @@ fn vocabulary_mismatch_and_short_text_are_errors() {
         "{}",
         r.stderr
     );
+    assert!(
+        matches!(
+            r.error.as_deref(),
+            Some(ortho_opt::CliError::TooFewWindows {
+                tokens: 30,
+                windows: 100,
+                body: 4,
+                ..
+            })
+        ),
+        "{:?}",
+        r.error
+    );
     let r = run(&[
         "eval",
         s(&model),
@@ -263,6 +284,14 @@ fn vocabulary_mismatch_and_short_text_are_errors() {
         r.stderr.contains("cannot load the tokenizer"),
         "{}",
         r.stderr
+    );
+    assert!(
+        matches!(
+            r.error.as_deref(),
+            Some(ortho_opt::CliError::Tokenizer { .. })
+        ),
+        "{:?}",
+        r.error
     );
 }
 

@@ -1,0 +1,205 @@
+//! The command line itself: subcommands and their help, the mlir-opt-style default form, the
+//! shared (global) options, and what a mistyped command gets.
+
+mod common;
+
+use common::{repo, run, TempDir};
+use ortho_opt::CliError;
+use std::path::PathBuf;
+
+/// A small decoder of the file tests (embedding, one block, tied head).
+fn model() -> PathBuf {
+    repo().join("tests/filecheck/analyze/json.oir")
+}
+
+fn s(p: &std::path::Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+#[test]
+fn help_subcommand_prints_help_instead_of_opening_a_file() {
+    let r = run(&["help"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("Usage: ortho-opt"), "{}", r.stdout);
+    for command in ["run", "eval", "compare", "analyze"] {
+        assert!(
+            r.stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with(command)),
+            "`help` lists {command}: {}",
+            r.stdout
+        );
+    }
+    let r = run(&["help", "eval"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("Usage: ortho-opt eval"), "{}", r.stdout);
+    // The command's own help text (its JSON keys) and the shared options.
+    assert!(r.stdout.contains("nll_mean"), "{}", r.stdout);
+    assert!(r.stdout.contains("--tokenizer"), "{}", r.stdout);
+    assert!(r.stdout.contains("--threads"), "{}", r.stdout);
+}
+
+#[test]
+fn top_level_help_lists_analyze_and_the_default_form() {
+    let r = run(&["--help"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l.trim_start().starts_with("analyze ")),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("--pass-pipeline"), "{}", r.stdout);
+    assert!(r.stdout.contains("[INPUT]"), "{}", r.stdout);
+}
+
+#[test]
+fn usage_lines_name_the_subcommand() {
+    for (command, args) in [
+        ("run", vec!["run"]),
+        ("eval", vec!["eval"]),
+        ("compare", vec!["compare", "a.onnx"]),
+        ("analyze", vec!["analyze"]),
+    ] {
+        let r = run(&args);
+        assert_eq!(r.code, 2, "{command}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(&format!("Usage: ortho-opt {command} ")),
+            "{command}: {}",
+            r.stderr
+        );
+        let r = run(&[command, "--help"]);
+        assert_eq!(r.code, 0, "{command}: {}", r.stderr);
+        assert!(
+            r.stdout.contains(&format!("Usage: ortho-opt {command} ")),
+            "{command}: {}",
+            r.stdout
+        );
+    }
+}
+
+#[test]
+fn a_mistyped_command_gets_a_suggestion() {
+    for (typed, meant) in [
+        ("evl", "eval"),
+        ("anlyze", "analyze"),
+        ("compar", "compare"),
+    ] {
+        let r = run(&[typed, "model.onnx"]);
+        assert_eq!(r.code, 2, "{typed}: {}", r.stderr);
+        assert!(
+            r.stderr
+                .contains(&format!("unrecognized subcommand '{typed}'")),
+            "{typed}: {}",
+            r.stderr
+        );
+        assert!(
+            r.stderr.contains(&format!("'{meant}'")),
+            "{typed}: {}",
+            r.stderr
+        );
+        match r.error.as_deref() {
+            Some(CliError::CommandLine(e)) => {
+                assert_eq!(e.kind(), clap::error::ErrorKind::InvalidSubcommand)
+            }
+            other => panic!("{typed}: {other:?}"),
+        }
+    }
+    // A missing model is still a missing file, not a command.
+    let r = run(&["no-such-model.onnx"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("no-such-model.onnx") && !r.stderr.contains("subcommand"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        matches!(r.error.as_deref(), Some(CliError::Import { .. })),
+        "{:?}",
+        r.error
+    );
+    let r = run(&["zzzz"]);
+    assert_eq!(r.code, 1);
+    assert!(!r.stderr.contains("subcommand"), "{}", r.stderr);
+    // No input at all is a usage error.
+    let r = run(&[]);
+    assert_eq!(r.code, 2);
+    assert!(
+        matches!(r.error.as_deref(), Some(CliError::NoInput)),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn a_model_file_named_like_a_command_is_opened() {
+    let tmp = TempDir::new("cli-named-run");
+    let text = std::fs::read_to_string(model()).expect("read model");
+    // `.oir` picks the text reader; the stem is a command's name.
+    let named = tmp.path().join("run.oir");
+    std::fs::write(&named, &text).expect("write");
+    let r = run(&[&s(&named)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("graph @json_decoder"), "{}", r.stdout);
+    // A bare word that names an existing file is the input even when it is close to a command.
+    // The driver resolves it against the working directory, so the test runs from the folder.
+    let bare = tmp.path().join("evl");
+    std::fs::write(&bare, &text).expect("write");
+    let r = std::process::Command::new(env!("CARGO_BIN_EXE_ortho-opt"))
+        .current_dir(tmp.path())
+        .args(["evl", "--emit=oir"])
+        .output()
+        .expect("run ortho-opt");
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(!stderr.contains("subcommand"), "{stderr}");
+    // Without the .oir extension the file is read as ONNX, which this text is not: the error
+    // names the file, which shows it was opened as the input.
+    assert!(stderr.contains("evl"), "{stderr}");
+}
+
+#[test]
+fn the_default_form_still_optimizes_and_writes() {
+    let tmp = TempDir::new("cli-default");
+    let out = tmp.path().join("out.oir");
+    let r = run(&[
+        &s(&model()),
+        "-o",
+        &s(&out),
+        "--pass-pipeline=canonicalize,cse,dce",
+        "--statistics",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let written = std::fs::read_to_string(&out).expect("output written");
+    assert!(written.contains("graph @json_decoder"), "{written}");
+    assert!(r.stderr.contains("dce"), "{}", r.stderr);
+    let r = run(&["--list-passes"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("canonicalize"), "{}", r.stdout);
+    // Once the input is seen, a later word is not taken for a command.
+    let r = run(&[&s(&model()), "run"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+}
+
+#[test]
+fn global_options_are_shared_by_the_commands() {
+    // The same --threads / -q are accepted after any command and in the default form.
+    let r = run(&["analyze", &s(&model()), "--threads", "2", "-q"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("residual stream: d = 4"), "{}", r.stdout);
+    let r = run(&[&s(&model()), "--threads", "1", "--quiet"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // The calibration spellings remain aliases of the shared options.
+    let r = run(&[&s(&model()), "--calib-threads", "1", "--calib-quiet"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // eval and compare need the shared --tokenizer; without it the error says so.
+    let r = run(&["eval", &s(&model()), "--text", "t.txt"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("eval needs --tokenizer"), "{}", r.stderr);
+    let r = run(&["compare", &s(&model()), &s(&model()), "--text", "t.txt"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("compare needs --tokenizer"),
+        "{}",
+        r.stderr
+    );
+}
