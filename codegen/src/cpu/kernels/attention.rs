@@ -303,26 +303,10 @@ fn attention_f32(
     };
     let mut res = vec![y];
     if n_out > 1 {
-        let kp = if past_k.is_some() {
-            kdat.to_vec()
-        } else {
-            to_bhsd(kdat, kv)
-        };
-        res.push(HostTensor::make(
-            vec![bsz, kv.h, t, kv.d],
-            TensorBuf::F32(kp),
-        )?);
+        res.push(present(kdat, kv, past_k.is_some())?);
     }
     if n_out > 2 {
-        let vp = if past_v.is_some() {
-            vdat.to_vec()
-        } else {
-            to_bhsd(vdat, vv)
-        };
-        res.push(HostTensor::make(
-            vec![bsz, vv.h, t, dv],
-            TensorBuf::F32(vp),
-        )?);
+        res.push(present(vdat, vv, past_v.is_some())?);
     }
     Ok(res)
 }
@@ -459,6 +443,17 @@ fn finish_row(live: &mut [f32], mask: &Mask<'_>, mrow: usize, softcap: f32) {
     } else {
         live.fill(0.0);
     }
+}
+
+/// The present key or value ([B, H, T, D]): the cache-extended data, already contiguous when
+/// there was a past, else the operand gathered out of its layout.
+fn present(data: &[f32], v: View, had_past: bool) -> KernelResult<HostTensor> {
+    let d = if had_past {
+        data.to_vec()
+    } else {
+        to_bhsd(data, v)
+    };
+    HostTensor::make(vec![v.b, v.h, v.s, v.d], TensorBuf::F32(d))
 }
 
 /// [B, H, S, D] → [B, S, H·D] (the 3-D layout of the output).
