@@ -257,7 +257,7 @@ fn data_movement_agrees() {
         ),
         (
             "where with broadcasting",
-            "%c = const tensor<2x1xbool> dense<[true, false]>
+            "%c = const tensor<2x1xbool> dense<[1, 0]>
   %a = const tensor<3xf32> dense<[1.0, 2.0, 3.0]>
   %b = const tensor<2x3xf32> dense<[4.0, 5.0, 6.0, 7.0, 8.0, 9.0]>
   %y = onnx.Where(%c, %a, %b) : tensor<2x3xf32>",

@@ -478,8 +478,8 @@ macro_rules! reduce_attrs {
     ($a:expr) => {
         reduce::ReduceAttrs {
             axes: $a.axes.as_ref(),
-            keepdims: $a.keepdims,
-            noop_with_empty_axes: $a.noop_with_empty_axes,
+            keepdims: $a.keepdims(),
+            noop_with_empty_axes: $a.noop_with_empty_axes(),
         }
     };
 }
@@ -541,8 +541,8 @@ fn infer_node(cx: &NodeCx, outer: &Scope) -> Infer {
         ReduceProd(a) => reduce::reduce(cx, reduce_attrs!(a)),
         ReduceL2(a) => reduce::reduce(cx, reduce_attrs!(a)),
         ReduceSumSquare(a) => reduce::reduce(cx, reduce_attrs!(a)),
-        ArgMax(a) => reduce::arg(cx, a.axis, a.keepdims),
-        ArgMin(a) => reduce::arg(cx, a.axis, a.keepdims),
+        ArgMax(a) => reduce::arg(cx, a.axis(), a.keepdims()),
+        ArgMin(a) => reduce::arg(cx, a.axis(), a.keepdims()),
         TopK(a) => reduce::topk(cx, a.axis),
         Reshape(a) => layout::reshape(cx, a),
         Transpose(a) => layout::transpose(cx, a),

@@ -8,8 +8,9 @@ use crate::types::{DType, Dim};
 /// The attributes every `Reduce*` op shares.
 pub(crate) struct ReduceAttrs<'a> {
     pub axes: Option<&'a Vec<i64>>,
-    pub keepdims: Option<i64>,
-    pub noop_with_empty_axes: Option<i64>,
+    /// Resolved (the ONNX defaults applied by the attribute accessors).
+    pub keepdims: i64,
+    pub noop_with_empty_axes: i64,
 }
 
 /// Which axes a reduction removes, when that is known.
@@ -22,7 +23,7 @@ enum Axes {
 
 pub(crate) fn reduce(cx: &NodeCx, at: ReduceAttrs) -> Infer {
     let dtype = cx.dtype(0);
-    let keep = at.keepdims.unwrap_or(1) != 0;
+    let keep = at.keepdims != 0;
     let Some(shape) = cx.shape(0) else {
         return Ok(vec![tensor(dtype, None)]);
     };
@@ -36,7 +37,7 @@ pub(crate) fn reduce(cx: &NodeCx, at: ReduceAttrs) -> Infer {
     let axes = match given {
         None => Axes::Unknown,
         Some(v) if v.is_empty() => {
-            if at.noop_with_empty_axes.unwrap_or(0) != 0 {
+            if at.noop_with_empty_axes != 0 {
                 return Ok(vec![cx.ty(0).clone()]);
             }
             Axes::All
@@ -85,13 +86,13 @@ pub(crate) fn reduce(cx: &NodeCx, at: ReduceAttrs) -> Infer {
 }
 
 /// `ArgMax`/`ArgMin`: one axis, int64 indices.
-pub(crate) fn arg(cx: &NodeCx, ax: Option<i64>, keepdims: Option<i64>) -> Infer {
+pub(crate) fn arg(cx: &NodeCx, ax: i64, keepdims: i64) -> Infer {
     let Some(shape) = cx.shape(0) else {
         return Ok(vec![tensor(DType::I64, None)]);
     };
-    let a = axis(ax.unwrap_or(0), shape.len(), "axis")?;
+    let a = axis(ax, shape.len(), "axis")?;
     let mut out = shape.to_vec();
-    if keepdims.unwrap_or(1) != 0 {
+    if keepdims != 0 {
         out[a] = Dim::Fixed(1);
     } else {
         out.remove(a);

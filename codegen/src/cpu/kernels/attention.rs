@@ -161,51 +161,21 @@ fn attention_f32(
         v.as_f32().ok_or(KernelError::dtype("V must be f32"))?,
     );
     let three_d = q.rank() == 3;
-    let qv = view(q, a.q_heads, "Q")?;
-    let mut kv = view(k, a.kv_heads, "K")?;
-    let mut vv = view(v, a.kv_heads, "V")?;
-    if qv.b != kv.b || kv.b != vv.b || qv.d != kv.d || kv.s != vv.s || kv.h != vv.h {
-        return Err(KernelError::shape(format!(
-            "Q {:?}, K {:?} and V {:?} do not fit together",
-            q.shape(),
-            k.shape(),
-            v.shape()
-        )));
-    }
-    if kv.h == 0 || qv.h % kv.h != 0 {
-        return Err(KernelError::invalid(format!(
-            "{} query heads are not a multiple of {} KV heads",
-            qv.h, kv.h
-        )));
-    }
+    let (qv, kv, vv) = qkv_views(q, k, v, a)?;
     let (past_k, past_v) = (ins.get(4), ins.get(5));
     let past_len = past_k
         .map(|p| p.shape().get(2).copied().unwrap_or(0))
         .unwrap_or(0);
     // With a cache, K and V become contiguous [B, H, P + S, D]; without, they are read in place.
     let (k_full, v_full);
-    let (kdat, vdat): (&[f32], &[f32]) = match (past_k, past_v) {
+    let (kdat, vdat, kv, vv): (&[f32], &[f32], View, View) = match (past_k, past_v) {
         (Some(pk), Some(pv)) => {
             k_full = with_past(pk, kd, kv, "key")?;
             v_full = with_past(pv, vd, vv, "value")?;
             let t = kv.s + past_len;
-            kv = View {
-                s: t,
-                sb: kv.h * t * kv.d,
-                sh: t * kv.d,
-                ss: kv.d,
-                ..kv
-            };
-            vv = View {
-                s: t,
-                sb: vv.h * t * vv.d,
-                sh: t * vv.d,
-                ss: vv.d,
-                ..vv
-            };
-            (&k_full, &v_full)
+            (&k_full, &v_full, kv.contiguous(t), vv.contiguous(t))
         }
-        (None, None) => (kd, vd),
+        (None, None) => (kd, vd, kv, vv),
         _ => {
             return Err(KernelError::invalid(
                 "past_key and past_value must be given together",
@@ -215,49 +185,7 @@ fn attention_f32(
     let (bsz, hq, sq, t, dv) = (qv.b, qv.h, qv.s, kv.s, vv.d);
     let rep = hq / kv.h;
     let scale = a.scale.unwrap_or(1.0 / (qv.d as f32).sqrt());
-    // The mask, broadcast (right-aligned) to [B, Hq, S, T]: bool (true = attend) or additive.
-    let mask = ins.get(3);
-    let mut mask_len = t;
-    let (mask_f, mask_b, mstride) = match mask {
-        None => (None, None, [0usize; 4]),
-        Some(m) => {
-            let ms = m.shape();
-            if ms.len() > 4 || ms.is_empty() {
-                return Err(KernelError::unsupported(format!(
-                    "attn_mask of rank {} is not supported",
-                    ms.len()
-                )));
-            }
-            let mut shape4 = vec![1usize; 4 - ms.len()];
-            shape4.extend_from_slice(ms);
-            let full = [bsz, hq, sq, t];
-            let st = crate::cpu::tensor::strides(&shape4);
-            let mut mstride = [0usize; 4];
-            for i in 0..4 {
-                if shape4[i] == full[i] {
-                    mstride[i] = st[i];
-                } else if i == 3 && shape4[3] > 1 && shape4[3] < t {
-                    // A mask shorter than the keys: the keys past its end are masked.
-                    mstride[3] = st[3];
-                    mask_len = shape4[3];
-                } else if shape4[i] != 1 {
-                    return Err(KernelError::dtype(format!(
-                        "attn_mask of shape {ms:?} does not broadcast to {full:?}"
-                    )));
-                }
-            }
-            match m.buf() {
-                TensorBuf::Bool(b) => (None, Some(b.as_slice()), mstride),
-                TensorBuf::F32(f) => (Some(f.as_slice()), None, mstride),
-                _ => {
-                    return Err(KernelError::dtype(format!(
-                        "attn_mask must be bool or f32, got {}",
-                        m.dtype()
-                    )))
-                }
-            }
-        }
-    };
+    let mask = mask_view(ins.get(3), [bsz, hq, sq, t])?;
     // Valid keys per batch (opset 24 `nonpad_kv_seqlen`); the causal frontier of query i is
     // key i + offset, offset = the past length, or nonpad − S for an external cache.
     let nonpad: Option<Vec<i64>> = ins.get(6).map(|t| t.to_i64_vec());
@@ -326,33 +254,8 @@ fn attention_f32(
                 let valid = if a.is_causal { frontier(i).min(tn) } else { tn };
                 let (live, dead) = row.split_at_mut(valid);
                 dead.fill(0.0);
-                if a.softcap > 0.0 {
-                    for x in live.iter_mut() {
-                        *x = a.softcap * (*x / a.softcap).tanh();
-                    }
-                }
-                let mut any = !live.is_empty();
-                if mask_b.is_some() || mask_f.is_some() {
-                    any = false;
-                    let mrow = b * mstride[0] + h * mstride[1] + i * mstride[2];
-                    for (j, x) in live.iter_mut().enumerate() {
-                        let mo = mrow + j * mstride[3];
-                        if j >= mask_len || mask_b.is_some_and(|mb| !mb[mo]) {
-                            *x = f32::NEG_INFINITY;
-                        } else {
-                            if let Some(mf) = mask_f {
-                                *x += mf[mo];
-                            }
-                            any |= *x != f32::NEG_INFINITY;
-                        }
-                    }
-                }
-                if any {
-                    softmax_inplace_f32(live);
-                } else {
-                    // A fully masked row attends to nothing: its output is 0.
-                    live.fill(0.0);
-                }
+                let mrow = b * mask.stride[0] + h * mask.stride[1] + i * mask.stride[2];
+                finish_row(live, &mask, mrow, a.softcap);
             }
             gemm_into(
                 rows,
@@ -391,17 +294,8 @@ fn attention_f32(
         }
     }
     let y = if three_d {
-        // [B, Hq, S, Dv] → [B, S, Hq·Dv]
         let mut y = cx.pool.alloc::<f32>(out.len());
-        for b in 0..bsz {
-            for h in 0..hq {
-                for s in 0..sq {
-                    let src = ((b * hq + h) * sq + s) * dv;
-                    let dst = (b * sq + s) * hq * dv + h * dv;
-                    y[dst..dst + dv].copy_from_slice(&out[src..src + dv]);
-                }
-            }
-        }
+        heads_to_hidden(&out, &mut y, [bsz, hq, sq, dv]);
         cx.pool.recycle(TensorBuf::F32(out));
         HostTensor::make(vec![bsz, sq, hq * dv], TensorBuf::F32(y))?
     } else {
@@ -409,28 +303,170 @@ fn attention_f32(
     };
     let mut res = vec![y];
     if n_out > 1 {
-        let kp = if past_k.is_some() {
-            kdat.to_vec()
-        } else {
-            to_bhsd(kdat, kv)
-        };
-        res.push(HostTensor::make(
-            vec![bsz, kv.h, t, kv.d],
-            TensorBuf::F32(kp),
-        )?);
+        res.push(present(kdat, kv, past_k.is_some())?);
     }
     if n_out > 2 {
-        let vp = if past_v.is_some() {
-            vdat.to_vec()
-        } else {
-            to_bhsd(vdat, vv)
-        };
-        res.push(HostTensor::make(
-            vec![bsz, vv.h, t, dv],
-            TensorBuf::F32(vp),
-        )?);
+        res.push(present(vdat, vv, past_v.is_some())?);
     }
     Ok(res)
+}
+
+impl View {
+    /// The same logical [B, H, S, D] tensor stored contiguously with `s` positions.
+    fn contiguous(self, s: usize) -> View {
+        View {
+            s,
+            sb: self.h * s * self.d,
+            sh: s * self.d,
+            ss: self.d,
+            ..self
+        }
+    }
+}
+
+/// Views of Q, K and V, checked to fit together (batch, head size, KV length, GQA heads).
+fn qkv_views(
+    q: &HostTensor,
+    k: &HostTensor,
+    v: &HostTensor,
+    a: AttentionAttrs,
+) -> KernelResult<(View, View, View)> {
+    let qv = view(q, a.q_heads, "Q")?;
+    let kv = view(k, a.kv_heads, "K")?;
+    let vv = view(v, a.kv_heads, "V")?;
+    if qv.b != kv.b || kv.b != vv.b || qv.d != kv.d || kv.s != vv.s || kv.h != vv.h {
+        return Err(KernelError::shape(format!(
+            "Q {:?}, K {:?} and V {:?} do not fit together",
+            q.shape(),
+            k.shape(),
+            v.shape()
+        )));
+    }
+    if kv.h == 0 || qv.h % kv.h != 0 {
+        return Err(KernelError::invalid(format!(
+            "{} query heads are not a multiple of {} KV heads",
+            qv.h, kv.h
+        )));
+    }
+    Ok((qv, kv, vv))
+}
+
+/// The attention mask broadcast (right-aligned) to [B, Hq, S, T]: bool (true = attend) or
+/// additive f32, with element strides per dim; keys at or past `len` are masked.
+#[derive(Default)]
+struct Mask<'a> {
+    add: Option<&'a [f32]>,
+    keep: Option<&'a [bool]>,
+    stride: [usize; 4],
+    len: usize,
+}
+
+fn mask_view(mask: Option<&HostTensor>, full: [usize; 4]) -> KernelResult<Mask<'_>> {
+    let t = full[3];
+    let Some(m) = mask else {
+        return Ok(Mask {
+            len: t,
+            ..Mask::default()
+        });
+    };
+    let ms = m.shape();
+    if ms.len() > 4 || ms.is_empty() {
+        return Err(KernelError::unsupported(format!(
+            "attn_mask of rank {} is not supported",
+            ms.len()
+        )));
+    }
+    let mut shape4 = vec![1usize; 4 - ms.len()];
+    shape4.extend_from_slice(ms);
+    let st = crate::cpu::tensor::strides(&shape4);
+    let mut stride = [0usize; 4];
+    let mut len = t;
+    for i in 0..4 {
+        if shape4[i] == full[i] {
+            stride[i] = st[i];
+        } else if i == 3 && shape4[3] > 1 && shape4[3] < t {
+            // A mask shorter than the keys: the keys past its end are masked.
+            stride[3] = st[3];
+            len = shape4[3];
+        } else if shape4[i] != 1 {
+            return Err(KernelError::shape(format!(
+                "attn_mask of shape {ms:?} does not broadcast to {full:?}"
+            )));
+        }
+    }
+    match m.buf() {
+        TensorBuf::Bool(b) => Ok(Mask {
+            keep: Some(b.as_slice()),
+            stride,
+            len,
+            ..Mask::default()
+        }),
+        TensorBuf::F32(f) => Ok(Mask {
+            add: Some(f.as_slice()),
+            stride,
+            len,
+            ..Mask::default()
+        }),
+        _ => Err(KernelError::dtype(format!(
+            "attn_mask must be bool or f32, got {}",
+            m.dtype()
+        ))),
+    }
+}
+
+/// Turns one row of live scores into attention weights: softcap, the mask (its row starts at
+/// element `mrow`), then a softmax; a fully masked row attends to nothing (all zeros).
+#[inline]
+fn finish_row(live: &mut [f32], mask: &Mask<'_>, mrow: usize, softcap: f32) {
+    if softcap > 0.0 {
+        for x in live.iter_mut() {
+            *x = softcap * (*x / softcap).tanh();
+        }
+    }
+    let mut any = !live.is_empty();
+    if mask.keep.is_some() || mask.add.is_some() {
+        any = false;
+        for (j, x) in live.iter_mut().enumerate() {
+            let mo = mrow + j * mask.stride[3];
+            if j >= mask.len || mask.keep.is_some_and(|mb| !mb[mo]) {
+                *x = f32::NEG_INFINITY;
+            } else {
+                if let Some(mf) = mask.add {
+                    *x += mf[mo];
+                }
+                any |= *x != f32::NEG_INFINITY;
+            }
+        }
+    }
+    if any {
+        softmax_inplace_f32(live);
+    } else {
+        live.fill(0.0);
+    }
+}
+
+/// The present key or value ([B, H, T, D]): the cache-extended data, already contiguous when
+/// there was a past, else the operand gathered out of its layout.
+fn present(data: &[f32], v: View, had_past: bool) -> KernelResult<HostTensor> {
+    let d = if had_past {
+        data.to_vec()
+    } else {
+        to_bhsd(data, v)
+    };
+    HostTensor::make(vec![v.b, v.h, v.s, v.d], TensorBuf::F32(d))
+}
+
+/// [B, H, S, D] → [B, S, H·D] (the 3-D layout of the output).
+fn heads_to_hidden(src: &[f32], dst: &mut [f32], [bsz, hq, sq, dv]: [usize; 4]) {
+    for b in 0..bsz {
+        for h in 0..hq {
+            for s in 0..sq {
+                let from = ((b * hq + h) * sq + s) * dv;
+                let to = (b * sq + s) * hq * dv + h * dv;
+                dst[to..to + dv].copy_from_slice(&src[from..from + dv]);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
