@@ -36,8 +36,9 @@ struct Cli {
     global: GlobalArgs,
 }
 
-/// Options shared by every command. They are given after the command's name
-/// (`ortho-opt eval MODEL --threads 4 …`) or anywhere in the optimizer's own form.
+/// Options shared by every command, given before or after the command's name
+/// (`ortho-opt --threads 4 eval MODEL …` = `ortho-opt eval MODEL --threads 4 …`) or anywhere in
+/// the optimizer's own form.
 #[derive(Debug, Clone, Default, clap::Args)]
 #[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
@@ -99,11 +100,13 @@ pub struct Driver;
 impl Driver {
     /// Runs one command line (`args[0]` is the program name) and returns its output and status.
     pub fn run(args: &[String]) -> DriverOutput {
-        if let Some(e) = misspelled_command(args) {
+        let full = Cli::command();
+        let args = globals_after_command(&full, args);
+        if let Some(e) = misspelled_command(&full, &args) {
             return clap_output(e);
         }
-        let cli = match Cli::command()
-            .try_get_matches_from(args)
+        let cli = match full
+            .try_get_matches_from(&args)
             .and_then(|m| Cli::from_arg_matches(&m))
         {
             Ok(cli) => cli,
@@ -116,21 +119,79 @@ impl Driver {
     }
 }
 
+/// The number of words a global option takes at `args[i]` (1, or 2 when its value is the next
+/// word), or `None` when `args[i]` is not a global option.
+fn global_option_len(cmd: &clap::Command, args: &[String], i: usize) -> Option<usize> {
+    let word = args.get(i)?;
+    let (arg, inline_value) = if let Some(long) = word.strip_prefix("--") {
+        let (name, value) = match long.split_once('=') {
+            Some((n, _)) => (n, true),
+            None => (long, false),
+        };
+        let arg = cmd.get_arguments().find(|a| {
+            a.get_long() == Some(name)
+                || a.get_all_aliases()
+                    .is_some_and(|aliases| aliases.contains(&name))
+        })?;
+        (arg, value)
+    } else {
+        let mut chars = word.strip_prefix('-')?.chars();
+        let (c, rest) = (chars.next()?, chars.as_str());
+        let arg = cmd.get_arguments().find(|a| a.get_short() == Some(c))?;
+        (arg, !rest.is_empty())
+    };
+    if !arg.is_global_set() {
+        return None;
+    }
+    Some(if arg.get_action().takes_values() && !inline_value {
+        2
+    } else {
+        1
+    })
+}
+
+/// The index of the first word after the global options that open the command line.
+fn first_word(cmd: &clap::Command, args: &[String]) -> usize {
+    let mut i = 1;
+    while let Some(n) = global_option_len(cmd, args, i) {
+        i += n;
+    }
+    i
+}
+
+/// Moves global options written before a command's name after it (`ortho-opt -q eval …` runs as
+/// `ortho-opt eval -q …`). clap takes the first word after any option for the optimizer's input,
+/// so without this the shared options would work only after the name.
+fn globals_after_command(cmd: &clap::Command, args: &[String]) -> Vec<String> {
+    let i = first_word(cmd, args);
+    match args.get(i) {
+        Some(w) if i > 1 && cmd.find_subcommand(w).is_some() => {
+            let mut out = vec![args[0].clone(), w.clone()];
+            out.extend_from_slice(&args[1..i]);
+            out.extend_from_slice(&args[i + 1..]);
+            out
+        }
+        // `help` reads its operands as command names, and options change no help text.
+        Some(w) if i > 1 && w == "help" => {
+            let mut out = vec![args[0].clone()];
+            out.extend_from_slice(&args[i..]);
+            out
+        }
+        _ => args.to_vec(),
+    }
+}
+
 /// clap's "unrecognized subcommand … a similar subcommand exists" error when the first word looks
 /// like a mistyped command: a bare word (no path separator, dot or dash) that names no existing
 /// file and is close to a command's name. Any other first word is the optimizer's input, so a
 /// missing model still reports the missing file.
-fn misspelled_command(args: &[String]) -> Option<clap::Error> {
-    let word = args.get(1)?;
+fn misspelled_command(full: &clap::Command, args: &[String]) -> Option<clap::Error> {
+    let word = args.get(first_word(full, args))?;
     let bare = !word.starts_with('-')
         && word
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if !bare || Path::new(word).exists() {
-        return None;
-    }
-    let full = Cli::command();
-    if full.find_subcommand(word).is_some() {
+    if !bare || Path::new(word).exists() || full.find_subcommand(word).is_some() {
         return None;
     }
     // The commands alone: without the optimizer's positional IN, clap suggests a near command.
@@ -138,9 +199,8 @@ fn misspelled_command(args: &[String]) -> Option<clap::Error> {
         .subcommand_required(true)
         .subcommand_value_name("COMMAND")
         .subcommands(full.get_subcommands().cloned());
-    let e = commands
-        .try_get_matches_from([args[0].as_str(), word.as_str()])
-        .err()?;
+    let bin = args.first().map_or("ortho-opt", String::as_str);
+    let e = commands.try_get_matches_from([bin, word.as_str()]).err()?;
     let suggested = e
         .get(clap::error::ContextKind::SuggestedSubcommand)
         .is_some();

@@ -188,6 +188,16 @@ fn global_options_are_shared_by_the_commands() {
     assert!(r.stdout.contains("residual stream: d = 4"), "{}", r.stdout);
     let r = run(&[&s(&model()), "--threads", "1", "--quiet"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
+    // Before the command's name they mean the same.
+    let r = run(&["--threads", "2", "-q", "analyze", &s(&model())]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("residual stream: d = 4"), "{}", r.stdout);
+    let r = run(&["--tokenizer", "t.json", "help", "eval"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("Usage: ortho-opt eval"), "{}", r.stdout);
+    let r = run(&["--threads=1", "anlyze", &s(&model())]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("'analyze'"), "{}", r.stderr);
     // The calibration spellings remain aliases of the shared options.
     let r = run(&[&s(&model()), "--calib-threads", "1", "--calib-quiet"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
