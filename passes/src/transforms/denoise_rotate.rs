@@ -20,9 +20,11 @@
 //! `i > 0` (the first layer's `Q` folded into the embedding, the last one's into the head, which
 //! is untied if it was tied). The note reports the entropy before/after per layer.
 //!
-//! Composition: `global` (the default) leaves the graph's structure as it was, so `prune` after
-//! it finds every block. The boundary `MatMul`s of `per-layer` end the residual stream for the
-//! structure analysis, so a later `prune` sees only the first block; the pass says so in a note.
+//! Composition: `global` (the default) leaves the graph's structure as it was. The boundary
+//! `MatMul`s of `per-layer` split the residual stream into segments, one per layer; the structure
+//! analysis records each as the next block's entry and the layer-wise walk runs through them, so
+//! a later `prune` or `denoise-prune` still finds every block. Passes that work on one residual
+//! basis (`rotate-residual`, `fold-norms`' centering) see the first segment only.
 
 use crate::calib::{missing_calibration, walk_layers};
 use crate::linalg::layer_rotations::{self as rotations, FoldStats, Layers, Rotations};
@@ -269,7 +271,7 @@ fn run_pass(
     report(&r, cx);
     if r.fold.boundaries > 0 {
         cx.note(format!(
-                "{} boundary MatMul(s) on the residual stream: later passes that walk the blocks (prune) refuse the model; use mode=global to compose with them",
+                "{} boundary MatMul(s) on the residual stream: a later rotate-residual sees only the first segment; use mode=global for one basis",
                 r.fold.boundaries
             ));
     }
