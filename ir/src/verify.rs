@@ -615,8 +615,7 @@ impl Verifier<'_> {
 
 /// What the subgraphs of `g`'s nodes can capture: `outer` and every named result of `nodes`
 /// (in that order, so a later definition wins), with its inferred type where known.
-// `shape` builds the same scope for its subgraphs (`shape::scope_of`, over `node_ids()`); that
-// one can call this instead.
+// Shape inference builds its subgraphs' scope through this too (`shape::scope_of`).
 pub(crate) fn scope_with(
     g: &Graph,
     nodes: &[NodeId],

@@ -192,22 +192,7 @@ pub fn infer_shapes(m: &mut Module) -> InferStats {
 /// Every name of `graph` with its best known type, over the names of `outer`: what a subgraph
 /// of one of its nodes can capture.
 fn scope_of(graph: &Graph, types: &HashMap<ValueId, Type>, outer: &Scope) -> Scope {
-    let mut s = outer.clone();
-    for id in graph.node_ids() {
-        for (i, o) in graph.node(id).outputs.iter().enumerate() {
-            if !o.name.is_empty() {
-                let v = ValueId {
-                    node: id,
-                    output: i as u32,
-                };
-                s.insert(
-                    o.name.clone(),
-                    types.get(&v).cloned().unwrap_or_else(|| o.ty.clone()),
-                );
-            }
-        }
-    }
-    s
+    crate::verify::scope_with(graph, &graph.node_ids(), types, outer)
 }
 
 fn infer_impl(
