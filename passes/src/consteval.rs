@@ -18,6 +18,7 @@
 use ortho_ir::numeric::{encode_f64, encode_i64};
 use ortho_ir::semantics::axis::{norm_axis, shape_range};
 use ortho_ir::semantics::broadcast::{broadcast_index, broadcast_shapes};
+use ortho_ir::semantics::cast as cast_rule;
 use ortho_ir::semantics::size::{checked_bytes, checked_numel, dims_to_i64, dims_to_usize};
 use ortho_ir::semantics::{movement, reshape, slice as sem_slice, SemError};
 use ortho_ir::{DType, Module, Op, TensorData, Type};
@@ -329,19 +330,6 @@ fn unary(sqrt: bool, x: &TensorData) -> R {
     ))
 }
 
-/// `[lo, hi)` of an integer dtype as f64, for checking float → int casts. Both bounds are
-/// powers of two (or zero), so they are exact in f64 even for 64-bit types.
-fn int_range(d: DType) -> Option<(f64, f64)> {
-    let bits = d.bits()? as i32;
-    match d {
-        DType::I8 | DType::I16 | DType::I32 | DType::I64 => {
-            Some((-(2f64.powi(bits - 1)), 2f64.powi(bits - 1)))
-        }
-        DType::U8 | DType::U16 | DType::U32 | DType::U64 => Some((0.0, 2f64.powi(bits))),
-        _ => None,
-    }
-}
-
 fn cast(x: &TensorData, to: DType, budget: u64) -> R {
     check(to, &udims(x)?, budget)?;
     let bytes = match (decode(x)?, to) {
@@ -352,24 +340,16 @@ fn cast(x: &TensorData, to: DType, budget: u64) -> R {
         )
         .ok_or(Why::No)?,
         (Num::F(v), t) => {
-            // Out-of-range and NaN conversions are implementation-defined: do not fold them.
-            let (lo, hi) = int_range(t).ok_or(Why::No)?;
-            let mut out = Vec::with_capacity(v.len());
-            for p in v {
-                let q = p.trunc();
-                if !(q >= lo && q < hi) {
-                    return Err(Why::No);
-                }
-                out.push(if t == DType::U64 {
-                    q as u64 as i64
-                } else {
-                    q as i64
-                });
-            }
+            // Out-of-range and NaN conversions are undefined: do not fold them.
+            let out = v
+                .iter()
+                .map(|&p| cast_rule::float_to_int(p, t))
+                .collect::<Option<Vec<i64>>>()
+                .ok_or(Why::No)?;
             encode_i64(t, &out).ok_or(Why::No)?
         }
         (Num::I(v), DType::F32 | DType::F64) => {
-            if x.dtype == DType::U64 && v.iter().any(|p| *p < 0) {
+            if v.iter().any(|&p| cast_rule::int_reads_negative(x.dtype, p)) {
                 return Err(Why::No);
             }
             // Straight from the integer, so the value is rounded once.
@@ -379,7 +359,7 @@ fn cast(x: &TensorData, to: DType, budget: u64) -> R {
                 v.iter().flat_map(|p| (*p as f64).to_le_bytes()).collect()
             }
         }
-        (Num::I(v), t) if t.is_int() || t == DType::Bool => encode_i64(t, &v).ok_or(Why::No)?,
+        (Num::I(v), t) if cast_rule::int_like(t) => encode_i64(t, &v).ok_or(Why::No)?,
         _ => return Err(Why::No),
     };
     Ok(TensorData::from_bytes(to, x.dims.clone(), bytes))

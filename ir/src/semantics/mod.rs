@@ -4,6 +4,7 @@
 //! - [`size`]: element counts and byte lengths through checked arithmetic, so no caller can wrap
 //!   a size computed from model data;
 //! - [`axis`]: negative-axis normalization;
+//! - [`cast`]: Cast's element rules (rounded once, truncation, undefined cases);
 //! - [`broadcast`]: multidirectional (numpy) broadcasting, for concrete and symbolic dims;
 //! - [`slice`]: Slice's clamping of starts/ends/steps;
 //! - [`reshape`]: Reshape, Squeeze, Unsqueeze and Flatten output dims;
@@ -15,6 +16,7 @@
 
 pub mod axis;
 pub mod broadcast;
+pub mod cast;
 pub mod movement;
 pub mod reshape;
 pub mod size;

@@ -4,27 +4,24 @@ use super::broadcast::{broadcast_shapes, fill_runs, Walk};
 use crate::cpu::error::{KernelError, KernelResult};
 use crate::cpu::kernel::{ExecCx, Inputs};
 use crate::cpu::tensor::{numel, Elem, HostTensor};
+use ortho_ir::semantics::cast::{int_like, int_reads_negative};
 use ortho_ir::DType;
 
 fn convert<S: Elem, D: Elem>(cx: &mut ExecCx<'_>, x: &HostTensor) -> KernelResult<HostTensor> {
     let src = x.data::<S>().ok_or(KernelError::dtype("dtype"))?;
     let mut out = cx.pool.alloc::<D>(src.len());
-    // Integer ↔ integer (and bool) conversions go through i64 so that large values stay exact;
-    // float sources go through f64 (float → integer truncates toward zero and saturates; the
-    // constant folder leaves out-of-range and NaN conversions, which ONNX leaves undefined, to
-    // this kernel).
-    let int_like = |d: DType| d.is_int() || d == DType::Bool;
+    // The element rules are `ortho_ir::semantics::cast`'s: integers (and bool) through i64,
+    // integer → float rounded once, float sources through f64 (float → integer truncates toward
+    // zero; in the cases ONNX leaves undefined, which the folder never folds, Rust's `as`
+    // saturates).
     if int_like(S::DTYPE) && int_like(D::DTYPE) {
         for (o, v) in out.iter_mut().zip(src) {
             *o = D::from_i64(v.to_i64());
         }
     } else if int_like(S::DTYPE) {
-        // Integer → float converts straight from the integer, so the value is rounded once
-        // (i64 → f64 → f32 would round twice above 2^53, and disagree with the constant
-        // folder). A u64 above i64::MAX reads negative as i64; it goes through f64.
         for (o, v) in out.iter_mut().zip(src) {
             let i = v.to_i64();
-            *o = if S::DTYPE == DType::U64 && i < 0 {
+            *o = if int_reads_negative(S::DTYPE, i) {
                 D::from_f64(v.to_f64())
             } else {
                 D::from_i64(i)
