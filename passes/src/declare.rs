@@ -153,19 +153,7 @@ macro_rules! declare_pass {
             }))
         }
 
-        impl $crate::pass::Pass for PassImpl {
-            fn name(&self) -> &'static str {
-                INFO.name
-            }
-
-            fn run(
-                &self,
-                m: &mut $crate::__private::Module,
-                cx: &mut $crate::pass::PassContext,
-            ) -> Result<$crate::pass::PassResult, $crate::pass::PassError> {
-                $run(m, &self.opts, cx)
-            }
-        }
+        $crate::declare_pass!(@impl |this, m, cx| $run(m, &this.opts, cx));
     };
     (
         name: $pname:literal,
@@ -188,6 +176,10 @@ macro_rules! declare_pass {
             Ok(Box::new(PassImpl))
         }
 
+        $crate::declare_pass!(@impl |_this, m, cx| $run(m, cx));
+    };
+    // The `Pass` impl both forms share: the name from `INFO`, `run` through the given call.
+    (@impl |$this:ident, $m:ident, $cx:ident| $call:expr) => {
         impl $crate::pass::Pass for PassImpl {
             fn name(&self) -> &'static str {
                 INFO.name
@@ -195,10 +187,11 @@ macro_rules! declare_pass {
 
             fn run(
                 &self,
-                m: &mut $crate::__private::Module,
-                cx: &mut $crate::pass::PassContext,
+                $m: &mut $crate::__private::Module,
+                $cx: &mut $crate::pass::PassContext,
             ) -> Result<$crate::pass::PassResult, $crate::pass::PassError> {
-                $run(m, cx)
+                let $this = self;
+                $call
             }
         }
     };
