@@ -3,14 +3,15 @@
 //! written with `?` on these accessors degrades to "unknown" instead of panicking on a malformed
 //! model.
 
+use super::ShapeError;
 use crate::graph::{Node, ValueId};
 use crate::module::Module;
 use crate::types::{DType, Dim, TensorType, Type};
 use std::collections::HashMap;
 
 /// What an inference rule returns: one type per result (missing trailing entries mean
-/// unknown), or a message saying why the node is malformed.
-pub(crate) type Infer = Result<Vec<Type>, String>;
+/// unknown), or why the node is malformed.
+pub(crate) type Infer = Result<Vec<Type>, ShapeError>;
 
 static UNKNOWN: Type = Type::Unknown;
 

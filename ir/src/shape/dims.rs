@@ -5,6 +5,7 @@
 //! precise than `Unknown`. Two different symbols may still be equal at run time, so they never
 //! conflict; only two different fixed sizes do.
 
+use super::ShapeError;
 use crate::semantics;
 use crate::types::{DType, Dim, TensorType, Type};
 
@@ -25,33 +26,32 @@ pub(crate) fn fmt_shape(dims: &[Dim]) -> String {
 
 /// Normalizes an axis that may be negative against `rank` (the rule is
 /// [`crate::semantics::axis`]; `what` names the attribute in the message).
-pub(crate) fn axis(a: i64, rank: usize, what: &'static str) -> Result<usize, String> {
-    semantics::axis::norm_axis_named(what, a, rank).map_err(|e| e.to_string())
+pub(crate) fn axis(a: i64, rank: usize, what: &'static str) -> Result<usize, ShapeError> {
+    Ok(semantics::axis::norm_axis_named(what, a, rank)?)
 }
 
 /// A split point in `0..=rank` (`Flatten`); a negative value counts from the end, so `-1`
 /// is `rank - 1`, not `rank`.
-pub(crate) fn split_point(a: i64, rank: usize, what: &'static str) -> Result<usize, String> {
-    semantics::axis::split_point(what, a, rank).map_err(|e| e.to_string())
+pub(crate) fn split_point(a: i64, rank: usize, what: &'static str) -> Result<usize, ShapeError> {
+    Ok(semantics::axis::split_point(what, a, rank)?)
 }
 
 /// Broadcasts two shapes (aligned at the right).
-pub(crate) fn broadcast(a: &[Dim], b: &[Dim]) -> Result<Vec<Dim>, String> {
-    semantics::broadcast::broadcast_symbolic(a, b).map_err(|(x, y)| {
-        format!(
-            "shapes {} and {} do not broadcast: dimensions {x} and {y} do not broadcast",
-            fmt_shape(a),
-            fmt_shape(b)
-        )
+pub(crate) fn broadcast(a: &[Dim], b: &[Dim]) -> Result<Vec<Dim>, ShapeError> {
+    semantics::broadcast::broadcast_symbolic(a, b).map_err(|(x, y)| ShapeError::Broadcast {
+        a: fmt_shape(a),
+        b: fmt_shape(b),
+        x,
+        y,
     })
 }
 
 /// Two dimensions that must be equal (a contraction, a concatenation's other axes): the more
 /// precise one wins; two different fixed sizes are an error.
-pub(crate) fn unify_dim(a: &Dim, b: &Dim) -> Result<Dim, String> {
+pub(crate) fn unify_dim(a: &Dim, b: &Dim) -> Result<Dim, ShapeError> {
     use Dim::*;
     Ok(match (a, b) {
-        (Fixed(x), Fixed(y)) if x != y => return Err(format!("{x} vs {y}")),
+        (Fixed(x), Fixed(y)) if x != y => return Err(ShapeError::DimConflict(*x, *y)),
         (Fixed(x), _) | (_, Fixed(x)) => Fixed(*x),
         (Sym(s), _) | (_, Sym(s)) => Sym(s.clone()),
         _ => Unknown,
@@ -105,9 +105,14 @@ fn refine_dim(declared: &Dim, inferred: &Dim) -> Result<Dim, ()> {
 /// Combines a declared type with an inferred one: every dimension keeps the more precise of the
 /// two, so a declared fact is never lost. On a conflict the declared type is kept whole (the
 /// model's own claim, so that downstream nodes report their own mistakes and not this one's) and
-/// a message says what differs.
-pub(crate) fn refine(declared: &Type, inferred: &Type) -> (Type, Option<String>) {
-    let conflict = || Some(format!("declared {declared} but inferred {inferred}"));
+/// the error says what differs.
+pub(crate) fn refine(declared: &Type, inferred: &Type) -> (Type, Option<ShapeError>) {
+    let conflict = || {
+        Some(ShapeError::Declared {
+            declared: declared.clone(),
+            inferred: inferred.clone(),
+        })
+    };
     match (declared, inferred) {
         (_, Type::Unknown) => (declared.clone(), None),
         (Type::Unknown, _) => (inferred.clone(), None),
@@ -173,7 +178,7 @@ pub(crate) fn mul_dim(a: &Dim, b: &Dim) -> Dim {
 }
 
 /// `a / b` when it is exact; `Err` when both are fixed and `b` does not divide `a`.
-pub(crate) fn div_dim(a: &Dim, b: &Dim) -> Result<Dim, String> {
+pub(crate) fn div_dim(a: &Dim, b: &Dim) -> Result<Dim, ShapeError> {
     Product::of(std::slice::from_ref(a)).div(&Product::of(std::slice::from_ref(b)))
 }
 
@@ -228,7 +233,7 @@ impl Product {
     }
 
     /// Exact division; symbols of the divisor must appear in the dividend to cancel.
-    pub(crate) fn div(&self, d: &Product) -> Result<Dim, String> {
+    pub(crate) fn div(&self, d: &Product) -> Result<Dim, ShapeError> {
         if self.unknown || d.unknown || d.coef == 0 {
             return Ok(Dim::Unknown);
         }
@@ -245,7 +250,7 @@ impl Product {
             // Only a fully numeric division is certainly wrong; with symbols left over, the
             // product could still divide at run time.
             if rest.is_empty() && d.syms.is_empty() && self.syms.is_empty() {
-                return Err(format!("{} is not divisible by {}", self.coef, d.coef));
+                return Err(ShapeError::NotDivisible(self.coef, d.coef));
             }
             return Ok(Dim::Unknown);
         }

@@ -4,6 +4,7 @@
 
 use super::cx::{Infer, NodeCx};
 use super::dims::{broadcast, tensor, unify_dim};
+use super::ShapeError;
 use crate::op::attrs;
 use crate::types::{DType, Dim};
 use std::collections::BTreeMap;
@@ -15,14 +16,16 @@ struct Term {
     ellipsis: Option<usize>,
 }
 
-fn parse_term(t: &str) -> Result<Term, String> {
+fn parse_term(t: &str) -> Result<Term, ShapeError> {
     let mut labels = Vec::new();
     let mut ellipsis = None;
     let mut rest = t;
     while let Some(c) = rest.chars().next() {
         if let Some(r) = rest.strip_prefix("...") {
             if ellipsis.is_some() {
-                return Err(format!("term '{t}' has two ellipses"));
+                return Err(ShapeError::Attribute(format!(
+                    "term '{t}' has two ellipses"
+                )));
             }
             ellipsis = Some(labels.len());
             rest = r;
@@ -30,14 +33,16 @@ fn parse_term(t: &str) -> Result<Term, String> {
             labels.push(c);
             rest = &rest[1..];
         } else {
-            return Err(format!("unexpected '{c}' in term '{t}'"));
+            return Err(ShapeError::Attribute(format!(
+                "unexpected '{c}' in term '{t}'"
+            )));
         }
     }
     Ok(Term { labels, ellipsis })
 }
 
 /// Parses an equation into input terms and the explicit output term, if any.
-fn parse(eq: &str) -> Result<(Vec<Term>, Option<Term>), String> {
+fn parse(eq: &str) -> Result<(Vec<Term>, Option<Term>), ShapeError> {
     let eq: String = eq.chars().filter(|c| !c.is_whitespace()).collect();
     let (lhs, rhs) = match eq.split_once("->") {
         Some((l, r)) => (l, Some(r)),
@@ -53,15 +58,18 @@ fn parse(eq: &str) -> Result<(Vec<Term>, Option<Term>), String> {
 
 pub(crate) fn einsum(cx: &NodeCx, at: &attrs::Einsum) -> Infer {
     let Some(eq) = &at.equation else {
-        return Err("Einsum has no 'equation' attribute".into());
+        return Err(ShapeError::Attribute(
+            "Einsum has no 'equation' attribute".into(),
+        ));
     };
-    let (inputs, output) = parse(eq).map_err(|e| format!("bad equation '{eq}': {e}"))?;
+    let (inputs, output) =
+        parse(eq).map_err(|e| ShapeError::Attribute(format!("bad equation '{eq}': {e}")))?;
     if inputs.len() != cx.n_in() {
-        return Err(format!(
+        return Err(ShapeError::Arity(format!(
             "equation '{eq}' has {} operand terms but the node has {} operands",
             inputs.len(),
             cx.n_in()
-        ));
+        )));
     }
     let dtype = (0..cx.n_in())
         .map(|s| cx.dtype(s))
@@ -86,10 +94,10 @@ pub(crate) fn einsum(cx: &NodeCx, at: &attrs::Einsum) -> Infer {
         let n = term.labels.len();
         let ell_rank = match (term.ellipsis, shape.len().checked_sub(n)) {
             (_, None) | (None, Some(1..)) => {
-                return Err(format!(
+                return Err(ShapeError::Rank(format!(
                     "term {i} has {n} labels but operand {i} has rank {}",
                     shape.len()
-                ));
+                )));
             }
             (_, Some(r)) => r,
         };
@@ -101,9 +109,9 @@ pub(crate) fn einsum(cx: &NodeCx, at: &attrs::Einsum) -> Infer {
                 // Einsum allows a size-1 dimension to broadcast against its label's size.
                 Some(prev) if *prev == Dim::Fixed(1) => d.clone(),
                 Some(prev) if *d == Dim::Fixed(1) => prev.clone(),
-                Some(prev) => {
-                    unify_dim(prev, d).map_err(|e| format!("label '{c}' has two sizes ({e})"))?
-                }
+                Some(prev) => unify_dim(prev, d).map_err(|e| {
+                    ShapeError::Mismatch(format!("label '{c}' has two sizes ({e})"))
+                })?,
                 None => d.clone(),
             };
             bound.insert(c, merged);
@@ -142,7 +150,11 @@ pub(crate) fn einsum(cx: &NodeCx, at: &attrs::Einsum) -> Infer {
         }
         match bound.get(c) {
             Some(d) => shape.push(d.clone()),
-            None => return Err(format!("output label '{c}' does not occur in any operand")),
+            None => {
+                return Err(ShapeError::Attribute(format!(
+                    "output label '{c}' does not occur in any operand"
+                )))
+            }
         }
     }
     if out_term.ellipsis == Some(out_term.labels.len()) {

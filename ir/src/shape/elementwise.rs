@@ -3,6 +3,7 @@
 
 use super::cx::{Infer, NodeCx};
 use super::dims::{broadcast, dtype_from_onnx, tensor};
+use super::ShapeError;
 use crate::op::attrs;
 use crate::types::{DType, Dim, Type};
 
@@ -59,7 +60,7 @@ pub(crate) fn where_(cx: &NodeCx) -> Infer {
 
 pub(crate) fn cast(cx: &NodeCx, a: &attrs::Cast) -> Infer {
     let Some(to) = a.to else {
-        return Err("Cast has no 'to' attribute".into());
+        return Err(ShapeError::Attribute("Cast has no 'to' attribute".into()));
     };
     same_shape_as(cx, dtype_from_onnx(to))
 }
@@ -89,20 +90,20 @@ pub(crate) fn same_with_axis(cx: &NodeCx, axis: Option<i64>, default: i64) -> In
 /// result is the f32 broadcast of the operands. Each operand's form is checked against the
 /// result where both shapes are fully fixed (symbols could still be 1 at run time).
 pub(crate) fn fused_elementwise(cx: &NodeCx, f: &crate::fused::FusedElementwise) -> Infer {
-    f.validate().map_err(|e| e.to_string())?;
+    f.validate()?;
     if f.forms.len() != cx.n_in() || (0..cx.n_in()).any(|s| !cx.has(s)) {
-        return Err(format!(
+        return Err(ShapeError::Arity(format!(
             "has {} operands but {} operand forms",
             cx.node.inputs().count(),
             f.forms.len()
-        ));
+        )));
     }
     for s in 0..cx.n_in() {
         let d = cx.dtype(s);
         if d != DType::Undefined && d != DType::F32 {
-            return Err(format!(
+            return Err(ShapeError::Type(format!(
                 "operand {s} is {d}, but fused elementwise ops compute in f32"
-            ));
+            )));
         }
     }
     let out = broadcast_all(cx, Some(DType::F32))?;
@@ -116,12 +117,12 @@ pub(crate) fn fused_elementwise(cx: &NodeCx, f: &crate::fused::FusedElementwise)
         for (s, form) in f.forms.iter().enumerate() {
             if let Some(sh) = cx.shape(s).filter(|sh| fixed(sh)) {
                 if !form.fits(sh, res) {
-                    return Err(format!(
+                    return Err(ShapeError::Mismatch(format!(
                         "operand {s} of shape {} does not broadcast to {} in its form '{}'",
                         super::dims::fmt_shape(sh),
                         super::dims::fmt_shape(res),
                         form.name()
-                    ));
+                    )));
                 }
             }
         }

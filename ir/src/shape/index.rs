@@ -4,6 +4,7 @@
 use super::cx::{Infer, NodeCx};
 use super::dims::{axis, fmt_shape, tensor};
 use super::elementwise::{tensor_attr_dtype, tensor_type};
+use super::ShapeError;
 use crate::op::attrs;
 use crate::types::{DType, Dim, Type};
 
@@ -19,9 +20,9 @@ pub(crate) fn gather(cx: &NodeCx, at: &attrs::Gather) -> Infer {
     let a = axis(at.axis(), data.len(), "axis")?;
     if let (Dim::Fixed(d @ 0..), Some(vals)) = (&data[a], cx.ints(1)) {
         if let Some(bad) = vals.iter().find(|&&i| i < -d || i >= *d) {
-            return Err(format!(
+            return Err(ShapeError::Value(format!(
                 "index {bad} is out of range for an axis of size {d}"
-            ));
+            )));
         }
     }
     let mut out = data[..a].to_vec();
@@ -33,11 +34,11 @@ pub(crate) fn gather(cx: &NodeCx, at: &attrs::Gather) -> Infer {
 pub(crate) fn gather_elements(cx: &NodeCx) -> Infer {
     if let (Some(d), Some(i)) = (cx.shape(0), cx.shape(1)) {
         if d.len() != i.len() {
-            return Err(format!(
+            return Err(ShapeError::Rank(format!(
                 "data has rank {} but indices rank {}",
                 d.len(),
                 i.len()
-            ));
+            )));
         }
     }
     Ok(vec![tensor(cx.dtype(0), cx.shape(1).map(<[Dim]>::to_vec))])
@@ -48,24 +49,25 @@ pub(crate) fn gather_nd(cx: &NodeCx, at: &attrs::GatherND) -> Infer {
     let (Some(data), Some(idx)) = (cx.shape(0), cx.shape(1)) else {
         return Ok(vec![tensor(dtype, None)]);
     };
-    let b = usize::try_from(at.batch_dims()).map_err(|_| "batch_dims must be ≥ 0".to_string())?;
+    let b = usize::try_from(at.batch_dims())
+        .map_err(|_| ShapeError::Attribute("batch_dims must be ≥ 0".to_string()))?;
     let Some((last, lead)) = idx.split_last() else {
-        return Err("indices must have rank ≥ 1".into());
+        return Err(ShapeError::Rank("indices must have rank ≥ 1".into()));
     };
     if b >= data.len().min(idx.len()) {
-        return Err(format!(
+        return Err(ShapeError::Attribute(format!(
             "batch_dims {b} must be less than the ranks of data and indices"
-        ));
+        )));
     }
     let Dim::Fixed(k) = last else {
         return Ok(vec![tensor(dtype, None)]);
     };
     let k = usize::try_from(*k).ok().filter(|k| b + k <= data.len());
     let Some(k) = k else {
-        return Err(format!(
+        return Err(ShapeError::Rank(format!(
             "index tuples of length {last} do not fit data {} with {b} batch dims",
             fmt_shape(data)
-        ));
+        )));
     };
     let mut out = lead.to_vec();
     out.extend(data[b + k..].iter().cloned());
@@ -93,12 +95,16 @@ pub(crate) struct SliceParams {
 }
 
 /// Reads starts/ends/axes/steps (operands 1–4); `Ok(None)` when some are not known.
-pub(crate) fn slice_params(cx: &NodeCx, rank: usize) -> Result<Option<SliceParams>, String> {
+pub(crate) fn slice_params(cx: &NodeCx, rank: usize) -> Result<Option<SliceParams>, ShapeError> {
     let (Some(starts), Some(ends)) = (cx.value(1), cx.value(2)) else {
         return Ok(None);
     };
     if starts.len() != ends.len() {
-        return Err(format!("{} starts but {} ends", starts.len(), ends.len()));
+        return Err(ShapeError::Value(format!(
+            "{} starts but {} ends",
+            starts.len(),
+            ends.len()
+        )));
     }
     let n = starts.len();
     let axes: Vec<i64> = if cx.has(3) {
@@ -118,20 +124,20 @@ pub(crate) fn slice_params(cx: &NodeCx, rank: usize) -> Result<Option<SliceParam
         vec![1; n]
     };
     if axes.len() != n || steps.len() != n {
-        return Err(format!(
+        return Err(ShapeError::Value(format!(
             "{n} starts, {} axes and {} steps",
             axes.len(),
             steps.len()
-        ));
+        )));
     }
     if steps.contains(&0) {
-        return Err("slice step 0".into());
+        return Err(ShapeError::Value("slice step 0".into()));
     }
     let mut ax = Vec::with_capacity(n);
     for &a in &axes {
         let i = axis(a, rank, "slice axis")?;
         if ax.contains(&i) {
-            return Err(format!("axis {a} is sliced twice"));
+            return Err(ShapeError::Value(format!("axis {a} is sliced twice")));
         }
         ax.push(i);
     }
@@ -222,7 +228,7 @@ pub(crate) fn range(cx: &NodeCx) -> Infer {
         .find(|d| *d != DType::Undefined)
         .unwrap_or(DType::Undefined);
     let len = match (scalar(cx, 0), scalar(cx, 1), scalar(cx, 2)) {
-        (_, _, Some(Dim::Fixed(0))) => return Err("Range delta is 0".into()),
+        (_, _, Some(Dim::Fixed(0))) => return Err(ShapeError::Value("Range delta is 0".into())),
         (Some(Dim::Fixed(s)), Some(Dim::Fixed(l)), Some(Dim::Fixed(d))) => {
             // In i128 so that no pair of i64 bounds can overflow.
             let (span, d) = (i128::from(l) - i128::from(s), i128::from(d));
@@ -244,7 +250,10 @@ pub(crate) fn constant_of_shape(cx: &NodeCx, at: &attrs::ConstantOfShape) -> Inf
     let shape = match cx.value(0) {
         Some(v) => {
             if let Some(n) = v.iter().find_map(|d| d.fixed().filter(|n| *n < 0)) {
-                return Err(format!("negative dimension {n} in shape {}", fmt_shape(v)));
+                return Err(ShapeError::Value(format!(
+                    "negative dimension {n} in shape {}",
+                    fmt_shape(v)
+                )));
             }
             Some(v.to_vec())
         }
@@ -268,11 +277,15 @@ pub(crate) fn constant(cx: &NodeCx, at: &attrs::Constant) -> Infer {
         at.value_string.is_some(),
     ];
     if given.iter().filter(|&&g| g).count() != 1 {
-        return Err("Constant needs exactly one value attribute".into());
+        return Err(ShapeError::Attribute(
+            "Constant needs exactly one value attribute".into(),
+        ));
     }
     let ty = if let Some(t) = at.value {
         if t.index() >= cx.m.tensors.len() {
-            return Err("Constant refers to a tensor that does not exist".into());
+            return Err(ShapeError::Missing(
+                "Constant refers to a tensor that does not exist".into(),
+            ));
         }
         tensor_type(cx.m.tensor(t))
     } else if at.value_float.is_some() {

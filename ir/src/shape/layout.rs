@@ -7,6 +7,7 @@ use super::cx::{Infer, NodeCx};
 use super::dims::{
     add_dim, axis, broadcast, fmt_shape, mul_dim, split_point, tensor, unify_dim, Product,
 };
+use super::ShapeError;
 use crate::op::attrs;
 use crate::types::{DType, Dim, Type};
 
@@ -36,7 +37,10 @@ pub(crate) fn reshape(cx: &NodeCx, at: &attrs::Reshape) -> Infer {
         match d {
             Dim::Fixed(-1) => {
                 if minus_one.is_some() {
-                    return Err(format!("shape {} has more than one -1", fmt_shape(target)));
+                    return Err(ShapeError::Value(format!(
+                        "shape {} has more than one -1",
+                        fmt_shape(target)
+                    )));
                 }
                 minus_one = Some(i);
                 out.push(Dim::Unknown);
@@ -45,20 +49,20 @@ pub(crate) fn reshape(cx: &NodeCx, at: &attrs::Reshape) -> Infer {
                 Some(s) => match s.get(i) {
                     Some(x) => out.push(x.clone()),
                     None => {
-                        return Err(format!(
+                        return Err(ShapeError::Value(format!(
                             "0 at position {i} of {} copies a dimension the rank-{} input lacks",
                             fmt_shape(target),
                             s.len()
-                        ));
+                        )));
                     }
                 },
                 None => out.push(Dim::Unknown),
             },
             Dim::Fixed(n) if *n < 0 => {
-                return Err(format!(
+                return Err(ShapeError::Value(format!(
                     "invalid dimension {n} in shape {}",
                     fmt_shape(target)
-                ))
+                )))
             }
             Dim::Unknown => {
                 // The entry may be -1 or 0 at run time: nothing can be inferred from the rest.
@@ -69,7 +73,9 @@ pub(crate) fn reshape(cx: &NodeCx, at: &attrs::Reshape) -> Infer {
         }
     }
     if allowzero && minus_one.is_some() && target.contains(&Dim::Fixed(0)) {
-        return Err("with allowzero = 1 the shape cannot hold both 0 and -1".into());
+        return Err(ShapeError::Value(
+            "with allowzero = 1 the shape cannot hold both 0 and -1".into(),
+        ));
     }
     if let (Some(inp), false) = (input, opaque_entry) {
         let total = Product::of(inp);
@@ -82,21 +88,21 @@ pub(crate) fn reshape(cx: &NodeCx, at: &attrs::Reshape) -> Infer {
                     .map(|(_, d)| d.clone())
                     .collect();
                 out[i] = total.div(&Product::of(&rest)).map_err(|e| {
-                    format!(
+                    ShapeError::Mismatch(format!(
                         "cannot reshape {} to {}: {e}",
                         fmt_shape(inp),
                         fmt_shape(target)
-                    )
+                    ))
                 })?;
             }
             None => {
                 if let (Some(a), Some(b)) = (total.fixed(), Product::of(&out).fixed()) {
                     if a != b {
-                        return Err(format!(
+                        return Err(ShapeError::Mismatch(format!(
                             "cannot reshape {} ({a} elements) to {} ({b} elements)",
                             fmt_shape(inp),
                             fmt_shape(&out)
-                        ));
+                        )));
                     }
                 }
             }
@@ -123,11 +129,17 @@ pub(crate) fn transpose(cx: &NodeCx, at: &attrs::Transpose) -> Infer {
                         seen[i] = true;
                         out.push(i);
                     }
-                    None => return Err(format!("perm {p:?} is not a permutation of 0..{r}")),
+                    None => {
+                        return Err(ShapeError::Attribute(format!(
+                            "perm {p:?} is not a permutation of 0..{r}"
+                        )))
+                    }
                 }
             }
             if out.len() != r {
-                return Err(format!("perm {p:?} is not a permutation of 0..{r}"));
+                return Err(ShapeError::Attribute(format!(
+                    "perm {p:?} is not a permutation of 0..{r}"
+                )));
             }
             out
         }
@@ -152,7 +164,9 @@ pub(crate) fn unsqueeze(cx: &NodeCx) -> Infer {
     for &a in &axes {
         let i = axis(a, r, "unsqueeze axis (against the output rank)")?;
         if ins[i] {
-            return Err(format!("axis {a} is repeated in {axes:?}"));
+            return Err(ShapeError::Value(format!(
+                "axis {a} is repeated in {axes:?}"
+            )));
         }
         ins[i] = true;
     }
@@ -200,7 +214,9 @@ pub(crate) fn squeeze(cx: &NodeCx) -> Infer {
         let i = axis(a, shape.len(), "squeeze axis")?;
         if let Dim::Fixed(n) = shape[i] {
             if n != 1 {
-                return Err(format!("cannot squeeze axis {a} of size {n}"));
+                return Err(ShapeError::Mismatch(format!(
+                    "cannot squeeze axis {a} of size {n}"
+                )));
             }
         }
         drop[i] = true;
@@ -250,11 +266,11 @@ pub(crate) fn tile(cx: &NodeCx) -> Infer {
         return Ok(vec![unknown_rank(dtype, Some(shape.len()))]);
     };
     if reps.len() != shape.len() {
-        return Err(format!(
+        return Err(ShapeError::Rank(format!(
             "{} repeats for a rank-{} input",
             reps.len(),
             shape.len()
-        ));
+        )));
     }
     Ok(vec![tensor(
         dtype,
@@ -264,7 +280,9 @@ pub(crate) fn tile(cx: &NodeCx) -> Infer {
 
 pub(crate) fn concat(cx: &NodeCx, at: &attrs::Concat) -> Infer {
     let Some(ax) = at.axis else {
-        return Err("Concat has no 'axis' attribute".into());
+        return Err(ShapeError::Attribute(
+            "Concat has no 'axis' attribute".into(),
+        ));
     };
     let slots: Vec<usize> = (0..cx.n_in()).filter(|&s| cx.has(s)).collect();
     let dtype = slots
@@ -284,17 +302,18 @@ pub(crate) fn concat(cx: &NodeCx, at: &attrs::Concat) -> Infer {
             continue;
         };
         if sh.len() != rank {
-            return Err(format!(
+            return Err(ShapeError::Rank(format!(
                 "operand {s} has rank {} but operands before it have rank {rank}",
                 sh.len()
-            ));
+            )));
         }
         for (i, d) in sh.iter().enumerate() {
             if i == a {
                 sum = sum.map(|acc| add_dim(&acc, d));
             } else {
-                out[i] = unify_dim(&out[i], d)
-                    .map_err(|e| format!("operand {s} differs on axis {i} ({e})"))?;
+                out[i] = unify_dim(&out[i], d).map_err(|e| {
+                    ShapeError::Mismatch(format!("operand {s} differs on axis {i} ({e})"))
+                })?;
             }
         }
     }
@@ -307,7 +326,9 @@ pub(crate) fn split(cx: &NodeCx, at: &attrs::Split) -> Infer {
     let n = cx.n_out();
     if let Some(k) = at.num_outputs {
         if usize::try_from(k).ok() != Some(n) {
-            return Err(format!("num_outputs = {k} but the node has {n} results"));
+            return Err(ShapeError::Arity(format!(
+                "num_outputs = {k} but the node has {n} results"
+            )));
         }
     }
     let Some(shape) = cx.shape(0) else {
@@ -321,17 +342,17 @@ pub(crate) fn split(cx: &NodeCx, at: &attrs::Split) -> Infer {
             Dim::Fixed(d) if n > 0 && d >= 0 => {
                 let k = n as i64;
                 if at.num_outputs.is_none() && d % k != 0 {
-                    return Err(format!(
+                    return Err(ShapeError::Mismatch(format!(
                         "axis of size {d} cannot be split evenly into {n} parts"
-                    ));
+                    )));
                 }
                 // Opset 18: every chunk has ceil(d/n) elements except a smaller last one.
                 let chunk = d / k + i64::from(d % k != 0);
                 let last = chunk.checked_mul(k - 1).map(|c| d - c).filter(|l| *l >= 0);
                 let Some(last) = last else {
-                    return Err(format!(
+                    return Err(ShapeError::Mismatch(format!(
                         "axis of size {d} cannot be split into {n} non-empty parts"
-                    ));
+                    )));
                 };
                 Some(
                     (0..n)
@@ -345,14 +366,17 @@ pub(crate) fn split(cx: &NodeCx, at: &attrs::Split) -> Infer {
     let sizes = match sizes {
         Some(s) => {
             if s.len() != n {
-                return Err(format!("{} split sizes for {n} results", s.len()));
+                return Err(ShapeError::Arity(format!(
+                    "{} split sizes for {n} results",
+                    s.len()
+                )));
             }
             let parts: Option<Vec<i64>> = s.iter().map(Dim::fixed).collect();
             if let (Some(parts), Dim::Fixed(d)) = (parts, &shape[a]) {
                 if parts.iter().any(|&p| p < 0) || parts.iter().sum::<i64>() != *d {
-                    return Err(format!(
+                    return Err(ShapeError::Mismatch(format!(
                         "split sizes {parts:?} do not add up to the axis size {d}"
-                    ));
+                    )));
                 }
             }
             s
@@ -389,11 +413,11 @@ pub(crate) fn pad(cx: &NodeCx) -> Infer {
         (0..r).collect()
     };
     if pads.len() != 2 * axes.len() {
-        return Err(format!(
+        return Err(ShapeError::Rank(format!(
             "{} pads for {} axes (need begin and end for each)",
             pads.len(),
             axes.len()
-        ));
+        )));
     }
     let mut out = shape.to_vec();
     for (k, &i) in axes.iter().enumerate() {

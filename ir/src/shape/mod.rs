@@ -22,6 +22,7 @@ mod cx;
 mod dims;
 mod einsum;
 mod elementwise;
+mod error;
 mod index;
 mod layout;
 mod nn;
@@ -31,7 +32,7 @@ mod values;
 #[cfg(test)]
 mod tests;
 
-use crate::diag::Diagnostics;
+use crate::diag::{DiagKind, Diagnostic, Diagnostics};
 use crate::graph::{Graph, GraphId, ValueId};
 use crate::module::Module;
 use crate::op::{attrs, Op};
@@ -40,6 +41,7 @@ use cx::{Infer, NodeCx};
 use std::collections::HashMap;
 
 pub(crate) use dims::dtype_from_onnx;
+pub use error::ShapeError;
 
 /// Names visible from enclosing graphs, with their types (what a `Capture` resolves to).
 pub type Scope = HashMap<String, Type>;
@@ -211,15 +213,24 @@ fn infer_impl(
         subgraphs: Vec::new(),
     };
     if g.index() >= m.graphs.len() {
-        res.diags
-            .push("", "", format!("graph #{} does not exist", g.index()));
+        // No graph to name: the id is all there is.
+        res.diags.0.push(Diagnostic {
+            kind: DiagKind::Structure,
+            graph: String::new(),
+            graph_id: Some(g),
+            node: String::new(),
+            node_id: None,
+            message: format!("graph #{} does not exist", g.index()),
+        });
         return res;
     }
     let graph = m.graph(g);
     if depth > MAX_DEPTH {
-        res.diags.push(
-            &graph.name,
-            "",
+        res.diags.error(
+            DiagKind::Structure,
+            graph,
+            Some(g),
+            None,
             "subgraphs nest too deeply (a graph contains itself?)",
         );
         return res;
@@ -227,12 +238,14 @@ fn infer_impl(
     let order = match graph.toposort() {
         Ok(o) => o,
         Err(_) => {
-            let at = crate::verify::find_cycle(graph)
-                .first()
-                .map(|&n| graph.describe(n))
-                .unwrap_or_default();
-            res.diags
-                .push(&graph.name, at, "is on a cycle; types were not inferred");
+            let at = crate::verify::find_cycle(graph).first().copied();
+            res.diags.error(
+                DiagKind::Structure,
+                graph,
+                Some(g),
+                at,
+                "is on a cycle; types were not inferred",
+            );
             return res;
         }
     };
@@ -298,8 +311,8 @@ fn infer_impl(
         };
         let inferred = match inferred {
             Ok(v) => v,
-            Err(msg) => {
-                sink.push(&graph.name, graph.describe(id), msg);
+            Err(e) => {
+                sink.error(e.diag_kind(), graph, Some(g), Some(id), e.to_string());
                 Vec::new()
             }
         };
@@ -308,9 +321,11 @@ fn infer_impl(
             let (ty, conflict) = dims::refine(&out.ty, guess);
             // Unnamed results are omitted optional outputs: whatever they declare does not exist.
             if let (Some(c), false) = (conflict, out.name.is_empty()) {
-                sink.push(
-                    &graph.name,
-                    graph.describe(id),
+                sink.error(
+                    c.diag_kind(),
+                    graph,
+                    Some(g),
+                    Some(id),
                     format!("result %{}: {c}", out.name),
                 );
             }
@@ -350,12 +365,12 @@ fn body_outputs(
     opts: InferOptions,
     depth: usize,
     subs: &mut Vec<GraphInference>,
-) -> Result<Vec<Type>, String> {
+) -> Infer {
     if g.index() >= m.graphs.len() {
-        return Err(format!(
+        return Err(ShapeError::Missing(format!(
             "refers to graph #{} which does not exist",
             g.index()
-        ));
+        )));
     }
     let body = m.graph(g);
     if !opts.subgraphs {
@@ -391,7 +406,9 @@ fn if_types(
     subs: &mut Vec<GraphInference>,
 ) -> Infer {
     let (Some(t), Some(e)) = (a.then_branch, a.else_branch) else {
-        return Err("If needs both then_branch and else_branch".into());
+        return Err(ShapeError::Attribute(
+            "If needs both then_branch and else_branch".into(),
+        ));
     };
     let branch = InferOptions {
         conditional: true,
@@ -400,11 +417,11 @@ fn if_types(
     let tt = body_outputs(m, t, scope, branch, depth, subs)?;
     let et = body_outputs(m, e, scope, branch, depth, subs)?;
     if tt.len() != et.len() || tt.len() != n_out {
-        return Err(format!(
+        return Err(ShapeError::Arity(format!(
             "If has {n_out} results but its branches return {} and {} values",
             tt.len(),
             et.len()
-        ));
+        )));
     }
     // Either branch may run: keep what both agree on.
     Ok(tt
@@ -426,15 +443,15 @@ fn loop_types(
     subs: &mut Vec<GraphInference>,
 ) -> Infer {
     let Some(body) = a.body else {
-        return Err("Loop has no body".into());
+        return Err(ShapeError::Attribute("Loop has no body".into()));
     };
     let bt = body_outputs(m, body, scope, opts, depth, subs)?;
     let n = carried.len();
     if bt.len() < 1 + n || n_out != bt.len() - 1 {
-        return Err(format!(
+        return Err(ShapeError::Arity(format!(
             "Loop carries {n} values and has {n_out} results but its body returns {}",
             bt.len()
-        ));
+        )));
     }
     let mut out: Vec<Type> = carried
         .iter()
@@ -482,7 +499,9 @@ fn infer_node(cx: &NodeCx, outer: &Scope) -> Infer {
         }]),
         Const(t) => {
             if t.index() >= cx.m.tensors.len() {
-                return Err("refers to a tensor that does not exist".into());
+                return Err(ShapeError::Missing(
+                    "refers to a tensor that does not exist".into(),
+                ));
             }
             Ok(vec![ew::tensor_type(cx.m.tensor(*t))])
         }
@@ -553,7 +572,7 @@ fn infer_node(cx: &NodeCx, outer: &Scope) -> Infer {
         Ortho(crate::op_ortho::OrthoOp::FusedElementwise(f)) => ew::fused_elementwise(cx, f),
         // An `ortho` node the import could not type is an error here, so the verifier names it.
         Opaque(_) => match crate::op_ortho::malformed(&node.op) {
-            Some(e) => Err(e.to_string()),
+            Some(e) => Err(e.into()),
             None => ew::unknown(),
         },
         // Control flow is handled by the caller; ops added to `Op` later start out unknown.

@@ -6,6 +6,7 @@ use super::cx::{Infer, NodeCx};
 use super::dims::{
     add_dim, axis, broadcast, div_dim, dtype_from_onnx, fmt_shape, mul_dim, tensor, unify_dim,
 };
+use super::ShapeError;
 use crate::op::attrs;
 use crate::types::{DType, Dim};
 
@@ -24,9 +25,11 @@ pub(crate) fn matmul(cx: &NodeCx) -> Infer {
 }
 
 /// The result shape of a matrix product of shapes `a` and `b`.
-pub(crate) fn matmul_shape(a: &[Dim], b: &[Dim]) -> Result<Vec<Dim>, String> {
+pub(crate) fn matmul_shape(a: &[Dim], b: &[Dim]) -> Result<Vec<Dim>, ShapeError> {
     if a.is_empty() || b.is_empty() {
-        return Err("MatMul operands must have rank ≥ 1".into());
+        return Err(ShapeError::Rank(
+            "MatMul operands must have rank ≥ 1".into(),
+        ));
     }
     let mut a2 = a.to_vec();
     let mut b2 = b.to_vec();
@@ -39,13 +42,14 @@ pub(crate) fn matmul_shape(a: &[Dim], b: &[Dim]) -> Result<Vec<Dim>, String> {
     let (ab, am) = a2.split_at(a2.len() - 2);
     let (bb, bm) = b2.split_at(b2.len() - 2);
     unify_dim(&am[1], &bm[0]).map_err(|e| {
-        format!(
+        ShapeError::Mismatch(format!(
             "inner dimensions differ ({e}): {} × {}",
             fmt_shape(a),
             fmt_shape(b)
-        )
+        ))
     })?;
-    let mut out = broadcast(ab, bb).map_err(|e| format!("batch dimensions: {e}"))?;
+    let mut out =
+        broadcast(ab, bb).map_err(|e| ShapeError::Mismatch(format!("batch dimensions: {e}")))?;
     if a.len() > 1 {
         out.push(am[0].clone());
     }
@@ -62,11 +66,11 @@ pub(crate) fn gemm(cx: &NodeCx, at: &attrs::Gemm) -> Infer {
         return Ok(vec![tensor(dtype, None)]);
     };
     if a.len() != 2 || b.len() != 2 {
-        return Err(format!(
+        return Err(ShapeError::Rank(format!(
             "Gemm needs 2-D operands, got {} and {}",
             fmt_shape(a),
             fmt_shape(b)
-        ));
+        )));
     }
     let (m, ka) = if at.trans_a() != 0 {
         (&a[1], &a[0])
@@ -78,16 +82,17 @@ pub(crate) fn gemm(cx: &NodeCx, at: &attrs::Gemm) -> Infer {
     } else {
         (&b[0], &b[1])
     };
-    unify_dim(ka, kb).map_err(|e| format!("Gemm inner dimensions differ ({e})"))?;
+    unify_dim(ka, kb)
+        .map_err(|e| ShapeError::Mismatch(format!("Gemm inner dimensions differ ({e})")))?;
     let out = vec![m.clone(), n.clone()];
     if let Some(c) = cx.shape(2) {
         // C broadcasts unidirectionally to the result.
-        let r = broadcast(&out, c).map_err(|e| format!("Gemm C: {e}"))?;
+        let r = broadcast(&out, c).map_err(|e| ShapeError::Mismatch(format!("Gemm C: {e}")))?;
         if r.len() != 2 {
-            return Err(format!(
+            return Err(ShapeError::Mismatch(format!(
                 "Gemm C of shape {} does not broadcast to a matrix",
                 fmt_shape(c)
-            ));
+            )));
         }
     }
     Ok(vec![tensor(dtype, Some(out))])
@@ -134,16 +139,16 @@ pub(crate) fn rotary(cx: &NodeCx, at: &attrs::RotaryEmbedding) -> Infer {
         match x.len() {
             3 | 4 => {}
             r => {
-                return Err(format!(
+                return Err(ShapeError::Rank(format!(
                     "RotaryEmbedding input must be 3-D or 4-D, got rank {r}"
-                ))
+                )))
             }
         }
         if let (3, Some(h), Dim::Fixed(hidden)) = (x.len(), at.num_heads, &x[2]) {
             if h <= 0 || hidden % h != 0 {
-                return Err(format!(
+                return Err(ShapeError::Mismatch(format!(
                     "hidden size {hidden} is not a multiple of num_heads {h}"
-                ));
+                )));
             }
         }
     }
@@ -162,22 +167,28 @@ fn heads_form(
     shape: Option<&[Dim]>,
     heads_attr: Option<i64>,
     what: &str,
-) -> Result<[Dim; 4], String> {
+) -> Result<[Dim; 4], ShapeError> {
     match shape.map(<[Dim]>::len) {
         Some(3) => {
             let hidden = dim(shape, 2);
             let (heads, head) = match heads_attr {
                 Some(h) if h > 0 => {
                     let head = div_dim(&hidden, &Dim::Fixed(h)).map_err(|_| {
-                        format!("{what} hidden size {hidden} is not a multiple of its {h} heads")
+                        ShapeError::Mismatch(format!(
+                            "{what} hidden size {hidden} is not a multiple of its {h} heads"
+                        ))
                     })?;
                     (Dim::Fixed(h), head)
                 }
-                Some(h) => return Err(format!("{what} head count {h} must be positive")),
+                Some(h) => {
+                    return Err(ShapeError::Attribute(format!(
+                        "{what} head count {h} must be positive"
+                    )))
+                }
                 None => {
-                    return Err(format!(
+                    return Err(ShapeError::Attribute(format!(
                         "3-D {what} needs the q_num_heads and kv_num_heads attributes"
-                    ))
+                    )))
                 }
             };
             Ok([dim(shape, 0), heads, dim(shape, 1), head])
@@ -186,12 +197,16 @@ fn heads_form(
             let heads = dim(shape, 1);
             if let (Some(h), Dim::Fixed(n)) = (heads_attr, &heads) {
                 if h != *n {
-                    return Err(format!("{what} has {n} heads but the attribute says {h}"));
+                    return Err(ShapeError::Mismatch(format!(
+                        "{what} has {n} heads but the attribute says {h}"
+                    )));
                 }
             }
             Ok([dim(shape, 0), heads, dim(shape, 2), dim(shape, 3)])
         }
-        Some(r) => Err(format!("{what} must be 3-D or 4-D, got rank {r}")),
+        Some(r) => Err(ShapeError::Rank(format!(
+            "{what} must be 3-D or 4-D, got rank {r}"
+        ))),
         None => Ok([Dim::Unknown, Dim::Unknown, Dim::Unknown, Dim::Unknown]),
     }
 }
@@ -206,22 +221,29 @@ pub(crate) fn attention(cx: &NodeCx, at: &attrs::Attention) -> Infer {
     let [vb, vh, vs, vd] = heads_form(cx.shape(2), at.kv_num_heads, "V")?;
     let batch = unify_dim(&qb, &kb)
         .and_then(|b| unify_dim(&b, &vb))
-        .map_err(|e| format!("batch sizes differ ({e})"))?;
-    let kvh = unify_dim(&kh, &vh).map_err(|e| format!("K and V head counts differ ({e})"))?;
-    let kv_seq =
-        unify_dim(&ks, &vs).map_err(|e| format!("K and V sequence lengths differ ({e})"))?;
-    let head = unify_dim(&qd, &kd).map_err(|e| format!("Q and K head sizes differ ({e})"))?;
+        .map_err(|e| ShapeError::Mismatch(format!("batch sizes differ ({e})")))?;
+    let kvh = unify_dim(&kh, &vh)
+        .map_err(|e| ShapeError::Mismatch(format!("K and V head counts differ ({e})")))?;
+    let kv_seq = unify_dim(&ks, &vs)
+        .map_err(|e| ShapeError::Mismatch(format!("K and V sequence lengths differ ({e})")))?;
+    let head = unify_dim(&qd, &kd)
+        .map_err(|e| ShapeError::Mismatch(format!("Q and K head sizes differ ({e})")))?;
     if let (Dim::Fixed(q), Dim::Fixed(k)) = (&qh, &kvh) {
         if *k <= 0 || q % k != 0 {
-            return Err(format!(
+            return Err(ShapeError::Mismatch(format!(
                 "q_num_heads {q} is not a multiple of kv_num_heads {k}"
-            ));
+            )));
         }
     }
     // A KV cache extends the key/value sequence: present = concat(past, new) on the seq axis.
     let total = match cx.shape(4) {
         Some(p) if p.len() == 4 => add_dim(&p[2], &kv_seq),
-        Some(p) => return Err(format!("past_key must be 4-D, got {}", fmt_shape(p))),
+        Some(p) => {
+            return Err(ShapeError::Rank(format!(
+                "past_key must be 4-D, got {}",
+                fmt_shape(p)
+            )))
+        }
         None if cx.has(4) => Dim::Unknown,
         None => kv_seq.clone(),
     };

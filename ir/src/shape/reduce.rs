@@ -3,6 +3,7 @@
 
 use super::cx::{Infer, NodeCx};
 use super::dims::{axis, tensor};
+use super::ShapeError;
 use crate::types::{DType, Dim};
 
 /// The attributes every `Reduce*` op shares.
@@ -109,12 +110,19 @@ pub(crate) fn topk(cx: &NodeCx, ax: Option<i64>) -> Infer {
     let a = axis(ax.unwrap_or(-1), shape.len(), "axis")?;
     let k = match cx.value(1) {
         Some([d]) => d.clone(),
-        Some(v) => return Err(format!("K must have one element, has {}", v.len())),
+        Some(v) => {
+            return Err(ShapeError::Value(format!(
+                "K must have one element, has {}",
+                v.len()
+            )))
+        }
         None => Dim::Unknown,
     };
     if let (Dim::Fixed(k), Dim::Fixed(n)) = (&k, &shape[a]) {
         if *k < 0 || k > n {
-            return Err(format!("K = {k} is out of range for an axis of size {n}"));
+            return Err(ShapeError::Value(format!(
+                "K = {k} is out of range for an axis of size {n}"
+            )));
         }
     }
     let mut out = shape.to_vec();

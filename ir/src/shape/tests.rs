@@ -213,6 +213,7 @@ fn attention_4d_with_past_and_bad_heads() {
 }"#,
     );
     assert_eq!(d.0.len(), 1, "{d}");
+    assert_eq!(d.0[0].kind, DiagKind::Shape, "{d}");
     assert!(d.0[0].message.contains("not a multiple"), "{d}");
 }
 
@@ -404,6 +405,7 @@ fn matmul_conflict_names_the_node() {
     );
     assert_eq!(d.0.len(), 1, "{d}");
     assert_eq!(d.0[0].node, "MatMul '/mlp/up'");
+    assert_eq!(d.0[0].kind, DiagKind::Shape, "{d}");
     assert!(d.0[0].message.contains("result %y"), "{d}");
     let (_, d) = infer(
         r#"graph @main(%x: tensor<"b"x500xf32>) -> (%y) {
@@ -415,6 +417,57 @@ fn matmul_conflict_names_the_node() {
         d.0.len() == 1 && d.0[0].message.contains("inner dimensions"),
         "{d}"
     );
+}
+
+/// Each rule failure is a diagnostic of the kind its [`ShapeError`] names, at its node of its
+/// graph, printed as the rule's message.
+#[test]
+fn rule_failures_carry_kind_graph_and_node() {
+    let m = module(
+        r#"graph @main(%x: tensor<2x3xf32>, %i: tensor<2xi64>) -> (%a) {
+  %a = onnx.MatMul(%x, %x) : ? loc("mm")
+  %b = onnx.Concat(%x, %x) : ? loc("cat")
+  %c = onnx.Transpose(%x) {perm = [0, 0]} : ? loc("tr")
+  %d = onnx.Add(%x, %i) : ? loc("add")
+}"#,
+    );
+    let r = infer_graph(&m, m.main, &Scope::new(), InferOptions::default());
+    let g = m.main_graph();
+    let by_loc = |loc: &str| {
+        r.diags
+            .0
+            .iter()
+            .find(|d| d.node.ends_with(&format!("'{loc}'")))
+            .unwrap_or_else(|| panic!("no diagnostic at {loc}:\n{}", r.diags))
+    };
+    for (loc, kind, text) in [
+        (
+            "mm",
+            DiagKind::Shape,
+            "inner dimensions differ (3 vs 2): [2, 3] × [2, 3]",
+        ),
+        ("cat", DiagKind::Attribute, "Concat has no 'axis' attribute"),
+        (
+            "tr",
+            DiagKind::Attribute,
+            "perm [0, 0] is not a permutation of 0..2",
+        ),
+    ] {
+        let d = by_loc(loc);
+        assert_eq!((d.kind, d.message.as_str()), (kind, text));
+        assert_eq!(d.graph_id, Some(m.main));
+        let n = d.node_id.expect("a rule failure names its node");
+        assert!(g.describe(n).ends_with(&format!("'{loc}'")));
+    }
+    // The broadcast failure is the typed `Broadcast` error, printed as it always was.
+    let e = ShapeError::Broadcast {
+        a: "[2, 3]".into(),
+        b: "[2]".into(),
+        x: 3,
+        y: 2,
+    };
+    assert_eq!(e.diag_kind(), DiagKind::Shape);
+    assert_eq!(by_loc("add").message, format!("{e}"), "{}", r.diags);
 }
 
 #[test]
