@@ -260,6 +260,7 @@ fn summary(m: &Module, g: &Graph, s: &Structure, shown: &str) -> String {
             const_name(g, h.linear.weight.konst)
         );
     }
+    boundaries_and_ends(&mut o, g, s);
     let norms: Vec<&Norm> = main.norms.iter().map(|&i| &s.gauge.norms.list[i]).collect();
     let gains = norms.iter().filter(|n| !n.gain_is_one()).count();
     let _ = writeln!(
@@ -298,6 +299,53 @@ fn summary(m: &Module, g: &Graph, s: &Structure, shown: &str) -> String {
         }
     }
     o
+}
+
+/// The block whose entry boundary `b` is, if a block follows it.
+fn entry_of(s: &Structure, b: &Linear) -> Option<usize> {
+    s.blocks
+        .iter()
+        .position(|bl| bl.entry.is_some_and(|e| e.node == b.node))
+}
+
+/// The values of `vs`, printed as a list.
+fn values_text(g: &Graph, vs: &[ValueId]) -> String {
+    let names: Vec<String> = vs.iter().map(|v| val(g, *v)).collect();
+    names.join(", ")
+}
+
+/// The boundary linears on the stream and, for a shard (a graph whose stream is part of its
+/// interface), where its stream enters and leaves. Both are printed only where the model has
+/// them, so a whole model without boundaries reads as it always did (its ends are the embedding
+/// and head lines).
+fn boundaries_and_ends(o: &mut String, g: &Graph, s: &Structure) {
+    for b in &s.boundaries {
+        let entry = entry_of(s, b)
+            .map(|i| format!(", entry of block {i}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "boundary: {} {} (weight {}{entry})",
+            g.describe(b.node),
+            linear_text(b),
+            const_name(g, b.weight.konst)
+        );
+    }
+    let e = &s.ends;
+    if e.stream_inputs.is_empty() && e.stream_outputs.is_empty() {
+        return;
+    }
+    let from = match (e.embedding, e.stream_inputs.is_empty()) {
+        (true, _) => "the embedding".to_string(),
+        (false, false) => format!("graph input {}", values_text(g, &e.stream_inputs)),
+        (false, true) => "no embedding".to_string(),
+    };
+    let to = match (e.head, e.stream_outputs.is_empty()) {
+        (true, _) => "the head".to_string(),
+        (false, false) => format!("graph output {}", values_text(g, &e.stream_outputs)),
+        (false, true) => "no head".to_string(),
+    };
+    let _ = writeln!(o, "ends: the stream runs from {from} to {to} (a shard)");
 }
 
 fn unmatched(o: &mut String, g: &Graph, s: &Structure) {
@@ -526,6 +574,23 @@ struct HeadJson {
 }
 
 #[derive(Serialize)]
+struct BoundaryJson {
+    linear: LinearJson,
+    /// The block this boundary is the entry of, when a block follows it.
+    entry_of_block: Option<usize>,
+}
+
+/// `Structure::ends`: which ends of a whole model the graph has, and the graph inputs and
+/// outputs that are the stream itself where it lacks them (a shard).
+#[derive(Serialize)]
+struct EndsJson {
+    embedding: bool,
+    stream_inputs: Vec<String>,
+    head: bool,
+    stream_outputs: Vec<String>,
+}
+
+#[derive(Serialize)]
 struct UnmatchedJson {
     node: String,
     why: String,
@@ -582,6 +647,8 @@ struct Report<'a> {
     norms: Vec<NormJson>,
     final_norm: Option<usize>,
     heads: Vec<HeadJson>,
+    boundaries: Vec<BoundaryJson>,
+    ends: EndsJson,
     unmatched: Vec<UnmatchedJson>,
     auxiliary_nodes: usize,
     gauge: GaugeJson,
@@ -668,6 +735,20 @@ fn to_json(g: &Graph, s: &Structure, shown: &str) -> Result<String, serde_json::
                 norm: h.norm,
             })
             .collect(),
+        boundaries: s
+            .boundaries
+            .iter()
+            .map(|b| BoundaryJson {
+                linear: LinearJson::new(g, b),
+                entry_of_block: entry_of(s, b),
+            })
+            .collect(),
+        ends: EndsJson {
+            embedding: s.ends.embedding,
+            stream_inputs: s.ends.stream_inputs.iter().map(|v| val(g, *v)).collect(),
+            head: s.ends.head,
+            stream_outputs: s.ends.stream_outputs.iter().map(|v| val(g, *v)).collect(),
+        },
         unmatched: s
             .unmatched
             .iter()

@@ -21,12 +21,12 @@
 //! Evaluation runs one chunk of sequences at a time (the chunking is chosen by whoever built the
 //! [`Calibration`]), so attention scores of the whole set never exist at once.
 
-use crate::pass::PassError;
+use crate::pass::{PassError, PassErrorKind};
 use ortho_ir::analysis::transformer::{
     analyze_transformer, Attention, Block, BranchKind, Mlp, Structure,
 };
 use ortho_ir::eval::{EvalTensor, Evaluator, Gram, Region, Stat, StatKind, StatRequest, Stats};
-use ortho_ir::{Graph, Module, Op, ValueId};
+use ortho_ir::{Module, Op, ValueId};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
@@ -66,12 +66,14 @@ impl Calibration {
     }
 }
 
-/// The error of a calibration-driven pass run without calibration data.
+/// The error of a calibration-driven pass run without calibration data (kind
+/// [`PassErrorKind::MissingCalibration`]).
 pub fn missing_calibration(pass: &str) -> PassError {
     PassError::new(format!(
         "{pass} needs calibration data: pass --calib-text FILE --tokenizer tokenizer.json \
          (and optionally --calib-samples N --calib-seqlen L --calib-seed S)"
     ))
+    .with_kind(PassErrorKind::MissingCalibration)
 }
 
 /// One block of the residual stream, between the value entering it and the value leaving it.
@@ -118,7 +120,7 @@ pub fn block_spans(m: &Module) -> Result<Vec<BlockSpan>, PassError> {
     check_walkable(m, &s)?;
     let mut spans = Vec::new();
     for (index, b) in s.blocks.iter().enumerate() {
-        if let Some(span) = block_span(m.main_graph(), &s, index, b)? {
+        if let Some(span) = block_span(m, &s, index, b)? {
             spans.push(span);
         }
     }
@@ -131,7 +133,8 @@ fn check_walkable(m: &Module, s: &Structure) -> Result<(), PassError> {
     if s.blocks.is_empty() {
         return Err(PassError::new(
             "the structure analysis found no transformer blocks (see `ortho-opt analyze`)",
-        ));
+        )
+        .in_graph(m.main));
     }
     // A node on the stream that no layer claims, or a linear layer reading what the analysis takes
     // for the LM head, ends the blocks the analysis can see; walking only those would silently
@@ -147,7 +150,8 @@ fn check_walkable(m: &Module, s: &Structure) -> Result<(), PassError> {
                 u.why,
                 s.unmatched.len()
             ),
-        ));
+        )
+        .in_graph(m.main));
     }
     for h in &s.heads {
         if let Some(n) = linear_downstream(m, h.linear.output) {
@@ -160,7 +164,8 @@ fn check_walkable(m: &Module, s: &Structure) -> Result<(), PassError> {
                      so the layer-wise walk would miss the blocks after it",
                     g.describe(n)
                 ),
-            ));
+            )
+            .in_graph(m.main));
         }
     }
     Ok(())
@@ -170,11 +175,12 @@ fn check_walkable(m: &Module, s: &Structure) -> Result<(), PassError> {
 /// and output, and its middle value when it has two branches. `None` for a block without
 /// branches.
 fn block_span(
-    g: &Graph,
+    m: &Module,
     s: &Structure,
     index: usize,
     b: &Block,
 ) -> Result<Option<BlockSpan>, PassError> {
+    let g = m.main_graph();
     let ids: Vec<usize> = [b.attention, b.mlp, b.other]
         .into_iter()
         .flatten()
@@ -190,14 +196,17 @@ fn block_span(
                 br.add,
                 "the residual sum is not a plain Add (fused skip-norms are not supported by \
                  the layer-wise calibration driver)",
-            ));
+            )
+            .in_graph(m.main));
         }
     }
     let input = g
         .node(fb.add)
         .inputs()
         .find(|v| !fb.nodes.contains(&v.node))
-        .ok_or_else(|| PassError::at(g, fb.add, "residual Add without a stream operand"))?;
+        .ok_or_else(|| {
+            PassError::at(g, fb.add, "residual Add without a stream operand").in_graph(m.main)
+        })?;
     let output = ValueId {
         node: lb.add,
         output: 0,

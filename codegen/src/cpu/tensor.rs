@@ -368,61 +368,20 @@ elem!(
 /// Runs `$body` with `$T` bound to the Rust type of `$dtype`; `$other` handles the rest.
 #[macro_export]
 macro_rules! with_dtype {
-    ($dtype:expr, $T:ident => $body:expr, _ => $other:expr) => {{
+    ($dtype:expr, $T:ident => $body:expr, _ => $other:expr) => {
+        $crate::with_dtype!(@arms $dtype, $T, $body, $other;
+            F32 = f32, F64 = f64, F16 = $crate::cpu::F16, BF16 = $crate::cpu::BF16,
+            I64 = i64, I32 = i32, I16 = i16, I8 = i8,
+            U8 = u8, U16 = u16, U32 = u32, U64 = u64, Bool = bool)
+    };
+    // One match arm per element type, each binding `$T` before running the body.
+    (@arms $dtype:expr, $T:ident, $body:expr, $other:expr; $($V:ident = $ty:ty),*) => {{
         use ortho_ir::DType as __D;
         match $dtype {
-            __D::F32 => {
-                type $T = f32;
+            $(__D::$V => {
+                type $T = $ty;
                 $body
-            }
-            __D::F64 => {
-                type $T = f64;
-                $body
-            }
-            __D::F16 => {
-                type $T = $crate::cpu::F16;
-                $body
-            }
-            __D::BF16 => {
-                type $T = $crate::cpu::BF16;
-                $body
-            }
-            __D::I64 => {
-                type $T = i64;
-                $body
-            }
-            __D::I32 => {
-                type $T = i32;
-                $body
-            }
-            __D::I16 => {
-                type $T = i16;
-                $body
-            }
-            __D::I8 => {
-                type $T = i8;
-                $body
-            }
-            __D::U8 => {
-                type $T = u8;
-                $body
-            }
-            __D::U16 => {
-                type $T = u16;
-                $body
-            }
-            __D::U32 => {
-                type $T = u32;
-                $body
-            }
-            __D::U64 => {
-                type $T = u64;
-                $body
-            }
-            __D::Bool => {
-                type $T = bool;
-                $body
-            }
+            })*
             #[allow(unreachable_patterns)]
             _ => $other,
         }

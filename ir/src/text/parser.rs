@@ -126,6 +126,21 @@ impl<'s> Parser<'s> {
         }
     }
 
+    /// `open` (ending in `<`), what `inner` parses, `>`: `None` when the text does not start
+    /// with `open`.
+    fn angled<T>(
+        &mut self,
+        open: &str,
+        inner: impl FnOnce(&mut Self) -> PResult<T>,
+    ) -> PResult<Option<T>> {
+        if !self.eat(open) {
+            return Ok(None);
+        }
+        let t = inner(self)?;
+        self.expect(">")?;
+        Ok(Some(t))
+    }
+
     fn expect(&mut self, s: &str) -> PResult<()> {
         if self.eat(s) {
             Ok(())
@@ -757,14 +772,10 @@ impl<'s> Parser<'s> {
         if self.eat_kw("graph") {
             return Ok(AttrValue::Graph(self.graph_body()?));
         }
-        if self.eat("sparse<") {
-            let b = self.hex()?;
-            self.expect(">")?;
+        if let Some(b) = self.angled("sparse<", Self::hex)? {
             return Ok(AttrValue::SparseTensor(b));
         }
-        if self.eat("type<") {
-            let t = self.ty()?;
-            self.expect(">")?;
+        if let Some(t) = self.angled("type<", Self::ty)? {
             return Ok(AttrValue::Type(t));
         }
         if self.eat("ref<") {
@@ -884,31 +895,24 @@ impl<'s> Parser<'s> {
         if self.eat("?") {
             return Ok(Type::Unknown);
         }
-        if self.eat("tensor<") {
-            let t = self.tensor_type_body()?;
-            self.expect(">")?;
+        if let Some(t) = self.angled("tensor<", Self::tensor_type_body)? {
             return Ok(Type::Tensor(t));
         }
-        if self.eat("sparse_tensor<") {
-            let t = self.tensor_type_body()?;
-            self.expect(">")?;
+        if let Some(t) = self.angled("sparse_tensor<", Self::tensor_type_body)? {
             return Ok(Type::SparseTensor(t));
         }
-        if self.eat("seq<") {
-            let t = self.ty()?;
-            self.expect(">")?;
+        if let Some(t) = self.angled("seq<", Self::ty)? {
             return Ok(Type::Sequence(Box::new(t)));
         }
-        if self.eat("optional<") {
-            let t = self.ty()?;
-            self.expect(">")?;
+        if let Some(t) = self.angled("optional<", Self::ty)? {
             return Ok(Type::Optional(Box::new(t)));
         }
-        if self.eat("map<") {
-            let k = self.dtype()?;
-            self.expect(",")?;
-            let v = self.ty()?;
-            self.expect(">")?;
+        let map = |p: &mut Self| -> PResult<(DType, Type)> {
+            let k = p.dtype()?;
+            p.expect(",")?;
+            Ok((k, p.ty()?))
+        };
+        if let Some((k, v)) = self.angled("map<", map)? {
             return Ok(Type::Map(k, Box::new(v)));
         }
         self.err("expected a type")

@@ -195,6 +195,22 @@ pub(crate) fn grouped_entropy(
 
 /// Column factor of a rotated input: `e = diag(Qᵀ M Q)`, `c = e` (Wanda) or `1/e` (SparseGPT).
 /// Returns `c` and `M Q` (kept for the backward step).
+/// The loss of readers `w` of the rotated stream (`W Q1`, grouped by rows, with column factor
+/// `c`), accumulating ∂/∂Q1 into `gq1` and ∂/∂c into `gc`; `gw` is scratch for ∂/∂(W Q1).
+fn reader_loss(
+    w: MatRef<'_, f32>,
+    q1: MatRef<'_, f32>,
+    c: Option<&[f32]>,
+    gw: &mut Mat<f32>,
+    gc: &mut [f64],
+    gq1: &mut Mat<f32>,
+) -> f64 {
+    let a = mm(w, q1);
+    let loss = grouped_entropy(a.as_ref(), c, Groups::Rows, gw, Some(gc));
+    mm_acc(gq1.as_mut(), w.transpose(), gw.as_ref());
+    loss
+}
+
 fn col_factor(m: MatRef<'_, f32>, q: MatRef<'_, f32>, inverse: bool) -> (Vec<f32>, Mat<f32>) {
     let mq = mm(m, q);
     let c = (0..q.ncols())
@@ -284,15 +300,14 @@ impl LayerProblem {
             .as_ref()
             .map(|m| col_factor(m.as_ref(), q1, inverse));
         let mut gc_attn = vec![0.0f64; self.d()];
-        let a = mm(self.qk.as_ref(), q1);
-        parts.qk = grouped_entropy(
-            a.as_ref(),
+        parts.qk = reader_loss(
+            self.qk.as_ref(),
+            q1,
             attn_cf.as_ref().map(|(c, _)| c.as_slice()),
-            Groups::Rows,
             &mut gw,
-            Some(&mut gc_attn),
+            &mut gc_attn,
+            gq1,
         );
-        mm_acc(gq1.as_mut(), self.qk.transpose(), gw.as_ref());
         let mv = mm(self.v.as_ref(), q1);
         let mut vr = Mat::<f32>::zeros(mv.nrows(), mv.ncols());
         for (j, r) in r2.iter().enumerate() {
@@ -330,15 +345,14 @@ impl LayerProblem {
             .as_ref()
             .map(|m| col_factor(m.as_ref(), q1, inverse));
         let mut gc_mlp = vec![0.0f64; self.d()];
-        let b = mm(self.gate_up.as_ref(), q1);
-        parts.gate_up = grouped_entropy(
-            b.as_ref(),
+        parts.gate_up = reader_loss(
+            self.gate_up.as_ref(),
+            q1,
             mlp_cf.as_ref().map(|(c, _)| c.as_slice()),
-            Groups::Rows,
             &mut gw,
-            Some(&mut gc_mlp),
+            &mut gc_mlp,
+            gq1,
         );
-        mm_acc(gq1.as_mut(), self.gate_up.transpose(), gw.as_ref());
         if let Some((c, mq)) = &mlp_cf {
             col_factor_backward(mq, c, &gc_mlp, inverse, gq1.as_mut());
         }

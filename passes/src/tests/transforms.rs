@@ -537,3 +537,49 @@ graph @rms(%ids: tensor<"b"x"s"xi64>) -> (%logits) {
         "{e}"
     );
 }
+
+/// `lower-ortho` and the calibration driver name the graph by id as well as by name; a pass run
+/// without calibration data fails with its own kind.
+#[test]
+fn lowering_and_calibration_errors_carry_graph_ids_and_kinds() {
+    use crate::pass::PassErrorKind;
+    use crate::transforms::lower_ortho;
+    let mut m = parse(
+        r#"module {ir_version = 8, opset_import = ["" = 17, "ortho" = 1]}
+graph @unknown(%a: tensor<4xf32>) -> (%r) {
+  %r = ortho.Mystery(%a) : tensor<4xf32>
+}
+"#,
+    );
+    let e = match lower_ortho(&mut m) {
+        Ok(s) => panic!("lowered an op with no lowering: {s:?}"),
+        Err(e) => e,
+    };
+    assert_eq!(
+        (e.kind, e.graph_id),
+        (PassErrorKind::Unsupported, Some(m.main))
+    );
+    let node = e.node_id.unwrap_or_else(|| panic!("no node in {e}"));
+    assert_eq!(
+        m.main_graph()
+            .value_name(ortho_ir::ValueId { node, output: 0 }),
+        "r"
+    );
+    // A model without transformer blocks: the walk refuses it, naming the main graph.
+    let m = parse(
+        r#"module {ir_version = 8, opset_import = ["" = 17]}
+graph @flat(%a: tensor<4xf32>) -> (%r) {
+  %r = onnx.Relu(%a) : tensor<4xf32>
+}
+"#,
+    );
+    let e = crate::calib::block_spans(&m).expect_err("no blocks to walk");
+    assert_eq!(e.graph_id, Some(m.main), "{e}");
+    let e = crate::calib::missing_calibration("denoise-prune");
+    assert_eq!(e.kind, PassErrorKind::MissingCalibration);
+    assert!(
+        e.to_string()
+            .starts_with("denoise-prune needs calibration data"),
+        "{e}"
+    );
+}

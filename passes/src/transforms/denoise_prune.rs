@@ -496,9 +496,10 @@ fn run_pass(
     opts: &DenoisePruneOptions,
     cx: &mut PassContext,
 ) -> Result<PassResult, PassError> {
-    let calib = cx.calibration().cloned().ok_or_else(|| {
-        missing_calibration(INFO.name).with_kind(PassErrorKind::MissingCalibration)
-    })?;
+    let calib = cx
+        .calibration()
+        .cloned()
+        .ok_or_else(|| missing_calibration(INFO.name))?;
     let r = denoise_prune(m, opts, &calib)?;
     for line in &r.prune.per_layer {
         cx.note(line.clone());

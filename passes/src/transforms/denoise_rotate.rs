@@ -248,9 +248,9 @@ fn run_pass(
     // model as it enters the pass (the rotations change no layer's function, so rotating
     // earlier layers first would not change what later layers see).
     let mut moments = |m: &mut Module, reqs: &[StatRequest]| -> Result<Vec<Stat>, PassError> {
-        let calib = calib.as_ref().ok_or_else(|| {
-            missing_calibration(INFO.name).with_kind(PassErrorKind::MissingCalibration)
-        })?;
+        let calib = calib
+            .as_ref()
+            .ok_or_else(|| missing_calibration(INFO.name))?;
         let per_layer = reqs.len() / rotations::REQUESTS_PER_LAYER;
         let mut out: Vec<Stat> = Vec::with_capacity(reqs.len());
         walk_layers(m, calib, &mut |lcx| {

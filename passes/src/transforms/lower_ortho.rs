@@ -41,7 +41,8 @@ pub fn lower_ortho(m: &mut Module) -> Result<LowerOrthoStats, PassError> {
             return Err(PassError::new(format!(
                 "graph @{} has a cycle; nothing was lowered in it",
                 graph.name
-            )));
+            ))
+            .in_graph(g));
         };
         let mut work = Vec::new();
         for id in order {
@@ -55,13 +56,13 @@ pub fn lower_ortho(m: &mut Module) -> Result<LowerOrthoStats, PassError> {
                         Some(e) => e.to_string(),
                         None => format!("no lowering for {DOMAIN}.{}", op.name()),
                     };
-                    return Err(PassError::at(graph, id, msg));
+                    return Err(PassError::at(graph, id, msg).in_graph(g));
                 }
                 _ => continue,
             };
             // Register indices are trusted below, so an invalid program is refused first.
             if let Err(e) = f.validate() {
-                return Err(PassError::at(graph, id, e.to_string()));
+                return Err(PassError::at(graph, id, e.to_string()).in_graph(g));
             }
             if f.forms.len() != graph.node(id).operands().len() {
                 return Err(PassError::at(
@@ -72,7 +73,8 @@ pub fn lower_ortho(m: &mut Module) -> Result<LowerOrthoStats, PassError> {
                         graph.node(id).operands().len(),
                         f.forms.len()
                     ),
-                ));
+                )
+                .in_graph(g));
             }
             work.push((id, f.clone()));
         }
@@ -147,16 +149,14 @@ fn lower_node(
         let node = graph.node(id);
         let ops: Option<Vec<ValueId>> = node.operands().iter().copied().collect();
         let Some(ops) = ops else {
-            return Err(PassError::at(
-                graph,
-                id,
-                "an operand of a fused node is omitted",
-            ));
+            return Err(
+                PassError::at(graph, id, "an operand of a fused node is omitted").in_graph(g),
+            );
         };
         let out = node
             .outputs
             .first()
-            .ok_or_else(|| PassError::at(graph, id, "a fused node has no result"))?;
+            .ok_or_else(|| PassError::at(graph, id, "a fused node has no result").in_graph(g))?;
         (ops, out.name.clone(), out.ty.clone(), node.name.clone())
     };
     let mut names = Names {
@@ -192,6 +192,7 @@ fn lower_node(
                 // `validate` admits only fusible unary ops, which all have an ONNX op.
                 let op = u.fusible_op().ok_or_else(|| {
                     PassError::at(m.graph(g), id, format!("{} cannot be lowered", u.name()))
+                        .in_graph(g)
                 })?;
                 (op, vec![regs[r as usize].0])
             }

@@ -204,83 +204,27 @@ fn attention_f32(
     } else {
         sq.max(1)
     };
-    let head = |idx: usize, o: &mut [f32], th: usize| {
-        let (b, h) = (idx / hq, idx % hq);
-        let kh = h / rep;
-        let qo = b * qv.sb + h * qv.sh;
-        let ko = b * kv.sb + kh * kv.sh;
-        let vo = b * vv.sb + kh * vv.sh;
-        let mut scores = vec![0.0f32; rb * t];
-        let kv_valid = nonpad.as_ref().map_or(t, |v| (v[b].max(0) as usize).min(t));
-        let offset: i64 = match &nonpad {
-            Some(v) if past_len == 0 => v[b] - sq as i64,
-            _ => past_len as i64,
-        };
-        let frontier = |i: usize| -> usize { (i as i64 + offset + 1).clamp(0, t as i64) as usize };
-        let mut r0 = 0;
-        while r0 < sq {
-            let r1 = (r0 + rb).min(sq);
-            let rows = r1 - r0;
-            let tn = if a.is_causal {
-                frontier(r1 - 1).min(kv_valid)
-            } else {
-                kv_valid
-            };
-            let sc = &mut scores[..rows * tn.max(1)];
-            gemm_into(
-                rows,
-                tn,
-                qv.d,
-                Mat {
-                    data: &qd[qo + r0 * qv.ss..],
-                    rs: qv.ss,
-                    cs: 1,
-                },
-                Mat {
-                    data: &kdat[ko..],
-                    rs: 1,
-                    cs: kv.ss,
-                },
-                sc,
-                tn,
-                false,
-                0.0,
-                scale,
-                th,
-            );
-            for r in 0..rows {
-                let i = r0 + r;
-                let row = &mut sc[r * tn..(r + 1) * tn];
-                let valid = if a.is_causal { frontier(i).min(tn) } else { tn };
-                let (live, dead) = row.split_at_mut(valid);
-                dead.fill(0.0);
-                let mrow = b * mask.stride[0] + h * mask.stride[1] + i * mask.stride[2];
-                finish_row(live, &mask, mrow, a.softcap);
-            }
-            gemm_into(
-                rows,
-                dv,
-                tn,
-                Mat {
-                    data: sc,
-                    rs: tn,
-                    cs: 1,
-                },
-                Mat {
-                    data: &vdat[vo..],
-                    rs: vv.ss,
-                    cs: 1,
-                },
-                &mut o[r0 * dv..r1 * dv],
-                dv,
-                false,
-                0.0,
-                1.0,
-                th,
-            );
-            r0 = r1;
-        }
+    let heads = Heads {
+        qd,
+        kdat,
+        vdat,
+        qv,
+        kv,
+        vv,
+        rep,
+        hq,
+        sq,
+        t,
+        dv,
+        past_len,
+        nonpad: nonpad.as_deref(),
+        mask: &mask,
+        rb,
+        scale,
+        causal: a.is_causal,
+        softcap: a.softcap,
     };
+    let head = |idx: usize, o: &mut [f32], th: usize| heads.run(idx, o, th);
     let block = sq * dv;
     if block > 0 {
         if threads > 1 && pairs > 1 {
@@ -309,6 +253,119 @@ fn attention_f32(
         res.push(present(vdat, vv, past_v.is_some())?);
     }
     Ok(res)
+}
+
+/// What every (batch, head) pair of one Attention call shares: the operands as [B, H, S, D]
+/// views, the lengths, the mask and the query-row blocking.
+struct Heads<'a> {
+    qd: &'a [f32],
+    kdat: &'a [f32],
+    vdat: &'a [f32],
+    qv: View,
+    kv: View,
+    vv: View,
+    /// Query heads per KV head.
+    rep: usize,
+    hq: usize,
+    sq: usize,
+    /// Keys (past and new).
+    t: usize,
+    dv: usize,
+    past_len: usize,
+    nonpad: Option<&'a [i64]>,
+    mask: &'a Mask<'a>,
+    /// Query rows per block.
+    rb: usize,
+    scale: f32,
+    causal: bool,
+    softcap: f32,
+}
+
+impl Heads<'_> {
+    /// The [S, Dv] output rows of (batch, head) pair `idx` into `o`: per block of query rows,
+    /// the scores against the keys it can see, their softmax, and the weighted values; `th`
+    /// threads for the products.
+    fn run(&self, idx: usize, o: &mut [f32], th: usize) {
+        let (b, h) = (idx / self.hq, idx % self.hq);
+        let kh = h / self.rep;
+        let qo = b * self.qv.sb + h * self.qv.sh;
+        let ko = b * self.kv.sb + kh * self.kv.sh;
+        let vo = b * self.vv.sb + kh * self.vv.sh;
+        let mut scores = vec![0.0f32; self.rb * self.t];
+        let kv_valid = self
+            .nonpad
+            .map_or(self.t, |v| (v[b].max(0) as usize).min(self.t));
+        let offset: i64 = match self.nonpad {
+            Some(v) if self.past_len == 0 => v[b] - self.sq as i64,
+            _ => self.past_len as i64,
+        };
+        let frontier =
+            |i: usize| -> usize { (i as i64 + offset + 1).clamp(0, self.t as i64) as usize };
+        let mut r0 = 0;
+        while r0 < self.sq {
+            let r1 = (r0 + self.rb).min(self.sq);
+            let rows = r1 - r0;
+            let tn = if self.causal {
+                frontier(r1 - 1).min(kv_valid)
+            } else {
+                kv_valid
+            };
+            let sc = &mut scores[..rows * tn.max(1)];
+            gemm_into(
+                rows,
+                tn,
+                self.qv.d,
+                Mat {
+                    data: &self.qd[qo + r0 * self.qv.ss..],
+                    rs: self.qv.ss,
+                    cs: 1,
+                },
+                Mat {
+                    data: &self.kdat[ko..],
+                    rs: 1,
+                    cs: self.kv.ss,
+                },
+                sc,
+                tn,
+                false,
+                0.0,
+                self.scale,
+                th,
+            );
+            for r in 0..rows {
+                let i = r0 + r;
+                let row = &mut sc[r * tn..(r + 1) * tn];
+                let valid = if self.causal { frontier(i).min(tn) } else { tn };
+                let (live, dead) = row.split_at_mut(valid);
+                dead.fill(0.0);
+                let mrow =
+                    b * self.mask.stride[0] + h * self.mask.stride[1] + i * self.mask.stride[2];
+                finish_row(live, self.mask, mrow, self.softcap);
+            }
+            gemm_into(
+                rows,
+                self.dv,
+                tn,
+                Mat {
+                    data: sc,
+                    rs: tn,
+                    cs: 1,
+                },
+                Mat {
+                    data: &self.vdat[vo..],
+                    rs: self.vv.ss,
+                    cs: 1,
+                },
+                &mut o[r0 * self.dv..r1 * self.dv],
+                self.dv,
+                false,
+                0.0,
+                1.0,
+                th,
+            );
+            r0 = r1;
+        }
+    }
 }
 
 impl View {

@@ -143,6 +143,8 @@ pub trait Num: Elem + PartialOrd {
     fn rem(self, o: Self, fmod: bool) -> Self;
     fn zero() -> Self;
     fn bits(self, o: Self, which: Arith) -> Self;
+    /// Whether the value is NaN (Max and Min propagate it); never, for integers.
+    fn is_nan(self) -> bool;
 }
 
 macro_rules! num_float {
@@ -186,6 +188,10 @@ macro_rules! num_float {
             fn bits(self, _o: Self, _w: Arith) -> Self {
                 Self::NAN
             }
+            #[inline(always)]
+            fn is_nan(self) -> bool {
+                <$t>::is_nan(self)
+            }
         }
     };
 }
@@ -201,6 +207,8 @@ macro_rules! num_int {
             fn sub(self, o: Self) -> Self { self.wrapping_sub(o) }
             #[inline(always)]
             fn mul(self, o: Self) -> Self { self.wrapping_mul(o) }
+            #[inline(always)]
+            fn is_nan(self) -> bool { false }
             fn div(self, o: Self) -> Self { if o == 0 { 0 } else { self.wrapping_div(o) } }
             fn pow(self, o: Self) -> Self {
                 #[allow(unused_comparisons)]
@@ -235,8 +243,8 @@ fn arith_typed<T: Num>(
         Arith::Mul => map2::<T, T, T>(cx, a, b, |x, y| x.mul(y)),
         Arith::Div => map2::<T, T, T>(cx, a, b, |x, y| x.div(y)),
         Arith::Pow => map2::<T, T, T>(cx, a, b, |x, y| x.pow(y)),
-        Arith::Max => map2::<T, T, T>(cx, a, b, |x, y| if x != x || x > y { x } else { y }),
-        Arith::Min => map2::<T, T, T>(cx, a, b, |x, y| if x != x || x < y { x } else { y }),
+        Arith::Max => map2::<T, T, T>(cx, a, b, |x, y| if x.is_nan() || x > y { x } else { y }),
+        Arith::Min => map2::<T, T, T>(cx, a, b, |x, y| if x.is_nan() || x < y { x } else { y }),
         Arith::Mod { fmod } => map2::<T, T, T>(cx, a, b, move |x, y| x.rem(y, fmod)),
         Arith::PRelu => map2::<T, T, T>(cx, a, b, |x, s| if x < T::zero() { x.mul(s) } else { x }),
         Arith::BitAnd | Arith::BitOr | Arith::BitXor => {
@@ -255,7 +263,7 @@ pub fn widen_half(t: &HostTensor) -> Option<HostTensor> {
     HostTensor::from_vec(t.shape().to_vec(), v).ok()
 }
 
-/// Rounds an f32 tensor to f16/bf16.
+/// Rounds an f32 tensor to f16/bf16; for any other `to` it stays f32.
 pub fn narrow_half(t: HostTensor, to: DType) -> KernelResult<HostTensor> {
     let (shape, buf) = t.into_parts();
     let TensorBuf::F32(v) = buf else {
@@ -267,6 +275,18 @@ pub fn narrow_half(t: HostTensor, to: DType) -> KernelResult<HostTensor> {
         _ => TensorBuf::F32(v),
     };
     HostTensor::make(shape, buf)
+}
+
+/// The element type two operands share; an error naming both when they differ (binary ops take
+/// no implicit conversions).
+pub fn same_dtype(a: &HostTensor, b: &HostTensor) -> KernelResult<DType> {
+    let (da, db) = (a.dtype(), b.dtype());
+    if da != db {
+        return Err(KernelError::dtype(format!(
+            "operand dtypes differ: {da} and {db}"
+        )));
+    }
+    Ok(da)
 }
 
 /// Runs `f` on f32 versions of half-precision operands and rounds the result back.
@@ -328,11 +348,7 @@ pub fn arith(
         let e = super::cast::cast(cx, b, da)?;
         return arith_dispatch(cx, op, a, &e).map(|t| vec![t]);
     }
-    if da != db {
-        return Err(KernelError::dtype(format!(
-            "operand dtypes differ: {da} and {db}"
-        )));
-    }
+    same_dtype(a, b)?;
     arith_dispatch(cx, op, a, b).map(|t| vec![t])
 }
 
@@ -393,14 +409,7 @@ pub fn compare(
 ) -> KernelResult<Vec<HostTensor>> {
     let a = ins.req(0)?;
     let b = ins.req(1)?;
-    if a.dtype() != b.dtype() {
-        return Err(KernelError::dtype(format!(
-            "operand dtypes differ: {} and {}",
-            a.dtype(),
-            b.dtype()
-        )));
-    }
-    let r = match a.dtype() {
+    let r = match same_dtype(a, b)? {
         DType::F16 | DType::BF16 => {
             let (wa, wb) = (
                 widen_half(a).ok_or(KernelError::dtype("f16"))?,

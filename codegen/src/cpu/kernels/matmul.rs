@@ -275,14 +275,7 @@ pub fn matmul(
     b_trans: bool,
 ) -> KernelResult<Vec<HostTensor>> {
     let (a, b) = (ins.req(0)?, ins.req(1)?);
-    if a.dtype() != b.dtype() {
-        return Err(KernelError::dtype(format!(
-            "operand dtypes differ: {} and {}",
-            a.dtype(),
-            b.dtype()
-        )));
-    }
-    let r = match a.dtype() {
+    let r = match super::elementwise::same_dtype(a, b)? {
         DType::F32 => matmul_gemm::<f32>(cx, a, b, b_trans),
         DType::F64 => matmul_gemm::<f64>(cx, a, b, b_trans),
         DType::F16 | DType::BF16 => {

@@ -4,7 +4,6 @@ use super::shape::norm_axis;
 use crate::cpu::error::{KernelError, KernelResult};
 use crate::cpu::kernel::{ExecCx, Inputs};
 use crate::cpu::tensor::{numel, HostTensor, TensorBuf};
-use ortho_ir::DType;
 use rayon::prelude::*;
 
 /// Applies `f(row, out_row)` to every row of `n` elements, in parallel when large.
@@ -63,6 +62,25 @@ fn row_params(
     Ok((n, p))
 }
 
+/// What both norms start from: the input as f32 (`wide`, its widened copy, where `x0` is f16 or
+/// bf16), its data, the row length over dims `axis..`, and the scale over one row.
+fn norm_input<'t>(
+    cx: &mut ExecCx<'_>,
+    x0: &'t HostTensor,
+    wide: &'t Option<HostTensor>,
+    axis: i64,
+    scale: Option<&HostTensor>,
+    op: &'static str,
+) -> KernelResult<(&'t HostTensor, &'t [f32], usize, Vec<f32>)> {
+    let x = wide.as_ref().unwrap_or(x0);
+    let xd = x
+        .as_f32()
+        .ok_or_else(|| KernelError::dtype(format!("{op} is not defined for {}", x0.dtype())))?;
+    let (n, scale) = row_params(cx, x, axis, scale)?;
+    let scale = scale.ok_or_else(|| KernelError::invalid(format!("{op} needs a scale")))?;
+    Ok((x, xd, n, scale))
+}
+
 /// RMSNormalization (opset 23): `x / sqrt(mean(x²) + eps) * scale` over dims `axis..`.
 pub fn rms_norm(
     cx: &mut ExecCx<'_>,
@@ -71,14 +89,8 @@ pub fn rms_norm(
     eps: f32,
 ) -> KernelResult<Vec<HostTensor>> {
     let x0 = ins.req(0)?;
-    let dt = x0.dtype();
     let wide = super::elementwise::widen_half(x0);
-    let x = wide.as_ref().unwrap_or(x0);
-    let xd = x
-        .as_f32()
-        .ok_or_else(|| KernelError::dtype(format!("RMSNormalization is not defined for {dt}")))?;
-    let (n, scale) = row_params(cx, x, axis, ins.get(1))?;
-    let scale = scale.ok_or(KernelError::invalid("RMSNormalization needs a scale"))?;
+    let (x, xd, n, scale) = norm_input(cx, x0, &wide, axis, ins.get(1), "RMSNormalization")?;
     let mut out = cx.pool.alloc::<f32>(xd.len());
     if n > 0 {
         rows(cx, xd, &mut out, n, |r, o| {
@@ -92,11 +104,7 @@ pub fn rms_norm(
         });
     }
     let t = HostTensor::make(x.shape().to_vec(), TensorBuf::F32(out))?;
-    Ok(vec![if matches!(dt, DType::F16 | DType::BF16) {
-        super::elementwise::narrow_half(t, dt)?
-    } else {
-        t
-    }])
+    Ok(vec![super::elementwise::narrow_half(t, x0.dtype())?])
 }
 
 /// LayerNormalization: `(x − mean) / sqrt(var + eps) * scale + bias`; also returns the mean and
@@ -109,14 +117,8 @@ pub fn layer_norm(
     n_out: usize,
 ) -> KernelResult<Vec<HostTensor>> {
     let x0 = ins.req(0)?;
-    let dt = x0.dtype();
     let wide = super::elementwise::widen_half(x0);
-    let x = wide.as_ref().unwrap_or(x0);
-    let xd = x
-        .as_f32()
-        .ok_or_else(|| KernelError::dtype(format!("LayerNormalization is not defined for {dt}")))?;
-    let (n, scale) = row_params(cx, x, axis, ins.get(1))?;
-    let scale = scale.ok_or(KernelError::invalid("LayerNormalization needs a scale"))?;
+    let (x, xd, n, scale) = norm_input(cx, x0, &wide, axis, ins.get(1), "LayerNormalization")?;
     let (_, bias) = row_params(cx, x, axis, ins.get(2))?;
     let nrows = if n == 0 { 0 } else { xd.len() / n };
     let mut out = cx.pool.alloc::<f32>(xd.len());
@@ -141,11 +143,8 @@ pub fn layer_norm(
     }
     let a = norm_axis(axis, x.rank())?;
     let t = HostTensor::make(x.shape().to_vec(), TensorBuf::F32(out))?;
-    let mut res = vec![if matches!(dt, DType::F16 | DType::BF16) {
-        super::elementwise::narrow_half(t, dt)?
-    } else {
-        t
-    }];
+    // Mean and inverse standard deviation stay f32 (the stash type); only Y is rounded back.
+    let mut res = vec![super::elementwise::narrow_half(t, x0.dtype())?];
     if n_out > 1 {
         let mut sshape = x.shape()[..a].to_vec();
         sshape.extend(std::iter::repeat_n(1, x.rank() - a));

@@ -200,7 +200,7 @@ fn row_max(x: &[f32]) -> f32 {
     for c in &mut ch {
         for i in 0..8 {
             acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
-            nan |= c[i] != c[i];
+            nan |= c[i].is_nan();
         }
     }
     let mut m = acc
@@ -208,7 +208,7 @@ fn row_max(x: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
     for &v in ch.remainder() {
         m = if v > m { v } else { m };
-        nan |= v != v;
+        nan |= v.is_nan();
     }
     if nan {
         f32::NAN
