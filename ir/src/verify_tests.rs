@@ -64,6 +64,8 @@ fn matmul_shape_conflict_names_the_node() {
         e[0].starts_with("graph @main: MatMul '/mlp/up_proj': result %y"),
         "{e:?}"
     );
+    // Shape inference's conflict keeps its kind through the verifier.
+    assert_eq!(kinds(&m), vec![DiagKind::Shape]);
 }
 
 #[test]

@@ -33,7 +33,7 @@ mod values;
 mod tests;
 
 use crate::diag::{DiagKind, Diagnostic, Diagnostics};
-use crate::graph::{Graph, GraphId, ValueId};
+use crate::graph::{Graph, GraphId, NodeId, ValueId};
 use crate::module::Module;
 use crate::op::{attrs, Op};
 use crate::types::{DType, Dim, Type};
@@ -251,58 +251,7 @@ fn infer_impl(
     };
     for id in order {
         let node = graph.node(id);
-        let inferred: Infer = match &node.op {
-            Op::If(a) => {
-                let scope = scope_of(graph, &res.types, outer);
-                if_types(
-                    m,
-                    node.outputs.len(),
-                    a,
-                    &scope,
-                    opts,
-                    depth,
-                    &mut res.subgraphs,
-                )
-            }
-            Op::Loop(a) => {
-                let scope = scope_of(graph, &res.types, outer);
-                let carried: Vec<Type> = (2..node.operands().len())
-                    .map(|s| {
-                        node.operand(s)
-                            .and_then(|v| res.types.get(&v))
-                            .cloned()
-                            .unwrap_or_default()
-                    })
-                    .collect();
-                loop_types(
-                    m,
-                    node.outputs.len(),
-                    a,
-                    &carried,
-                    &scope,
-                    opts,
-                    depth,
-                    &mut res.subgraphs,
-                )
-            }
-            Op::Opaque(_) if opts.subgraphs && !node.op.subgraphs().is_empty() => {
-                let scope = scope_of(graph, &res.types, outer);
-                for sub in node.op.subgraphs() {
-                    res.subgraphs
-                        .push(infer_impl(m, sub, &scope, opts, depth + 1));
-                }
-                Ok(Vec::new())
-            }
-            _ => {
-                let cx = NodeCx {
-                    m,
-                    node,
-                    types: &res.types,
-                    values: &res.shape_values,
-                };
-                infer_node(&cx, outer)
-            }
-        };
+        let inferred = node_types(m, graph, id, outer, opts, depth, &mut res);
         // In a graph that may not run, a failing rule may be the reason it does not.
         let sink = if opts.conditional {
             &mut res.warnings
@@ -355,6 +304,73 @@ fn infer_impl(
         }
     }
     res
+}
+
+/// What the rule of node `id` of `graph` infers for its results: control flow and opaque ops
+/// with subgraphs infer their bodies (into `res.subgraphs`), every other op runs its rule on the
+/// types and shape values found so far.
+fn node_types(
+    m: &Module,
+    graph: &Graph,
+    id: NodeId,
+    outer: &Scope,
+    opts: InferOptions,
+    depth: usize,
+    res: &mut GraphInference,
+) -> Infer {
+    let node = graph.node(id);
+    match &node.op {
+        Op::If(a) => {
+            let scope = scope_of(graph, &res.types, outer);
+            if_types(
+                m,
+                node.outputs.len(),
+                a,
+                &scope,
+                opts,
+                depth,
+                &mut res.subgraphs,
+            )
+        }
+        Op::Loop(a) => {
+            let scope = scope_of(graph, &res.types, outer);
+            let carried: Vec<Type> = (2..node.operands().len())
+                .map(|s| {
+                    node.operand(s)
+                        .and_then(|v| res.types.get(&v))
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .collect();
+            loop_types(
+                m,
+                node.outputs.len(),
+                a,
+                &carried,
+                &scope,
+                opts,
+                depth,
+                &mut res.subgraphs,
+            )
+        }
+        Op::Opaque(_) if opts.subgraphs && !node.op.subgraphs().is_empty() => {
+            let scope = scope_of(graph, &res.types, outer);
+            for sub in node.op.subgraphs() {
+                res.subgraphs
+                    .push(infer_impl(m, sub, &scope, opts, depth + 1));
+            }
+            Ok(Vec::new())
+        }
+        _ => {
+            let cx = NodeCx {
+                m,
+                node,
+                types: &res.types,
+                values: &res.shape_values,
+            };
+            infer_node(&cx, outer)
+        }
+    }
 }
 
 /// The output types of a subgraph: inferred when recursing, declared otherwise.

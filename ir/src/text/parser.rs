@@ -126,6 +126,20 @@ impl<'s> Parser<'s> {
         }
     }
 
+    /// The `key = value` fields of a `{…}` block whose `{` is read, separated by optional
+    /// commas, up to the closing `}`; `field` parses the value of each key.
+    fn fields(&mut self, mut field: impl FnMut(&mut Self, &str) -> PResult<()>) -> PResult<()> {
+        loop {
+            if self.eat("}") {
+                return Ok(());
+            }
+            let key = self.word()?;
+            self.expect("=")?;
+            field(self, &key)?;
+            self.eat(",");
+        }
+    }
+
     /// `open` (ending in `<`), what `inner` parses, `>`: `None` when the text does not start
     /// with `open`.
     fn angled<T>(
@@ -326,35 +340,30 @@ impl<'s> Parser<'s> {
         }
         self.expect("{")?;
         let mut meta = ModelMeta::default();
-        loop {
-            if self.eat("}") {
-                break;
-            }
-            let key = self.word()?;
-            self.expect("=")?;
-            match key.as_str() {
-                "ir_version" => meta.ir_version = self.int()?,
-                "model_version" => meta.model_version = self.int()?,
-                "producer_name" => meta.producer_name = self.string()?,
-                "producer_version" => meta.producer_version = self.string()?,
-                "domain" => meta.domain = self.string()?,
-                "doc" => meta.doc = self.string()?,
-                "metadata_props" => meta.metadata_props = self.props()?,
-                "opset_import" => self.m.opsets = self.opsets()?,
+        self.fields(|p, key| {
+            match key {
+                "ir_version" => meta.ir_version = p.int()?,
+                "model_version" => meta.model_version = p.int()?,
+                "producer_name" => meta.producer_name = p.string()?,
+                "producer_version" => meta.producer_version = p.string()?,
+                "domain" => meta.domain = p.string()?,
+                "doc" => meta.doc = p.string()?,
+                "metadata_props" => meta.metadata_props = p.props()?,
+                "opset_import" => p.m.opsets = p.opsets()?,
                 "opaque_fields" => {
-                    self.expect("[")?;
-                    while !self.eat("]") {
-                        let field = self.u64()? as u32;
-                        self.expect("=")?;
-                        let bytes = self.hex()?;
-                        self.m.opaque_fields.push(OpaqueField { field, bytes });
-                        self.eat(",");
+                    p.expect("[")?;
+                    while !p.eat("]") {
+                        let field = p.u64()? as u32;
+                        p.expect("=")?;
+                        let bytes = p.hex()?;
+                        p.m.opaque_fields.push(OpaqueField { field, bytes });
+                        p.eat(",");
                     }
                 }
-                k => return self.err(format!("unknown module field '{k}'")),
+                k => return p.err(format!("unknown module field '{k}'")),
             }
-            self.eat(",");
-        }
+            Ok(())
+        })?;
         self.m.meta = meta;
         self.ws();
         if !self.eat_kw("graph") {
@@ -407,34 +416,29 @@ impl<'s> Parser<'s> {
             (String::new(), String::new(), String::new(), String::new());
         let (mut attributes, mut attribute_defaults, mut opsets, mut metadata_props) =
             (vec![], vec![], vec![], vec![]);
-        loop {
-            if self.eat("}") {
-                break;
-            }
-            let key = self.word()?;
-            self.expect("=")?;
-            match key.as_str() {
-                "name" => name = self.string()?,
-                "domain" => domain = self.string()?,
-                "overload" => overload = self.string()?,
-                "doc" => doc = self.string()?,
+        self.fields(|p, key| {
+            match key {
+                "name" => name = p.string()?,
+                "domain" => domain = p.string()?,
+                "overload" => overload = p.string()?,
+                "doc" => doc = p.string()?,
                 "attributes" => {
-                    self.expect("[")?;
-                    while !self.eat("]") {
-                        attributes.push(self.string()?);
-                        self.eat(",");
+                    p.expect("[")?;
+                    while !p.eat("]") {
+                        attributes.push(p.string()?);
+                        p.eat(",");
                     }
                 }
                 "attribute_defaults" => {
-                    self.expect("{")?;
-                    attribute_defaults = self.attr_list("}")?;
+                    p.expect("{")?;
+                    attribute_defaults = p.attr_list("}")?;
                 }
-                "opset_import" => opsets = self.opsets()?,
-                "metadata_props" => metadata_props = self.props()?,
-                k => return self.err(format!("unknown function field '{k}'")),
+                "opset_import" => opsets = p.opsets()?,
+                "metadata_props" => metadata_props = p.props()?,
+                k => return p.err(format!("unknown function field '{k}'")),
             }
-            self.eat(",");
-        }
+            Ok(())
+        })?;
         if !self.eat_kw("graph") {
             return self.err("expected the function's 'graph'");
         }
