@@ -9,7 +9,9 @@
 //! `BENCH_DIMS` (default `16,32,64`).
 
 use ortho_passes::linalg::joint_basis::synthetic::{distance_to_exact, generate};
-use ortho_passes::linalg::joint_basis::{joint_basis, JointOptions, JointProblem, Regime, Structure};
+use ortho_passes::linalg::joint_basis::{
+    joint_basis, JointOptions, JointProblem, Regime, Structure,
+};
 use ortho_passes::linalg::orthogonal::Rng;
 use std::time::Instant;
 
@@ -34,8 +36,17 @@ fn main() {
     let epsilons = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2];
     println!(
         "{:<5} {:>3} {:>2} {:>7} {:>6} {:>10} {:>9} {:>10} {:>10} {:>10} {:>7}",
-        "kind", "d", "N", "eps", "trials", "certified", "covered", "med tight", "max tight",
-        "med bound", "s/trial"
+        "kind",
+        "d",
+        "N",
+        "eps",
+        "trials",
+        "certified",
+        "covered",
+        "med tight",
+        "max tight",
+        "med bound",
+        "s/trial"
     );
     let mut slopes = Vec::new();
     let mut all_cert = 0;
@@ -62,7 +73,10 @@ fn main() {
                             seed: t as u64,
                             ..JointOptions::default()
                         };
-                        let jb = match joint_basis(&JointProblem::new(s.noisy.clone(), s.noise), &opts) {
+                        let jb = match joint_basis(
+                            &JointProblem::new(s.noisy.clone(), s.noise),
+                            &opts,
+                        ) {
                             Ok(jb) => jb,
                             Err(e) => {
                                 println!("  error: {e}");

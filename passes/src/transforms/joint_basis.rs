@@ -136,7 +136,14 @@ fn wtw(m: &Module, l: &Linear) -> Result<Mat<f64>, PassError> {
         Mat::from_fn(c, r, |a, b| v[b * c + a])
     };
     let mut g = Mat::<f64>::zeros(w.ncols(), w.ncols());
-    matmul(g.as_mut(), Accum::Replace, w.transpose(), w.as_ref(), 1.0, Par::Seq);
+    matmul(
+        g.as_mut(),
+        Accum::Replace,
+        w.transpose(),
+        w.as_ref(),
+        1.0,
+        Par::Seq,
+    );
     Ok(unit(g))
 }
 
@@ -151,8 +158,10 @@ fn unit(mut a: Mat<f64>) -> Mat<f64> {
 /// The mean second moment `Σ xᵀx / rows` of a Gram statistic.
 fn moment(stat: &Stat, m: &Module, l: &Linear) -> Result<Mat<f64>, PassError> {
     let Stat::Gram(g) = stat else {
-        return Err(PassError::at_main(m, l.node, "missing calibration statistics")
-            .with_kind(PassErrorKind::Evaluation));
+        return Err(
+            PassError::at_main(m, l.node, "missing calibration statistics")
+                .with_kind(PassErrorKind::Evaluation),
+        );
     };
     if g.dim != l.in_features as usize || g.rows == 0 {
         return Err(PassError::at_main(
@@ -180,7 +189,11 @@ pub fn joint_basis(
 ) -> Result<JointBasisReport, PassError> {
     let layers: Layers = rotations::find_layers(m)?;
     let nl = layers.layers.len();
-    let count = if opts.layers == 0 { nl } else { opts.layers.min(nl) };
+    let count = if opts.layers == 0 {
+        nl
+    } else {
+        opts.layers.min(nl)
+    };
     let requests: Vec<StatRequest> = layers.layers[..count]
         .iter()
         .flat_map(|l| [l.q.input, l.gate.input])
@@ -191,8 +204,10 @@ pub fn joint_basis(
         .collect();
     let sets = grams(m, &requests, count)?;
     if sets.is_empty() || sets.iter().any(|s| s.len() != requests.len()) {
-        return Err(PassError::new("calibration returned the wrong number of statistics")
-            .with_kind(PassErrorKind::Evaluation));
+        return Err(
+            PassError::new("calibration returned the wrong number of statistics")
+                .with_kind(PassErrorKind::Evaluation),
+        );
     }
     let noise_source = if opts.noise > 0.0 {
         format!("given ({:.3e})", opts.noise)
@@ -243,7 +258,10 @@ pub fn joint_basis(
             for w in &readers {
                 mats.push(wtw(m, w)?);
             }
-            let problem = JointProblem { matrices: mats, noise };
+            let problem = JointProblem {
+                matrices: mats,
+                noise,
+            };
             let basis = solve(&problem, &jopts).map_err(|e| {
                 PassError::at_main(m, readers[0].node, format!("joint basis: {e}"))
                     .with_kind(PassErrorKind::Numeric)
@@ -314,33 +332,31 @@ fn run_pass(
 ) -> Result<PassResult, PassError> {
     let calib = cx.calibration().cloned();
     let want_halves = opts.noise == 0.0;
-    let mut grams = |m: &mut Module,
-                     reqs: &[StatRequest],
-                     count: usize|
-     -> Result<Vec<Vec<Stat>>, PassError> {
-        let calib = calib.as_ref().ok_or_else(|| {
-            missing_calibration(INFO.name).with_kind(PassErrorKind::MissingCalibration)
-        })?;
-        let sets: Vec<Calibration> = match (want_halves, halves(calib)) {
-            (true, Some((a, b))) => vec![a, b],
-            _ => vec![calib.clone()],
-        };
-        let mut out = Vec::with_capacity(sets.len());
-        for c in &sets {
-            let mut stats: Vec<Stat> = Vec::with_capacity(reqs.len());
-            walk_layers_until(m, c, count.checked_sub(1), &mut |lcx| {
-                let i = lcx.block.index;
-                if i >= count {
-                    return Ok(());
-                }
-                lcx.progress("joint-basis: input moments");
-                stats.extend(lcx.collect(&reqs[2 * i..2 * i + 2])?.stats);
-                Ok(())
+    let mut grams =
+        |m: &mut Module, reqs: &[StatRequest], count: usize| -> Result<Vec<Vec<Stat>>, PassError> {
+            let calib = calib.as_ref().ok_or_else(|| {
+                missing_calibration(INFO.name).with_kind(PassErrorKind::MissingCalibration)
             })?;
-            out.push(stats);
-        }
-        Ok(out)
-    };
+            let sets: Vec<Calibration> = match (want_halves, halves(calib)) {
+                (true, Some((a, b))) => vec![a, b],
+                _ => vec![calib.clone()],
+            };
+            let mut out = Vec::with_capacity(sets.len());
+            for c in &sets {
+                let mut stats: Vec<Stat> = Vec::with_capacity(reqs.len());
+                walk_layers_until(m, c, count.checked_sub(1), &mut |lcx| {
+                    let i = lcx.block.index;
+                    if i >= count {
+                        return Ok(());
+                    }
+                    lcx.progress("joint-basis: input moments");
+                    stats.extend(lcx.collect(&reqs[2 * i..2 * i + 2])?.stats);
+                    Ok(())
+                })?;
+                out.push(stats);
+            }
+            Ok(out)
+        };
     let r = joint_basis(m, opts, &mut grams)?;
     let certified = r
         .inputs
