@@ -183,6 +183,11 @@ pub struct JointOptions {
     pub max_bound: f64,
     /// Regime: σ_min must be at least this times the noise level.
     pub noise_factor: f64,
+    /// General case: starts from this many random combinations (seeds `seed`, `seed + 1`, …),
+    /// keeping the basis with the lowest loss. Gauss–Newton can stop near a spurious
+    /// approximate triangularizer of another column order whose loss is still at the noise
+    /// level; the certificate cannot tell it apart, so the lowest loss over restarts is used.
+    pub restarts: usize,
 }
 
 impl Default for JointOptions {
@@ -196,6 +201,7 @@ impl Default for JointOptions {
             dense_max_dim: 96,
             max_bound: 0.1,
             noise_factor: 10.0,
+            restarts: 3,
         }
     }
 }
@@ -370,11 +376,26 @@ pub fn joint_basis(
             .collect(),
         Structure::General => problem.matrices.clone(),
     };
-    let mut rng = Rng::new(opts.seed);
-    let u0 = optimize::initial_basis(&mats, opts.structure, &mut rng)?;
     let (u, stop) = match opts.structure {
-        Structure::Symmetric => optimize::jacobi(&mats, u0, opts.max_sweeps, opts.tol),
-        Structure::General => optimize::gauss_newton(&mats, u0, opts.max_sweeps, opts.tol)?,
+        Structure::Symmetric => {
+            let mut rng = Rng::new(opts.seed);
+            let u0 = optimize::initial_basis(&mats, opts.structure, &mut rng)?;
+            optimize::jacobi(&mats, u0, opts.max_sweeps, opts.tol)
+        }
+        Structure::General => {
+            let mut best: Option<(f64, Mat<f64>, Stop)> = None;
+            for k in 0..opts.restarts.max(1) {
+                let mut rng = Rng::new(opts.seed.wrapping_add(k as u64));
+                let u0 = optimize::initial_basis(&mats, opts.structure, &mut rng)?;
+                let (u, stop) = optimize::gauss_newton(&mats, u0, opts.max_sweeps, opts.tol)?;
+                let l = operator::loss(&operator::conjugate_all(&mats, &u), opts.structure);
+                if best.as_ref().is_none_or(|b| l < b.0) {
+                    best = Some((l, u, stop));
+                }
+            }
+            let (_, u, stop) = best.ok_or(JointBasisError::Empty)?;
+            (u, stop)
+        }
     };
     certify(&mats, u, stop, problem.noise.clone(), opts)
 }

@@ -243,3 +243,4 @@ fn bad_input_gets_typed_errors() {
         Err(JointBasisError::BadNoise(_))
     ));
 }
+
