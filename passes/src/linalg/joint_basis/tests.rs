@@ -243,4 +243,3 @@ fn bad_input_gets_typed_errors() {
         Err(JointBasisError::BadNoise(_))
     ));
 }
-
