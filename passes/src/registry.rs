@@ -20,6 +20,7 @@ static BUILTIN: &[&PassInfo] = &[
     &transforms::fuse_elementwise::INFO,
     &transforms::gauge_verify::INFO,
     &transforms::infer_shapes::INFO,
+    &transforms::joint_basis::INFO,
     &transforms::lower_ortho::INFO,
     &transforms::prune::INFO,
     &transforms::rotate_heads::INFO,

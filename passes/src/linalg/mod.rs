@@ -3,6 +3,7 @@
 //! (`weights`), and folding per-layer rotations of a decoder into its weights
 //! (`layer_rotations`, used by `denoise-rotate` and `denoise-prune`). Not passes.
 
+pub mod joint_basis;
 pub mod layer_rotations;
 pub mod orthogonal;
 pub(crate) mod weights;

@@ -85,7 +85,7 @@ fn unknown_pass_names_position_and_suggests() {
     assert!(e.message.starts_with("unknown pass 'foo'"), "{}", e.message);
     assert!(
         e.message
-            .contains("known: canonicalize, cse, dce, denoise-prune, denoise-rotate, fold-norms, fuse-elementwise, gauge-verify, infer-shapes, lower-ortho, prune, rotate-heads, rotate-residual, fixpoint"),
+            .contains("known: canonicalize, cse, dce, denoise-prune, denoise-rotate, fold-norms, fuse-elementwise, gauge-verify, infer-shapes, joint-basis, lower-ortho, prune, rotate-heads, rotate-residual, fixpoint"),
         "{}",
         e.message
     );
@@ -359,6 +359,7 @@ round_trips!(
     denoise_rotate::DenoiseRotateOptions,
     fuse_elementwise::FuseElementwiseOptions,
     gauge_verify::GaugeVerifyOptions,
+    joint_basis::JointBasisOptions,
     prune::PruneOptions,
     rotate_heads::RotateHeadsOptions,
     rotate_residual::RotateResidualOptions,

@@ -11,6 +11,7 @@ pub mod fold_norms;
 pub mod fuse_elementwise;
 pub mod gauge_verify;
 pub mod infer_shapes;
+pub mod joint_basis;
 pub mod lower_ortho;
 pub mod prune;
 pub mod rotate_heads;

@@ -1,0 +1,151 @@
+//! Validation of the joint-basis certificate (issue 20) on synthetic ground truth
+//! (`ortho_passes::linalg::joint_basis::synthetic`): for each structure, d, N and ε, the
+//! fraction of trials in the first-order regime (certified), the coverage inside it (bound ≥ true
+//! distance to the nearest exact joint basis, columns aligned as the synthetic module says), the
+//! median tightness ratio bound/distance, the median bound, and per (structure, d, N) the
+//! log-log slope of the median bound against ε.
+//!
+//! Run with `cargo bench --bench joint_basis`. Environment: `BENCH_TRIALS` (default 5),
+//! `BENCH_DIMS` (default `16,32,64`).
+
+use ortho_passes::linalg::joint_basis::synthetic::{distance_to_exact, generate};
+use ortho_passes::linalg::joint_basis::{
+    joint_basis, JointOptions, JointProblem, Regime, Structure,
+};
+use ortho_passes::linalg::orthogonal::Rng;
+use std::time::Instant;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    let trials: usize = std::env::var("BENCH_TRIALS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5)
+        .max(1);
+    let dims: Vec<usize> = std::env::var("BENCH_DIMS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![16, 32, 64]);
+    let epsilons = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2];
+    println!(
+        "{:<5} {:>3} {:>2} {:>7} {:>6} {:>10} {:>9} {:>10} {:>10} {:>10} {:>7}",
+        "kind",
+        "d",
+        "N",
+        "eps",
+        "trials",
+        "certified",
+        "covered",
+        "med tight",
+        "max tight",
+        "med bound",
+        "s/trial"
+    );
+    let mut slopes = Vec::new();
+    let mut all_cert = 0;
+    let mut all_cov = 0;
+    let mut excluded_small = (0usize, 0usize);
+    let mut tight_all = Vec::new();
+    for structure in [Structure::Symmetric, Structure::General] {
+        let kind = match structure {
+            Structure::Symmetric => "sym",
+            Structure::General => "gen",
+        };
+        for &d in &dims {
+            for n in [2usize, 4, 8] {
+                let mut med_bounds = Vec::new();
+                for &eps in &epsilons {
+                    let mut rng = Rng::new(1000 + d as u64 * 7 + n as u64);
+                    let (mut cert, mut cov) = (0, 0);
+                    let (mut ratios, mut bounds) = (Vec::new(), Vec::new());
+                    let start = Instant::now();
+                    for t in 0..trials {
+                        let s = generate(d, n, structure, eps, &mut rng);
+                        let opts = JointOptions {
+                            structure,
+                            seed: t as u64,
+                            ..JointOptions::default()
+                        };
+                        let jb = match joint_basis(
+                            &JointProblem::new(s.noisy.clone(), s.noise),
+                            &opts,
+                        ) {
+                            Ok(jb) => jb,
+                            Err(e) => {
+                                println!("  error: {e}");
+                                continue;
+                            }
+                        };
+                        let dist = distance_to_exact(&jb.u, &s, structure);
+                        bounds.push(jb.bound);
+                        if jb.regime == Regime::Certified {
+                            cert += 1;
+                            if jb.bound >= dist {
+                                cov += 1;
+                            }
+                            ratios.push(jb.bound / dist);
+                        }
+                    }
+                    let per = start.elapsed().as_secs_f64() / trials as f64;
+                    if eps <= 1e-3 {
+                        excluded_small.0 += trials - cert;
+                        excluded_small.1 += trials;
+                    }
+                    all_cert += cert;
+                    all_cov += cov;
+                    tight_all.extend(ratios.iter().copied());
+                    let mb = median(bounds);
+                    med_bounds.push((eps, mb));
+                    println!(
+                        "{:<5} {:>3} {:>2} {:>7.0e} {:>6} {:>10} {:>9} {:>10.2} {:>10.2} {:>10.2e} {:>7.2}",
+                        kind,
+                        d,
+                        n,
+                        eps,
+                        trials,
+                        format!("{cert}/{trials}"),
+                        format!("{cov}/{cert}"),
+                        median(ratios.clone()),
+                        ratios.iter().copied().fold(f64::NAN, f64::max),
+                        mb,
+                        per
+                    );
+                }
+                // Slope over ε ≤ 1e-3 (where the bound is first order).
+                let pts: Vec<(f64, f64)> = med_bounds
+                    .iter()
+                    .filter(|(e, b)| *e <= 1e-3 && b.is_finite() && *b > 0.0)
+                    .map(|(e, b)| (e.log10(), b.log10()))
+                    .collect();
+                if pts.len() >= 2 {
+                    let k = pts.len() as f64;
+                    let mx = pts.iter().map(|p| p.0).sum::<f64>() / k;
+                    let my = pts.iter().map(|p| p.1).sum::<f64>() / k;
+                    let sxy: f64 = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+                    let sxx: f64 = pts.iter().map(|p| (p.0 - mx).powi(2)).sum();
+                    slopes.push((kind, d, n, sxy / sxx));
+                }
+            }
+        }
+    }
+    println!();
+    println!("log-log slope of the median bound vs ε (ε ≤ 1e-3):");
+    for (kind, d, n, s) in &slopes {
+        println!("  {kind} d={d:<3} N={n}: {s:.3}");
+    }
+    println!();
+    println!(
+        "overall: coverage {all_cov}/{all_cert} certified trials; excluded at ε ≤ 1e-3: {}/{} ({:.1} %); median tightness {:.2}",
+        excluded_small.0,
+        excluded_small.1,
+        100.0 * excluded_small.0 as f64 / excluded_small.1.max(1) as f64,
+        median(tight_all)
+    );
+}
