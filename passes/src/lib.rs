@@ -20,6 +20,7 @@ pub mod calib;
 pub mod captures;
 pub(crate) mod consteval;
 pub mod declare;
+pub mod factorize;
 pub mod linalg;
 pub mod manager;
 pub mod options;
