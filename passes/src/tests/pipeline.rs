@@ -359,6 +359,8 @@ round_trips!(
     denoise_rotate::DenoiseRotateOptions,
     fuse_elementwise::FuseElementwiseOptions,
     gauge_verify::GaugeVerifyOptions,
+    kron_factorize::KronFactorizeOptions,
+    lowrank_factorize::LowrankFactorizeOptions,
     prune::PruneOptions,
     rotate_heads::RotateHeadsOptions,
     rotate_residual::RotateResidualOptions,
