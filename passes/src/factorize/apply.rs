@@ -286,7 +286,8 @@ pub fn factorize(m: &mut Module, spec: &FactorizeSpec) -> Result<FactorizeStats,
         };
         let energy: f64 = f.sigma.iter().map(|s| s * s).sum();
         let tail = f.tail_energy();
-        let rel = (tail / energy.max(f64::MIN_POSITIVE)).sqrt();
+        // `+ 0.0` turns the square root of a zero tail into +0 for the notes.
+        let rel = (tail / energy.max(f64::MIN_POSITIVE)).sqrt() + 0.0;
         stats.max_rel_error = stats.max_rel_error.max(rel);
         total_err += tail;
         total_energy += energy;

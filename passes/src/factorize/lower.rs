@@ -33,11 +33,13 @@ pub enum LowerError {
 
 /// Replaces the factorized node `id` of graph `g` by standard ops; returns how many nodes
 /// were created (the node itself is reused as the last one, keeping its name and result).
+/// `inferred` are the graph's inferred types, for an input whose type is not declared.
 pub fn lower_factorized(
     m: &mut Module,
     g: GraphId,
     id: NodeId,
     f: Factorized,
+    inferred: Option<&HashMap<ValueId, Type>>,
 ) -> Result<usize, LowerError> {
     let (x, p, q, out_name, node_name) = {
         let graph = m.graph(g);
@@ -55,8 +57,19 @@ pub fn lower_factorized(
             node.name.clone(),
         )
     };
-    let xty = m.graph(g).value_type(x).clone();
-    let dtype = xty.dtype().unwrap_or(ortho_ir::DType::Undefined);
+    let declared = m.graph(g).value_type(x).clone();
+    let known = |t: &Type| t.as_tensor().is_some_and(|t| t.shape.is_some());
+    let xty = match inferred.and_then(|i| i.get(&x)) {
+        Some(t) if !known(&declared) => t.clone(),
+        _ => declared,
+    };
+    // The factors are constants, so their dtype is always known.
+    let dtype = m
+        .graph(g)
+        .value_type(p)
+        .dtype()
+        .or_else(|| xty.dtype())
+        .unwrap_or(ortho_ir::DType::Undefined);
     let mut b = Builder {
         m,
         g,

@@ -88,8 +88,13 @@ pub fn lower_ortho(m: &mut Module) -> Result<LowerOrthoStats, PassError> {
             lower_node(m, g, id, &f, &mut stats)?;
             stats.lowered += 1;
         }
+        // The Kronecker lowering needs each input's rank, which an imported model may not
+        // declare: infer the graph's types once, before anything changes.
+        let types = (!factorized.is_empty())
+            .then(|| ortho_ir::shape::infer_types(m, g).ok())
+            .flatten();
         for (id, f) in factorized {
-            stats.created += crate::factorize::lower::lower_factorized(m, g, id, f)
+            stats.created += crate::factorize::lower::lower_factorized(m, g, id, f, types.as_ref())
                 .map_err(|e| PassError::at(m.graph(g), id, e.to_string()))?;
             stats.lowered += 1;
         }
