@@ -151,7 +151,15 @@ pub fn factorize(m: &mut Module, spec: &FactorizeSpec) -> Result<FactorizeStats,
             targets.push(Target {
                 block: s.index,
                 role,
-                name: m.tensor(l.weight.tensor).name.clone(),
+                // The weight's value name (an imported initializer's name), else its tensor's.
+                name: m
+                    .main_graph()
+                    .node(l.weight.konst)
+                    .outputs
+                    .first()
+                    .map(|o| o.name.clone())
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| m.tensor(l.weight.tensor).name.clone()),
                 l,
                 w,
                 m: rows,
