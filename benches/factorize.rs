@@ -83,7 +83,10 @@ fn factor_bytes(m: &Module) -> u64 {
 fn main() {
     let model = fixtures().join("smollm2-135m/decomposed.onnx");
     if !model.exists() {
-        eprintln!("skipped: {} is missing (scripts/fixtures.sh)", model.display());
+        eprintln!(
+            "skipped: {} is missing (scripts/fixtures.sh)",
+            model.display()
+        );
         return;
     }
     let runs: usize = std::env::var("ORTHO_BENCH_RUNS")

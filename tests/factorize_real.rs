@@ -146,7 +146,10 @@ fn bad_options_name_the_matrix_and_write_nothing() {
     let out = tmp.path().join("bad.onnx");
     for (pipeline, needle) in [
         ("kron-factorize{shapes=5x2}", "layer 0 q weight"),
-        ("lowrank-factorize{rank=577}", "rank 577 is above the full rank"),
+        (
+            "lowrank-factorize{rank=577}",
+            "rank 577 is above the full rank",
+        ),
         ("kron-factorize{budget=1.5}", "budget 1.5 is outside (0, 1)"),
         ("lowrank-factorize{budget=0}", "outside (0, 1)"),
     ] {

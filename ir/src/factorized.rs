@@ -218,7 +218,10 @@ impl Factorized {
         let show = |s: &[Dim]| {
             format!(
                 "[{}]",
-                s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+                s.iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         };
         let check = |slot: usize,
@@ -286,8 +289,7 @@ impl Factorized {
     /// The dtype checks: `x` a float type, both factors the same (unknown dtypes pass).
     pub fn check_dtypes(&self, d: [DType; 3]) -> Result<DType, FactorizedError> {
         let x = d[0];
-        if x != DType::Undefined
-            && !matches!(x, DType::F32 | DType::F64 | DType::F16 | DType::BF16)
+        if x != DType::Undefined && !matches!(x, DType::F32 | DType::F64 | DType::F16 | DType::BF16)
         {
             return Err(FactorizedError::NotFloat(x));
         }
@@ -378,7 +380,11 @@ mod tests {
             .infer_shape(Some(&f(&[4, 6])), Some(&f(&[5, 3])), Some(&f(&[6, 3])))
             .expect("ok");
         assert_eq!(out, Some(f(&[4, 5])));
-        assert!(l.check_dtypes([DType::F32, DType::F16, DType::F32]).is_err());
-        assert!(l.check_dtypes([DType::I64, DType::I64, DType::I64]).is_err());
+        assert!(l
+            .check_dtypes([DType::F32, DType::F16, DType::F32])
+            .is_err());
+        assert!(l
+            .check_dtypes([DType::I64, DType::I64, DType::I64])
+            .is_err());
     }
 }

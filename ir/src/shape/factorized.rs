@@ -21,9 +21,6 @@ pub(crate) fn factorized(cx: &NodeCx, f: &Factorized) -> Infer {
     }
     Ok(vec![match shape {
         Some(s) => Type::tensor(dtype, s),
-        None => Type::Tensor(crate::types::TensorType {
-            dtype,
-            shape: None,
-        }),
+        None => Type::Tensor(crate::types::TensorType { dtype, shape: None }),
     }])
 }

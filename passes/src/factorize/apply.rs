@@ -80,7 +80,10 @@ impl Target {
         } else {
             format!(" '{}'", self.name)
         };
-        format!("layer {} {} weight{name} ({}x{})", self.block, self.role, self.m, self.n)
+        format!(
+            "layer {} {} weight{name} ({}x{})",
+            self.block, self.role, self.m, self.n
+        )
     }
 
     fn item(&self, c: usize) -> Item {
@@ -240,10 +243,7 @@ pub fn factorize(m: &mut Module, spec: &FactorizeSpec) -> Result<FactorizeStats,
             let items: Vec<Item> = targets.iter().map(|t| t.item(t.chosen)).collect();
             allocate(&items, keep, cap)
         }
-        RankSpec::Full => targets
-            .iter()
-            .map(|t| t.cands[t.chosen].1.len())
-            .collect(),
+        RankSpec::Full => targets.iter().map(|t| t.cands[t.chosen].1.len()).collect(),
         RankSpec::Fixed(r) => vec![r; targets.len()],
     };
     for (t, r) in targets.iter_mut().zip(ranks) {
@@ -332,21 +332,34 @@ pub fn factorize(m: &mut Module, spec: &FactorizeSpec) -> Result<FactorizeStats,
     // 5. Mutate: new constants and ops first, then the weights nobody reads any more.
     let mut dead: Vec<NodeId> = Vec::new();
     for (t, (op, [p, q])) in targets.iter().zip(built) {
-        let dims = |d: &ortho_ir::TensorData| d.dims.iter().map(|&x| ortho_ir::Dim::Fixed(x)).collect();
-        let (tp, tq) = (Type::tensor(p.dtype, dims(&p)), Type::tensor(q.dtype, dims(&q)));
+        let dims =
+            |d: &ortho_ir::TensorData| d.dims.iter().map(|&x| ortho_ir::Dim::Fixed(x)).collect();
+        let (tp, tq) = (
+            Type::tensor(p.dtype, dims(&p)),
+            Type::tensor(q.dtype, dims(&q)),
+        );
         let (pn, qn) = (p.name.clone(), q.name.clone());
         let (ip, iq) = (m.add_tensor(p), m.add_tensor(q));
         let g = m.main_graph_mut();
         let mut taken = g.value_names();
         let mut konst = |g: &mut ortho_ir::Graph, tid, ty: Type, base: &str| {
             let id = g.add_node(Op::Const(tid), Vec::new(), Vec::new());
-            let v = ValueId { node: id, output: 0 };
+            let v = ValueId {
+                node: id,
+                output: 0,
+            };
             let name = g.fresh_name(base, &taken);
             taken.insert(name.clone(), v);
             g.node_mut(id).outputs.push(Output::new(name, ty));
             v
         };
-        let base = |n: &str, d: &str| if n.is_empty() { d.to_string() } else { n.to_string() };
+        let base = |n: &str, d: &str| {
+            if n.is_empty() {
+                d.to_string()
+            } else {
+                n.to_string()
+            }
+        };
         let vp = konst(g, ip, tp, &base(&pn, "factor_p"));
         let vq = konst(g, iq, tq, &base(&qn, "factor_q"));
         g.node_mut(t.l.node).op = Op::Ortho(OrthoOp::Factorized(op));
@@ -356,7 +369,10 @@ pub fn factorize(m: &mut Module, spec: &FactorizeSpec) -> Result<FactorizeStats,
     }
     let g = m.main_graph_mut();
     for id in dead {
-        let v = ValueId { node: id, output: 0 };
+        let v = ValueId {
+            node: id,
+            output: 0,
+        };
         if g.contains(id) && g.users(v).is_empty() && !g.outputs.iter().any(|o| o.value == v) {
             g.remove_node(id);
         }

@@ -49,13 +49,7 @@ pub fn lower_factorized(
             return Err(LowerError::Operands(ops.len()));
         };
         let out = node.outputs.first().ok_or(LowerError::NoResult)?;
-        (
-            x,
-            p,
-            q,
-            out.name.clone(),
-            node.name.clone(),
-        )
+        (x, p, q, out.name.clone(), node.name.clone())
     };
     let declared = m.graph(g).value_type(x).clone();
     let known = |t: &Type| t.as_tensor().is_some_and(|t| t.shape.is_some());
@@ -81,13 +75,7 @@ pub fn lower_factorized(
     b.taken = b.m.graph(g).value_names();
     let unknown = |rank: usize| Type::tensor(dtype, vec![Dim::Unknown; rank]);
     match f {
-        Factorized::KronSum {
-            m1,
-            n1,
-            m2,
-            n2,
-            ..
-        } => {
+        Factorized::KronSum { m1, n1, m2, n2, .. } => {
             let rank = xty
                 .as_tensor()
                 .and_then(|t| t.shape.as_ref())

@@ -286,7 +286,11 @@ mod tests {
         }
         assert!(matches!(
             truncated(&rw, full + 1, "rearranged weight"),
-            Err(FactorError::RankAboveFull { rank: 9, full: 8, .. })
+            Err(FactorError::RankAboveFull {
+                rank: 9,
+                full: 8,
+                ..
+            })
         ));
     }
 
@@ -310,7 +314,8 @@ mod tests {
             let mut approx = vec![0.0; m * n];
             for i in 0..m {
                 for j in 0..n {
-                    approx[i * n + j] = (0..r).map(|k| f.left[i * r + k] * f.right[j * r + k]).sum();
+                    approx[i * n + j] =
+                        (0..r).map(|k| f.left[i * r + k] * f.right[j * r + k]).sum();
                 }
             }
             let tail = f.tail_energy();

@@ -58,7 +58,9 @@ fn typed<T: GemmElem>(
     q: &HostTensor,
 ) -> KernelResult<HostTensor> {
     let Some((&n, lead)) = x.shape().split_last() else {
-        return Err(KernelError::shape("FactorizedLinear needs an input of rank ≥ 1"));
+        return Err(KernelError::shape(
+            "FactorizedLinear needs an input of rank ≥ 1",
+        ));
     };
     let tokens = numel(lead);
     let (xd, pd, qd) = (data::<T>(x)?, data::<T>(p)?, data::<T>(q)?);
@@ -78,7 +80,10 @@ fn typed<T: GemmElem>(
                     q.shape()
                 )));
             }
-            (m1 * m2, kron::<T>(cx, xd, pd, qd, tokens, [m1, n1, m2, n2], rank, threads))
+            (
+                m1 * m2,
+                kron::<T>(cx, xd, pd, qd, tokens, [m1, n1, m2, n2], rank, threads),
+            )
         }
         Factorized::LowRank { rank } => {
             let (ps, qs) = (p.shape(), q.shape());
@@ -94,8 +99,16 @@ fn typed<T: GemmElem>(
                 tokens,
                 rank,
                 n,
-                Mat { data: xd, rs: n, cs: 1 },
-                Mat { data: qd, rs: rank, cs: 1 },
+                Mat {
+                    data: xd,
+                    rs: n,
+                    cs: 1,
+                },
+                Mat {
+                    data: qd,
+                    rs: rank,
+                    cs: 1,
+                },
                 &mut h,
                 rank,
                 false,
@@ -109,8 +122,16 @@ fn typed<T: GemmElem>(
                 tokens,
                 m,
                 rank,
-                Mat { data: &h, rs: rank, cs: 1 },
-                Mat { data: pd, rs: 1, cs: rank },
+                Mat {
+                    data: &h,
+                    rs: rank,
+                    cs: 1,
+                },
+                Mat {
+                    data: pd,
+                    rs: 1,
+                    cs: rank,
+                },
                 &mut y,
                 m,
                 false,
@@ -144,8 +165,16 @@ fn kron<T: GemmElem>(
         rows,
         r * m2,
         n2,
-        Mat { data: x, rs: n2, cs: 1 },
-        Mat { data: b, rs: 1, cs: n2 },
+        Mat {
+            data: x,
+            rs: n2,
+            cs: 1,
+        },
+        Mat {
+            data: b,
+            rs: 1,
+            cs: n2,
+        },
         &mut z,
         r * m2,
         false,
@@ -180,8 +209,16 @@ fn kron<T: GemmElem>(
         m1,
         cols,
         r * n1,
-        Mat { data: &ap, rs: r * n1, cs: 1 },
-        Mat { data: &zp, rs: cols, cs: 1 },
+        Mat {
+            data: &ap,
+            rs: r * n1,
+            cs: 1,
+        },
+        Mat {
+            data: &zp,
+            rs: cols,
+            cs: 1,
+        },
         &mut yp,
         cols,
         false,
@@ -208,7 +245,9 @@ mod tests {
 
     /// A deterministic pseudo-random vector in [-1, 1).
     fn rnd(n: usize, seed: u64) -> Vec<f64> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (0..n)
             .map(|_| {
                 s = s
@@ -225,8 +264,12 @@ mod tests {
             pool: &mut pool,
             threads: 2,
         };
-        let r = factorized(&mut cx, f, &mut Inputs::borrowed(&[Some(x), Some(p), Some(q)]))
-            .expect("kernel");
+        let r = factorized(
+            &mut cx,
+            f,
+            &mut Inputs::borrowed(&[Some(x), Some(p), Some(q)]),
+        )
+        .expect("kernel");
         r[0].data::<f64>().expect("f64").to_vec()
     }
 
