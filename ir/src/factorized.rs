@@ -387,4 +387,38 @@ mod tests {
             .check_dtypes([DType::I64, DType::I64, DType::I64])
             .is_err());
     }
+
+    /// The linear analysis sees a factorized linear (its kind, factors, widths and bias), and
+    /// reports it as not dense, so passes that rewrite `W` in place skip it.
+    #[test]
+    fn the_linear_analysis_recognizes_the_op() {
+        use crate::analysis::linear::{match_linear, LinearKind};
+        let src = r#"module {ir_version = 8, opset_import = ["" = 17, "ortho" = 1]}
+graph @g(%x: tensor<3x6xf32>) -> (%z) {
+  %a = const tensor<2x2x3xf32> dense<[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 0.5, -1.0, 0.0, 2.0, 1.0, 1.0]>
+  %b = const tensor<2x2x2xf32> dense<[1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0]>
+  %c = const tensor<4xf32> dense<[1.0, 2.0, 3.0, 4.0]>
+  %y = ortho.FactorizedLinear(%x, %a, %b) {kind = "kron", rank = 2, shape = [2, 3, 2, 2]} : tensor<3x4xf32>
+  %z = onnx.Add(%y, %c) : tensor<3x4xf32>
+}
+"#;
+        let m = crate::text::parse_module(src).unwrap_or_else(|e| panic!("{e}"));
+        let g = m.main_graph();
+        let y = g
+            .node_ids()
+            .into_iter()
+            .find(|&n| g.node(n).outputs.first().is_some_and(|o| o.name == "y"))
+            .unwrap_or_else(|| panic!("no %y"));
+        let l = match_linear(&m, g, y).unwrap_or_else(|| panic!("not a linear"));
+        assert!(matches!(
+            l.kind,
+            LinearKind::Factorized {
+                op: Factorized::KronSum { rank: 2, .. },
+                ..
+            }
+        ));
+        assert_eq!((l.in_features, l.out_features), (6, 4));
+        assert!(l.dense().is_none());
+        assert!(l.bias.is_some());
+    }
 }
