@@ -312,6 +312,9 @@ impl fmt::Display for FusedElementwise {
 /// messages are those the verifier and the parser show after the node's name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FusedError {
+    /// The attributes of an `ortho.FactorizedLinear` (which shares the domain's error type).
+    #[error(transparent)]
+    Factorized(#[from] crate::factorized::FactorizedError),
     #[error("unexpected attribute '{name}' of kind {kind}")]
     UnexpectedAttribute { name: String, kind: &'static str },
     #[error("attribute '{0}' (ints) is missing")]

@@ -9,6 +9,7 @@ pub mod analysis;
 pub mod attr;
 pub mod diag;
 pub mod eval;
+pub mod factorized;
 pub mod fused;
 pub mod graph;
 pub mod module;

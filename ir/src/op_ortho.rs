@@ -8,6 +8,7 @@
 //! `Op::Opaque`; [`malformed`] says why, and the verifier reports it.
 
 use crate::attr::{Attr, AttrValue};
+use crate::factorized::Factorized;
 use crate::fused::{FusedElementwise, FusedError, OP_TYPE};
 use crate::op::Op;
 
@@ -19,16 +20,19 @@ pub const DOMAIN: &str = "ortho";
 pub enum OrthoOp {
     /// A region of f32 elementwise ops (see [`crate::fused`]).
     FusedElementwise(FusedElementwise),
+    /// A linear layer with a factorized weight (see [`crate::factorized`]).
+    Factorized(Factorized),
 }
 
 impl OrthoOp {
     /// Every op type of the domain.
-    pub const OP_TYPES: [&'static str; 1] = [OP_TYPE];
+    pub const OP_TYPES: [&'static str; 2] = [OP_TYPE, crate::factorized::OP_TYPE];
 
     /// The op type (`FusedElementwise`).
     pub fn op_type(&self) -> &'static str {
         match self {
             OrthoOp::FusedElementwise(_) => OP_TYPE,
+            OrthoOp::Factorized(_) => crate::factorized::OP_TYPE,
         }
     }
 
@@ -37,12 +41,16 @@ impl OrthoOp {
     pub fn arity(&self) -> (usize, usize, usize, usize) {
         match self {
             OrthoOp::FusedElementwise(f) => (f.forms.len(), f.forms.len(), 1, 1),
+            OrthoOp::Factorized(_) => (3, 3, 1, 1),
         }
     }
 
     /// The typed op for an ONNX node of domain `ortho`, or why it cannot be one (an unknown op
     /// type is `Ok(None)`: it stays opaque and only `lower-ortho` refuses it).
     pub fn decode(op_type: &str, attrs: &[Attr]) -> Result<Option<OrthoOp>, FusedError> {
+        if op_type == crate::factorized::OP_TYPE {
+            return decode_factorized(attrs).map(Some);
+        }
         if op_type != OP_TYPE {
             return Ok(None);
         }
@@ -67,8 +75,21 @@ impl OrthoOp {
     pub fn to_attrs(&self) -> Vec<Attr> {
         match self {
             OrthoOp::FusedElementwise(f) => f.to_attrs(),
+            OrthoOp::Factorized(f) => f.to_attrs(),
         }
     }
+}
+
+/// A factorized linear from its attributes, when they are exactly its canonical encoding.
+fn decode_factorized(attrs: &[Attr]) -> Result<OrthoOp, FusedError> {
+    if let Some(a) = attrs.iter().find(|a| !a.doc.is_empty()) {
+        return Err(FusedError::AttributeDoc(a.name.clone()));
+    }
+    let f = Factorized::from_attrs(attrs)?;
+    if !same_attrs(&f.to_attrs(), attrs) {
+        return Err(FusedError::NotCanonical);
+    }
+    Ok(OrthoOp::Factorized(f))
 }
 
 /// Whether two attribute lists are identical, floats compared by bits (a NaN constant must

@@ -20,6 +20,7 @@ pub mod calib;
 pub mod captures;
 pub(crate) mod consteval;
 pub mod declare;
+pub mod factorize;
 pub mod linalg;
 pub mod manager;
 pub mod options;
@@ -27,6 +28,7 @@ pub mod pass;
 pub mod pipeline;
 pub mod registry;
 pub mod rotation_search;
+pub mod selection;
 pub mod sparsity;
 pub mod transforms;
 

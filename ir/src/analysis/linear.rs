@@ -65,6 +65,13 @@ pub enum LinearOp {
 pub enum LinearKind {
     /// One constant weight matrix ([`Linear::weight`]) read by a `MatMul` or `Gemm`.
     Dense,
+    /// `ortho.FactorizedLinear(x, P, Q)` (see [`crate::factorized`]): [`Linear::weight`] is
+    /// the first factor `P` (`A` or `U`), `second` the other (`B` or `V`); neither is the
+    /// matrix `W`, so passes that rewrite `W` in place skip this kind.
+    Factorized {
+        op: crate::factorized::Factorized,
+        second: WeightRef,
+    },
 }
 
 /// A linear layer `y = x W (+ b)`.
@@ -91,6 +98,7 @@ impl Linear {
     pub fn dense(&self) -> Option<&WeightRef> {
         match self.kind {
             LinearKind::Dense => Some(&self.weight),
+            LinearKind::Factorized { .. } => None,
         }
     }
 }
@@ -131,8 +139,58 @@ fn weight_ref(m: &Module, g: &Graph, w: ValueId, transposed_use: bool) -> Option
 pub fn match_linear(m: &Module, g: &Graph, n: NodeId) -> Option<Linear> {
     match &g.node(n).op {
         Op::MatMul | Op::Gemm(_) => match_dense(m, g, n),
+        Op::Ortho(crate::op_ortho::OrthoOp::Factorized(f)) => match_factorized(m, g, n, *f),
         _ => None,
     }
+}
+
+/// A factorized layer: `ortho.FactorizedLinear(x, P, Q)` with constant factors.
+fn match_factorized(
+    m: &Module,
+    g: &Graph,
+    n: NodeId,
+    f: crate::factorized::Factorized,
+) -> Option<Linear> {
+    let node = g.node(n);
+    let input = node.operand(0)?;
+    if const_tensor(g, input).is_some() {
+        return None;
+    }
+    let factor = |slot: usize| -> Option<WeightRef> {
+        let v = node.operand(slot)?;
+        Some(WeightRef {
+            konst: v.node,
+            tensor: const_tensor(g, v)?,
+            transpose: None,
+            in_axis: 0,
+        })
+    };
+    let (p, q) = (factor(1)?, factor(2)?);
+    let (out_features, in_features) = match f {
+        crate::factorized::Factorized::KronSum { m1, n1, m2, n2, .. } => {
+            (i64::try_from(m1 * m2).ok()?, i64::try_from(n1 * n2).ok()?)
+        }
+        crate::factorized::Factorized::LowRank { .. } => (
+            *m.tensor(p.tensor).dims.first()?,
+            *m.tensor(q.tensor).dims.first()?,
+        ),
+    };
+    let (bias, output) = match trailing_bias(m, g, n, out_features) {
+        Some(b) => (Some(b), out0(b.node)),
+        None => (None, out0(n)),
+    };
+    Some(Linear {
+        node: n,
+        kind: LinearKind::Factorized { op: f, second: q },
+        op: LinearOp::MatMul,
+        input,
+        weight_slot: 1,
+        weight: p,
+        bias,
+        output,
+        in_features,
+        out_features,
+    })
 }
 
 /// A dense layer: `MatMul(x, W)` or `Gemm(x, B, C)` with a constant 2-D weight.

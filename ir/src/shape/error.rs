@@ -6,6 +6,7 @@
 //! naming the graph and the node, so the variants carry no location themselves.
 
 use crate::diag::DiagKind;
+use crate::factorized::FactorizedError;
 use crate::fused::FusedError;
 use crate::semantics::SemError;
 use crate::types::Type;
@@ -20,6 +21,9 @@ pub enum ShapeError {
     /// An `ortho.FusedElementwise` program that is not well formed.
     #[error(transparent)]
     Fused(#[from] FusedError),
+    /// An `ortho.FactorizedLinear` whose attributes, operands or dtypes do not fit.
+    #[error(transparent)]
+    Factorized(#[from] FactorizedError),
     /// Two operand shapes that do not broadcast (`a` and `b` as printed, `x` and `y` the first
     /// pair of dimensions that disagree).
     #[error("shapes {a} and {b} do not broadcast: dimensions {x} and {y} do not broadcast")]
@@ -71,6 +75,14 @@ impl ShapeError {
             ShapeError::Arity(_) => DiagKind::Arity,
             ShapeError::Type(_) => DiagKind::Type,
             ShapeError::Missing(_) => DiagKind::Structure,
+            ShapeError::Factorized(e) => match e {
+                FactorizedError::Operands(_) => DiagKind::Arity,
+                FactorizedError::DType { .. } | FactorizedError::NotFloat(_) => DiagKind::Type,
+                FactorizedError::FactorShape { .. }
+                | FactorizedError::InputWidth { .. }
+                | FactorizedError::ScalarInput => DiagKind::Shape,
+                _ => DiagKind::Attribute,
+            },
             ShapeError::Sem(_)
             | ShapeError::Broadcast { .. }
             | ShapeError::DimConflict(..)

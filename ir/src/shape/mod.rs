@@ -23,6 +23,7 @@ mod dims;
 mod einsum;
 mod elementwise;
 mod error;
+mod factorized;
 mod index;
 mod layout;
 mod nn;
@@ -586,6 +587,7 @@ fn infer_node(cx: &NodeCx, outer: &Scope) -> Infer {
         Constant(a) => index::constant(cx, a),
         OneHot(a) => index::one_hot(cx, a),
         Ortho(crate::op_ortho::OrthoOp::FusedElementwise(f)) => ew::fused_elementwise(cx, f),
+        Ortho(crate::op_ortho::OrthoOp::Factorized(f)) => factorized::factorized(cx, f),
         // An `ortho` node the import could not type is an error here, so the verifier names it.
         Opaque(_) => match crate::op_ortho::malformed(&node.op) {
             Some(e) => Err(e.into()),

@@ -375,6 +375,7 @@ impl Printer<'_> {
 fn ortho_payload(o: &OrthoOp) -> String {
     match o {
         OrthoOp::FusedElementwise(f) => f.to_string(),
+        OrthoOp::Factorized(f) => f.to_string(),
     }
 }
 

@@ -85,7 +85,7 @@ fn unknown_pass_names_position_and_suggests() {
     assert!(e.message.starts_with("unknown pass 'foo'"), "{}", e.message);
     assert!(
         e.message
-            .contains("known: canonicalize, cse, dce, denoise-prune, denoise-rotate, fold-norms, fuse-elementwise, gauge-verify, infer-shapes, joint-basis, lower-ortho, prune, rotate-heads, rotate-residual, fixpoint"),
+            .contains("known: canonicalize, cse, dce, denoise-prune, denoise-rotate, fold-norms, fuse-elementwise, gauge-verify, infer-shapes, joint-basis, kron-factorize, lower-ortho, lowrank-factorize, prune, rotate-heads, rotate-residual, fixpoint"),
         "{}",
         e.message
     );
@@ -360,6 +360,8 @@ round_trips!(
     fuse_elementwise::FuseElementwiseOptions,
     gauge_verify::GaugeVerifyOptions,
     joint_basis::JointBasisOptions,
+    kron_factorize::KronFactorizeOptions,
+    lowrank_factorize::LowrankFactorizeOptions,
     prune::PruneOptions,
     rotate_heads::RotateHeadsOptions,
     rotate_residual::RotateResidualOptions,
@@ -368,7 +370,8 @@ round_trips!(
 /// A non-default value round-trips too, and one outside its declared range is refused by name.
 #[test]
 fn options_structs_print_and_refuse_by_option() {
-    use crate::transforms::prune::{BlockSelection, PruneOptions, RoleSelection};
+    use crate::selection::{BlockSelection, RoleSelection};
+    use crate::transforms::prune::PruneOptions;
     use crate::transforms::rotate_residual::{RotateResidualOptions, RotationKind};
     let o = PruneOptions {
         layers: BlockSelection(Some(vec![0, 2, 3])),

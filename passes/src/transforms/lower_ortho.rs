@@ -5,6 +5,9 @@
 //! the node (the module is then left partly lowered, as the manager documents for errors).
 //! Leaves: no op in domain `ortho` in any reachable graph, and no `ortho` opset import.
 //!
+//! `ortho.FactorizedLinear` becomes Reshape/Transpose/MatMul/ReduceSum (see
+//! `crate::factorize::lower`).
+//!
 //! `ortho.FusedElementwise` becomes one ONNX op per instruction: unary ops as themselves,
 //! `add sub mul div` as Add/Sub/Mul/Div, `max min` as two-operand Max/Min, `powi`/`powf` as Pow
 //! with an f32 scalar exponent constant, and `const` as an f32 scalar constant. The fused node
@@ -45,10 +48,15 @@ pub fn lower_ortho(m: &mut Module) -> Result<LowerOrthoStats, PassError> {
             .in_graph(g));
         };
         let mut work = Vec::new();
+        let mut factorized = Vec::new();
         for id in order {
             let op = &graph.node(id).op;
             let f = match op {
                 Op::Ortho(OrthoOp::FusedElementwise(f)) => f,
+                Op::Ortho(OrthoOp::Factorized(f)) => {
+                    factorized.push((id, *f));
+                    continue;
+                }
                 Op::Opaque(_) if op.domain() == DOMAIN => {
                     // An `ortho` node the import could not type says why; an unknown one has
                     // no lowering.
@@ -80,6 +88,16 @@ pub fn lower_ortho(m: &mut Module) -> Result<LowerOrthoStats, PassError> {
         }
         for (id, f) in work {
             lower_node(m, g, id, &f, &mut stats)?;
+            stats.lowered += 1;
+        }
+        // The Kronecker lowering needs each input's rank, which an imported model may not
+        // declare: infer the graph's types once, before anything changes.
+        let types = (!factorized.is_empty())
+            .then(|| ortho_ir::shape::infer_types(m, g).ok())
+            .flatten();
+        for (id, f) in factorized {
+            stats.created += crate::factorize::lower::lower_factorized(m, g, id, f, types.as_ref())
+                .map_err(|e| PassError::at(m.graph(g), id, e.to_string()))?;
             stats.lowered += 1;
         }
     }

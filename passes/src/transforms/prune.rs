@@ -18,8 +18,9 @@
 //! pruning a block's linears in the module is `sparsity::linears`, shared with `denoise-prune`.
 
 use crate::calib::{missing_calibration, walk_layers_until, Calibration, LayerCx};
-use crate::options::{OptionError, OptionKind, OptionType, OptionValue, ValueError};
+use crate::options::OptionError;
 use crate::pass::{PassContext, PassError, PassErrorKind, PassResult};
+use crate::selection::{BlockSelection, RoleSelection};
 use crate::sparsity::linears::{block_linears, prune_block, record};
 use crate::sparsity::matrix::{PruneMethod, PruneSpec};
 use crate::sparsity::options::{PATTERN, SPARSITY};
@@ -77,105 +78,6 @@ crate::declare_pass! {
     summary: "Prunes the blocks' linear layers (magnitude, Wanda or SparseGPT; unstructured or N:M).",
     options: PruneOptions,
     run: run_pass,
-}
-
-/// The `layers` option: the blocks to prune (`None`: all), sorted and without repeats.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BlockSelection(pub Option<Vec<usize>>);
-
-impl BlockSelection {
-    pub fn contains(&self, block: usize) -> bool {
-        self.0.as_ref().is_none_or(|l| l.contains(&block))
-    }
-}
-
-impl OptionType for BlockSelection {
-    const KIND: OptionKind = OptionKind::Str;
-    fn from_value(v: &OptionValue) -> Result<Self, ValueError> {
-        match v {
-            OptionValue::Str(s) => parse_layers(s).map(BlockSelection),
-            _ => Err(ValueError::Expected(Self::KIND)),
-        }
-    }
-    fn to_value(&self) -> OptionValue {
-        OptionValue::Str(match &self.0 {
-            None => "all".into(),
-            Some(l) => l.iter().map(usize::to_string).collect::<Vec<_>>().join("+"),
-        })
-    }
-}
-
-/// The `linears` option: the roles to prune, in the order given.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RoleSelection(pub Vec<&'static str>);
-
-impl RoleSelection {
-    pub fn contains(&self, role: &str) -> bool {
-        self.0.contains(&role)
-    }
-}
-
-impl OptionType for RoleSelection {
-    const KIND: OptionKind = OptionKind::Str;
-    fn from_value(v: &OptionValue) -> Result<Self, ValueError> {
-        match v {
-            OptionValue::Str(s) => parse_linears(s).map(RoleSelection),
-            _ => Err(ValueError::Expected(Self::KIND)),
-        }
-    }
-    fn to_value(&self) -> OptionValue {
-        OptionValue::Str(if self.0 == ROLES {
-            "all".into()
-        } else {
-            self.0.join("+")
-        })
-    }
-}
-
-/// `all` or `0-3+7` (also accepts `,` inside a quoted value).
-pub fn parse_layers(s: &str) -> Result<Option<Vec<usize>>, ValueError> {
-    if s == "all" {
-        return Ok(None);
-    }
-    let bad =
-        |p: &str| ValueError::Invalid(format!("layers: '{p}' is not an index or a range a-b"));
-    let mut out = Vec::new();
-    for part in s.split(['+', ',']).map(str::trim) {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let a: usize = a.parse().map_err(|_| bad(part))?;
-                let b: usize = b.parse().map_err(|_| bad(part))?;
-                if a > b {
-                    return Err(bad(part));
-                }
-                out.extend(a..=b);
-            }
-            None => out.push(part.parse().map_err(|_| bad(part))?),
-        }
-    }
-    out.sort_unstable();
-    out.dedup();
-    Ok(Some(out))
-}
-
-fn parse_linears(s: &str) -> Result<Vec<&'static str>, ValueError> {
-    if s == "all" {
-        return Ok(ROLES.to_vec());
-    }
-    s.split(['+', ','])
-        .map(|p| {
-            ROLES
-                .iter()
-                .copied()
-                .find(|r| *r == p.trim())
-                .ok_or_else(|| {
-                    ValueError::Invalid(format!(
-                        "linears: unknown role '{p}' (known: {})",
-                        ROLES.join(", ")
-                    ))
-                })
-        })
-        .collect()
 }
 
 fn run_pass(

@@ -7,6 +7,7 @@ pub mod attention;
 pub mod broadcast;
 pub mod cast;
 pub mod elementwise;
+pub mod factorized;
 pub mod index;
 pub mod mathf;
 pub mod matmul;
@@ -160,6 +161,9 @@ pub fn builtin(site: &KernelSite<'_>) -> KernelResult<Option<Box<dyn Kernel>>> {
             cast::cast_kernel(cx, ins, to)
         }),
         Op::MatMul => k(|cx, ins| matmul::matmul(cx, ins, false)),
+        &Op::Ortho(ortho_ir::op_ortho::OrthoOp::Factorized(f)) => {
+            k(move |cx, ins| factorized::factorized(cx, f, ins))
+        }
         Op::Gemm(a) => {
             let (al, be, ta, tb) = (a.alpha(), a.beta(), a.trans_a() != 0, a.trans_b() != 0);
             k(move |cx, ins| matmul::gemm_op(cx, ins, al, be, ta, tb))

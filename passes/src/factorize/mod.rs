@@ -1,0 +1,36 @@
+//! Factorized linears (`ortho.FactorizedLinear`), shared by `kron-factorize` and
+//! `lowrank-factorize` (not a pass): the maths on one matrix (`matrix`), the rank allocation
+//! under a budget (`plan`), the options both passes declare (`options`), rewriting a module's
+//! block linears (`apply`), and the op's export form in standard ONNX (`lower`, called by
+//! `lower-ortho`).
+
+pub mod apply;
+pub mod lower;
+pub mod matrix;
+pub mod options;
+pub mod plan;
+
+use crate::pass::PassContext;
+use apply::FactorizeStats;
+
+/// The notes and statistics both passes record.
+pub(crate) fn report(cx: &mut PassContext, s: &FactorizeStats) {
+    for line in &s.lines {
+        cx.note(line.clone());
+    }
+    let pct = |a: usize, b: usize| 100.0 * a as f64 / b.max(1) as f64;
+    cx.note(format!(
+        "{} linears: {} of {} params kept ({:.2} %, {:.2} % removed), MACs per token {:.2} % of dense, rel. error {:.4} overall, {:.4} at most",
+        s.linears,
+        s.factor_params,
+        s.dense_params,
+        pct(s.factor_params, s.dense_params),
+        100.0 - pct(s.factor_params, s.dense_params),
+        pct(s.factor_macs, s.dense_macs),
+        s.total_rel_error,
+        s.max_rel_error
+    ));
+    cx.stat("linears", s.linears as u64);
+    cx.stat("dense-params", s.dense_params as u64);
+    cx.stat("factor-params", s.factor_params as u64);
+}
