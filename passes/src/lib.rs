@@ -16,6 +16,7 @@
 //! and a block's linears), `rotation_search` (DenoiseRotator's objective and optimizer),
 //! `captures` (names subgraphs capture) and `calib` (running the model on calibration data).
 
+pub mod autodiff;
 pub mod calib;
 pub mod captures;
 pub(crate) mod consteval;
