@@ -1,0 +1,410 @@
+//! Gradient checks of every autodiff rule against central finite differences in f64 on the CPU
+//! engine: each op in a small graph, several seeded random shapes per op (broadcast patterns
+//! included), norm-wise relative error ≤ 1e-6; points within h of a Relu or Where kink skipped.
+
+mod gradcheck;
+
+use gradcheck::{inp, p, pr, property, Fill, Rng};
+
+fn dims(rng: &mut Rng, rank: usize) -> Vec<usize> {
+    (0..rank).map(|_| rng.int(1, 4)).collect()
+}
+
+/// A shape `s` broadcasts to: some dims set to 1 and maybe leading dims dropped.
+fn broadcastable(rng: &mut Rng, s: &[usize]) -> Vec<usize> {
+    let drop = rng.int(0, s.len());
+    s[drop..]
+        .iter()
+        .map(|&d| if rng.next_u64() % 2 == 0 { 1 } else { d })
+        .collect()
+}
+
+fn binary(op: &'static str, positive_b: bool) {
+    property(op, 4, |rng| {
+        let r = rng.int(1, 3);
+        let a = dims(rng, r);
+        let b = broadcastable(rng, &a);
+        // Either operand may be the broadcast one.
+        let (sa, sb) = if rng.next_u64() % 2 == 0 { (a, b) } else { (b, a) };
+        let bi = if positive_b {
+            pr("b", &sb, 0.5, 1.5)
+        } else {
+            p("b", &sb)
+        };
+        (
+            vec![p("a", &sa), bi],
+            format!("  %y = onnx.{op}(%a, %b) : ?"),
+            "y",
+            None,
+        )
+    });
+}
+
+#[test]
+fn add_sub_mul_div_with_broadcasting() {
+    binary("Add", false);
+    binary("Sub", false);
+    binary("Mul", false);
+    binary("Div", true);
+}
+
+fn unary(op: &'static str, lo: f64, hi: f64, kink: bool) {
+    property(op, 3, |rng| {
+        let r = rng.int(1, 3);
+        let s = dims(rng, r);
+        (
+            vec![pr("x", &s, lo, hi)],
+            format!("  %y = onnx.{op}(%x) : ?"),
+            "y",
+            kink.then_some("x"),
+        )
+    });
+}
+
+#[test]
+fn unary_functions() {
+    unary("Neg", -1.0, 1.0, false);
+    unary("Identity", -1.0, 1.0, false);
+    unary("Sqrt", 0.2, 2.0, false);
+    unary("Reciprocal", 0.3, 2.0, false);
+    unary("Exp", -1.0, 1.0, false);
+    unary("Log", 0.2, 2.0, false);
+    unary("Tanh", -2.0, 2.0, false);
+    unary("Sigmoid", -3.0, 3.0, false);
+    unary("Erf", -2.0, 2.0, false);
+    unary("Relu", -1.0, 1.0, true);
+}
+
+#[test]
+fn pow_with_constant_exponent() {
+    for e in ["2.0", "3.0", "0.5", "-1.5"] {
+        property("Pow", 3, |rng| {
+            let s = dims(rng, 2);
+            (
+                vec![pr("x", &s, 0.3, 2.0)],
+                format!("  %e = const tensor<f64> dense<[{e}]>\n  %y = onnx.Pow(%x, %e) : ?"),
+                "y",
+                None,
+            )
+        });
+    }
+}
+
+#[test]
+fn matmul_batched_and_broadcast() {
+    // A 2-D weight read by a batched activation (the Gemm path).
+    property("MatMul 2-D weight", 4, |rng| {
+        let (b, m, k, n) = (rng.int(1, 3), rng.int(1, 4), rng.int(1, 5), rng.int(1, 4));
+        let a = if rng.next_u64() % 2 == 0 {
+            vec![b, m, k]
+        } else {
+            vec![m, k]
+        };
+        (
+            vec![p("a", &a), p("w", &[k, n])],
+            "  %y = onnx.MatMul(%a, %w) : ?".into(),
+            "y",
+            None,
+        )
+    });
+    // Batched on both sides, with a batch axis broadcast on either operand.
+    property("MatMul batched", 4, |rng| {
+        let (b, h, m, k, n) = (
+            rng.int(2, 3),
+            rng.int(1, 3),
+            rng.int(1, 3),
+            rng.int(1, 4),
+            rng.int(1, 3),
+        );
+        let (sa, sb) = match rng.int(0, 2) {
+            0 => (vec![b, h, m, k], vec![b, h, k, n]),
+            1 => (vec![b, 1, m, k], vec![b, h, k, n]),
+            _ => (vec![b, h, m, k], vec![h, k, n]),
+        };
+        (
+            vec![p("a", &sa), p("b", &sb)],
+            "  %y = onnx.MatMul(%a, %b) : ?".into(),
+            "y",
+            None,
+        )
+    });
+}
+
+#[test]
+fn gemm_every_transpose_and_bias() {
+    for (ta, tb) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
+        property("Gemm", 3, |rng| {
+            let (m, k, n) = (rng.int(1, 4), rng.int(1, 4), rng.int(1, 4));
+            let sa = if ta == 1 { vec![k, m] } else { vec![m, k] };
+            let sb = if tb == 1 { vec![n, k] } else { vec![k, n] };
+            let sc = match rng.int(0, 2) {
+                0 => vec![m, n],
+                1 => vec![n],
+                _ => vec![m, 1],
+            };
+            (
+                vec![p("a", &sa), p("b", &sb), p("c", &sc)],
+                format!("  %y = onnx.Gemm(%a, %b, %c) {{alpha = 0.7, beta = 1.3, transA = {ta}, transB = {tb}}} : ?"),
+                "y",
+                None,
+            )
+        });
+    }
+}
+
+#[test]
+fn reductions_with_and_without_keepdims() {
+    for op in ["ReduceSum", "ReduceMean"] {
+        for keep in [0, 1] {
+            property(op, 3, |rng| {
+                let s = dims(rng, 3);
+                // A random non-empty set of axes, each written as a positive or negative index.
+                let mut axes: Vec<String> = Vec::new();
+                for a in 0..3i64 {
+                    if rng.next_u64() % 2 == 0 {
+                        let neg = rng.next_u64() % 2 == 0;
+                        axes.push(if neg { a - 3 } else { a }.to_string());
+                    }
+                }
+                if axes.is_empty() {
+                    axes.push("-1".into());
+                }
+                (
+                    vec![p("x", &s)],
+                    format!(
+                        "  %ax = const tensor<{}xi64> dense<[{}]>\n  %y = onnx.{op}(%x, %ax) {{keepdims = {keep}}} : ?",
+                        axes.len(),
+                        axes.join(", ")
+                    ),
+                    "y",
+                    None,
+                )
+            });
+        }
+        // Every axis (no axes operand).
+        property(op, 2, |rng| {
+            let s = dims(rng, 2);
+            (
+                vec![p("x", &s)],
+                format!("  %y = onnx.{op}(%x) {{keepdims = 0}} : ?"),
+                "y",
+                None,
+            )
+        });
+    }
+}
+
+#[test]
+fn softmax_and_log_softmax() {
+    for op in ["Softmax", "LogSoftmax"] {
+        property(op, 4, |rng| {
+            let s = dims(rng, 3);
+            let axis = rng.int(0, 2) as i64 - 3;
+            (
+                vec![pr("x", &s, -2.0, 2.0)],
+                format!("  %y = onnx.{op}(%x) {{axis = {axis}}} : ?"),
+                "y",
+                None,
+            )
+        });
+    }
+}
+
+#[test]
+fn reshapes_and_transpose() {
+    property("Reshape", 3, |rng| {
+        let s = dims(rng, 3);
+        let n: usize = s.iter().product();
+        (
+            vec![p("x", &s)],
+            format!(
+                "  %s = const tensor<2xi64> dense<[{n}, 1]>\n  %y = onnx.Reshape(%x, %s) : ?"
+            ),
+            "y",
+            None,
+        )
+    });
+    property("Flatten", 2, |rng| {
+        let s = dims(rng, 3);
+        (
+            vec![p("x", &s)],
+            "  %y = onnx.Flatten(%x) {axis = 2} : ?".into(),
+            "y",
+            None,
+        )
+    });
+    property("Unsqueeze+Squeeze", 3, |rng| {
+        let s = dims(rng, 2);
+        (
+            vec![p("x", &s)],
+            "  %a = const tensor<2xi64> dense<[0, 3]>\n  %u = onnx.Unsqueeze(%x, %a) : ?\n  %t = onnx.Tanh(%u) : ?\n  %y = onnx.Squeeze(%t, %a) : ?".into(),
+            "y",
+            None,
+        )
+    });
+    property("Transpose", 4, |rng| {
+        let s = dims(rng, 4);
+        let perms = ["[0, 2, 3, 1]", "[3, 2, 1, 0]", "[1, 0, 3, 2]", "[0, 2, 1, 3]"];
+        let perm = perms[rng.int(0, 3)];
+        (
+            vec![p("x", &s)],
+            format!("  %y = onnx.Transpose(%x) {{perm = {perm}}} : ?"),
+            "y",
+            None,
+        )
+    });
+}
+
+#[test]
+fn concat_split_expand() {
+    property("Concat", 4, |rng| {
+        let mut a = dims(rng, 3);
+        let mut b = a.clone();
+        let axis = rng.int(0, 2);
+        a[axis] = rng.int(1, 3);
+        b[axis] = rng.int(1, 3);
+        (
+            vec![p("a", &a), p("b", &b)],
+            format!("  %y = onnx.Concat(%a, %b, %a) {{axis = {}}} : ?", axis as i64 - 3),
+            "y",
+            None,
+        )
+    });
+    property("Split", 3, |rng| {
+        let mut s = dims(rng, 2);
+        s[1] = rng.int(2, 5);
+        let first = rng.int(1, s[1] - 1);
+        (
+            vec![p("x", &s)],
+            // Only the second part reaches the loss: the first part's gradient is zeros.
+            format!(
+                "  %sp = const tensor<2xi64> dense<[{first}, {}]>\n  %y0, %y1 = onnx.Split(%x, %sp) {{axis = 1}} : ?, ?\n  %y = onnx.Mul(%y1, %y1) : ?",
+                s[1] - first
+            ),
+            "y",
+            None,
+        )
+    });
+    property("Split both", 2, |rng| {
+        let s = vec![rng.int(1, 3), 4];
+        (
+            vec![p("x", &s)],
+            "  %sp = const tensor<2xi64> dense<[2, 2]>\n  %y0, %y1 = onnx.Split(%x, %sp) {axis = -1} : ?, ?\n  %n = onnx.Neg(%y1) : ?\n  %y = onnx.Concat(%n, %y0) {axis = -1} : ?".into(),
+            "y",
+            None,
+        )
+    });
+    property("Expand", 3, |rng| {
+        let out = dims(rng, 3);
+        let x = broadcastable(rng, &out);
+        let sh: Vec<String> = out.iter().map(|d| d.to_string()).collect();
+        (
+            vec![p("x", &x)],
+            format!(
+                "  %s = const tensor<3xi64> dense<[{}]>\n  %y = onnx.Expand(%x, %s) : ?",
+                sh.join(", ")
+            ),
+            "y",
+            None,
+        )
+    });
+}
+
+#[test]
+fn where_and_cast() {
+    property("Where", 4, |rng| {
+        let s = dims(rng, 2);
+        let b = broadcastable(rng, &s);
+        (
+            vec![inp("c", &s, Fill::Bool), p("a", &s), p("b", &b)],
+            "  %y = onnx.Where(%c, %a, %b) : ?".into(),
+            "y",
+            None,
+        )
+    });
+    // A condition computed from a parameter: points where it flips are kinks, skipped.
+    property("Where on a computed condition", 2, |rng| {
+        let s = dims(rng, 2);
+        (
+            vec![p("a", &s)],
+            "  %z = const tensor<f64> dense<[0.0]>\n  %c = onnx.Greater(%a, %z) : ?\n  %sq = onnx.Mul(%a, %a) : ?\n  %y = onnx.Where(%c, %sq, %a) : ?".into(),
+            "y",
+            Some("a"),
+        )
+    });
+    property("Cast", 2, |rng| {
+        let s = dims(rng, 2);
+        (
+            vec![p("x", &s)],
+            "  %c = onnx.Cast(%x) {to = 11} : ?\n  %y = onnx.Mul(%c, %c) : ?".into(),
+            "y",
+            None,
+        )
+    });
+}
+
+#[test]
+fn decoder_block_pieces_compose() {
+    // An RMSNorm written out (the SmolLM2 spelling), a SwiGLU MLP and a causal softmax attention
+    // with a head reshape: the composition of the rules the real model uses.
+    property("decomposed block", 3, |rng| {
+        let (b, s, h, d) = (rng.int(1, 2), rng.int(2, 4), 2, 2);
+        let w = h * d;
+        let body = format!(
+            r#"  %eps = const tensor<f64> dense<[1e-5]>
+  %sq = onnx.Mul(%x, %x) : ?
+  %ax = const tensor<1xi64> dense<[-1]>
+  %ms = onnx.ReduceMean(%sq, %ax) {{keepdims = 1}} : ?
+  %ae = onnx.Add(%ms, %eps) : ?
+  %rt = onnx.Sqrt(%ae) : ?
+  %nx = onnx.Div(%x, %rt) : ?
+  %n = onnx.Mul(%nx, %g) : ?
+  %q = onnx.MatMul(%n, %wq) : ?
+  %k = onnx.MatMul(%n, %wk) : ?
+  %v = onnx.MatMul(%n, %wv) : ?
+  %hs = const tensor<4xi64> dense<[{b}, {s}, {h}, {d}]>
+  %qr = onnx.Reshape(%q, %hs) : ?
+  %kr = onnx.Reshape(%k, %hs) : ?
+  %vr = onnx.Reshape(%v, %hs) : ?
+  %qt = onnx.Transpose(%qr) {{perm = [0, 2, 1, 3]}} : ?
+  %kt = onnx.Transpose(%kr) {{perm = [0, 2, 3, 1]}} : ?
+  %vt = onnx.Transpose(%vr) {{perm = [0, 2, 1, 3]}} : ?
+  %sc = onnx.MatMul(%qt, %kt) : ?
+  %scale = const tensor<f64> dense<[0.5]>
+  %ss = onnx.Mul(%sc, %scale) : ?
+  %msk = onnx.Add(%ss, %mask) : ?
+  %pr = onnx.Softmax(%msk) {{axis = -1}} : ?
+  %at = onnx.MatMul(%pr, %vt) : ?
+  %ab = onnx.Transpose(%at) {{perm = [0, 2, 1, 3]}} : ?
+  %os = const tensor<3xi64> dense<[{b}, {s}, {w}]>
+  %ao = onnx.Reshape(%ab, %os) : ?
+  %o = onnx.MatMul(%ao, %wo) : ?
+  %r = onnx.Add(%x, %o) : ?
+  %gt = onnx.MatMul(%r, %wg) : ?
+  %sg = onnx.Sigmoid(%gt) : ?
+  %si = onnx.Mul(%gt, %sg) : ?
+  %up = onnx.MatMul(%r, %wu) : ?
+  %gu = onnx.Mul(%si, %up) : ?
+  %dn = onnx.MatMul(%gu, %wd) : ?
+  %y = onnx.Add(%r, %dn) : ?"#
+        );
+        let mask: Vec<usize> = vec![s, s];
+        (
+            vec![
+                p("x", &[b, s, w]),
+                pr("g", &[w], 0.5, 1.5),
+                p("wq", &[w, w]),
+                p("wk", &[w, w]),
+                p("wv", &[w, w]),
+                p("wo", &[w, w]),
+                p("wg", &[w, 3]),
+                p("wu", &[w, 3]),
+                p("wd", &[3, w]),
+                inp("mask", &mask, Fill::Fixed(-2.0, 0.0)),
+            ],
+            body,
+            "y",
+            None,
+        )
+    });
+}
