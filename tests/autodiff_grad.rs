@@ -408,3 +408,73 @@ fn decoder_block_pieces_compose() {
         )
     });
 }
+
+#[test]
+fn token_cross_entropy_helper() {
+    use ortho_codegen::cpu::{HostTensor, Plan};
+    use ortho_passes::autodiff::loss::append_token_cross_entropy;
+    use ortho_passes::autodiff::{autodiff, AutodiffSpec};
+    let (b, s, d, v) = (2usize, 3usize, 4usize, 5usize);
+    let src = format!(
+        "module {{ir_version = 9, opset_import = [\"\" = 18]}}\ngraph @lm(%x: tensor<{b}x{s}x{d}xf64>, %w: tensor<{d}x{v}xf64>) -> (%logits) {{\n  %logits = onnx.MatMul(%x, %w) : ?\n}}\n"
+    );
+    let mut m = ortho_ir::text::parse_module(&src).expect("parses");
+    let ce = append_token_cross_entropy(&mut m, "logits", "labels").expect("loss appended");
+    autodiff(
+        &mut m,
+        &AutodiffSpec {
+            loss: ce.loss.clone(),
+            trainable: vec!["w".into()],
+        },
+    )
+    .expect("autodiff");
+    let plan = Plan::compile(&m).expect("compiles");
+    let mut rng = Rng(7);
+    let x: Vec<f64> = (0..b * s * d).map(|_| rng.uniform(-1.0, 1.0)).collect();
+    let w: Vec<f64> = (0..d * v).map(|_| rng.uniform(-1.0, 1.0)).collect();
+    let labels: Vec<i64> = (0..b * s).map(|_| rng.int(0, v - 1) as i64).collect();
+    let run = |w: &[f64]| {
+        let feeds = vec![
+            ("x", HostTensor::from_vec(vec![b, s, d], x.clone()).expect("x")),
+            ("w", HostTensor::from_vec(vec![d, v], w.to_vec()).expect("w")),
+            (
+                "labels",
+                HostTensor::from_vec(vec![b, s], labels.clone()).expect("labels"),
+            ),
+        ];
+        plan.run(&feeds).expect("runs")
+    };
+    let out = run(&w);
+    let get = |o: &[(String, HostTensor)], n: &str| {
+        o.iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, t)| t.to_f64_vec())
+            .expect("output")
+    };
+    // The loss equals the mean of -log softmax at the labels, computed here directly.
+    let logits = get(&out, "logits");
+    let mut want = 0.0;
+    for t in 0..b * s {
+        let row = &logits[t * v..(t + 1) * v];
+        let mx = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = mx + row.iter().map(|z| (z - mx).exp()).sum::<f64>().ln();
+        want += lse - row[labels[t] as usize];
+    }
+    want /= (b * s) as f64;
+    let loss = get(&out, &ce.loss)[0];
+    assert!((loss - want).abs() < 1e-12, "{loss} vs {want}");
+    let grad = get(&out, "w_grad");
+    let h = 1e-5;
+    let (mut num, mut den) = (0.0, 0.0);
+    for i in 0..w.len() {
+        let mut wp = w.clone();
+        wp[i] += h;
+        let mut wm = w.clone();
+        wm[i] -= h;
+        let fd = (get(&run(&wp), &ce.loss)[0] - get(&run(&wm), &ce.loss)[0]) / (2.0 * h);
+        num += (grad[i] - fd).powi(2);
+        den += fd * fd;
+    }
+    let rel = (num / den).sqrt();
+    assert!(rel <= gradcheck::TOL, "cross-entropy gradient: {rel:.3e}");
+}
