@@ -147,6 +147,25 @@ pub fn select_params(m: &Module, patterns: &[String]) -> Vec<ValueId> {
         .collect()
 }
 
+/// Turns the initializers among `params` into graph inputs whose default is the initializer
+/// (ONNX's initializer-backed inputs), so a compiled plan can be fed updated parameters without
+/// being recompiled; the model's meaning is unchanged when they are not fed. Returns the names
+/// of the parameters converted, in order.
+pub fn parameters_as_inputs(m: &mut Module, params: &[ValueId]) -> Vec<String> {
+    let g = m.main_graph_mut();
+    let mut inputs = g.inputs().to_vec();
+    let mut done = Vec::new();
+    for &v in params {
+        if let Op::Const(t) = g.node(v.node).op {
+            g.node_mut(v.node).op = Op::Input { default: Some(t) };
+            inputs.push(v.node);
+            done.push(g.value_name(v).to_string());
+        }
+    }
+    g.set_inputs(inputs);
+    done
+}
+
 fn is_float(m: &Module, v: ValueId) -> bool {
     matches!(
         m.main_graph().value_type(v).dtype(),
