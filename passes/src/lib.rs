@@ -29,6 +29,7 @@ pub mod pipeline;
 pub mod registry;
 pub mod rotation_search;
 pub mod sparsity;
+pub mod train;
 pub mod transforms;
 
 #[cfg(test)]
