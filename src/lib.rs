@@ -17,6 +17,7 @@ mod lm;
 mod opt;
 mod passes_glue;
 mod run;
+pub mod train;
 
 pub use cli::{Driver, GlobalArgs};
 pub use error::CliError;
