@@ -180,14 +180,17 @@ impl Trainer {
     /// Appends the loss and its gradient to `model`, compiles the forward+backward plan once,
     /// and reads the initial weights.
     pub fn new(mut model: Module, cfg: TrainConfig) -> Result<Trainer, TrainLoopError> {
-        let ce = append_token_cross_entropy(&mut model, &cfg.logits, "labels")?;
+        // Parameters are chosen before the loss is appended, so the loss's own constants are
+        // never among them; autodiff then gets their exact names.
+        ortho_ir::shape::infer_shapes(&mut model);
         let params = select_params(&model, &cfg.trainable);
+        let ce = append_token_cross_entropy(&mut model, &cfg.logits, "labels")?;
         let names = parameters_as_inputs(&mut model, &params);
         let report = autodiff(
             &mut model,
             &AutodiffSpec {
                 loss: ce.loss.clone(),
-                trainable: cfg.trainable.clone(),
+                trainable: names.clone(),
             },
         )?;
         let mut shapes = Vec::new();

@@ -311,6 +311,24 @@ fn concat_split_expand() {
 }
 
 #[test]
+fn gather_rows_of_a_table() {
+    property("Gather", 4, |rng| {
+        let (rows, width) = (rng.int(2, 6), rng.int(1, 4));
+        // Indices repeat, so their gradients add.
+        let ishape = dims(rng, 2);
+        (
+            vec![
+                p("table", &[rows, width]),
+                inp("ids", &ishape, Fill::Index(rows)),
+            ],
+            "  %y = onnx.Gather(%table, %ids) {axis = 0} : ?".into(),
+            "y",
+            None,
+        )
+    });
+}
+
+#[test]
 fn where_and_cast() {
     property("Where", 4, |rng| {
         let s = dims(rng, 2);

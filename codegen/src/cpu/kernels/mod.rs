@@ -12,6 +12,7 @@ pub mod mathf;
 pub mod matmul;
 pub mod nn;
 pub mod reduce;
+pub mod scatter;
 pub mod shape;
 pub mod unary;
 
@@ -281,6 +282,12 @@ pub fn builtin(site: &KernelSite<'_>) -> KernelResult<Option<Box<dyn Kernel>>> {
         Op::Gather(a) => {
             let axis = a.axis();
             k(move |cx, ins| shape::gather(cx, ins, axis))
+        }
+        Op::ScatterND(a) => {
+            let red = scatter::ScatterReduction::from_word(&a.reduction()).ok_or_else(|| {
+                KernelError::unsupported(format!("ScatterND reduction '{}'", a.reduction()))
+            })?;
+            k(move |_, ins| scatter::scatter_nd(ins, red))
         }
         Op::Shape(a) => {
             let (s, e) = (a.start, a.end);

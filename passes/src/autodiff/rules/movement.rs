@@ -1,7 +1,8 @@
 //! Gradient rules of data-movement ops: the reshapes (Reshape, Flatten, Squeeze, Unsqueeze) give
 //! the result gradient back the operand's run-time shape, Transpose applies the inverse
 //! permutation, Concat splits the gradient at the operands' extents and Split concatenates the
-//! results' gradients (zeros for results the loss does not read).
+//! results' gradients (zeros for results the loss does not read), and Gather's rows are added
+//! back into a zero table by ScatterND.
 
 use super::{unsupported, Site};
 use crate::autodiff::builder::{BResult, Builder};
@@ -15,6 +16,8 @@ pub fn supports(op: &Op, slot: usize) -> Option<bool> {
         }
         Op::Split(_) => slot == 0,
         Op::Concat(_) => true,
+        // Rows of a table (an embedding) along axis 0; other axes would need a transpose.
+        Op::Gather(a) => slot == 0 && a.axis() == 0,
         _ => return None,
     })
 }
@@ -109,6 +112,26 @@ fn emit(b: &mut Builder<'_>, s: &Site) -> BResult<Vec<Option<ValueId>>> {
                 axis: Some(ax as i64),
             });
             dx[0] = Some(b.one(op, &parts, "split_grad"));
+        }
+        Op::Gather(_) => {
+            // Each gathered row's gradient is added back into its row of a zero table:
+            // ScatterND with reduction `add` (an index repeated in the batch sums).
+            let table = s.x(b, 0)?;
+            let mut idx = s.x(b, 1)?;
+            let dy = s.dy0(b)?;
+            if b.ty(idx).dtype() != Some(ortho_ir::DType::I64) {
+                let to = Op::Cast(attrs::Cast {
+                    to: Some(ortho_ir::DType::I64.code() as i64),
+                    ..Default::default()
+                });
+                idx = b.one(to, &[idx], "indices");
+            }
+            let tuples = b.unsqueeze(idx, &[-1]);
+            let zeros = b.zeros_like(table)?;
+            let op = Op::ScatterND(attrs::ScatterND {
+                reduction: Some("add".into()),
+            });
+            dx[0] = Some(b.one(op, &[zeros, tuples, dy], "gather_grad"));
         }
         op => return Err(unsupported(b, format!("no movement rule for {}", op.name()))),
     }
