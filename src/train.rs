@@ -160,6 +160,9 @@ pub struct StepReport {
     /// The schedule's learning-rate multiplier.
     pub lr_scale: f64,
     pub tokens: usize,
+    /// Seconds spent in the forward+backward plan and in the optimizer update.
+    pub run_secs: f64,
+    pub update_secs: f64,
 }
 
 /// A model compiled for training and its optimizer state.
@@ -311,19 +314,32 @@ impl Trainer {
 
     /// One optimizer step over `micro` batches (their gradients are averaged).
     pub fn step(&mut self, micro: &[TokenBatch]) -> Result<StepReport, TrainLoopError> {
+        let t0 = std::time::Instant::now();
         let mut acc = GradAccumulator::new();
         let mut loss = 0.0;
         let mut tokens = 0;
+        let mut single = None;
         for b in micro {
             let (l, g) = self.forward_backward(b)?;
             loss += l;
             tokens += b.batch * b.seqlen;
-            acc.add(&g);
+            if micro.len() == 1 {
+                single = Some(g);
+            } else {
+                acc.add(&g);
+            }
         }
-        let grads = acc.take();
+        // One micro-batch needs no accumulation (and no f64 copy of every gradient).
+        let grads = match single {
+            Some(g) => g,
+            None => acc.take(),
+        };
+        let run_secs = t0.elapsed().as_secs_f64();
+        let t1 = std::time::Instant::now();
         let c = &self.cfg;
         let scale = cosine_with_warmup(self.step, c.warmup_steps, c.total_steps, c.min_lr_ratio);
         let stats = self.opt.step(&mut self.values, &grads, scale)?;
+        let update_secs = t1.elapsed().as_secs_f64();
         self.step += 1;
         Ok(StepReport {
             step: self.step,
@@ -331,6 +347,8 @@ impl Trainer {
             grad_norm: stats.grad_norm,
             lr_scale: scale,
             tokens,
+            run_secs,
+            update_secs,
         })
     }
 

@@ -191,45 +191,38 @@ impl AdamW {
                 }
             }
         }
-        // Masked gradients are zero; everything else is read in f64.
-        let mut g: Vec<Vec<f64>> = grads
-            .iter()
-            .enumerate()
-            .map(|(i, gi)| match &self.masks[i] {
-                Some(k) => gi
-                    .iter()
-                    .zip(k)
-                    .map(|(&x, &keep)| if keep { f64::from(x) } else { 0.0 })
-                    .collect(),
-                None => gi.iter().map(|&x| f64::from(x)).collect(),
-            })
-            .collect();
-        for (i, gi) in g.iter().enumerate() {
-            if gi.iter().any(|x| !x.is_finite()) {
-                return Err(TrainError::NonFinite { index: i });
+        // Masked gradient entries count as zero everywhere (norms and moments); gradients are
+        // read in f64 without being copied, the clip factors applied on the fly.
+        let masked = |i: usize, k: usize| self.masks[i].as_ref().is_some_and(|m| !m[k]);
+        let mut sq = vec![0.0f64; n];
+        for (i, gi) in grads.iter().enumerate() {
+            let mut s = 0.0f64;
+            for (k, &x) in gi.iter().enumerate() {
+                if masked(i, k) {
+                    continue;
+                }
+                if !x.is_finite() {
+                    return Err(TrainError::NonFinite { index: i });
+                }
+                s += f64::from(x) * f64::from(x);
             }
+            sq[i] = s;
         }
-        let sq = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>();
-        let grad_norm = g.iter().map(|v| sq(v)).sum::<f64>().sqrt();
+        let grad_norm = sq.iter().sum::<f64>().sqrt();
         let clip_scale = match self.cfg.max_grad_norm {
             Some(max) if grad_norm > max => max / grad_norm,
             _ => 1.0,
         };
-        if clip_scale != 1.0 {
-            g.iter_mut().flatten().for_each(|x| *x *= clip_scale);
-        }
         for (gi, group) in self.groups.iter_mut().enumerate() {
             let members: Vec<usize> = (0..n).filter(|&i| self.group_of[i] == gi).collect();
             if members.is_empty() {
                 continue;
             }
+            let mut scale = clip_scale;
             if let Some(max) = group.spec.max_grad_norm {
-                let norm = members.iter().map(|&i| sq(&g[i])).sum::<f64>().sqrt();
+                let norm = clip_scale * members.iter().map(|&i| sq[i]).sum::<f64>().sqrt();
                 if norm > max {
-                    let s = max / norm;
-                    for &i in &members {
-                        g[i].iter_mut().for_each(|x| *x *= s);
-                    }
+                    scale *= max / norm;
                 }
             }
             group.step += 1;
@@ -240,21 +233,19 @@ impl AdamW {
             let decay = 1.0 - lr * group.spec.weight_decay;
             for &i in &members {
                 let (p, m, v) = (&mut params[i], &mut self.m[i], &mut self.v[i]);
+                let keep = self.masks[i].as_deref();
                 for k in 0..p.len() {
-                    let gk = g[i][k];
+                    if keep.is_some_and(|km| !km[k]) {
+                        p[k] = 0.0;
+                        continue;
+                    }
+                    let gk = f64::from(grads[i][k]) * scale;
                     let mk = b1 * f64::from(m[k]) + (1.0 - b1) * gk;
                     let vk = b2 * f64::from(v[k]) + (1.0 - b2) * gk * gk;
                     let upd = (mk / c1) / ((vk / c2).sqrt() + eps);
                     p[k] = (f64::from(p[k]) * decay - lr * upd) as f32;
                     m[k] = mk as f32;
                     v[k] = vk as f32;
-                }
-                if let Some(keep) = &self.masks[i] {
-                    for (x, &k) in p.iter_mut().zip(keep) {
-                        if !k {
-                            *x = 0.0;
-                        }
-                    }
                 }
             }
         }
