@@ -295,7 +295,11 @@ impl Trainer {
                 .map(|(_, t)| t)
                 .ok_or_else(|| TrainLoopError::MissingOutput(name.to_string()))
         };
-        let loss = find(&self.loss)?.to_f64_vec().first().copied().unwrap_or(f64::NAN);
+        let loss = find(&self.loss)?
+            .to_f64_vec()
+            .first()
+            .copied()
+            .unwrap_or(f64::NAN);
         let mut grads = Vec::with_capacity(self.grads.len());
         for g in &self.grads {
             let t = find(g)?;

@@ -25,7 +25,11 @@ fn binary(op: &'static str, positive_b: bool) {
         let a = dims(rng, r);
         let b = broadcastable(rng, &a);
         // Either operand may be the broadcast one.
-        let (sa, sb) = if rng.next_u64() % 2 == 0 { (a, b) } else { (b, a) };
+        let (sa, sb) = if rng.next_u64() % 2 == 0 {
+            (a, b)
+        } else {
+            (b, a)
+        };
         let bi = if positive_b {
             pr("b", &sb, 0.5, 1.5)
         } else {
@@ -217,9 +221,7 @@ fn reshapes_and_transpose() {
         let n: usize = s.iter().product();
         (
             vec![p("x", &s)],
-            format!(
-                "  %s = const tensor<2xi64> dense<[{n}, 1]>\n  %y = onnx.Reshape(%x, %s) : ?"
-            ),
+            format!("  %s = const tensor<2xi64> dense<[{n}, 1]>\n  %y = onnx.Reshape(%x, %s) : ?"),
             "y",
             None,
         )
@@ -244,7 +246,12 @@ fn reshapes_and_transpose() {
     });
     property("Transpose", 4, |rng| {
         let s = dims(rng, 4);
-        let perms = ["[0, 2, 3, 1]", "[3, 2, 1, 0]", "[1, 0, 3, 2]", "[0, 2, 1, 3]"];
+        let perms = [
+            "[0, 2, 3, 1]",
+            "[3, 2, 1, 0]",
+            "[1, 0, 3, 2]",
+            "[0, 2, 1, 3]",
+        ];
         let perm = perms[rng.int(0, 3)];
         (
             vec![p("x", &s)],
@@ -265,7 +272,10 @@ fn concat_split_expand() {
         b[axis] = rng.int(1, 3);
         (
             vec![p("a", &a), p("b", &b)],
-            format!("  %y = onnx.Concat(%a, %b, %a) {{axis = {}}} : ?", axis as i64 - 3),
+            format!(
+                "  %y = onnx.Concat(%a, %b, %a) {{axis = {}}} : ?",
+                axis as i64 - 3
+            ),
             "y",
             None,
         )
@@ -453,8 +463,14 @@ fn token_cross_entropy_helper() {
     let labels: Vec<i64> = (0..b * s).map(|_| rng.int(0, v - 1) as i64).collect();
     let run = |w: &[f64]| {
         let feeds = vec![
-            ("x", HostTensor::from_vec(vec![b, s, d], x.clone()).expect("x")),
-            ("w", HostTensor::from_vec(vec![d, v], w.to_vec()).expect("w")),
+            (
+                "x",
+                HostTensor::from_vec(vec![b, s, d], x.clone()).expect("x"),
+            ),
+            (
+                "w",
+                HostTensor::from_vec(vec![d, v], w.to_vec()).expect("w"),
+            ),
             (
                 "labels",
                 HostTensor::from_vec(vec![b, s], labels.clone()).expect("labels"),

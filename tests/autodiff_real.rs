@@ -89,7 +89,10 @@ fn two_block_prefix_directional_derivative_f64() {
     ortho_passes::dce(&mut m);
     ortho_ir::shape::infer_shapes(&mut m);
 
-    let patterns = vec!["model.layers.0.*".to_string(), "model.layers.1.*".to_string()];
+    let patterns = vec![
+        "model.layers.0.*".to_string(),
+        "model.layers.1.*".to_string(),
+    ];
     let params = select_params(&m, &patterns);
     assert_eq!(params.len(), 18, "9 weights per block");
     let names = parameters_as_inputs(&mut m, &params);
@@ -158,7 +161,12 @@ fn two_block_prefix_directional_derivative_f64() {
             .iter()
             .find(|(n, _)| n == gname)
             .unwrap_or_else(|| panic!("no gradient output for {pname}"));
-        gv += gt.1.to_f64_vec().iter().zip(d).map(|(a, b)| a * b).sum::<f64>();
+        gv +=
+            gt.1.to_f64_vec()
+                .iter()
+                .zip(d)
+                .map(|(a, b)| a * b)
+                .sum::<f64>();
     }
     let loss_of = |o: &[(String, HostTensor)]| {
         o.iter()
@@ -170,5 +178,8 @@ fn two_block_prefix_directional_derivative_f64() {
     let fd = (loss_of(&run(h)) - loss_of(&run(-h))) / (2.0 * h);
     let rel = (gv - fd).abs() / fd.abs();
     eprintln!("2-block SmolLM2 prefix (f64): g·v = {gv:.12e}, finite difference = {fd:.12e}, relative error {rel:.3e}");
-    assert!(rel <= 1e-6, "directional derivative: relative error {rel:.3e}");
+    assert!(
+        rel <= 1e-6,
+        "directional derivative: relative error {rel:.3e}"
+    );
 }

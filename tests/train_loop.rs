@@ -82,12 +82,32 @@ fn train_command_writes_a_trained_model_and_its_curve() {
     let curve = dir.0.join("curve.json");
     let p = |x: &std::path::Path| x.to_str().expect("utf-8 path").to_string();
     let r = run(&[
-        "train", &p(&model), "--data", &p(&ids), "--steps", "30", "-o", &p(&out),
-        "--lr", "0.05", "--batch", "4", "--seqlen", "6", "--warmup", "2",
-        "--curve", &p(&curve), "-q",
+        "train",
+        &p(&model),
+        "--data",
+        &p(&ids),
+        "--steps",
+        "30",
+        "-o",
+        &p(&out),
+        "--lr",
+        "0.05",
+        "--batch",
+        "4",
+        "--seqlen",
+        "6",
+        "--warmup",
+        "2",
+        "--curve",
+        &p(&curve),
+        "-q",
     ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.stdout.contains("trained 30 steps (720 tokens)"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("trained 30 steps (720 tokens)"),
+        "{}",
+        r.stdout
+    );
     let c: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&curve).expect("curve")).expect("json");
     let steps = c["steps"].as_array().expect("steps");
@@ -112,7 +132,15 @@ fn train_command_writes_a_trained_model_and_its_curve() {
 
     // Text data without a tokenizer: a usage error, nothing written.
     let out2 = dir.0.join("never.onnx");
-    let r = run(&["train", &p(&model), "--data", &p(&model), "-o", &p(&out2), "-q"]);
+    let r = run(&[
+        "train",
+        &p(&model),
+        "--data",
+        &p(&model),
+        "-o",
+        &p(&out2),
+        "-q",
+    ]);
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("needs --tokenizer"), "{}", r.stderr);
     assert!(!out2.exists());

@@ -107,12 +107,15 @@ fn feed_of(i: &Inp, rng: &mut Rng) -> HostTensor {
     let n: usize = i.shape.iter().product();
     let shape = i.shape.clone();
     let t = match i.fill {
-        Fill::Param(lo, hi) | Fill::Fixed(lo, hi) => {
-            HostTensor::from_vec(shape, (0..n).map(|_| rng.uniform(lo, hi)).collect::<Vec<f64>>())
-        }
+        Fill::Param(lo, hi) | Fill::Fixed(lo, hi) => HostTensor::from_vec(
+            shape,
+            (0..n).map(|_| rng.uniform(lo, hi)).collect::<Vec<f64>>(),
+        ),
         Fill::Bool => HostTensor::from_vec(
             shape,
-            (0..n).map(|_| rng.next_u64() & 1 == 1).collect::<Vec<bool>>(),
+            (0..n)
+                .map(|_| rng.next_u64() & 1 == 1)
+                .collect::<Vec<bool>>(),
         ),
         Fill::Index(k) => HostTensor::from_vec(
             shape,

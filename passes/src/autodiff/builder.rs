@@ -127,10 +127,11 @@ impl<'m> Builder<'m> {
         );
         let tid = self.m.add_tensor(t);
         let name = self.fresh(tag);
-        let id = self
-            .m
-            .main_graph_mut()
-            .add_node(Op::Const(tid), Vec::new(), vec![Output::new(name, ty)]);
+        let id = self.m.main_graph_mut().add_node(
+            Op::Const(tid),
+            Vec::new(),
+            vec![Output::new(name, ty)],
+        );
         self.emitted += 1;
         ValueId {
             node: id,

@@ -40,10 +40,9 @@ pub fn append_token_cross_entropy(
             node: "the cross-entropy loss (needs a fixed vocabulary size)".into(),
         })?;
     let label_dims = dims[..dims.len() - 1].to_vec();
-    let labels = b
-        .m
-        .main_graph_mut()
-        .add_input(labels_name, Type::tensor(DType::I64, label_dims));
+    let labels =
+        b.m.main_graph_mut()
+            .add_input(labels_name, Type::tensor(DType::I64, label_dims));
     let logp = b.one(
         Op::LogSoftmax(attrs::LogSoftmax { axis: Some(-1) }),
         &[logits],

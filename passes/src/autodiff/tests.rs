@@ -146,7 +146,10 @@ fn bad_specs_are_typed_errors() {
 
 #[test]
 fn glob_patterns() {
-    assert!(glob_match("model.layers.*.mlp.*", "model.layers.3.mlp.up_proj.weight"));
+    assert!(glob_match(
+        "model.layers.*.mlp.*",
+        "model.layers.3.mlp.up_proj.weight"
+    ));
     assert!(glob_match("*", "anything"));
     assert!(glob_match("a*b*c", "abc"));
     assert!(!glob_match("a*b*c", "acb"));

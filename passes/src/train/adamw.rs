@@ -20,7 +20,11 @@
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TrainError {
     #[error("parameter {index} has {got} gradient values, expected {want}")]
-    GradSize { index: usize, got: usize, want: usize },
+    GradSize {
+        index: usize,
+        got: usize,
+        want: usize,
+    },
     #[error("{got} gradients for {want} parameters")]
     GradCount { got: usize, want: usize },
     #[error("parameter {index} is in group {group}, but there are {groups} groups")]
@@ -30,7 +34,11 @@ pub enum TrainError {
         groups: usize,
     },
     #[error("the mask of parameter {index} has {got} entries, expected {want}")]
-    MaskSize { index: usize, got: usize, want: usize },
+    MaskSize {
+        index: usize,
+        got: usize,
+        want: usize,
+    },
     #[error("gradient of parameter {index} is not finite")]
     NonFinite { index: usize },
 }
@@ -131,10 +139,14 @@ impl AdamW {
 
     /// Keeps the entries of parameter `index` where `keep` is false at zero from now on.
     pub fn set_mask(&mut self, index: usize, keep: Vec<bool>) -> Result<(), TrainError> {
-        let want = self.m.get(index).map(Vec::len).ok_or(TrainError::GradCount {
-            got: index + 1,
-            want: self.m.len(),
-        })?;
+        let want = self
+            .m
+            .get(index)
+            .map(Vec::len)
+            .ok_or(TrainError::GradCount {
+                got: index + 1,
+                want: self.m.len(),
+            })?;
         if keep.len() != want {
             return Err(TrainError::MaskSize {
                 index,
@@ -185,9 +197,16 @@ impl AdamW {
             });
         }
         for i in 0..n {
-            for (got, want) in [(grads[i].len(), self.m[i].len()), (params[i].len(), self.m[i].len())] {
+            for (got, want) in [
+                (grads[i].len(), self.m[i].len()),
+                (params[i].len(), self.m[i].len()),
+            ] {
                 if got != want {
-                    return Err(TrainError::GradSize { index: i, got, want });
+                    return Err(TrainError::GradSize {
+                        index: i,
+                        got,
+                        want,
+                    });
                 }
             }
         }

@@ -125,8 +125,8 @@ mod tests {
         let data = || HostTensor::from_vec(vec![3, 2], vec![1.0f32; 6]).expect("data");
         // Row 2, row 0, row 2 again (added twice), and −1 meaning the last row.
         let idx = HostTensor::from_vec(vec![3, 1], vec![2i64, 0, -1]).expect("idx");
-        let upd = HostTensor::from_vec(vec![3, 2], vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0])
-            .expect("upd");
+        let upd =
+            HostTensor::from_vec(vec![3, 2], vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]).expect("upd");
         assert_eq!(
             run(data(), idx.clone(), upd.clone(), ScatterReduction::Add),
             vec![4.0, 5.0, 1.0, 1.0, 7.0, 9.0]

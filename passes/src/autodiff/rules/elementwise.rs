@@ -166,7 +166,12 @@ fn emit(b: &mut Builder<'_>, s: &Site) -> BResult<Vec<Option<ValueId>>> {
                 dx[2] = Some(b.sum_to(t, a, &out)?);
             }
         }
-        op => return Err(unsupported(b, format!("no elementwise rule for {}", op.name()))),
+        op => {
+            return Err(unsupported(
+                b,
+                format!("no elementwise rule for {}", op.name()),
+            ))
+        }
     }
     Ok(dx)
 }

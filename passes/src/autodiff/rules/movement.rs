@@ -56,7 +56,9 @@ fn emit(b: &mut Builder<'_>, s: &Site) -> BResult<Vec<Option<ValueId>>> {
         Op::Concat(a) => {
             let dy = s.dy0(b)?;
             let r = b.rank(s.y[0])?;
-            let axis = a.axis.ok_or_else(|| unsupported(b, "Concat without axis"))?;
+            let axis = a
+                .axis
+                .ok_or_else(|| unsupported(b, "Concat without axis"))?;
             let ax = norm_axis(axis, r).map_err(|e| unsupported(b, e.to_string()))?;
             let xs: Vec<ValueId> = s.x.iter().flatten().copied().collect();
             let mut sizes = Vec::with_capacity(xs.len());
@@ -133,7 +135,12 @@ fn emit(b: &mut Builder<'_>, s: &Site) -> BResult<Vec<Option<ValueId>>> {
             });
             dx[0] = Some(b.one(op, &[zeros, tuples, dy], "gather_grad"));
         }
-        op => return Err(unsupported(b, format!("no movement rule for {}", op.name()))),
+        op => {
+            return Err(unsupported(
+                b,
+                format!("no movement rule for {}", op.name()),
+            ))
+        }
     }
     Ok(dx)
 }

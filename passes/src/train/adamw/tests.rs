@@ -54,11 +54,16 @@ fn global_clipping_scales_every_gradient() {
     };
     let mut opt = AdamW::new(cfg, vec![group(0.1, 0.0, None)], &[1, 1], vec![0, 0]).expect("opt");
     let mut p = vec![vec![0.0f32], vec![0.0f32]];
-    let s = opt.step(&mut p, &[vec![3.0], vec![4.0]], 1.0).expect("step");
+    let s = opt
+        .step(&mut p, &[vec![3.0], vec![4.0]], 1.0)
+        .expect("step");
     assert_eq!(s.grad_norm, 5.0);
     assert!((s.clip_scale - 0.2).abs() < 1e-15);
     let (m, v) = opt.moments(1);
-    assert!(close(m[0], 0.1 * 0.8) && close(v[0], 0.001 * 0.64), "{m:?} {v:?}");
+    assert!(
+        close(m[0], 0.1 * 0.8) && close(v[0], 0.001 * 0.64),
+        "{m:?} {v:?}"
+    );
 }
 
 #[test]
@@ -70,7 +75,8 @@ fn groups_have_their_own_lr_decay_clip_and_reset() {
     let groups = vec![group(0.1, 0.0, None), group(0.01, 0.5, Some(0.1))];
     let mut opt = AdamW::new(cfg, groups, &[1, 1], vec![0, 1]).expect("opt");
     let mut p = vec![vec![1.0f32], vec![1.0f32]];
-    opt.step(&mut p, &[vec![2.0], vec![2.0]], 0.5).expect("step");
+    opt.step(&mut p, &[vec![2.0], vec![2.0]], 0.5)
+        .expect("step");
     // Group 0: lr 0.05, no decay: 1 − 0.05. Group 1: lr 0.005, decay 1 − 0.0025, the gradient
     // clipped to 0.1 (first step's update is still ≈ sign): 0.9975 − 0.005.
     assert!(close(p[0][0], 0.95), "{p:?}");
@@ -82,7 +88,8 @@ fn groups_have_their_own_lr_decay_clip_and_reset() {
     assert!(opt.moments(0).0[0] != 0.0);
     // After the reset group 1's next step is a first step again (bias correction restarted).
     let before = p[1][0];
-    opt.step(&mut p, &[vec![0.0], vec![-0.05]], 1.0).expect("step");
+    opt.step(&mut p, &[vec![0.0], vec![-0.05]], 1.0)
+        .expect("step");
     let want = f64::from(before) * (1.0 - 0.01 * 0.5) + 0.01;
     assert!(close(p[1][0], want), "{} vs {want}", p[1][0]);
 }
@@ -96,23 +103,32 @@ fn masks_keep_pruned_weights_at_zero() {
         vec![0],
     )
     .expect("opt");
-    opt.set_mask(0, vec![true, false, true, false]).expect("mask");
+    opt.set_mask(0, vec![true, false, true, false])
+        .expect("mask");
     let mut p = vec![vec![1.0f32, 0.0, -1.0, 0.0]];
     for _ in 0..3 {
-        opt.step(&mut p, &[vec![0.1, 5.0, -0.1, -5.0]], 1.0).expect("step");
+        opt.step(&mut p, &[vec![0.1, 5.0, -0.1, -5.0]], 1.0)
+            .expect("step");
     }
     assert_eq!((p[0][1], p[0][3]), (0.0, 0.0));
     assert!(p[0][0] < 1.0 && p[0][2] > -1.0);
     // Masked gradients do not count toward the norm.
-    let s = opt.step(&mut p, &[vec![0.3, 100.0, 0.4, 100.0]], 1.0).expect("step");
+    let s = opt
+        .step(&mut p, &[vec![0.3, 100.0, 0.4, 100.0]], 1.0)
+        .expect("step");
     assert!((s.grad_norm - 0.5).abs() < 1e-7);
     assert!(opt.set_mask(0, vec![true]).is_err());
 }
 
 #[test]
 fn bad_sizes_are_errors() {
-    let mut opt =
-        AdamW::new(AdamWConfig::default(), vec![group(0.1, 0.0, None)], &[2], vec![0]).expect("opt");
+    let mut opt = AdamW::new(
+        AdamWConfig::default(),
+        vec![group(0.1, 0.0, None)],
+        &[2],
+        vec![0],
+    )
+    .expect("opt");
     let mut p = vec![vec![0.0f32; 2]];
     assert_eq!(
         opt.step(&mut p, &[vec![0.0; 3]], 1.0),
