@@ -214,6 +214,25 @@ impl<'m> Builder<'m> {
         }
     }
 
+    /// `ReduceMean(x, axes, keepdims = 1)`, axes as an operand from opset 18 on.
+    pub fn reduce_mean(&mut self, x: ValueId, axes: &[i64]) -> ValueId {
+        if self.opset >= 18 {
+            let a = self.ints(axes, "axes");
+            let op = Op::ReduceMean(attrs::ReduceMean {
+                keepdims: Some(1),
+                ..Default::default()
+            });
+            self.one(op, &[x, a], "mean")
+        } else {
+            let op = Op::ReduceMean(attrs::ReduceMean {
+                axes: Some(axes.to_vec()),
+                keepdims: Some(1),
+                ..Default::default()
+            });
+            self.one(op, &[x], "mean")
+        }
+    }
+
     /// `Unsqueeze(x, axes)` in the opset's form.
     pub fn unsqueeze(&mut self, x: ValueId, axes: &[i64]) -> ValueId {
         if self.opset >= 13 {

@@ -16,6 +16,9 @@
 //! 4. Reverse sweep in reverse topological order: a node's result gradients are summed, its
 //!    rule ([`rules`], one per op, grouped by op family) emits the operand gradients.
 //!
+//! Fused elementwise regions (`ortho.FusedElementwise`) on the gradient path are lowered to their
+//! standard ops first (the report counts them), so they differentiate through the ops' rules.
+//!
 //! The work happens on a copy of the module that replaces the original only on success, so an
 //! error leaves the caller's module unchanged.
 
@@ -103,6 +106,9 @@ pub struct AutodiffReport {
     pub added_nodes: usize,
     /// Parameters the loss does not depend on (their gradient is zero).
     pub unused: Vec<String>,
+    /// `ortho` nodes on the gradient path; when nonzero the module was lowered to standard ops
+    /// (`lower-ortho`) before differentiation.
+    pub lowered_fused: usize,
 }
 
 /// Whether `name` matches `pattern`, where `*` matches any (possibly empty) run of characters.
@@ -241,7 +247,29 @@ pub fn autodiff(m: &mut Module, spec: &AutodiffSpec) -> Result<AutodiffReport, A
     if params.is_empty() {
         return Err(AutodiffError::NoTrainable(spec.trainable.clone()));
     }
-    let (active, needed) = active_region(&work, &params, loss)?;
+    let mut loss = loss;
+    let (mut active, mut needed) = active_region(&work, &params, loss)?;
+    // A fused elementwise region on the gradient path is differentiated through its standard
+    // ops: the module is lowered (lower-ortho) and the region found again.
+    let fused_on_path = active
+        .iter()
+        .filter(|&&n| matches!(work.main_graph().node(n).op, Op::Ortho(_)))
+        .count();
+    if fused_on_path > 0 {
+        crate::transforms::lower_ortho(&mut work).map_err(|e| AutodiffError::Unsupported {
+            node: e.node.clone(),
+            why: format!("lowering ortho ops before differentiation: {}", e.message),
+        })?;
+        ortho_ir::shape::infer_shapes(&mut work);
+        // The loss may have been a fused node's result: found again by its name.
+        loss = *work
+            .main_graph()
+            .value_names()
+            .get(&spec.loss)
+            .ok_or_else(|| AutodiffError::NoLoss(spec.loss.clone()))?;
+        (active, needed) = active_region(&work, &params, loss)?;
+    }
+    let g = work.main_graph();
     if active.is_empty() && !params.contains(&loss) {
         return Err(AutodiffError::LossIndependent(spec.loss.clone()));
     }
@@ -312,6 +340,7 @@ pub fn autodiff(m: &mut Module, spec: &AutodiffSpec) -> Result<AutodiffReport, A
         active_nodes: active.len(),
         added_nodes: 0,
         unused: Vec::new(),
+        lowered_fused: fused_on_path,
     };
     let mut outputs = Vec::new();
     for &p in &params {

@@ -13,6 +13,7 @@
 mod elementwise;
 mod linear;
 mod movement;
+mod norm;
 mod reduce;
 
 use super::builder::{BResult, Builder};
@@ -24,6 +25,7 @@ pub fn supports(op: &Op, slot: usize) -> bool {
         .or_else(|| linear::supports(op, slot))
         .or_else(|| movement::supports(op, slot))
         .or_else(|| reduce::supports(op, slot))
+        .or_else(|| norm::supports(op, slot))
         .unwrap_or(false)
 }
 
@@ -107,6 +109,9 @@ pub fn apply(
         return r;
     }
     if let Some(r) = reduce::apply(b, &site) {
+        return r;
+    }
+    if let Some(r) = norm::apply(b, &site) {
         return r;
     }
     Err(unsupported(b, format!("no rule for {}", site.op.name())))

@@ -15,6 +15,8 @@ pub fn supports(op: &Op, slot: usize) -> Option<bool> {
             slot == 0
         }
         Op::Split(_) => slot == 0,
+        // Constant starts/ends/axes, steps of 1, a fully shaped operand (checked when emitted).
+        Op::Slice => slot == 0,
         Op::Concat(_) => true,
         // Rows of a table (an embedding) along axis 0; other axes would need a transpose.
         Op::Gather(a) => slot == 0 && a.axis() == 0,
@@ -115,6 +117,7 @@ fn emit(b: &mut Builder<'_>, s: &Site) -> BResult<Vec<Option<ValueId>>> {
             });
             dx[0] = Some(b.one(op, &parts, "split_grad"));
         }
+        Op::Slice => dx[0] = Some(slice(b, s)?),
         Op::Gather(_) => {
             // Each gathered row's gradient is added back into its row of a zero table:
             // ScatterND with reduction `add` (an index repeated in the batch sums).
@@ -143,4 +146,82 @@ fn emit(b: &mut Builder<'_>, s: &Site) -> BResult<Vec<Option<ValueId>>> {
         }
     }
     Ok(dx)
+}
+
+/// Slice's gradient: the result gradient with zeros concatenated before and after it along each
+/// sliced axis, which needs constant slice bounds, unit steps and a fully shaped operand.
+fn slice(b: &mut Builder<'_>, s: &Site) -> BResult<ValueId> {
+    let x = s.x(b, 0)?;
+    let dy = s.dy0(b)?;
+    let dims: Vec<usize> = b
+        .dims(x)?
+        .iter()
+        .map(|d| d.fixed().and_then(|v| usize::try_from(v).ok()))
+        .collect::<Option<Vec<usize>>>()
+        .ok_or_else(|| unsupported(b, "Slice of an operand with run-time dims"))?;
+    let mut consts = Vec::new();
+    for slot in 1..5 {
+        consts.push(match s.x.get(slot).copied().flatten() {
+            Some(v) => Some(
+                b.const_ints(v)
+                    .ok_or_else(|| unsupported(b, "Slice bounds computed at run time"))?,
+            ),
+            None => None,
+        });
+    }
+    let (starts, ends) = match (&consts[0], &consts[1]) {
+        (Some(st), Some(en)) => (st.clone(), en.clone()),
+        _ => return Err(unsupported(b, "Slice without starts and ends")),
+    };
+    let plan = ortho_ir::semantics::slice::slice_plan(
+        &dims,
+        &starts,
+        &ends,
+        consts[2].as_deref(),
+        consts[3].as_deref(),
+    )
+    .map_err(|e| unsupported(b, e.to_string()))?;
+    let dt = b.dtype(x)?;
+    let mut cur: Vec<usize> = plan.iter().map(|p| p.len).collect();
+    let mut g = dy;
+    for (ax, (p, &dim)) in plan.iter().zip(&dims).enumerate() {
+        if p.len == dim {
+            continue;
+        }
+        if p.step != 1 {
+            return Err(unsupported(b, "Slice with a step other than 1"));
+        }
+        let before = p.start.max(0) as usize;
+        let after = dim - before - p.len;
+        let mut parts = Vec::with_capacity(3);
+        for (n, first) in [(before, true), (after, false)] {
+            if n == 0 {
+                continue;
+            }
+            let mut zs = cur.clone();
+            zs[ax] = n;
+            // Zeros made at run time from their shape, so the module holds no zero tensors.
+            let shape: Vec<i64> = zs.iter().map(|&d| d as i64).collect();
+            let sh = b.ints(&shape, "pad_shape");
+            let zero =
+                b.m.add_tensor(crate::autodiff::builder::scalar_tensor(dt, 0.0, vec![1]));
+            let op = Op::ConstantOfShape(attrs::ConstantOfShape { value: Some(zero) });
+            let z = b.one(op, &[sh], "slice_pad");
+            if first {
+                parts.push(z);
+                parts.push(g);
+            } else {
+                if parts.is_empty() {
+                    parts.push(g);
+                }
+                parts.push(z);
+            }
+        }
+        let op = Op::Concat(attrs::Concat {
+            axis: Some(ax as i64),
+        });
+        g = b.one(op, &parts, "slice_grad");
+        cur[ax] = dim;
+    }
+    Ok(g)
 }
