@@ -85,7 +85,7 @@ pub fn sample_windows(ids: &[u32], samples: usize, seqlen: usize, seed: u64) -> 
         .collect()
 }
 
-fn read_ids(path: &Path) -> Result<Vec<u32>, CliError> {
+pub(crate) fn read_ids(path: &Path) -> Result<Vec<u32>, CliError> {
     let bytes = std::fs::read(path).map_err(CliError::io(path))?;
     if path.extension().is_some_and(|e| e == "bin") {
         if bytes.len() % 2 != 0 {

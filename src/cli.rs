@@ -70,6 +70,7 @@ enum Command {
     Eval(crate::eval::EvalArgs),
     Compare(crate::compare::CompareArgs),
     Analyze(crate::analyze::AnalyzeArgs),
+    Train(crate::train_cmd::TrainArgs),
 }
 
 impl Command {
@@ -79,6 +80,7 @@ impl Command {
             Command::Eval(a) => crate::eval::run(a, g),
             Command::Compare(a) => crate::compare::run(a, g),
             Command::Analyze(a) => crate::analyze::run(a),
+            Command::Train(a) => crate::train_cmd::run(a, g),
         }
     }
 }
@@ -92,6 +94,7 @@ const EXAMPLES: &str = "Examples:
   ortho-opt eval MODEL --tokenizer tokenizer.json --text FILE [--windows 16 --seqlen 128 --bos ID --json]
   ortho-opt compare A B --tokenizer tokenizer.json --text FILE [--windows N --seqlen L --json]
   ortho-opt analyze MODEL [--json]
+  ortho-opt train MODEL --data FILE --steps N -o OUT.onnx [--lr --batch --seqlen --trainable --keep-zeros]
   ortho-opt help COMMAND                                # a command's options";
 
 /// The entry point shared by the CLI and the tests.

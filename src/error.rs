@@ -153,6 +153,9 @@ pub enum CliError {
     /// A report that serde_json cannot write.
     #[error("cannot write JSON: {0}")]
     Json(#[source] serde_json::Error),
+    /// `train` failed (autodiff, the engine, the optimizer or the token data).
+    #[error("train: {source}")]
+    Train { source: Source },
     /// Calibration of a model whose embedding lookup the structure analysis does not find.
     #[error("calibration needs a language model whose embedding lookup the structure analysis finds (see `ortho-opt analyze`)")]
     NotALanguageModel,

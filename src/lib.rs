@@ -17,6 +17,8 @@ mod lm;
 mod opt;
 mod passes_glue;
 mod run;
+pub mod train;
+mod train_cmd;
 
 pub use cli::{Driver, GlobalArgs};
 pub use error::CliError;

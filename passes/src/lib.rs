@@ -16,6 +16,7 @@
 //! and a block's linears), `rotation_search` (DenoiseRotator's objective and optimizer),
 //! `captures` (names subgraphs capture) and `calib` (running the model on calibration data).
 
+pub mod autodiff;
 pub mod calib;
 pub mod captures;
 pub(crate) mod consteval;
@@ -30,6 +31,7 @@ pub mod registry;
 pub mod rotation_search;
 pub mod selection;
 pub mod sparsity;
+pub mod train;
 pub mod transforms;
 
 #[cfg(test)]

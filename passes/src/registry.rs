@@ -11,6 +11,7 @@ use std::fmt::Write;
 
 /// The builtin passes, one line each, sorted by name.
 static BUILTIN: &[&PassInfo] = &[
+    &transforms::autodiff::INFO,
     &transforms::canonicalize::INFO,
     &transforms::cse::INFO,
     &transforms::dce::INFO,

@@ -85,7 +85,7 @@ fn unknown_pass_names_position_and_suggests() {
     assert!(e.message.starts_with("unknown pass 'foo'"), "{}", e.message);
     assert!(
         e.message
-            .contains("known: canonicalize, cse, dce, denoise-prune, denoise-rotate, fold-norms, fuse-elementwise, gauge-verify, infer-shapes, joint-basis, kron-factorize, lower-ortho, lowrank-factorize, prune, rotate-heads, rotate-residual, fixpoint"),
+            .contains("known: autodiff, canonicalize, cse, dce, denoise-prune, denoise-rotate, fold-norms, fuse-elementwise, gauge-verify, infer-shapes, joint-basis, kron-factorize, lower-ortho, lowrank-factorize, prune, rotate-heads, rotate-residual, fixpoint"),
         "{}",
         e.message
     );
@@ -354,6 +354,7 @@ macro_rules! round_trips {
 }
 
 round_trips!(
+    autodiff::AutodiffOptions,
     canonicalize::CanonicalizeOptions,
     denoise_prune::DenoisePruneOptions,
     denoise_rotate::DenoiseRotateOptions,

@@ -2,6 +2,7 @@
 //! outside, in modules named for what it is (`linalg`, `sparsity`, `rotation_search`,
 //! `captures`); `fold` is canonicalize's constant folder.
 
+pub mod autodiff;
 pub mod canonicalize;
 pub mod cse;
 pub mod dce;

@@ -12,7 +12,9 @@ pub mod index;
 pub mod mathf;
 pub mod matmul;
 pub mod nn;
+pub mod nn_f64;
 pub mod reduce;
+pub mod scatter;
 pub mod shape;
 pub mod unary;
 
@@ -222,7 +224,10 @@ pub fn builtin(site: &KernelSite<'_>) -> KernelResult<Option<Box<dyn Kernel>>> {
         ),
         Op::RMSNormalization(a) => {
             let (axis, eps) = (a.axis(), a.epsilon());
-            k(move |cx, ins| nn::rms_norm(cx, ins, axis, eps))
+            k(move |cx, ins| match ins.req(0)?.dtype() {
+                DType::F64 => nn_f64::rms_norm(cx, ins, axis, eps),
+                _ => nn::rms_norm(cx, ins, axis, eps),
+            })
         }
         Op::LayerNormalization(a) => {
             let (axis, eps) = (a.axis(), a.epsilon());
@@ -285,6 +290,12 @@ pub fn builtin(site: &KernelSite<'_>) -> KernelResult<Option<Box<dyn Kernel>>> {
         Op::Gather(a) => {
             let axis = a.axis();
             k(move |cx, ins| shape::gather(cx, ins, axis))
+        }
+        Op::ScatterND(a) => {
+            let red = scatter::ScatterReduction::from_word(&a.reduction()).ok_or_else(|| {
+                KernelError::unsupported(format!("ScatterND reduction '{}'", a.reduction()))
+            })?;
+            k(move |_, ins| scatter::scatter_nd(ins, red))
         }
         Op::Shape(a) => {
             let (s, e) = (a.start, a.end);

@@ -1,0 +1,118 @@
+//! Gradient rules of the linear ops: MatMul (batched, broadcasting) and Gemm. The structured
+//! linears other passes create (factorized, low-rank, Kronecker) get their rules here.
+//!
+//! For `Y = A·B`: `dA = dY·Bᵀ` and `dB = Aᵀ·dY`, each reduced over the batch axes its operand
+//! was broadcast along. A 2-D weight read by a batched activation (every linear layer of a
+//! decoder) gets its gradient as one Gemm over the flattened rows, `A₂ᵀ·dY₂`, instead of a
+//! batched product followed by a sum.
+
+use super::{unsupported, Site};
+use crate::autodiff::builder::{BResult, Builder};
+use ortho_ir::{attrs, Dim, Op, ValueId};
+
+pub fn supports(op: &Op, slot: usize) -> Option<bool> {
+    Some(match op {
+        Op::MatMul => slot < 2,
+        Op::Gemm(_) => slot < 3,
+        _ => return None,
+    })
+}
+
+pub fn apply(b: &mut Builder<'_>, s: &Site) -> Option<BResult<Vec<Option<ValueId>>>> {
+    match &s.op {
+        Op::MatMul => Some(matmul(b, s)),
+        Op::Gemm(a) => Some(gemm(b, s, a)),
+        _ => None,
+    }
+}
+
+/// The permutation that swaps the last two axes of a rank-`r` tensor.
+fn swap_last(r: usize) -> Vec<i64> {
+    let mut p: Vec<i64> = (0..r as i64).collect();
+    p.swap(r - 2, r - 1);
+    p
+}
+
+fn gemm_op(alpha: f32, ta: bool, tb: bool) -> Op {
+    Op::Gemm(attrs::Gemm {
+        alpha: (alpha != 1.0).then_some(alpha),
+        beta: None,
+        trans_a: ta.then_some(1),
+        trans_b: tb.then_some(1),
+    })
+}
+
+fn matmul(b: &mut Builder<'_>, s: &Site) -> BResult<Vec<Option<ValueId>>> {
+    let dy = s.dy0(b)?;
+    let (a, w) = (s.x(b, 0)?, s.x(b, 1)?);
+    let (ad, wd, yd) = (b.dims(a)?, b.dims(w)?, b.dims(s.y[0])?);
+    if ad.len() < 2 || wd.len() < 2 {
+        return Err(unsupported(b, "MatMul with a 1-D operand"));
+    }
+    let batch = &yd[..yd.len() - 2];
+    let mut dx = vec![None, None];
+    if s.wants(0) {
+        let wt = b.transpose(w, swap_last(wd.len()));
+        let t = b.one(Op::MatMul, &[dy, wt], "dA");
+        let mut shape = batch.to_vec();
+        shape.extend_from_slice(&ad[ad.len() - 2..]);
+        dx[0] = Some(b.sum_to(t, a, &shape)?);
+    }
+    if s.wants(1) {
+        let k = ad[ad.len() - 1].fixed();
+        let n = wd[wd.len() - 1].fixed();
+        dx[1] = Some(match (wd.len(), k, n) {
+            (2, Some(k), Some(n)) => {
+                let ks = b.ints(&[-1, k], "rows");
+                let a2 = b.one(Op::Reshape(attrs::Reshape::default()), &[a, ks], "rows");
+                let ns = b.ints(&[-1, n], "rows");
+                let d2 = b.one(Op::Reshape(attrs::Reshape::default()), &[dy, ns], "rows");
+                b.one(gemm_op(1.0, true, false), &[a2, d2], "dB")
+            }
+            _ => {
+                let at = b.transpose(a, swap_last(ad.len()));
+                let t = b.one(Op::MatMul, &[at, dy], "dB");
+                let mut shape = batch.to_vec();
+                shape.extend_from_slice(&wd[wd.len() - 2..]);
+                b.sum_to(t, w, &shape)?
+            }
+        });
+    }
+    Ok(dx)
+}
+
+/// `Y = α·op(A)·op(B) + β·C` with `op` an optional transpose.
+fn gemm(b: &mut Builder<'_>, s: &Site, at: &attrs::Gemm) -> BResult<Vec<Option<ValueId>>> {
+    let dy = s.dy0(b)?;
+    let (a, w) = (s.x(b, 0)?, s.x(b, 1)?);
+    let (alpha, beta) = (at.alpha(), at.beta());
+    let (ta, tb) = (at.trans_a() != 0, at.trans_b() != 0);
+    let mut dx = vec![None; s.x.len()];
+    if s.wants(0) {
+        // d op(A) = α·dY·op(B)ᵀ; transposed back when A was read transposed.
+        dx[0] = Some(if ta {
+            b.one(gemm_op(alpha, tb, true), &[w, dy], "dA")
+        } else {
+            b.one(gemm_op(alpha, false, !tb), &[dy, w], "dA")
+        });
+    }
+    if s.wants(1) {
+        // d op(B) = α·op(A)ᵀ·dY.
+        dx[1] = Some(if tb {
+            b.one(gemm_op(alpha, true, ta), &[dy, a], "dB")
+        } else {
+            b.one(gemm_op(alpha, !ta, false), &[a, dy], "dB")
+        });
+    }
+    if s.wants(2) {
+        let c = s.x(b, 2)?;
+        let out: Vec<Dim> = b.dims(s.y[0])?;
+        let t = if beta != 1.0 {
+            b.scale(dy, c, f64::from(beta))?
+        } else {
+            dy
+        };
+        dx[2] = Some(b.sum_to(t, c, &out)?);
+    }
+    Ok(dx)
+}

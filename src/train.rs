@@ -1,0 +1,408 @@
+//! The training loop on the CPU engine: a language model (token ids → logits) gets a mean token
+//! cross-entropy and its reverse-mode gradient (`ortho_passes::autodiff`), is compiled once into
+//! one forward+backward plan whose trainable weights are inputs, and is stepped with AdamW
+//! (`ortho_passes::train`) over seeded token windows. Nothing here prints; the `train` command
+//! (when it exists) reports progress from the returned [`StepReport`]s.
+
+use ortho_codegen::cpu::{HostTensor, Plan, RuntimeError};
+use ortho_ir::{DType, Module, Op, TensorData};
+use ortho_passes::autodiff::loss::append_token_cross_entropy;
+use ortho_passes::autodiff::{
+    autodiff, glob_match, parameters_as_inputs, select_params, AutodiffError, AutodiffSpec,
+};
+use ortho_passes::train::{cosine_with_warmup, AdamW, AdamWConfig, GradAccumulator, GroupSpec};
+
+/// Why training failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainLoopError {
+    #[error(transparent)]
+    Autodiff(#[from] AutodiffError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Optimizer(#[from] ortho_passes::train::TrainError),
+    #[error("parameter '{0}' is not f32 (training updates f32 weights)")]
+    DType(String),
+    #[error("the plan returned no output '{0}'")]
+    MissingOutput(String),
+    #[error("token data: {0}")]
+    Data(String),
+}
+
+/// A parameter group: its settings and the name patterns of its parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupConfig {
+    pub spec: GroupSpec,
+    pub patterns: Vec<String>,
+}
+
+/// How to train.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainConfig {
+    /// The model's token input and logits output.
+    pub input: String,
+    pub logits: String,
+    /// Name patterns of the weights to train.
+    pub trainable: Vec<String>,
+    /// Parameter groups; a parameter joins the first group with a matching pattern, else the
+    /// first group. Empty: one group with `lr` and `weight_decay`.
+    pub groups: Vec<GroupConfig>,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub adam: AdamWConfig,
+    pub warmup_steps: u64,
+    pub total_steps: u64,
+    /// The schedule's floor, as a fraction of each group's learning rate.
+    pub min_lr_ratio: f64,
+    /// Weights that are zero at the start stay zero (masked fine-tuning of pruned models).
+    pub keep_zeros: bool,
+    pub threads: Option<usize>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            input: "input_ids".into(),
+            logits: "logits".into(),
+            trainable: vec!["*".into()],
+            groups: Vec::new(),
+            lr: 1e-3,
+            weight_decay: 0.0,
+            adam: AdamWConfig::default(),
+            warmup_steps: 0,
+            total_steps: 1,
+            min_lr_ratio: 0.1,
+            keep_zeros: false,
+            threads: None,
+        }
+    }
+}
+
+/// One batch of token windows: `batch` rows of `seqlen + 1` ids (inputs and next-token labels).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenBatch {
+    pub batch: usize,
+    pub seqlen: usize,
+    pub ids: Vec<i64>,
+}
+
+/// Seeded random windows over a token stream: the same seed gives the same windows.
+#[derive(Debug, Clone)]
+pub struct WindowSampler {
+    tokens: Vec<i64>,
+    seqlen: usize,
+    batch: usize,
+    state: u64,
+}
+
+impl WindowSampler {
+    pub fn new(
+        tokens: Vec<i64>,
+        batch: usize,
+        seqlen: usize,
+        seed: u64,
+    ) -> Result<Self, TrainLoopError> {
+        if tokens.len() < seqlen + 1 || batch == 0 || seqlen == 0 {
+            return Err(TrainLoopError::Data(format!(
+                "{} tokens cannot make windows of {} (+1) tokens × {batch}",
+                tokens.len(),
+                seqlen
+            )));
+        }
+        Ok(WindowSampler {
+            tokens,
+            seqlen,
+            batch,
+            state: seed,
+        })
+    }
+
+    /// splitmix64, so the sampler needs no random-number crate and is the same everywhere.
+    fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// The next batch of windows, each starting at a uniformly drawn offset.
+    pub fn next_batch(&mut self) -> TokenBatch {
+        let span = (self.tokens.len() - self.seqlen) as u64;
+        let mut ids = Vec::with_capacity(self.batch * (self.seqlen + 1));
+        for _ in 0..self.batch {
+            let start = (self.next_u64() % span) as usize;
+            ids.extend_from_slice(&self.tokens[start..start + self.seqlen + 1]);
+        }
+        TokenBatch {
+            batch: self.batch,
+            seqlen: self.seqlen,
+            ids,
+        }
+    }
+
+    /// The sampler's state, for a checkpoint; [`WindowSampler::set_state`] resumes it.
+    pub fn state(&self) -> u64 {
+        self.state
+    }
+    pub fn set_state(&mut self, s: u64) {
+        self.state = s;
+    }
+}
+
+/// What one optimizer step did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepReport {
+    pub step: u64,
+    /// Mean loss over the step's micro-batches.
+    pub loss: f64,
+    pub grad_norm: f64,
+    /// The schedule's learning-rate multiplier.
+    pub lr_scale: f64,
+    pub tokens: usize,
+    /// Seconds spent in the forward+backward plan and in the optimizer update.
+    pub run_secs: f64,
+    pub update_secs: f64,
+}
+
+/// A model compiled for training and its optimizer state.
+pub struct Trainer {
+    plan: Plan,
+    cfg: TrainConfig,
+    labels: String,
+    loss: String,
+    names: Vec<String>,
+    grads: Vec<String>,
+    shapes: Vec<Vec<usize>>,
+    values: Vec<Vec<f32>>,
+    opt: AdamW,
+    step: u64,
+}
+
+impl Trainer {
+    /// Appends the loss and its gradient to `model`, compiles the forward+backward plan once,
+    /// and reads the initial weights.
+    pub fn new(mut model: Module, cfg: TrainConfig) -> Result<Trainer, TrainLoopError> {
+        // Parameters are chosen before the loss is appended, so the loss's own constants are
+        // never among them; autodiff then gets their exact names.
+        ortho_ir::shape::infer_shapes(&mut model);
+        let params = select_params(&model, &cfg.trainable);
+        let ce = append_token_cross_entropy(&mut model, &cfg.logits, "labels")?;
+        let names = parameters_as_inputs(&mut model, &params);
+        let report = autodiff(
+            &mut model,
+            &AutodiffSpec {
+                loss: ce.loss.clone(),
+                trainable: names.clone(),
+            },
+        )?;
+        let mut shapes = Vec::new();
+        let mut values = Vec::new();
+        let g = model.main_graph();
+        for &p in &params {
+            let name = g.value_name(p).to_string();
+            let t = match g.node(p.node).op {
+                Op::Input { default: Some(t) } => model.tensor(t),
+                _ => return Err(TrainLoopError::DType(name)),
+            };
+            if t.dtype != DType::F32 {
+                return Err(TrainLoopError::DType(name));
+            }
+            let v: Vec<f32> = t
+                .to_f64_vec()
+                .ok_or_else(|| TrainLoopError::DType(name.clone()))?
+                .into_iter()
+                .map(|x| x as f32)
+                .collect();
+            shapes.push(t.dims.iter().map(|&d| d.max(0) as usize).collect());
+            values.push(v);
+        }
+        let groups: Vec<GroupConfig> = if cfg.groups.is_empty() {
+            vec![GroupConfig {
+                spec: GroupSpec {
+                    name: "all".into(),
+                    lr: cfg.lr,
+                    weight_decay: cfg.weight_decay,
+                    max_grad_norm: None,
+                },
+                patterns: vec!["*".into()],
+            }]
+        } else {
+            cfg.groups.clone()
+        };
+        let group_of: Vec<usize> = names
+            .iter()
+            .map(|n| {
+                groups
+                    .iter()
+                    .position(|gc| gc.patterns.iter().any(|p| glob_match(p, n)))
+                    .unwrap_or(0)
+            })
+            .collect();
+        let sizes: Vec<usize> = values.iter().map(Vec::len).collect();
+        let mut opt = AdamW::new(
+            cfg.adam,
+            groups.into_iter().map(|g| g.spec).collect(),
+            &sizes,
+            group_of,
+        )?;
+        if cfg.keep_zeros {
+            for (i, v) in values.iter().enumerate() {
+                if v.contains(&0.0) {
+                    opt.set_mask(i, v.iter().map(|&x| x != 0.0).collect())?;
+                }
+            }
+        }
+        let mut plan = Plan::compile(&model)?;
+        if let Some(t) = cfg.threads {
+            plan.set_threads(t);
+        }
+        let grads = report.grads.into_iter().map(|(_, g)| g).collect();
+        Ok(Trainer {
+            plan,
+            cfg,
+            labels: ce.labels,
+            loss: ce.loss,
+            names,
+            grads,
+            shapes,
+            values,
+            opt,
+            step: 0,
+        })
+    }
+
+    /// Runs the plan on one batch: the loss and every gradient.
+    fn forward_backward(&self, b: &TokenBatch) -> Result<(f64, Vec<Vec<f32>>), TrainLoopError> {
+        let (inputs, labels) = split_windows(b);
+        let mut feeds: Vec<(&str, HostTensor)> = vec![
+            (
+                self.cfg.input.as_str(),
+                HostTensor::from_vec(vec![b.batch, b.seqlen], inputs)?,
+            ),
+            (
+                self.labels.as_str(),
+                HostTensor::from_vec(vec![b.batch, b.seqlen], labels)?,
+            ),
+        ];
+        for ((n, s), v) in self.names.iter().zip(&self.shapes).zip(&self.values) {
+            feeds.push((n.as_str(), HostTensor::from_vec(s.clone(), v.clone())?));
+        }
+        let out = self.plan.run(&feeds)?;
+        let find = |name: &str| {
+            out.iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t)
+                .ok_or_else(|| TrainLoopError::MissingOutput(name.to_string()))
+        };
+        let loss = find(&self.loss)?
+            .to_f64_vec()
+            .first()
+            .copied()
+            .unwrap_or(f64::NAN);
+        let mut grads = Vec::with_capacity(self.grads.len());
+        for g in &self.grads {
+            let t = find(g)?;
+            grads.push(match t.as_f32() {
+                Some(v) => v.to_vec(),
+                None => t.to_f64_vec().into_iter().map(|x| x as f32).collect(),
+            });
+        }
+        Ok((loss, grads))
+    }
+
+    /// The loss on `b` without updating anything (held-out evaluation).
+    pub fn eval_loss(&self, b: &TokenBatch) -> Result<f64, TrainLoopError> {
+        Ok(self.forward_backward(b)?.0)
+    }
+
+    /// One optimizer step over `micro` batches (their gradients are averaged).
+    pub fn step(&mut self, micro: &[TokenBatch]) -> Result<StepReport, TrainLoopError> {
+        let t0 = std::time::Instant::now();
+        let mut acc = GradAccumulator::new();
+        let mut loss = 0.0;
+        let mut tokens = 0;
+        let mut single = None;
+        for b in micro {
+            let (l, g) = self.forward_backward(b)?;
+            loss += l;
+            tokens += b.batch * b.seqlen;
+            if micro.len() == 1 {
+                single = Some(g);
+            } else {
+                acc.add(&g);
+            }
+        }
+        // One micro-batch needs no accumulation (and no f64 copy of every gradient).
+        let grads = match single {
+            Some(g) => g,
+            None => acc.take(),
+        };
+        let run_secs = t0.elapsed().as_secs_f64();
+        let t1 = std::time::Instant::now();
+        let c = &self.cfg;
+        let scale = cosine_with_warmup(self.step, c.warmup_steps, c.total_steps, c.min_lr_ratio);
+        let stats = self.opt.step(&mut self.values, &grads, scale)?;
+        let update_secs = t1.elapsed().as_secs_f64();
+        self.step += 1;
+        Ok(StepReport {
+            step: self.step,
+            loss: loss / micro.len().max(1) as f64,
+            grad_norm: stats.grad_norm,
+            lr_scale: scale,
+            tokens,
+            run_secs,
+            update_secs,
+        })
+    }
+
+    /// The trained parameters: (name, shape, values).
+    pub fn parameters(&self) -> impl Iterator<Item = (&str, &[usize], &[f32])> {
+        self.names
+            .iter()
+            .zip(&self.shapes)
+            .zip(&self.values)
+            .map(|((n, s), v)| (n.as_str(), s.as_slice(), v.as_slice()))
+    }
+
+    /// The optimizer, for group resets and masks.
+    pub fn optimizer_mut(&mut self) -> &mut AdamW {
+        &mut self.opt
+    }
+
+    /// Writes the trained weights into `m` (the model the trainer was built from): each
+    /// parameter's initializer is replaced by a new tensor (copy-on-write).
+    pub fn write_into(&self, m: &mut Module) -> usize {
+        let main = m.main;
+        let by_name = m.graph(main).value_names();
+        let mut written = 0;
+        for (name, shape, vals) in self.parameters() {
+            let Some(&v) = by_name.get(name) else {
+                continue;
+            };
+            if let Op::Const(_) | Op::Input { default: Some(_) } = m.graph(main).node(v.node).op {
+                let dims = shape.iter().map(|&d| d as i64).collect();
+                let t = m.add_tensor(TensorData::from_f32(dims, vals));
+                let node = m.graph_mut(main).node_mut(v.node);
+                node.op = match node.op {
+                    Op::Const(_) => Op::Const(t),
+                    _ => Op::Input { default: Some(t) },
+                };
+                written += 1;
+            }
+        }
+        written
+    }
+}
+
+/// A batch's model inputs (each window but its last token) and labels (each but its first).
+fn split_windows(b: &TokenBatch) -> (Vec<i64>, Vec<i64>) {
+    let w = b.seqlen + 1;
+    let mut x = Vec::with_capacity(b.batch * b.seqlen);
+    let mut y = Vec::with_capacity(b.batch * b.seqlen);
+    for r in b.ids.chunks(w) {
+        x.extend_from_slice(&r[..b.seqlen]);
+        y.extend_from_slice(&r[1..]);
+    }
+    (x, y)
+}

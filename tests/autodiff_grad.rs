@@ -1,0 +1,668 @@
+//! Gradient checks of every autodiff rule against central finite differences in f64 on the CPU
+//! engine: each op in a small graph, several seeded random shapes per op (broadcast patterns
+//! included), norm-wise relative error ≤ 1e-6; points within h of a Relu or Where kink skipped.
+
+mod gradcheck;
+
+use gradcheck::{inp, p, pr, property, Fill, Rng};
+
+fn dims(rng: &mut Rng, rank: usize) -> Vec<usize> {
+    (0..rank).map(|_| rng.int(1, 4)).collect()
+}
+
+/// A shape `s` broadcasts to: some dims set to 1 and maybe leading dims dropped.
+fn broadcastable(rng: &mut Rng, s: &[usize]) -> Vec<usize> {
+    let drop = rng.int(0, s.len());
+    s[drop..]
+        .iter()
+        .map(|&d| if rng.next_u64() % 2 == 0 { 1 } else { d })
+        .collect()
+}
+
+fn binary(op: &'static str, positive_b: bool) {
+    property(op, 4, |rng| {
+        let r = rng.int(1, 3);
+        let a = dims(rng, r);
+        let b = broadcastable(rng, &a);
+        // Either operand may be the broadcast one.
+        let (sa, sb) = if rng.next_u64() % 2 == 0 {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        let bi = if positive_b {
+            pr("b", &sb, 0.5, 1.5)
+        } else {
+            p("b", &sb)
+        };
+        (
+            vec![p("a", &sa), bi],
+            format!("  %y = onnx.{op}(%a, %b) : ?"),
+            "y",
+            None,
+        )
+    });
+}
+
+#[test]
+fn add_sub_mul_div_with_broadcasting() {
+    binary("Add", false);
+    binary("Sub", false);
+    binary("Mul", false);
+    binary("Div", true);
+}
+
+fn unary(op: &'static str, lo: f64, hi: f64, kink: bool) {
+    property(op, 3, |rng| {
+        let r = rng.int(1, 3);
+        let s = dims(rng, r);
+        (
+            vec![pr("x", &s, lo, hi)],
+            format!("  %y = onnx.{op}(%x) : ?"),
+            "y",
+            kink.then_some("x"),
+        )
+    });
+}
+
+#[test]
+fn unary_functions() {
+    unary("Neg", -1.0, 1.0, false);
+    unary("Identity", -1.0, 1.0, false);
+    unary("Sqrt", 0.2, 2.0, false);
+    unary("Reciprocal", 0.3, 2.0, false);
+    unary("Exp", -1.0, 1.0, false);
+    unary("Log", 0.2, 2.0, false);
+    unary("Tanh", -2.0, 2.0, false);
+    unary("Sigmoid", -3.0, 3.0, false);
+    unary("Erf", -2.0, 2.0, false);
+    unary("Relu", -1.0, 1.0, true);
+}
+
+#[test]
+fn pow_with_constant_exponent() {
+    for e in ["2.0", "3.0", "0.5", "-1.5"] {
+        property("Pow", 3, |rng| {
+            let s = dims(rng, 2);
+            (
+                vec![pr("x", &s, 0.3, 2.0)],
+                format!("  %e = const tensor<f64> dense<[{e}]>\n  %y = onnx.Pow(%x, %e) : ?"),
+                "y",
+                None,
+            )
+        });
+    }
+}
+
+#[test]
+fn matmul_batched_and_broadcast() {
+    // A 2-D weight read by a batched activation (the Gemm path).
+    property("MatMul 2-D weight", 4, |rng| {
+        let (b, m, k, n) = (rng.int(1, 3), rng.int(1, 4), rng.int(1, 5), rng.int(1, 4));
+        let a = if rng.next_u64() % 2 == 0 {
+            vec![b, m, k]
+        } else {
+            vec![m, k]
+        };
+        (
+            vec![p("a", &a), p("w", &[k, n])],
+            "  %y = onnx.MatMul(%a, %w) : ?".into(),
+            "y",
+            None,
+        )
+    });
+    // Batched on both sides, with a batch axis broadcast on either operand.
+    property("MatMul batched", 4, |rng| {
+        let (b, h, m, k, n) = (
+            rng.int(2, 3),
+            rng.int(1, 3),
+            rng.int(1, 3),
+            rng.int(1, 4),
+            rng.int(1, 3),
+        );
+        let (sa, sb) = match rng.int(0, 2) {
+            0 => (vec![b, h, m, k], vec![b, h, k, n]),
+            1 => (vec![b, 1, m, k], vec![b, h, k, n]),
+            _ => (vec![b, h, m, k], vec![h, k, n]),
+        };
+        (
+            vec![p("a", &sa), p("b", &sb)],
+            "  %y = onnx.MatMul(%a, %b) : ?".into(),
+            "y",
+            None,
+        )
+    });
+}
+
+#[test]
+fn gemm_every_transpose_and_bias() {
+    for (ta, tb) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
+        property("Gemm", 3, |rng| {
+            let (m, k, n) = (rng.int(1, 4), rng.int(1, 4), rng.int(1, 4));
+            let sa = if ta == 1 { vec![k, m] } else { vec![m, k] };
+            let sb = if tb == 1 { vec![n, k] } else { vec![k, n] };
+            let sc = match rng.int(0, 2) {
+                0 => vec![m, n],
+                1 => vec![n],
+                _ => vec![m, 1],
+            };
+            (
+                vec![p("a", &sa), p("b", &sb), p("c", &sc)],
+                format!("  %y = onnx.Gemm(%a, %b, %c) {{alpha = 0.7, beta = 1.3, transA = {ta}, transB = {tb}}} : ?"),
+                "y",
+                None,
+            )
+        });
+    }
+}
+
+#[test]
+fn reductions_with_and_without_keepdims() {
+    for op in ["ReduceSum", "ReduceMean"] {
+        for keep in [0, 1] {
+            property(op, 3, |rng| {
+                let s = dims(rng, 3);
+                // A random non-empty set of axes, each written as a positive or negative index.
+                let mut axes: Vec<String> = Vec::new();
+                for a in 0..3i64 {
+                    if rng.next_u64() % 2 == 0 {
+                        let neg = rng.next_u64() % 2 == 0;
+                        axes.push(if neg { a - 3 } else { a }.to_string());
+                    }
+                }
+                if axes.is_empty() {
+                    axes.push("-1".into());
+                }
+                (
+                    vec![p("x", &s)],
+                    format!(
+                        "  %ax = const tensor<{}xi64> dense<[{}]>\n  %y = onnx.{op}(%x, %ax) {{keepdims = {keep}}} : ?",
+                        axes.len(),
+                        axes.join(", ")
+                    ),
+                    "y",
+                    None,
+                )
+            });
+        }
+        // Every axis (no axes operand).
+        property(op, 2, |rng| {
+            let s = dims(rng, 2);
+            (
+                vec![p("x", &s)],
+                format!("  %y = onnx.{op}(%x) {{keepdims = 0}} : ?"),
+                "y",
+                None,
+            )
+        });
+    }
+}
+
+#[test]
+fn softmax_and_log_softmax() {
+    for op in ["Softmax", "LogSoftmax"] {
+        property(op, 4, |rng| {
+            let s = dims(rng, 3);
+            let axis = rng.int(0, 2) as i64 - 3;
+            (
+                vec![pr("x", &s, -2.0, 2.0)],
+                format!("  %y = onnx.{op}(%x) {{axis = {axis}}} : ?"),
+                "y",
+                None,
+            )
+        });
+    }
+}
+
+#[test]
+fn reshapes_and_transpose() {
+    property("Reshape", 3, |rng| {
+        let s = dims(rng, 3);
+        let n: usize = s.iter().product();
+        (
+            vec![p("x", &s)],
+            format!("  %s = const tensor<2xi64> dense<[{n}, 1]>\n  %y = onnx.Reshape(%x, %s) : ?"),
+            "y",
+            None,
+        )
+    });
+    property("Flatten", 2, |rng| {
+        let s = dims(rng, 3);
+        (
+            vec![p("x", &s)],
+            "  %y = onnx.Flatten(%x) {axis = 2} : ?".into(),
+            "y",
+            None,
+        )
+    });
+    property("Unsqueeze+Squeeze", 3, |rng| {
+        let s = dims(rng, 2);
+        (
+            vec![p("x", &s)],
+            "  %a = const tensor<2xi64> dense<[0, 3]>\n  %u = onnx.Unsqueeze(%x, %a) : ?\n  %t = onnx.Tanh(%u) : ?\n  %y = onnx.Squeeze(%t, %a) : ?".into(),
+            "y",
+            None,
+        )
+    });
+    property("Transpose", 4, |rng| {
+        let s = dims(rng, 4);
+        let perms = [
+            "[0, 2, 3, 1]",
+            "[3, 2, 1, 0]",
+            "[1, 0, 3, 2]",
+            "[0, 2, 1, 3]",
+        ];
+        let perm = perms[rng.int(0, 3)];
+        (
+            vec![p("x", &s)],
+            format!("  %y = onnx.Transpose(%x) {{perm = {perm}}} : ?"),
+            "y",
+            None,
+        )
+    });
+}
+
+#[test]
+fn concat_split_expand() {
+    property("Concat", 4, |rng| {
+        let mut a = dims(rng, 3);
+        let mut b = a.clone();
+        let axis = rng.int(0, 2);
+        a[axis] = rng.int(1, 3);
+        b[axis] = rng.int(1, 3);
+        (
+            vec![p("a", &a), p("b", &b)],
+            format!(
+                "  %y = onnx.Concat(%a, %b, %a) {{axis = {}}} : ?",
+                axis as i64 - 3
+            ),
+            "y",
+            None,
+        )
+    });
+    property("Split", 3, |rng| {
+        let mut s = dims(rng, 2);
+        s[1] = rng.int(2, 5);
+        let first = rng.int(1, s[1] - 1);
+        (
+            vec![p("x", &s)],
+            // Only the second part reaches the loss: the first part's gradient is zeros.
+            format!(
+                "  %sp = const tensor<2xi64> dense<[{first}, {}]>\n  %y0, %y1 = onnx.Split(%x, %sp) {{axis = 1}} : ?, ?\n  %y = onnx.Mul(%y1, %y1) : ?",
+                s[1] - first
+            ),
+            "y",
+            None,
+        )
+    });
+    property("Split both", 2, |rng| {
+        let s = vec![rng.int(1, 3), 4];
+        (
+            vec![p("x", &s)],
+            "  %sp = const tensor<2xi64> dense<[2, 2]>\n  %y0, %y1 = onnx.Split(%x, %sp) {axis = -1} : ?, ?\n  %n = onnx.Neg(%y1) : ?\n  %y = onnx.Concat(%n, %y0) {axis = -1} : ?".into(),
+            "y",
+            None,
+        )
+    });
+    property("Expand", 3, |rng| {
+        let out = dims(rng, 3);
+        let x = broadcastable(rng, &out);
+        let sh: Vec<String> = out.iter().map(|d| d.to_string()).collect();
+        (
+            vec![p("x", &x)],
+            format!(
+                "  %s = const tensor<3xi64> dense<[{}]>\n  %y = onnx.Expand(%x, %s) : ?",
+                sh.join(", ")
+            ),
+            "y",
+            None,
+        )
+    });
+}
+
+#[test]
+fn gather_rows_of_a_table() {
+    property("Gather", 4, |rng| {
+        let (rows, width) = (rng.int(2, 6), rng.int(1, 4));
+        // Indices repeat, so their gradients add.
+        let ishape = dims(rng, 2);
+        (
+            vec![
+                p("table", &[rows, width]),
+                inp("ids", &ishape, Fill::Index(rows)),
+            ],
+            "  %y = onnx.Gather(%table, %ids) {axis = 0} : ?".into(),
+            "y",
+            None,
+        )
+    });
+}
+
+#[test]
+fn where_and_cast() {
+    property("Where", 4, |rng| {
+        let s = dims(rng, 2);
+        let b = broadcastable(rng, &s);
+        (
+            vec![inp("c", &s, Fill::Bool), p("a", &s), p("b", &b)],
+            "  %y = onnx.Where(%c, %a, %b) : ?".into(),
+            "y",
+            None,
+        )
+    });
+    // A condition computed from a parameter: points where it flips are kinks, skipped.
+    property("Where on a computed condition", 2, |rng| {
+        let s = dims(rng, 2);
+        (
+            vec![p("a", &s)],
+            "  %z = const tensor<f64> dense<[0.0]>\n  %c = onnx.Greater(%a, %z) : ?\n  %sq = onnx.Mul(%a, %a) : ?\n  %y = onnx.Where(%c, %sq, %a) : ?".into(),
+            "y",
+            Some("a"),
+        )
+    });
+    property("Cast", 2, |rng| {
+        let s = dims(rng, 2);
+        (
+            vec![p("x", &s)],
+            "  %c = onnx.Cast(%x) {to = 11} : ?\n  %y = onnx.Mul(%c, %c) : ?".into(),
+            "y",
+            None,
+        )
+    });
+}
+
+#[test]
+fn decoder_block_pieces_compose() {
+    // An RMSNorm written out (the SmolLM2 spelling), a SwiGLU MLP and a causal softmax attention
+    // with a head reshape: the composition of the rules the real model uses.
+    property("decomposed block", 3, |rng| {
+        let (b, s, h, d) = (rng.int(1, 2), rng.int(2, 4), 2, 2);
+        let w = h * d;
+        let body = format!(
+            r#"  %eps = const tensor<f64> dense<[1e-5]>
+  %sq = onnx.Mul(%x, %x) : ?
+  %ax = const tensor<1xi64> dense<[-1]>
+  %ms = onnx.ReduceMean(%sq, %ax) {{keepdims = 1}} : ?
+  %ae = onnx.Add(%ms, %eps) : ?
+  %rt = onnx.Sqrt(%ae) : ?
+  %nx = onnx.Div(%x, %rt) : ?
+  %n = onnx.Mul(%nx, %g) : ?
+  %q = onnx.MatMul(%n, %wq) : ?
+  %k = onnx.MatMul(%n, %wk) : ?
+  %v = onnx.MatMul(%n, %wv) : ?
+  %hs = const tensor<4xi64> dense<[{b}, {s}, {h}, {d}]>
+  %qr = onnx.Reshape(%q, %hs) : ?
+  %kr = onnx.Reshape(%k, %hs) : ?
+  %vr = onnx.Reshape(%v, %hs) : ?
+  %qt = onnx.Transpose(%qr) {{perm = [0, 2, 1, 3]}} : ?
+  %kt = onnx.Transpose(%kr) {{perm = [0, 2, 3, 1]}} : ?
+  %vt = onnx.Transpose(%vr) {{perm = [0, 2, 1, 3]}} : ?
+  %sc = onnx.MatMul(%qt, %kt) : ?
+  %scale = const tensor<f64> dense<[0.5]>
+  %ss = onnx.Mul(%sc, %scale) : ?
+  %msk = onnx.Add(%ss, %mask) : ?
+  %pr = onnx.Softmax(%msk) {{axis = -1}} : ?
+  %at = onnx.MatMul(%pr, %vt) : ?
+  %ab = onnx.Transpose(%at) {{perm = [0, 2, 1, 3]}} : ?
+  %os = const tensor<3xi64> dense<[{b}, {s}, {w}]>
+  %ao = onnx.Reshape(%ab, %os) : ?
+  %o = onnx.MatMul(%ao, %wo) : ?
+  %r = onnx.Add(%x, %o) : ?
+  %gt = onnx.MatMul(%r, %wg) : ?
+  %sg = onnx.Sigmoid(%gt) : ?
+  %si = onnx.Mul(%gt, %sg) : ?
+  %up = onnx.MatMul(%r, %wu) : ?
+  %gu = onnx.Mul(%si, %up) : ?
+  %dn = onnx.MatMul(%gu, %wd) : ?
+  %y = onnx.Add(%r, %dn) : ?"#
+        );
+        let mask: Vec<usize> = vec![s, s];
+        (
+            vec![
+                p("x", &[b, s, w]),
+                pr("g", &[w], 0.5, 1.5),
+                p("wq", &[w, w]),
+                p("wk", &[w, w]),
+                p("wv", &[w, w]),
+                p("wo", &[w, w]),
+                p("wg", &[w, 3]),
+                p("wu", &[w, 3]),
+                p("wd", &[3, w]),
+                inp("mask", &mask, Fill::Fixed(-2.0, 0.0)),
+            ],
+            body,
+            "y",
+            None,
+        )
+    });
+}
+
+#[test]
+fn token_cross_entropy_helper() {
+    use ortho_codegen::cpu::{HostTensor, Plan};
+    use ortho_passes::autodiff::loss::append_token_cross_entropy;
+    use ortho_passes::autodiff::{autodiff, AutodiffSpec};
+    let (b, s, d, v) = (2usize, 3usize, 4usize, 5usize);
+    let src = format!(
+        "module {{ir_version = 9, opset_import = [\"\" = 18]}}\ngraph @lm(%x: tensor<{b}x{s}x{d}xf64>, %w: tensor<{d}x{v}xf64>) -> (%logits) {{\n  %logits = onnx.MatMul(%x, %w) : ?\n}}\n"
+    );
+    let mut m = ortho_ir::text::parse_module(&src).expect("parses");
+    let ce = append_token_cross_entropy(&mut m, "logits", "labels").expect("loss appended");
+    autodiff(
+        &mut m,
+        &AutodiffSpec {
+            loss: ce.loss.clone(),
+            trainable: vec!["w".into()],
+        },
+    )
+    .expect("autodiff");
+    let plan = Plan::compile(&m).expect("compiles");
+    let mut rng = Rng(7);
+    let x: Vec<f64> = (0..b * s * d).map(|_| rng.uniform(-1.0, 1.0)).collect();
+    let w: Vec<f64> = (0..d * v).map(|_| rng.uniform(-1.0, 1.0)).collect();
+    let labels: Vec<i64> = (0..b * s).map(|_| rng.int(0, v - 1) as i64).collect();
+    let run = |w: &[f64]| {
+        let feeds = vec![
+            (
+                "x",
+                HostTensor::from_vec(vec![b, s, d], x.clone()).expect("x"),
+            ),
+            (
+                "w",
+                HostTensor::from_vec(vec![d, v], w.to_vec()).expect("w"),
+            ),
+            (
+                "labels",
+                HostTensor::from_vec(vec![b, s], labels.clone()).expect("labels"),
+            ),
+        ];
+        plan.run(&feeds).expect("runs")
+    };
+    let out = run(&w);
+    let get = |o: &[(String, HostTensor)], n: &str| {
+        o.iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, t)| t.to_f64_vec())
+            .expect("output")
+    };
+    // The loss equals the mean of -log softmax at the labels, computed here directly.
+    let logits = get(&out, "logits");
+    let mut want = 0.0;
+    for t in 0..b * s {
+        let row = &logits[t * v..(t + 1) * v];
+        let mx = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = mx + row.iter().map(|z| (z - mx).exp()).sum::<f64>().ln();
+        want += lse - row[labels[t] as usize];
+    }
+    want /= (b * s) as f64;
+    let loss = get(&out, &ce.loss)[0];
+    assert!((loss - want).abs() < 1e-12, "{loss} vs {want}");
+    let grad = get(&out, "w_grad");
+    let h = 1e-5;
+    let (mut num, mut den) = (0.0, 0.0);
+    for i in 0..w.len() {
+        let mut wp = w.clone();
+        wp[i] += h;
+        let mut wm = w.clone();
+        wm[i] -= h;
+        let fd = (get(&run(&wp), &ce.loss)[0] - get(&run(&wm), &ce.loss)[0]) / (2.0 * h);
+        num += (grad[i] - fd).powi(2);
+        den += fd * fd;
+    }
+    let rel = (num / den).sqrt();
+    assert!(rel <= gradcheck::TOL, "cross-entropy gradient: {rel:.3e}");
+}
+
+#[test]
+fn slice_with_constant_bounds() {
+    property("Slice", 4, |rng| {
+        let s = vec![rng.int(2, 5), rng.int(2, 5), rng.int(1, 3)];
+        let (a0, a1) = (rng.int(0, s[0] - 1), rng.int(0, s[1] - 1));
+        let (e0, e1) = (rng.int(a0 + 1, s[0]), rng.int(a1 + 1, s[1]));
+        (
+            vec![p("x", &s)],
+            format!(
+                "  %st = const tensor<2xi64> dense<[{a0}, {}]>\n  %en = const tensor<2xi64> dense<[{e0}, {}]>\n  %ax = const tensor<2xi64> dense<[0, -2]>\n  %y = onnx.Slice(%x, %st, %en, %ax) : ?",
+                a1 as i64 - s[1] as i64,
+                if e1 == s[1] { i64::MAX } else { e1 as i64 }
+            ),
+            "y",
+            None,
+        )
+    });
+}
+
+#[test]
+fn rms_normalization() {
+    property("RMSNormalization", 4, |rng| {
+        let s = dims(rng, 3);
+        let axis = if rng.next_u64() % 2 == 0 { -1 } else { 1 };
+        let gshape: Vec<usize> = if axis == -1 {
+            vec![s[2]]
+        } else {
+            vec![s[1], s[2]]
+        };
+        (
+            vec![p("x", &s), pr("g", &gshape, 0.5, 1.5)],
+            format!("  %y = onnx.RMSNormalization(%x, %g) {{axis = {axis}, epsilon = 1e-3}} : ?"),
+            "y",
+            None,
+        )
+    });
+}
+
+/// RotaryEmbedding has an f32 kernel only, and is linear in x, so its rule is checked exactly
+/// instead of by differences: for `L = Σ Rope(x) ⊙ p`, `∂L/∂x = Ropeᵀ p`, hence
+/// `⟨∂L/∂x, x⟩ = L` and, for a second point z, `⟨∂L/∂x, z⟩ = L(z)` (up to f32 rounding).
+#[test]
+fn rotary_embedding_adjoint() {
+    use ortho_codegen::cpu::{HostTensor, Plan};
+    use ortho_passes::autodiff::{autodiff, AutodiffSpec};
+    let (b, s, h, d, maxpos) = (2usize, 3usize, 2usize, 4usize, 5usize);
+    let mut rng = Rng(99);
+    let cache = |rng: &mut Rng, f: fn(f64) -> f64| -> String {
+        let v: Vec<String> = (0..maxpos * d / 2)
+            .map(|_| format!("{:.6}", f(rng.uniform(-3.0, 3.0))))
+            .collect();
+        v.join(", ")
+    };
+    let (cos, sin) = (cache(&mut rng, f64::cos), cache(&mut rng, f64::sin));
+    let src = format!(
+        "module {{ir_version = 9, opset_import = [\"\" = 23]}}\ngraph @r(%x: tensor<{b}x{s}x{w}xf32>, %p: tensor<{b}x{s}x{w}xf32>, %pos: tensor<{b}x{s}xi64>) -> (%loss) {{\n  %cos = const tensor<{maxpos}x{hd}xf32> dense<[{cos}]>\n  %sin = const tensor<{maxpos}x{hd}xf32> dense<[{sin}]>\n  %y = onnx.RotaryEmbedding(%x, %cos, %sin, %pos) {{num_heads = {h}}} : ?\n  %yp = onnx.Mul(%y, %p) : ?\n  %loss = onnx.ReduceSum(%yp) {{keepdims = 0}} : ?\n}}\n",
+        w = h * d,
+        hd = d / 2
+    );
+    let mut m = ortho_ir::text::parse_module(&src).expect("parses");
+    autodiff(
+        &mut m,
+        &AutodiffSpec {
+            loss: "loss".into(),
+            trainable: vec!["x".into()],
+        },
+    )
+    .expect("autodiff");
+    let plan = Plan::compile(&m).expect("compiles");
+    let n = b * s * h * d;
+    let vec =
+        |rng: &mut Rng| -> Vec<f32> { (0..n).map(|_| rng.uniform(-1.0, 1.0) as f32).collect() };
+    let (x, z, p) = (vec(&mut rng), vec(&mut rng), vec(&mut rng));
+    let pos: Vec<i64> = (0..b * s).map(|_| rng.int(0, maxpos - 1) as i64).collect();
+    let run = |x: &[f32]| {
+        let feeds = vec![
+            (
+                "x",
+                HostTensor::from_vec(vec![b, s, h * d], x.to_vec()).expect("x"),
+            ),
+            (
+                "p",
+                HostTensor::from_vec(vec![b, s, h * d], p.clone()).expect("p"),
+            ),
+            (
+                "pos",
+                HostTensor::from_vec(vec![b, s], pos.clone()).expect("pos"),
+            ),
+        ];
+        let out = plan.run(&feeds).expect("runs");
+        let get = |k: &str| {
+            out.iter()
+                .find(|(nm, _)| nm == k)
+                .map(|(_, t)| t.to_f64_vec())
+                .expect("output")
+        };
+        (get("loss")[0], get("x_grad"))
+    };
+    let (lx, g) = run(&x);
+    let (lz, _) = run(&z);
+    let dot = |a: &[f64], v: &[f32]| a.iter().zip(v).map(|(p, q)| p * f64::from(*q)).sum::<f64>();
+    for (l, v) in [(lx, &x), (lz, &z)] {
+        let gv = dot(&g, v);
+        assert!(
+            (gv - l).abs() <= 1e-5 * l.abs().max(1.0),
+            "⟨g, v⟩ = {gv}, L = {l}"
+        );
+    }
+}
+
+/// A fused elementwise region (`ortho.FusedElementwise`, made by `fuse-elementwise`) on the
+/// gradient path is lowered and differentiated through its ops.
+#[test]
+fn fused_elementwise_regions_are_lowered_then_differentiated() {
+    use ortho_codegen::cpu::{HostTensor, Plan};
+    use ortho_passes::autodiff::{autodiff, AutodiffSpec};
+    let src = "module {ir_version = 9, opset_import = [\"\" = 18]}\ngraph @f(%x: tensor<3x4xf32>, %w: tensor<4x4xf32>) -> (%loss) {\n  %h = onnx.MatMul(%x, %w) : ?\n  %s = onnx.Sigmoid(%h) : ?\n  %g = onnx.Mul(%h, %s) : ?\n  %t = onnx.Tanh(%g) : ?\n  %loss = onnx.ReduceSum(%t) {keepdims = 0} : ?\n}\n";
+    let plain = ortho_ir::text::parse_module(src).expect("parses");
+    let mut fused = plain.clone();
+    let st = ortho_passes::transforms::fuse_elementwise(&mut fused, &Default::default());
+    assert!(st != Default::default(), "the chain is fused");
+    let spec = AutodiffSpec {
+        loss: "loss".into(),
+        trainable: vec!["w".into()],
+    };
+    let grads = |mut m: ortho_ir::Module| {
+        let r = autodiff(&mut m, &spec).expect("autodiff");
+        let plan = Plan::compile(&m).expect("compiles");
+        let mut rng = Rng(5);
+        let x: Vec<f32> = (0..12).map(|_| rng.uniform(-1.0, 1.0) as f32).collect();
+        let w: Vec<f32> = (0..16).map(|_| rng.uniform(-1.0, 1.0) as f32).collect();
+        let out = plan
+            .run(&[
+                ("x", HostTensor::from_vec(vec![3, 4], x).expect("x")),
+                ("w", HostTensor::from_vec(vec![4, 4], w).expect("w")),
+            ])
+            .expect("runs");
+        let g = out
+            .iter()
+            .find(|(n, _)| n == "w_grad")
+            .map(|(_, t)| t.to_f64_vec())
+            .expect("w_grad");
+        (r.lowered_fused, g)
+    };
+    let (l0, g0) = grads(plain);
+    let (l1, g1) = grads(fused);
+    assert_eq!(l0, 0);
+    assert!(l1 > 0);
+    // The same ops in the same order once lowered: the same gradient to f32 rounding.
+    for (a, b) in g0.iter().zip(&g1) {
+        assert!((a - b).abs() <= 1e-6 * a.abs().max(1.0), "{a} vs {b}");
+    }
+}
