@@ -57,7 +57,7 @@ fn onnxruntime_agrees_with_the_fused_kernel() {
         .collect();
     for kind in ["kron", "lowrank"] {
         let mut m = ortho_frontends::import_file(&model).expect("import");
-        let layers = |l: Vec<usize>| ortho_passes::transforms::prune::BlockSelection(Some(l));
+        let layers = |l: Vec<usize>| ortho_passes::selection::BlockSelection(Some(l));
         if kind == "kron" {
             let o = KronFactorizeOptions {
                 budget: 0.5,
