@@ -117,7 +117,7 @@ fn numeric(m: &Module, t: &Target, e: FactorError) -> PassError {
 /// Factorizes the chosen linears of `m` (see the module docs).
 pub fn factorize(m: &mut Module, spec: &FactorizeSpec) -> Result<FactorizeStats, PassError> {
     check_target(spec.budget, spec.max_flops)
-        .map_err(|e| PassError::new(e).with_kind(PassErrorKind::InvalidOptions))?;
+        .map_err(|e| PassError::new(e.to_string()).with_kind(PassErrorKind::InvalidOptions))?;
     let cap = (spec.max_flops > 0.0).then_some(spec.max_flops);
     let spans = crate::calib::block_spans(m)?;
     if let Some(l) = &spec.layers {

@@ -10,8 +10,20 @@ pub mod matrix;
 pub mod options;
 pub mod plan;
 
-use crate::pass::PassContext;
-use apply::FactorizeStats;
+use crate::pass::{PassContext, PassError, PassResult};
+use apply::{factorize, FactorizeSpec, FactorizeStats};
+use ortho_ir::Module;
+
+/// The body of both passes' `run_pass`: factorize as `spec` says, then record the notes.
+pub(crate) fn run(
+    m: &mut Module,
+    spec: &FactorizeSpec,
+    cx: &mut PassContext,
+) -> Result<PassResult, PassError> {
+    let s = factorize(m, spec)?;
+    report(cx, &s);
+    Ok(PassResult::changed(s.linears > 0))
+}
 
 /// The notes and statistics both passes record.
 pub(crate) fn report(cx: &mut PassContext, s: &FactorizeStats) {

@@ -1,7 +1,7 @@
 //! The options `kron-factorize` and `lowrank-factorize` share (declared once here), and their
 //! value types: the rank (`none`, `full` or a number) and the factor shapes (`auto` or `m1xn1`).
 
-use crate::options::{OptionDecl, OptionKind, OptionType, OptionValue, ValueError};
+use crate::options::{OptionDecl, OptionError, OptionKind, OptionType, OptionValue, ValueError};
 
 /// `budget`.
 pub const BUDGET: OptionDecl<f64> = OptionDecl {
@@ -107,14 +107,16 @@ impl OptionType for ShapeSpec {
 }
 
 /// The checks both passes make on their options before touching the module.
-pub fn check_target(budget: f64, max_flops: f64) -> Result<(), String> {
+pub fn check_target(budget: f64, max_flops: f64) -> Result<(), OptionError> {
     if !(budget > 0.0 && budget < 1.0) {
-        return Err(format!(
+        return Err(OptionError::Invalid(format!(
             "budget {budget} is outside (0, 1) (the fraction of the chosen parameters removed)"
-        ));
+        )));
     }
     if !(max_flops >= 0.0 && max_flops.is_finite()) {
-        return Err(format!("max-flops {max_flops} must be ≥ 0 (0: no cap)"));
+        return Err(OptionError::Invalid(format!(
+            "max-flops {max_flops} must be ≥ 0 (0: no cap)"
+        )));
     }
     Ok(())
 }

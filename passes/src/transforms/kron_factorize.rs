@@ -56,7 +56,7 @@ crate::pass_options! {
 
 impl KronFactorizeOptions {
     fn check(&self) -> Result<(), OptionError> {
-        check_target(self.budget, self.max_flops).map_err(OptionError::Invalid)
+        check_target(self.budget, self.max_flops)
     }
 
     /// The factorization these options ask for.
@@ -92,7 +92,5 @@ fn run_pass(
     opts: &KronFactorizeOptions,
     cx: &mut PassContext,
 ) -> Result<PassResult, PassError> {
-    let s = kron_factorize(m, opts)?;
-    crate::factorize::report(cx, &s);
-    Ok(PassResult::changed(s.linears > 0))
+    crate::factorize::run(m, &opts.spec(), cx)
 }

@@ -45,7 +45,7 @@ crate::pass_options! {
 
 impl LowrankFactorizeOptions {
     fn check(&self) -> Result<(), OptionError> {
-        check_target(self.budget, self.max_flops).map_err(OptionError::Invalid)
+        check_target(self.budget, self.max_flops)
     }
 
     /// The factorization these options ask for.
@@ -81,7 +81,5 @@ fn run_pass(
     opts: &LowrankFactorizeOptions,
     cx: &mut PassContext,
 ) -> Result<PassResult, PassError> {
-    let s = lowrank_factorize(m, opts)?;
-    crate::factorize::report(cx, &s);
-    Ok(PassResult::changed(s.linears > 0))
+    crate::factorize::run(m, &opts.spec(), cx)
 }
