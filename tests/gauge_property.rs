@@ -725,3 +725,54 @@ fn layernorm_becomes_rmsnorm_and_admits_rotations() {
         }
     }
 }
+
+/// Structure passes compose with the factorized linears `kron-factorize` / `lowrank-factorize`
+/// leave behind: a low-rank layer takes every fold a dense one takes (its stream-side factor
+/// carries the features), so norm folding, a residual rotation and per-head rotations after
+/// an exact low-rank factorization keep the outputs; pruning after a Kronecker factorization
+/// prunes the dense linears and leaves the factorized ones; a rotation after it is refused with
+/// the factorized linear named (no single factor carries the stream's features).
+#[test]
+fn factorized_linears_compose_with_structure_passes() {
+    let tmp = TempDir::new("gauge-factorized");
+    for seed in 1..=2u64 {
+        let text = llama(seed, NormStyle::Decomposed, false);
+        let p = format!(
+            "lowrank-factorize{{rank=full}},fold-norms,rotate-residual{{kind=haar seed={seed}}},rotate-heads{{kind=haar seed={seed}}},lower-ortho"
+        );
+        let d = max_diff(tmp.path(), &text, &p);
+        assert!(d < 1e-4, "seed {seed}, {p}: max |Δ| = {d}");
+    }
+    let text = llama(3, NormStyle::Decomposed, false);
+    let src = tmp.path().join("model.oir");
+    std::fs::write(&src, &text).expect("write model");
+    let out = tmp.path().join("pruned.oir");
+    let r = run(&[
+        &src.to_string_lossy(),
+        "-o",
+        &out.to_string_lossy(),
+        "--pass-pipeline=kron-factorize{rank=full shapes=2x2 linears=q+o},prune{method=magnitude}",
+    ]);
+    assert_eq!(r.code, 0, "prune after kron-factorize: {}", r.stderr);
+    for layer in 0..2 {
+        let line = format!(
+            "note: prune: layer {layer}: q kept (Kronecker-factorized) k 50.0 % v 50.0 % o kept (Kronecker-factorized) gate 50.0 % up 50.0 % down 50.0 %"
+        );
+        assert!(r.stderr.contains(&line), "missing '{line}': {}", r.stderr);
+    }
+    refused(
+        tmp.path(),
+        &text,
+        "kron-factorize{rank=full shapes=2x2 linears=q},fold-norms,rotate-residual{kind=haar seed=1}",
+        &["FactorizedLinear producing", "Kronecker-factorized linear meets the stream"],
+    );
+    refused(
+        tmp.path(),
+        &text,
+        "kron-factorize{rank=full shapes=2x2 linears=v},rotate-heads{kind=haar seed=1}",
+        &[
+            "FactorizedLinear producing",
+            "no per-head rotation folds into its factors",
+        ],
+    );
+}

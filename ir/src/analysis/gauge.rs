@@ -14,7 +14,7 @@
 //! if the class admits it, and its fold sites are then exactly the weights to rewrite.
 
 use super::group::{unary_group, Group};
-use super::linear::match_linear;
+use super::linear::{match_linear, Linear, Side};
 use super::norm::{NormKind, Norms};
 use super::util::{const_data, const_tensor, out0};
 use crate::graph::{Graph, GraphId, NodeId, ValueId};
@@ -51,6 +51,11 @@ pub enum BlockerKind {
     /// The stream is a graph input or output: its basis is the model's interface.
     GraphInput,
     GraphOutput,
+    /// A structured linear (a Kronecker sum) reads or writes the stream through factors that
+    /// mix its features: no transform of the stream folds into them.
+    StructuredLinear {
+        kind: &'static str,
+    },
     /// Anything else, with a description of what was found.
     Unsupported {
         what: String,
@@ -81,6 +86,9 @@ impl Blocker {
             BlockerKind::BroadcastConstant => "scalar constant added to the stream".into(),
             BlockerKind::GraphInput => "the stream is a graph input (the model's interface)".into(),
             BlockerKind::GraphOutput => "the stream is a graph output (the model's interface)".into(),
+            BlockerKind::StructuredLinear { kind } => format!(
+                "a {kind} linear meets the stream: no transform folds into its factors (transform before factorizing, or run lower-ortho first)"
+            ),
             BlockerKind::Unsupported { what } => format!("unsupported use of the stream: {what}"),
         }
     }
@@ -113,6 +121,19 @@ pub struct FoldSite {
     /// A `Transpose` between the constant and the consumer.
     pub transpose: Option<NodeId>,
     pub axis: usize,
+}
+
+/// A linear layer that reads or writes a class, whether or not a transform folds into it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LinearUse {
+    /// [`SiteRole::Reader`] or [`SiteRole::Writer`].
+    pub role: SiteRole,
+    pub node: NodeId,
+    /// Whether the side meeting the stream has a fold site (see [`Linear::features`]); when
+    /// not, the class carries a [`BlockerKind::StructuredLinear`] blocker at `node`.
+    ///
+    /// [`Linear::features`]: super::linear::Linear::features
+    pub folds: bool,
 }
 
 /// A per-channel multiplier (a norm gain, a stream scale): under a signed permutation `P` it
@@ -160,6 +181,9 @@ pub struct StreamClass {
     /// Indices into [`GaugeAnalysis::norms`].
     pub norms: Vec<usize>,
     pub sites: Vec<FoldSite>,
+    /// Every linear layer reading or writing the class (the structure analysis finds blocks
+    /// from these; `sites` holds only what a transform folds into).
+    pub linears: Vec<LinearUse>,
     pub params: Vec<ParamSite>,
     /// Constraints that exclude a named group (O(d), signed permutations, permutations).
     pub blockers: Vec<Blocker>,
@@ -168,6 +192,11 @@ pub struct StreamClass {
 }
 
 impl StreamClass {
+    /// How many linears meet the class without a fold site (structured ones).
+    pub fn opaque_linears(&self) -> usize {
+        self.linears.iter().filter(|u| !u.folds).count()
+    }
+
     /// The first blocker that rules out `need`, in graph order.
     pub fn blocker_for(&self, need: Group) -> Option<&Blocker> {
         self.blockers.iter().find(|b| !b.allows.contains(need))
@@ -308,7 +337,8 @@ pub fn analyze_gauge(m: &Module, gid: GraphId) -> GaugeAnalysis {
         classes = grower.input_classes(&mut claimed);
     }
     grower.boundary_classes(&mut classes, &mut claimed);
-    classes.sort_by_key(|c| std::cmp::Reverse(c.sites.len()));
+    // The main class is the one with most fold sites; a linear without one counts as a site.
+    classes.sort_by_key(|c| std::cmp::Reverse(c.sites.len() + c.opaque_linears()));
     GaugeAnalysis {
         graph: Some(gid),
         norms,
@@ -438,23 +468,28 @@ fn stream_input_width(g: &Graph, n: NodeId) -> Option<i64> {
 /// writes into it (a branch adds to it), which neither a head's logits nor a projection's
 /// output (q, a KV cache) ever receive.
 fn receives_writers(c: &StreamClass, entry: &[NodeId]) -> bool {
-    c.sites
+    c.linears
         .iter()
-        .any(|s| s.role == SiteRole::Writer && !entry.contains(&s.consumer))
+        .any(|l| l.role == SiteRole::Writer && !entry.contains(&l.node))
 }
 
 /// The square linears reading class `c` (`d × d`, in either layout): each may be a boundary.
 fn boundary_candidates(m: &Module, g: &Graph, c: &StreamClass) -> Vec<NodeId> {
-    c.sites
+    c.linears
         .iter()
-        .filter(|s| s.role == SiteRole::Reader)
-        .filter(|s| {
-            match_linear(m, g, s.consumer)
+        .filter(|u| u.role == SiteRole::Reader)
+        .filter(|u| {
+            match_linear(m, g, u.node)
                 .is_some_and(|l| l.in_features == c.width && l.out_features == c.width)
         })
-        .map(|s| s.consumer)
+        .map(|u| u.node)
         .collect()
 }
+
+const WRITES_WITHOUT_WEIGHT: &str =
+    "a product without a constant weight of the stream's width writes the stream";
+const READS_WITHOUT_WEIGHT: &str =
+    "a product without a constant weight of the stream's width reads the stream";
 
 struct Walker<'a> {
     m: &'a Module,
@@ -466,6 +501,7 @@ struct Walker<'a> {
     norm_set: Vec<usize>,
     sites: Vec<FoldSite>,
     site_keys: HashSet<(NodeId, usize)>,
+    linears: Vec<LinearUse>,
     params: Vec<ParamSite>,
     blockers: Vec<Blocker>,
     blocker_keys: HashSet<(NodeId, BlockerKind)>,
@@ -485,6 +521,7 @@ impl<'a> Walker<'a> {
             norm_set: Vec::new(),
             sites: Vec::new(),
             site_keys: HashSet::new(),
+            linears: Vec::new(),
             params: Vec::new(),
             blockers: Vec::new(),
             blocker_keys: HashSet::new(),
@@ -545,6 +582,38 @@ impl<'a> Walker<'a> {
                 tensor,
                 transpose,
                 axis,
+            });
+        }
+    }
+
+    /// Linear layer `l` reading (its input) or writing (its output) the stream: a fold site on
+    /// the operand carrying that side's features, or — when no operand does — a blocker.
+    fn linear(&mut self, l: &Linear, role: SiteRole) {
+        let side = if role == SiteRole::Reader {
+            Side::Input
+        } else {
+            Side::Output
+        };
+        let feature = l.features(side);
+        match feature {
+            Some(f) => self.site(role, l.node, f.slot, f.weight.transpose, f.axis),
+            None => self.constrain(
+                l.node,
+                BlockerKind::StructuredLinear {
+                    kind: l.kind_name(),
+                },
+                Group::NONE,
+            ),
+        }
+        if !self
+            .linears
+            .iter()
+            .any(|u| u.node == l.node && u.role == role)
+        {
+            self.linears.push(LinearUse {
+                role,
+                node: l.node,
+                folds: feature.is_some(),
             });
         }
     }
@@ -640,12 +709,18 @@ impl<'a> Walker<'a> {
         // A norm rescales every row by its own statistic: no diagonal scaling survives.
         self.admits = self.admits.meet(Group::ORTHOGONAL);
         // Its output feeds only foldable readers (pre-norm): fold-norms can take γ.
-        let foldable = self
-            .g
-            .users(norm.output)
-            .iter()
-            .all(|&(u, slot)| slot == 0 && match_linear(self.m, self.g, u).is_some())
-            && !self.g.outputs.iter().any(|o| o.value == norm.output);
+        let foldable = self.g.users(norm.output).iter().all(|&(u, slot)| {
+            slot == 0
+                && match_linear(self.m, self.g, u)
+                    .is_some_and(|l| l.features(Side::Input).is_some())
+        }) && !self.g.outputs.iter().any(|o| o.value == norm.output);
+        // A structured reader (Kronecker sum) blocks every transform itself, with a blocker of
+        // its own that names the real reason: the gain then adds none.
+        let structured_reader = self.g.users(norm.output).iter().any(|&(u, slot)| {
+            slot == 0
+                && match_linear(self.m, self.g, u)
+                    .is_some_and(|l| l.features(Side::Input).is_none())
+        });
         if let Some(gain) = norm.gain.filter(|p| !p.trivial) {
             if gain.per_channel {
                 self.params.push(ParamSite {
@@ -655,6 +730,8 @@ impl<'a> Walker<'a> {
                     konst: gain.konst,
                     tensor: gain.tensor,
                 });
+            }
+            if gain.per_channel && !structured_reader {
                 self.constrain(
                     gain.consumer,
                     BlockerKind::NormGain { norm: i, foldable },
@@ -685,31 +762,25 @@ impl<'a> Walker<'a> {
             return;
         }
         let node = self.g.node(p);
+        // Any op the linear matcher recognizes (dense or structured) writes like a linear.
+        let linear = match_linear(self.m, self.g, p);
         match &node.op {
             Op::Input { .. } => self.constrain(p, BlockerKind::GraphInput, Group::NONE),
             Op::Add | Op::Sub => {
                 self.summand(p, 0);
                 self.summand(p, 1);
             }
-            Op::MatMul | Op::Gemm(_) => match match_linear(self.m, self.g, p) {
+            _ if linear.is_some() => match linear {
                 Some(l) if l.out_features == self.width => {
-                    self.site(
-                        SiteRole::Writer,
-                        p,
-                        l.weight_slot,
-                        l.weight.transpose,
-                        l.weight.out_axis(),
-                    );
+                    self.linear(&l, SiteRole::Writer);
                     if let Some(b) = l.bias.filter(|b| b.node == p) {
                         let axis = self.m.tensor(b.tensor).dims.len().saturating_sub(1);
                         self.site(SiteRole::Bias, p, b.slot, None, axis);
                     }
                 }
-                _ => self.unsupported(
-                    p,
-                    "a product without a constant weight of the stream's width writes the stream",
-                ),
+                _ => self.unsupported(p, WRITES_WITHOUT_WEIGHT),
             },
+            Op::MatMul | Op::Gemm(_) => self.unsupported(p, WRITES_WITHOUT_WEIGHT),
             Op::Gather(_) if is_embedding(self.m, self.g, p) => {
                 self.site(SiteRole::Embedding, p, 0, None, 1)
             }
@@ -758,20 +829,29 @@ impl<'a> Walker<'a> {
                 continue;
             }
             let node = self.g.node(u);
+            // Any op the linear matcher recognizes reads the stream like a linear (slot 0).
+            let linear = match_linear(self.m, self.g, u);
             match &node.op {
                 Op::Add | Op::Sub => {
                     self.summand(u, 1 - slot.min(1));
                     self.join(out0(u));
                 }
-                Op::MatMul | Op::Gemm(_) if slot == 0 => match match_linear(self.m, self.g, u) {
-                    Some(l) if l.in_features == self.width => self.site(SiteRole::Reader, u, l.weight_slot, l.weight.transpose, l.weight.in_axis),
-                    _ => self.unsupported(u, "a product without a constant weight of the stream's width reads the stream"),
+                _ if slot == 0 && linear.is_some() => match linear {
+                    Some(l) if l.in_features == self.width => self.linear(&l, SiteRole::Reader),
+                    _ => self.unsupported(u, READS_WITHOUT_WEIGHT),
                 },
+                Op::MatMul | Op::Gemm(_) if slot == 0 => self.unsupported(u, READS_WITHOUT_WEIGHT),
                 Op::Identity | Op::Cast(_) => self.join(out0(u)),
                 Op::Mul if self.scaled(u, v) => self.join(out0(u)),
                 op => match unary_group(op) {
                     Some(grp) => {
-                        self.constrain(u, BlockerKind::Elementwise { op: op.name().to_string() }, grp);
+                        self.constrain(
+                            u,
+                            BlockerKind::Elementwise {
+                                op: op.name().to_string(),
+                            },
+                            grp,
+                        );
                         self.join(out0(u));
                     }
                     None => self.unsupported(u, format!("{} reads a stream tensor", op.name())),
@@ -792,6 +872,8 @@ impl<'a> Walker<'a> {
         norms.sort_by_key(|&i| key(&self.norms.list[i].node));
         let mut params = self.params;
         params.sort_by_key(|p| (key(&p.consumer), p.slot));
+        let mut linears = self.linears;
+        linears.sort_by_key(|u| key(&u.node));
         StreamClass {
             origin: Origin::Embedding,
             entries: Vec::new(),
@@ -801,6 +883,7 @@ impl<'a> Walker<'a> {
             seeds: Vec::new(),
             norms,
             sites,
+            linears,
             params,
             blockers,
             admits: self.admits,

@@ -10,11 +10,14 @@
 //! [`LinearKind::Dense`]: one constant matrix, described by [`Linear::weight`]. A structured
 //! linear — factorized (Kronecker, low rank) or reparameterized (POET `R·W0·P`) — comes as a new
 //! op; to make the analyses see it, add a `LinearKind` variant carrying its factors (constant
-//! operands, as [`WeightRef`]s) and an arm in [`match_linear`] that recognizes the op. The
-//! structure and gauge analyses then place it like any linear: they only read `node`, `input`,
-//! `output`, the feature counts and — for fold sites — the side of the layer that touches the
-//! stream. A pass that rewrites the stored matrix itself (prune, rotate) must ask
-//! [`Linear::dense`] first and skip or refuse other kinds; `LinearKind` is `#[non_exhaustive]`
+//! operands, as [`WeightRef`]s), an arm in [`match_linear`] that recognizes the op and arms in
+//! [`Linear::features`] saying which operand carries each side's features. The structure and
+//! gauge analyses then place it like any linear: they only read `node`, `input`, `output`, the
+//! feature counts and [`Linear::features`] — a side without a feature operand is still a reader
+//! or writer of the stream, but it blocks every transform of it (the gauge analysis records a
+//! `StructuredLinear` blocker). A pass that folds a per-feature map (rotations, norm gains) asks
+//! [`Linear::features`]; a pass that rewrites the stored matrix itself (prune) asks
+//! [`Linear::dense`] first and skips or refuses other kinds; `LinearKind` is `#[non_exhaustive]`
 //! so that matches outside this crate already handle kinds added later.
 
 use super::util::{const_data, const_tensor, out0, sole_user_with_const};
@@ -101,6 +104,90 @@ impl Linear {
             LinearKind::Factorized { .. } => None,
         }
     }
+
+    /// The constant operand through which the layer meets its input (or output) features, and
+    /// the axis of it that runs over them: a per-feature linear map `T` on that side (a
+    /// rotation of the stream, a norm gain) folds into this operand alone, along that axis.
+    /// `None` when no single operand carries those features — a Kronecker sum mixes them
+    /// across both factors, so only a transform that is itself a Kronecker product would fold.
+    pub fn features(&self, side: Side) -> Option<FeatureOperand> {
+        use crate::factorized::Factorized;
+        match (self.kind, side) {
+            (LinearKind::Dense, Side::Input) => Some(FeatureOperand {
+                slot: self.weight_slot,
+                weight: self.weight,
+                axis: self.weight.in_axis,
+            }),
+            (LinearKind::Dense, Side::Output) => Some(FeatureOperand {
+                slot: self.weight_slot,
+                weight: self.weight,
+                axis: self.weight.out_axis(),
+            }),
+            // `W = U·Vᵀ` with `U: [out, r]` (slot 1) and `V: [in, r]` (slot 2): the input
+            // features are V's rows, the output features U's rows.
+            (
+                LinearKind::Factorized {
+                    op: Factorized::LowRank { .. },
+                    second,
+                },
+                Side::Input,
+            ) => Some(FeatureOperand {
+                slot: 2,
+                weight: second,
+                axis: 0,
+            }),
+            (
+                LinearKind::Factorized {
+                    op: Factorized::LowRank { .. },
+                    ..
+                },
+                Side::Output,
+            ) => Some(FeatureOperand {
+                slot: 1,
+                weight: self.weight,
+                axis: 0,
+            }),
+            (
+                LinearKind::Factorized {
+                    op: Factorized::KronSum { .. },
+                    ..
+                },
+                _,
+            ) => None,
+        }
+    }
+
+    /// What the layer is, in words, for diagnostics (`dense`, `Kronecker-factorized`, …).
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            LinearKind::Dense => "dense",
+            LinearKind::Factorized {
+                op: crate::factorized::Factorized::KronSum { .. },
+                ..
+            } => "Kronecker-factorized",
+            LinearKind::Factorized {
+                op: crate::factorized::Factorized::LowRank { .. },
+                ..
+            } => "low-rank",
+        }
+    }
+}
+
+/// A side of a linear layer: its input features or its output features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Input,
+    Output,
+}
+
+/// The operand of a linear layer that carries one side's features (see [`Linear::features`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeatureOperand {
+    /// The operand slot on [`Linear::node`].
+    pub slot: usize,
+    pub weight: WeightRef,
+    /// The axis of the stored constant that runs over that side's features.
+    pub axis: usize,
 }
 
 /// The constant 2-D weight behind operand `w`, directly or through one 2-D `Transpose`.

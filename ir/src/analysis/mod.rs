@@ -27,11 +27,11 @@ pub mod util;
 mod tests;
 
 pub use gauge::{
-    analyze_gauge, Blocker, BlockerKind, FoldSite, GaugeAnalysis, Origin, ParamSite, SiteRole,
-    StreamClass,
+    analyze_gauge, Blocker, BlockerKind, FoldSite, GaugeAnalysis, LinearUse, Origin, ParamSite,
+    SiteRole, StreamClass,
 };
 pub use group::{Group, Kind};
-pub use linear::{match_linear, Linear, LinearKind};
+pub use linear::{match_linear, FeatureOperand, Linear, LinearKind, Side};
 pub use norm::{Norm, NormForm, NormKind, Norms};
 pub use transformer::{analyze_transformer, Ends, Structure};
 pub use transformer_parts::{head_spaces, Attention, HeadSpace, Mlp, MlpKind, RopeForm};

@@ -285,13 +285,13 @@ fn find_heads(
     claimed: &mut HashSet<NodeId>,
 ) {
     let in_branch: HashSet<NodeId> = claimed.clone();
-    let readers = segments.iter().flat_map(|c| c.sites.iter()).filter(|x| {
+    let readers = segments.iter().flat_map(|c| c.linears.iter()).filter(|x| {
         x.role == SiteRole::Reader
-            && !in_branch.contains(&x.consumer)
-            && !ctx.boundary_nodes.contains(&x.consumer)
+            && !in_branch.contains(&x.node)
+            && !ctx.boundary_nodes.contains(&x.node)
     });
-    for site in readers {
-        let Some(linear) = match_linear(ctx.m, ctx.g, site.consumer) else {
+    for reader in readers {
+        let Some(linear) = match_linear(ctx.m, ctx.g, reader.node) else {
             continue;
         };
         let norm = ctx.gauge.norms.by_output.get(&linear.input).copied();
@@ -445,16 +445,16 @@ impl<'a> Ctx<'a> {
         let role = |r: SiteRole| {
             segments
                 .iter()
-                .flat_map(|c| c.sites.iter())
-                .filter(|s| s.role == r && !boundary_nodes.contains(&s.consumer))
-                .map(|s| s.consumer)
+                .flat_map(|c| c.linears.iter())
+                .filter(|u| u.role == r && !boundary_nodes.contains(&u.node))
+                .map(|u| u.node)
                 .collect::<HashSet<_>>()
         };
         let mut segment_of = HashMap::new();
         let mut entry_of_segment = HashMap::new();
         for (k, c) in segments.iter().enumerate() {
-            for site in c.sites.iter().filter(|s| s.role == SiteRole::Writer) {
-                segment_of.entry(site.consumer).or_insert(k);
+            for writer in c.linears.iter().filter(|u| u.role == SiteRole::Writer) {
+                segment_of.entry(writer.node).or_insert(k);
             }
             if c.origin == Origin::Boundary {
                 let entry = c

@@ -142,6 +142,19 @@ pub fn find_layers(m: &Module) -> Result<Layers, PassError> {
                 "gate and up do not read the same value",
             ));
         }
+        // The layer problem reads every weight as one dense matrix.
+        for lin in [&q, &k, &v, &att.o, &gate, &mlp.up, &mlp.down] {
+            if lin.dense().is_none() {
+                return Err(PassError::at_main(
+                    m,
+                    lin.node,
+                    format!(
+                        "per-layer rotations need dense linears; this is a {} linear (rotate before factorizing, or run lower-ortho first)",
+                        lin.kind_name()
+                    ),
+                ));
+            }
+        }
         let add = g.node(ab.add);
         let stream_in = add.inputs().find(|x| *x != att.o.output).ok_or_else(|| {
             PassError::at_main(m, ab.add, "residual add without a stream operand")

@@ -59,7 +59,21 @@ pub fn prune_block(
     roles: &[&str],
 ) -> Result<Vec<(&'static str, PruneOutcome)>, PassError> {
     let block = lcx.block.clone();
-    let linears = block_linears(block.attention.as_ref(), block.mlp.as_ref());
+    let mut linears = block_linears(block.attention.as_ref(), block.mlp.as_ref());
+    // Pruning rewrites one stored matrix; a structured linear (factorized) has none, so it
+    // is left as it is and said so.
+    let structured: Vec<String> = linears
+        .iter()
+        .filter(|(r, l)| roles.contains(r) && l.dense().is_none())
+        .map(|(r, l)| format!("{r} ({})", l.kind_name()))
+        .collect();
+    if !structured.is_empty() {
+        lcx.progress(&format!(
+            "not pruned, structured: {}",
+            structured.join(", ")
+        ));
+    }
+    linears.retain(|(_, l)| l.dense().is_some());
     let mut results: Vec<(&'static str, PruneOutcome)> = Vec::new();
     for group in GROUPS {
         let members: Vec<(&'static str, Linear)> = linears

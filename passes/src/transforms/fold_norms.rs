@@ -24,7 +24,7 @@
 use crate::linalg::weights::{self, Rewrite, WeightError};
 use crate::pass::{PassContext, PassError, PassErrorKind, PassResult};
 use ortho_ir::analysis::norm::{Norm, NormKind, NormParam, Norms};
-use ortho_ir::analysis::{match_linear, Linear};
+use ortho_ir::analysis::{match_linear, Linear, Side};
 use ortho_ir::{Graph, GraphId, Module, NodeId, TensorData, TensorId};
 use std::collections::HashMap;
 
@@ -170,12 +170,13 @@ fn plan_gains(m: &Module, gid: GraphId, stats: &mut FoldNormsStats) -> Result<Ga
         };
         let width = readers[0].in_features;
         for r in &readers {
-            if let Some(p) = gain {
+            // `foldable_readers` admitted only readers with an input-feature operand.
+            if let (Some(p), Some(f)) = (gain, r.features(Side::Input)) {
                 let t = Transform::Scale {
-                    axis: r.weight.in_axis,
+                    axis: f.axis,
                     s: param_vector(m, gid, p, width)?,
                 };
-                plan.push(t, r.node, r.weight_slot, r.weight.konst, r.weight.transpose);
+                plan.push(t, r.node, f.slot, f.weight.konst, f.weight.transpose);
             }
             if let (Some(p), Some(b)) = (shift, r.bias) {
                 let t = Transform::ShiftBias {
@@ -229,6 +230,12 @@ fn foldable_readers(
     let width = readers[0].in_features;
     if readers.iter().any(|r| r.in_features != width) {
         return Err("its readers disagree on the input width");
+    }
+    if readers.iter().any(|r| r.features(Side::Input).is_none()) {
+        return Err("a reader is a Kronecker-factorized linear: γ does not fold into its factors");
+    }
+    if shifted && readers.iter().any(|r| r.dense().is_none()) {
+        return Err("LayerNorm shift β ≠ 0 and a factorized reader (β moves into biases through a dense weight)");
     }
     if shifted && readers.iter().any(|r| r.bias.is_none()) {
         return Err("LayerNorm shift β ≠ 0 and a reader without a bias to take it");

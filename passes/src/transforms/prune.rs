@@ -145,7 +145,10 @@ pub fn prune(
         for s in spans.iter().filter(|s| selected(s.index)) {
             let mut line = format!("layer {}:", s.index);
             for (role, l) in block_linears(s.attention.as_ref(), s.mlp.as_ref()) {
-                if opts.linears.contains(role) {
+                if opts.linears.contains(role) && l.dense().is_none() {
+                    // A structured linear stores no matrix to prune: said on the layer's line.
+                    line.push_str(&format!(" {role} kept ({})", l.kind_name()));
+                } else if opts.linears.contains(role) {
                     let out = prune_linear(m, &l, None, &spec)?;
                     record(&mut stats, &mut line, role, out);
                 }

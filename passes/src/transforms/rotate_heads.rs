@@ -24,7 +24,7 @@ use crate::pass::{PassContext, PassError, PassResult};
 use faer::Mat;
 use ortho_ir::analysis::transformer::BranchKind;
 use ortho_ir::analysis::util::{const_data, out0};
-use ortho_ir::analysis::{analyze_transformer, Linear};
+use ortho_ir::analysis::{analyze_transformer, FeatureOperand, Linear, Side};
 use ortho_ir::{Graph, Module, NodeId, Op, TensorData, ValueId};
 use std::collections::HashSet;
 
@@ -365,12 +365,15 @@ pub fn fold_vo_rotations(
                 key: keys.len() - 1,
             });
         };
+        // The head rotation folds into the operand carrying v's output and o's input features
+        // (the weight of a dense layer, one factor of a low-rank one).
+        let (vf, of) = (side(m, &p.v, Side::Output)?, side(m, &p.o, Side::Input)?);
         push(
             p.v.node,
-            p.v.weight_slot,
-            p.v.weight.konst,
-            p.v.weight.transpose,
-            p.v.weight.out_axis(),
+            vf.slot,
+            vf.weight.konst,
+            vf.weight.transpose,
+            vf.axis,
             0,
         );
         if let Some(b) = p.v.bias {
@@ -379,10 +382,10 @@ pub fn fold_vo_rotations(
         }
         push(
             p.o.node,
-            p.o.weight_slot,
-            p.o.weight.konst,
-            p.o.weight.transpose,
-            p.o.weight.in_axis,
+            of.slot,
+            of.weight.konst,
+            of.weight.transpose,
+            of.axis,
             1,
         );
         stats.layers += 1;
@@ -479,4 +482,19 @@ mod tests {
         let y1 = rotate_blocks(&x, &[4], 0, &mats, &[1, 1]).expect("rotate");
         assert_eq!(y1, vec![-1.0, -2.0, -3.0, -4.0]);
     }
+}
+
+/// The operand of `l` carrying one side's features, or an error naming a linear no per-head
+/// rotation folds into (a Kronecker sum).
+fn side(m: &Module, l: &Linear, side: Side) -> Result<FeatureOperand, PassError> {
+    l.features(side).ok_or_else(|| {
+        PassError::at_main(
+            m,
+            l.node,
+            format!(
+                "a {} linear: no per-head rotation folds into its factors (rotate before factorizing)",
+                l.kind_name()
+            ),
+        )
+    })
 }
