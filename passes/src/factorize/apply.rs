@@ -56,6 +56,8 @@ pub struct FactorizeStats {
     pub total_rel_error: f64,
     /// One line per linear.
     pub lines: Vec<String>,
+    /// Chosen linears left as they are because they are factorized already (`layer 0 q`).
+    pub skipped: Vec<String>,
 }
 
 /// One chosen linear and what the plan made of it.
@@ -131,6 +133,7 @@ pub fn factorize(m: &mut Module, spec: &FactorizeSpec) -> Result<FactorizeStats,
     }
     // 1. The chosen linears and their weights.
     let mut targets: Vec<Target> = Vec::new();
+    let mut skipped: Vec<String> = Vec::new();
     for s in &spans {
         if spec.layers.as_ref().is_some_and(|l| !l.contains(&s.index)) {
             continue;
@@ -139,7 +142,13 @@ pub fn factorize(m: &mut Module, spec: &FactorizeSpec) -> Result<FactorizeStats,
             if !spec.roles.contains(&role) {
                 continue;
             }
-            if l.dense().is_none() || l.op != LinearOp::MatMul {
+            // A factorized linear has no dense weight left to factorize: a second pass over the
+            // same layers keeps it and says so.
+            if l.dense().is_none() {
+                skipped.push(format!("layer {} {role} ({})", s.index, l.kind_name()));
+                continue;
+            }
+            if l.op != LinearOp::MatMul {
                 return Err(PassError::at_main(
                     m,
                     l.node,
@@ -250,7 +259,10 @@ pub fn factorize(m: &mut Module, spec: &FactorizeSpec) -> Result<FactorizeStats,
         t.rank = r;
     }
     // 4. The factors, in the weight's dtype (still nothing changed in the module).
-    let mut stats = FactorizeStats::default();
+    let mut stats = FactorizeStats {
+        skipped,
+        ..FactorizeStats::default()
+    };
     let mut total_err = 0.0;
     let mut total_energy = 0.0;
     let mut built: Vec<(Factorized, [ortho_ir::TensorData; 2])> = Vec::new();

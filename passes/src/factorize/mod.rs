@@ -30,8 +30,17 @@ pub(crate) fn report(cx: &mut PassContext, s: &FactorizeStats) {
     for line in &s.lines {
         cx.note(line.clone());
     }
+    if !s.skipped.is_empty() {
+        cx.note(format!(
+            "kept as they are (factorized already): {}",
+            s.skipped.join(", ")
+        ));
+    }
     let pct = |a: usize, b: usize| 100.0 * a as f64 / b.max(1) as f64;
-    cx.note(format!(
+    if s.linears == 0 {
+        cx.note("no linear factorized".to_string());
+    } else {
+        cx.note(format!(
         "{} linears: {} of {} params kept ({:.2} %, {:.2} % removed), MACs per token {:.2} % of dense, rel. error {:.4} overall, {:.4} at most",
         s.linears,
         s.factor_params,
@@ -42,6 +51,7 @@ pub(crate) fn report(cx: &mut PassContext, s: &FactorizeStats) {
         s.total_rel_error,
         s.max_rel_error
     ));
+    }
     cx.stat("linears", s.linears as u64);
     cx.stat("dense-params", s.dense_params as u64);
     cx.stat("factor-params", s.factor_params as u64);
