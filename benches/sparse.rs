@@ -118,7 +118,14 @@ fn kernels(runs: usize) {
                     let isa = Isa::at_most(isa);
                     *s = time(runs * 20, || {
                         std::hint::black_box(sparse_2_4(
-                            &x, &vals, &idx, n, k / 4, tokens, threads, isa,
+                            &x,
+                            &vals,
+                            &idx,
+                            n,
+                            k / 4,
+                            tokens,
+                            threads,
+                            isa,
                         ));
                     });
                 }
@@ -199,7 +206,10 @@ fn model(runs: usize) {
             let ls = ps.run(&[("input_ids", feed())]).expect("run")[0].1.clone();
             let (a, c) = (ld.as_f32().expect("f32"), ls.as_f32().expect("f32"));
             let max = a.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-            let diff = a.iter().zip(c).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+            let diff = a
+                .iter()
+                .zip(c)
+                .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
             // Interleaved so that load on the shared machine hits both alike.
             let (mut td, mut ts) = (Vec::new(), Vec::new());
             for _ in 0..n {

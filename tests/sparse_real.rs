@@ -8,9 +8,9 @@ mod common;
 
 use common::fixtures;
 use ortho_codegen::cpu::{HostTensor, Plan};
+use ortho_passes::sparsity::matrix::Pattern;
 use ortho_passes::transforms::prune::{prune, PruneOptions};
 use ortho_passes::transforms::sparsify::{sparsify, SparsifyOptions};
-use ortho_passes::sparsity::matrix::Pattern;
 
 fn check(file: &str) {
     let f = fixtures();

@@ -76,13 +76,28 @@ fn compact_form_round_trips_through_onnx() {
         tmp.path().join("pruned.onnx"),
     );
     let pipe = "--pass-pipeline=prune{pattern=2:4},sparsify";
-    for (out, extra) in [(&oir, None), (&compact, Some("--emit-sparse")), (&dense, None)] {
-        let mut args = vec![&*src, pipe, "--elide-above=none", "-o", out.to_str().expect("utf8")];
+    for (out, extra) in [
+        (&oir, None),
+        (&compact, Some("--emit-sparse")),
+        (&dense, None),
+    ] {
+        let mut args = vec![
+            &*src,
+            pipe,
+            "--elide-above=none",
+            "-o",
+            out.to_str().expect("utf8"),
+        ];
         args.extend(extra);
         let r = run(&args);
         assert_eq!(r.code, 0, "{}", r.stderr);
     }
-    let r = run(&[&src, "--pass-pipeline=prune{pattern=2:4}", "-o", pruned.to_str().expect("utf8")]);
+    let r = run(&[
+        &src,
+        "--pass-pipeline=prune{pattern=2:4}",
+        "-o",
+        pruned.to_str().expect("utf8"),
+    ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
 
     // Compact: read back bit for bit, still typed.
@@ -112,6 +127,9 @@ fn compact_form_round_trips_through_onnx() {
     };
     let (a, b) = (logits(&back), logits(&import(&pruned)));
     let max = b.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-    let diff = a.iter().zip(&b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+    let diff = a
+        .iter()
+        .zip(&b)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
     assert!(diff <= 1e-5 * max, "max |Δ| {diff} of max |logit| {max}");
 }

@@ -29,11 +29,8 @@ pub enum OrthoOp {
 
 impl OrthoOp {
     /// Every op type of the domain.
-    pub const OP_TYPES: [&'static str; 3] = [
-        OP_TYPE,
-        crate::factorized::OP_TYPE,
-        crate::sparse::OP_TYPE,
-    ];
+    pub const OP_TYPES: [&'static str; 3] =
+        [OP_TYPE, crate::factorized::OP_TYPE, crate::sparse::OP_TYPE];
 
     /// The op type (`FusedElementwise`).
     pub fn op_type(&self) -> &'static str {

@@ -163,7 +163,9 @@ impl NmSparse {
         cols: usize,
     ) -> Result<(Vec<T>, Vec<u8>), SparseError> {
         let (n, m) = (self.n, self.m);
-        let groups = self.groups(cols).ok_or(SparseError::Width { rows, cols, n, m })?;
+        let groups = self
+            .groups(cols)
+            .ok_or(SparseError::Width { rows, cols, n, m })?;
         if w.len() != rows * cols {
             return Err(SparseError::DataLen {
                 what: "the weight",
@@ -246,7 +248,9 @@ impl NmSparse {
         cols: usize,
     ) -> Result<Vec<T>, SparseError> {
         let (n, m) = (self.n, self.m);
-        let groups = self.groups(cols).ok_or(SparseError::Width { rows, cols, n, m })?;
+        let groups = self
+            .groups(cols)
+            .ok_or(SparseError::Width { rows, cols, n, m })?;
         if vals.len() != rows * groups * n {
             return Err(SparseError::DataLen {
                 what: "the values",
@@ -443,7 +447,11 @@ mod tests {
         bad[0] = 1 | (1 << 2);
         assert!(matches!(
             p.expand(&v, &bad, 2, 8),
-            Err(SparseError::BadPositions { row: 0, group: 0, .. })
+            Err(SparseError::BadPositions {
+                row: 0,
+                group: 0,
+                ..
+            })
         ));
     }
 
@@ -466,9 +474,7 @@ mod tests {
         assert!(p
             .check_dtypes([DType::F32, DType::F32, DType::I64])
             .is_err());
-        assert!(p
-            .check_dtypes([DType::F32, DType::F16, DType::U8])
-            .is_err());
+        assert!(p.check_dtypes([DType::F32, DType::F16, DType::U8]).is_err());
         assert_eq!(
             p.check_dtypes([DType::F32, DType::F32, DType::U8]),
             Ok(DType::F32)

@@ -8,8 +8,8 @@
 use crate::diag::DiagKind;
 use crate::factorized::FactorizedError;
 use crate::fused::FusedError;
-use crate::sparse::SparseError;
 use crate::semantics::SemError;
+use crate::sparse::SparseError;
 use crate::types::Type;
 use thiserror::Error;
 

@@ -24,11 +24,11 @@ mod einsum;
 mod elementwise;
 mod error;
 mod factorized;
-mod sparse;
 mod index;
 mod layout;
 mod nn;
 mod reduce;
+mod sparse;
 mod values;
 
 #[cfg(test)]

@@ -48,8 +48,8 @@ pub fn dense_weight(
         return Err(SparseLowerError::Unreadable);
     }
     let rows = usize::try_from(vt.dims[0]).map_err(|_| SparseLowerError::Unreadable)?;
-    let groups = usize::try_from(it.dims[1]).map_err(|_| SparseLowerError::Unreadable)?
-        / p.group_bytes();
+    let groups =
+        usize::try_from(it.dims[1]).map_err(|_| SparseLowerError::Unreadable)? / p.group_bytes();
     let cols = groups * p.m;
     let vals: Vec<f32> = vb
         .chunks_exact(4)
@@ -84,7 +84,11 @@ pub fn lower_sparse(
         .copied()
         .flatten()
         .map(|v| graph.value_name(v).to_string())
-        .map(|n| n.strip_suffix(".nm_values").map(str::to_string).unwrap_or(n))
+        .map(|n| {
+            n.strip_suffix(".nm_values")
+                .map(str::to_string)
+                .unwrap_or(n)
+        })
         .unwrap_or_else(|| "sparse_weight".to_string());
     let dims = vec![cols as i64, rows as i64];
     let mut td = TensorData::from_f32(dims.clone(), &t);

@@ -55,7 +55,10 @@ pub fn lower_ortho(m: &mut Module) -> Result<LowerOrthoStats, PassError> {
 }
 
 /// Lowers every `ortho` op of every reachable graph, sparse linears as `sparse` says.
-pub fn lower_ortho_with(m: &mut Module, sparse: SparseExport) -> Result<LowerOrthoStats, PassError> {
+pub fn lower_ortho_with(
+    m: &mut Module,
+    sparse: SparseExport,
+) -> Result<LowerOrthoStats, PassError> {
     let mut stats = LowerOrthoStats::default();
     for g in m.reachable_graphs() {
         let graph = m.graph(g);

@@ -183,11 +183,14 @@ pub fn sparsify(m: &mut Module, opts: &SparsifyOptions) -> Result<SparsifyStats,
     // 2. Mutate: new constants and ops, then the weights nobody reads any more.
     let mut dead: Vec<NodeId> = Vec::new();
     for t in targets {
-        let ty = |d: &TensorData| {
-            Type::tensor(d.dtype, d.dims.iter().map(|&x| Dim::Fixed(x)).collect())
-        };
+        let ty =
+            |d: &TensorData| Type::tensor(d.dtype, d.dims.iter().map(|&x| Dim::Fixed(x)).collect());
         let (tv, ti) = (ty(&t.values), ty(&t.indices));
-        let base = if t.name.is_empty() { "sparse".to_string() } else { t.name.clone() };
+        let base = if t.name.is_empty() {
+            "sparse".to_string()
+        } else {
+            t.name.clone()
+        };
         let (iv, ii) = (m.add_tensor(t.values), m.add_tensor(t.indices));
         let g = m.main_graph_mut();
         let mut taken = g.value_names();

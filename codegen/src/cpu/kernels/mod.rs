@@ -8,8 +8,6 @@ pub mod broadcast;
 pub mod cast;
 pub mod elementwise;
 pub mod factorized;
-pub mod sparse;
-pub mod sparse_simd;
 pub mod index;
 pub mod mathf;
 pub mod matmul;
@@ -18,6 +16,8 @@ pub mod nn_f64;
 pub mod reduce;
 pub mod scatter;
 pub mod shape;
+pub mod sparse;
+pub mod sparse_simd;
 pub mod unary;
 
 use crate::cpu::error::{KernelError, KernelResult};

@@ -23,6 +23,9 @@ use rayon::prelude::*;
 /// Token count from which the transposed GEMM is used instead of a GEMV per token.
 pub const GEMM_MIN_TOKENS: usize = 8;
 
+/// Weights from which a GEMV is split across threads.
+pub const GEMV_PARALLEL_WEIGHTS: usize = 1 << 21;
+
 /// The instruction set a sparse kernel runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {
@@ -249,10 +252,19 @@ pub fn sparse_2_4(
         return y;
     }
     if tokens < GEMM_MIN_TOKENS {
+        // A GEMV over fewer than ~2 M weights is done in tens of microseconds: a second thread
+        // costs more than it saves (measured on every SmolLM2 layer, benches/sparse.rs).
+        let parts = if out * k >= GEMV_PARALLEL_WEIGHTS {
+            parts
+        } else {
+            1
+        };
+        let rows_per = out.div_ceil(parts).div_ceil(4) * 4;
         let mut yr = vec![0.0f32; out];
         for t in 0..tokens {
             let xt = &x[t * k..(t + 1) * k];
-            let body = |(c, ys): (usize, &mut [f32])| gemv(isa, xt, vals, idx, groups, c * rows_per, ys);
+            let body =
+                |(c, ys): (usize, &mut [f32])| gemv(isa, xt, vals, idx, groups, c * rows_per, ys);
             if parts > 1 {
                 yr.par_chunks_mut(rows_per).enumerate().for_each(body);
             } else {
@@ -371,7 +383,14 @@ fn sparse_job<'a>(
     tp: usize,
     row0: usize,
 ) -> ScalarJob<'a> {
-    ScalarJob { xt, vals, idx, groups, tp, row0 }
+    ScalarJob {
+        xt,
+        vals,
+        idx,
+        groups,
+        tp,
+        row0,
+    }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -520,8 +539,12 @@ mod tests {
             pool: &mut pool,
             threads: 1,
         };
-        let r = sparse_linear(&mut cx, p, &mut Inputs::borrowed(&[Some(&x), Some(&vt), Some(&it)]))
-            .expect("runs");
+        let r = sparse_linear(
+            &mut cx,
+            p,
+            &mut Inputs::borrowed(&[Some(&x), Some(&vt), Some(&it)]),
+        )
+        .expect("runs");
         assert_eq!(r[0].shape(), &[1, 2]);
         assert_eq!(r[0].as_f32(), Some(&[7.0f32, 12.0][..]));
     }
