@@ -76,6 +76,12 @@ pub struct OptArgs {
     #[arg(long = "split-input-file")]
     pub split_input_file: bool,
 
+    /// ONNX export keeps `ortho.SparseLinear` weights in their compact N:M form (kept values +
+    /// per-group index bytes, the layout in ortho_ir::sparse; ortho-opt reads it back) instead
+    /// of expanding them to dense MatMuls that every runtime loads.
+    #[arg(long = "emit-sparse")]
+    pub emit_sparse: bool,
+
     /// Calibration data for passes that run the model (`prune{method=wanda|sparsegpt}`, …).
     #[command(flatten)]
     pub calib: crate::calib::CalibArgs,
@@ -214,7 +220,12 @@ fn process(
         (Emit::Onnx, Some(path)) => {
             // Ops of our own `ortho` domain (fused kernels) are not standard ONNX: lower them
             // before writing, so the output always loads in other runtimes.
-            match ortho_passes::transforms::lower_ortho(&mut m) {
+            let sparse = if a.emit_sparse {
+                ortho_passes::transforms::SparseExport::Compact
+            } else {
+                ortho_passes::transforms::SparseExport::Dense
+            };
+            match ortho_passes::transforms::lower_ortho_with(&mut m, sparse) {
                 Ok(st) if st != Default::default() => {
                     let _ = writeln!(
                         err,

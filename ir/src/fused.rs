@@ -315,6 +315,9 @@ pub enum FusedError {
     /// The attributes of an `ortho.FactorizedLinear` (which shares the domain's error type).
     #[error(transparent)]
     Factorized(#[from] crate::factorized::FactorizedError),
+    /// The attributes of an `ortho.SparseLinear`.
+    #[error(transparent)]
+    Sparse(#[from] crate::sparse::SparseError),
     #[error("unexpected attribute '{name}' of kind {kind}")]
     UnexpectedAttribute { name: String, kind: &'static str },
     #[error("attribute '{0}' (ints) is missing")]

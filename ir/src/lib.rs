@@ -18,6 +18,7 @@ pub mod op;
 pub mod op_ortho;
 pub mod semantics;
 pub mod shape;
+pub mod sparse;
 pub mod tensor;
 pub mod text;
 pub mod types;

@@ -11,6 +11,7 @@ use crate::attr::{Attr, AttrValue};
 use crate::factorized::Factorized;
 use crate::fused::{FusedElementwise, FusedError, OP_TYPE};
 use crate::op::Op;
+use crate::sparse::NmSparse;
 
 /// The domain of the ops ortho-opt adds.
 pub const DOMAIN: &str = "ortho";
@@ -22,17 +23,21 @@ pub enum OrthoOp {
     FusedElementwise(FusedElementwise),
     /// A linear layer with a factorized weight (see [`crate::factorized`]).
     Factorized(Factorized),
+    /// A linear layer with an N:M sparse weight in compact form (see [`crate::sparse`]).
+    SparseLinear(NmSparse),
 }
 
 impl OrthoOp {
     /// Every op type of the domain.
-    pub const OP_TYPES: [&'static str; 2] = [OP_TYPE, crate::factorized::OP_TYPE];
+    pub const OP_TYPES: [&'static str; 3] =
+        [OP_TYPE, crate::factorized::OP_TYPE, crate::sparse::OP_TYPE];
 
     /// The op type (`FusedElementwise`).
     pub fn op_type(&self) -> &'static str {
         match self {
             OrthoOp::FusedElementwise(_) => OP_TYPE,
             OrthoOp::Factorized(_) => crate::factorized::OP_TYPE,
+            OrthoOp::SparseLinear(_) => crate::sparse::OP_TYPE,
         }
     }
 
@@ -42,6 +47,7 @@ impl OrthoOp {
         match self {
             OrthoOp::FusedElementwise(f) => (f.forms.len(), f.forms.len(), 1, 1),
             OrthoOp::Factorized(_) => (3, 3, 1, 1),
+            OrthoOp::SparseLinear(_) => (3, 3, 1, 1),
         }
     }
 
@@ -50,6 +56,9 @@ impl OrthoOp {
     pub fn decode(op_type: &str, attrs: &[Attr]) -> Result<Option<OrthoOp>, FusedError> {
         if op_type == crate::factorized::OP_TYPE {
             return decode_factorized(attrs).map(Some);
+        }
+        if op_type == crate::sparse::OP_TYPE {
+            return decode_sparse(attrs).map(Some);
         }
         if op_type != OP_TYPE {
             return Ok(None);
@@ -76,6 +85,7 @@ impl OrthoOp {
         match self {
             OrthoOp::FusedElementwise(f) => f.to_attrs(),
             OrthoOp::Factorized(f) => f.to_attrs(),
+            OrthoOp::SparseLinear(s) => s.to_attrs(),
         }
     }
 }
@@ -90,6 +100,18 @@ fn decode_factorized(attrs: &[Attr]) -> Result<OrthoOp, FusedError> {
         return Err(FusedError::NotCanonical);
     }
     Ok(OrthoOp::Factorized(f))
+}
+
+/// An N:M sparse linear from its attributes, when they are exactly its canonical encoding.
+fn decode_sparse(attrs: &[Attr]) -> Result<OrthoOp, FusedError> {
+    if let Some(a) = attrs.iter().find(|a| !a.doc.is_empty()) {
+        return Err(FusedError::AttributeDoc(a.name.clone()));
+    }
+    let s = NmSparse::from_attrs(attrs)?;
+    if !same_attrs(&s.to_attrs(), attrs) {
+        return Err(FusedError::NotCanonical);
+    }
+    Ok(OrthoOp::SparseLinear(s))
 }
 
 /// Whether two attribute lists are identical, floats compared by bits (a NaN constant must

@@ -30,6 +30,7 @@ pub mod pipeline;
 pub mod registry;
 pub mod rotation_search;
 pub mod selection;
+pub mod sparse;
 pub mod sparsity;
 pub mod train;
 pub mod transforms;

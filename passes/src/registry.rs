@@ -28,6 +28,7 @@ static BUILTIN: &[&PassInfo] = &[
     &transforms::prune::INFO,
     &transforms::rotate_heads::INFO,
     &transforms::rotate_residual::INFO,
+    &transforms::sparsify::INFO,
 ];
 
 /// The pipeline construct `fixpoint{max-iterations=N}(…)`; not a pass, but listed and parsed

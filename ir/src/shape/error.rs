@@ -9,6 +9,7 @@ use crate::diag::DiagKind;
 use crate::factorized::FactorizedError;
 use crate::fused::FusedError;
 use crate::semantics::SemError;
+use crate::sparse::SparseError;
 use crate::types::Type;
 use thiserror::Error;
 
@@ -24,6 +25,9 @@ pub enum ShapeError {
     /// An `ortho.FactorizedLinear` whose attributes, operands or dtypes do not fit.
     #[error(transparent)]
     Factorized(#[from] FactorizedError),
+    /// An `ortho.SparseLinear` whose attributes, operands or dtypes do not fit.
+    #[error(transparent)]
+    Sparse(#[from] SparseError),
     /// Two operand shapes that do not broadcast (`a` and `b` as printed, `x` and `y` the first
     /// pair of dimensions that disagree).
     #[error("shapes {a} and {b} do not broadcast: dimensions {x} and {y} do not broadcast")]
@@ -81,6 +85,16 @@ impl ShapeError {
                 FactorizedError::FactorShape { .. }
                 | FactorizedError::InputWidth { .. }
                 | FactorizedError::ScalarInput => DiagKind::Shape,
+                _ => DiagKind::Attribute,
+            },
+            ShapeError::Sparse(e) => match e {
+                SparseError::Operands(_) => DiagKind::Arity,
+                SparseError::NotFloat(_)
+                | SparseError::ValuesDType { .. }
+                | SparseError::IndicesDType(_) => DiagKind::Type,
+                SparseError::OperandShape { .. }
+                | SparseError::InputWidth { .. }
+                | SparseError::ScalarInput => DiagKind::Shape,
                 _ => DiagKind::Attribute,
             },
             ShapeError::Sem(_)

@@ -28,6 +28,7 @@ mod index;
 mod layout;
 mod nn;
 mod reduce;
+mod sparse;
 mod values;
 
 #[cfg(test)]
@@ -588,6 +589,7 @@ fn infer_node(cx: &NodeCx, outer: &Scope) -> Infer {
         OneHot(a) => index::one_hot(cx, a),
         Ortho(crate::op_ortho::OrthoOp::FusedElementwise(f)) => ew::fused_elementwise(cx, f),
         Ortho(crate::op_ortho::OrthoOp::Factorized(f)) => factorized::factorized(cx, f),
+        Ortho(crate::op_ortho::OrthoOp::SparseLinear(s)) => sparse::sparse_linear(cx, s),
         // An `ortho` node the import could not type is an error here, so the verifier names it.
         Opaque(_) => match crate::op_ortho::malformed(&node.op) {
             Some(e) => Err(e.into()),

@@ -376,6 +376,7 @@ fn ortho_payload(o: &OrthoOp) -> String {
     match o {
         OrthoOp::FusedElementwise(f) => f.to_string(),
         OrthoOp::Factorized(f) => f.to_string(),
+        OrthoOp::SparseLinear(s) => s.to_string(),
     }
 }
 

@@ -85,7 +85,7 @@ fn unknown_pass_names_position_and_suggests() {
     assert!(e.message.starts_with("unknown pass 'foo'"), "{}", e.message);
     assert!(
         e.message
-            .contains("known: autodiff, canonicalize, cse, dce, denoise-prune, denoise-rotate, fold-norms, fuse-elementwise, gauge-verify, infer-shapes, joint-basis, kron-factorize, lower-ortho, lowrank-factorize, prune, rotate-heads, rotate-residual, fixpoint"),
+            .contains("known: autodiff, canonicalize, cse, dce, denoise-prune, denoise-rotate, fold-norms, fuse-elementwise, gauge-verify, infer-shapes, joint-basis, kron-factorize, lower-ortho, lowrank-factorize, prune, rotate-heads, rotate-residual, sparsify, fixpoint"),
         "{}",
         e.message
     );
@@ -366,6 +366,7 @@ round_trips!(
     prune::PruneOptions,
     rotate_heads::RotateHeadsOptions,
     rotate_residual::RotateResidualOptions,
+    sparsify::SparsifyOptions,
 );
 
 /// A non-default value round-trips too, and one outside its declared range is refused by name.

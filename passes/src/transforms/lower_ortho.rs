@@ -8,6 +8,10 @@
 //! `ortho.FactorizedLinear` becomes Reshape/Transpose/MatMul/ReduceSum (see
 //! `crate::factorize::lower`).
 //!
+//! `ortho.SparseLinear` becomes `MatMul(x, W)` with the dense weight expanded exactly from the
+//! compact one (see `crate::sparse::lower`), unless [`lower_ortho_with`] is asked to keep the
+//! compact form (`--emit-sparse`): then those nodes, and the `ortho` opset import, stay.
+//!
 //! `ortho.FusedElementwise` becomes one ONNX op per instruction: unary ops as themselves,
 //! `add sub mul div` as Add/Sub/Mul/Div, `max min` as two-operand Max/Min, `powi`/`powf` as Pow
 //! with an f32 scalar exponent constant, and `const` as an f32 scalar constant. The fused node
@@ -35,8 +39,26 @@ pub struct LowerOrthoStats {
     pub created: usize,
 }
 
+/// What becomes of `ortho.SparseLinear` nodes when lowering.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SparseExport {
+    /// Expanded to a dense `MatMul` (what every ONNX runtime loads).
+    #[default]
+    Dense,
+    /// Kept in the compact form (read back by ortho-opt; see `ortho_ir::sparse`).
+    Compact,
+}
+
 /// Lowers every `ortho` op of every reachable graph.
 pub fn lower_ortho(m: &mut Module) -> Result<LowerOrthoStats, PassError> {
+    lower_ortho_with(m, SparseExport::Dense)
+}
+
+/// Lowers every `ortho` op of every reachable graph, sparse linears as `sparse` says.
+pub fn lower_ortho_with(
+    m: &mut Module,
+    sparse: SparseExport,
+) -> Result<LowerOrthoStats, PassError> {
     let mut stats = LowerOrthoStats::default();
     for g in m.reachable_graphs() {
         let graph = m.graph(g);
@@ -49,12 +71,19 @@ pub fn lower_ortho(m: &mut Module) -> Result<LowerOrthoStats, PassError> {
         };
         let mut work = Vec::new();
         let mut factorized = Vec::new();
+        let mut sparse_nodes = Vec::new();
         for id in order {
             let op = &graph.node(id).op;
             let f = match op {
                 Op::Ortho(OrthoOp::FusedElementwise(f)) => f,
                 Op::Ortho(OrthoOp::Factorized(f)) => {
                     factorized.push((id, *f));
+                    continue;
+                }
+                Op::Ortho(OrthoOp::SparseLinear(p)) => {
+                    if sparse == SparseExport::Dense {
+                        sparse_nodes.push((id, *p));
+                    }
                     continue;
                 }
                 Op::Opaque(_) if op.domain() == DOMAIN => {
@@ -88,6 +117,11 @@ pub fn lower_ortho(m: &mut Module) -> Result<LowerOrthoStats, PassError> {
         }
         for (id, f) in work {
             lower_node(m, g, id, &f, &mut stats)?;
+            stats.lowered += 1;
+        }
+        for (id, p) in sparse_nodes {
+            stats.created += crate::sparse::lower::lower_sparse(m, g, id, p)
+                .map_err(|e| PassError::at(m.graph(g), id, e.to_string()).in_graph(g))?;
             stats.lowered += 1;
         }
         // The Kronecker lowering needs each input's rank, which an imported model may not

@@ -19,6 +19,7 @@ pub mod lowrank_factorize;
 pub mod prune;
 pub mod rotate_heads;
 pub mod rotate_residual;
+pub mod sparsify;
 
 /// Compatibility path: pruning maths moved to `crate::sparsity::matrix`.
 pub use crate::sparsity::matrix as prune_math;
@@ -30,7 +31,7 @@ pub use fold_norms::{fold_norms, FoldNormsStats};
 pub use fuse_elementwise::{fuse_elementwise, FuseElementwiseOptions, FuseElementwiseStats};
 pub use gauge_verify::{gauge_verify, GaugeReport, GaugeVerifyOptions};
 pub use infer_shapes::{infer_shapes, InferShapesStats};
-pub use lower_ortho::{lower_ortho, LowerOrthoStats};
+pub use lower_ortho::{lower_ortho, lower_ortho_with, LowerOrthoStats, SparseExport};
 pub use rotate_heads::{
     fold_vo_rotations, rotate_heads, vo_paths, HeadKind, RotateHeadsOptions, RotateHeadsStats,
     VoPath,

@@ -16,6 +16,8 @@ pub mod nn_f64;
 pub mod reduce;
 pub mod scatter;
 pub mod shape;
+pub mod sparse;
+pub mod sparse_simd;
 pub mod unary;
 
 use crate::cpu::error::{KernelError, KernelResult};
@@ -165,6 +167,9 @@ pub fn builtin(site: &KernelSite<'_>) -> KernelResult<Option<Box<dyn Kernel>>> {
         Op::MatMul => k(|cx, ins| matmul::matmul(cx, ins, false)),
         &Op::Ortho(ortho_ir::op_ortho::OrthoOp::Factorized(f)) => {
             k(move |cx, ins| factorized::factorized(cx, f, ins))
+        }
+        &Op::Ortho(ortho_ir::op_ortho::OrthoOp::SparseLinear(p)) => {
+            k(move |cx, ins| sparse::sparse_linear(cx, p, ins))
         }
         Op::Gemm(a) => {
             let (al, be, ta, tb) = (a.alpha(), a.beta(), a.trans_a() != 0, a.trans_b() != 0);

@@ -1,0 +1,243 @@
+//! 2:4 compact weights against the dense-with-zeros model, in one run (`cargo bench --bench
+//! sparse`, release build, fixtures prepared):
+//!
+//! 1. per-layer kernels: the SmolLM2-135M linear shapes at 1 token (GEMV, decode) and 128
+//!    tokens (GEMM, prefill), dense `gemm` against the 2:4 kernel on AVX-512 and on AVX2
+//!    (forced), 1 and 2 threads, median of runs, and the speed-up;
+//! 2. the whole model (decomposed fixture), magnitude 2:4 (`prune{pattern=2:4}`; the kernels do
+//!    not depend on how the kept half was chosen), dense-with-zeros against `sparsify`: prefill
+//!    1 × 128 (and 4 × 512 with `ORTHO_BENCH_LARGE=1`) and a 1-token forward (no KV cache:
+//!    every weight is read once per token, as in decode) at 1 and 2 threads, the max |Δlogit|
+//!    relative to max |logit|, and the bytes of the blocks' linear weights and of the exported
+//!    files (dense default vs `--emit-sparse`).
+//!
+//! Environment: ORTHO_BENCH_RUNS (timed runs per cell, default 5). The machine is shared and
+//! loaded: read the ratios measured side by side, not absolute times.
+
+use ortho_codegen::cpu::kernels::matmul::{gemm_into, Mat};
+use ortho_codegen::cpu::kernels::sparse::{sparse_2_4, Isa};
+use ortho_codegen::cpu::{HostTensor, Plan};
+use ortho_ir::sparse::NmSparse;
+use std::path::PathBuf;
+use std::time::Instant;
+
+fn fixtures() -> PathBuf {
+    std::env::var_os("ORTHO_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/ortho-opt/fixtures")
+        })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn time(runs: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut lat = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        f();
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    median(lat)
+}
+
+/// A seeded stream in [-1, 1).
+fn rand(seed: u64, n: usize) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn kernels(runs: usize) {
+    println!("\nper-layer kernels (ms, median of {runs}; speed-up = dense / 2:4)");
+    println!(
+        "  {:<16} {:>6} {:>3} {:>9} {:>9} {:>9} {:>8} {:>8}",
+        "layer (in→out)", "tokens", "thr", "dense", "2:4 512", "2:4 avx2", "x 512", "x avx2"
+    );
+    let p = NmSparse::new(2, 4).expect("2:4");
+    let shapes = [
+        ("q/o 576→576", 576, 576),
+        ("k/v 576→192", 576, 192),
+        ("gate/up 576→1536", 576, 1536),
+        ("down 1536→576", 1536, 576),
+    ];
+    for (name, k, n) in shapes {
+        let mut w = rand(k as u64 + n as u64, n * k);
+        for g in w.chunks_mut(4) {
+            g[1] = 0.0;
+            g[3] = 0.0;
+        }
+        let (vals, idx) = p.compress(&w, n, k).expect("2:4");
+        // The dense operand as the engine stores a MatMul weight: [in, out].
+        let mut wt = vec![0.0f32; k * n];
+        for o in 0..n {
+            for c in 0..k {
+                wt[c * n + o] = w[o * k + c];
+            }
+        }
+        for tokens in [1usize, 128] {
+            let x = rand(7, tokens * k);
+            for threads in [1usize, 2] {
+                let mut y = vec![0.0f32; tokens * n];
+                let dense = time(runs * 20, || {
+                    gemm_into(
+                        tokens,
+                        n,
+                        k,
+                        Mat {
+                            data: &x,
+                            rs: k,
+                            cs: 1,
+                        },
+                        Mat {
+                            data: &wt,
+                            rs: n,
+                            cs: 1,
+                        },
+                        &mut y,
+                        n,
+                        false,
+                        0.0,
+                        1.0,
+                        threads,
+                    )
+                });
+                let mut sp = [0.0f64; 2];
+                for (s, isa) in sp.iter_mut().zip([Isa::Avx512, Isa::Avx2]) {
+                    let isa = Isa::at_most(isa);
+                    *s = time(runs * 20, || {
+                        std::hint::black_box(sparse_2_4(
+                            &x,
+                            &vals,
+                            &idx,
+                            n,
+                            k / 4,
+                            tokens,
+                            threads,
+                            isa,
+                        ));
+                    });
+                }
+                println!(
+                    "  {name:<16} {tokens:>6} {threads:>3} {dense:>9.4} {:>9.4} {:>9.4} {:>7.2}x {:>7.2}x",
+                    sp[0],
+                    sp[1],
+                    dense / sp[0],
+                    dense / sp[1]
+                );
+            }
+        }
+    }
+}
+
+fn model(runs: usize) {
+    let f = fixtures();
+    let path = f.join("smollm2-135m/decomposed.onnx");
+    if !path.exists() {
+        println!("\nno fixtures at {}: model part skipped", f.display());
+        return;
+    }
+    let mut m = ortho_frontends::import_file(&path).expect("import");
+    let o = ortho_passes::transforms::prune::PruneOptions {
+        pattern: ortho_passes::sparsity::matrix::Pattern::NM { n: 2, m: 4 },
+        ..Default::default()
+    };
+    ortho_passes::transforms::prune::prune(&mut m, &o, None).expect("prune");
+    let dense_m = m.clone();
+    let st = ortho_passes::transforms::sparsify::sparsify(&mut m, &Default::default())
+        .expect("sparsify");
+    println!(
+        "\nSmolLM2-135M magnitude 2:4: {} block linears, compact {} of dense {} bytes ({:.4}x)",
+        st.linears,
+        st.compact_bytes,
+        st.dense_bytes,
+        st.compact_bytes as f64 / st.dense_bytes as f64
+    );
+    // Exported files: the dense default and the compact form.
+    let tmp = std::env::temp_dir().join(format!("ortho-sparse-bench-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&tmp);
+    let mut sizes = Vec::new();
+    for (tag, keep) in [
+        ("dense", ortho_passes::transforms::SparseExport::Dense),
+        ("compact", ortho_passes::transforms::SparseExport::Compact),
+    ] {
+        let mut e = m.clone();
+        ortho_passes::transforms::lower_ortho_with(&mut e, keep).expect("lower");
+        let out = tmp.join(format!("{tag}.onnx"));
+        ortho_frontends::export_file(&e, &out, &Default::default()).expect("export");
+        sizes.push(std::fs::metadata(&out).map(|x| x.len()).unwrap_or(0));
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    println!(
+        "  file: dense export {} bytes, --emit-sparse {} bytes ({:.4}x)",
+        sizes[0],
+        sizes[1],
+        sizes[1] as f64 / sizes[0] as f64
+    );
+    let mut pd = Plan::compile(&dense_m).expect("compile dense");
+    let mut ps = Plan::compile(&m).expect("compile sparse");
+    let mut cells = vec![(1usize, 1usize), (1, 128)];
+    if std::env::var_os("ORTHO_BENCH_LARGE").is_some() {
+        cells.push((4, 512));
+    }
+    println!(
+        "  {:<8} {:>3} {:>10} {:>10} {:>8} {:>12} {:>12}",
+        "tokens", "thr", "dense ms", "2:4 ms", "speed-up", "2:4 tok/s", "max|Δ|/max"
+    );
+    for (b, s) in cells {
+        let ids: Vec<i64> = (0..b * s).map(|i| (i as i64) * 37 % 1000 + 100).collect();
+        let feed = || HostTensor::from_vec(vec![b, s], ids.clone()).expect("ids");
+        let n = if b * s > 1024 { runs.div_ceil(2) } else { runs };
+        for threads in [1usize, 2] {
+            pd.set_threads(threads);
+            ps.set_threads(threads);
+            let ld = pd.run(&[("input_ids", feed())]).expect("run")[0].1.clone();
+            let ls = ps.run(&[("input_ids", feed())]).expect("run")[0].1.clone();
+            let (a, c) = (ld.as_f32().expect("f32"), ls.as_f32().expect("f32"));
+            let max = a.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            let diff = a
+                .iter()
+                .zip(c)
+                .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+            // Interleaved so that load on the shared machine hits both alike.
+            let (mut td, mut ts) = (Vec::new(), Vec::new());
+            for _ in 0..n {
+                let t = Instant::now();
+                pd.run(&[("input_ids", feed())]).expect("run");
+                td.push(t.elapsed().as_secs_f64() * 1e3);
+                let t = Instant::now();
+                ps.run(&[("input_ids", feed())]).expect("run");
+                ts.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            let (md, ms) = (median(td), median(ts));
+            println!(
+                "  {:<8} {threads:>3} {md:>10.1} {ms:>10.1} {:>7.2}x {:>12.1} {:>12.2e}",
+                format!("{b}x{s}"),
+                md / ms,
+                (b * s) as f64 / ms * 1e3,
+                diff / max
+            );
+        }
+    }
+}
+
+fn main() {
+    let runs: usize = std::env::var("ORTHO_BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    println!("sparse kernels: best instruction set {:?}", Isa::best());
+    kernels(runs);
+    model(runs);
+}
