@@ -25,6 +25,8 @@ static BUILTIN: &[&PassInfo] = &[
     &transforms::kron_factorize::INFO,
     &transforms::lower_ortho::INFO,
     &transforms::lowrank_factorize::INFO,
+    &transforms::poet_merge::INFO,
+    &transforms::poet_reparam::INFO,
     &transforms::prune::INFO,
     &transforms::rotate_heads::INFO,
     &transforms::rotate_residual::INFO,
