@@ -220,34 +220,30 @@ impl PoetState {
             .collect()
     }
 
-    /// The weight the subgraph computes, `Π_rᵀ·D_r·B·D_c·Π_c` (`rows × cols`), in f64.
+    /// The weight the subgraph computes, `Π_rᵀ·D_r·B·D_c·Π_c` (`rows × cols`), in f64: one
+    /// `b × b` by `b × cols` product per row block and one `rows × b` by `b × b` product per
+    /// column block (faer, threaded).
     pub fn materialize(&self) -> Vec<f64> {
+        use faer::linalg::matmul::matmul;
+        use faer::{Accum, Mat, MatRef, Par};
         let (r, c, b) = (self.rows, self.cols, self.block);
-        let mut m = self.base.clone();
+        let mut m = MatRef::from_row_major_slice(&self.base, r, c).to_owned();
         // Rows: block j of D_r multiplies rows j·b … (j+1)·b of B.
         for (j, rot) in self.rotations(&self.skew_rows).iter().enumerate() {
-            let rows = j * b..(j + 1) * b;
-            let old: Vec<f64> = rows
-                .clone()
-                .flat_map(|i| m[i * c..(i + 1) * c].to_vec())
-                .collect();
-            for (ii, i) in rows.enumerate() {
-                for col in 0..c {
-                    m[i * c + col] = (0..b).map(|k| rot[ii * b + k] * old[k * c + col]).sum();
-                }
-            }
+            let rm = MatRef::from_row_major_slice(rot, b, b);
+            let old: Mat<f64> = m.as_ref().subrows(j * b, b).to_owned();
+            let dst = m.as_mut().subrows_mut(j * b, b);
+            matmul(dst, Accum::Replace, rm, old.as_ref(), 1.0, Par::rayon(0));
         }
         // Columns: columns j·b … (j+1)·b times block j of D_c.
         for (j, rot) in self.rotations(&self.skew_cols).iter().enumerate() {
-            for i in 0..r {
-                let old: Vec<f64> = m[i * c + j * b..i * c + (j + 1) * b].to_vec();
-                for jj in 0..b {
-                    m[i * c + j * b + jj] = (0..b).map(|k| old[k] * rot[k * b + jj]).sum();
-                }
-            }
+            let rm = MatRef::from_row_major_slice(rot, b, b);
+            let old: Mat<f64> = m.as_ref().subcols(j * b, b).to_owned();
+            let dst = m.as_mut().subcols_mut(j * b, b);
+            matmul(dst, Accum::Replace, old.as_ref(), rm, 1.0, Par::rayon(0));
         }
         (0..r * c)
-            .map(|k| m[self.rows_perm[k / c] * c + self.cols_perm[k % c]])
+            .map(|k| m[(self.rows_perm[k / c], self.cols_perm[k % c])])
             .collect()
     }
 
