@@ -168,3 +168,42 @@ fn merge_is_function_preserving_with_a_bias() {
 fn fs_cycle() {
     check_cycle(PoetKind::Fs, 3, true);
 }
+
+/// LoRA, the baseline: exact at zero B, and `lora-merge` gives the outputs the adapted graph
+/// computed and the input's structure.
+#[test]
+fn lora_is_exact_at_zero_and_merges_back() {
+    use ortho_passes::poet::lora::{lora, LoraOptions};
+    use ortho_passes::poet::lora_merge::lora_merge;
+    let orig = decoder(true);
+    let want = logits(&orig);
+    let mut m = orig.clone();
+    let s = lora(
+        &mut m,
+        &LoraOptions {
+            rank: 2,
+            ..LoraOptions::default()
+        },
+    )
+    .expect("lora");
+    assert_eq!((s.linears, s.trainable), (7, 7 * 2 * 8));
+    assert_eq!(logits(&m), want, "B = 0 computes the original bit for bit");
+    // Train-like change: B nonzero.
+    let mut rng = SplitMix::new(3);
+    let g = m.main;
+    for id in m.graph(g).node_ids() {
+        let node = m.graph(g).node(id);
+        if !node.outputs[0].name.ends_with(".lora_b") {
+            continue;
+        }
+        let vals: Vec<f32> = (0..8).map(|_| (0.1 * rng.gaussian()) as f32).collect();
+        let t = m.add_tensor(TensorData::from_f32(vec![2, 4], &vals));
+        m.graph_mut(g).node_mut(id).op = Op::Const(t);
+    }
+    let adapted = logits(&m);
+    assert!(max_rel(&adapted, &want) > 1e-3);
+    assert_eq!(lora_merge(&mut m).expect("lora-merge"), 7);
+    let d = max_rel(&logits(&m), &adapted);
+    assert!(d < 1e-5, "merge changed the outputs by {d:e}");
+    assert_eq!(structure(&m), structure(&orig));
+}

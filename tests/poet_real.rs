@@ -26,7 +26,9 @@ fn reparam_is_exact_at_step_zero() {
     let c = compare_on_sotu(&model.to_string_lossy(), &out.to_string_lossy());
     let num = |k: &str| c[k].as_f64().unwrap_or_else(|| panic!("{k} in {c}"));
     let (rel, dmax) = (num("delta_ppl_rel").abs(), num("max_abs_logit_diff"));
-    eprintln!("poet-reparam{{block=64}} at zero skew: max |Δlogit| {dmax:e}, relative ΔPPL {rel:e}");
+    eprintln!(
+        "poet-reparam{{block=64}} at zero skew: max |Δlogit| {dmax:e}, relative ΔPPL {rel:e}"
+    );
     assert!(rel <= 1e-6, "relative ΔPPL {rel}");
 }
 
@@ -69,7 +71,8 @@ fn weight(m: &Module, name: &str) -> (Vec<f64>, usize, usize) {
 #[test]
 fn merge_after_training_steps_is_exact_and_keeps_spectra() {
     let f = fixtures();
-    let orig = ortho_frontends::import_file(&f.join("smollm2-135m/decomposed.onnx")).expect("import");
+    let orig =
+        ortho_frontends::import_file(&f.join("smollm2-135m/decomposed.onnx")).expect("import");
     let bytes = std::fs::read(f.join("text/sotu_eval.smollm2-135m.bin")).expect("tokens");
     let ids: Vec<i64> = bytes
         .chunks_exact(2)
@@ -113,7 +116,10 @@ fn merge_after_training_steps_is_exact_and_keeps_spectra() {
         let (w1, _, _) = weight(&m, name);
         let s0 = singular_values(&w0, r, c).expect("svd");
         let s1 = singular_values(&w1, r, c).expect("svd");
-        let ds = s0.iter().zip(&s1).fold(0f64, |a, (x, y)| a.max((x - y).abs()));
+        let ds = s0
+            .iter()
+            .zip(&s1)
+            .fold(0f64, |a, (x, y)| a.max((x - y).abs()));
         eprintln!("{name}: max |Δσ| {ds:e} (σ_max {:.3})", s0[0]);
         assert!(ds <= s0[0] * (1e-5 + 2.0 * eps), "{name}: max |Δσ| {ds}");
     }
@@ -124,7 +130,8 @@ fn merge_after_training_steps_is_exact_and_keeps_spectra() {
 #[test]
 fn merging_every_linear_is_timed() {
     let f = fixtures();
-    let mut m = ortho_frontends::import_file(&f.join("smollm2-135m/decomposed.onnx")).expect("import");
+    let mut m =
+        ortho_frontends::import_file(&f.join("smollm2-135m/decomposed.onnx")).expect("import");
     let stats = poet_reparam(&mut m, &PoetReparamOptions::default()).expect("poet-reparam");
     perturb(&mut m, 0.003);
     let t0 = std::time::Instant::now();

@@ -23,6 +23,8 @@ static BUILTIN: &[&PassInfo] = &[
     &transforms::infer_shapes::INFO,
     &transforms::joint_basis::INFO,
     &transforms::kron_factorize::INFO,
+    &transforms::lora::INFO,
+    &transforms::lora_merge::INFO,
     &transforms::lower_ortho::INFO,
     &transforms::lowrank_factorize::INFO,
     &transforms::poet_merge::INFO,

@@ -120,7 +120,7 @@ pub fn read_state(m: &Module, at: NodeId, rec: &PoetRecord) -> Result<PoetState,
 
 /// Removes `start` and every ancestor that is left without a use (the subgraph reads only its
 /// own tensors, so this is exactly the subgraph). Bounded by the graph's node count.
-fn remove_dead_chain(m: &mut Module, start: NodeId) {
+pub(crate) fn remove_dead_chain(m: &mut Module, start: NodeId) {
     let g = m.main_graph_mut();
     let mut work = vec![start];
     let mut budget = g.node_count() + 1;

@@ -7,7 +7,7 @@
 //! - [`cayley`]: the Cayley–Neumann map and its exact reference, in f64;
 //! - [`PoetState`]: one reparameterized weight's tensors on the host, what a training loop
 //!   merges and re-draws every `T` steps without recompiling;
-//! - [`lora`]: the `lora` and `lora-merge` passes, the baseline.
+//! - [`lora`], [`lora_merge`]: the `lora` and `lora-merge` passes, the baseline.
 //!
 //! Layout. The subgraph works on the weight as stored (`r × c`, whichever axis is the input):
 //! `S = Π_rᵀ·D_r·B·D_c·Π_c` where `B = Π_r·S0·Π_cᵀ` is the frozen base stored already permuted,
@@ -27,6 +27,8 @@
 
 pub mod cayley;
 pub mod emit;
+pub mod lora;
+pub mod lora_merge;
 pub mod merge;
 pub mod reparam;
 pub mod rng;

@@ -97,16 +97,16 @@ pub struct PoetReparamStats {
     pub lines: Vec<String>,
 }
 
-struct Target {
-    block: usize,
-    role: &'static str,
-    l: Linear,
-    stem: String,
+pub(crate) struct Target {
+    pub block: usize,
+    pub role: &'static str,
+    pub l: Linear,
+    pub stem: String,
     /// The constant's value, its stored dims and values.
-    konst: ValueId,
-    rows: usize,
-    cols: usize,
-    w: Vec<f64>,
+    pub konst: ValueId,
+    pub rows: usize,
+    pub cols: usize,
+    pub w: Vec<f64>,
 }
 
 /// The name a weight's constant goes by: its value name, else its tensor's.
@@ -150,13 +150,15 @@ fn normalized_gaussian(t: &Target, rng: &mut SplitMix) -> Vec<f64> {
     w
 }
 
-/// Reparameterizes the chosen linears of `m` (see the module docs).
-pub fn poet_reparam(
-    m: &mut Module,
-    opts: &PoetReparamOptions,
-) -> Result<PoetReparamStats, PassError> {
+/// The chosen blocks' dense f32 weights, read before anything changes (shared with `lora`).
+pub(crate) fn chosen_weights(
+    m: &Module,
+    layers: &BlockSelection,
+    linears: &RoleSelection,
+    verb: &str,
+) -> Result<Vec<Target>, PassError> {
     let spans = crate::calib::block_spans(m)?;
-    if let Some(l) = &opts.layers.0 {
+    if let Some(l) = &layers.0 {
         if let Some(&bad) = l.iter().find(|&&i| i >= spans.len()) {
             return Err(PassError::new(format!(
                 "layers: block {bad} does not exist (the model has {} blocks)",
@@ -168,11 +170,11 @@ pub fn poet_reparam(
     // 1. The chosen weights, read and checked before anything changes.
     let mut targets = Vec::new();
     for s in &spans {
-        if !opts.layers.contains(s.index) {
+        if !layers.contains(s.index) {
             continue;
         }
         for (role, l) in block_linears(s.attention.as_ref(), s.mlp.as_ref()) {
-            if !opts.linears.contains(role) {
+            if !linears.contains(role) {
                 continue;
             }
             let what = format!("layer {} {role}", s.index);
@@ -180,7 +182,7 @@ pub fn poet_reparam(
                 return Err(PassError::at_main(
                     m,
                     l.node,
-                    format!("{what}: only dense linears can be reparameterized"),
+                    format!("{what}: only dense linears can be {verb}"),
                 )
                 .with_kind(PassErrorKind::Unsupported));
             }
@@ -217,6 +219,47 @@ pub fn poet_reparam(
             });
         }
     }
+    Ok(targets)
+}
+
+/// Replaces `t`'s weight constant, where its linear reads it, by the result of `emit`; the
+/// result takes the constant's name when the constant is left unused (and removed), so the
+/// rewritten graph and its merge read the weight under the same name.
+pub(crate) fn install(
+    m: &mut Module,
+    t: &Target,
+    emit: impl FnOnce(&mut Module) -> ValueId,
+) -> Result<(), PassError> {
+    let g = m.main_graph();
+    let (consumer, slot) = match t.l.weight.transpose {
+        Some(tr) => (tr, 0),
+        None => (t.l.node, t.l.weight_slot),
+    };
+    if g.node(consumer).operand(slot) != Some(t.konst) {
+        return Err(
+            PassError::at_main(m, consumer, "the weight is no longer read here")
+                .with_kind(PassErrorKind::Unsupported),
+        );
+    }
+    let out = emit(m);
+    let g = m.main_graph_mut();
+    g.set_operand(consumer, slot, Some(out));
+    let name = if g.users(t.konst).is_empty() && !g.outputs.iter().any(|o| o.value == t.konst) {
+        g.remove_node(t.konst.node);
+        t.stem.clone()
+    } else {
+        format!("{}.rewritten", t.stem)
+    };
+    g.node_mut(out.node).outputs[0].name = name;
+    Ok(())
+}
+
+/// Reparameterizes the chosen linears of `m` (see the module docs).
+pub fn poet_reparam(
+    m: &mut Module,
+    opts: &PoetReparamOptions,
+) -> Result<PoetReparamStats, PassError> {
+    let targets = chosen_weights(m, &opts.layers, &opts.linears, "reparameterized")?;
     let mut stats = PoetReparamStats::default();
     let fits = |t: &Target| {
         side_blocks(opts.kind, opts.block, t.rows).is_some()
@@ -289,29 +332,7 @@ pub fn poet_reparam(
             terms: opts.neumann_terms,
             stem: t.stem.clone(),
         };
-        // The record may predate a copy-on-write: the consumer is found again.
-        let g = m.main_graph();
-        let (consumer, slot) = match t.l.weight.transpose {
-            Some(tr) => (tr, 0),
-            None => (t.l.node, t.l.weight_slot),
-        };
-        if g.node(consumer).operand(slot) != Some(t.konst) {
-            return Err(
-                PassError::at_main(m, consumer, "the weight is no longer read here")
-                    .with_kind(PassErrorKind::Unsupported),
-            );
-        }
-        let out = emit_weight(m, &rec, &state);
-        let g = m.main_graph_mut();
-        g.set_operand(consumer, slot, Some(out));
-        // The subgraph's result takes the weight's name when the constant is gone, so the
-        // rewritten and the merged graph read it under the same name.
-        if g.users(t.konst).is_empty() && !g.outputs.iter().any(|o| o.value == t.konst) {
-            g.remove_node(t.konst.node);
-            g.node_mut(out.node).outputs[0].name = t.stem.clone();
-        } else {
-            g.node_mut(out.node).outputs[0].name = format!("{}.poet", t.stem);
-        }
+        install(m, t, |m| emit_weight(m, &rec, &state))?;
         stats.linears += 1;
         stats.dense_params += t.rows * t.cols;
         stats.trainable += state.trainable();
