@@ -187,8 +187,8 @@ impl PoetTrainer {
         self.sync();
         let mut max_err = 0f64;
         for w in &mut self.weights {
-            max_err = max_err.max(w.state.orthogonality_error());
-            let merged = w.state.materialize();
+            let (merged, err) = w.state.materialize_with_error();
+            max_err = max_err.max(err);
             w.state.redraw(&merged, &mut self.rng);
             let s = &w.state;
             let base: Vec<f32> = s.base.iter().map(|&x| x as f32).collect();

@@ -152,8 +152,7 @@ pub fn poet_merge(m: &mut Module) -> Result<PoetMergeStats, PassError> {
     }
     let mut stats = PoetMergeStats::default();
     for ((n, rec), state) in found.iter().zip(&states) {
-        let w = state.materialize();
-        let err = state.orthogonality_error();
+        let (w, err) = state.materialize_with_error();
         let out = ValueId {
             node: *n,
             output: 0,

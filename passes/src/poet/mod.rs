@@ -33,7 +33,7 @@ pub mod merge;
 pub mod reparam;
 pub mod rng;
 
-use cayley::{cnp, orthogonality_error, skew, tri_count};
+use cayley::{skew, tri_count};
 use rng::{inverse, SplitMix};
 
 /// Which orthogonal primitive.
@@ -212,51 +212,104 @@ impl PoetState {
         self.skew_cols.iter_mut().for_each(|x| *x = 0.0);
     }
 
-    /// The orthogonal blocks of one side (the truncated Cayley–Neumann map of each).
-    pub fn rotations(&self, skews: &[f64]) -> Vec<Vec<f64>> {
+    /// The orthogonal blocks of one side: the truncated Cayley–Neumann map of each, by the
+    /// same Horner steps as [`cayley::cnp`] with faer products (the merge of a large model
+    /// evaluates thousands of blocks).
+    pub fn rotations(&self, skews: &[f64]) -> Vec<faer::Mat<f64>> {
+        use faer::linalg::matmul::matmul;
+        use faer::{Accum, Mat, MatRef, Par};
         let b = self.block;
         let t = tri_count(b).max(1);
         skews
             .chunks(t)
-            .map(|p| cnp(&skew(p, b), b, self.terms))
+            .map(|p| {
+                let qv = skew(p, b);
+                let q = MatRef::from_row_major_slice(&qv, b, b);
+                let mut s = q.to_owned();
+                for _ in 1..self.terms {
+                    // S ← Q + Q·S.
+                    let mut next = q.to_owned();
+                    matmul(next.as_mut(), Accum::Add, q, s.as_ref(), 1.0, Par::Seq);
+                    s = next;
+                }
+                Mat::from_fn(b, b, |i, j| f64::from(u8::from(i == j)) + 2.0 * s[(i, j)])
+            })
             .collect()
     }
 
-    /// The weight the subgraph computes, `Π_rᵀ·D_r·B·D_c·Π_c` (`rows × cols`), in f64: one
-    /// `b × b` by `b × cols` product per row block and one `rows × b` by `b × b` product per
-    /// column block (faer, threaded).
-    pub fn materialize(&self) -> Vec<f64> {
+    /// The weight the subgraph computes, `Π_rᵀ·D_r·B·D_c·Π_c` (`rows × cols`), in f64, and
+    /// the largest `‖RᵀR − I‖_F` of its blocks: one `b × b` by `b × cols` product per row
+    /// block and one `rows × b` by `b × b` product per column block (faer).
+    pub fn materialize_with_error(&self) -> (Vec<f64>, f64) {
         use faer::linalg::matmul::matmul;
         use faer::{Accum, Mat, MatRef, Par};
         let (r, c, b) = (self.rows, self.cols, self.block);
+        let rows = self.rotations(&self.skew_rows);
+        let cols = self.rotations(&self.skew_cols);
+        let err = rows
+            .iter()
+            .chain(&cols)
+            .map(|q| {
+                let mut g = Mat::<f64>::zeros(b, b);
+                matmul(
+                    g.as_mut(),
+                    Accum::Replace,
+                    q.transpose(),
+                    q.as_ref(),
+                    1.0,
+                    Par::Seq,
+                );
+                let mut s = 0.0;
+                for i in 0..b {
+                    for j in 0..b {
+                        let d = g[(i, j)] - f64::from(u8::from(i == j));
+                        s += d * d;
+                    }
+                }
+                s.sqrt()
+            })
+            .fold(0.0, f64::max);
         let mut m = MatRef::from_row_major_slice(&self.base, r, c).to_owned();
         // Rows: block j of D_r multiplies rows j·b … (j+1)·b of B.
-        for (j, rot) in self.rotations(&self.skew_rows).iter().enumerate() {
-            let rm = MatRef::from_row_major_slice(rot, b, b);
+        for (j, rot) in rows.iter().enumerate() {
             let old: Mat<f64> = m.as_ref().subrows(j * b, b).to_owned();
             let dst = m.as_mut().subrows_mut(j * b, b);
-            matmul(dst, Accum::Replace, rm, old.as_ref(), 1.0, Par::rayon(0));
+            matmul(
+                dst,
+                Accum::Replace,
+                rot.as_ref(),
+                old.as_ref(),
+                1.0,
+                Par::rayon(0),
+            );
         }
         // Columns: columns j·b … (j+1)·b times block j of D_c.
-        for (j, rot) in self.rotations(&self.skew_cols).iter().enumerate() {
-            let rm = MatRef::from_row_major_slice(rot, b, b);
+        for (j, rot) in cols.iter().enumerate() {
             let old: Mat<f64> = m.as_ref().subcols(j * b, b).to_owned();
             let dst = m.as_mut().subcols_mut(j * b, b);
-            matmul(dst, Accum::Replace, old.as_ref(), rm, 1.0, Par::rayon(0));
+            matmul(
+                dst,
+                Accum::Replace,
+                old.as_ref(),
+                rot.as_ref(),
+                1.0,
+                Par::rayon(0),
+            );
         }
-        (0..r * c)
+        let w = (0..r * c)
             .map(|k| m[(self.rows_perm[k / c], self.cols_perm[k % c])])
-            .collect()
+            .collect();
+        (w, err)
+    }
+
+    /// The weight the subgraph computes (see [`PoetState::materialize_with_error`]).
+    pub fn materialize(&self) -> Vec<f64> {
+        self.materialize_with_error().0
     }
 
     /// The largest `‖RᵀR − I‖_F` over the blocks of both sides.
     pub fn orthogonality_error(&self) -> f64 {
-        let b = self.block;
-        self.rotations(&self.skew_rows)
-            .iter()
-            .chain(&self.rotations(&self.skew_cols))
-            .map(|r| orthogonality_error(r, b))
-            .fold(0.0, f64::max)
+        self.materialize_with_error().1
     }
 
     /// Trainable parameters (both sides).
@@ -323,6 +376,26 @@ mod tests {
             let w = random(8 * 12, 3);
             let s = PoetState::new(&w, 8, 12, kind, 4, 5, &mut SplitMix::new(9)).unwrap();
             assert_eq!(s.materialize(), w);
+        }
+    }
+
+    /// The faer Horner steps of `rotations` agree with the reference `cayley::cnp`.
+    #[test]
+    fn rotations_agree_with_the_reference_map() {
+        let w = random(8 * 8, 1);
+        let mut s = PoetState::new(&w, 8, 8, PoetKind::Bs, 4, 3, &mut SplitMix::new(2)).unwrap();
+        s.skew_rows = random(s.skew_rows.len(), 5)
+            .iter()
+            .map(|x| 0.1 * x)
+            .collect();
+        for (blk, rot) in s.rotations(&s.skew_rows).iter().enumerate() {
+            let p = &s.skew_rows[blk * 6..(blk + 1) * 6];
+            let want = cayley::cnp(&skew(p, 4), 4, 3);
+            for i in 0..4 {
+                for j in 0..4 {
+                    assert!((rot[(i, j)] - want[i * 4 + j]).abs() < 1e-14);
+                }
+            }
         }
     }
 
