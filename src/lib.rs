@@ -16,6 +16,7 @@ mod input;
 mod lm;
 mod opt;
 mod passes_glue;
+pub mod poet_train;
 mod run;
 pub mod train;
 mod train_cmd;

@@ -57,6 +57,10 @@ pub struct TrainConfig {
     /// Weights that are zero at the start stay zero (masked fine-tuning of pruned models).
     pub keep_zeros: bool,
     pub threads: Option<usize>,
+    /// Name patterns of constants (any dtype) fed as inputs at every step and never trained,
+    /// so a caller can replace them between steps without recompiling the plan (POET's frozen
+    /// base and permutations, re-drawn at every merge). They are excluded from `trainable`.
+    pub state: Vec<String>,
 }
 
 impl Default for TrainConfig {
@@ -74,6 +78,7 @@ impl Default for TrainConfig {
             min_lr_ratio: 0.1,
             keep_zeros: false,
             threads: None,
+            state: Vec::new(),
         }
     }
 }
@@ -175,6 +180,9 @@ pub struct Trainer {
     grads: Vec<String>,
     shapes: Vec<Vec<usize>>,
     values: Vec<Vec<f32>>,
+    /// The `state` constants: their input names and current values.
+    state_names: Vec<String>,
+    state_values: Vec<HostTensor>,
     opt: AdamW,
     step: u64,
 }
@@ -186,9 +194,35 @@ impl Trainer {
         // Parameters are chosen before the loss is appended, so the loss's own constants are
         // never among them; autodiff then gets their exact names.
         ortho_ir::shape::infer_shapes(&mut model);
-        let params = select_params(&model, &cfg.trainable);
+        let is_state = |n: &str| cfg.state.iter().any(|p| glob_match(p, n));
+        let params: Vec<_> = select_params(&model, &cfg.trainable)
+            .into_iter()
+            .filter(|&v| !is_state(model.main_graph().value_name(v)))
+            .collect();
+        let state: Vec<_> = {
+            let g = model.main_graph();
+            g.node_ids()
+                .into_iter()
+                .filter(|&n| matches!(g.node(n).op, Op::Const(_)))
+                .map(|n| ortho_ir::ValueId { node: n, output: 0 })
+                .filter(|&v| is_state(g.value_name(v)))
+                .collect()
+        };
         let ce = append_token_cross_entropy(&mut model, &cfg.logits, "labels")?;
         let names = parameters_as_inputs(&mut model, &params);
+        let state_names = parameters_as_inputs(&mut model, &state);
+        let mut state_values = Vec::with_capacity(state.len());
+        for (&v, name) in state.iter().zip(&state_names) {
+            let t = match model.main_graph().node(v.node).op {
+                Op::Input { default: Some(t) } => model.tensor(t),
+                _ => return Err(TrainLoopError::MissingOutput(name.clone())),
+            };
+            let host = HostTensor::from_tensor_data(t).map_err(|e| RuntimeError::Constant {
+                name: name.clone(),
+                msg: e.to_string(),
+            })?;
+            state_values.push(host);
+        }
         let report = autodiff(
             &mut model,
             &AutodiffSpec {
@@ -267,6 +301,8 @@ impl Trainer {
             grads,
             shapes,
             values,
+            state_names,
+            state_values,
             opt,
             step: 0,
         })
@@ -287,6 +323,9 @@ impl Trainer {
         ];
         for ((n, s), v) in self.names.iter().zip(&self.shapes).zip(&self.values) {
             feeds.push((n.as_str(), HostTensor::from_vec(s.clone(), v.clone())?));
+        }
+        for (n, v) in self.state_names.iter().zip(&self.state_values) {
+            feeds.push((n.as_str(), v.clone()));
         }
         let out = self.plan.run(&feeds)?;
         let find = |name: &str| {
@@ -365,6 +404,52 @@ impl Trainer {
             .map(|((n, s), v)| (n.as_str(), s.as_slice(), v.as_slice()))
     }
 
+    /// The trained parameters' values, to change between steps (a POET merge zeroes its skew
+    /// parameters); shapes are fixed.
+    pub fn parameters_mut(&mut self) -> impl Iterator<Item = (&str, &mut Vec<f32>)> {
+        self.names
+            .iter()
+            .map(String::as_str)
+            .zip(self.values.iter_mut())
+    }
+
+    /// The index of parameter `name` (its optimizer index), when it is trained.
+    pub fn parameter_index(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|n| n == name)
+    }
+
+    /// The current value of a `state` constant.
+    pub fn state(&self, name: &str) -> Option<&HostTensor> {
+        let i = self.state_names.iter().position(|n| n == name)?;
+        self.state_values.get(i)
+    }
+
+    /// Replaces a `state` constant's value (same dtype and shape) for the following steps.
+    pub fn set_state(&mut self, name: &str, value: HostTensor) -> Result<(), TrainLoopError> {
+        let i = self
+            .state_names
+            .iter()
+            .position(|n| n == name)
+            .ok_or_else(|| TrainLoopError::MissingOutput(name.to_string()))?;
+        let old = &self.state_values[i];
+        if old.dtype() != value.dtype() || old.shape() != value.shape() {
+            return Err(TrainLoopError::Data(format!(
+                "state '{name}': {:?} {:?} cannot replace {:?} {:?}",
+                value.dtype(),
+                value.shape(),
+                old.dtype(),
+                old.shape()
+            )));
+        }
+        self.state_values[i] = value;
+        Ok(())
+    }
+
+    /// Steps taken so far.
+    pub fn steps_taken(&self) -> u64 {
+        self.step
+    }
+
     /// The optimizer, for group resets and masks.
     pub fn optimizer_mut(&mut self) -> &mut AdamW {
         &mut self.opt
@@ -383,6 +468,20 @@ impl Trainer {
             if let Op::Const(_) | Op::Input { default: Some(_) } = m.graph(main).node(v.node).op {
                 let dims = shape.iter().map(|&d| d as i64).collect();
                 let t = m.add_tensor(TensorData::from_f32(dims, vals));
+                let node = m.graph_mut(main).node_mut(v.node);
+                node.op = match node.op {
+                    Op::Const(_) => Op::Const(t),
+                    _ => Op::Input { default: Some(t) },
+                };
+                written += 1;
+            }
+        }
+        for (name, value) in self.state_names.iter().zip(&self.state_values) {
+            let Some(&v) = by_name.get(name) else {
+                continue;
+            };
+            if let Op::Const(_) | Op::Input { default: Some(_) } = m.graph(main).node(v.node).op {
+                let t = m.add_tensor(value.to_tensor_data());
                 let node = m.graph_mut(main).node_mut(v.node);
                 node.op = match node.op {
                     Op::Const(_) => Op::Const(t),

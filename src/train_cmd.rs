@@ -56,6 +56,17 @@ pub struct TrainArgs {
     /// Write the loss curve here as JSON.
     #[arg(long)]
     pub curve: Option<PathBuf>,
+    /// Train the blocks' linears with POET (R·W0·P, merged every T steps): comma-separated
+    /// poet-reparam options and merge-every, lr (of the skew parameters), clip, clip-ramp, e.g.
+    /// `kind=bs,block=32,merge-every=50,lr=1e-3`. The written model is merged (plain dense).
+    #[arg(long)]
+    pub poet: Option<String>,
+}
+
+/// The plain trainer or POET's.
+enum Engine {
+    Plain(Box<Trainer>),
+    Poet(Box<crate::poet_train::PoetTrainer>),
 }
 
 pub fn run(a: TrainArgs, g: &GlobalArgs) -> DriverOutput {
@@ -104,7 +115,19 @@ fn run_inner(a: &TrainArgs, g: &GlobalArgs) -> Result<(String, String), CliError
         ..TrainConfig::default()
     };
     let train_err = |e: crate::train::TrainLoopError| CliError::Train { source: e.into() };
-    let mut trainer = Trainer::new(module.clone(), cfg).map_err(train_err)?;
+    let poet_err = |e: crate::poet_train::PoetTrainError| CliError::Train { source: e.into() };
+    let mut trainer = match &a.poet {
+        None => Engine::Plain(Box::new(
+            Trainer::new(module.clone(), cfg).map_err(train_err)?,
+        )),
+        Some(p) => {
+            let pcfg = crate::poet_train::PoetConfig::parse(p)
+                .map_err(|e| CliError::Train { source: e.into() })?;
+            Engine::Poet(Box::new(
+                crate::poet_train::PoetTrainer::new(module.clone(), cfg, pcfg).map_err(poet_err)?,
+            ))
+        }
+    };
     let mut data = WindowSampler::new(ids, a.batch, a.seqlen, a.seed).map_err(train_err)?;
     let tty = std::io::stderr().is_terminal();
     let mut curve = Vec::new();
@@ -112,7 +135,10 @@ fn run_inner(a: &TrainArgs, g: &GlobalArgs) -> Result<(String, String), CliError
     let mut seen = 0usize;
     for step in 0..a.steps {
         let micro: Vec<_> = (0..a.accum).map(|_| data.next_batch()).collect();
-        let r = trainer.step(&micro).map_err(train_err)?;
+        let r = match &mut trainer {
+            Engine::Plain(t) => t.step(&micro).map_err(train_err)?,
+            Engine::Poet(t) => t.step(&micro).map_err(poet_err)?,
+        };
         seen += r.tokens;
         curve.push(serde_json::json!({"step": r.step, "loss": r.loss, "grad_norm": r.grad_norm, "lr_scale": r.lr_scale}));
         if !g.quiet {
@@ -136,8 +162,14 @@ fn run_inner(a: &TrainArgs, g: &GlobalArgs) -> Result<(String, String), CliError
             }
         }
     }
-    let mut out_module = module;
-    trainer.write_into(&mut out_module);
+    let out_module = match &trainer {
+        Engine::Plain(t) => {
+            let mut m = module;
+            t.write_into(&mut m);
+            m
+        }
+        Engine::Poet(t) => t.merged_model().map_err(poet_err)?,
+    };
     let opts = ortho_frontends::ExportOptions {
         external_min_bytes: None,
         protected: vec![a.model.clone()],

@@ -27,6 +27,7 @@ pub mod manager;
 pub mod options;
 pub mod pass;
 pub mod pipeline;
+pub mod poet;
 pub mod registry;
 pub mod rotation_search;
 pub mod selection;

@@ -171,6 +171,13 @@ impl AdamW {
         }
     }
 
+    /// Sets group `g`'s gradient-norm clip (POET ramps it after every merge).
+    pub fn set_group_clip(&mut self, g: usize, max_grad_norm: Option<f64>) {
+        if let Some(gr) = self.groups.get_mut(g) {
+            gr.spec.max_grad_norm = max_grad_norm;
+        }
+    }
+
     /// Steps taken by group `g` since it was created or reset.
     pub fn group_step(&self, g: usize) -> u64 {
         self.groups.get(g).map_or(0, |gr| gr.step)

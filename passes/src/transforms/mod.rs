@@ -23,6 +23,8 @@ pub mod sparsify;
 
 /// Compatibility path: pruning maths moved to `crate::sparsity::matrix`.
 pub use crate::sparsity::matrix as prune_math;
+// POET's passes live with their maths in `crate::poet`; named here like every other pass.
+pub use crate::poet::{lora, lora_merge, merge as poet_merge, reparam as poet_reparam};
 
 pub use canonicalize::{canonicalize, CanonicalizeOptions, CanonicalizeStats};
 pub use cse::{cse, CseStats};
