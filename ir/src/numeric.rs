@@ -4,7 +4,7 @@
 use crate::types::DType;
 
 fn chunks<const N: usize>(b: &[u8]) -> Option<impl Iterator<Item = [u8; N]> + '_> {
-    if b.len() % N != 0 {
+    if !b.len().is_multiple_of(N) {
         return None;
     }
     Some(b.chunks_exact(N).map(|c| {

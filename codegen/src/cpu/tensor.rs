@@ -414,7 +414,7 @@ impl TensorBuf {
     /// Decodes little-endian element bytes.
     pub fn from_le_bytes(dtype: DType, b: &[u8]) -> KernelResult<TensorBuf> {
         fn rd<T: Elem>(b: &[u8]) -> KernelResult<TensorBuf> {
-            if b.len() % T::SIZE != 0 {
+            if !b.len().is_multiple_of(T::SIZE) {
                 return Err(KernelError::size(format!(
                     "{} bytes is not a multiple of the element size {}",
                     b.len(),

@@ -42,7 +42,7 @@ pub struct KronShape {
 impl KronShape {
     /// The shape with first factor `m1×n1` for an `m×n` weight.
     pub fn new(m: usize, n: usize, m1: usize, n1: usize) -> Result<KronShape, FactorError> {
-        if m1 == 0 || n1 == 0 || m % m1 != 0 || n % n1 != 0 {
+        if m1 == 0 || n1 == 0 || !m.is_multiple_of(m1) || !n.is_multiple_of(n1) {
             return Err(FactorError::NotDividing { m, n, m1, n1 });
         }
         Ok(KronShape {
@@ -217,7 +217,7 @@ pub fn kron_dense(a: &[f64], b: &[f64], s: KronShape, r: usize) -> Vec<f64> {
 fn nearest_divisor(v: usize, target: f64) -> usize {
     let mut best = 1;
     let mut best_d = f64::INFINITY;
-    for d in (1..=v).filter(|d| v % d == 0) {
+    for d in (1..=v).filter(|d| v.is_multiple_of(*d)) {
         let dist = ((d as f64).ln() - target.ln()).abs();
         if dist < best_d - 1e-12 {
             best = d;

@@ -49,7 +49,7 @@ fn view(t: &HostTensor, heads: Option<usize>, what: &str) -> KernelResult<View> 
             let h = heads.ok_or_else(|| {
                 KernelError::shape(format!("3-D {what} needs the number of heads"))
             })?;
-            if h == 0 || s[2] % h != 0 {
+            if h == 0 || !s[2].is_multiple_of(h) {
                 return Err(KernelError::shape(format!(
                     "{what} hidden size {} is not a multiple of {h} heads",
                     s[2]

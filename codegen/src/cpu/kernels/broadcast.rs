@@ -125,14 +125,14 @@ impl Walk {
             while d > 0 {
                 d -= 1;
                 idx[d] += 1;
-                for k in 0..n_in {
-                    offs[k] += self.strides[k][d];
+                for (o, st) in offs.iter_mut().zip(&self.strides) {
+                    *o += st[d];
                 }
                 if idx[d] < self.dims[d] {
                     break;
                 }
-                for k in 0..n_in {
-                    offs[k] -= self.strides[k][d] * self.dims[d];
+                for (o, st) in offs.iter_mut().zip(&self.strides) {
+                    *o -= st[d] * self.dims[d];
                 }
                 idx[d] = 0;
             }

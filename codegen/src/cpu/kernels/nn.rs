@@ -120,7 +120,7 @@ pub fn layer_norm(
     let wide = super::elementwise::widen_half(x0);
     let (x, xd, n, scale) = norm_input(cx, x0, &wide, axis, ins.get(1), "LayerNormalization")?;
     let (_, bias) = row_params(cx, x, axis, ins.get(2))?;
-    let nrows = if n == 0 { 0 } else { xd.len() / n };
+    let nrows = xd.len().checked_div(n).unwrap_or(0);
     let mut out = cx.pool.alloc::<f32>(xd.len());
     let mut stats = vec![(0.0f32, 0.0f32); nrows];
     for (i, (r, o)) in xd

@@ -190,13 +190,8 @@ fn unary_float<T: Float>(
         Unary::Log => go!(|v| v.ln()),
         Unary::Tanh => go!(|v| v.tanh()),
         Unary::Sigmoid => go!(|v| v.sigmoid()),
-        Unary::Relu => go!(|v| if v > zero {
-            v
-        } else if v.is_nan() {
-            v
-        } else {
-            zero
-        }),
+        // NaN passes through (a comparison with NaN is false).
+        Unary::Relu => go!(|v| if v > zero || v.is_nan() { v } else { zero }),
         Unary::Sign => go!(|v| if v > zero {
             one
         } else if v < zero {
