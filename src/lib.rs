@@ -17,6 +17,7 @@ mod lm;
 mod opt;
 mod passes_glue;
 mod run;
+mod shard;
 pub mod train;
 mod train_cmd;
 
