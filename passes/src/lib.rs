@@ -33,6 +33,7 @@ pub mod selection;
 pub mod sparsity;
 pub mod train;
 pub mod transforms;
+pub mod upm;
 
 #[cfg(test)]
 mod tests;
