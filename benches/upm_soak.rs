@@ -90,13 +90,28 @@ fn main() {
     let (tok, text) = (tok.to_string_lossy(), text.to_string_lossy());
     let measure = |epoch: u64, secs: f64| -> Result<(), String> {
         let out = driver(&[
-            "compare", &m, &s, "--tokenizer", &tok, "--text", &text, "--windows", &windows,
-            "--seqlen", "128", "--json", "-q",
+            "compare",
+            &m,
+            &s,
+            "--tokenizer",
+            &tok,
+            "--text",
+            &text,
+            "--windows",
+            &windows,
+            "--seqlen",
+            "128",
+            "--json",
+            "-q",
         ])?;
         let j: serde_json::Value = serde_json::from_str(out.trim()).map_err(|e| e.to_string())?;
         let line = format!(
             "{epoch},{},{},{},{},{},{secs:.3}",
-            j["delta_ppl_rel"], j["js_mean"], j["js_max"], j["max_abs_logit_diff"], j["argmax_agreement"]
+            j["delta_ppl_rel"],
+            j["js_mean"],
+            j["js_max"],
+            j["max_abs_logit_diff"],
+            j["argmax_agreement"]
         );
         println!("{line}");
         let new = !csv.exists();
@@ -117,7 +132,9 @@ fn main() {
         model.display(),
         csv.display()
     );
-    println!("epoch,delta_ppl_rel,js_mean,js_max,max_abs_logit_diff,argmax_agreement,seconds_per_epoch");
+    println!(
+        "epoch,delta_ppl_rel,js_mean,js_max,max_abs_logit_diff,argmax_agreement,seconds_per_epoch"
+    );
     if start == 0 && !csv.exists() {
         if let Err(e) = measure(0, 0.0) {
             println!("upm_soak: compare failed: {e}");
@@ -131,7 +148,15 @@ fn main() {
         // mixed into every change anyway.
         let seed = epoch.to_string();
         if let Err(e) = driver(&[
-            "shard", "rekey", &s, "--kind", &kind, "--seed", &seed, "--placement", &placement,
+            "shard",
+            "rekey",
+            &s,
+            "--kind",
+            &kind,
+            "--seed",
+            &seed,
+            "--placement",
+            &placement,
         ]) {
             println!("upm_soak: rekey to epoch {epoch} failed: {e}");
             return;

@@ -3,8 +3,8 @@
 
 use crate::cli::GlobalArgs;
 use crate::run::run_error;
-use crate::{CliError, DriverOutput};
 use crate::shard::chain::Runner;
+use crate::{CliError, DriverOutput};
 use ortho_codegen::cpu::HostTensor;
 use ortho_codegen::metrics;
 use rayon::prelude::*;

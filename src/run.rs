@@ -1,8 +1,8 @@
 //! `ortho-opt run`: run a model on .npy inputs and write each output as .npy.
 
 use crate::cli::GlobalArgs;
-use crate::{CliError, DriverOutput};
 use crate::shard::chain::Runner;
+use crate::{CliError, DriverOutput};
 use ortho_codegen::cpu::{npy, HostTensor};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

@@ -22,7 +22,9 @@ fn smollm_three_shards_epoch_one_matches_in_our_engine_and_onnxruntime() {
 
     let j = compare_on_sotu(&m, &d);
     let rel = j["delta_ppl_rel"].as_f64().expect("delta_ppl_rel").abs();
-    let dl = j["max_abs_logit_diff"].as_f64().expect("max_abs_logit_diff");
+    let dl = j["max_abs_logit_diff"]
+        .as_f64()
+        .expect("max_abs_logit_diff");
     let agree = j["argmax_agreement"].as_f64().expect("argmax_agreement");
     eprintln!("our engine, epoch 1: ΔPPL rel {rel:.3e}, max |Δlogit| {dl:.3e}, argmax {agree}");
     assert!(rel <= 1e-6, "relative ΔPPL {rel}");
@@ -36,13 +38,23 @@ fn smollm_three_shards_epoch_one_matches_in_our_engine_and_onnxruntime() {
         .args(["--windows", "2"])
         .output()
         .expect("run python");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let o: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("upm_ort_chain.py prints JSON");
     eprintln!("onnxruntime: {o}");
     assert_eq!(o["shards_loaded"].as_u64(), Some(3));
     assert_eq!(o["epoch"].as_u64(), Some(1));
-    assert!(o["delta_ppl_rel"].as_f64().expect("ppl").abs() <= 1e-6, "{o}");
-    assert!(o["max_abs_logit_diff"].as_f64().expect("diff") <= 1e-3, "{o}");
+    assert!(
+        o["delta_ppl_rel"].as_f64().expect("ppl").abs() <= 1e-6,
+        "{o}"
+    );
+    assert!(
+        o["max_abs_logit_diff"].as_f64().expect("diff") <= 1e-3,
+        "{o}"
+    );
     assert_eq!(o["argmax_agreement"].as_f64(), Some(1.0), "{o}");
 }

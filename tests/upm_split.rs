@@ -22,7 +22,14 @@ fn logits(model: &Path, tmp: &Path, tag: &str) -> Vec<f32> {
     let t = HostTensor::from_vec(vec![2, 5], vec![0i64, 1, 2, 3, 4, 5, 4, 3, 2, 1]).expect("ids");
     npy::write(&ids, &t).expect("write ids");
     let out = tmp.join(format!("out-{tag}"));
-    let r = run(&["run", &s(model), "--input", &format!("ids={}", s(&ids)), "-o", &s(&out)]);
+    let r = run(&[
+        "run",
+        &s(model),
+        "--input",
+        &format!("ids={}", s(&ids)),
+        "-o",
+        &s(&out),
+    ]);
     assert_eq!(r.code, 0, "run {}: {}", model.display(), r.stderr);
     let l = npy::read(&out.join("logits.npy")).expect("read logits");
     assert_eq!(l.shape(), &[2, 5, 6]);
@@ -30,11 +37,24 @@ fn logits(model: &Path, tmp: &Path, tag: &str) -> Vec<f32> {
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn split(dir: &Path, k: usize, balance: &str) -> ortho_opt::DriverOutput {
-    run(&["shard", "split", &s(&model()), "-k", &k.to_string(), "--balance", balance, "-o", &s(dir)])
+    run(&[
+        "shard",
+        "split",
+        &s(&model()),
+        "-k",
+        &k.to_string(),
+        "--balance",
+        balance,
+        "-o",
+        &s(dir),
+    ])
 }
 
 fn manifest(dir: &Path) -> serde_json::Value {
@@ -67,10 +87,16 @@ fn split_chains_to_the_original_exactly() {
             // The shards are cut, not copied: a middle shard holds no embedding table.
             if k == 3 {
                 assert!(shards[1]["params"].as_u64() < shards[0]["params"].as_u64());
-                assert_eq!(shards[1]["inputs"][0]["from"]["boundary"], shards[0]["outputs"][0]["name"]);
+                assert_eq!(
+                    shards[1]["inputs"][0]["from"]["boundary"],
+                    shards[0]["outputs"][0]["name"]
+                );
             }
             let got = logits(&dir, tmp.path(), &format!("k{k}{balance}"));
-            assert_eq!(got, want, "K = {k}, balance {balance}: the chain must be bit-exact");
+            assert_eq!(
+                got, want,
+                "K = {k}, balance {balance}: the chain must be bit-exact"
+            );
         }
     }
 }
@@ -88,7 +114,17 @@ fn rekey_keeps_the_function_and_is_deterministic() {
         for d in [&a, &b] {
             assert_eq!(split(d, 3, "blocks").code, 0);
             for (e, kind) in kinds.iter().enumerate() {
-                let r = run(&["shard", "rekey", &s(d), "--kind", kind, "--seed", &(40 + e).to_string(), "--placement", placement]);
+                let r = run(&[
+                    "shard",
+                    "rekey",
+                    &s(d),
+                    "--kind",
+                    kind,
+                    "--seed",
+                    &(40 + e).to_string(),
+                    "--placement",
+                    placement,
+                ]);
                 assert_eq!(r.code, 0, "{}", r.stderr);
             }
         }
@@ -97,17 +133,29 @@ fn rekey_keeps_the_function_and_is_deterministic() {
         assert_eq!(ma["transforms"].as_array().map(Vec::len), Some(3));
         for i in 0..3 {
             let sa = ma["shards"][i]["sha256"].as_str().expect("hash");
-            assert_eq!(Some(sa), mb["shards"][i]["sha256"].as_str(), "same seeds ⇒ identical shard {i}");
+            assert_eq!(
+                Some(sa),
+                mb["shards"][i]["sha256"].as_str(),
+                "same seeds ⇒ identical shard {i}"
+            );
             // The weights did change: shard i is not its epoch-0 file.
-            assert!(!a.join("epoch-000000").exists(), "old epoch removed without --keep-old");
-            let fa = std::fs::read(a.join(ma["shards"][i]["file"].as_str().expect("file"))).expect("read");
-            let fb = std::fs::read(b.join(mb["shards"][i]["file"].as_str().expect("file"))).expect("read");
+            assert!(
+                !a.join("epoch-000000").exists(),
+                "old epoch removed without --keep-old"
+            );
+            let fa = std::fs::read(a.join(ma["shards"][i]["file"].as_str().expect("file")))
+                .expect("read");
+            let fb = std::fs::read(b.join(mb["shards"][i]["file"].as_str().expect("file")))
+                .expect("read");
             assert_eq!(fa, fb);
         }
         let got = logits(&a, tmp.path(), placement);
         let d = max_diff(&got, &want);
         assert!(d < 1e-5, "{placement}: max |Δlogit| {d} after 3 epochs");
-        assert_ne!(got, want, "{placement}: the weights must have been rewritten in f32");
+        assert_ne!(
+            got, want,
+            "{placement}: the weights must have been rewritten in f32"
+        );
     }
     // A different seed gives different shards.
     let c = tmp.path().join("c");
@@ -116,11 +164,26 @@ fn rekey_keeps_the_function_and_is_deterministic() {
     let d = tmp.path().join("d");
     assert_eq!(split(&d, 3, "blocks").code, 0);
     assert_eq!(run(&["shard", "rekey", &s(&d), "--seed", "2"]).code, 0);
-    assert_ne!(manifest(&c)["shards"][1]["sha256"], manifest(&d)["shards"][1]["sha256"]);
+    assert_ne!(
+        manifest(&c)["shards"][1]["sha256"],
+        manifest(&d)["shards"][1]["sha256"]
+    );
     // Placements do not mix.
-    let r = run(&["shard", "rekey", &s(&c), "--seed", "3", "--placement", "per-shard"]);
+    let r = run(&[
+        "shard",
+        "rekey",
+        &s(&c),
+        "--seed",
+        "3",
+        "--placement",
+        "per-shard",
+    ]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("cannot switch to per-shard"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("cannot switch to per-shard"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -130,14 +193,29 @@ fn interrupted_rekey_leaves_the_previous_epoch() {
     let dir = tmp.path().join("set");
     assert_eq!(split(&dir, 3, "blocks").code, 0);
     let before = std::fs::read(dir.join("manifest.json")).expect("manifest");
-    let r = run(&["shard", "rekey", &s(&dir), "--seed", "5", "--fail-after", "2"]);
+    let r = run(&[
+        "shard",
+        "rekey",
+        &s(&dir),
+        "--seed",
+        "5",
+        "--fail-after",
+        "2",
+    ]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert_eq!(std::fs::read(dir.join("manifest.json")).expect("manifest"), before);
+    assert_eq!(
+        std::fs::read(dir.join("manifest.json")).expect("manifest"),
+        before
+    );
     let names: Vec<String> = std::fs::read_dir(&dir)
         .expect("dir")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names.len(), 2, "only manifest.json and epoch-000000 remain: {names:?}");
+    assert_eq!(
+        names.len(),
+        2,
+        "only manifest.json and epoch-000000 remain: {names:?}"
+    );
     assert_eq!(logits(&dir, tmp.path(), "after-kill"), want);
 }
 
@@ -147,9 +225,22 @@ fn bad_shard_sets_are_refused_naming_the_file() {
     let dir = tmp.path().join("set");
     assert_eq!(split(&dir, 3, "blocks").code, 0);
     let ids = tmp.path().join("ids.npy");
-    npy::write(&ids, &HostTensor::from_vec(vec![1, 2], vec![0i64, 1]).expect("ids")).expect("ids");
+    npy::write(
+        &ids,
+        &HostTensor::from_vec(vec![1, 2], vec![0i64, 1]).expect("ids"),
+    )
+    .expect("ids");
     let out = tmp.path().join("out");
-    let run_set = |m: &Path| run(&["run", &s(m), "--input", &format!("ids={}", s(&ids)), "-o", &s(&out)]);
+    let run_set = |m: &Path| {
+        run(&[
+            "run",
+            &s(m),
+            "--input",
+            &format!("ids={}", s(&ids)),
+            "-o",
+            &s(&out),
+        ])
+    };
     let m = manifest(&dir);
     let shard1 = dir.join(m["shards"][1]["file"].as_str().expect("file"));
 
@@ -161,7 +252,11 @@ fn bad_shard_sets_are_refused_naming_the_file() {
     std::fs::write(&shard1, &bad).expect("write");
     let r = run_set(&dir);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("shard-001.onnx: sha256") && r.stderr.contains("does not match"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("shard-001.onnx: sha256") && r.stderr.contains("does not match"),
+        "{}",
+        r.stderr
+    );
     assert!(!out.exists(), "nothing written");
     let r = run(&["shard", "rekey", &s(&dir), "--seed", "1"]);
     assert_eq!(r.code, 1);
@@ -171,7 +266,10 @@ fn bad_shard_sets_are_refused_naming_the_file() {
     // A missing shard, and a manifest naming a file outside its folder.
     for (file, needle) in [
         ("epoch-000000/shard-009.onnx", "shard-009.onnx' is missing"),
-        ("../elsewhere/shard-001.onnx", "outside its folder (a foreign shard)"),
+        (
+            "../elsewhere/shard-001.onnx",
+            "outside its folder (a foreign shard)",
+        ),
     ] {
         let mut m2 = m.clone();
         m2["shards"][1]["file"] = serde_json::Value::from(file);
@@ -179,7 +277,11 @@ fn bad_shard_sets_are_refused_naming_the_file() {
         std::fs::write(&p, serde_json::to_string(&m2).expect("json")).expect("write");
         let r = run_set(&p);
         assert_eq!(r.code, 1);
-        assert!(r.stderr.contains("other.json") && r.stderr.contains(needle), "{}", r.stderr);
+        assert!(
+            r.stderr.contains("other.json") && r.stderr.contains(needle),
+            "{}",
+            r.stderr
+        );
         assert!(!out.exists(), "nothing written");
     }
 

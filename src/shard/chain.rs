@@ -137,7 +137,12 @@ impl Runner {
     pub fn input_names(&self) -> Vec<String> {
         match self {
             Runner::One(p) => p.input_names(),
-            Runner::Chain(c) => c.manifest.model_inputs.iter().map(|x| x.name.clone()).collect(),
+            Runner::Chain(c) => c
+                .manifest
+                .model_inputs
+                .iter()
+                .map(|x| x.name.clone())
+                .collect(),
         }
     }
 

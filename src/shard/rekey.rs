@@ -100,7 +100,11 @@ pub fn run(a: &RekeyArgs, _g: &GlobalArgs) -> Result<(String, String), ShardErro
     }
     let epoch = man.epoch + 1;
     let per_shard = a.placement == Placement::PerShard;
-    let stage = dir.join(format!(".{}.tmp-{}", epoch_dir_name(epoch), std::process::id()));
+    let stage = dir.join(format!(
+        ".{}.tmp-{}",
+        epoch_dir_name(epoch),
+        std::process::id()
+    ));
     let final_dir = dir.join(epoch_dir_name(epoch));
     if final_dir.exists() {
         return Err(ShardError::Rekey {
@@ -139,12 +143,13 @@ pub fn run(a: &RekeyArgs, _g: &GlobalArgs) -> Result<(String, String), ShardErro
             let own = ortho_passes::upm::change(kind, width, a.seed, epoch, per_shard.then_some(i));
             let incoming = (per_shard && i > 0)
                 .then(|| ortho_passes::upm::change(kind, width, a.seed, epoch, Some(i - 1)));
-            let st = ortho_passes::upm::rekey_shard(&mut m, &own, incoming.as_ref()).map_err(
-                |e| ShardError::Model {
-                    path: path.clone(),
-                    source: Box::new(e),
-                },
-            )?;
+            let st =
+                ortho_passes::upm::rekey_shard(&mut m, &own, incoming.as_ref()).map_err(|e| {
+                    ShardError::Model {
+                        path: path.clone(),
+                        source: Box::new(e),
+                    }
+                })?;
             ortho_ir::verify::verify_module(&m).map_err(|d| ShardError::Model {
                 path: path.clone(),
                 source: d.into(),
@@ -165,7 +170,11 @@ pub fn run(a: &RekeyArgs, _g: &GlobalArgs) -> Result<(String, String), ShardErro
                 } else {
                     String::new()
                 },
-                if st.entry_inserted { ", entry MatMul inserted" } else { "" },
+                if st.entry_inserted {
+                    ", entry MatMul inserted"
+                } else {
+                    ""
+                },
                 st.orthogonality_error
             );
             files.push((format!("{}/{name}", epoch_dir_name(epoch)), sha));

@@ -91,10 +91,13 @@ fn block_entries(m: &Module, s: &Structure, path: &Path) -> Result<Vec<ValueId>,
                 return Ok(l.input);
             }
             let first = block.attention.or(block.mlp).or(block.other);
-            let branch = first.map(|i| &s.branches[i]).ok_or_else(|| ShardError::NotSplittable {
-                path: path.to_path_buf(),
-                why: format!("block {b} has no branch"),
-            })?;
+            let branch =
+                first
+                    .map(|i| &s.branches[i])
+                    .ok_or_else(|| ShardError::NotSplittable {
+                        path: path.to_path_buf(),
+                        why: format!("block {b} has no branch"),
+                    })?;
             let add = g.node(branch.add);
             let inside: HashSet<_> = branch.nodes.iter().copied().collect();
             let mut cands = add.inputs().filter(|v| !inside.contains(&v.node));
@@ -214,7 +217,12 @@ fn ranges(n: usize, k: usize, balance: Balance, costs: (&[u64], u64, u64)) -> Ve
 }
 
 /// Splits the verified whole model `m` (read from `path`) into `k` shards.
-pub fn split_module(m: &Module, path: &Path, k: usize, balance: Balance) -> Result<Split, ShardError> {
+pub fn split_module(
+    m: &Module,
+    path: &Path,
+    k: usize,
+    balance: Balance,
+) -> Result<Split, ShardError> {
     let gid = m.main;
     let s = analyze_transformer(m, gid);
     if s.blocks.is_empty() {
@@ -298,12 +306,27 @@ pub fn split_module(m: &Module, path: &Path, k: usize, balance: Balance) -> Resu
             .copied()
             .filter(|&n| {
                 let v = ValueId { node: n, output: 0 };
-                Some(v) == new_in || !sg.users(v).is_empty() || sg.outputs.iter().any(|o| o.value == v)
+                Some(v) == new_in
+                    || !sg.users(v).is_empty()
+                    || sg.outputs.iter().any(|o| o.value == v)
             })
             .collect();
-        let dropped: Vec<_> = sg.inputs().iter().copied().filter(|n| !used.contains(n)).collect();
-        let mut order: Vec<_> = used.iter().copied().filter(|&n| Some(n) == new_in.map(|v| v.node)).collect();
-        order.extend(used.iter().copied().filter(|&n| Some(n) != new_in.map(|v| v.node)));
+        let dropped: Vec<_> = sg
+            .inputs()
+            .iter()
+            .copied()
+            .filter(|n| !used.contains(n))
+            .collect();
+        let mut order: Vec<_> = used
+            .iter()
+            .copied()
+            .filter(|&n| Some(n) == new_in.map(|v| v.node))
+            .collect();
+        order.extend(
+            used.iter()
+                .copied()
+                .filter(|&n| Some(n) != new_in.map(|v| v.node)),
+        );
         sg.set_inputs(order);
         for d in dropped {
             sg.remove_node(d);

@@ -30,7 +30,13 @@ use ortho_ir::{Module, NodeId, Op, TensorData, ValueId};
 
 /// The change of one shard at one epoch, derived from the epoch's seed: `(seed, epoch, shard)`
 /// for per-shard placement, `(seed, epoch)` for the folded one (`shard = None`).
-pub fn change(kind: RotationKind, d: usize, seed: u64, epoch: u64, shard: Option<usize>) -> Orthogonal {
+pub fn change(
+    kind: RotationKind,
+    d: usize,
+    seed: u64,
+    epoch: u64,
+    shard: Option<usize>,
+) -> Orthogonal {
     // SplitMix64 finalizer over the three words: nearby seeds, epochs and shards give unrelated
     // streams.
     let mix = |mut z: u64| {
@@ -38,7 +44,9 @@ pub fn change(kind: RotationKind, d: usize, seed: u64, epoch: u64, shard: Option
         z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
         z ^ (z >> 31)
     };
-    let s = mix(seed ^ mix(epoch.wrapping_add(0x9e3779b97f4a7c15)) ^ mix(shard.map_or(u64::MAX, |i| i as u64) ^ 0x51ed));
+    let s = mix(seed
+        ^ mix(epoch.wrapping_add(0x9e3779b97f4a7c15))
+        ^ mix(shard.map_or(u64::MAX, |i| i as u64) ^ 0x51ed));
     build_transform(kind, d, s).0
 }
 
@@ -60,7 +68,8 @@ pub struct RekeyStats {
 
 fn blocking(class: &StreamClass, need: Group) -> Option<&ortho_ir::analysis::Blocker> {
     class.blockers.iter().find(|b| {
-        !b.allows.contains(need) && !matches!(b.kind, BlockerKind::GraphInput | BlockerKind::GraphOutput)
+        !b.allows.contains(need)
+            && !matches!(b.kind, BlockerKind::GraphInput | BlockerKind::GraphOutput)
     })
 }
 
@@ -180,7 +189,12 @@ pub fn rekey_shard(
             .in_graph(gid));
         }
         if let Some(b) = blocking(class, need_of(own)) {
-            return Err(PassError::at(g, b.node, format!("cannot re-key the stream: {}", b.reason())).in_graph(gid));
+            return Err(PassError::at(
+                g,
+                b.node,
+                format!("cannot re-key the stream: {}", b.reason()),
+            )
+            .in_graph(gid));
         }
     }
     let first = &gauge.classes[chain[0]];
