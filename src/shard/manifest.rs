@@ -170,8 +170,7 @@ impl Manifest {
                         let ok = i > 0 && m.shards[i - 1].outputs.iter().any(|o| &o.name == name);
                         if !ok {
                             return Err(bad(format!(
-                                "shard {i} reads boundary '{name}', which shard {} does not output",
-                                i.wrapping_sub(1) as isize
+                                "shard {i} reads boundary '{name}', which no shard before it outputs"
                             )));
                         }
                     }

@@ -359,7 +359,7 @@ pub fn split_module(
         let outputs = sg
             .outputs
             .iter()
-            .map(|o| spec(&o.name, &type_of_in(&sm, o.value, &types, cut_out)))
+            .map(|o| spec(&o.name, &type_of_in(&sm, o.value, &types)))
             .collect();
         let params = sm.parameter_count();
         shards.push(BuiltShard {
@@ -381,12 +381,7 @@ pub fn split_module(
 }
 
 /// The type of an output of a shard: the declared one (set for the boundary), else inferred.
-fn type_of_in(
-    sm: &Module,
-    v: ValueId,
-    types: &HashMap<ValueId, Type>,
-    _cut_out: Option<ValueId>,
-) -> Type {
+fn type_of_in(sm: &Module, v: ValueId, types: &HashMap<ValueId, Type>) -> Type {
     let declared = sm.main_graph().value_type(v);
     if declared.is_unknown() {
         types.get(&v).cloned().unwrap_or_default()
