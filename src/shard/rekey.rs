@@ -99,6 +99,15 @@ pub fn run(a: &RekeyArgs, _g: &GlobalArgs) -> Result<(String, String), ShardErro
         });
     }
     let epoch = man.epoch + 1;
+    // Staging folders of killed runs hold no published data (the manifest never named them).
+    if let Ok(rd) = std::fs::read_dir(&dir) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".epoch-") && name.contains(".tmp-") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
     let per_shard = a.placement == Placement::PerShard;
     let stage = dir.join(format!(
         ".{}.tmp-{}",
