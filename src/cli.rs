@@ -71,6 +71,7 @@ enum Command {
     Compare(crate::compare::CompareArgs),
     Analyze(crate::analyze::AnalyzeArgs),
     Train(crate::train_cmd::TrainArgs),
+    Shard(crate::shard::ShardArgs),
 }
 
 impl Command {
@@ -81,6 +82,7 @@ impl Command {
             Command::Compare(a) => crate::compare::run(a, g),
             Command::Analyze(a) => crate::analyze::run(a),
             Command::Train(a) => crate::train_cmd::run(a, g),
+            Command::Shard(a) => crate::shard::run(a, g),
         }
     }
 }

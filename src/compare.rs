@@ -31,7 +31,7 @@ predictions of each window). With --json, stdout is one JSON object:
 #[derive(Debug, clap::Args)]
 #[command(after_help = COMPARE_JSON)]
 pub struct CompareArgs {
-    /// The reference model (.onnx or .oir).
+    /// The reference model (.onnx or .oir, or a shard manifest).
     pub model_a: PathBuf,
     /// The model to judge.
     pub model_b: PathBuf,

@@ -159,6 +159,9 @@ pub enum CliError {
     /// Calibration of a model whose embedding lookup the structure analysis does not find.
     #[error("calibration needs a language model whose embedding lookup the structure analysis finds (see `ortho-opt analyze`)")]
     NotALanguageModel,
+    /// `shard` and shard chains (the source names the file).
+    #[error(transparent)]
+    Shard(#[from] crate::shard::ShardError),
 }
 
 impl CliError {

@@ -3,8 +3,9 @@
 
 use crate::cli::GlobalArgs;
 use crate::run::run_error;
+use crate::shard::chain::Runner;
 use crate::{CliError, DriverOutput};
-use ortho_codegen::cpu::{HostTensor, Plan};
+use ortho_codegen::cpu::HostTensor;
 use ortho_codegen::metrics;
 use rayon::prelude::*;
 use std::fmt::Write as _;
@@ -49,7 +50,7 @@ const EVAL_JSON: &str = "With --json, stdout is one JSON object:
 #[derive(Debug, clap::Args)]
 #[command(after_help = EVAL_JSON)]
 pub struct EvalArgs {
-    /// The model (.onnx or .oir): input `input_ids` int64 [batch, seq], output logits [batch, seq, vocab].
+    /// The model (.onnx or .oir, or a shard manifest): input `input_ids` int64 [batch, seq], output logits [batch, seq, vocab].
     pub model: PathBuf,
     #[command(flatten)]
     pub text: TextArgs,
@@ -100,7 +101,7 @@ pub(crate) fn tokenize(t: &TextArgs, tokenizer: &Path) -> Result<Windows, CliErr
 }
 
 /// The engine feeds of a decoder LM for a batch of windows.
-fn feeds(plan: &Plan, batch: &[Vec<i64>]) -> Result<Vec<(String, HostTensor)>, CliError> {
+fn feeds(plan: &Runner, batch: &[Vec<i64>]) -> Result<Vec<(String, HostTensor)>, CliError> {
     crate::lm::feeds(&plan.input_names(), batch, "eval")?
         .into_iter()
         .map(|f| {
@@ -173,7 +174,7 @@ impl Progress {
 /// Runs `plan` over the windows in batches and hands each batch's logits (and the index of
 /// its first window) to `f`.
 pub(crate) fn forward_windows(
-    plans: &[&Plan],
+    plans: &[&Runner],
     w: &Windows,
     batch: usize,
     progress: &mut Progress,
@@ -188,7 +189,7 @@ pub(crate) fn forward_windows(
                 feeds(plan, chunk)?.into_iter().unzip();
             let refs: Vec<(&str, HostTensor)> =
                 names.iter().map(String::as_str).zip(tensors).collect();
-            let outs = plan.run(&refs).map_err(run_error)?;
+            let outs = plan.run(&refs)?;
             let idx = outs.iter().position(|(n, _)| n == "logits").unwrap_or(0);
             let (_, t) = outs.into_iter().nth(idx).ok_or(CliError::NoOutputs)?;
             check_logits(&t, chunk.len(), chunk[0].len(), w.vocab)?;

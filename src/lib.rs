@@ -18,6 +18,7 @@ mod opt;
 mod passes_glue;
 pub mod poet_train;
 mod run;
+mod shard;
 pub mod train;
 mod train_cmd;
 

@@ -1,8 +1,9 @@
 //! `ortho-opt run`: run a model on .npy inputs and write each output as .npy.
 
 use crate::cli::GlobalArgs;
+use crate::shard::chain::Runner;
 use crate::{CliError, DriverOutput};
-use ortho_codegen::cpu::{npy, HostTensor, Plan, PlanOptions};
+use ortho_codegen::cpu::{npy, HostTensor};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -13,7 +14,7 @@ use std::time::Instant;
     after_help = "Example:\n  ortho-opt run model.onnx --input input_ids=ids.npy -o out/   # writes out/logits.npy"
 )]
 pub struct RunArgs {
-    /// The model (.onnx or .oir).
+    /// The model (.onnx or .oir), or a shard manifest (manifest.json or its folder).
     pub model: PathBuf,
     /// An input as NAME=FILE.npy (repeat for each input).
     #[arg(long = "input", value_name = "NAME=FILE.npy")]
@@ -27,17 +28,10 @@ pub struct RunArgs {
     pub profile: bool,
 }
 
-/// Compiles the main graph of the (verified) model at `path`.
-pub(crate) fn compile(path: &Path, threads: Option<usize>) -> Result<Plan, CliError> {
-    let m = crate::input::load_module(path)?;
-    let mut opts = PlanOptions::default();
-    if let Some(t) = threads {
-        opts.threads = t.max(1);
-    }
-    Plan::compile_with(&m, &opts).map_err(|e| CliError::Compile {
-        path: path.to_path_buf(),
-        source: e.into(),
-    })
+/// Compiles the main graph of the (verified) model at `path`, or the shard chain of a
+/// manifest (`manifest.json` or its folder).
+pub(crate) fn compile(path: &Path, threads: Option<usize>) -> Result<Runner, CliError> {
+    Runner::compile(path, threads)
 }
 
 /// The engine's error while running a model.
@@ -87,7 +81,7 @@ fn run_inner(a: &RunArgs, g: &GlobalArgs) -> Result<(String, String), CliError> 
     let t1 = Instant::now();
     let mut err = String::new();
     let outs = if a.profile {
-        let (outs, prof) = plan.run_profiled(&refs).map_err(run_error)?;
+        let (outs, prof) = plan.run_profiled(&refs)?;
         let _ = writeln!(
             err,
             "op profile ({:.1} ms total):",
@@ -103,7 +97,7 @@ fn run_inner(a: &RunArgs, g: &GlobalArgs) -> Result<(String, String), CliError> 
         }
         outs
     } else {
-        plan.run(&refs).map_err(run_error)?
+        plan.run(&refs)?
     };
     let run_s = t1.elapsed().as_secs_f64();
     std::fs::create_dir_all(&a.out_dir).map_err(CliError::io(&a.out_dir))?;

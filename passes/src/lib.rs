@@ -35,6 +35,7 @@ pub mod sparse;
 pub mod sparsity;
 pub mod train;
 pub mod transforms;
+pub mod upm;
 
 #[cfg(test)]
 mod tests;
