@@ -90,7 +90,10 @@ fn assert_refused(dir: &Path, input: &str, needles: &[&str]) {
     let leftovers: Vec<_> = std::fs::read_dir(dir)
         .expect("read dir")
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.contains(".tmp-") || n.contains(ortho_ir::output::TEMP_MARK)
+        })
         .collect();
     assert!(
         leftovers.is_empty(),
@@ -353,5 +356,201 @@ fn unknown_op_is_carried_through() {
         f.write_to_bytes().expect("enc"),
         m.graph.node[1].write_to_bytes().expect("enc"),
         "opaque node byte-for-byte"
+    );
+}
+
+// ---- Output files: exclusive temporaries, non-regular targets, cleanup on every error path.
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf8")
+}
+
+/// The names in `dir`, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn predictable_temporary_symlink_is_not_followed() {
+    // The old temporary name `.out.onnx.tmp-PID` was predictable and opened following
+    // symlinks: a link planted there made the run overwrite the link's target.
+    let d = TempDir::new("out-tmp-link");
+    let input = write(d.path(), "m.onnx", &model());
+    let victim = d.path().join("victim");
+    std::fs::write(&victim, b"precious").expect("write");
+    let out = d.path().join("out.onnx");
+    std::os::unix::fs::symlink(
+        &victim,
+        d.path()
+            .join(format!(".out.onnx.tmp-{}", std::process::id())),
+    )
+    .expect("symlink");
+    let r = run(&[&input, "-o", s(&out)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(std::fs::read(&victim).expect("read"), b"precious");
+    ModelProto::parse_from_bytes(&std::fs::read(&out).expect("read")).expect("parse");
+}
+
+#[test]
+fn symlink_output_is_replaced_not_written_through() {
+    let d = TempDir::new("out-link");
+    let input = write(d.path(), "m.onnx", &model());
+    let victim = d.path().join("victim");
+    std::fs::write(&victim, b"precious").expect("write");
+    let out = d.path().join("out.oir");
+    std::os::unix::fs::symlink(&victim, &out).expect("symlink");
+    let r = run(&[&input, "-o", s(&out)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(std::fs::read(&victim).expect("read"), b"precious");
+    let meta = std::fs::symlink_metadata(&out).expect("meta");
+    assert!(meta.file_type().is_file());
+}
+
+#[test]
+fn fifo_and_device_outputs_are_refused() {
+    let d = TempDir::new("out-fifo");
+    let input = write(d.path(), "m.onnx", &model());
+    let fifo = d.path().join("pipe.onnx");
+    let st = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(st.success());
+    for target in [s(&fifo), "/dev/null"] {
+        let r = run(&[&input, "-o", target]);
+        assert_eq!(r.code, 1, "{target}: {}", r.stderr);
+        assert!(r.stderr.contains("not a regular file"), "{}", r.stderr);
+    }
+    use std::os::unix::fs::FileTypeExt;
+    let ft = std::fs::symlink_metadata(&fifo).expect("meta").file_type();
+    assert!(ft.is_fifo(), "the FIFO is still a FIFO");
+    assert!(std::fs::symlink_metadata("/dev/null")
+        .expect("meta")
+        .file_type()
+        .is_char_device());
+    assert_eq!(listing(d.path()), vec!["m.onnx", "pipe.onnx"]);
+}
+
+#[test]
+fn external_data_is_removed_when_the_model_cannot_be_written() {
+    // The model's target is a non-empty folder: the final rename fails, and the external data
+    // written before it must not stay behind.
+    let d = TempDir::new("out-ext-fail");
+    let input = write(d.path(), "m.onnx", &model());
+    let out = d.path().join("out.onnx");
+    std::fs::create_dir(&out).expect("mkdir");
+    std::fs::write(out.join("keep"), b"x").expect("write");
+    let r = run(&[&input, "-o", s(&out), "--external-data", "0"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(
+        listing(d.path()),
+        vec!["m.onnx", "out.onnx"],
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn split_input_file_with_a_failing_case_writes_nothing() {
+    let d = TempDir::new("out-split");
+    let input = d.path().join("cases.oir");
+    let m = write(d.path(), "m.onnx", &model());
+    let good = run(&[&m, "-o", "-"]).stdout;
+    assert!(good.contains("module"), "{good}");
+    std::fs::write(&input, format!("{good}// -----\nnot a module\n")).expect("write");
+    let out = d.path().join("out.oir");
+    let r = run(&["--split-input-file", s(&input), "-o", s(&out)]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(!out.exists(), "a failed run writes no output");
+    assert!(r.stderr.contains("was not written"), "{}", r.stderr);
+    // All cases valid: the joined output goes to the file.
+    std::fs::write(&input, format!("{good}// -----\n{good}")).expect("write");
+    let r = run(&["--split-input-file", s(&input), "-o", s(&out)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let text = std::fs::read_to_string(&out).expect("read");
+    assert_eq!(text.matches("// -----").count(), 1, "{text}");
+    assert_eq!(listing(d.path()), vec!["cases.oir", "m.onnx", "out.oir"]);
+    assert!(r.stdout.is_empty());
+}
+
+#[test]
+fn stale_temporaries_of_a_killed_run_are_removed() {
+    let d = TempDir::new("out-stale");
+    let input = write(d.path(), "m.onnx", &model());
+    // PIDs above the kernel's limit (2^22) never run: this is a killed run's partial output.
+    let stale = d.path().join(format!(
+        ".out.onnx{}4294967.Ab12Cd",
+        ortho_ir::output::TEMP_MARK
+    ));
+    std::fs::write(&stale, vec![0u8; 4096]).expect("write");
+    let out = d.path().join("out.onnx");
+    let r = run(&[&input, "-o", s(&out)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(listing(d.path()), vec!["m.onnx", "out.onnx"]);
+}
+
+#[test]
+fn dash_output_writes_to_stdout() {
+    let d = TempDir::new("out-dash");
+    let input = write(d.path(), "m.onnx", &model());
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_ortho-opt"))
+        .current_dir(d.path())
+        .args(["m.onnx", "--emit=onnx", "-o", "-"])
+        .output()
+        .expect("run");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let back = ModelProto::parse_from_bytes(&o.stdout).expect("stdout is the model");
+    assert_eq!(back.graph.node.len(), 2);
+    // The textual form too; no file named '-' either way.
+    let r = run(&[&input, "-o", "-"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("onnx.Relu"), "{}", r.stdout);
+    assert_eq!(listing(d.path()), vec!["m.onnx"]);
+}
+
+/// A `.npy` file of f32 `values` with shape `[values.len()]`.
+fn npy_f32(path: &Path, values: &[f32]) {
+    let mut header = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({},), }}",
+        values.len()
+    );
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut b = b"\x93NUMPY\x01\x00".to_vec();
+    b.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    b.extend_from_slice(header.as_bytes());
+    for v in values {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(path, b).expect("write npy");
+}
+
+#[test]
+fn run_outputs_do_not_write_through_symlinks() {
+    let d = TempDir::new("run-link");
+    let input = write(d.path(), "m.onnx", &model());
+    let x = d.path().join("x.npy");
+    npy_f32(&x, &[1.0, -5.0]);
+    let out_dir = d.path().join("out");
+    std::fs::create_dir(&out_dir).expect("mkdir");
+    let victim = d.path().join("victim");
+    std::fs::write(&victim, b"precious").expect("write");
+    std::os::unix::fs::symlink(&victim, out_dir.join("y.npy")).expect("symlink");
+    let spec = format!("x={}", s(&x));
+    let r = run(&["run", &input, "--input", &spec, "-o", s(&out_dir)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(std::fs::read(&victim).expect("read"), b"precious");
+    let y = std::fs::read(out_dir.join("y.npy")).expect("read");
+    assert_eq!(
+        &y[y.len() - 8..],
+        [2.0f32, 0.0].map(f32::to_le_bytes).concat()
     );
 }

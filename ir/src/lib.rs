@@ -16,6 +16,7 @@ pub mod module;
 pub mod numeric;
 pub mod op;
 pub mod op_ortho;
+pub mod output;
 pub mod semantics;
 pub mod shape;
 pub mod tensor;

@@ -219,9 +219,11 @@ pub fn read(path: &Path) -> Result<HostTensor, NpyError> {
     })
 }
 
+/// Writes `t` to `path` through `ortho_ir::output` (an exclusive temporary renamed into place),
+/// so an existing symlink at `path` is replaced, never written through.
 pub fn write(path: &Path, t: &HostTensor) -> Result<(), NpyError> {
     let b = to_bytes(t)?;
-    std::fs::write(path, b).map_err(|e| io_err(path, e))
+    ortho_ir::output::write_file(path, &b).map_err(|e| io_err(path, e))
 }
 
 #[cfg(test)]
