@@ -96,7 +96,7 @@ pub enum CliError {
     #[error(
         "{} has {tokens} tokens, fewer than the {} requested (--calib-samples {samples} × --calib-seqlen {seqlen})",
         .path.display(),
-        .samples * .seqlen
+        .samples.saturating_mul(*.seqlen)
     )]
     TooFewCalibrationTokens {
         path: PathBuf,
@@ -156,6 +156,10 @@ pub enum CliError {
     /// `train` failed (autodiff, the engine, the optimizer or the token data).
     #[error("train: {source}")]
     Train { source: Source },
+    /// A size from the input (a shape, windows × seqlen) that overflows, or that needs more
+    /// memory than is available.
+    #[error("{0}")]
+    Size(#[from] ortho_ir::semantics::SemError),
     /// Calibration of a model whose embedding lookup the structure analysis does not find.
     #[error("calibration needs a language model whose embedding lookup the structure analysis finds (see `ortho-opt analyze`)")]
     NotALanguageModel,

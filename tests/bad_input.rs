@@ -554,3 +554,74 @@ fn run_outputs_do_not_write_through_symlinks() {
         [2.0f32, 0.0].map(f32::to_le_bytes).concat()
     );
 }
+
+// ---- Sizes from input data: checked arithmetic and a memory pre-check, never an abort.
+
+#[test]
+fn constant_of_shape_beyond_memory_is_an_error() {
+    // ConstantOfShape to [2^40] f32 (4 TiB): an error naming the op, not an allocation abort.
+    let d = TempDir::new("size-cos");
+    let mut shape = TensorProto::new();
+    shape.name = "s".into();
+    shape.data_type = 7;
+    shape.dims = vec![1];
+    shape.int64_data = vec![1 << 40];
+    let mut g = GraphProto::new();
+    g.name = "g".into();
+    g.initializer.push(shape);
+    g.node.push(node("ConstantOfShape", "cos", &["s"], &["y"]));
+    let mut y = vi("y", &[1 << 40]);
+    y.name = "y".into();
+    g.output.push(y);
+    let mut m = model();
+    m.graph = protobuf::MessageField::some(g);
+    let input = write(d.path(), "cos.onnx", &m);
+    let out_dir = d.path().join("out");
+    let r = run(&["run", &input, "-o", s(&out_dir)]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("ConstantOfShape"), "{}", r.stderr);
+    assert!(r.stderr.contains("available"), "{}", r.stderr);
+    assert!(!out_dir.exists());
+}
+
+#[test]
+fn eval_windows_times_seqlen_overflow_is_an_error() {
+    let f = common::fixtures();
+    let tok = f.join("smollm2-135m/tokenizer.json");
+    let text = f.join("text/sotu_eval.txt");
+    let d = TempDir::new("size-eval");
+    let input = write(d.path(), "m.onnx", &model());
+    let big = (1u64 << 40).to_string();
+    for (windows, seqlen, needle) in [
+        (big.as_str(), big.as_str(), "overflow"),
+        // One window of a million tokens: its attention scores alone are 4 TB.
+        ("1", "1000000", "available"),
+    ] {
+        let r = run(&[
+            "eval",
+            &input,
+            "--tokenizer",
+            s(&tok),
+            "--text",
+            s(&text),
+            "--windows",
+            windows,
+            "--seqlen",
+            seqlen,
+        ]);
+        assert_eq!(r.code, 1, "{}", r.stderr);
+        assert!(r.stderr.contains(needle), "{needle}: {}", r.stderr);
+    }
+}
+
+#[test]
+fn byte_length_overflow_is_refused() {
+    // 2^60 f32 elements: the element count fits in u64 but its byte length does not; 8 bytes
+    // of data must not pass as matching.
+    let d = TempDir::new("size-bytes");
+    let mut m = model();
+    let w = &mut m.graph.as_mut().expect("graph").initializer[0];
+    w.dims = vec![1 << 60];
+    let input = write(d.path(), "m.onnx", &m);
+    assert_refused(d.path(), &input, &["tensor 'w'", "overflows"]);
+}

@@ -576,6 +576,13 @@ impl Importer {
             name: String::new(),
             doc: t.doc_string.clone(),
         };
+        // A fixed-width dtype whose byte length overflows: the data can never match.
+        if dtype.bits().is_some() && dtype.bytes_for(n).is_none() {
+            return Err(self.tensor_err(
+                &t.name,
+                format!("the byte length of {dtype} × {:?} overflows", t.dims),
+            ));
+        }
         if let Some(expected) = dtype.bytes_for(n) {
             let got = td.byte_len();
             if got != expected {
