@@ -625,3 +625,86 @@ fn byte_length_overflow_is_refused() {
     let input = write(d.path(), "m.onnx", &m);
     assert_refused(d.path(), &input, &["tensor 'w'", "overflows"]);
 }
+
+// ---- Recursion: nesting limits with clear errors instead of stack overflows.
+
+/// An `.oir` module whose main graph holds an If nested `depth` levels deep.
+fn nested_if(depth: usize) -> String {
+    let leaf = |name: &str| {
+        format!(
+            "graph @{name}() -> (%{name}) {{\n%x = capture : tensor<2xf32>\n%{name} = onnx.Identity(%x) : tensor<2xf32>\n}}"
+        )
+    };
+    let mut g = leaf("y0");
+    for k in 1..=depth {
+        g = format!(
+            "graph @g{k}() -> (%y{k}) {{\n%c = capture : tensor<bool>\n%y{k} = onnx.If(%c) {{then_branch = {g}, else_branch = {}}} : tensor<2xf32>\n}}",
+            leaf(&format!("e{k}"))
+        );
+    }
+    format!(
+        "module {{ir_version = 8, opset_import = [\"\" = 17]}}\ngraph @main(%c: tensor<bool>, %x: tensor<2xf32>) -> (%y) {{\n%y = onnx.If(%c) {{then_branch = {g}, else_branch = {}}} : tensor<2xf32>\n}}\n",
+        leaf("ez")
+    )
+}
+
+#[test]
+fn deeply_nested_text_is_refused() {
+    let d = TempDir::new("deep-text");
+    let brackets = format!(
+        "module {{ir_version = 8, opset_import = [\"\" = 17]}}\ngraph @main(%x: tensor<2xf32>) -> (%y) {{\n%y = onnx.Identity(%x) {{a = {}1{}}} : tensor<2xf32>\n}}\n",
+        "[".repeat(15_000),
+        "]".repeat(15_000)
+    );
+    let types = format!(
+        "module {{ir_version = 8, opset_import = [\"\" = 17]}}\ngraph @main(%x: {}tensor<2xf32>{}) -> (%x) {{\n}}\n",
+        "seq<".repeat(15_000),
+        ">".repeat(15_000)
+    );
+    for (name, text, needle) in [
+        ("brackets.oir", brackets, "nested more than 256 levels"),
+        ("types.oir", types, "nested more than 256 levels"),
+        (
+            "if2000.oir",
+            nested_if(2000),
+            "subgraphs nested more than 24 levels",
+        ),
+    ] {
+        let p = d.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        assert_refused(d.path(), s(&p), &[name, needle]);
+    }
+}
+
+#[test]
+fn nesting_within_the_limit_round_trips_through_onnx() {
+    // 23 levels below the If of the main graph: 24 in all, the limit, which onnx reads back.
+    let d = TempDir::new("deep-ok");
+    let p = d.path().join("if.oir");
+    std::fs::write(&p, nested_if(23)).expect("write");
+    let out = d.path().join("out.onnx");
+    let r = run(&[s(&p), "-o", s(&out)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = run(&[s(&out), "-o", s(&d.path().join("back.oir"))]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+#[test]
+fn deeply_nested_pipeline_is_refused() {
+    let d = TempDir::new("deep-pipe");
+    let input = write(d.path(), "m.onnx", &model());
+    let pipeline = format!(
+        "--pass-pipeline={}dce{}",
+        "fixpoint(".repeat(2000),
+        ")".repeat(2000)
+    );
+    let out = d.path().join("out.onnx");
+    let r = run(&[&input, "-o", s(&out), &pipeline]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("nested more than 32 levels"),
+        "{}",
+        r.stderr
+    );
+    assert!(!out.exists());
+}

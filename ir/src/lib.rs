@@ -12,6 +12,7 @@ pub mod eval;
 pub mod factorized;
 pub mod fused;
 pub mod graph;
+pub mod limits;
 pub mod module;
 pub mod numeric;
 pub mod op;

@@ -114,6 +114,21 @@ impl Verifier<'_> {
             );
             return;
         }
+        // The stack holds the enclosing graphs: its length is this graph's nesting depth. The
+        // walk recurses per level, and passes recurse the same way, so deeper modules stop here.
+        if self.stack.len() > crate::limits::MAX_GRAPH_DEPTH {
+            self.diags.error(
+                DiagKind::Structure,
+                g,
+                Some(gid),
+                None,
+                format!(
+                    "subgraphs nested more than {} levels deep",
+                    crate::limits::MAX_GRAPH_DEPTH
+                ),
+            );
+            return;
+        }
         self.stack.push(gid);
         let mut nodes = g.node_ids();
         nodes.sort_by_key(|&n| g.node(n).seq());

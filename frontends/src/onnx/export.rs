@@ -71,6 +71,14 @@ pub fn export_file(
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or_else(|| err("the output path has no file name".into()))?;
+    // The exporter recurses into subgraphs, and onnx reads back only so many levels.
+    let depth = ortho_ir::limits::module_graph_depth(m);
+    if depth > ortho_ir::limits::MAX_GRAPH_DEPTH {
+        return Err(err(format!(
+            "subgraphs nested {depth} levels deep, more than the {} that ONNX readers accept",
+            ortho_ir::limits::MAX_GRAPH_DEPTH
+        )));
+    }
     let data_file_name = format!("{file_name}.data");
     let dir = ortho_ir::output::parent_dir(path);
     let data_path = dir.join(&data_file_name);

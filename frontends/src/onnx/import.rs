@@ -196,6 +196,13 @@ impl Importer {
         raw: Option<(&Arc<dyn Backing>, &[RawRef])>,
     ) -> Result<GraphId, OnnxError> {
         let gname = gp.name.clone();
+        // Each enclosing scope is one level of subgraph nesting.
+        if outer.len() > ortho_ir::limits::MAX_GRAPH_DEPTH {
+            return Err(self.model_err(format!(
+                "graph '{gname}': subgraphs nested more than {} levels deep",
+                ortho_ir::limits::MAX_GRAPH_DEPTH
+            )));
+        }
         if !gp.sparse_initializer.is_empty() {
             return Err(self.model_err(format!(
                 "graph '{gname}': sparse initializers are not supported"
