@@ -708,3 +708,43 @@ fn deeply_nested_pipeline_is_refused() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn external_data_fifo_is_refused_without_blocking() {
+    let d = TempDir::new("ext-fifo");
+    let st = std::process::Command::new("mkfifo")
+        .arg(d.path().join("w.bin"))
+        .status()
+        .expect("mkfifo");
+    assert!(st.success());
+    let mut m = model();
+    external(&mut m, "w.bin", 0, 8);
+    let input = write(d.path(), "m.onnx", &m);
+    assert_refused(d.path(), &input, &["tensor 'w'", "not a regular file"]);
+}
+
+#[test]
+fn input_truncated_while_mapped_is_an_error_not_sigbus() {
+    let d = TempDir::new("trunc-mapped");
+    let mut m = model();
+    // A weight large enough to stay in the mapped file rather than being copied.
+    let w = &mut m.graph.as_mut().expect("graph").initializer[0];
+    w.dims = vec![4096];
+    w.raw_data = vec![0u8; 4 * 4096];
+    let g = m.graph.as_mut().expect("graph");
+    g.input[0] = vi("x", &[4096]);
+    g.output[0] = vi("y", &[4096]);
+    let input = write(d.path(), "m.onnx", &m);
+    let module = ortho_frontends::import_file(Path::new(&input)).expect("import");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&input)
+        .expect("open")
+        .set_len(0)
+        .expect("truncate");
+    let out = d.path().join("out.onnx");
+    let e = ortho_frontends::export_file(&module, &out, &Default::default())
+        .expect_err("a truncated input cannot be exported");
+    assert!(e.to_string().contains("shrank"), "{e}");
+    assert!(!out.exists());
+}

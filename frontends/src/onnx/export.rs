@@ -71,6 +71,7 @@ pub fn export_file(
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or_else(|| err("the output path has no file name".into()))?;
+    check_mapped_sizes(m)?;
     // The exporter recurses into subgraphs, and onnx reads back only so many levels.
     let depth = ortho_ir::limits::module_graph_depth(m);
     if depth > ortho_ir::limits::MAX_GRAPH_DEPTH {
@@ -541,6 +542,41 @@ fn attr_type(k: AttrKind) -> AttributeType {
 }
 
 /// The mapped files behind a module's weights: (their bytes, the open file).
+/// Refuses to export from an input file that shrank since it was mapped: reading the mapping
+/// past the file's new end would kill the process with SIGBUS. (A file truncated during the
+/// write itself is not caught; this covers the common case of an input replaced or cut while
+/// the passes ran.)
+fn check_mapped_sizes(m: &Module) -> Result<(), OnnxError> {
+    for (b, f) in mapped_sources(m) {
+        let path = PathBuf::from(
+            m.tensors
+                .iter()
+                .find_map(|(_, t)| match &t.storage {
+                    Storage::Mapped { backing, .. } if backing.bytes().as_ptr() == b.as_ptr() => {
+                        Some(backing.describe())
+                    }
+                    _ => None,
+                })
+                .unwrap_or_default(),
+        );
+        let len = f.metadata().map_err(|source| OnnxError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        if len.len() < b.len() as u64 {
+            return Err(OnnxError::Model {
+                path,
+                message: format!(
+                    "the input file shrank from {} to {} bytes while in use (truncated or rewritten by another process)",
+                    b.len(),
+                    len.len()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn mapped_sources(m: &Module) -> Vec<(&[u8], &File)> {
     let mut v: Vec<(&[u8], &File)> = Vec::new();
     for (_, t) in m.tensors.iter() {
