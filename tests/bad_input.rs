@@ -748,3 +748,82 @@ fn input_truncated_while_mapped_is_an_error_not_sigbus() {
     assert!(e.to_string().contains("shrank"), "{e}");
     assert!(!out.exists());
 }
+
+// ---- Models that onnx's checker and onnxruntime reject are refused up front.
+
+#[test]
+fn what_onnx_rejects_is_refused() {
+    let d = TempDir::new("onnx-rules");
+    let mut undefined_input = model();
+    {
+        let g = undefined_input.graph.as_mut().expect("graph");
+        let mut x = vi("x", &[2]);
+        if let Some(type_proto::Value::TensorType(t)) = &mut x.type_.as_mut().expect("type").value {
+            t.elem_type = 0;
+        }
+        g.input[0] = x;
+    }
+    let mut undefined_weight = model();
+    undefined_weight.graph.as_mut().expect("graph").initializer[0].data_type = 0;
+    let mut negative_opset = model();
+    negative_opset.opset_import[0].version = -1;
+    let mut recursive = model();
+    {
+        let mut f = onnx_protobuf::FunctionProto::new();
+        f.name = "F".into();
+        f.domain = "local".into();
+        f.input = vec!["a".into()];
+        f.output = vec!["b".into()];
+        let mut call = node("F", "self_call", &["a"], &["b"]);
+        call.domain = "local".into();
+        f.node.push(call);
+        let mut o = OperatorSetIdProto::new();
+        o.domain = "local".into();
+        o.version = 1;
+        f.opset_import.push(o.clone());
+        recursive.opset_import.push(o);
+        recursive.functions.push(f);
+        let g = recursive.graph.as_mut().expect("graph");
+        let mut n = node("F", "call", &["s"], &["y"]);
+        n.domain = "local".into();
+        g.node[1] = n;
+    }
+    let mut default_mismatch = model();
+    {
+        let g = default_mismatch.graph.as_mut().expect("graph");
+        let mut x = weight("x");
+        x.dims = vec![1];
+        x.raw_data.truncate(4);
+        g.initializer.push(x);
+    }
+    for (name, m, needles) in [
+        ("undef_input.onnx", undefined_input, vec!["UNDEFINED"]),
+        ("undef_weight.onnx", undefined_weight, vec!["UNDEFINED"]),
+        (
+            "neg_opset.onnx",
+            negative_opset,
+            vec!["opset -1", "start at 1"],
+        ),
+        (
+            "recursive.onnx",
+            recursive,
+            vec!["local::F -> local::F", "recursive"],
+        ),
+        ("default.onnx", default_mismatch, vec!["default", "[1]"]),
+    ] {
+        let input = write(d.path(), name, &m);
+        assert_refused(d.path(), &input, &needles);
+    }
+}
+
+#[test]
+fn out_of_range_integer_literal_is_refused() {
+    let d = TempDir::new("i8-range");
+    let p = d.path().join("i8.oir");
+    std::fs::write(
+        &p,
+        "module {ir_version = 8, opset_import = [\"\" = 17]}\ngraph @main() -> (%y) {\n  %y = const tensor<2xi8> dense<[300, 1]>\n}\n",
+    )
+    .expect("write");
+    assert_refused(d.path(), s(&p), &["300 is out of range for i8", "i8.oir:3"]);
+}

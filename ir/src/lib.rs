@@ -25,6 +25,7 @@ pub mod text;
 pub mod types;
 pub mod unary;
 pub mod verify;
+mod verify_onnx;
 
 pub use attr::{Attr, AttrKind, AttrValue};
 pub use diag::{DiagKind, Diagnostic, Diagnostics};

@@ -39,6 +39,10 @@ pub fn verify_module(m: &Module) -> Result<(), Diagnostics> {
             v.graph(f.graph, &Scope::new(), false);
         }
     }
+    // Nesting is checked first: the module-level rules walk every subgraph.
+    if crate::limits::module_graph_depth(m) <= crate::limits::MAX_GRAPH_DEPTH {
+        crate::verify_onnx::check(m, &mut v.diags);
+    }
     v.finish()
 }
 
