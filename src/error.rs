@@ -27,6 +27,10 @@ pub enum CliError {
     /// An ONNX file that cannot be imported (the source names the file).
     #[error("{source}")]
     Import { source: Source },
+    /// A model file that is something else (GGUF, JSON, text): said plainly instead of the
+    /// protobuf decoder's complaint.
+    #[error("{}: this is {kind}", .path.display())]
+    NotOnnx { path: PathBuf, kind: &'static str },
     /// A module that does not pass the verifier.
     #[error("{} failed verification: {source}", .path.display())]
     Verify { path: PathBuf, source: Source },

@@ -827,3 +827,30 @@ fn out_of_range_integer_literal_is_refused() {
     .expect("write");
     assert_refused(d.path(), s(&p), &["300 is out of range for i8", "i8.oir:3"]);
 }
+
+#[test]
+fn gguf_json_and_text_inputs_get_a_plain_message() {
+    let d = TempDir::new("not-onnx");
+    for (name, bytes, needle) in [
+        (
+            "m.gguf",
+            &b"GGUF\x03\x00\x00\x00rest of a llama.cpp file"[..],
+            "GGUF",
+        ),
+        ("tokenizer.json", b"{\"version\": \"1.0\"}\n", "JSON"),
+        ("notes.txt", b"hello, this is not a model\n", "text"),
+        ("ir.txt", b"module {ir_version = 8}\n", ".oir extension"),
+    ] {
+        let p = d.path().join(name);
+        std::fs::write(&p, bytes).expect("write");
+        assert_refused(d.path(), s(&p), &[name, needle]);
+        assert!(
+            !r_contains_wire_type(s(&p)),
+            "{name}: the decoder's message is replaced"
+        );
+    }
+}
+
+fn r_contains_wire_type(input: &str) -> bool {
+    run(&[input, "--emit=oir"]).stderr.contains("wire type")
+}
