@@ -31,6 +31,9 @@ pub enum CliError {
     /// protobuf decoder's complaint.
     #[error("{}: this is {kind}", .path.display())]
     NotOnnx { path: PathBuf, kind: &'static str },
+    /// `compare`: measured values outside the limits of its gate options.
+    #[error("{count} compare gate(s) failed")]
+    GateFailed { count: usize },
     /// A module that does not pass the verifier.
     #[error("{} failed verification: {source}", .path.display())]
     Verify { path: PathBuf, source: Source },
