@@ -152,7 +152,13 @@ pub fn build(
         (None, Some(p)) => (p, read_ids(p)?),
         (None, None) => return Ok(None),
     };
-    if ids.len() < a.samples * a.seqlen {
+    if ids.len()
+        < ortho_ir::semantics::size::checked_mul(
+            a.samples,
+            a.seqlen,
+            "--calib-samples × --calib-seqlen",
+        )?
+    {
         return Err(CliError::TooFewCalibrationTokens {
             path: source.clone(),
             tokens: ids.len(),
@@ -217,6 +223,12 @@ pub fn build(
             mib(estimate.hessians),
         );
     }
+    // An estimate beyond the available memory stops here, with the estimate's parts printed
+    // above, rather than hours into calibration.
+    ortho_ir::semantics::size::check_memory(
+        estimate.total().min(u64::MAX as f64) as u64,
+        "calibration (lower --calib-samples, --calib-seqlen or --calib-chunk)",
+    )?;
     let progress: Option<ortho_passes::calib::ProgressFn> = if quiet {
         None
     } else {
@@ -263,11 +275,13 @@ fn estimate_bytes(m: &Module, samples: usize, seqlen: usize, chunk: usize, d: us
             _ => {}
         }
     }
-    let toks = (chunk * seqlen) as f64;
-    let cache = (samples * seqlen * d * 4) as f64;
+    // In f64: the sizes come from the command line and the model, and must not wrap.
+    let (chunk, seqlen, heads) = (chunk as f64, seqlen as f64, heads as f64);
+    let toks = chunk * seqlen;
+    let cache = samples as f64 * seqlen * d as f64 * 4.0;
     // Scores and softmax of every head, plus a few MLP-hidden-wide tensors.
     let activations =
-        3.0 * (chunk * heads * seqlen * seqlen * 4) as f64 + 4.0 * toks * hidden as f64 * 4.0;
+        3.0 * (chunk * heads * seqlen * seqlen * 4.0) + 4.0 * toks * hidden as f64 * 4.0;
     let widest = hidden.max(d) as f64;
     let hessians = 4.0 * widest * widest * 8.0;
     Estimate {

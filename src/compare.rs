@@ -40,6 +40,38 @@ pub struct CompareArgs {
     /// Print one JSON object instead of the human summary.
     #[arg(long)]
     pub json: bool,
+    /// Exit with status 1 when B's perplexity exceeds A's by more than X (ppl_b − ppl_a > X,
+    /// or a perplexity is not finite).
+    #[arg(long, value_name = "X")]
+    pub max_delta_ppl: Option<f64>,
+    /// Exit with status 1 when max |B − A| over all logits exceeds X.
+    #[arg(long, value_name = "X")]
+    pub max_abs_logit: Option<f64>,
+    /// Exit with status 1 when the argmax agreement (a fraction, 0 to 1) is below X.
+    #[arg(long, value_name = "X")]
+    pub min_argmax: Option<f64>,
+}
+
+/// The gates of `--max-delta-ppl`, `--max-abs-logit` and `--min-argmax` that the measured
+/// values fail, as lines for stderr. NaN fails every gate it meets.
+fn failed_gates(a: &CompareArgs, dppl: f64, max_abs: f64, agree: f64) -> Vec<String> {
+    let mut failed = Vec::new();
+    if let Some(x) = a.max_delta_ppl {
+        if !(dppl <= x) {
+            failed.push(format!("--max-delta-ppl {x}: ppl_b − ppl_a = {dppl:.6}"));
+        }
+    }
+    if let Some(x) = a.max_abs_logit {
+        if !(max_abs <= x) {
+            failed.push(format!("--max-abs-logit {x}: max |Δlogit| = {max_abs:.6e}"));
+        }
+    }
+    if let Some(x) = a.min_argmax {
+        if !(agree >= x) {
+            failed.push(format!("--min-argmax {x}: argmax agreement = {agree:.6}"));
+        }
+    }
+    failed
 }
 
 #[derive(Default)]
@@ -58,10 +90,28 @@ struct Acc {
 }
 
 pub fn run(a: CompareArgs, g: &GlobalArgs) -> DriverOutput {
-    DriverOutput::from_result(run_inner(&a, g))
+    match run_inner(&a, g) {
+        Err(e) => DriverOutput::failed(e),
+        Ok((out, err, failed)) if failed.is_empty() => DriverOutput::ok(out, err),
+        // The report still goes to stdout: a CI log shows by how much the gate failed.
+        Ok((out, mut err, failed)) => {
+            for f in &failed {
+                let _ = writeln!(err, "error: gate failed: {f}");
+            }
+            let e = CliError::GateFailed {
+                count: failed.len(),
+            };
+            DriverOutput {
+                code: e.exit_code(),
+                stdout: out,
+                stderr: err,
+                error: Some(std::sync::Arc::new(e)),
+            }
+        }
+    }
 }
 
-fn run_inner(a: &CompareArgs, g: &GlobalArgs) -> Result<(String, String), CliError> {
+fn run_inner(a: &CompareArgs, g: &GlobalArgs) -> Result<(String, String, Vec<String>), CliError> {
     let t_all = Instant::now();
     let tokenizer = g.tokenizer("compare needs --tokenizer tokenizer.json")?;
     let w = tokenize(&a.text, tokenizer)?;
@@ -186,5 +236,6 @@ fn run_inner(a: &CompareArgs, g: &GlobalArgs) -> Result<(String, String), CliErr
         );
         s
     };
-    Ok((out, err))
+    let failed = failed_gates(a, dppl, acc.max_abs, agree);
+    Ok((out, err, failed))
 }

@@ -27,6 +27,13 @@ pub enum CliError {
     /// An ONNX file that cannot be imported (the source names the file).
     #[error("{source}")]
     Import { source: Source },
+    /// A model file that is something else (GGUF, JSON, text): said plainly instead of the
+    /// protobuf decoder's complaint.
+    #[error("{}: this is {kind}", .path.display())]
+    NotOnnx { path: PathBuf, kind: &'static str },
+    /// `compare`: measured values outside the limits of its gate options.
+    #[error("{count} compare gate(s) failed")]
+    GateFailed { count: usize },
     /// A module that does not pass the verifier.
     #[error("{} failed verification: {source}", .path.display())]
     Verify { path: PathBuf, source: Source },
@@ -96,7 +103,7 @@ pub enum CliError {
     #[error(
         "{} has {tokens} tokens, fewer than the {} requested (--calib-samples {samples} × --calib-seqlen {seqlen})",
         .path.display(),
-        .samples * .seqlen
+        .samples.saturating_mul(*.seqlen)
     )]
     TooFewCalibrationTokens {
         path: PathBuf,
@@ -156,6 +163,10 @@ pub enum CliError {
     /// `train` failed (autodiff, the engine, the optimizer or the token data).
     #[error("train: {source}")]
     Train { source: Source },
+    /// A size from the input (a shape, windows × seqlen) that overflows, or that needs more
+    /// memory than is available.
+    #[error("{0}")]
+    Size(#[from] ortho_ir::semantics::SemError),
     /// Calibration of a model whose embedding lookup the structure analysis does not find.
     #[error("calibration needs a language model whose embedding lookup the structure analysis finds (see `ortho-opt analyze`)")]
     NotALanguageModel,

@@ -7,6 +7,7 @@ use crate::shard::chain::Runner;
 use crate::{CliError, DriverOutput};
 use ortho_codegen::cpu::HostTensor;
 use ortho_codegen::metrics;
+use ortho_ir::semantics::size;
 use rayon::prelude::*;
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
@@ -75,7 +76,9 @@ pub(crate) fn tokenize(t: &TextArgs, tokenizer: &Path) -> Result<Windows, CliErr
     let tok = crate::lm::load_tokenizer(tokenizer)?;
     let ids = crate::lm::encode_file(&tok, &t.text)?;
     let body = t.seqlen - usize::from(t.bos.is_some());
-    let need = t.windows * body;
+    let need = size::checked_mul(t.windows, body, "--windows × --seqlen")?;
+    let vocab = tok.get_vocab_size(true);
+    precheck_memory(t, vocab)?;
     if ids.len() < need {
         return Err(CliError::TooFewWindows {
             path: t.text.clone(),
@@ -95,9 +98,38 @@ pub(crate) fn tokenize(t: &TextArgs, tokenizer: &Path) -> Result<Windows, CliErr
     Ok(Windows {
         ids: windows,
         text_tokens: ids.len(),
-        vocab: tok.get_vocab_size(true),
+        vocab,
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// Refuses a window layout whose forward pass cannot fit in memory, before the model is
+/// compiled: one batch's logits (batch × seqlen × vocab f32, for each of the two models that
+/// `compare` runs) and its attention scores (batch × seqlen² f32 for one head, a lower bound).
+/// An engine allocation beyond the available memory would otherwise abort the process.
+fn precheck_memory(t: &TextArgs, vocab: usize) -> Result<(), CliError> {
+    let batch = default_batch(t);
+    let tokens = size::checked_mul(batch, t.seqlen, "--batch × --seqlen")?;
+    let logits = size::checked_mul(tokens, vocab, "the logits")?;
+    let scores = size::checked_mul(tokens, t.seqlen, "the attention scores")?;
+    let bytes = logits
+        .checked_mul(2)
+        .and_then(|l| l.checked_add(scores))
+        .and_then(|e| e.checked_mul(4))
+        .ok_or_else(|| {
+            ortho_ir::semantics::SemError::Overflow(format!(
+                "the memory of a batch of {batch} windows of {} tokens",
+                t.seqlen
+            ))
+        })?;
+    size::check_memory(
+        bytes as u64,
+        &format!(
+            "a forward pass over {batch} windows of {} tokens (logits and attention scores; lower --seqlen or --batch)",
+            t.seqlen
+        ),
+    )?;
+    Ok(())
 }
 
 /// The engine feeds of a decoder LM for a batch of windows.

@@ -20,8 +20,45 @@ pub(crate) fn read_module(path: &Path) -> Result<Module, CliError> {
             source: e.into(),
         })
     } else {
-        ortho_frontends::import_file(path).map_err(|e| CliError::Import { source: e.into() })
+        ortho_frontends::import_file(path).map_err(|e| match sniff(path) {
+            Some(kind) => CliError::NotOnnx {
+                path: path.to_path_buf(),
+                kind,
+            },
+            None => CliError::Import { source: e.into() },
+        })
     }
+}
+
+/// What a file that failed to import as ONNX looks like instead, from its first bytes: a GGUF
+/// model (llama.cpp's format), JSON (a tokenizer or config given by mistake) or plain text
+/// (`.oir` without its extension). `None` when it looks like none of them, and the importer's
+/// own error is the better message.
+fn sniff(path: &Path) -> Option<&'static str> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(4096);
+    std::fs::File::open(path)
+        .ok()?
+        .take(4096)
+        .read_to_end(&mut head)
+        .ok()?;
+    if head.starts_with(b"GGUF") {
+        return Some("a GGUF model (llama.cpp's format), not ONNX; export the model to ONNX first (e.g. with optimum)");
+    }
+    let text = std::str::from_utf8(&head).ok()?;
+    if text.contains('\0') {
+        return None;
+    }
+    let t = text.trim_start();
+    if t.starts_with('{') || t.starts_with('[') {
+        return Some(
+            "JSON, not an ONNX model (a tokenizer.json or config.json given as the model?)",
+        );
+    }
+    if t.starts_with("module") || t.starts_with("graph") || t.starts_with("//") {
+        return Some("textual IR without the .oir extension; name it FILE.oir");
+    }
+    Some("text, not an ONNX model")
 }
 
 /// Reads a model and verifies it.

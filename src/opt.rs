@@ -115,7 +115,9 @@ pub fn run(a: OptArgs, g: &GlobalArgs) -> DriverOutput {
     };
     if a.split_input_file {
         // A case's diagnostics stay in its own chunk, as comments, so chunks map to cases.
-        return crate::input::for_each_case(&input, |case| {
+        // The cases print to a string; `-o FILE` gets the joined chunks once, and only when
+        // every case succeeded.
+        let out = crate::input::for_each_case(&input, |case| {
             let mut case_err = String::new();
             let mut chunk = String::new();
             let mut failed = false;
@@ -124,7 +126,7 @@ pub fn run(a: OptArgs, g: &GlobalArgs) -> DriverOutput {
                     failed = true;
                     let _ = writeln!(case_err, "error: {}:{e}", input.display());
                 }
-                Ok(m) => match process(m, &a, g, &input, &job, &mut case_err) {
+                Ok(m) => match process(m, &a, None, g, &input, &job, &mut case_err) {
                     Ok(Some(t)) => chunk.push_str(&t),
                     Ok(None) => {}
                     Err(e) => {
@@ -138,6 +140,7 @@ pub fn run(a: OptArgs, g: &GlobalArgs) -> DriverOutput {
             }
             (chunk, failed)
         });
+        return split_output(out, a.output.as_deref());
     }
     let t0 = Instant::now();
     let module = match crate::input::read_module(&input) {
@@ -148,13 +151,33 @@ pub fn run(a: OptArgs, g: &GlobalArgs) -> DriverOutput {
     if a.timing {
         let _ = writeln!(err, "import: {:.3} s", import_time.as_secs_f64());
     }
-    match process(module, &a, g, &input, &job, &mut err) {
+    match process(module, &a, a.output.as_deref(), g, &input, &job, &mut err) {
         Ok(Some(text)) => DriverOutput::ok(text, err),
         Ok(None) => DriverOutput::ok(String::new(), err),
         Err(e) => {
             report(&mut err, &e);
             DriverOutput::failed_with(e, err)
         }
+    }
+}
+
+/// Writes the joined cases of `--split-input-file` to `-o FILE` when all succeeded; a failed
+/// run writes nothing and prints the cases (with their diagnostics) to stdout.
+fn split_output(mut out: DriverOutput, output: Option<&Path>) -> DriverOutput {
+    let Some(path) = output.filter(|p| !is_stdout(p)) else {
+        return out;
+    };
+    if out.code != 0 {
+        let _ = writeln!(
+            out.stderr,
+            "error: a case failed; {} was not written",
+            path.display()
+        );
+        return out;
+    }
+    match write_atomic(path, out.stdout.as_bytes()) {
+        Ok(()) => DriverOutput::ok(String::new(), out.stderr),
+        Err(e) => DriverOutput::failed(CliError::io(path)(e)),
     }
 }
 
@@ -170,13 +193,18 @@ fn job(a: &OptArgs) -> Result<(PathBuf, Job), CliError> {
     let emit = match (a.emit.as_deref(), &a.output) {
         (Some("onnx"), _) => Emit::Onnx,
         (Some(_), _) => Emit::Oir,
-        (None, Some(o)) if crate::input::is_oir(o) => Emit::Oir,
+        (None, Some(o)) if crate::input::is_oir(o) || is_stdout(o) => Emit::Oir,
         (None, Some(_)) => Emit::Onnx,
         (None, None) => Emit::Oir,
     };
     if emit == Emit::Onnx && a.output.is_none() {
         return Err(CliError::Usage(
             "ONNX output needs -o FILE (or use --emit=oir)",
+        ));
+    }
+    if a.split_input_file && emit == Emit::Onnx {
+        return Err(CliError::Usage(
+            "--split-input-file writes textual IR (an .oir output or --emit=oir)",
         ));
     }
     if let Some(o) = &a.output {
@@ -199,6 +227,7 @@ fn report(err: &mut String, e: &CliError) {
 fn process(
     mut m: Module,
     a: &OptArgs,
+    output: Option<&Path>,
     g: &GlobalArgs,
     input: &Path,
     job: &Job,
@@ -210,8 +239,9 @@ fn process(
     })?;
     crate::passes_glue::run_pipeline(&mut m, a, g, input, job.print, err)?;
     let t0 = Instant::now();
-    let out = match (job.emit, &a.output) {
+    let out = match (job.emit, output) {
         (Emit::Oir, None) => Some(print_module(&m, job.print)),
+        (Emit::Oir, Some(path)) if is_stdout(path) => Some(print_module(&m, job.print)),
         (Emit::Oir, Some(path)) => {
             write_atomic(path, print_module(&m, job.print).as_bytes())
                 .map_err(CliError::io(path))?;
@@ -239,7 +269,13 @@ fn process(
                 external_min_bytes: a.external_data,
                 protected: vec![input.to_path_buf()],
             };
-            match ortho_frontends::export_file(&m, path, &opts) {
+            let exported = if is_stdout(path) {
+                export_to_stdout(&m, &opts)
+            } else {
+                ortho_frontends::export_file(&m, path, &opts)
+                    .map_err(|e| CliError::Export { source: e.into() })
+            };
+            match exported {
                 Ok(stats) => {
                     if stats.external_forced {
                         let _ = writeln!(
@@ -251,7 +287,7 @@ fn process(
                         );
                     }
                 }
-                Err(e) => return Err(CliError::Export { source: e.into() }),
+                Err(e) => return Err(e),
             }
             None
         }
@@ -270,23 +306,45 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// Writes through a temporary file in the same folder and renames it into place.
+/// Writes `bytes` to `path` through the one safe-output path (`ortho_ir::output`): an
+/// exclusive temporary next to it, renamed into place; non-regular targets are refused.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let r = (|| {
-        std::fs::write(&tmp, bytes)?;
-        std::fs::rename(&tmp, path)
-    })();
-    if r.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    ortho_ir::output::write_file(path, bytes)
+}
+
+/// Whether `-o` names standard output.
+fn is_stdout(p: &Path) -> bool {
+    p.as_os_str() == "-"
+}
+
+/// `-o -` with ONNX output: the model is exported to a temporary file (the exporter needs a
+/// file: external data sits beside it, and large tensors are copied inside the kernel) and
+/// streamed to the process's stdout. External data cannot go to stdout, so it is refused.
+fn export_to_stdout(
+    m: &Module,
+    opts: &ortho_frontends::ExportOptions,
+) -> Result<ortho_frontends::ExportStats, CliError> {
+    if opts.external_min_bytes.is_some() {
+        return Err(CliError::Usage(
+            "--external-data needs an output file (-o FILE), not stdout",
+        ));
     }
-    r
+    let dir = tempfile::Builder::new()
+        .prefix("ortho-opt-stdout")
+        .tempdir()
+        .map_err(CliError::io(std::env::temp_dir()))?;
+    let path = dir.path().join("model.onnx");
+    let stats = ortho_frontends::export_file(m, &path, opts)
+        .map_err(|e| CliError::Export { source: e.into() })?;
+    if stats.external_tensors > 0 {
+        return Err(CliError::Usage(
+            "the model exceeds 2 GiB and needs external data: write it to a file (-o FILE)",
+        ));
+    }
+    let mut f = std::fs::File::open(&path).map_err(CliError::io(&path))?;
+    let stdout = std::io::stdout();
+    let mut lock = stdout.lock();
+    std::io::copy(&mut f, &mut lock).map_err(CliError::io("-"))?;
+    std::io::Write::flush(&mut lock).map_err(CliError::io("-"))?;
+    Ok(stats)
 }

@@ -213,3 +213,80 @@ fn global_options_are_shared_by_the_commands() {
         r.stderr
     );
 }
+
+/// A word-level tokenizer of `n` tokens named t0 … t{n-1}.
+fn word_tokenizer(dir: &std::path::Path, n: usize) -> PathBuf {
+    let vocab: Vec<String> = (0..n).map(|i| format!("\"t{i}\": {i}")).collect();
+    let json = format!(
+        r#"{{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": {{"type": "Whitespace"}}, "post_processor": null, "decoder": null,
+        "model": {{"type": "WordLevel", "vocab": {{{}}}, "unk_token": "t0"}}}}"#,
+        vocab.join(", ")
+    );
+    let p = dir.join("tokenizer.json");
+    std::fs::write(&p, json).expect("write tokenizer");
+    p
+}
+
+#[test]
+fn compare_gates_set_the_exit_code() {
+    let d = TempDir::new("cli-gates");
+    // B: the same decoder under a Haar rotation, equal to A up to rounding.
+    let b = d.path().join("b.oir");
+    let r = run(&[
+        &s(&model()),
+        "-o",
+        &s(&b),
+        "--elide-above=none",
+        "--pass-pipeline=fold-norms,rotate-residual{kind=haar seed=1}",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let tok = word_tokenizer(d.path(), 6);
+    let text = d.path().join("text.txt");
+    let words: Vec<String> = (0..64).map(|i| format!("t{}", (i * 7 + 3) % 6)).collect();
+    std::fs::write(&text, words.join(" ")).expect("write text");
+    let compare = |gates: &[&str]| {
+        let mut args = vec![
+            "compare".to_string(),
+            s(&model()),
+            s(&b),
+            "--tokenizer".into(),
+            s(&tok),
+            "--text".into(),
+            s(&text),
+            "--windows".into(),
+            "2".into(),
+            "--seqlen".into(),
+            "16".into(),
+            "-q".into(),
+        ];
+        args.extend(gates.iter().map(|g| g.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&refs)
+    };
+    let pass = compare(&[
+        "--max-abs-logit",
+        "1e-3",
+        "--max-delta-ppl",
+        "1e-3",
+        "--min-argmax",
+        "0.99",
+    ]);
+    assert_eq!(pass.code, 0, "{}", pass.stderr);
+    let fail = compare(&["--max-abs-logit", "0", "--min-argmax", "0.99"]);
+    assert_eq!(fail.code, 1, "{}", fail.stderr);
+    assert!(
+        fail.stderr.contains("gate failed: --max-abs-logit 0"),
+        "{}",
+        fail.stderr
+    );
+    assert!(!fail.stderr.contains("--min-argmax"), "{}", fail.stderr);
+    assert!(
+        fail.stdout.contains("max |Δlogit|"),
+        "the report is still printed"
+    );
+    assert!(matches!(
+        fail.error.as_deref(),
+        Some(CliError::GateFailed { count: 1 })
+    ));
+}

@@ -39,6 +39,10 @@ pub fn verify_module(m: &Module) -> Result<(), Diagnostics> {
             v.graph(f.graph, &Scope::new(), false);
         }
     }
+    // Nesting is checked first: the module-level rules walk every subgraph.
+    if crate::limits::module_graph_depth(m) <= crate::limits::MAX_GRAPH_DEPTH {
+        crate::verify_onnx::check(m, &mut v.diags);
+    }
     v.finish()
 }
 
@@ -111,6 +115,21 @@ impl Verifier<'_> {
                 Some(gid),
                 None,
                 "graph contains itself through a subgraph attribute",
+            );
+            return;
+        }
+        // The stack holds the enclosing graphs: its length is this graph's nesting depth. The
+        // walk recurses per level, and passes recurse the same way, so deeper modules stop here.
+        if self.stack.len() > crate::limits::MAX_GRAPH_DEPTH {
+            self.diags.error(
+                DiagKind::Structure,
+                g,
+                Some(gid),
+                None,
+                format!(
+                    "subgraphs nested more than {} levels deep",
+                    crate::limits::MAX_GRAPH_DEPTH
+                ),
             );
             return;
         }

@@ -167,6 +167,7 @@ pub fn parse_pipeline(text: &str, registry: &Registry) -> Result<Pipeline, Pipel
         src: text,
         pos: 0,
         registry,
+        depth: 0,
     };
     let pipeline = p.pipeline(None)?;
     Ok(pipeline)
@@ -176,6 +177,9 @@ struct Parser<'a> {
     src: &'a str,
     pos: usize,
     registry: &'a Registry,
+    /// How many `fixpoint(…)` enclose the current position: parsing, running and reporting all
+    /// recurse per level (and the report grows with its cube), so the nesting is bounded.
+    depth: usize,
 }
 
 type PResult<T> = Result<T, PipelineError>;
@@ -316,9 +320,20 @@ impl Parser<'_> {
                     ),
                 );
             }
+            if self.depth >= ortho_ir::limits::MAX_PIPELINE_DEPTH {
+                return self.err(
+                    start,
+                    format!(
+                        "fixpoint nested more than {} levels deep",
+                        ortho_ir::limits::MAX_PIPELINE_DEPTH
+                    ),
+                );
+            }
             let open = self.pos;
             self.pos += 1;
+            self.depth += 1;
             let body = self.pipeline(Some(open))?;
+            self.depth -= 1;
             return Ok(PipelineItem::Fixpoint(Fixpoint {
                 max_iterations: max,
                 body,

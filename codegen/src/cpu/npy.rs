@@ -63,7 +63,9 @@ fn descr(d: DType) -> Option<&'static str> {
 }
 
 fn dtype_of(descr: &str) -> Result<DType, NpyError> {
-    let (order, code) = descr.split_at(1.min(descr.len()));
+    // Split after the first character, not byte: a non-ASCII descr must be an error, not a
+    // panic on a char boundary (found by tests/fuzz_replay.rs).
+    let (order, code) = descr.split_at(descr.chars().next().map_or(0, char::len_utf8));
     if order == ">" && !matches!(code, "i1" | "u1" | "b1") {
         return Err(NpyError::Unsupported(
             format!("big-endian arrays ('{descr}') are not supported").into(),
@@ -219,9 +221,11 @@ pub fn read(path: &Path) -> Result<HostTensor, NpyError> {
     })
 }
 
+/// Writes `t` to `path` through `ortho_ir::output` (an exclusive temporary renamed into place),
+/// so an existing symlink at `path` is replaced, never written through.
 pub fn write(path: &Path, t: &HostTensor) -> Result<(), NpyError> {
     let b = to_bytes(t)?;
-    std::fs::write(path, b).map_err(|e| io_err(path, e))
+    ortho_ir::output::write_file(path, &b).map_err(|e| io_err(path, e))
 }
 
 #[cfg(test)]

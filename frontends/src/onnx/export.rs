@@ -13,6 +13,7 @@ use onnx_protobuf::{
     GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto, SparseTensorProto,
     StringStringEntryProto, TensorAnnotation, TensorProto, TrainingInfoProto, ValueInfoProto,
 };
+use ortho_ir::output::{commit_all, PendingFile};
 use ortho_ir::tensor::Storage;
 use ortho_ir::{Attr, AttrKind, AttrValue, GraphId, Module, Op, OpsetImport, TensorId};
 use std::fs::File;
@@ -70,11 +71,17 @@ pub fn export_file(
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or_else(|| err("the output path has no file name".into()))?;
+    check_mapped_sizes(m)?;
+    // The exporter recurses into subgraphs, and onnx reads back only so many levels.
+    let depth = ortho_ir::limits::module_graph_depth(m);
+    if depth > ortho_ir::limits::MAX_GRAPH_DEPTH {
+        return Err(err(format!(
+            "subgraphs nested {depth} levels deep, more than the {} that ONNX readers accept",
+            ortho_ir::limits::MAX_GRAPH_DEPTH
+        )));
+    }
     let data_file_name = format!("{file_name}.data");
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let dir = ortho_ir::output::parent_dir(path);
     let data_path = dir.join(&data_file_name);
     // Every file the module's weights are mapped from is protected too: writing over a mapped
     // file would corrupt the very bytes being written.
@@ -123,65 +130,61 @@ pub fn export_file(
             ));
         }
     }
-    let tmp_model = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
-    let tmp_data = dir.join(format!(".{}.tmp-{}", ex.data_file_name, std::process::id()));
-    let result = (|| -> Result<ExportStats, OnnxError> {
-        let io = |p: &Path| {
-            let p = p.to_path_buf();
-            move |source| OnnxError::Io {
-                path: p.clone(),
-                source,
-            }
-        };
-        let mut stats = ExportStats {
-            external_forced: forced,
-            external_tensors: ex.external.len(),
-            ..Default::default()
-        };
-        if !ex.external.is_empty() {
-            let f = File::create(&tmp_data).map_err(io(&tmp_data))?;
-            let mut w = BufWriter::with_capacity(1 << 20, f);
-            let mut off = 0u64;
-            for bytes in &ex.external {
-                let pad = off.next_multiple_of(EXTERNAL_ALIGN) - off;
-                w.write_all(&vec![0u8; pad as usize])
-                    .map_err(io(&tmp_data))?;
-                w.write_all(bytes).map_err(io(&tmp_data))?;
-                off += pad + bytes.len() as u64;
-            }
-            w.into_inner().map_err(|e| OnnxError::Io {
-                path: tmp_data.clone(),
-                source: e.into_error(),
-            })?;
-            stats.external_bytes = off;
+    // Both outputs go through exclusive temporaries next to their targets (see
+    // `ortho_ir::output`); they are renamed into place together, and on any error both are
+    // removed (dropping an uncommitted `PendingFile` deletes it).
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| OnnxError::Io {
+            path: p.clone(),
+            source,
         }
-        let f = File::create(&tmp_model).map_err(io(&tmp_model))?;
-        let mut w = FileSink {
-            w: BufWriter::with_capacity(1 << 20, f),
-            sources: mapped_sources(m),
-            kernel_copy: true,
-        };
-        stats.model_bytes =
-            write_model_streaming(&mut w, &model, &inits).map_err(io(&tmp_model))?;
-        let f = w.w.into_inner().map_err(|e| OnnxError::Io {
-            path: tmp_model.clone(),
+    };
+    let mut stats = ExportStats {
+        external_forced: forced,
+        external_tensors: ex.external.len(),
+        ..Default::default()
+    };
+    let mut pending = Vec::new();
+    if !ex.external.is_empty() {
+        let mut data = PendingFile::create(&data_path).map_err(io(&data_path))?;
+        let f = data.file().try_clone().map_err(io(&data_path))?;
+        let mut w = BufWriter::with_capacity(1 << 20, f);
+        let mut off = 0u64;
+        for bytes in &ex.external {
+            let pad = off.next_multiple_of(EXTERNAL_ALIGN) - off;
+            w.write_all(&vec![0u8; pad as usize])
+                .map_err(io(data.temp_path()))?;
+            w.write_all(bytes).map_err(io(data.temp_path()))?;
+            off += pad + bytes.len() as u64;
+        }
+        w.into_inner().map_err(|e| OnnxError::Io {
+            path: data.temp_path().to_path_buf(),
             source: e.into_error(),
         })?;
-        // No fsync: the rename already guarantees that readers see either nothing or the whole
-        // file when this process fails; durability across power loss is the caller's choice
-        // (and `cp`, the baseline users compare with, does not sync either).
-        drop(f);
-        if !ex.external.is_empty() {
-            std::fs::rename(&tmp_data, &data_path).map_err(io(&data_path))?;
-        }
-        std::fs::rename(&tmp_model, path).map_err(io(path))?;
-        Ok(stats)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp_model);
-        let _ = std::fs::remove_file(&tmp_data);
+        stats.external_bytes = off;
+        pending.push(data);
     }
-    result
+    let mut model_file = PendingFile::create(path).map_err(io(path))?;
+    let f = model_file.file().try_clone().map_err(io(path))?;
+    let mut w = FileSink {
+        w: BufWriter::with_capacity(1 << 20, f),
+        sources: mapped_sources(m),
+        kernel_copy: true,
+    };
+    stats.model_bytes =
+        write_model_streaming(&mut w, &model, &inits).map_err(io(model_file.temp_path()))?;
+    w.w.into_inner().map_err(|e| OnnxError::Io {
+        path: model_file.temp_path().to_path_buf(),
+        source: e.into_error(),
+    })?;
+    // No fsync: the rename already guarantees that readers see either nothing or the whole
+    // file when this process fails; durability across power loss is the caller's choice
+    // (and `cp`, the baseline users compare with, does not sync either).
+    // The model is renamed last: a model never points at data that is not there yet.
+    pending.push(model_file);
+    commit_all(pending).map_err(io(path))?;
+    Ok(stats)
 }
 
 fn opsets(o: &[OpsetImport]) -> Vec<OperatorSetIdProto> {
@@ -539,6 +542,41 @@ fn attr_type(k: AttrKind) -> AttributeType {
 }
 
 /// The mapped files behind a module's weights: (their bytes, the open file).
+/// Refuses to export from an input file that shrank since it was mapped: reading the mapping
+/// past the file's new end would kill the process with SIGBUS. (A file truncated during the
+/// write itself is not caught; this covers the common case of an input replaced or cut while
+/// the passes ran.)
+fn check_mapped_sizes(m: &Module) -> Result<(), OnnxError> {
+    for (b, f) in mapped_sources(m) {
+        let path = PathBuf::from(
+            m.tensors
+                .iter()
+                .find_map(|(_, t)| match &t.storage {
+                    Storage::Mapped { backing, .. } if backing.bytes().as_ptr() == b.as_ptr() => {
+                        Some(backing.describe())
+                    }
+                    _ => None,
+                })
+                .unwrap_or_default(),
+        );
+        let len = f.metadata().map_err(|source| OnnxError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        if len.len() < b.len() as u64 {
+            return Err(OnnxError::Model {
+                path,
+                message: format!(
+                    "the input file shrank from {} to {} bytes while in use (truncated or rewritten by another process)",
+                    b.len(),
+                    len.len()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn mapped_sources(m: &Module) -> Vec<(&[u8], &File)> {
     let mut v: Vec<(&[u8], &File)> = Vec::new();
     for (_, t) in m.tensors.iter() {

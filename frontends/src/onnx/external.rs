@@ -120,6 +120,15 @@ impl ExternalResolver {
                 )));
             }
         }
+        // Only regular files are mapped: opening a FIFO blocks until a writer appears, and a
+        // device has no size to check ranges against.
+        let meta = std::fs::metadata(&canonical)
+            .map_err(|e| err(format!("external data file '{}': {e}", joined.display())))?;
+        if !meta.is_file() {
+            return Err(err(format!(
+                "external data location '{location}' is not a regular file (a FIFO, a device or a folder)"
+            )));
+        }
         let file = match self.files.get(&canonical) {
             Some(f) => f.clone(),
             None => {

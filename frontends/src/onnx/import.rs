@@ -196,6 +196,13 @@ impl Importer {
         raw: Option<(&Arc<dyn Backing>, &[RawRef])>,
     ) -> Result<GraphId, OnnxError> {
         let gname = gp.name.clone();
+        // Each enclosing scope is one level of subgraph nesting.
+        if outer.len() > ortho_ir::limits::MAX_GRAPH_DEPTH {
+            return Err(self.model_err(format!(
+                "graph '{gname}': subgraphs nested more than {} levels deep",
+                ortho_ir::limits::MAX_GRAPH_DEPTH
+            )));
+        }
         if !gp.sparse_initializer.is_empty() {
             return Err(self.model_err(format!(
                 "graph '{gname}': sparse initializers are not supported"
@@ -576,6 +583,13 @@ impl Importer {
             name: String::new(),
             doc: t.doc_string.clone(),
         };
+        // A fixed-width dtype whose byte length overflows: the data can never match.
+        if dtype.bits().is_some() && dtype.bytes_for(n).is_none() {
+            return Err(self.tensor_err(
+                &t.name,
+                format!("the byte length of {dtype} × {:?} overflows", t.dims),
+            ));
+        }
         if let Some(expected) = dtype.bytes_for(n) {
             let got = td.byte_len();
             if got != expected {

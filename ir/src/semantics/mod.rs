@@ -53,10 +53,21 @@ pub enum SemError {
     NegativeDim { what: &'static str, dim: i64 },
     #[error("size overflow: {0}")]
     Overflow(String),
+    /// An allocation larger than the memory the system has available, or one the allocator
+    /// refused: an error instead of an abort.
+    #[error("{what} needs {bytes} bytes ({:.1} GiB), more than the {available} bytes ({:.1} GiB) available", *.bytes as f64 / GIB, *.available as f64 / GIB)]
+    OutOfMemory {
+        what: String,
+        bytes: u64,
+        available: u64,
+    },
     /// Any other operand that the op's definition rejects.
     #[error("{0}")]
     Invalid(String),
 }
+
+/// Bytes per GiB, for messages.
+const GIB: f64 = (1u64 << 30) as f64;
 
 /// The result of a semantics function.
 pub type SemResult<T> = Result<T, SemError>;

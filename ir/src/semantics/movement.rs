@@ -173,7 +173,11 @@ pub fn constant_of_shape<T: Copy>(dims: &[usize], value: &[T]) -> SemResult<Vec<
     let [v] = value else {
         return Err(SemError::Invalid("value must have one element".into()));
     };
-    Ok(vec![*v; checked_numel(dims)?])
+    super::size::try_filled(
+        checked_numel(dims)?,
+        *v,
+        &format!("ConstantOfShape to {dims:?}"),
+    )
 }
 
 /// The element count of an integer `Range(start, limit, delta)`:

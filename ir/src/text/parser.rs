@@ -47,6 +47,11 @@ struct Parser<'s> {
     src: &'s str,
     pos: usize,
     m: Module,
+    /// How many brackets, nested types and subgraphs enclose the current position: the parser
+    /// recurses on each, so a limit keeps hostile text from overflowing the stack.
+    nesting: usize,
+    /// How many subgraphs enclose the current position (the main graph is 0).
+    graph_depth: usize,
 }
 
 /// Parses a module from `.oir` text.
@@ -55,6 +60,8 @@ pub fn parse_module(src: &str) -> Result<Module, ParseError> {
         src,
         pos: 0,
         m: Module::new("main"),
+        nesting: 0,
+        graph_depth: 0,
     };
     p.module()?;
     Ok(p.m)
@@ -764,7 +771,26 @@ impl<'s> Parser<'s> {
         Ok(v)
     }
 
+    /// Enters one level of nesting, refusing text nested deeper than the limit.
+    fn enter(&mut self) -> PResult<()> {
+        if self.nesting >= crate::limits::MAX_TEXT_NESTING {
+            return self.err(format!(
+                "nested more than {} levels deep (brackets, types and subgraphs)",
+                crate::limits::MAX_TEXT_NESTING
+            ));
+        }
+        self.nesting += 1;
+        Ok(())
+    }
+
     fn attr_value(&mut self) -> PResult<AttrValue> {
+        self.enter()?;
+        let v = self.attr_value_inner();
+        self.nesting -= 1;
+        v
+    }
+
+    fn attr_value_inner(&mut self) -> PResult<AttrValue> {
         self.ws();
         let r = self.rest();
         if r.starts_with('"') {
@@ -774,7 +800,7 @@ impl<'s> Parser<'s> {
             return Ok(AttrValue::Tensor(self.tensor_literal()?));
         }
         if self.eat_kw("graph") {
-            return Ok(AttrValue::Graph(self.graph_body()?));
+            return Ok(AttrValue::Graph(self.subgraph()?));
         }
         if let Some(b) = self.angled("sparse<", Self::hex)? {
             return Ok(AttrValue::SparseTensor(b));
@@ -894,7 +920,28 @@ impl<'s> Parser<'s> {
         }
     }
 
+    /// A subgraph attribute's graph, refusing nesting deeper than ONNX consumers read.
+    fn subgraph(&mut self) -> PResult<GraphId> {
+        if self.graph_depth >= crate::limits::MAX_GRAPH_DEPTH {
+            return self.err(format!(
+                "subgraphs nested more than {} levels deep",
+                crate::limits::MAX_GRAPH_DEPTH
+            ));
+        }
+        self.graph_depth += 1;
+        let g = self.graph_body();
+        self.graph_depth -= 1;
+        g
+    }
+
     fn ty(&mut self) -> PResult<Type> {
+        self.enter()?;
+        let t = self.ty_inner();
+        self.nesting -= 1;
+        t
+    }
+
+    fn ty_inner(&mut self) -> PResult<Type> {
         self.ws();
         if self.eat("?") {
             return Ok(Type::Unknown);

@@ -148,13 +148,54 @@ impl Orthogonal {
 }
 
 /// A Haar-distributed orthogonal d×d matrix.
+///
+/// The QR factorization runs single-threaded (`Par::Seq`): faer's default parallelism splits
+/// the blocked Householder updates by the thread count, which changes the rounding, so the
+/// same seed gave different bytes under RAYON_NUM_THREADS=1, 2 and 3.
 pub fn haar(d: usize, rng: &mut Rng) -> Mat<f64> {
-    let g = Mat::from_fn(d, d, |_, _| rng.normal());
-    let qr = g.qr();
-    let mut q = qr.compute_Q();
-    let r = qr.R();
-    for j in 0..d {
-        if r[(j, j)] < 0.0 {
+    use faer::dyn_stack::{MemBuffer, MemStack};
+    use faer::linalg::householder;
+    use faer::linalg::qr::no_pivoting::factor;
+    let par = faer::Par::Seq;
+    let mut qr = Mat::from_fn(d, d, |_, _| rng.normal());
+    let block = factor::recommended_block_size::<f64>(d, d);
+    let mut coeff = Mat::<f64>::zeros(block, d);
+    factor::qr_in_place(
+        qr.as_mut(),
+        coeff.as_mut(),
+        par,
+        MemStack::new(&mut MemBuffer::new(factor::qr_in_place_scratch::<f64>(
+            d,
+            d,
+            block,
+            par,
+            Default::default(),
+        ))),
+        Default::default(),
+    );
+    // The factorization holds R in the upper triangle and the Householder vectors below the
+    // diagonal (with an implicit unit diagonal).
+    let r_diag: Vec<f64> = (0..d).map(|j| qr[(j, j)]).collect();
+    let basis = Mat::from_fn(d, d, |i, j| match i.cmp(&j) {
+        std::cmp::Ordering::Greater => qr[(i, j)],
+        std::cmp::Ordering::Equal => 1.0,
+        std::cmp::Ordering::Less => 0.0,
+    });
+    let mut q = Mat::<f64>::identity(d, d);
+    householder::apply_block_householder_sequence_on_the_left_in_place_with_conj(
+        basis.as_ref(),
+        coeff.as_ref(),
+        faer::Conj::No,
+        q.as_mut(),
+        par,
+        MemStack::new(&mut MemBuffer::new(
+            householder::apply_block_householder_sequence_on_the_left_in_place_scratch::<f64>(
+                d, block, d,
+            ),
+        )),
+    );
+    for (j, &r) in r_diag.iter().enumerate() {
+        if r < 0.0 {
             for i in 0..d {
                 q[(i, j)] = -q[(i, j)];
             }
@@ -384,6 +425,36 @@ pub fn left_multiply_transposed(x: &[f64], cols: usize, q: &Orthogonal) -> Vec<f
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn haar_is_independent_of_the_thread_count() {
+        // Wide enough that faer's blocked QR would split work across threads.
+        let bits = |threads: usize| -> Vec<u64> {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool");
+            let q = pool.install(|| haar(320, &mut Rng::new(11)));
+            (0..320)
+                .flat_map(|j| (0..320).map(move |i| (i, j)))
+                .map(|(i, j)| q[(i, j)].to_bits())
+                .collect()
+        };
+        let one = bits(1);
+        for t in [2, 3, 16] {
+            assert!(one == bits(t), "{t} threads give other bytes than 1");
+        }
+        let q = {
+            let mut rng = Rng::new(11);
+            haar(320, &mut rng)
+        };
+        let qtq = q.transpose() * &q;
+        let err = (0..320)
+            .flat_map(|i| (0..320).map(move |j| (i, j)))
+            .map(|(i, j)| (qtq[(i, j)] - if i == j { 1.0 } else { 0.0 }).abs())
+            .fold(0.0f64, f64::max);
+        assert!(err < 1e-12, "orthogonality error {err}");
+    }
 
     #[test]
     fn constructions_are_orthogonal() {

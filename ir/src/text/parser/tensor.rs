@@ -94,6 +94,15 @@ impl Parser<'_> {
                 DType::U64 => bytes.extend(self.u64()?.to_le_bytes()),
                 _ => {
                     let v = self.int()?;
+                    // Encoding keeps the low bits: 300 as i8 would silently become 44.
+                    if let Some((lo, hi)) = int_range(dtype) {
+                        if v < lo || v > hi {
+                            return Err(self.err_at(
+                                start,
+                                format!("{v} is out of range for {dtype} ({lo}..={hi})"),
+                            ));
+                        }
+                    }
                     let enc = crate::numeric::encode_i64(dtype, &[v]).ok_or_else(|| {
                         self.err_at(start, format!("no decimal literal form for {dtype}"))
                     })?;
@@ -104,4 +113,20 @@ impl Parser<'_> {
         }
         Ok(Storage::Bytes(bytes.into()))
     }
+}
+
+/// The values an integer element type holds, for the types written as decimal integers.
+fn int_range(dtype: DType) -> Option<(i64, i64)> {
+    Some(match dtype {
+        DType::I8 => (i8::MIN.into(), i8::MAX.into()),
+        DType::U8 => (0, u8::MAX.into()),
+        DType::I16 => (i16::MIN.into(), i16::MAX.into()),
+        DType::U16 => (0, u16::MAX.into()),
+        DType::I32 => (i32::MIN.into(), i32::MAX.into()),
+        DType::U32 => (0, u32::MAX.into()),
+        DType::I4 => (-8, 7),
+        DType::U4 => (0, 15),
+        DType::Bool => (0, 1),
+        _ => return None,
+    })
 }
