@@ -20,12 +20,14 @@ pub(crate) fn read_module(path: &Path) -> Result<Module, CliError> {
             source: e.into(),
         })
     } else {
-        ortho_frontends::import_file(path).map_err(|e| match sniff(path) {
-            Some(kind) => CliError::NotOnnx {
+        // Only a file protobuf cannot decode is described by what it looks like; every other
+        // import error (a valid model with a missing initializer, say) keeps its own message.
+        ortho_frontends::import_file(path).map_err(|e| match (&e, sniff(path)) {
+            (ortho_frontends::OnnxError::Wire { .. }, Some(kind)) => CliError::NotOnnx {
                 path: path.to_path_buf(),
                 kind,
             },
-            None => CliError::Import { source: e.into() },
+            _ => CliError::Import { source: e.into() },
         })
     }
 }
