@@ -776,3 +776,35 @@ fn factorized_linears_compose_with_structure_passes() {
         ],
     );
 }
+
+/// The compact N:M linears `sparsify` leaves behind are linears to the structure analysis: a
+/// later `prune` keeps them (said on each layer's line) and a rotation of the stream is refused
+/// naming the sparse layer (a rotation would break the pattern), instead of the analysis losing
+/// the stream at the first compact layer.
+#[test]
+fn sparse_linears_are_recognized() {
+    let tmp = TempDir::new("gauge-sparse");
+    let text = llama(4, NormStyle::Decomposed, false);
+    let src = tmp.path().join("model.oir");
+    std::fs::write(&src, &text).expect("write model");
+    let out = tmp.path().join("pruned.oir");
+    let r = run(&[
+        &src.to_string_lossy(),
+        "-o",
+        &out.to_string_lossy(),
+        "--pass-pipeline=prune{method=magnitude pattern=2:4 linears=q+up},sparsify{pattern=2:4 linears=q+up},prune{method=magnitude}",
+    ]);
+    assert_eq!(r.code, 0, "prune after sparsify: {}", r.stderr);
+    for layer in 0..2 {
+        let line = format!(
+            "note: prune: layer {layer}: q kept (N:M-sparse) k 50.0 % v 50.0 % o 50.0 % gate 50.0 % up kept (N:M-sparse) down 50.0 %"
+        );
+        assert!(r.stderr.contains(&line), "missing '{line}': {}", r.stderr);
+    }
+    refused(
+        tmp.path(),
+        &text,
+        "fold-norms,prune{method=magnitude pattern=2:4 linears=q},sparsify{pattern=2:4 linears=q},rotate-residual{kind=haar seed=1}",
+        &["SparseLinear producing", "N:M-sparse linear meets the stream"],
+    );
+}

@@ -51,8 +51,8 @@ pub enum BlockerKind {
     /// The stream is a graph input or output: its basis is the model's interface.
     GraphInput,
     GraphOutput,
-    /// A structured linear (a Kronecker sum) reads or writes the stream through factors that
-    /// mix its features: no transform of the stream folds into them.
+    /// A structured linear (a Kronecker sum, a compact N:M weight) reads or writes the stream in
+    /// a stored form no transform of the stream folds into.
     StructuredLinear {
         kind: &'static str,
     },
@@ -87,7 +87,7 @@ impl Blocker {
             BlockerKind::GraphInput => "the stream is a graph input (the model's interface)".into(),
             BlockerKind::GraphOutput => "the stream is a graph output (the model's interface)".into(),
             BlockerKind::StructuredLinear { kind } => format!(
-                "a {kind} linear meets the stream: no transform folds into its factors (transform before factorizing, or run lower-ortho first)"
+                "a {kind} linear meets the stream: no transform folds into its stored form (transform before factorizing or sparsifying, or run lower-ortho first)"
             ),
             BlockerKind::Unsupported { what } => format!("unsupported use of the stream: {what}"),
         }

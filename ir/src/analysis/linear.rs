@@ -75,6 +75,13 @@ pub enum LinearKind {
         op: crate::factorized::Factorized,
         second: WeightRef,
     },
+    /// `ortho.SparseLinear(x, values, indices)` (see [`crate::sparse`]): [`Linear::weight`] is
+    /// the kept values `[out, groups·n]`, `indices` the packed positions; a rotation of either
+    /// side would break the N:M pattern, so no side has a feature operand.
+    Sparse {
+        op: crate::sparse::NmSparse,
+        indices: WeightRef,
+    },
 }
 
 /// A linear layer `y = x W (+ b)`.
@@ -101,7 +108,7 @@ impl Linear {
     pub fn dense(&self) -> Option<&WeightRef> {
         match self.kind {
             LinearKind::Dense => Some(&self.weight),
-            LinearKind::Factorized { .. } => None,
+            LinearKind::Factorized { .. } | LinearKind::Sparse { .. } => None,
         }
     }
 
@@ -154,6 +161,9 @@ impl Linear {
                 },
                 _,
             ) => None,
+            // A rotation (or a per-feature scale, on the input side) of a compact N:M weight
+            // changes which entries are zero.
+            (LinearKind::Sparse { .. }, _) => None,
         }
     }
 
@@ -169,6 +179,7 @@ impl Linear {
                 op: crate::factorized::Factorized::LowRank { .. },
                 ..
             } => "low-rank",
+            LinearKind::Sparse { .. } => "N:M-sparse",
         }
     }
 }
@@ -227,6 +238,7 @@ pub fn match_linear(m: &Module, g: &Graph, n: NodeId) -> Option<Linear> {
     match &g.node(n).op {
         Op::MatMul | Op::Gemm(_) => match_dense(m, g, n),
         Op::Ortho(crate::op_ortho::OrthoOp::Factorized(f)) => match_factorized(m, g, n, *f),
+        Op::Ortho(crate::op_ortho::OrthoOp::SparseLinear(s)) => match_sparse(m, g, n, *s),
         _ => None,
     }
 }
@@ -273,6 +285,50 @@ fn match_factorized(
         input,
         weight_slot: 1,
         weight: p,
+        bias,
+        output,
+        in_features,
+        out_features,
+    })
+}
+
+/// A compact N:M layer: `ortho.SparseLinear(x, values, indices)` with constant operands.
+fn match_sparse(m: &Module, g: &Graph, n: NodeId, s: crate::sparse::NmSparse) -> Option<Linear> {
+    let node = g.node(n);
+    let input = node.operand(0)?;
+    if const_tensor(g, input).is_some() {
+        return None;
+    }
+    let operand = |slot: usize| -> Option<WeightRef> {
+        let v = node.operand(slot)?;
+        Some(WeightRef {
+            konst: v.node,
+            tensor: const_tensor(g, v)?,
+            transpose: None,
+            in_axis: 1,
+        })
+    };
+    let (values, indices) = (operand(1)?, operand(2)?);
+    let (out_features, kept) = match m.tensor(values.tensor).dims.as_slice() {
+        [o, k] => (*o, *k),
+        _ => return None,
+    };
+    let (per_group, width) = (i64::try_from(s.n).ok()?, i64::try_from(s.m).ok()?);
+    if per_group == 0 || kept % per_group != 0 {
+        return None;
+    }
+    let in_features = (kept / per_group).checked_mul(width)?;
+    let (bias, output) = match trailing_bias(m, g, n, out_features) {
+        Some(b) => (Some(b), out0(b.node)),
+        None => (None, out0(n)),
+    };
+    Some(Linear {
+        node: n,
+        kind: LinearKind::Sparse { op: s, indices },
+        op: LinearOp::MatMul,
+        input,
+        weight_slot: 1,
+        weight: values,
         bias,
         output,
         in_features,

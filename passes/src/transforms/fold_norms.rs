@@ -232,7 +232,7 @@ fn foldable_readers(
         return Err("its readers disagree on the input width");
     }
     if readers.iter().any(|r| r.features(Side::Input).is_none()) {
-        return Err("a reader is a Kronecker-factorized linear: γ does not fold into its factors");
+        return Err("a reader is a structured linear (Kronecker sum or N:M-sparse): γ does not fold into its stored form");
     }
     if shifted && readers.iter().any(|r| r.dense().is_none()) {
         return Err("LayerNorm shift β ≠ 0 and a factorized reader (β moves into biases through a dense weight)");
