@@ -496,6 +496,20 @@ fn refused(dir: &Path, text: &str, pipeline: &str, expect: &[&str]) {
     }
 }
 
+/// Runs `pipeline` on `text`, expects success and every line of `expect` on stderr.
+fn admitted(dir: &Path, text: &str, pipeline: &str, expect: &[String]) {
+    let src = dir.join("model.oir");
+    std::fs::write(&src, text).expect("write model");
+    let out = dir.join("admitted.oir");
+    let pp = format!("--pass-pipeline={pipeline}");
+    let r = run(&[&src.to_string_lossy(), "-o", &out.to_string_lossy(), &pp]);
+    assert_eq!(r.code, 0, "{pipeline}: {}", r.stderr);
+    assert!(out.exists(), "{pipeline} wrote nothing");
+    for line in expect {
+        assert!(r.stderr.contains(line), "{pipeline}: missing '{line}': {}", r.stderr);
+    }
+}
+
 #[test]
 fn admitted_rotations_preserve_outputs() {
     let tmp = TempDir::new("gauge-prop");
@@ -744,22 +758,15 @@ fn factorized_linears_compose_with_structure_passes() {
         assert!(d < 1e-4, "seed {seed}, {p}: max |Δ| = {d}");
     }
     let text = llama(3, NormStyle::Decomposed, false);
-    let src = tmp.path().join("model.oir");
-    std::fs::write(&src, &text).expect("write model");
-    let out = tmp.path().join("pruned.oir");
-    let r = run(&[
-        &src.to_string_lossy(),
-        "-o",
-        &out.to_string_lossy(),
-        "--pass-pipeline=kron-factorize{rank=full shapes=2x2 linears=q+o},prune{method=magnitude}",
-    ]);
-    assert_eq!(r.code, 0, "prune after kron-factorize: {}", r.stderr);
-    for layer in 0..2 {
-        let line = format!(
-            "note: prune: layer {layer}: q kept (Kronecker-factorized) k 50.0 % v 50.0 % o kept (Kronecker-factorized) gate 50.0 % up 50.0 % down 50.0 %"
-        );
-        assert!(r.stderr.contains(&line), "missing '{line}': {}", r.stderr);
-    }
+    let lines: Vec<String> = (0..2).map(|layer| format!(
+        "note: prune: layer {layer}: q kept (Kronecker-factorized) k 50.0 % v 50.0 % o kept (Kronecker-factorized) gate 50.0 % up 50.0 % down 50.0 %"
+    )).collect();
+    admitted(
+        tmp.path(),
+        &text,
+        "kron-factorize{rank=full shapes=2x2 linears=q+o},prune{method=magnitude}",
+        &lines,
+    );
     refused(
         tmp.path(),
         &text,
@@ -772,7 +779,7 @@ fn factorized_linears_compose_with_structure_passes() {
         "kron-factorize{rank=full shapes=2x2 linears=v},rotate-heads{kind=haar seed=1}",
         &[
             "FactorizedLinear producing",
-            "no per-head rotation folds into its factors",
+            "no per-head rotation folds into its stored form",
         ],
     );
 }
@@ -785,26 +792,54 @@ fn factorized_linears_compose_with_structure_passes() {
 fn sparse_linears_are_recognized() {
     let tmp = TempDir::new("gauge-sparse");
     let text = llama(4, NormStyle::Decomposed, false);
-    let src = tmp.path().join("model.oir");
-    std::fs::write(&src, &text).expect("write model");
-    let out = tmp.path().join("pruned.oir");
-    let r = run(&[
-        &src.to_string_lossy(),
-        "-o",
-        &out.to_string_lossy(),
-        "--pass-pipeline=prune{method=magnitude pattern=2:4 linears=q+up},sparsify{pattern=2:4 linears=q+up},prune{method=magnitude}",
-    ]);
-    assert_eq!(r.code, 0, "prune after sparsify: {}", r.stderr);
-    for layer in 0..2 {
-        let line = format!(
-            "note: prune: layer {layer}: q kept (N:M-sparse) k 50.0 % v 50.0 % o 50.0 % gate 50.0 % up kept (N:M-sparse) down 50.0 %"
-        );
-        assert!(r.stderr.contains(&line), "missing '{line}': {}", r.stderr);
-    }
+    let lines: Vec<String> = (0..2).map(|layer| format!(
+        "note: prune: layer {layer}: q kept (N:M-sparse) k 50.0 % v 50.0 % o 50.0 % gate 50.0 % up kept (N:M-sparse) down 50.0 %"
+    )).collect();
+    admitted(
+        tmp.path(),
+        &text,
+        "prune{method=magnitude pattern=2:4 linears=q+up},sparsify{pattern=2:4 linears=q+up},prune{method=magnitude}",
+        &lines,
+    );
     refused(
         tmp.path(),
         &text,
         "fold-norms,prune{method=magnitude pattern=2:4 linears=q},sparsify{pattern=2:4 linears=q},rotate-residual{kind=haar seed=1}",
         &["SparseLinear producing", "N:M-sparse linear meets the stream"],
     );
+}
+
+/// A POET-reparameterized linear (its weight computed at run time from the frozen base and the
+/// trainable skew factors) is a linear to the structure analysis: the blocks are still found,
+/// a later `prune` keeps it (said on each layer's line), a rotation of the stream or of the
+/// heads is refused naming it, and after `poet-merge` everything composes again.
+#[test]
+fn reparameterized_linears_are_recognized() {
+    let tmp = TempDir::new("gauge-reparam");
+    let text = llama(5, NormStyle::Decomposed, false);
+    let lines: Vec<String> = (0..2)
+        .map(|layer| format!(
+            "note: prune: layer {layer}: q kept (reparameterized) k 50.0 % v 50.0 % o 50.0 % gate 50.0 % up kept (reparameterized) down 50.0 %"
+        ))
+        .collect();
+    admitted(
+        tmp.path(),
+        &text,
+        "poet-reparam{block=2 seed=1 linears=q+up},prune{method=magnitude}",
+        &lines,
+    );
+    refused(
+        tmp.path(),
+        &text,
+        "poet-reparam{block=2 seed=1 linears=q},fold-norms,rotate-residual{kind=haar seed=1}",
+        &["reparameterized linear meets the stream"],
+    );
+    refused(
+        tmp.path(),
+        &text,
+        "poet-reparam{block=2 seed=1 linears=v},rotate-heads{kind=haar seed=1}",
+        &["reparameterized"],
+    );
+    let p = "poet-reparam{block=2 seed=1},poet-merge,fold-norms,rotate-residual{kind=haar seed=2},prune{method=magnitude}";
+    admitted(tmp.path(), &text, p, &[]);
 }

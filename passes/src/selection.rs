@@ -1,8 +1,25 @@
 //! Which blocks and which linears a pass acts on: the `layers` and `linears` options shared by
-//! `prune`, `kron-factorize` and `lowrank-factorize` (one parser, one printed form).
+//! every pass that changes chosen linears of chosen blocks (`prune`, `sparsify`, the factorizing
+//! passes, `poet-reparam`, `lora`): one declaration, one parser, one printed form.
 
-use crate::options::{OptionKind, OptionType, OptionValue, ValueError};
+use crate::options::{OptionDecl, OptionKind, OptionType, OptionValue, ValueError};
 use crate::sparsity::linears::ROLES;
+
+/// `layers`: the blocks a pass changes.
+pub const LAYERS: OptionDecl<BlockSelection> = OptionDecl {
+    name: "layers",
+    kind: OptionKind::Str,
+    default: || BlockSelection(None),
+    doc: "Blocks the pass changes: all, or indices and ranges from 0 joined by '+' (e.g. 0-3+7).",
+};
+
+/// `linears`: the linears a pass changes in the chosen blocks.
+pub const LINEARS: OptionDecl<RoleSelection> = OptionDecl {
+    name: "linears",
+    kind: OptionKind::Str,
+    default: || RoleSelection(ROLES.to_vec()),
+    doc: "Linears the pass changes in those blocks: all, or roles joined by '+' (q+k+v+o+gate+up+down).",
+};
 
 /// The `layers` option: the blocks to act on (`None`: all), sorted and without repeats.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -87,7 +87,7 @@ impl Blocker {
             BlockerKind::GraphInput => "the stream is a graph input (the model's interface)".into(),
             BlockerKind::GraphOutput => "the stream is a graph output (the model's interface)".into(),
             BlockerKind::StructuredLinear { kind } => format!(
-                "a {kind} linear meets the stream: no transform folds into its stored form (transform before factorizing or sparsifying, or run lower-ortho first)"
+                "a {kind} linear meets the stream: no transform folds into its stored form (transform before factorizing, sparsifying or reparameterizing; or run lower-ortho / poet-merge first)"
             ),
             BlockerKind::Unsupported { what } => format!("unsupported use of the stream: {what}"),
         }

@@ -82,6 +82,12 @@ pub enum LinearKind {
         op: crate::sparse::NmSparse,
         indices: WeightRef,
     },
+    /// A `MatMul`/`Gemm` whose weight is computed at run time from constants only (e.g. a
+    /// POET reparameterization `R·W0·P`, whose factors are trained): [`Linear::weight`] is the
+    /// largest constant of the weight's shape in that computation (the frozen base), `root` the
+    /// node that yields the weight. A transform folded into the base would be undone or mixed
+    /// by the factors around it, so no side has a feature operand: merge first.
+    Computed { root: NodeId },
 }
 
 /// A linear layer `y = x W (+ b)`.
@@ -108,7 +114,9 @@ impl Linear {
     pub fn dense(&self) -> Option<&WeightRef> {
         match self.kind {
             LinearKind::Dense => Some(&self.weight),
-            LinearKind::Factorized { .. } | LinearKind::Sparse { .. } => None,
+            LinearKind::Factorized { .. }
+            | LinearKind::Sparse { .. }
+            | LinearKind::Computed { .. } => None,
         }
     }
 
@@ -164,6 +172,9 @@ impl Linear {
             // A rotation (or a per-feature scale, on the input side) of a compact N:M weight
             // changes which entries are zero.
             (LinearKind::Sparse { .. }, _) => None,
+            // `R·W0·P`: a transform of the stream folded into `W0` would land between the
+            // trained factors.
+            (LinearKind::Computed { .. }, _) => None,
         }
     }
 
@@ -180,6 +191,7 @@ impl Linear {
                 ..
             } => "low-rank",
             LinearKind::Sparse { .. } => "N:M-sparse",
+            LinearKind::Computed { .. } => "reparameterized",
         }
     }
 }
@@ -230,6 +242,91 @@ fn weight_ref(m: &Module, g: &Graph, w: ValueId, transposed_use: bool) -> Option
         transpose: through,
         in_axis: if flipped { 1 } else { 0 },
     })
+}
+
+/// How many nodes the computation of a run-time weight may have before it is not looked at.
+const COMPUTED_WEIGHT_NODES: usize = 256;
+
+/// A 2-D float weight behind operand `w` (directly or through one 2-D `Transpose`) computed
+/// from constants only, within [`COMPUTED_WEIGHT_NODES`] nodes: the weight reference (its
+/// base, the largest constant with the weight's shape), the kind, and the weight's stored dims.
+fn computed_weight(
+    m: &Module,
+    g: &Graph,
+    w: ValueId,
+    transposed_use: bool,
+) -> Option<(WeightRef, LinearKind, Vec<i64>)> {
+    let (root, through) = match &g.node(w.node).op {
+        Op::Transpose(a) if a.perm.as_ref().is_none_or(|p| p.as_slice() == [1, 0]) => {
+            (g.node(w.node).operand(0)?, Some(w.node))
+        }
+        _ => (w, None),
+    };
+    if const_tensor(g, root).is_some() {
+        // A constant that `weight_ref` did not take (not 2-D, not float) is no weight either.
+        return None;
+    }
+    // The whole computation must end in constants: a graph input or a stream value on the
+    // way makes it data, not a weight.
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![root.node];
+    let mut consts: Vec<(NodeId, crate::TensorId)> = Vec::new();
+    while let Some(id) = stack.pop() {
+        if !seen.insert(id) {
+            continue;
+        }
+        if seen.len() > COMPUTED_WEIGHT_NODES {
+            return None;
+        }
+        let node = g.node(id);
+        if let Some(t) = const_tensor(g, ValueId { node: id, output: 0 }) {
+            consts.push((id, t));
+            continue;
+        }
+        if node.operands().is_empty() || matches!(node.op, Op::Input { .. }) {
+            return None;
+        }
+        for v in node.operands().iter().flatten() {
+            stack.push(v.node);
+        }
+    }
+    let ty_dims: Option<Vec<i64>> = g.value_type(root).as_tensor().and_then(|t| {
+        t.shape
+            .as_ref()?
+            .iter()
+            .map(|d| match d {
+                crate::Dim::Fixed(v) => Some(*v),
+                _ => None,
+            })
+            .collect()
+    });
+    let numel = |d: &[i64]| d.iter().try_fold(1i64, |a, &x| a.checked_mul(x));
+    let (konst, tensor) = consts
+        .iter()
+        .filter(|(_, t)| {
+            let d = m.tensor(*t);
+            d.dims.len() == 2
+                && d.dtype.is_float()
+                && ty_dims.as_ref().is_none_or(|td| numel(td) == numel(&d.dims))
+        })
+        .max_by_key(|(_, t)| numel(&m.tensor(*t).dims))
+        .copied()?;
+    let dims = match ty_dims {
+        Some(d) if d.len() == 2 => d,
+        Some(_) => return None,
+        None => m.tensor(tensor).dims.clone(),
+    };
+    let flipped = through.is_some() != transposed_use;
+    Some((
+        WeightRef {
+            konst,
+            tensor,
+            transpose: through,
+            in_axis: if flipped { 1 } else { 0 },
+        },
+        LinearKind::Computed { root: root.node },
+        dims,
+    ))
 }
 
 /// The linear layer computed by node `n`, if it is one. Each kind of linear is recognized by
@@ -376,8 +473,10 @@ fn match_dense(m: &Module, g: &Graph, n: NodeId) -> Option<Linear> {
     if const_tensor(g, input).is_some() {
         return None;
     }
-    let weight = weight_ref(m, g, wv, trans_b)?;
-    let dims = &m.tensor(weight.tensor).dims;
+    let (weight, kind, dims) = match weight_ref(m, g, wv, trans_b) {
+        Some(w) => (w, LinearKind::Dense, m.tensor(w.tensor).dims.clone()),
+        None => computed_weight(m, g, wv, trans_b)?,
+    };
     let in_features = dims[weight.in_axis];
     let out_features = dims[weight.out_axis()];
     // A `MatMul` has no bias operand: a bias is the `Add` right after it.
@@ -390,7 +489,7 @@ fn match_dense(m: &Module, g: &Graph, n: NodeId) -> Option<Linear> {
     };
     Some(Linear {
         node: n,
-        kind: LinearKind::Dense,
+        kind,
         op,
         input,
         weight_slot: 1,

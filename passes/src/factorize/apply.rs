@@ -10,13 +10,14 @@
 use super::matrix::{self, FactorError, KronShape};
 use super::options::{check_target, RankSpec, ShapeSpec};
 use super::plan::{allocate, uniform_rank, Item};
+use crate::linalg::replace::{swap_linears, LinearSwap};
 use crate::linalg::weights;
 use crate::pass::{PassError, PassErrorKind};
 use crate::sparsity::linears::{block_linears, linear_weight};
 use ortho_ir::analysis::linear::{Linear, LinearOp};
 use ortho_ir::factorized::Factorized;
-use ortho_ir::op_ortho::{OrthoOp, DOMAIN};
-use ortho_ir::{Module, NodeId, Op, OpsetImport, Output, Type, ValueId};
+use ortho_ir::op_ortho::OrthoOp;
+use ortho_ir::Module;
 
 /// Which factorization.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -342,58 +343,15 @@ pub fn factorize(m: &mut Module, spec: &FactorizeSpec) -> Result<FactorizeStats,
     }
     stats.total_rel_error = (total_err / total_energy.max(f64::MIN_POSITIVE)).sqrt();
     // 5. Mutate: new constants and ops first, then the weights nobody reads any more.
-    let mut dead: Vec<NodeId> = Vec::new();
-    for (t, (op, [p, q])) in targets.iter().zip(built) {
-        let dims =
-            |d: &ortho_ir::TensorData| d.dims.iter().map(|&x| ortho_ir::Dim::Fixed(x)).collect();
-        let (tp, tq) = (
-            Type::tensor(p.dtype, dims(&p)),
-            Type::tensor(q.dtype, dims(&q)),
-        );
-        let (pn, qn) = (p.name.clone(), q.name.clone());
-        let (ip, iq) = (m.add_tensor(p), m.add_tensor(q));
-        let g = m.main_graph_mut();
-        let mut taken = g.value_names();
-        let mut konst = |g: &mut ortho_ir::Graph, tid, ty: Type, base: &str| {
-            let id = g.add_node(Op::Const(tid), Vec::new(), Vec::new());
-            let v = ValueId {
-                node: id,
-                output: 0,
-            };
-            let name = g.fresh_name(base, &taken);
-            taken.insert(name.clone(), v);
-            g.node_mut(id).outputs.push(Output::new(name, ty));
-            v
-        };
-        let base = |n: &str, d: &str| {
-            if n.is_empty() {
-                d.to_string()
-            } else {
-                n.to_string()
-            }
-        };
-        let vp = konst(g, ip, tp, &base(&pn, "factor_p"));
-        let vq = konst(g, iq, tq, &base(&qn, "factor_q"));
-        g.node_mut(t.l.node).op = Op::Ortho(OrthoOp::Factorized(op));
-        g.set_operands(t.l.node, vec![Some(t.l.input), Some(vp), Some(vq)]);
-        dead.extend(t.l.weight.transpose);
-        dead.push(t.l.weight.konst);
-    }
-    let g = m.main_graph_mut();
-    for id in dead {
-        let v = ValueId {
-            node: id,
-            output: 0,
-        };
-        if g.contains(id) && g.users(v).is_empty() && !g.outputs.iter().any(|o| o.value == v) {
-            g.remove_node(id);
-        }
-    }
-    if stats.linears > 0 && m.opset(DOMAIN).is_none() {
-        m.opsets.push(OpsetImport {
-            domain: DOMAIN.to_string(),
-            version: 1,
-        });
-    }
+    let swaps = targets
+        .into_iter()
+        .zip(built)
+        .map(|(t, (op, [p, q]))| LinearSwap {
+            linear: t.l,
+            op: OrthoOp::Factorized(op),
+            constants: vec![(p, "factor_p".into()), (q, "factor_q".into())],
+        })
+        .collect();
+    swap_linears(m, swaps);
     Ok(stats)
 }

@@ -14,8 +14,7 @@ use super::emit::{f32_tensor, Emitter};
 use super::reparam::{chosen_weights, install};
 use super::rng::SplitMix;
 use crate::pass::{PassContext, PassError, PassErrorKind, PassResult};
-use crate::selection::{BlockSelection, RoleSelection};
-use crate::sparsity::linears::ROLES;
+use crate::selection::{BlockSelection, RoleSelection, LAYERS, LINEARS};
 use crate::OptionKind;
 use ortho_ir::{Module, Op};
 
@@ -34,16 +33,8 @@ crate::pass_options! {
             default: 0,
             doc: "Seed of A's Gaussian initialization.",
         },
-        pub layers: BlockSelection = {
-            name: "layers",
-            default: BlockSelection(None),
-            doc: "Blocks to adapt: all, or indices and ranges from 0 joined by '+' (e.g. 0-3+7).",
-        },
-        pub linears: RoleSelection = {
-            name: "linears",
-            default: RoleSelection(ROLES.to_vec()),
-            doc: "Linears in those blocks: all, or roles joined by '+' (q+k+v+o+gate+up+down).",
-        },
+        pub layers: BlockSelection = LAYERS,
+        pub linears: RoleSelection = LINEARS,
     }
 }
 

@@ -23,8 +23,8 @@ use super::{
 };
 use crate::linalg::weights;
 use crate::pass::{PassContext, PassError, PassErrorKind, PassResult};
-use crate::selection::{BlockSelection, RoleSelection};
-use crate::sparsity::linears::{block_linears, ROLES};
+use crate::selection::{BlockSelection, RoleSelection, LAYERS, LINEARS};
+use crate::sparsity::linears::block_linears;
 use crate::OptionKind;
 use ortho_ir::analysis::linear::Linear;
 use ortho_ir::{DType, Module, ValueId};
@@ -60,16 +60,8 @@ crate::pass_options! {
             default: 0,
             doc: "Seed of the permutations (and of W0 with init=normalized-gaussian).",
         },
-        pub layers: BlockSelection = {
-            name: "layers",
-            default: BlockSelection(None),
-            doc: "Blocks to reparameterize: all, or indices and ranges from 0 joined by '+' (e.g. 0-3+7).",
-        },
-        pub linears: RoleSelection = {
-            name: "linears",
-            default: RoleSelection(ROLES.to_vec()),
-            doc: "Linears in those blocks: all, or roles joined by '+' (q+k+v+o+gate+up+down).",
-        },
+        pub layers: BlockSelection = LAYERS,
+        pub linears: RoleSelection = LINEARS,
         pub indivisible: Indivisible = {
             name: "indivisible",
             default: Indivisible::Error,

@@ -18,8 +18,7 @@ use crate::factorize::apply::{factorize, FactorizeSpec, FactorizeStats, Method};
 use crate::factorize::options::{check_target, RankSpec, BUDGET, MAX_FLOPS, RANK};
 use crate::options::OptionError;
 use crate::pass::{PassContext, PassError, PassResult};
-use crate::selection::{BlockSelection, RoleSelection};
-use crate::sparsity::linears::ROLES;
+use crate::selection::{BlockSelection, RoleSelection, LAYERS, LINEARS};
 use ortho_ir::Module;
 
 crate::pass_options! {
@@ -29,16 +28,8 @@ crate::pass_options! {
         pub budget: f64 = BUDGET,
         pub rank: RankSpec = RANK,
         pub max_flops: f64 = MAX_FLOPS,
-        pub layers: BlockSelection = {
-            name: "layers",
-            default: BlockSelection(None),
-            doc: "Blocks to factorize: all, or indices and ranges from 0 joined by '+' (e.g. 0-3+7).",
-        },
-        pub linears: RoleSelection = {
-            name: "linears",
-            default: RoleSelection(ROLES.to_vec()),
-            doc: "Linears to factorize in those blocks: all, or roles joined by '+' (q+k+v+o+gate+up+down).",
-        },
+        pub layers: BlockSelection = LAYERS,
+        pub linears: RoleSelection = LINEARS,
     }
     check: LowrankFactorizeOptions::check;
 }

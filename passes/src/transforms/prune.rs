@@ -20,7 +20,7 @@
 use crate::calib::{missing_calibration, walk_layers_until, Calibration, LayerCx};
 use crate::options::OptionError;
 use crate::pass::{PassContext, PassError, PassErrorKind, PassResult};
-use crate::selection::{BlockSelection, RoleSelection};
+use crate::selection::{BlockSelection, RoleSelection, LAYERS, LINEARS};
 use crate::sparsity::linears::{block_linears, prune_block, record};
 use crate::sparsity::matrix::{PruneMethod, PruneSpec};
 use crate::sparsity::options::{PATTERN, SPARSITY};
@@ -44,18 +44,8 @@ crate::pass_options! {
         },
         pub sparsity: f64 = SPARSITY,
         pub pattern: crate::sparsity::matrix::Pattern = PATTERN,
-        /// Blocks to prune.
-        pub layers: BlockSelection = {
-            name: "layers",
-            default: BlockSelection(None),
-            doc: "Blocks to prune: all, or indices and ranges from 0 joined by '+' (e.g. 0-3+7).",
-        },
-        /// Roles to prune (a subset of [`ROLES`]).
-        pub linears: RoleSelection = {
-            name: "linears",
-            default: RoleSelection(ROLES.to_vec()),
-            doc: "Linears to prune in those blocks: all, or roles joined by '+' (q+k+v+o+gate+up+down).",
-        },
+        pub layers: BlockSelection = LAYERS,
+        pub linears: RoleSelection = LINEARS,
     }
     check: PruneOptions::check;
 }

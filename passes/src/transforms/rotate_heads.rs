@@ -485,14 +485,14 @@ mod tests {
 }
 
 /// The operand of `l` carrying one side's features, or an error naming a linear no per-head
-/// rotation folds into (a Kronecker sum).
+/// rotation folds into (a Kronecker sum, a compact N:M weight, a reparameterized weight).
 fn side(m: &Module, l: &Linear, side: Side) -> Result<FeatureOperand, PassError> {
     l.features(side).ok_or_else(|| {
         PassError::at_main(
             m,
             l.node,
             format!(
-                "a {} linear: no per-head rotation folds into its factors (rotate before factorizing)",
+                "a {} linear: no per-head rotation folds into its stored form (rotate before factorizing, sparsifying or reparameterizing; or merge first)",
                 l.kind_name()
             ),
         )

@@ -17,13 +17,14 @@
 use crate::calib::block_spans;
 use crate::options::OptionError;
 use crate::pass::{PassContext, PassError, PassErrorKind, PassResult};
-use crate::selection::{BlockSelection, RoleSelection};
-use crate::sparsity::linears::{block_linears, linear_weight, ROLES};
+use crate::selection::{BlockSelection, RoleSelection, LAYERS, LINEARS};
+use crate::linalg::replace::{swap_linears, LinearSwap};
+use crate::sparsity::linears::{block_linears, linear_weight};
 use crate::sparsity::matrix::Pattern;
 use ortho_ir::analysis::linear::{Linear, LinearOp};
-use ortho_ir::op_ortho::{OrthoOp, DOMAIN};
+use ortho_ir::op_ortho::OrthoOp;
 use ortho_ir::sparse::NmSparse;
-use ortho_ir::{DType, Dim, Module, NodeId, Op, OpsetImport, Output, TensorData, Type, ValueId};
+use ortho_ir::{DType, Module, TensorData};
 
 crate::pass_options! {
     /// Options of [`sparsify`].
@@ -34,16 +35,8 @@ crate::pass_options! {
             default: Pattern::NM { n: 2, m: 4 },
             doc: "N:M (at most N kept of every M consecutive input weights of a row) the weights must already have.",
         },
-        pub layers: BlockSelection = {
-            name: "layers",
-            default: BlockSelection(None),
-            doc: "Blocks to convert: all, or indices and ranges from 0 joined by '+' (e.g. 0-3+7).",
-        },
-        pub linears: RoleSelection = {
-            name: "linears",
-            default: RoleSelection(ROLES.to_vec()),
-            doc: "Linears to convert in those blocks: all, or roles joined by '+' (q+k+v+o+gate+up+down).",
-        },
+        pub layers: BlockSelection = LAYERS,
+        pub linears: RoleSelection = LINEARS,
     }
     check: SparsifyOptions::check;
 }
@@ -181,53 +174,25 @@ pub fn sparsify(m: &mut Module, opts: &SparsifyOptions) -> Result<SparsifyStats,
         }
     }
     // 2. Mutate: new constants and ops, then the weights nobody reads any more.
-    let mut dead: Vec<NodeId> = Vec::new();
-    for t in targets {
-        let ty =
-            |d: &TensorData| Type::tensor(d.dtype, d.dims.iter().map(|&x| Dim::Fixed(x)).collect());
-        let (tv, ti) = (ty(&t.values), ty(&t.indices));
-        let base = if t.name.is_empty() {
-            "sparse".to_string()
-        } else {
-            t.name.clone()
-        };
-        let (iv, ii) = (m.add_tensor(t.values), m.add_tensor(t.indices));
-        let g = m.main_graph_mut();
-        let mut taken = g.value_names();
-        let mut konst = |g: &mut ortho_ir::Graph, tid, ty: Type, name: String| {
-            let id = g.add_node(Op::Const(tid), Vec::new(), Vec::new());
-            let v = ValueId {
-                node: id,
-                output: 0,
+    let swaps = targets
+        .into_iter()
+        .map(|t| {
+            let base = if t.name.is_empty() {
+                "sparse"
+            } else {
+                &t.name
             };
-            let name = g.fresh_name(&name, &taken);
-            taken.insert(name.clone(), v);
-            g.node_mut(id).outputs.push(Output::new(name, ty));
-            v
-        };
-        let vv = konst(g, iv, tv, format!("{base}.nm_values"));
-        let vi = konst(g, ii, ti, format!("{base}.nm_indices"));
-        g.node_mut(t.l.node).op = Op::Ortho(OrthoOp::SparseLinear(nm));
-        g.set_operands(t.l.node, vec![Some(t.l.input), Some(vv), Some(vi)]);
-        dead.extend(t.l.weight.transpose);
-        dead.push(t.l.weight.konst);
-    }
-    let g = m.main_graph_mut();
-    for id in dead {
-        let v = ValueId {
-            node: id,
-            output: 0,
-        };
-        if g.contains(id) && g.users(v).is_empty() && !g.outputs.iter().any(|o| o.value == v) {
-            g.remove_node(id);
-        }
-    }
-    if stats.linears > 0 && m.opset(DOMAIN).is_none() {
-        m.opsets.push(OpsetImport {
-            domain: DOMAIN.to_string(),
-            version: 1,
-        });
-    }
+            LinearSwap {
+                op: OrthoOp::SparseLinear(nm),
+                constants: vec![
+                    (t.values, format!("{base}.nm_values")),
+                    (t.indices, format!("{base}.nm_indices")),
+                ],
+                linear: t.l,
+            }
+        })
+        .collect();
+    swap_linears(m, swaps);
     Ok(stats)
 }
 

@@ -15,7 +15,7 @@ use crate::cpu::error::{KernelError, KernelResult};
 use crate::cpu::kernel::{ExecCx, Inputs};
 use crate::cpu::tensor::{numel, HostTensor};
 use ortho_ir::factorized::Factorized;
-use ortho_ir::DType;
+use ortho_ir::{DType, Dim};
 
 /// The kernel body: `ins` are `(x, A, B)` or `(x, U, V)`.
 pub fn factorized(
@@ -24,14 +24,16 @@ pub fn factorized(
     ins: &mut Inputs<'_>,
 ) -> KernelResult<Vec<HostTensor>> {
     let (x, p, q) = (ins.req(0)?, ins.req(1)?, ins.req(2)?);
-    if p.dtype() != x.dtype() || q.dtype() != x.dtype() {
-        return Err(KernelError::dtype(format!(
-            "operand dtypes differ: {}, {} and {}",
-            x.dtype(),
-            p.dtype(),
-            q.dtype()
-        )));
-    }
+    // The operand rules (factor shapes, input width, one float dtype) live in the IR op; the
+    // kernel checks the runtime shapes against them rather than restating them.
+    let rule = |e: ortho_ir::factorized::FactorizedError| {
+        KernelError::shape(format!("FactorizedLinear: {e}"))
+    };
+    f.check_dtypes([x.dtype(), p.dtype(), q.dtype()])
+        .map_err(rule)?;
+    let dims = |t: &HostTensor| -> Vec<Dim> { t.shape().iter().map(|&d| Dim::Fixed(d as i64)).collect() };
+    f.infer_shape(Some(&dims(x)), Some(&dims(p)), Some(&dims(q)))
+        .map_err(rule)?;
     let r = match x.dtype() {
         DType::F32 => typed::<f32>(cx, f, x, p, q),
         DType::F64 => typed::<f64>(cx, f, x, p, q),
@@ -73,26 +75,13 @@ fn typed<T: GemmElem>(
             n2,
             rank,
         } => {
-            if p.shape() != [rank, m1, n1] || q.shape() != [rank, m2, n2] || n != n1 * n2 {
-                return Err(KernelError::shape(format!(
-                    "Kronecker factors {:?} and {:?} do not match shape [{m1}, {n1}, {m2}, {n2}] rank {rank} for input width {n}",
-                    p.shape(),
-                    q.shape()
-                )));
-            }
             (
                 m1 * m2,
                 kron::<T>(cx, xd, pd, qd, tokens, [m1, n1, m2, n2], rank, threads),
             )
         }
         Factorized::LowRank { rank } => {
-            let (ps, qs) = (p.shape(), q.shape());
-            if ps.len() != 2 || qs.len() != 2 || ps[1] != rank || qs[1] != rank || qs[0] != n {
-                return Err(KernelError::shape(format!(
-                    "low-rank factors U {ps:?} and V {qs:?} do not match rank {rank} and input width {n}"
-                )));
-            }
-            let m = ps[0];
+            let m = p.shape()[0];
             // h = x·V: [T, n] × [n, r].
             let mut h = vec![T::ZERO; tokens * rank];
             gemm_into(

@@ -12,7 +12,6 @@ pub mod index;
 pub mod mathf;
 pub mod matmul;
 pub mod nn;
-pub mod nn_f64;
 pub mod reduce;
 pub mod scatter;
 pub mod shape;
@@ -229,10 +228,7 @@ pub fn builtin(site: &KernelSite<'_>) -> KernelResult<Option<Box<dyn Kernel>>> {
         ),
         Op::RMSNormalization(a) => {
             let (axis, eps) = (a.axis(), a.epsilon());
-            k(move |cx, ins| match ins.req(0)?.dtype() {
-                DType::F64 => nn_f64::rms_norm(cx, ins, axis, eps),
-                _ => nn::rms_norm(cx, ins, axis, eps),
-            })
+            k(move |cx, ins| nn::rms_norm(cx, ins, axis, eps))
         }
         Op::LayerNormalization(a) => {
             let (axis, eps) = (a.axis(), a.epsilon());

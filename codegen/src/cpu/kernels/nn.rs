@@ -3,16 +3,18 @@
 use super::shape::norm_axis;
 use crate::cpu::error::{KernelError, KernelResult};
 use crate::cpu::kernel::{ExecCx, Inputs};
+use super::unary::Float;
 use crate::cpu::tensor::{numel, HostTensor, TensorBuf};
+use ortho_ir::DType;
 use rayon::prelude::*;
 
 /// Applies `f(row, out_row)` to every row of `n` elements, in parallel when large.
-fn rows(
+fn rows<T: Send + Sync>(
     cx: &ExecCx<'_>,
-    x: &[f32],
-    out: &mut [f32],
+    x: &[T],
+    out: &mut [T],
     n: usize,
-    f: impl Fn(&[f32], &mut [f32]) + Sync,
+    f: impl Fn(&[T], &mut [T]) + Sync,
 ) {
     if cx.parallel(x.len()) {
         let per = (x.len() / n).div_ceil(cx.threads * 4).max(1) * n;
@@ -31,13 +33,13 @@ fn rows(
 }
 
 /// The normalized block: rows of `n = prod(shape[axis..])` elements, and the scale/bias
-/// broadcast over one row.
-fn row_params(
+/// broadcast over one row, in the compute type `T` (f16/bf16 parameters widened to f32).
+fn row_params<T: Float>(
     cx: &mut ExecCx<'_>,
     x: &HostTensor,
     axis: i64,
     p: Option<&HostTensor>,
-) -> KernelResult<(usize, Option<Vec<f32>>)> {
+) -> KernelResult<(usize, Option<Vec<T>>)> {
     let a = norm_axis(axis, x.rank())?;
     let row_shape = &x.shape()[a..];
     let n = numel(row_shape);
@@ -46,9 +48,10 @@ fn row_params(
         Some(p) => {
             let w = super::elementwise::widen_half(p);
             let p = w.as_ref().unwrap_or(p);
-            if p.as_f32().is_none() {
+            if p.data::<T>().is_none() {
                 return Err(KernelError::dtype(format!(
-                    "scale/bias must be float, got {}",
+                    "scale/bias must be {} like the input, got {}",
+                    T::DTYPE,
                     p.dtype()
                 )));
             }
@@ -56,32 +59,33 @@ fn row_params(
             if shape != row_shape {
                 return Err(KernelError::shape(format!("scale/bias of shape {:?} does not broadcast to the normalized shape {row_shape:?}", p.shape())));
             }
-            Some(super::shape::expand_to::<f32>(cx, p, row_shape)?)
+            Some(super::shape::expand_to::<T>(cx, p, row_shape)?)
         }
     };
     Ok((n, p))
 }
 
-/// What both norms start from: the input as f32 (`wide`, its widened copy, where `x0` is f16 or
-/// bf16), its data, the row length over dims `axis..`, and the scale over one row.
-fn norm_input<'t>(
+/// What both norms start from: the input in the compute type (`wide`, its widened copy, where
+/// `x0` is f16 or bf16), its data, the row length over dims `axis..`, and the scale over one row.
+fn norm_input<'t, T: Float>(
     cx: &mut ExecCx<'_>,
     x0: &'t HostTensor,
     wide: &'t Option<HostTensor>,
     axis: i64,
     scale: Option<&HostTensor>,
     op: &'static str,
-) -> KernelResult<(&'t HostTensor, &'t [f32], usize, Vec<f32>)> {
+) -> KernelResult<(&'t HostTensor, &'t [T], usize, Vec<T>)> {
     let x = wide.as_ref().unwrap_or(x0);
     let xd = x
-        .as_f32()
+        .data::<T>()
         .ok_or_else(|| KernelError::dtype(format!("{op} is not defined for {}", x0.dtype())))?;
     let (n, scale) = row_params(cx, x, axis, scale)?;
     let scale = scale.ok_or_else(|| KernelError::invalid(format!("{op} needs a scale")))?;
     Ok((x, xd, n, scale))
 }
 
-/// RMSNormalization (opset 23): `x / sqrt(mean(x²) + eps) * scale` over dims `axis..`.
+/// RMSNormalization (opset 23): `x / sqrt(mean(x²) + eps) * scale` over dims `axis..`, in f32
+/// (f16/bf16 widened) or in f64 for f64 models (the gradient checks run in f64).
 pub fn rms_norm(
     cx: &mut ExecCx<'_>,
     ins: &mut Inputs<'_>,
@@ -89,22 +93,40 @@ pub fn rms_norm(
     eps: f32,
 ) -> KernelResult<Vec<HostTensor>> {
     let x0 = ins.req(0)?;
+    if x0.dtype() == DType::F64 {
+        return rms_norm_in::<f64>(cx, ins, axis, eps);
+    }
+    let t = rms_norm_in::<f32>(cx, ins, axis, eps)?;
+    let x0 = ins.req(0)?;
+    t.into_iter()
+        .map(|t| super::elementwise::narrow_half(t, x0.dtype()))
+        .collect()
+}
+
+fn rms_norm_in<T: Float>(
+    cx: &mut ExecCx<'_>,
+    ins: &mut Inputs<'_>,
+    axis: i64,
+    eps: f32,
+) -> KernelResult<Vec<HostTensor>> {
+    let x0 = ins.req(0)?;
     let wide = super::elementwise::widen_half(x0);
-    let (x, xd, n, scale) = norm_input(cx, x0, &wide, axis, ins.get(1), "RMSNormalization")?;
-    let mut out = cx.pool.alloc::<f32>(xd.len());
+    let (x, xd, n, scale) = norm_input::<T>(cx, x0, &wide, axis, ins.get(1), "RMSNormalization")?;
+    let mut out = cx.pool.alloc::<T>(xd.len());
+    let eps = T::c(f64::from(eps));
     if n > 0 {
         rows(cx, xd, &mut out, n, |r, o| {
-            let ss: f64 = r.iter().map(|&v| (v as f64) * (v as f64)).sum();
-            // The mean is rounded to f32 as the decomposed graph (and onnxruntime) do.
-            let ms = (ss / n as f64) as f32;
+            let ss: f64 = r.iter().map(|&v| v.to_f64() * v.to_f64()).sum();
+            // The mean is rounded to the compute type as the decomposed graph (and onnxruntime)
+            // do.
+            let ms = T::c(ss / n as f64);
             let d = (ms + eps).sqrt();
             for ((o, &v), &s) in o.iter_mut().zip(r).zip(&scale) {
                 *o = v / d * s;
             }
         });
     }
-    let t = HostTensor::make(x.shape().to_vec(), TensorBuf::F32(out))?;
-    Ok(vec![super::elementwise::narrow_half(t, x0.dtype())?])
+    Ok(vec![HostTensor::make(x.shape().to_vec(), T::wrap(out))?])
 }
 
 /// LayerNormalization: `(x − mean) / sqrt(var + eps) * scale + bias`; also returns the mean and
@@ -118,8 +140,9 @@ pub fn layer_norm(
 ) -> KernelResult<Vec<HostTensor>> {
     let x0 = ins.req(0)?;
     let wide = super::elementwise::widen_half(x0);
-    let (x, xd, n, scale) = norm_input(cx, x0, &wide, axis, ins.get(1), "LayerNormalization")?;
-    let (_, bias) = row_params(cx, x, axis, ins.get(2))?;
+    let (x, xd, n, scale) =
+        norm_input::<f32>(cx, x0, &wide, axis, ins.get(1), "LayerNormalization")?;
+    let (_, bias) = row_params::<f32>(cx, x, axis, ins.get(2))?;
     let nrows = xd.len().checked_div(n).unwrap_or(0);
     let mut out = cx.pool.alloc::<f32>(xd.len());
     let mut stats = vec![(0.0f32, 0.0f32); nrows];
@@ -282,6 +305,29 @@ pub fn rotary(
 mod tests {
     use super::*;
     use crate::cpu::pool::BufferPool;
+
+    #[test]
+    fn rms_norm_in_f64_by_hand() {
+        let mut pool = BufferPool::new();
+        let mut cx = ExecCx {
+            pool: &mut pool,
+            threads: 1,
+        };
+        let x = HostTensor::from_vec(vec![1, 2], vec![3.0f64, 4.0]).expect("x");
+        let w = HostTensor::from_vec(vec![2], vec![1.0f64, 2.0]).expect("w");
+        let r = rms_norm(
+            &mut cx,
+            &mut Inputs::borrowed(&[Some(&x), Some(&w)]),
+            -1,
+            0.0,
+        )
+        .expect("rms");
+        let rms = 12.5f64.sqrt();
+        assert_eq!(
+            r[0].data::<f64>().expect("f64"),
+            &[3.0 / rms, 4.0 / rms * 2.0]
+        );
+    }
 
     #[test]
     fn rms_norm_and_rotary_by_hand() {
