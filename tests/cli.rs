@@ -290,3 +290,139 @@ fn compare_gates_set_the_exit_code() {
         Some(CliError::GateFailed { count: 1 })
     ));
 }
+
+#[test]
+fn verbose_prints_each_pass_and_the_command_time() {
+    let r = run(&[&s(&model()), "-v", "--pass-pipeline=canonicalize,cse,dce"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for line in ["pass #1 canonicalize", "pass #2 cse: ", "pass #3 dce: "] {
+        assert!(r.stderr.contains(line), "{line}: {}", r.stderr);
+    }
+    assert!(r.stderr.contains("import: "), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("ortho-opt: exit 0 after "),
+        "{}",
+        r.stderr
+    );
+    // Without -v none of it.
+    let quiet = run(&[&s(&model()), "--pass-pipeline=canonicalize,cse,dce"]);
+    assert!(!quiet.stderr.contains("pass #1"), "{}", quiet.stderr);
+    // -v is shared by every command; -q and -v contradict each other.
+    let r = run(&["analyze", &s(&model()), "-v"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("analyze: exit 0 after "), "{}", r.stderr);
+    let r = run(&["-v", "analyze", &s(&model()), "-q"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+}
+
+/// A writer that records each write and whether the output file existed at that moment.
+#[derive(Clone)]
+struct Recorder {
+    out: PathBuf,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, bool)>>>,
+}
+
+impl std::io::Write for Recorder {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(b).into_owned();
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.push((text, self.out.exists()));
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn notes_and_ir_dumps_stream_while_the_run_goes_on() {
+    let tmp = TempDir::new("cli-stream");
+    let out = tmp.path().join("out.oir");
+    let input = repo().join("tests/filecheck/prune/magnitude.oir");
+    let rec = Recorder {
+        out: out.clone(),
+        seen: Default::default(),
+    };
+    let args: Vec<String> = [
+        "ortho-opt",
+        &s(&input),
+        "-o",
+        &s(&out),
+        "--pass-pipeline=prune{method=magnitude linears=q},cse",
+        "--print-ir-after=prune",
+        "-v",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let r = ortho_opt::Driver::run_streaming(&args, Box::new(rec.clone()));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(out.exists());
+    let seen = rec.seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let when = |needle: &str| {
+        seen.iter()
+            .position(|(t, _)| t.contains(needle))
+            .unwrap_or_else(|| panic!("'{needle}' was not streamed: {seen:?}"))
+    };
+    // The dump and the note arrive before the next pass ran and before the output existed.
+    let (dump, note, cse) = (
+        when("IR Dump After prune"),
+        when("note: prune: magnitude unstructured"),
+        when("pass #2 cse"),
+    );
+    assert!(dump < cse && note < cse, "{seen:?}");
+    assert!(
+        !seen[dump].1 && !seen[note].1,
+        "written before the output: {seen:?}"
+    );
+    // Streamed text is not repeated in the collected stderr.
+    assert!(!r.stderr.contains("IR Dump"), "{}", r.stderr);
+    assert!(!r.stderr.contains("note: prune"), "{}", r.stderr);
+}
+
+#[test]
+fn the_reproducer_keeps_every_option_that_influenced_the_run() {
+    let tmp = TempDir::new("cli-repro");
+    let out = tmp.path().join("out.oir");
+    let input = repo().join("tests/filecheck/denoise-prune/invalid-no-calibration.oir");
+    let text = std::fs::read_to_string(&input).expect("read");
+    // One case of the file, without --split-input-file.
+    let case = tmp.path().join("case.oir");
+    std::fs::write(&case, text.split("// -----").next().unwrap_or(&text)).expect("write");
+    let r = run(&[
+        &s(&case),
+        "-o",
+        &s(&out),
+        "--threads",
+        "1",
+        "--verify-each=false",
+        "--opt-bisect-limit=9",
+        "--timing",
+        "--pass-pipeline=fold-norms,denoise-prune{method=magnitude pattern=2:4},cse",
+    ]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let line = r
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("reproduce with: "))
+        .unwrap_or_else(|| panic!("no reproducer: {}", r.stderr));
+    for kept in ["--threads 1", "--verify-each=false", "--opt-bisect-limit=9"] {
+        assert!(line.contains(kept), "{kept} missing: {line}");
+    }
+    for dropped in ["-o ", "--timing", ",cse"] {
+        assert!(!line.contains(dropped), "{dropped} kept: {line}");
+    }
+    // Running it fails at the same pass.
+    let words = shlex::split(line).expect("a shell line");
+    let again = ortho_opt::Driver::run(&words);
+    assert_eq!(again.code, 1, "{}", again.stderr);
+    assert!(
+        again
+            .stderr
+            .contains("denoise-prune needs calibration data"),
+        "{}",
+        again.stderr
+    );
+    assert!(again.stderr.contains(line), "{}", again.stderr);
+    assert!(!out.exists());
+}
