@@ -25,6 +25,8 @@ predictions of each window). With --json, stdout is one JSON object:
   argmax_agreement     fraction of positions where both models pick the same top token
   positions            positions compared;  tokens: predictions scored
   non_finite_a, non_finite_b   non-finite logits seen in each model
+  locate               with --locate: {compared, unmatched, tolerance, first, last_agreeing}, each
+                       divergence {value, node, max_abs, relative}; absent without --locate
   windows, seqlen, bos, model_a, model_b, tokenizer, text, threads, seconds {tokenize, compile, forward, total}";
 
 /// Compare two models' logits and perplexity on the same text (B relative to A).
@@ -50,6 +52,15 @@ pub struct CompareArgs {
     /// Exit with status 1 when the argmax agreement (a fraction, 0 to 1) is below X.
     #[arg(long, value_name = "X")]
     pub min_argmax: Option<f64>,
+    /// Also run the first window through both models keeping every activation, and name the
+    /// first node of B whose output differs from A's namesake by more than --locate-tol
+    /// (relative to the tensor's largest |A|): for finding where a transform that should be
+    /// exact goes wrong. Values are matched by name.
+    #[arg(long)]
+    pub locate: bool,
+    /// The relative tolerance of --locate.
+    #[arg(long, value_name = "X", default_value_t = 1e-4, requires = "locate")]
+    pub locate_tol: f64,
 }
 
 /// The gates of `--max-delta-ppl`, `--max-abs-logit` and `--min-argmax` that the measured
@@ -90,6 +101,11 @@ struct Acc {
 }
 
 pub fn run(a: CompareArgs, g: &GlobalArgs) -> DriverOutput {
+    if a.locate {
+        if let Some(refused) = crate::compare_locate::refuse_manifests(&a.model_a, &a.model_b) {
+            return refused;
+        }
+    }
     match run_inner(&a, g) {
         Err(e) => DriverOutput::failed(e),
         Ok((out, err, failed)) if failed.is_empty() => DriverOutput::ok(out, err),
@@ -165,6 +181,28 @@ fn run_inner(a: &CompareArgs, g: &GlobalArgs) -> Result<(String, String, Vec<Str
         },
     )?;
     let forward_s = t1.elapsed().as_secs_f64();
+    let located = if a.locate {
+        let window = w.ids.get(..1).unwrap_or(&[]);
+        let feeds = crate::lm::feeds(&pa.input_names(), window, "compare")?
+            .into_iter()
+            .map(|f| {
+                let t = ortho_codegen::cpu::HostTensor::from_vec(f.shape, f.data)
+                    .map_err(crate::run::run_error)?;
+                Ok((f.name, t))
+            })
+            .collect::<Result<Vec<_>, CliError>>()?;
+        let refs: Vec<(&str, ortho_codegen::cpu::HostTensor)> =
+            feeds.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+        Some(crate::compare_locate::locate(
+            &a.model_a,
+            &a.model_b,
+            &refs,
+            a.locate_tol,
+            g.threads,
+        )?)
+    } else {
+        None
+    };
     let nll_a = acc.nll_a / acc.preds.max(1) as f64;
     let nll_b = acc.nll_b / acc.preds.max(1) as f64;
     let (ppl_a, ppl_b) = (nll_a.exp(), nll_b.exp());
@@ -180,7 +218,7 @@ fn run_inner(a: &CompareArgs, g: &GlobalArgs) -> Result<(String, String, Vec<Str
         );
     }
     let out = if a.json {
-        let j = serde_json::json!({
+        let mut j = serde_json::json!({
             "model_a": a.model_a.display().to_string(),
             "model_b": a.model_b.display().to_string(),
             "max_abs_logit_diff": num(acc.max_abs),
@@ -199,6 +237,9 @@ fn run_inner(a: &CompareArgs, g: &GlobalArgs) -> Result<(String, String, Vec<Str
             "non_finite_a": acc.nf_a,
             "non_finite_b": acc.nf_b,
         });
+        if let Some(l) = &located {
+            j["locate"] = serde_json::to_value(l).map_err(CliError::Json)?;
+        }
         Timings {
             compile: compile_s,
             forward: forward_s,
@@ -234,6 +275,9 @@ fn run_inner(a: &CompareArgs, g: &GlobalArgs) -> Result<(String, String, Vec<Str
             s,
             "time:               compile {compile_s:.2} s, forward {forward_s:.2} s"
         );
+        if let Some(l) = &located {
+            s.push_str(&l.render());
+        }
         s
     };
     let failed = failed_gates(a, dppl, acc.max_abs, agree);

@@ -10,6 +10,7 @@ mod analyze;
 pub mod calib;
 mod cli;
 mod compare;
+mod compare_locate;
 mod error;
 mod eval;
 mod input;

@@ -426,3 +426,63 @@ fn the_reproducer_keeps_every_option_that_influenced_the_run() {
     assert!(again.stderr.contains(line), "{}", again.stderr);
     assert!(!out.exists());
 }
+
+#[test]
+fn compare_locate_names_the_first_diverging_node() {
+    let d = TempDir::new("cli-locate");
+    // B: the decoder with one weight of the v projection changed, as a buggy pass might.
+    let text = std::fs::read_to_string(model()).expect("model");
+    let start = text.find("%wv = const").expect("json.oir has %wv");
+    let first_value = text[start..].find("dense<[").expect("dense") + start + "dense<[".len();
+    let end = text[first_value..].find(',').expect("comma") + first_value;
+    let mut bad = text.clone();
+    bad.replace_range(first_value..end, "9.0");
+    let b = d.path().join("b.oir");
+    std::fs::write(&b, bad).expect("write b");
+    let tok = word_tokenizer(d.path(), 6);
+    let words: Vec<String> = (0..64).map(|i| format!("t{}", (i * 7 + 3) % 6)).collect();
+    let text_file = d.path().join("text.txt");
+    std::fs::write(&text_file, words.join(" ")).expect("write text");
+    let compare = |b: &std::path::Path, json: bool| {
+        let mut args = vec![
+            "compare".to_string(),
+            s(&model()),
+            s(b),
+            "--tokenizer".into(),
+            s(&tok),
+            "--text".into(),
+            s(&text_file),
+            "--windows".into(),
+            "1".into(),
+            "--seqlen".into(),
+            "16".into(),
+            "-q".into(),
+            "--locate".into(),
+        ];
+        if json {
+            args.push("--json".into());
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&refs)
+    };
+    let r = compare(&b, true);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).expect("JSON");
+    let first = &v["locate"]["first"];
+    assert_eq!(first["value"], "%v", "{v}");
+    assert!(
+        first["node"].as_str().unwrap_or("").contains("MatMul"),
+        "{first}"
+    );
+    assert!(first["relative"].as_f64().unwrap_or(0.0) > 1e-4, "{first}");
+    // Everything before %v agreed: the boundary is the v projection's input.
+    assert!(v["locate"]["last_agreeing"].is_object(), "{v}");
+    // A model against itself: no divergence, and the summary says so.
+    let same = compare(&model(), false);
+    assert_eq!(same.code, 0, "{}", same.stderr);
+    assert!(
+        same.stdout.contains("first divergence:   none"),
+        "{}",
+        same.stdout
+    );
+}
