@@ -58,6 +58,10 @@ pub struct CompareArgs {
     /// exact goes wrong. Values are matched by name.
     #[arg(long)]
     pub locate: bool,
+    /// Write a self-contained HTML report to FILE: the mean NLL at each position of the
+    /// windows for A and B, and their difference, as inline SVG charts.
+    #[arg(long, value_name = "FILE.html")]
+    pub html: Option<PathBuf>,
     /// The relative tolerance of --locate.
     #[arg(long, value_name = "X", default_value_t = 1e-4, requires = "locate")]
     pub locate_tol: f64,
@@ -98,6 +102,11 @@ struct Acc {
     preds: usize,
     nf_a: usize,
     nf_b: usize,
+    /// Summed NLL at each position of a window (for --html), A and B.
+    pos_a: Vec<f64>,
+    pos_b: Vec<f64>,
+    /// Predictions summed into each position.
+    pos_n: Vec<usize>,
 }
 
 pub fn run(a: CompareArgs, g: &GlobalArgs) -> DriverOutput {
@@ -170,7 +179,19 @@ fn run_inner(a: &CompareArgs, g: &GlobalArgs) -> Result<(String, String, Vec<Str
                 acc.positions += 1;
             }
             let wins = &w.ids[first..first + n];
-            for ((x, nfa), (y, nfb)) in batch_nll(la, wins).into_iter().zip(batch_nll(lb, wins)) {
+            let per_window = s.saturating_sub(1).max(1);
+            if acc.pos_n.len() < per_window {
+                acc.pos_a.resize(per_window, 0.0);
+                acc.pos_b.resize(per_window, 0.0);
+                acc.pos_n.resize(per_window, 0);
+            }
+            let nll = batch_nll(la, wins).into_iter().zip(batch_nll(lb, wins));
+            // batch_nll lists each window's predictions in order, window after window.
+            for (i, ((x, nfa), (y, nfb))) in nll.enumerate() {
+                let t = i % per_window;
+                acc.pos_a[t] += x;
+                acc.pos_b[t] += y;
+                acc.pos_n[t] += 1;
                 acc.nll_a += x;
                 acc.nll_b += y;
                 acc.nf_a += nfa;
@@ -280,6 +301,23 @@ fn run_inner(a: &CompareArgs, g: &GlobalArgs) -> Result<(String, String, Vec<Str
         }
         s
     };
+    if let Some(path) = &a.html {
+        let rows = [
+            ("model A", a.model_a.display().to_string()),
+            ("model B", a.model_b.display().to_string()),
+            ("text", a.text.text.display().to_string()),
+            (
+                "windows",
+                format!("{} × {} tokens", a.text.windows, a.text.seqlen),
+            ),
+            ("perplexity A", format!("{ppl_a:.5}")),
+            ("perplexity B", format!("{ppl_b:.5} (Δ {dppl:+.5})")),
+            ("max |Δlogit|", format!("{:.6e}", acc.max_abs)),
+            ("argmax agreement", format!("{:.4} %", agree * 100.0)),
+        ];
+        let html = crate::report_html::nll_report(&rows, &acc.pos_a, &acc.pos_b, &acc.pos_n)?;
+        ortho_ir::output::write_file(path, html.as_bytes()).map_err(CliError::io(path))?;
+    }
     let failed = failed_gates(a, dppl, acc.max_abs, agree);
     Ok((out, err, failed))
 }

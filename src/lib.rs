@@ -20,6 +20,7 @@ mod output_policy;
 mod passes_glue;
 pub mod poet_train;
 mod report;
+mod report_html;
 mod run;
 mod shard;
 pub mod train;

@@ -477,6 +477,35 @@ fn compare_locate_names_the_first_diverging_node() {
     assert!(first["relative"].as_f64().unwrap_or(0.0) > 1e-4, "{first}");
     // Everything before %v agreed: the boundary is the v projection's input.
     assert!(v["locate"]["last_agreeing"].is_object(), "{v}");
+    // The HTML report: self-contained, with the NLL of A and B per position as inline SVG.
+    let html = d.path().join("cmp.html");
+    let r = run(&[
+        "compare",
+        &s(&model()),
+        &s(&b),
+        "--tokenizer",
+        &s(&tok),
+        "--text",
+        &s(&text_file),
+        "--windows",
+        "2",
+        "--seqlen",
+        "16",
+        "-q",
+        "--html",
+        &s(&html),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let page = std::fs::read_to_string(&html).expect("html written");
+    assert!(page.starts_with("<!DOCTYPE html>"), "{page}");
+    assert_eq!(page.matches("<svg").count(), 2, "two charts");
+    // One line per series (A, B, B − A) plus the legend's marks.
+    assert!(page.matches("<polyline").count() >= 3, "{page}");
+    assert!(page.contains("Mean NLL per position"));
+    assert!(
+        !page.contains("<script") && !page.contains(" src="),
+        "self-contained"
+    );
     // A model against itself: no divergence, and the summary says so.
     let same = compare(&model(), false);
     assert_eq!(same.code, 0, "{}", same.stderr);
@@ -486,3 +515,55 @@ fn compare_locate_names_the_first_diverging_node() {
         same.stdout
     );
 }
+
+#[test]
+fn seeded_passes_write_the_same_bytes_whatever_the_thread_count() {
+    let d = TempDir::new("cli-threads");
+    let ids = d.path().join("ids.txt");
+    let words: Vec<String> = (0..256).map(|i| ((i * 7 + 3) % 6).to_string()).collect();
+    std::fs::write(&ids, words.join(" ")).expect("write ids");
+    for pipeline in SEEDED {
+        let out = |threads: usize| -> Vec<u8> {
+            let path = d.path().join(format!("out-{threads}.onnx"));
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool");
+            let r = pool.install(|| {
+                run(&[
+                    &s(&model()),
+                    "-o",
+                    &s(&path),
+                    &format!("--pass-pipeline={pipeline}"),
+                    "--calib-ids",
+                    &s(&ids),
+                    "--calib-samples",
+                    "4",
+                    "--calib-seqlen",
+                    "16",
+                    "--threads",
+                    &threads.to_string(),
+                    "-q",
+                ])
+            });
+            assert_eq!(r.code, 0, "{pipeline} on {threads} threads: {}", r.stderr);
+            std::fs::read(&path).expect("output written")
+        };
+        let one = out(1);
+        for t in [2, 3, 16] {
+            assert!(
+                one == out(t),
+                "{pipeline}: {t} threads write other bytes than 1"
+            );
+        }
+    }
+}
+
+/// Every pass with a seed, in a pipeline that runs on the small decoder.
+const SEEDED: &[&str] = &[
+    "fold-norms,rotate-residual{kind=haar seed=3}",
+    "rotate-heads{seed=3}",
+    "fold-norms,joint-basis{seed=3}",
+    "poet-reparam{seed=3}",
+    "lora{seed=3}",
+];
