@@ -74,7 +74,7 @@ fn render(m: &Module, shown: &str, json: bool) -> Result<String, CliError> {
     let s = analyze_transformer(m, m.main);
     let g = m.main_graph();
     Ok(if json {
-        to_json(g, &s, shown).map_err(CliError::Json)? + "\n"
+        to_json(m, g, &s, shown).map_err(CliError::Json)? + "\n"
     } else {
         summary(m, g, &s, shown)
     })
@@ -180,6 +180,29 @@ fn block_text(s: &Structure, b: &Block) -> String {
         .join(" | ")
 }
 
+/// Size and cost lines of the summary: parameters, bytes per dtype, opsets, FLOPs per token.
+fn stats_text(o: &mut String, st: &crate::report::ModelStats) {
+    let per_dtype: Vec<String> = st
+        .bytes_per_dtype
+        .iter()
+        .map(|(d, b)| format!("{d} {b}"))
+        .collect();
+    let _ = writeln!(
+        o,
+        "parameters: {} in constants, {} bytes ({})",
+        st.parameters,
+        st.bytes,
+        per_dtype.join(", ")
+    );
+    let opsets: Vec<String> = st.opsets.iter().map(|(d, v)| format!("{d} {v}")).collect();
+    let _ = writeln!(o, "opsets: {}", opsets.join(", "));
+    let _ = writeln!(
+        o,
+        "FLOPs per token: {} in {} linear layers (dense-equivalent; attention scores not counted)",
+        st.flops_per_token, st.linear_layers
+    );
+}
+
 fn placement(p: Placement) -> &'static str {
     match p {
         Placement::PreNorm => "pre-norm",
@@ -197,6 +220,7 @@ fn summary(m: &Module, g: &Graph, s: &Structure, shown: &str) -> String {
         .count();
     let _ = writeln!(o, "model: {shown}");
     let _ = writeln!(o, "graph @{}: {ops} ops ({} independent of the stream: positions, masks, tables, weight layouts)", g.name, s.auxiliary);
+    stats_text(&mut o, &crate::report::model_stats(m));
     let Some(main) = s.gauge.main() else {
         let _ = writeln!(
             o,
@@ -652,6 +676,7 @@ struct Report<'a> {
     unmatched: Vec<UnmatchedJson>,
     auxiliary_nodes: usize,
     gauge: GaugeJson,
+    statistics: crate::report::ModelStats,
 }
 
 fn class_json(g: &Graph, c: &StreamClass) -> ClassJson {
@@ -682,7 +707,7 @@ fn class_json(g: &Graph, c: &StreamClass) -> ClassJson {
     }
 }
 
-fn to_json(g: &Graph, s: &Structure, shown: &str) -> Result<String, serde_json::Error> {
+fn to_json(m: &Module, g: &Graph, s: &Structure, shown: &str) -> Result<String, serde_json::Error> {
     let branch = |x: Option<usize>| x.map(|i| BranchJson::new(g, &s.branches[i]));
     let report = Report {
         model: shown,
@@ -770,6 +795,7 @@ fn to_json(g: &Graph, s: &Structure, shown: &str) -> Result<String, serde_json::
                 })
                 .collect(),
         },
+        statistics: crate::report::model_stats(m),
     };
     let mut out = Vec::new();
     report.serialize(&mut serde_json::Serializer::with_formatter(

@@ -7,7 +7,10 @@
 use crate::opt::OptArgs;
 use crate::{CliError, DriverOutput};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 /// ortho-opt: an MLIR-style optimizer for ONNX models.
 ///
@@ -50,10 +53,106 @@ pub struct GlobalArgs {
     /// calibration memory estimate is still printed).
     #[arg(long, short = 'q', global = true, visible_alias = "calib-quiet")]
     pub quiet: bool,
+    /// More on stderr: a line per finished pass with its time, the import and export times,
+    /// and the wall time of the whole command.
+    #[arg(long, short = 'v', global = true, conflicts_with = "quiet")]
+    pub verbose: bool,
     /// tokenizer.json (Hugging Face `tokenizers` format): needed by `eval`, `compare` and
     /// `--calib-text`.
     #[arg(long, global = true, value_name = "FILE")]
     pub tokenizer: Option<PathBuf>,
+    /// Where stderr text goes as it is produced (the CLI's stderr); unset, it is collected into
+    /// [`DriverOutput::stderr`].
+    #[arg(skip)]
+    pub stream: Stream,
+    /// The command line as given, for reproducer lines.
+    #[arg(skip)]
+    pub argv: Vec<String>,
+}
+
+/// A writer that stderr text is streamed to while a command runs.
+#[derive(Clone, Default)]
+pub struct Stream(Option<Arc<Mutex<Box<dyn std::io::Write + Send>>>>);
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Stream(streaming)"
+        } else {
+            "Stream(collected)"
+        })
+    }
+}
+
+impl Stream {
+    pub fn to(w: Box<dyn std::io::Write + Send>) -> Stream {
+        Stream(Some(Arc::new(Mutex::new(w))))
+    }
+
+    pub fn is_streaming(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+/// The stderr text of a command: written through to the [`Stream`] when there is one (so notes
+/// and IR dumps appear while the command runs), else collected for [`DriverOutput::stderr`].
+#[derive(Debug, Default)]
+pub struct Log {
+    collected: String,
+    stream: Stream,
+    /// Whether the last text written ended a line.
+    at_line_start: bool,
+}
+
+impl Log {
+    /// The log of a command run with `g`: streaming when the driver has a stream.
+    pub fn new(g: &GlobalArgs) -> Log {
+        Log {
+            collected: String::new(),
+            stream: g.stream.clone(),
+            at_line_start: true,
+        }
+    }
+
+    /// A log that only collects (one case of `--split-input-file`, whose text becomes comments).
+    pub fn collected() -> Log {
+        Log {
+            at_line_start: true,
+            ..Log::default()
+        }
+    }
+
+    /// Ends the current line unless the text so far ends one.
+    pub fn end_line(&mut self) {
+        if !self.at_line_start {
+            use std::fmt::Write as _;
+            let _ = self.write_str("\n");
+        }
+    }
+
+    /// The text not streamed, for [`DriverOutput::stderr`].
+    pub fn into_string(self) -> String {
+        self.collected
+    }
+}
+
+impl std::fmt::Write for Log {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        if s.is_empty() {
+            return Ok(());
+        }
+        self.at_line_start = s.ends_with('\n');
+        match &self.stream.0 {
+            Some(w) => {
+                // A poisoned lock only means another writer panicked mid-line; keep writing.
+                let mut w = w.lock().unwrap_or_else(|p| p.into_inner());
+                // stderr going away (a closed pipe) must not fail the command.
+                let _ = w.write_all(s.as_bytes()).and_then(|()| w.flush());
+            }
+            None => self.collected.push_str(s),
+        }
+        Ok(())
+    }
 }
 
 impl GlobalArgs {
@@ -105,22 +204,47 @@ pub struct Driver;
 impl Driver {
     /// Runs one command line (`args[0]` is the program name) and returns its output and status.
     pub fn run(args: &[String]) -> DriverOutput {
+        Driver::run_with(args, Stream::default())
+    }
+
+    /// As [`Driver::run`], with stderr text written to `stream` as it is produced (notes, IR
+    /// dumps, per-pass lines); the returned `stderr` holds only what was not streamed.
+    pub fn run_streaming(args: &[String], stream: Box<dyn std::io::Write + Send>) -> DriverOutput {
+        Driver::run_with(args, Stream::to(stream))
+    }
+
+    fn run_with(args: &[String], stream: Stream) -> DriverOutput {
+        let t0 = Instant::now();
         let full = Cli::command();
         let args = globals_after_command(&full, args);
         if let Some(e) = misspelled_command(&full, &args) {
             return clap_output(e);
         }
-        let cli = match full
-            .try_get_matches_from(&args)
-            .and_then(|m| Cli::from_arg_matches(&m))
-        {
-            Ok(cli) => cli,
+        let (cli, name) = match full.try_get_matches_from(&args).and_then(|m| {
+            let name = m.subcommand_name().unwrap_or("ortho-opt").to_string();
+            Ok((Cli::from_arg_matches(&m)?, name))
+        }) {
+            Ok(x) => x,
             Err(e) => return clap_output(e),
         };
-        match cli.command {
-            Some(c) => c.run(&cli.global),
-            None => crate::opt::run(cli.opt, &cli.global),
+        let mut global = cli.global;
+        global.stream = stream;
+        global.argv = args.to_vec();
+        let verbose = global.verbose;
+        let mut out = match cli.command {
+            Some(c) => c.run(&global),
+            None => crate::opt::run(cli.opt, &global),
+        };
+        if verbose {
+            let _ = writeln!(
+                out.stderr,
+                "{}: exit {} after {:.3} s",
+                name,
+                out.code,
+                t0.elapsed().as_secs_f64()
+            );
         }
+        out
     }
 }
 

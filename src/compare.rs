@@ -25,6 +25,8 @@ predictions of each window). With --json, stdout is one JSON object:
   argmax_agreement     fraction of positions where both models pick the same top token
   positions            positions compared;  tokens: predictions scored
   non_finite_a, non_finite_b   non-finite logits seen in each model
+  locate               with --locate: {compared, unmatched, tolerance, first, last_agreeing}, each
+                       divergence {value, node, max_abs, relative}; absent without --locate
   windows, seqlen, bos, model_a, model_b, tokenizer, text, threads, seconds {tokenize, compile, forward, total}";
 
 /// Compare two models' logits and perplexity on the same text (B relative to A).
@@ -50,6 +52,19 @@ pub struct CompareArgs {
     /// Exit with status 1 when the argmax agreement (a fraction, 0 to 1) is below X.
     #[arg(long, value_name = "X")]
     pub min_argmax: Option<f64>,
+    /// Also run the first window through both models keeping every activation, and name the
+    /// first node of B whose output differs from A's namesake by more than --locate-tol
+    /// (relative to the tensor's largest |A|): for finding where a transform that should be
+    /// exact goes wrong. Values are matched by name.
+    #[arg(long)]
+    pub locate: bool,
+    /// Write a self-contained HTML report to FILE: the mean NLL at each position of the
+    /// windows for A and B, and their difference, as inline SVG charts.
+    #[arg(long, value_name = "FILE.html")]
+    pub html: Option<PathBuf>,
+    /// The relative tolerance of --locate.
+    #[arg(long, value_name = "X", default_value_t = 1e-4, requires = "locate")]
+    pub locate_tol: f64,
 }
 
 /// The gates of `--max-delta-ppl`, `--max-abs-logit` and `--min-argmax` that the measured
@@ -87,9 +102,19 @@ struct Acc {
     preds: usize,
     nf_a: usize,
     nf_b: usize,
+    /// Summed NLL at each position of a window (for --html), A and B.
+    pos_a: Vec<f64>,
+    pos_b: Vec<f64>,
+    /// Predictions summed into each position.
+    pos_n: Vec<usize>,
 }
 
 pub fn run(a: CompareArgs, g: &GlobalArgs) -> DriverOutput {
+    if a.locate {
+        if let Some(refused) = crate::compare_locate::refuse_manifests(&a.model_a, &a.model_b) {
+            return refused;
+        }
+    }
     match run_inner(&a, g) {
         Err(e) => DriverOutput::failed(e),
         Ok((out, err, failed)) if failed.is_empty() => DriverOutput::ok(out, err),
@@ -154,7 +179,19 @@ fn run_inner(a: &CompareArgs, g: &GlobalArgs) -> Result<(String, String, Vec<Str
                 acc.positions += 1;
             }
             let wins = &w.ids[first..first + n];
-            for ((x, nfa), (y, nfb)) in batch_nll(la, wins).into_iter().zip(batch_nll(lb, wins)) {
+            let per_window = s.saturating_sub(1).max(1);
+            if acc.pos_n.len() < per_window {
+                acc.pos_a.resize(per_window, 0.0);
+                acc.pos_b.resize(per_window, 0.0);
+                acc.pos_n.resize(per_window, 0);
+            }
+            let nll = batch_nll(la, wins).into_iter().zip(batch_nll(lb, wins));
+            // batch_nll lists each window's predictions in order, window after window.
+            for (i, ((x, nfa), (y, nfb))) in nll.enumerate() {
+                let t = i % per_window;
+                acc.pos_a[t] += x;
+                acc.pos_b[t] += y;
+                acc.pos_n[t] += 1;
                 acc.nll_a += x;
                 acc.nll_b += y;
                 acc.nf_a += nfa;
@@ -165,6 +202,28 @@ fn run_inner(a: &CompareArgs, g: &GlobalArgs) -> Result<(String, String, Vec<Str
         },
     )?;
     let forward_s = t1.elapsed().as_secs_f64();
+    let located = if a.locate {
+        let window = w.ids.get(..1).unwrap_or(&[]);
+        let feeds = crate::lm::feeds(&pa.input_names(), window, "compare")?
+            .into_iter()
+            .map(|f| {
+                let t = ortho_codegen::cpu::HostTensor::from_vec(f.shape, f.data)
+                    .map_err(crate::run::run_error)?;
+                Ok((f.name, t))
+            })
+            .collect::<Result<Vec<_>, CliError>>()?;
+        let refs: Vec<(&str, ortho_codegen::cpu::HostTensor)> =
+            feeds.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+        Some(crate::compare_locate::locate(
+            &a.model_a,
+            &a.model_b,
+            &refs,
+            a.locate_tol,
+            g.threads,
+        )?)
+    } else {
+        None
+    };
     let nll_a = acc.nll_a / acc.preds.max(1) as f64;
     let nll_b = acc.nll_b / acc.preds.max(1) as f64;
     let (ppl_a, ppl_b) = (nll_a.exp(), nll_b.exp());
@@ -180,7 +239,7 @@ fn run_inner(a: &CompareArgs, g: &GlobalArgs) -> Result<(String, String, Vec<Str
         );
     }
     let out = if a.json {
-        let j = serde_json::json!({
+        let mut j = serde_json::json!({
             "model_a": a.model_a.display().to_string(),
             "model_b": a.model_b.display().to_string(),
             "max_abs_logit_diff": num(acc.max_abs),
@@ -199,6 +258,9 @@ fn run_inner(a: &CompareArgs, g: &GlobalArgs) -> Result<(String, String, Vec<Str
             "non_finite_a": acc.nf_a,
             "non_finite_b": acc.nf_b,
         });
+        if let Some(l) = &located {
+            j["locate"] = serde_json::to_value(l).map_err(CliError::Json)?;
+        }
         Timings {
             compile: compile_s,
             forward: forward_s,
@@ -234,8 +296,28 @@ fn run_inner(a: &CompareArgs, g: &GlobalArgs) -> Result<(String, String, Vec<Str
             s,
             "time:               compile {compile_s:.2} s, forward {forward_s:.2} s"
         );
+        if let Some(l) = &located {
+            s.push_str(&l.render());
+        }
         s
     };
+    if let Some(path) = &a.html {
+        let rows = [
+            ("model A", a.model_a.display().to_string()),
+            ("model B", a.model_b.display().to_string()),
+            ("text", a.text.text.display().to_string()),
+            (
+                "windows",
+                format!("{} × {} tokens", a.text.windows, a.text.seqlen),
+            ),
+            ("perplexity A", format!("{ppl_a:.5}")),
+            ("perplexity B", format!("{ppl_b:.5} (Δ {dppl:+.5})")),
+            ("max |Δlogit|", format!("{:.6e}", acc.max_abs)),
+            ("argmax agreement", format!("{:.4} %", agree * 100.0)),
+        ];
+        let html = crate::report_html::nll_report(&rows, &acc.pos_a, &acc.pos_b, &acc.pos_n)?;
+        ortho_ir::output::write_file(path, html.as_bytes()).map_err(CliError::io(path))?;
+    }
     let failed = failed_gates(a, dppl, acc.max_abs, agree);
     Ok((out, err, failed))
 }

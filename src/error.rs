@@ -170,6 +170,12 @@ pub enum CliError {
     /// Calibration of a model whose embedding lookup the structure analysis does not find.
     #[error("calibration needs a language model whose embedding lookup the structure analysis finds (see `ortho-opt analyze`)")]
     NotALanguageModel,
+    /// A chart of an HTML report that plotters cannot draw.
+    #[error("cannot draw a chart: {source}")]
+    Plot { source: Source },
+    /// An output outside `--max-opset`, `--max-ir-version` or `--allowed-domains`.
+    #[error("{0}")]
+    OutputPolicy(#[from] crate::output_policy::PolicyError),
     /// `shard` and shard chains (the source names the file).
     #[error(transparent)]
     Shard(#[from] crate::shard::ShardError),

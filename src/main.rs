@@ -2,7 +2,8 @@
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let out = ortho_opt::Driver::run(&args);
+    // Notes, IR dumps and per-pass lines go to stderr while the command runs.
+    let out = ortho_opt::Driver::run_streaming(&args, Box::new(std::io::stderr()));
     use std::io::Write;
     let _ = std::io::stdout().write_all(out.stdout.as_bytes());
     let _ = std::io::stderr().write_all(out.stderr.as_bytes());

@@ -1,6 +1,6 @@
 //! The optimizer command (the default form of the command line): read → verify → passes → write.
 
-use crate::cli::GlobalArgs;
+use crate::cli::{GlobalArgs, Log};
 use crate::{CliError, DriverOutput};
 use ortho_ir::text::{parse_module, print_module, PrintOptions};
 use ortho_ir::Module;
@@ -85,6 +85,20 @@ pub struct OptArgs {
     /// Calibration data for passes that run the model (`prune{method=wanda|sparsegpt}`, …).
     #[command(flatten)]
     pub calib: crate::calib::CalibArgs,
+
+    /// Write a JSON report of the run to FILE: the pipeline, each pass's time, the statistics and
+    /// notes, parameters / bytes / nodes before and after, and the SHA-256 of each output file.
+    #[arg(long = "report", value_name = "FILE.json")]
+    pub report: Option<PathBuf>,
+
+    /// Do not record the ortho-opt version and the pipeline in the ONNX output's
+    /// metadata_props (`ortho-opt.version`, `ortho-opt.pipeline`).
+    #[arg(long = "no-provenance")]
+    pub no_provenance: bool,
+
+    /// What the output may use (opset, IR version, domains).
+    #[command(flatten)]
+    pub policy: crate::output_policy::OutputPolicyArgs,
 }
 
 /// Output format.
@@ -98,10 +112,12 @@ enum Emit {
 struct Job {
     print: PrintOptions,
     emit: Emit,
+    /// Seconds spent reading the input (for `--report`).
+    import_s: f64,
 }
 
 pub fn run(a: OptArgs, g: &GlobalArgs) -> DriverOutput {
-    let mut err = String::new();
+    let mut err = Log::new(g);
     if a.list_passes {
         let mut t = crate::passes_glue::list_passes();
         if !t.ends_with('\n') {
@@ -109,7 +125,7 @@ pub fn run(a: OptArgs, g: &GlobalArgs) -> DriverOutput {
         }
         return DriverOutput::ok(t, String::new());
     }
-    let (input, job) = match job(&a) {
+    let (input, mut job) = match job(&a) {
         Ok(x) => x,
         Err(e) => return DriverOutput::failed(e),
     };
@@ -118,7 +134,7 @@ pub fn run(a: OptArgs, g: &GlobalArgs) -> DriverOutput {
         // The cases print to a string; `-o FILE` gets the joined chunks once, and only when
         // every case succeeded.
         let out = crate::input::for_each_case(&input, |case| {
-            let mut case_err = String::new();
+            let mut case_err = Log::collected();
             let mut chunk = String::new();
             let mut failed = false;
             match parse_module(&case.padded()) {
@@ -135,7 +151,7 @@ pub fn run(a: OptArgs, g: &GlobalArgs) -> DriverOutput {
                     }
                 },
             }
-            for l in case_err.lines() {
+            for l in case_err.into_string().lines() {
                 let _ = writeln!(chunk, "// {l}");
             }
             (chunk, failed)
@@ -148,15 +164,16 @@ pub fn run(a: OptArgs, g: &GlobalArgs) -> DriverOutput {
         Err(e) => return DriverOutput::failed(e),
     };
     let import_time = t0.elapsed();
-    if a.timing {
+    job.import_s = import_time.as_secs_f64();
+    if a.timing || g.verbose {
         let _ = writeln!(err, "import: {:.3} s", import_time.as_secs_f64());
     }
     match process(module, &a, a.output.as_deref(), g, &input, &job, &mut err) {
-        Ok(Some(text)) => DriverOutput::ok(text, err),
-        Ok(None) => DriverOutput::ok(String::new(), err),
+        Ok(Some(text)) => DriverOutput::ok(text, err.into_string()),
+        Ok(None) => DriverOutput::ok(String::new(), err.into_string()),
         Err(e) => {
             report(&mut err, &e);
-            DriverOutput::failed_with(e, err)
+            DriverOutput::failed_with(e, err.into_string())
         }
     }
 }
@@ -202,6 +219,11 @@ fn job(a: &OptArgs) -> Result<(PathBuf, Job), CliError> {
             "ONNX output needs -o FILE (or use --emit=oir)",
         ));
     }
+    if a.split_input_file && a.report.is_some() {
+        return Err(CliError::Usage(
+            "--report describes one model; it does not combine with --split-input-file",
+        ));
+    }
     if a.split_input_file && emit == Emit::Onnx {
         return Err(CliError::Usage(
             "--split-input-file writes textual IR (an .oir output or --emit=oir)",
@@ -212,15 +234,20 @@ fn job(a: &OptArgs) -> Result<(PathBuf, Job), CliError> {
             return Err(CliError::OutputOverInput { input });
         }
     }
-    Ok((input, Job { print, emit }))
+    Ok((
+        input,
+        Job {
+            print,
+            emit,
+            import_s: 0.0,
+        },
+    ))
 }
 
 /// Appends `error: …` for `e` to the stderr text, ending in one newline.
-fn report(err: &mut String, e: &CliError) {
+fn report(err: &mut Log, e: &CliError) {
     let _ = write!(err, "error: {e}");
-    if !err.ends_with('\n') {
-        err.push('\n');
-    }
+    err.end_line();
 }
 
 /// Verifies, runs the pipeline and writes the result. Returns text for stdout when there is no -o.
@@ -231,25 +258,38 @@ fn process(
     g: &GlobalArgs,
     input: &Path,
     job: &Job,
-    err: &mut String,
+    err: &mut Log,
 ) -> Result<Option<String>, CliError> {
     ortho_ir::verify::verify_module(&m).map_err(|d| CliError::Verify {
         path: input.to_path_buf(),
         source: d.into(),
     })?;
-    crate::passes_glue::run_pipeline(&mut m, a, g, input, job.print, err)?;
+    let before = a.report.as_ref().map(|_| crate::report::model_stats(&m));
+    let passes = crate::passes_glue::run_pipeline(&mut m, a, g, input, job.print, err)?;
     let t0 = Instant::now();
+    if job.emit == Emit::Oir {
+        a.policy.check(&m)?;
+    }
+    let mut outputs = Vec::new();
     let out = match (job.emit, output) {
         (Emit::Oir, None) => Some(print_module(&m, job.print)),
         (Emit::Oir, Some(path)) if is_stdout(path) => Some(print_module(&m, job.print)),
         (Emit::Oir, Some(path)) => {
-            write_atomic(path, print_module(&m, job.print).as_bytes())
-                .map_err(CliError::io(path))?;
+            let text = print_module(&m, job.print);
+            write_atomic(path, text.as_bytes()).map_err(CliError::io(path))?;
+            outputs.push(crate::report::bytes_sha256(
+                &path.display().to_string(),
+                text.as_bytes(),
+            ));
             None
         }
         (Emit::Onnx, Some(path)) => {
             // Ops of our own `ortho` domain (fused kernels) are not standard ONNX: lower them
             // before writing, so the output always loads in other runtimes.
+            if !a.no_provenance {
+                let pipeline = passes.as_ref().map_or("", |r| r.pipeline.as_str());
+                crate::report::set_provenance(&mut m, pipeline);
+            }
             let sparse = if a.emit_sparse {
                 ortho_passes::transforms::SparseExport::Compact
             } else {
@@ -265,6 +305,7 @@ fn process(
                 Ok(_) => {}
                 Err(e) => return Err(CliError::LowerOrtho { source: e.into() }),
             }
+            a.policy.check(&m)?;
             let opts = ortho_frontends::ExportOptions {
                 external_min_bytes: a.external_data,
                 protected: vec![input.to_path_buf()],
@@ -277,6 +318,15 @@ fn process(
             };
             match exported {
                 Ok(stats) => {
+                    if a.report.is_some() && !is_stdout(path) {
+                        outputs.push(crate::report::file_sha256(path).map_err(CliError::io(path))?);
+                        if stats.external_tensors > 0 {
+                            let data = crate::report::external_data_path(path);
+                            outputs.push(
+                                crate::report::file_sha256(&data).map_err(CliError::io(&data))?,
+                            );
+                        }
+                    }
                     if stats.external_forced {
                         let _ = writeln!(
                             err,
@@ -293,8 +343,36 @@ fn process(
         }
         (Emit::Onnx, None) => None,
     };
-    if a.timing {
-        let _ = writeln!(err, "export: {:.3} s", t0.elapsed().as_secs_f64());
+    let export_s = t0.elapsed().as_secs_f64();
+    if a.timing || g.verbose {
+        let _ = writeln!(err, "export: {export_s:.3} s");
+    }
+    if let (Some(path), Some(before)) = (&a.report, before) {
+        if let Some(o) = &out {
+            outputs.push(crate::report::bytes_sha256("-", o.as_bytes()));
+        }
+        let mut r = crate::report::RunReport {
+            tool: "ortho-opt",
+            version: env!("CARGO_PKG_VERSION"),
+            command: g.argv.clone(),
+            input: input.display().to_string(),
+            pipeline: String::new(),
+            passes: Vec::new(),
+            fixpoints: Vec::new(),
+            statistics: Default::default(),
+            notes: Vec::new(),
+            import_s: job.import_s,
+            passes_s: 0.0,
+            export_s,
+            before,
+            after: crate::report::model_stats(&m),
+            outputs,
+        };
+        if let Some(p) = &passes {
+            r.set_passes(p);
+        }
+        let text = serde_json::to_string_pretty(&r).map_err(CliError::Json)? + "\n";
+        write_atomic(path, text.as_bytes()).map_err(CliError::io(path))?;
     }
     Ok(out)
 }

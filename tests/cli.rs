@@ -290,3 +290,280 @@ fn compare_gates_set_the_exit_code() {
         Some(CliError::GateFailed { count: 1 })
     ));
 }
+
+#[test]
+fn verbose_prints_each_pass_and_the_command_time() {
+    let r = run(&[&s(&model()), "-v", "--pass-pipeline=canonicalize,cse,dce"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for line in ["pass #1 canonicalize", "pass #2 cse: ", "pass #3 dce: "] {
+        assert!(r.stderr.contains(line), "{line}: {}", r.stderr);
+    }
+    assert!(r.stderr.contains("import: "), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("ortho-opt: exit 0 after "),
+        "{}",
+        r.stderr
+    );
+    // Without -v none of it.
+    let quiet = run(&[&s(&model()), "--pass-pipeline=canonicalize,cse,dce"]);
+    assert!(!quiet.stderr.contains("pass #1"), "{}", quiet.stderr);
+    // -v is shared by every command; -q and -v contradict each other.
+    let r = run(&["analyze", &s(&model()), "-v"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("analyze: exit 0 after "), "{}", r.stderr);
+    let r = run(&["-v", "analyze", &s(&model()), "-q"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+}
+
+/// A writer that records each write and whether the output file existed at that moment.
+#[derive(Clone)]
+struct Recorder {
+    out: PathBuf,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, bool)>>>,
+}
+
+impl std::io::Write for Recorder {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(b).into_owned();
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.push((text, self.out.exists()));
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn notes_and_ir_dumps_stream_while_the_run_goes_on() {
+    let tmp = TempDir::new("cli-stream");
+    let out = tmp.path().join("out.oir");
+    let input = repo().join("tests/filecheck/prune/magnitude.oir");
+    let rec = Recorder {
+        out: out.clone(),
+        seen: Default::default(),
+    };
+    let args: Vec<String> = [
+        "ortho-opt",
+        &s(&input),
+        "-o",
+        &s(&out),
+        "--pass-pipeline=prune{method=magnitude linears=q},cse",
+        "--print-ir-after=prune",
+        "-v",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let r = ortho_opt::Driver::run_streaming(&args, Box::new(rec.clone()));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(out.exists());
+    let seen = rec.seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let when = |needle: &str| {
+        seen.iter()
+            .position(|(t, _)| t.contains(needle))
+            .unwrap_or_else(|| panic!("'{needle}' was not streamed: {seen:?}"))
+    };
+    // The dump and the note arrive before the next pass ran and before the output existed.
+    let (dump, note, cse) = (
+        when("IR Dump After prune"),
+        when("note: prune: magnitude unstructured"),
+        when("pass #2 cse"),
+    );
+    assert!(dump < cse && note < cse, "{seen:?}");
+    assert!(
+        !seen[dump].1 && !seen[note].1,
+        "written before the output: {seen:?}"
+    );
+    // Streamed text is not repeated in the collected stderr.
+    assert!(!r.stderr.contains("IR Dump"), "{}", r.stderr);
+    assert!(!r.stderr.contains("note: prune"), "{}", r.stderr);
+}
+
+#[test]
+fn the_reproducer_keeps_every_option_that_influenced_the_run() {
+    let tmp = TempDir::new("cli-repro");
+    let out = tmp.path().join("out.oir");
+    let input = repo().join("tests/filecheck/denoise-prune/invalid-no-calibration.oir");
+    let text = std::fs::read_to_string(&input).expect("read");
+    // One case of the file, without --split-input-file.
+    let case = tmp.path().join("case.oir");
+    std::fs::write(&case, text.split("// -----").next().unwrap_or(&text)).expect("write");
+    let r = run(&[
+        &s(&case),
+        "-o",
+        &s(&out),
+        "--threads",
+        "1",
+        "--verify-each=false",
+        "--opt-bisect-limit=9",
+        "--timing",
+        "--pass-pipeline=fold-norms,denoise-prune{method=magnitude pattern=2:4},cse",
+    ]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let line = r
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("reproduce with: "))
+        .unwrap_or_else(|| panic!("no reproducer: {}", r.stderr));
+    for kept in ["--threads 1", "--verify-each=false", "--opt-bisect-limit=9"] {
+        assert!(line.contains(kept), "{kept} missing: {line}");
+    }
+    for dropped in ["-o ", "--timing", ",cse"] {
+        assert!(!line.contains(dropped), "{dropped} kept: {line}");
+    }
+    // Running it fails at the same pass.
+    let words = shlex::split(line).expect("a shell line");
+    let again = ortho_opt::Driver::run(&words);
+    assert_eq!(again.code, 1, "{}", again.stderr);
+    assert!(
+        again
+            .stderr
+            .contains("denoise-prune needs calibration data"),
+        "{}",
+        again.stderr
+    );
+    assert!(again.stderr.contains(line), "{}", again.stderr);
+    assert!(!out.exists());
+}
+
+#[test]
+fn compare_locate_names_the_first_diverging_node() {
+    let d = TempDir::new("cli-locate");
+    // B: the decoder with one weight of the v projection changed, as a buggy pass might.
+    let text = std::fs::read_to_string(model()).expect("model");
+    let start = text.find("%wv = const").expect("json.oir has %wv");
+    let first_value = text[start..].find("dense<[").expect("dense") + start + "dense<[".len();
+    let end = text[first_value..].find(',').expect("comma") + first_value;
+    let mut bad = text.clone();
+    bad.replace_range(first_value..end, "9.0");
+    let b = d.path().join("b.oir");
+    std::fs::write(&b, bad).expect("write b");
+    let tok = word_tokenizer(d.path(), 6);
+    let words: Vec<String> = (0..64).map(|i| format!("t{}", (i * 7 + 3) % 6)).collect();
+    let text_file = d.path().join("text.txt");
+    std::fs::write(&text_file, words.join(" ")).expect("write text");
+    let compare = |b: &std::path::Path, json: bool| {
+        let mut args = vec![
+            "compare".to_string(),
+            s(&model()),
+            s(b),
+            "--tokenizer".into(),
+            s(&tok),
+            "--text".into(),
+            s(&text_file),
+            "--windows".into(),
+            "1".into(),
+            "--seqlen".into(),
+            "16".into(),
+            "-q".into(),
+            "--locate".into(),
+        ];
+        if json {
+            args.push("--json".into());
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&refs)
+    };
+    let r = compare(&b, true);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).expect("JSON");
+    let first = &v["locate"]["first"];
+    assert_eq!(first["value"], "%v", "{v}");
+    assert!(
+        first["node"].as_str().unwrap_or("").contains("MatMul"),
+        "{first}"
+    );
+    assert!(first["relative"].as_f64().unwrap_or(0.0) > 1e-4, "{first}");
+    // Everything before %v agreed: the boundary is the v projection's input.
+    assert!(v["locate"]["last_agreeing"].is_object(), "{v}");
+    // The HTML report: self-contained, with the NLL of A and B per position as inline SVG.
+    let html = d.path().join("cmp.html");
+    let r = run(&[
+        "compare",
+        &s(&model()),
+        &s(&b),
+        "--tokenizer",
+        &s(&tok),
+        "--text",
+        &s(&text_file),
+        "--windows",
+        "2",
+        "--seqlen",
+        "16",
+        "-q",
+        "--html",
+        &s(&html),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let page = std::fs::read_to_string(&html).expect("html written");
+    assert!(page.starts_with("<!DOCTYPE html>"), "{page}");
+    assert_eq!(page.matches("<svg").count(), 2, "two charts");
+    // One line per series (A, B, B − A) plus the legend's marks.
+    assert!(page.matches("<polyline").count() >= 3, "{page}");
+    assert!(page.contains("Mean NLL per position"));
+    assert!(
+        !page.contains("<script") && !page.contains(" src="),
+        "self-contained"
+    );
+    // A model against itself: no divergence, and the summary says so.
+    let same = compare(&model(), false);
+    assert_eq!(same.code, 0, "{}", same.stderr);
+    assert!(
+        same.stdout.contains("first divergence:   none"),
+        "{}",
+        same.stdout
+    );
+}
+
+#[test]
+fn seeded_passes_write_the_same_bytes_whatever_the_thread_count() {
+    let d = TempDir::new("cli-threads");
+    let ids = d.path().join("ids.txt");
+    let words: Vec<String> = (0..256).map(|i| ((i * 7 + 3) % 6).to_string()).collect();
+    std::fs::write(&ids, words.join(" ")).expect("write ids");
+    for pipeline in SEEDED {
+        let out = |threads: usize| -> Vec<u8> {
+            let path = d.path().join(format!("out-{threads}.onnx"));
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool");
+            let r = pool.install(|| {
+                run(&[
+                    &s(&model()),
+                    "-o",
+                    &s(&path),
+                    &format!("--pass-pipeline={pipeline}"),
+                    "--calib-ids",
+                    &s(&ids),
+                    "--calib-samples",
+                    "4",
+                    "--calib-seqlen",
+                    "16",
+                    "--threads",
+                    &threads.to_string(),
+                    "-q",
+                ])
+            });
+            assert_eq!(r.code, 0, "{pipeline} on {threads} threads: {}", r.stderr);
+            std::fs::read(&path).expect("output written")
+        };
+        let one = out(1);
+        for t in [2, 3, 16] {
+            assert!(
+                one == out(t),
+                "{pipeline}: {t} threads write other bytes than 1"
+            );
+        }
+    }
+}
+
+/// Every pass with a seed, in a pipeline that runs on the small decoder.
+const SEEDED: &[&str] = &[
+    "fold-norms,rotate-residual{kind=haar seed=3}",
+    "rotate-heads{seed=3}",
+    "fold-norms,joint-basis{seed=3}",
+    "poet-reparam{seed=3}",
+    "lora{seed=3}",
+];

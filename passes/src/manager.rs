@@ -41,6 +41,10 @@ pub struct ManagerOptions {
     pub print_options: PrintOptions,
     /// Calibration data handed to every pass (see `PassContext::calibration`).
     pub calibration: Option<std::sync::Arc<crate::calib::Calibration>>,
+    /// Also send each pass's notes and a line per finished pass to the sink as they happen
+    /// ([`IrEvent::Note`], [`IrEvent::PassDone`]), so a command line can stream them instead of
+    /// printing them at exit. The notes stay in the report either way.
+    pub progress_events: bool,
 }
 
 impl Default for ManagerOptions {
@@ -56,6 +60,7 @@ impl Default for ManagerOptions {
             bisect_limit: None,
             print_options: PrintOptions::default(),
             calibration: None,
+            progress_events: false,
         }
     }
 }
@@ -84,6 +89,15 @@ pub enum IrEvent {
         pass: String,
         ran: bool,
     },
+    /// A note of a pass (as in [`RunReport::notes`]), when `progress_events` is set.
+    Note(String),
+    /// A pass finished (successfully), when `progress_events` is set.
+    PassDone {
+        index: usize,
+        pass: String,
+        changed: bool,
+        wall: Duration,
+    },
 }
 
 impl IrEvent {
@@ -109,6 +123,17 @@ impl IrEvent {
                     if *ran { "running" } else { "NOT running" }
                 )
             }
+            IrEvent::Note(n) => format!("note: {n}"),
+            IrEvent::PassDone {
+                index,
+                pass,
+                changed,
+                wall,
+            } => format!(
+                "pass #{index} {pass}: {:.3} ms, {}",
+                wall.as_secs_f64() * 1e3,
+                if *changed { "changed" } else { "no change" }
+            ),
         }
     }
 }
@@ -594,9 +619,11 @@ impl Exec<'_> {
         let outcome = catch_unwind(AssertUnwindSafe(|| pass.run(self.m, &mut cx)));
         run.wall = t.elapsed();
         self.report.statistics.merge(cx.statistics());
+        let first_new = self.report.notes.len();
         self.report
             .notes
             .extend(cx.notes().iter().map(|n| format!("{name}: {n}")));
+        self.stream_notes(first_new);
         let result = match outcome {
             Err(payload) => {
                 self.report.runs.push(run);
@@ -622,6 +649,7 @@ impl Exec<'_> {
                 self.report.notes.push(format!(
                     "{name}: run #{index} reported no change but changed the IR"
                 ));
+                self.stream_notes(self.report.notes.len() - 1);
             }
         }
         if opts.verify_each {
@@ -655,8 +683,27 @@ impl Exec<'_> {
                 ir,
             });
         }
+        if opts.progress_events {
+            self.emit(IrEvent::PassDone {
+                index,
+                pass: label.to_string(),
+                changed: result.changed,
+                wall: run.wall,
+            });
+        }
         self.report.runs.push(run);
         Ok(result.changed)
+    }
+
+    /// Sends the notes from `first` on to the sink, when the caller asked for progress events.
+    fn stream_notes(&mut self, first: usize) {
+        if !self.mgr.options.progress_events {
+            return;
+        }
+        let new: Vec<String> = self.report.notes[first..].to_vec();
+        for n in new {
+            self.emit(IrEvent::Note(n));
+        }
     }
 
     fn fail(
