@@ -291,3 +291,131 @@ fn bad_shard_sets_are_refused_naming_the_file() {
     assert!(r.stderr.contains("exists and is not empty"), "{}", r.stderr);
     assert_eq!(manifest(&dir), m, "the existing set is untouched");
 }
+
+/// Copies the regular files of `from` into `to`, recursively.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read_dir") {
+        let e = e.expect("entry");
+        let dst = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), &dst).expect("copy");
+        }
+    }
+}
+
+#[test]
+fn participant_local_rekey_reads_only_its_own_shard() {
+    let tmp = TempDir::new("upm-local");
+    let want = logits(&model(), tmp.path(), "orig");
+    for placement in ["folded", "per-shard"] {
+        let base = tmp.path().join(format!("{placement}-base"));
+        assert_eq!(split(&base, 3, "blocks").code, 0);
+        let rekey = |d: &Path, extra: &[&str]| {
+            let mut args = vec![
+                "shard",
+                "rekey",
+                d.to_str().expect("utf-8 path"),
+                "--kind",
+                "haar",
+                "--seed",
+                "11",
+                "--placement",
+                placement,
+            ];
+            args.extend_from_slice(extra);
+            run(&args)
+        };
+        // The whole set at once: the reference.
+        let whole = tmp.path().join(format!("{placement}-whole"));
+        copy_dir(&base, &whole);
+        let r = rekey(&whole, &[]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let mw = manifest(&whole);
+        // Each participant holds the manifest and its own shard only: the other shard files
+        // are deleted, so a re-key that opened them would fail.
+        for i in 0..3usize {
+            let p = tmp.path().join(format!("{placement}-p{i}"));
+            copy_dir(&base, &p);
+            for j in (0..3).filter(|&j| j != i) {
+                std::fs::remove_file(p.join(format!("epoch-000000/shard-{j:03}.onnx")))
+                    .expect("delete another shard");
+            }
+            let r = rekey(&p, &["--shard", &i.to_string()]);
+            assert_eq!(r.code, 0, "participant {i}: {}", r.stderr);
+            let m = manifest(&p);
+            assert_eq!(m["epoch"].as_u64(), Some(0), "the set waits for the others");
+            assert_eq!(m["shards"][i]["epoch"].as_u64(), Some(1));
+            assert_eq!(m["shards"][i]["sha256"], mw["shards"][i]["sha256"]);
+            let got = std::fs::read(p.join(m["shards"][i]["file"].as_str().expect("file")))
+                .expect("read");
+            let reference = std::fs::read(whole.join(mw["shards"][i]["file"].as_str().expect("f")))
+                .expect("read");
+            assert!(
+                got == reference,
+                "{placement}: participant {i}'s shard equals the whole-set re-key's"
+            );
+        }
+        // One folder re-keyed shard by shard: mid-epoch it refuses to run (mixed epochs) and
+        // refuses other seeds; after the last shard the set is at epoch 1 and keeps the function.
+        let seq = tmp.path().join(format!("{placement}-seq"));
+        copy_dir(&base, &seq);
+        for i in [2usize, 0, 1] {
+            let r = rekey(&seq, &["--shard", &i.to_string()]);
+            assert_eq!(r.code, 0, "{}", r.stderr);
+            if i == 2 {
+                let ids = tmp.path().join("ids1.npy");
+                npy::write(
+                    &ids,
+                    &HostTensor::from_vec(vec![1, 2], vec![0i64, 1]).expect("ids"),
+                )
+                .expect("ids");
+                let r = run(&[
+                    "run",
+                    &s(&seq),
+                    "--input",
+                    &format!("ids={}", s(&ids)),
+                    "-o",
+                    &s(&tmp.path().join("never")),
+                ]);
+                assert_eq!(r.code, 1);
+                assert!(
+                    r.stderr.contains("re-key the remaining shards"),
+                    "{}",
+                    r.stderr
+                );
+                let r = run(&[
+                    "shard",
+                    "rekey",
+                    &s(&seq),
+                    "--seed",
+                    "12",
+                    "--placement",
+                    placement,
+                    "--shard",
+                    "0",
+                ]);
+                assert_eq!(r.code, 1);
+                assert!(r.stderr.contains("must use the same"), "{}", r.stderr);
+                let r = rekey(&seq, &["--shard", "2"]);
+                assert_eq!(r.code, 1);
+                assert!(r.stderr.contains("already at epoch 1"), "{}", r.stderr);
+                let r = rekey(&seq, &[]);
+                assert_eq!(r.code, 1);
+                assert!(r.stderr.contains("with --shard"), "{}", r.stderr);
+            }
+        }
+        let m = manifest(&seq);
+        assert_eq!(m["epoch"].as_u64(), Some(1));
+        assert!(m["shards"][1].get("epoch").is_none());
+        assert_eq!(m["transforms"][0]["shards"], serde_json::json!([2, 0, 1]));
+        assert!(!seq.join("epoch-000000").exists(), "old epoch removed");
+        for i in 0..3 {
+            assert_eq!(m["shards"][i]["sha256"], mw["shards"][i]["sha256"]);
+        }
+        let got = logits(&seq, tmp.path(), &format!("{placement}-seq"));
+        assert!(max_diff(&got, &want) < 1e-5, "{placement}");
+    }
+}
