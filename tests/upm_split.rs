@@ -32,7 +32,7 @@ fn logits(model: &Path, tmp: &Path, tag: &str) -> Vec<f32> {
     ]);
     assert_eq!(r.code, 0, "run {}: {}", model.display(), r.stderr);
     let l = npy::read(&out.join("logits.npy")).expect("read logits");
-    assert_eq!(l.shape(), &[2, 5, 6]);
+    assert_eq!(&l.shape()[..2], &[2, 5]);
     l.as_f32().expect("f32 logits").to_vec()
 }
 
@@ -418,4 +418,85 @@ fn participant_local_rekey_reads_only_its_own_shard() {
         let got = logits(&seq, tmp.path(), &format!("{placement}-seq"));
         assert!(max_diff(&got, &want) < 1e-5, "{placement}");
     }
+}
+
+/// The numbers after `key` in a re-key report, one per shard line.
+fn report_numbers(stdout: &str, key: &str) -> Vec<f64> {
+    stdout
+        .lines()
+        .filter_map(|l| l.split(key).nth(1))
+        .map(|rest| {
+            let num: String = rest
+                .trim_start()
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | '-' | '+'))
+                .collect();
+            num.parse().expect("a number in the report")
+        })
+        .collect()
+}
+
+#[test]
+fn head_keys_are_bounded_and_keep_the_function() {
+    let tmp = TempDir::new("upm-heads");
+    let model = repo().join("tests/upm/gqa2.oir");
+    let want = logits(&model, tmp.path(), "orig");
+    for placement in ["folded", "per-shard"] {
+        let dir = tmp.path().join(placement);
+        let r = run(&["shard", "split", &s(&model), "-k", "2", "-o", &s(&dir)]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        // Three epochs with V/O keys of condition ≤ 4, then one back to the identity key.
+        for (e, cond) in [(1, Some("4")), (2, Some("4")), (3, Some("4")), (4, None)] {
+            let seed = e.to_string();
+            let mut args = vec![
+                "shard",
+                "rekey",
+                dir.to_str().expect("utf-8"),
+                "--seed",
+                &seed,
+                "--placement",
+                placement,
+            ];
+            if let Some(c) = cond {
+                args.extend(["--head-cond", c]);
+            }
+            let r = run(&args);
+            assert_eq!(r.code, 0, "{}", r.stderr);
+            let keys = report_numbers(&r.stdout, "cond(A_t) ≤");
+            let changes = report_numbers(&r.stdout, "cond(A_{t−1}⁻¹A_t) ≤");
+            let inv = report_numbers(&r.stdout, "‖C·C⁻¹ − I‖_max");
+            assert_eq!(keys.len(), 2, "{}", r.stdout);
+            for ((k, c), i) in keys.iter().zip(&changes).zip(&inv) {
+                // An absolute key never exceeds the cap, so nothing compounds; the change
+                // between two of them is bounded by the cap squared.
+                match cond {
+                    Some(_) => assert!(*k > 1.0 + 1e-6 && *k <= 4.0 + 1e-9, "{}", r.stdout),
+                    None => assert!((k - 1.0).abs() < 1e-9, "{}", r.stdout),
+                }
+                assert!(*c >= 1.0 && *c <= 16.0 + 1e-9, "{}", r.stdout);
+                assert!(*i < 1e-12, "{}", r.stdout);
+            }
+            let got = logits(&dir, tmp.path(), &format!("{placement}{e}"));
+            let d = max_diff(&got, &want);
+            assert!(d < 1e-5, "{placement}, epoch {e}: max |Δlogit| {d}");
+        }
+        let m = manifest(&dir);
+        assert_eq!(m["transforms"][2]["head_cond"].as_f64(), Some(4.0));
+        assert!(m["transforms"][3].get("head_cond").is_none());
+    }
+    // A cap below 1 is refused, nothing written.
+    let dir = tmp.path().join("folded");
+    let before = manifest(&dir);
+    let r = run(&[
+        "shard",
+        "rekey",
+        &s(&dir),
+        "--seed",
+        "9",
+        "--head-cond",
+        "0.5",
+    ]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("condition cap"), "{}", r.stderr);
+    assert_eq!(manifest(&dir), before);
 }

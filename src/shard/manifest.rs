@@ -77,6 +77,9 @@ pub struct TransformRecord {
     pub placement: String,
     /// Shards whose weights it rewrote.
     pub shards: Vec<usize>,
+    /// Condition cap κ of the epoch's absolute V/O head keys (`--head-cond`); `None`: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_cond: Option<f64>,
 }
 
 /// The options the set was split with.

@@ -17,6 +17,7 @@ use super::error::ShardError;
 use super::manifest::{epoch_dir_name, Manifest, TransformRecord};
 use crate::cli::GlobalArgs;
 use ortho_passes::transforms::rotate_residual::RotationKind;
+use ortho_passes::upm::heads::HeadKeys;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -90,6 +91,12 @@ pub struct RekeyArgs {
     /// shard has been re-keyed. Every shard of an epoch must use the same kind, seed and placement.
     #[arg(long, value_name = "I")]
     pub shard: Option<usize>,
+    /// Also key every attention's V/O path inside the shards: an absolute general invertible
+    /// matrix per KV head with condition number ≤ KAPPA, drawn each epoch (the change from the
+    /// previous epoch's key is applied, so keys never compound). Leave it out to move the V/O
+    /// paths back to (or keep them at) the identity key.
+    #[arg(long, value_name = "KAPPA")]
+    pub head_cond: Option<f64>,
     /// Testing hook: fail after writing this many shards of the new epoch (as a killed run).
     #[arg(long, hide = true)]
     pub fail_after: Option<usize>,
@@ -109,6 +116,14 @@ pub fn run(a: &RekeyArgs, _g: &GlobalArgs) -> Result<(String, String), ShardErro
                 man.placement
             ),
         });
+    }
+    if let Some(k) = a.head_cond {
+        if !(k.is_finite() && k >= 1.0) {
+            return Err(ShardError::Rekey {
+                path: mpath,
+                why: format!("--head-cond {k}: a condition cap must be a finite number ≥ 1"),
+            });
+        }
     }
     let ctx = Ctx {
         a,
@@ -183,6 +198,40 @@ impl Ctx<'_> {
                 source: Box::new(e),
             }
         })?;
+        // The V/O head keys move from the set's current epoch's to this epoch's.
+        let prev = man
+            .transforms
+            .iter()
+            .rev()
+            .find(|r| r.epoch == man.epoch)
+            .and_then(|r| {
+                r.head_cond.map(|c| HeadKeys {
+                    seed: r.seed,
+                    epoch: r.epoch,
+                    cond_cap: c,
+                })
+            });
+        let next = a.head_cond.map(|c| HeadKeys {
+            seed: a.seed,
+            epoch: self.epoch,
+            cond_cap: c,
+        });
+        let heads = if prev.is_some() || next.is_some() {
+            let layer0 = man.shards[i].blocks[0];
+            let h =
+                ortho_passes::upm::heads::rekey_heads(&mut m, layer0, prev.as_ref(), next.as_ref())
+                    .map_err(|e| ShardError::Model {
+                        path: path.clone(),
+                        source: Box::new(e),
+                    })?;
+            format!(
+                "; V/O keys: {} matrices in {} layers, cond(A_t) ≤ {:.3}, cond(A_{{t−1}}⁻¹A_t) ≤ {:.3}, \
+                 ‖C·C⁻¹ − I‖_max {:.1e}",
+                h.matrices, h.layers, h.max_cond_key, h.max_cond_change, h.inverse_error
+            )
+        } else {
+            String::new()
+        };
         let t_fold = lap();
         ortho_ir::verify::verify_module(&m).map_err(|d| ShardError::Model {
             path: path.clone(),
@@ -199,7 +248,7 @@ impl Ctx<'_> {
         let line = format!(
             "  shard {i}: {} weights rewritten{}{}, ‖RᵀR − I‖_F = {:.2e}; \
              s: load {t_load:.2}, re-key {t_fold:.2}, verify {t_verify:.2}, export {t_export:.2}, \
-             sha256 {t_hash:.2}\n",
+             sha256 {t_hash:.2}{heads}\n",
             st.rewritten,
             if st.norms_folded > 0 {
                 format!(", {} norms folded first", st.norms_folded)
@@ -216,6 +265,22 @@ impl Ctx<'_> {
         Ok((sha, line))
     }
 
+    /// This run's staging folder and the new epoch's folder. Staging folders of killed runs
+    /// are removed first: they hold no published data (the manifest never named them).
+    fn folders(&self) -> (PathBuf, PathBuf) {
+        let name = epoch_dir_name(self.epoch);
+        if let Ok(rd) = std::fs::read_dir(self.dir) {
+            for e in rd.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with(".epoch-") && n.contains(".tmp-") {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let stage = self.dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        (stage, self.dir.join(name))
+    }
+
     fn record(&self) -> TransformRecord {
         TransformRecord {
             epoch: self.epoch,
@@ -223,6 +288,7 @@ impl Ctx<'_> {
             seed: self.a.seed,
             placement: self.a.placement.name().into(),
             shards: Vec::new(),
+            head_cond: self.a.head_cond,
         }
     }
 
@@ -245,14 +311,7 @@ impl Ctx<'_> {
         for i in 0..man.shards.len() {
             man.check_shard(self.mpath, dir, i)?;
         }
-        // Staging folders of killed runs hold no published data (the manifest never named them).
-        remove_stale_staging(dir);
-        let stage = dir.join(format!(
-            ".{}.tmp-{}",
-            epoch_dir_name(epoch),
-            std::process::id()
-        ));
-        let final_dir = dir.join(epoch_dir_name(epoch));
+        let (stage, final_dir) = self.folders();
         if final_dir.exists() {
             return Err(ShardError::Rekey {
                 path: final_dir,
@@ -322,22 +381,18 @@ impl Ctx<'_> {
         let want = self.record();
         let rec = man.transforms.iter().position(|r| r.epoch == epoch);
         if let Some(r) = rec.map(|r| &man.transforms[r]) {
-            if (&r.kind, r.seed, &r.placement) != (&want.kind, want.seed, &want.placement) {
+            let same = (&r.kind, r.seed, &r.placement, r.head_cond)
+                == (&want.kind, want.seed, &want.placement, want.head_cond);
+            if !same {
                 return Err(self.err(format!(
-                    "epoch {epoch} is under way with kind {}, seed {}, placement {}: shard {i} \
-                     must use the same",
-                    r.kind, r.seed, r.placement
+                    "epoch {epoch} is under way with kind {}, seed {}, placement {}, head-cond \
+                     {:?}: shard {i} must use the same",
+                    r.kind, r.seed, r.placement, r.head_cond
                 )));
             }
         }
         man.check_shard(self.mpath, dir, i)?;
-        remove_stale_staging(dir);
-        let stage = dir.join(format!(
-            ".{}.tmp-{}",
-            epoch_dir_name(epoch),
-            std::process::id()
-        ));
-        let final_dir = dir.join(epoch_dir_name(epoch));
+        let (stage, final_dir) = self.folders();
         let name = super::shard_file_name(i);
         let io = |path: &Path| {
             let path = path.to_path_buf();
@@ -384,17 +439,5 @@ impl Ctx<'_> {
             }
         }
         Ok((line, done))
-    }
-}
-
-/// Removes staging folders of killed runs (`.epoch-NNNNNN.tmp-PID`); they hold no published data.
-fn remove_stale_staging(dir: &Path) {
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with(".epoch-") && name.contains(".tmp-") {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
     }
 }
