@@ -39,6 +39,18 @@ impl Chain {
     /// Loads a manifest (checking every shard's hash) and compiles its shards.
     pub fn compile(path: &Path, threads: Option<usize>) -> Result<Chain, CliError> {
         let (manifest, dir) = Manifest::load(path, true)?;
+        if let Some((shard, e)) = manifest.ahead() {
+            return Err(ShardError::Chain {
+                manifest: super::manifest::manifest_path(path),
+                shard,
+                why: format!(
+                    "is at epoch {e}, the set at {}: a participant-local re-key is under way; \
+                     re-key the remaining shards (`shard rekey --shard i`) before running the chain",
+                    manifest.epoch
+                ),
+            }
+            .into());
+        }
         let plans = manifest
             .shards
             .iter()

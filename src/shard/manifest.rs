@@ -60,6 +60,11 @@ pub struct ShardEntry {
     /// original basis or the chain's one shared basis.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// Set while the shard is one epoch ahead of the set: its participant re-keyed it on its
+    /// own (`shard rekey --shard i`) and the other shards have not caught up yet. Cleared when
+    /// the last shard reaches the new epoch (the set's `epoch` then advances).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 /// One re-key event applied to the set.
@@ -72,6 +77,9 @@ pub struct TransformRecord {
     pub placement: String,
     /// Shards whose weights it rewrote.
     pub shards: Vec<usize>,
+    /// Condition cap κ of the epoch's absolute V/O head keys (`--head-cond`); `None`: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_cond: Option<f64>,
 }
 
 /// The options the set was split with.
@@ -183,28 +191,51 @@ impl Manifest {
                     }
                 }
             }
+            if let Some(e) = s.epoch {
+                if e != m.epoch + 1 {
+                    return Err(bad(format!(
+                        "shard {i} is at epoch {e}, the set at {} (a shard may be one epoch ahead)",
+                        m.epoch
+                    )));
+                }
+            }
             if check_hashes {
-                let file = dir.join(rel);
-                if !file.is_file() {
-                    return Err(ShardError::MissingShard {
-                        manifest: path.clone(),
-                        file,
-                    });
-                }
-                let got = super::sha256::file_hex(&file).map_err(|source| ShardError::Io {
-                    path: file.clone(),
-                    source,
-                })?;
-                if got != s.sha256 {
-                    return Err(ShardError::HashMismatch {
-                        file,
-                        expected: s.sha256.clone(),
-                        found: got,
-                    });
-                }
+                m.check_shard(&path, &dir, i)?;
             }
         }
         Ok((m, dir))
+    }
+
+    /// Checks that shard `i`'s file exists and has the recorded sha256; opens no other file.
+    pub fn check_shard(&self, manifest: &Path, dir: &Path, i: usize) -> Result<(), ShardError> {
+        let s = &self.shards[i];
+        let file = dir.join(&s.file);
+        if !file.is_file() {
+            return Err(ShardError::MissingShard {
+                manifest: manifest.to_path_buf(),
+                file,
+            });
+        }
+        let got = super::sha256::file_hex(&file).map_err(|source| ShardError::Io {
+            path: file.clone(),
+            source,
+        })?;
+        if got != s.sha256 {
+            return Err(ShardError::HashMismatch {
+                file,
+                expected: s.sha256.clone(),
+                found: got,
+            });
+        }
+        Ok(())
+    }
+
+    /// The first shard that is ahead of the set (re-keyed on its own with `--shard`, its
+    /// neighbours not yet): such a set is mid-epoch and does not run as a chain.
+    pub fn ahead(&self) -> Option<(usize, u64)> {
+        self.shards
+            .iter()
+            .find_map(|s| s.epoch.map(|e| (s.index, e)))
     }
 
     /// Writes the manifest to `dir/manifest.json` atomically (a temporary file renamed over it).

@@ -130,6 +130,7 @@ fn split_cmd(a: &SplitArgs) -> Result<(String, String), CliError> {
                 inputs: s.inputs.clone(),
                 outputs: s.outputs.clone(),
                 key: None,
+                epoch: None,
             });
         }
         let man = Manifest {

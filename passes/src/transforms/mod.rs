@@ -35,8 +35,8 @@ pub use gauge_verify::{gauge_verify, GaugeReport, GaugeVerifyOptions};
 pub use infer_shapes::{infer_shapes, InferShapesStats};
 pub use lower_ortho::{lower_ortho, lower_ortho_with, LowerOrthoStats, SparseExport};
 pub use rotate_heads::{
-    fold_vo_rotations, rotate_heads, vo_paths, HeadKind, RotateHeadsOptions, RotateHeadsStats,
-    VoPath,
+    fold_vo_maps, fold_vo_rotations, rotate_heads, vo_paths, HeadKind, RotateHeadsOptions,
+    RotateHeadsStats, VoPath,
 };
 pub use rotate_residual::{
     rotate_residual, RotateResidualOptions, RotateResidualStats, RotationKind,

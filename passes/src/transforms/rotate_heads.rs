@@ -312,7 +312,38 @@ pub fn fold_vo_rotations(
     paths: &[VoPath],
     rotations: &[Vec<Mat<f64>>],
 ) -> Result<RotateHeadsStats, PassError> {
-    if paths.len() != rotations.len() {
+    let mut worst = 0.0f64;
+    for (p, rs) in paths.iter().zip(rotations) {
+        for r in rs.iter().filter(|r| r.nrows() == r.ncols()) {
+            let e = Orthogonal::Dense(r.clone()).orthogonality_error();
+            if e.is_nan() || e > 1e-6 {
+                return Err(PassError::at_main(
+                    m,
+                    p.o.node,
+                    format!("a head rotation is not orthogonal (‖RᵀR − I‖_F = {e:.3e})"),
+                ));
+            }
+            worst = worst.max(e);
+        }
+    }
+    let mut stats = fold_vo_maps(m, paths, rotations, rotations)?;
+    stats.orthogonality_error = worst;
+    Ok(stats)
+}
+
+/// Folds general invertible per-KV-head maps (UPM's inside-shard keys): v's output features of
+/// KV head `j` of path `i` map `v ↦ v A_j` with `A_j = v_maps[i][j]`, o's input features of
+/// every query head of group `j` map `u ↦ u M_j` with `M_j = o_maps[i][j]`. The function is kept
+/// when `M_j = A_j⁻ᵀ` (the caller computes it in f64; `A_j` itself when orthogonal). Nothing is
+/// checked about invertibility here. Products in f64, one cast per weight.
+pub fn fold_vo_maps(
+    m: &mut Module,
+    paths: &[VoPath],
+    v_maps: &[Vec<Mat<f64>>],
+    o_maps: &[Vec<Mat<f64>>],
+) -> Result<RotateHeadsStats, PassError> {
+    let rotations = v_maps;
+    if paths.len() != rotations.len() || paths.len() != o_maps.len() {
         return Err(PassError::new(format!(
             "{} sets of head rotations for {} attention layers",
             rotations.len(),
@@ -324,14 +355,14 @@ pub fn fold_vo_rotations(
     // Key → (path, role): role 0 = v (kv-head blocks), 1 = o (query-head blocks).
     let mut keys: Vec<(usize, usize, usize)> = Vec::new();
     for (i, (p, rs)) in paths.iter().zip(rotations).enumerate() {
-        if rs.len() != p.kv_heads {
+        if rs.len() != p.kv_heads || o_maps[i].len() != p.kv_heads {
             return Err(PassError::at_main(
                 m,
                 p.o.node,
                 format!("{} head rotations for {} KV heads", rs.len(), p.kv_heads),
             ));
         }
-        for r in rs {
+        for r in rs.iter().chain(&o_maps[i]) {
             if r.nrows() != p.head_dim || r.ncols() != p.head_dim {
                 return Err(PassError::at_main(
                     m,
@@ -344,17 +375,8 @@ pub fn fold_vo_rotations(
                     ),
                 ));
             }
-            let e = Orthogonal::Dense(r.clone()).orthogonality_error();
-            if e.is_nan() || e > 1e-6 {
-                return Err(PassError::at_main(
-                    m,
-                    p.o.node,
-                    format!("a head rotation is not orthogonal (‖RᵀR − I‖_F = {e:.3e})"),
-                ));
-            }
-            stats.orthogonality_error = stats.orthogonality_error.max(e);
-            stats.matrices += 1;
         }
+        stats.matrices += rs.len();
         let mut push = |consumer, slot, konst, transpose, axis, role| {
             keys.push((i, role, axis));
             rewrites.push(Rewrite {
@@ -402,7 +424,8 @@ pub fn fold_vo_rotations(
     let make = |key: usize, old: &TensorData| -> Result<TensorData, WeightError> {
         let (i, role, axis) = keys[key];
         let v = weights::decode(old)?;
-        let out = rotate_blocks(&v, &old.dims, axis, &rotations[i], &maps[i][role])?;
+        let mats = if role == 0 { &v_maps[i] } else { &o_maps[i] };
+        let out = rotate_blocks(&v, &old.dims, axis, mats, &maps[i][role])?;
         weights::encode_like(old, &out)
     };
     let gid = m.main;

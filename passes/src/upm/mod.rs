@@ -20,6 +20,8 @@
 //! neighbours. Numerics: every weight is decoded to f64, transformed and encoded once into its
 //! storage dtype per epoch; `B_i` is composed in f64 from its stored value.
 
+pub mod heads;
+
 use crate::linalg::orthogonal::{left_multiply_transposed, right_multiply, Orthogonal};
 use crate::linalg::weights::{self, Rewrite, WeightError};
 use crate::pass::PassError;
@@ -37,17 +39,23 @@ pub fn change(
     epoch: u64,
     shard: Option<usize>,
 ) -> Orthogonal {
-    // SplitMix64 finalizer over the three words: nearby seeds, epochs and shards give unrelated
-    // streams.
+    build_transform(
+        kind,
+        d,
+        mix_seed(seed, epoch, shard.map_or(u64::MAX, |i| i as u64)),
+    )
+    .0
+}
+
+/// One seed from three words (SplitMix64 finalizer over each): nearby seeds, epochs and tags
+/// give unrelated streams.
+pub(crate) fn mix_seed(seed: u64, epoch: u64, tag: u64) -> u64 {
     let mix = |mut z: u64| {
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
         z ^ (z >> 31)
     };
-    let s = mix(seed
-        ^ mix(epoch.wrapping_add(0x9e3779b97f4a7c15))
-        ^ mix(shard.map_or(u64::MAX, |i| i as u64) ^ 0x51ed));
-    build_transform(kind, d, s).0
+    mix(seed ^ mix(epoch.wrapping_add(0x9e3779b97f4a7c15)) ^ mix(tag ^ 0x51ed))
 }
 
 /// What [`rekey_shard`] did.
