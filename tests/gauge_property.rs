@@ -506,7 +506,11 @@ fn admitted(dir: &Path, text: &str, pipeline: &str, expect: &[String]) {
     assert_eq!(r.code, 0, "{pipeline}: {}", r.stderr);
     assert!(out.exists(), "{pipeline} wrote nothing");
     for line in expect {
-        assert!(r.stderr.contains(line), "{pipeline}: missing '{line}': {}", r.stderr);
+        assert!(
+            r.stderr.contains(line),
+            "{pipeline}: missing '{line}': {}",
+            r.stderr
+        );
     }
 }
 

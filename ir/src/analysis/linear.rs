@@ -279,7 +279,13 @@ fn computed_weight(
             return None;
         }
         let node = g.node(id);
-        if let Some(t) = const_tensor(g, ValueId { node: id, output: 0 }) {
+        if let Some(t) = const_tensor(
+            g,
+            ValueId {
+                node: id,
+                output: 0,
+            },
+        ) {
             consts.push((id, t));
             continue;
         }
@@ -307,7 +313,9 @@ fn computed_weight(
             let d = m.tensor(*t);
             d.dims.len() == 2
                 && d.dtype.is_float()
-                && ty_dims.as_ref().is_none_or(|td| numel(td) == numel(&d.dims))
+                && ty_dims
+                    .as_ref()
+                    .is_none_or(|td| numel(td) == numel(&d.dims))
         })
         .max_by_key(|(_, t)| numel(&m.tensor(*t).dims))
         .copied()?;

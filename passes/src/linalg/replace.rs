@@ -28,7 +28,11 @@ pub(crate) fn swap_linears(m: &mut Module, swaps: Vec<LinearSwap>) {
         let mut operands = vec![Some(s.linear.input)];
         for (t, fallback) in s.constants {
             let ty = Type::tensor(t.dtype, t.dims.iter().map(|&x| Dim::Fixed(x)).collect());
-            let base = if t.name.is_empty() { fallback } else { t.name.clone() };
+            let base = if t.name.is_empty() {
+                fallback
+            } else {
+                t.name.clone()
+            };
             let tid = m.add_tensor(t);
             let g = m.main_graph_mut();
             // Names are taken afresh per constant: the previous one is in the graph by now.

@@ -15,10 +15,10 @@
 //! `--emit-sparse`) expands the weights back to dense `MatMul`s.
 
 use crate::calib::block_spans;
+use crate::linalg::replace::{swap_linears, LinearSwap};
 use crate::options::OptionError;
 use crate::pass::{PassContext, PassError, PassErrorKind, PassResult};
 use crate::selection::{BlockSelection, RoleSelection, LAYERS, LINEARS};
-use crate::linalg::replace::{swap_linears, LinearSwap};
 use crate::sparsity::linears::{block_linears, linear_weight};
 use crate::sparsity::matrix::Pattern;
 use ortho_ir::analysis::linear::{Linear, LinearOp};
@@ -177,11 +177,7 @@ pub fn sparsify(m: &mut Module, opts: &SparsifyOptions) -> Result<SparsifyStats,
     let swaps = targets
         .into_iter()
         .map(|t| {
-            let base = if t.name.is_empty() {
-                "sparse"
-            } else {
-                &t.name
-            };
+            let base = if t.name.is_empty() { "sparse" } else { &t.name };
             LinearSwap {
                 op: OrthoOp::SparseLinear(nm),
                 constants: vec![

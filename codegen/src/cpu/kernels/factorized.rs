@@ -31,7 +31,8 @@ pub fn factorized(
     };
     f.check_dtypes([x.dtype(), p.dtype(), q.dtype()])
         .map_err(rule)?;
-    let dims = |t: &HostTensor| -> Vec<Dim> { t.shape().iter().map(|&d| Dim::Fixed(d as i64)).collect() };
+    let dims =
+        |t: &HostTensor| -> Vec<Dim> { t.shape().iter().map(|&d| Dim::Fixed(d as i64)).collect() };
     f.infer_shape(Some(&dims(x)), Some(&dims(p)), Some(&dims(q)))
         .map_err(rule)?;
     let r = match x.dtype() {
@@ -74,12 +75,10 @@ fn typed<T: GemmElem>(
             m2,
             n2,
             rank,
-        } => {
-            (
-                m1 * m2,
-                kron::<T>(cx, xd, pd, qd, tokens, [m1, n1, m2, n2], rank, threads),
-            )
-        }
+        } => (
+            m1 * m2,
+            kron::<T>(cx, xd, pd, qd, tokens, [m1, n1, m2, n2], rank, threads),
+        ),
         Factorized::LowRank { rank } => {
             let m = p.shape()[0];
             // h = x·V: [T, n] × [n, r].

@@ -1,9 +1,9 @@
 //! Normalizations (RMSNormalization, LayerNormalization) and RotaryEmbedding.
 
 use super::shape::norm_axis;
+use super::unary::Float;
 use crate::cpu::error::{KernelError, KernelResult};
 use crate::cpu::kernel::{ExecCx, Inputs};
-use super::unary::Float;
 use crate::cpu::tensor::{numel, HostTensor, TensorBuf};
 use ortho_ir::DType;
 use rayon::prelude::*;
