@@ -229,11 +229,7 @@ pub fn build(
         estimate.total().min(u64::MAX as f64) as u64,
         "calibration (lower --calib-samples, --calib-seqlen or --calib-chunk)",
     )?;
-    let progress: Option<ortho_passes::calib::ProgressFn> = if quiet {
-        None
-    } else {
-        Some(Arc::new(|line: &str| eprintln!("calibration: {line}")))
-    };
+    let progress = crate::progress::calibration_sink(quiet);
     Ok(Some(Arc::new(Calibration {
         evaluator: Arc::new(CpuEvaluator { threads }),
         chunks,

@@ -3,9 +3,9 @@
 
 use crate::cli::GlobalArgs;
 use crate::eval::{
-    batch_nll, default_batch, finite_or_null as num, forward_windows, tokenize, Progress, TextArgs,
-    Timings,
+    batch_nll, default_batch, finite_or_null as num, forward_windows, tokenize, TextArgs, Timings,
 };
+use crate::progress::Progress;
 use crate::{CliError, DriverOutput};
 use ortho_codegen::metrics;
 use rayon::prelude::*;
@@ -144,7 +144,7 @@ fn run_inner(a: &CompareArgs, g: &GlobalArgs) -> Result<(String, String, Vec<Str
     let pa = crate::run::compile(&a.model_a, g.threads)?;
     let pb = crate::run::compile(&a.model_b, g.threads)?;
     let compile_s = t0.elapsed().as_secs_f64();
-    let mut progress = Progress::new("compare", w.ids.len(), g.quiet);
+    let mut progress = Progress::new("compare", "windows", w.ids.len(), g.quiet);
     let t1 = Instant::now();
     let mut acc = Acc::default();
     forward_windows(

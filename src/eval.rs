@@ -2,6 +2,7 @@
 //! (tokenizing into windows, batched forward passes with progress).
 
 use crate::cli::GlobalArgs;
+use crate::progress::Progress;
 use crate::run::run_error;
 use crate::shard::chain::Runner;
 use crate::{CliError, DriverOutput};
@@ -10,7 +11,6 @@ use ortho_codegen::metrics;
 use ortho_ir::semantics::size;
 use rayon::prelude::*;
 use std::fmt::Write as _;
-use std::io::{IsTerminal, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -143,66 +143,6 @@ fn feeds(plan: &Runner, batch: &[Vec<i64>]) -> Result<Vec<(String, HostTensor)>,
         .collect()
 }
 
-/// Progress on stderr: a bar redrawn in place on a terminal, a few lines otherwise.
-pub(crate) struct Progress {
-    label: &'static str,
-    total: usize,
-    quiet: bool,
-    tty: bool,
-    t0: Instant,
-    last_line: usize,
-}
-
-impl Progress {
-    pub fn new(label: &'static str, total: usize, quiet: bool) -> Progress {
-        Progress {
-            label,
-            total,
-            quiet,
-            tty: std::io::stderr().is_terminal(),
-            t0: Instant::now(),
-            last_line: 0,
-        }
-    }
-    pub fn update(&mut self, done: usize) {
-        if self.quiet {
-            return;
-        }
-        let el = self.t0.elapsed().as_secs_f64();
-        let eta = if done > 0 {
-            el / done as f64 * (self.total - done) as f64
-        } else {
-            0.0
-        };
-        let mut e = std::io::stderr();
-        if self.tty {
-            let w = 30;
-            let f = (done * w).checked_div(self.total).unwrap_or(w);
-            let _ = write!(
-                e,
-                "\r{} [{}{}] {done}/{} windows, {el:.1} s, eta {eta:.1} s ",
-                self.label,
-                "#".repeat(f),
-                "-".repeat(w - f),
-                self.total
-            );
-            if done == self.total {
-                let _ = writeln!(e);
-            }
-        } else {
-            let quarter = (done * 4).checked_div(self.total).unwrap_or(4);
-            if quarter > self.last_line || done == self.total {
-                self.last_line = quarter;
-                let _ = writeln!(
-                    e,
-                    "{}: {done}/{} windows, {el:.1} s",
-                    self.label, self.total
-                );
-            }
-        }
-    }
-}
-
 /// Runs `plan` over the windows in batches and hands each batch's logits (and the index of
 /// its first window) to `f`.
 pub(crate) fn forward_windows(
@@ -212,7 +152,7 @@ pub(crate) fn forward_windows(
     progress: &mut Progress,
     mut f: impl FnMut(usize, &[HostTensor]) -> Result<(), CliError>,
 ) -> Result<(), CliError> {
-    progress.update(0);
+    progress.update(0, "");
     let mut done = 0;
     for chunk in w.ids.chunks(batch.max(1)) {
         let mut logits = Vec::with_capacity(plans.len());
@@ -229,7 +169,7 @@ pub(crate) fn forward_windows(
         }
         f(done, &logits)?;
         done += chunk.len();
-        progress.update(done);
+        progress.update(done, "");
     }
     Ok(())
 }
@@ -335,7 +275,7 @@ fn run_inner(a: &EvalArgs, g: &GlobalArgs) -> Result<(String, String), CliError>
     let t0 = Instant::now();
     let plan = crate::run::compile(&a.model, g.threads)?;
     let compile_s = t0.elapsed().as_secs_f64();
-    let mut progress = Progress::new("eval", w.ids.len(), g.quiet);
+    let mut progress = Progress::new("eval", "windows", w.ids.len(), g.quiet);
     let t1 = Instant::now();
     let mut nll_sum = 0.0f64;
     let mut count = 0usize;

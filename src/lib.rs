@@ -19,6 +19,7 @@ mod opt;
 mod output_policy;
 mod passes_glue;
 pub mod poet_train;
+mod progress;
 mod report;
 mod report_html;
 mod run;

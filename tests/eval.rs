@@ -373,3 +373,40 @@ fn compare_decomposed_with_fused() {
     assert_eq!(j["argmax_agreement"], 1.0, "{j}");
     assert_eq!(j["positions"], 256);
 }
+
+/// Progress goes to stderr: off a terminal (here, a pipe) a line per quarter of the windows and
+/// one at the end — no `\r` bar redraws in logs; `-q` prints none.
+#[test]
+fn progress_lines_off_a_terminal_and_none_with_quiet() {
+    let tmp = TempDir::new("eval-progress");
+    let tok = tokenizer(tmp.path(), &["a", "b", "c", "d"]);
+    let text = tmp.path().join("text.txt");
+    std::fs::write(&text, "a b c d ".repeat(20)).expect("text");
+    let uniform = table_model(tmp.path(), "uniform.onnx", &[0.5; 16], 4);
+    let eval = |quiet: bool| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_ortho-opt"));
+        c.args([
+            "eval",
+            s(&uniform),
+            "--tokenizer",
+            s(&tok),
+            "--text",
+            s(&text),
+        ]);
+        c.args(["--windows", "4", "--seqlen", "8", "--batch", "1"]);
+        if quiet {
+            c.arg("-q");
+        }
+        let o = c.output().expect("run ortho-opt");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stderr).expect("utf8 stderr")
+    };
+    let loud = eval(false);
+    let lines: Vec<&str> = loud.lines().filter(|l| l.starts_with("eval: ")).collect();
+    assert_eq!(lines.len(), 4, "one line per quarter:\n{loud}");
+    assert!(lines[0].starts_with("eval: 1/4 windows, "), "{loud}");
+    assert!(lines[3].starts_with("eval: 4/4 windows, "), "{loud}");
+    assert!(!loud.contains('\r'), "{loud:?}");
+    let quiet = eval(true);
+    assert!(!quiet.contains("windows"), "{quiet}");
+}

@@ -31,8 +31,24 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// A progress sink (one line per call); `src/` prints it to stderr.
-pub type ProgressFn = Arc<dyn Fn(&str) + Send + Sync>;
+/// One step of a calibration pass: it works on layer `done + 1` of `total` (so `done` layers
+/// are finished), doing `what`. Printed as `layer 3/30: what`.
+#[derive(Debug, Clone, Copy)]
+pub struct ProgressEvent<'a> {
+    pub done: usize,
+    pub total: usize,
+    pub what: &'a str,
+}
+
+impl fmt::Display for ProgressEvent<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "layer {}/{}: {}", self.done + 1, self.total, self.what)
+    }
+}
+
+/// A progress sink (one event per call); `src/` draws it on stderr (a bar on a terminal, lines
+/// otherwise).
+pub type ProgressFn = Arc<dyn Fn(&ProgressEvent) + Send + Sync>;
 
 /// Calibration data and the runtime to evaluate it with.
 #[derive(Clone)]
@@ -58,10 +74,10 @@ impl fmt::Debug for Calibration {
 }
 
 impl Calibration {
-    /// Sends one progress line to the sink, if there is one.
-    pub fn progress(&self, line: &str) {
+    /// Sends one progress event to the sink, if there is one.
+    pub fn progress(&self, event: &ProgressEvent) {
         if let Some(p) = &self.progress {
-            p(line);
+            p(event);
         }
     }
 }
@@ -349,13 +365,13 @@ impl<'a> LayerCx<'a> {
         self.grams_first(values, usize::MAX)
     }
 
-    /// One progress line, prefixed with the layer.
+    /// One progress event for this layer.
     pub fn progress(&self, what: &str) {
-        self.calib.progress(&format!(
-            "layer {}/{}: {what}",
-            self.block.index + 1,
-            self.blocks
-        ));
+        self.calib.progress(&ProgressEvent {
+            done: self.block.index,
+            total: self.blocks,
+            what,
+        });
     }
 }
 
