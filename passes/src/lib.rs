@@ -32,6 +32,7 @@ pub mod registry;
 pub mod rotation_search;
 pub mod selection;
 pub mod sparse;
+pub mod kv_cache;
 pub mod sparsity;
 pub mod train;
 pub mod transforms;

@@ -22,6 +22,7 @@ static BUILTIN: &[&PassInfo] = &[
     &transforms::gauge_verify::INFO,
     &transforms::infer_shapes::INFO,
     &transforms::joint_basis::INFO,
+    &crate::kv_cache::INFO,
     &transforms::kron_factorize::INFO,
     &transforms::lora::INFO,
     &transforms::lora_merge::INFO,
