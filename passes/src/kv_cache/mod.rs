@@ -198,10 +198,30 @@ pub fn kv_cache(m: &mut Module) -> Result<KvCacheStats, PassError> {
             "no position-dependent mask or table: the attention is not causal, kv-cache would change its result",
         ));
     }
+    forget_types(m);
     crate::infer_shapes(m);
     Ok(KvCacheStats {
         layers: cuts.len(),
         tables: t.tables,
         copied: t.copied,
     })
+}
+
+/// Forgets the inferred types of every computed value except the graph outputs: lengths that
+/// were the sequence length are now past + new positions in some places (the keys after the
+/// cache, the mask's key axis), and a stale `seq` would make a runtime that trusts declared
+/// shapes (onnxruntime's buffer reuse) refuse the model. Inference then types them afresh.
+fn forget_types(m: &mut Module) {
+    let g = m.main_graph_mut();
+    let outputs: Vec<ValueId> = g.outputs.iter().map(|o| o.value).collect();
+    for n in g.node_ids() {
+        if g.node(n).op.is_structural() {
+            continue;
+        }
+        for v in g.results(n) {
+            if !outputs.contains(&v) {
+                g.set_value_type(v, Type::Unknown);
+            }
+        }
+    }
 }
