@@ -246,7 +246,8 @@ fn main() {
         .unwrap_or(5);
     println!("sparse kernels: best instruction set {:?}", Isa::best());
     // ORTHO_BENCH_PARTS=kernels,model,decode picks parts (default: all).
-    let parts = std::env::var("ORTHO_BENCH_PARTS").unwrap_or_else(|_| "kernels,model,decode".into());
+    let parts =
+        std::env::var("ORTHO_BENCH_PARTS").unwrap_or_else(|_| "kernels,model,decode".into());
     let on = |p: &str| parts.split(',').any(|x| x.trim() == p);
     if on("kernels") {
         kernels(runs);
@@ -267,7 +268,10 @@ fn empty_caches(m: &ortho_ir::Module) -> Vec<(String, HostTensor)> {
         .skip(1)
         .map(|&n| {
             let o = &g.node(n).outputs[0];
-            let dims = o.ty.as_tensor().and_then(|t| t.shape.clone()).expect("cache shape");
+            let dims =
+                o.ty.as_tensor()
+                    .and_then(|t| t.shape.clone())
+                    .expect("cache shape");
             let dims = dims
                 .iter()
                 .map(|d| match d {
@@ -276,7 +280,10 @@ fn empty_caches(m: &ortho_ir::Module) -> Vec<(String, HostTensor)> {
                     _ => 1,
                 })
                 .collect();
-            (o.name.clone(), HostTensor::zeros(ortho_ir::DType::F32, dims).expect("zeros"))
+            (
+                o.name.clone(),
+                HostTensor::zeros(ortho_ir::DType::F32, dims).expect("zeros"),
+            )
         })
         .collect()
 }
@@ -284,9 +291,13 @@ fn empty_caches(m: &ortho_ir::Module) -> Vec<(String, HostTensor)> {
 /// The caches after a prefill of `context` tokens.
 fn caches_after(p: &Plan, m: &ortho_ir::Module, context: usize) -> Vec<(String, HostTensor)> {
     let ids: Vec<i64> = (0..context).map(|i| (i as i64) * 37 % 1000 + 100).collect();
-    let mut feeds = vec![("input_ids".to_string(), HostTensor::from_vec(vec![1, context], ids).expect("ids"))];
+    let mut feeds = vec![(
+        "input_ids".to_string(),
+        HostTensor::from_vec(vec![1, context], ids).expect("ids"),
+    )];
     feeds.extend(empty_caches(m));
-    let refs: Vec<(&str, HostTensor)> = feeds.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+    let refs: Vec<(&str, HostTensor)> =
+        feeds.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
     let out = p.run(&refs).expect("prefill");
     out.into_iter()
         .skip(1)
@@ -311,17 +322,25 @@ fn decode(runs: usize) {
     };
     ortho_passes::transforms::prune::prune(&mut pruned, &o, None).expect("prune");
     let mut compact = pruned.clone();
-    ortho_passes::transforms::sparsify::sparsify(&mut compact, &Default::default()).expect("sparsify");
+    ortho_passes::transforms::sparsify::sparsify(&mut compact, &Default::default())
+        .expect("sparsify");
     let tmp = std::env::temp_dir().join(format!("ortho-decode-bench-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&tmp);
     let mut models = Vec::new();
-    for (tag, mut m) in [("dense", dense), ("2:4 zeros", pruned), ("2:4 compact", compact)] {
+    for (tag, mut m) in [
+        ("dense", dense),
+        ("2:4 zeros", pruned),
+        ("2:4 compact", compact),
+    ] {
         ortho_passes::kv_cache::kv_cache(&mut m).expect("kv-cache");
         let file = tmp.join(format!("{}.onnx", tag.replace([' ', ':'], "_")));
         if tag != "2:4 compact" {
             let mut e = m.clone();
-            ortho_passes::transforms::lower_ortho_with(&mut e, ortho_passes::transforms::SparseExport::Dense)
-                .expect("lower");
+            ortho_passes::transforms::lower_ortho_with(
+                &mut e,
+                ortho_passes::transforms::SparseExport::Dense,
+            )
+            .expect("lower");
             ortho_frontends::export_file(&e, &file, &Default::default()).expect("export");
         }
         models.push((tag, m, file));
@@ -331,7 +350,15 @@ fn decode(runs: usize) {
     );
     println!(
         "  {:<8} {:>3} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9}",
-        "context", "thr", "dense", "2:4", "ort dense", "ort 2:4", "2:4/dense", "dense/ort", "2:4/ort"
+        "context",
+        "thr",
+        "dense",
+        "2:4",
+        "ort dense",
+        "ort 2:4",
+        "2:4/dense",
+        "dense/ort",
+        "2:4/ort"
     );
     // Ours: the dense and the compact 2:4 model (the zeros model is for onnxruntime only).
     let mut plans: Vec<Plan> = [0usize, 2]
@@ -345,7 +372,10 @@ fn decode(runs: usize) {
                 let p = &mut plans[k];
                 p.set_threads(threads);
                 let cache = caches_after(p, &models[i].1, context);
-                let mut feeds = vec![("input_ids".to_string(), HostTensor::from_vec(vec![1, 1], vec![42i64]).expect("ids"))];
+                let mut feeds = vec![(
+                    "input_ids".to_string(),
+                    HostTensor::from_vec(vec![1, 1], vec![42i64]).expect("ids"),
+                )];
                 feeds.extend(cache);
                 ours[k] = time(runs * 4, || {
                     let refs: Vec<(&str, HostTensor)> =
@@ -353,7 +383,13 @@ fn decode(runs: usize) {
                     std::hint::black_box(p.run(&refs).expect("decode"));
                 });
             }
-            let ort = ort_decode(&python, &[&models[0].2, &models[1].2], context, threads, runs * 4);
+            let ort = ort_decode(
+                &python,
+                &[&models[0].2, &models[1].2],
+                context,
+                threads,
+                runs * 4,
+            );
             println!(
                 "  {context:<8} {threads:>3} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>8.2}x {:>8.2}x {:>8.2}x",
                 ours[0],
@@ -370,9 +406,13 @@ fn decode(runs: usize) {
     let mut p = plans.into_iter().next().expect("plan");
     p.set_threads(2);
     let cache = caches_after(&p, &models[0].1, 128);
-    let mut feeds = vec![("input_ids".to_string(), HostTensor::from_vec(vec![1, 1], vec![42i64]).expect("ids"))];
+    let mut feeds = vec![(
+        "input_ids".to_string(),
+        HostTensor::from_vec(vec![1, 1], vec![42i64]).expect("ids"),
+    )];
     feeds.extend(cache);
-    let refs: Vec<(&str, HostTensor)> = feeds.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+    let refs: Vec<(&str, HostTensor)> =
+        feeds.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
     let _ = p.run_profiled(&refs).expect("warm");
     let (_, prof) = p.run_profiled(&refs).expect("profile");
     println!(
@@ -386,7 +426,13 @@ fn decode(runs: usize) {
 }
 
 /// onnxruntime's median decode latency (ms) for each cached model at `context`.
-fn ort_decode(python: &std::path::Path, files: &[&PathBuf], context: usize, threads: usize, runs: usize) -> Vec<f64> {
+fn ort_decode(
+    python: &std::path::Path,
+    files: &[&PathBuf],
+    context: usize,
+    threads: usize,
+    runs: usize,
+) -> Vec<f64> {
     let script = r#"
 import sys, time, numpy as np, onnxruntime as ort
 ctx, thr, runs = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
@@ -423,7 +469,10 @@ for path in sys.argv[4:]:
             .filter_map(|l| l.trim().parse().ok())
             .collect(),
         Ok(o) => {
-            println!("  onnxruntime failed: {}", String::from_utf8_lossy(&o.stderr));
+            println!(
+                "  onnxruntime failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
             vec![f64::NAN; files.len()]
         }
         Err(e) => {

@@ -78,7 +78,10 @@ impl Sampler {
             logits
                 .iter()
                 .enumerate()
-                .fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+                )
                 .0
         };
         let (temperature, top_p) = match *self {
@@ -125,9 +128,12 @@ fn empty_caches(m: &Module) -> Result<Vec<(String, HostTensor)>, CliError> {
     let mut out = Vec::new();
     for &n in g.inputs().iter().skip(1) {
         let o = &g.node(n).outputs[0];
-        let shape = o.ty.as_tensor().and_then(|t| t.shape.clone()).ok_or_else(|| {
-            CliError::InputSpec(format!("cache input '{}' has no declared shape", o.name))
-        })?;
+        let shape =
+            o.ty.as_tensor()
+                .and_then(|t| t.shape.clone())
+                .ok_or_else(|| {
+                    CliError::InputSpec(format!("cache input '{}' has no declared shape", o.name))
+                })?;
         let dims: Vec<usize> = shape
             .iter()
             .map(|d| match d {
@@ -137,7 +143,10 @@ fn empty_caches(m: &Module) -> Result<Vec<(String, HostTensor)>, CliError> {
                 _ => 1,
             })
             .collect();
-        out.push((o.name.clone(), HostTensor::zeros(DType::F32, dims).map_err(run_error)?));
+        out.push((
+            o.name.clone(),
+            HostTensor::zeros(DType::F32, dims).map_err(run_error)?,
+        ));
     }
     Ok(out)
 }
@@ -184,7 +193,8 @@ fn run_inner(a: &GenerateArgs, g: &GlobalArgs) -> Result<(String, String), CliEr
     let (mut prefill, mut decode) = (0.0f64, 0.0f64);
     for step in 0..a.max_new_tokens {
         let t = Instant::now();
-        let ids = HostTensor::from_vec(vec![1, step_ids.len()], step_ids.clone()).map_err(run_error)?;
+        let ids =
+            HostTensor::from_vec(vec![1, step_ids.len()], step_ids.clone()).map_err(run_error)?;
         let mut feeds: Vec<(&str, HostTensor)> = vec![(input0.as_str(), ids)];
         feeds.extend(cache.iter().map(|(n, t)| (n.as_str(), t.clone())));
         let out = plan.run(&feeds).map_err(run_error)?;
@@ -219,11 +229,17 @@ fn run_inner(a: &GenerateArgs, g: &GlobalArgs) -> Result<(String, String), CliEr
         }
         step_ids = vec![next as i64];
     }
-    let all: Vec<u32> = prompt.iter().map(|&x| x as u32).chain(generated.iter().copied()).collect();
-    let text = tok.decode(&all, false).map_err(|source| CliError::Tokenize {
-        path: PathBuf::from("--prompt"),
-        source,
-    })?;
+    let all: Vec<u32> = prompt
+        .iter()
+        .map(|&x| x as u32)
+        .chain(generated.iter().copied())
+        .collect();
+    let text = tok
+        .decode(&all, false)
+        .map_err(|source| CliError::Tokenize {
+            path: PathBuf::from("--prompt"),
+            source,
+        })?;
     let steps = generated.len().saturating_sub(1);
     let _ = writeln!(
         err,

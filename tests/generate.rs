@@ -32,9 +32,21 @@ fn greedy_continues_the_prompt_and_reports_speeds() {
     let r = generate(&["--greedy"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     eprintln!("{}{}", r.stdout, r.stderr);
-    assert!(r.stdout.starts_with("The state of the union is"), "{}", r.stdout);
-    assert!(r.stdout.trim().len() > "The state of the union is".len(), "{}", r.stdout);
-    assert!(r.stderr.contains("kv-cache: 30 attention layers cached"), "{}", r.stderr);
+    assert!(
+        r.stdout.starts_with("The state of the union is"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.trim().len() > "The state of the union is".len(),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stderr.contains("kv-cache: 30 attention layers cached"),
+        "{}",
+        r.stderr
+    );
     for key in ["prefill 6 tokens in", "decode 7 tokens in", "tokens/s"] {
         assert!(r.stderr.contains(key), "no '{key}' in {}", r.stderr);
     }
@@ -47,7 +59,11 @@ fn seeded_sampling_is_deterministic() {
     let b = generate(&opts);
     assert_eq!(a.code, 0, "{}", a.stderr);
     assert_eq!(a.stdout, b.stdout);
-    assert!(a.stdout.starts_with("The state of the union is"), "{}", a.stdout);
+    assert!(
+        a.stdout.starts_with("The state of the union is"),
+        "{}",
+        a.stdout
+    );
 }
 
 #[test]

@@ -3,6 +3,8 @@
 //!   greedy steps; each step's logits equal the full graph's last row on all tokens so far
 //!   within 1e-5 × max |logit|;
 //! - the real fixture (30 blocks) over 8 steps, the same bound;
+//! - a DenoiseRotator-style prefix (`denoise-rotate{mode=per-layer}`: a boundary MatMul between
+//!   the blocks) over 32 steps, the same bound;
 //! - the exported cached prefix runs in stock onnxruntime and agrees with our engine;
 //! - a bidirectional (maskless) or fused-attention model is refused naming the node.
 
@@ -29,7 +31,12 @@ fn prefix(dir: &std::path::Path, layers: usize) -> std::path::PathBuf {
     let gguf = fixtures().join("smollm2-135m/source.gguf");
     python_tool(
         "build_llama_onnx.py",
-        &[&gguf.to_string_lossy(), &out.to_string_lossy(), "--layers", &layers.to_string()],
+        &[
+            &gguf.to_string_lossy(),
+            &out.to_string_lossy(),
+            "--layers",
+            &layers.to_string(),
+        ],
     );
     out
 }
@@ -42,15 +49,26 @@ fn empty_cache(m: &Module) -> Vec<(String, HostTensor)> {
         .skip(1)
         .map(|&n| {
             let o = &g.node(n).outputs[0];
-            let dims: Vec<usize> = o
-                .ty
-                .as_tensor()
-                .and_then(|t| t.shape.clone())
-                .expect("cache shape")
-                .iter()
-                .map(|d| d.fixed().map_or(if d.to_string().contains("batch") { 1 } else { 0 }, |x| x as usize))
-                .collect();
-            (o.name.clone(), HostTensor::zeros(ortho_ir::DType::F32, dims).expect("zeros"))
+            let dims: Vec<usize> =
+                o.ty.as_tensor()
+                    .and_then(|t| t.shape.clone())
+                    .expect("cache shape")
+                    .iter()
+                    .map(|d| {
+                        d.fixed().map_or(
+                            if d.to_string().contains("batch") {
+                                1
+                            } else {
+                                0
+                            },
+                            |x| x as usize,
+                        )
+                    })
+                    .collect();
+            (
+                o.name.clone(),
+                HostTensor::zeros(ortho_ir::DType::F32, dims).expect("zeros"),
+            )
         })
         .collect()
 }
@@ -74,36 +92,58 @@ fn cached_equals_full(full: &Module, prompt: &[i64], steps: usize) -> f64 {
             HostTensor::from_vec(vec![1, new.len()], new.clone()).expect("ids"),
         )];
         feeds.extend(cache.drain(..));
-        let refs: Vec<(&str, HostTensor)> = feeds.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+        let refs: Vec<(&str, HostTensor)> =
+            feeds.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
         let out = cp.run(&refs).expect("run cached");
         let logits = out[0].1.as_f32().expect("f32");
         let vocab = out[0].1.shape()[2];
         let last = &logits[logits.len() - vocab..];
         for i in 0..layers {
             let [pk, pv, ok, ov] = cache_names(i);
-            let find = |n: &str| out.iter().find(|(o, _)| o == n).unwrap_or_else(|| panic!("{n}")).1.clone();
+            let find = |n: &str| {
+                out.iter()
+                    .find(|(o, _)| o == n)
+                    .unwrap_or_else(|| panic!("{n}"))
+                    .1
+                    .clone()
+            };
             cache.push((pk, find(&ok)));
             cache.push((pv, find(&ov)));
         }
         let fo = fp
-            .run(&[("input_ids", HostTensor::from_vec(vec![1, all.len()], all.clone()).expect("ids"))])
+            .run(&[(
+                "input_ids",
+                HostTensor::from_vec(vec![1, all.len()], all.clone()).expect("ids"),
+            )])
             .expect("run full");
         let fl = fo[0].1.as_f32().expect("f32");
         let flast = &fl[fl.len() - vocab..];
         let max = flast.iter().fold(0.0f32, |a, x| a.max(x.abs())) as f64;
-        let diff = last.iter().zip(flast).fold(0.0f32, |a, (x, y)| a.max((x - y).abs())) as f64;
+        let diff = last
+            .iter()
+            .zip(flast)
+            .fold(0.0f32, |a, (x, y)| a.max((x - y).abs())) as f64;
         worst = worst.max(diff / max);
-        assert!(diff <= 1e-5 * max, "step {step}: max |Δ| {diff} of max |logit| {max}");
+        assert!(
+            diff <= 1e-5 * max,
+            "step {step}: max |Δ| {diff} of max |logit| {max}"
+        );
         if step == 0 {
             // The prefill's other rows match too.
             let n = all.len() * vocab;
-            let d = logits.iter().zip(&fl[..n]).fold(0.0f32, |a, (x, y)| a.max((x - y).abs())) as f64;
+            let d = logits
+                .iter()
+                .zip(&fl[..n])
+                .fold(0.0f32, |a, (x, y)| a.max((x - y).abs())) as f64;
             assert!(d <= 1e-5 * max, "prefill rows: max |Δ| {d} of {max}");
         }
         let next = last
             .iter()
             .enumerate()
-            .fold((0usize, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
+            .fold(
+                (0usize, f32::MIN),
+                |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+            )
             .0 as i64;
         all.push(next);
         new = vec![next];
@@ -118,6 +158,41 @@ fn two_block_prefix_cached_equals_full_over_64_tokens() {
     let m = ortho_frontends::import_file(&path).expect("import");
     let worst = cached_equals_full(&m, &tokens(16), 64);
     eprintln!("2-block prefix, 64 steps: max |Δ| / max |logit| = {worst:e}");
+}
+
+#[test]
+fn denoise_rotated_prefix_with_boundaries_cached_equals_full() {
+    let tmp = TempDir::new("kv-boundary");
+    let path = prefix(tmp.path(), 2);
+    let out = tmp.path().join("rotated.onnx");
+    let f = fixtures();
+    let r = run(&[
+        &path.to_string_lossy(),
+        "-o",
+        &out.to_string_lossy(),
+        "--pass-pipeline=fold-norms,denoise-rotate{mode=per-layer iters=2}",
+        "--calib-text",
+        &f.join("text/sotu_calib.txt").to_string_lossy(),
+        "--tokenizer",
+        &f.join("smollm2-135m/tokenizer.json").to_string_lossy(),
+        "--calib-samples",
+        "2",
+        "--calib-seqlen",
+        "32",
+        "--calib-quiet",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let m = ortho_frontends::import_file(&out).expect("import");
+    let s = ortho_ir::analysis::analyze_transformer(&m, m.main);
+    assert!(
+        !s.boundaries.is_empty(),
+        "no boundary MatMul between the blocks"
+    );
+    let worst = cached_equals_full(&m, &tokens(16), 32);
+    eprintln!(
+        "rotated prefix with {} boundaries, 32 steps: max |Δ| / max |logit| = {worst:e}",
+        s.boundaries.len()
+    );
 }
 
 #[test]
@@ -166,11 +241,43 @@ print(worst)
 "#;
     let ids: Vec<String> = tokens(12).iter().map(|x| x.to_string()).collect();
     let out = std::process::Command::new(python())
-        .args(["-c", script, &full.to_string_lossy(), &cached.to_string_lossy(), &ids.join(",")])
+        .args([
+            "-c",
+            script,
+            &full.to_string_lossy(),
+            &cached.to_string_lossy(),
+            &ids.join(","),
+        ])
         .output()
         .expect("python");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let worst: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("a number");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let worst: f64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("a number");
     eprintln!("onnxruntime, cached vs full over 9 steps: max |Δ| / max |logit| = {worst:e}");
     assert!(worst <= 1e-5, "{worst}");
+}
+
+/// The fused fixture's opset-23 `Attention(is_causal=1)` aligns its mask top-left, which is wrong
+/// once cached keys outnumber the queries: refused, naming the node, the module unchanged.
+#[test]
+fn fused_attention_is_refused_by_node() {
+    let mut m =
+        ortho_frontends::import_file(&fixtures().join("smollm2-135m/fused.onnx")).expect("import");
+    let e = kv_cache(&mut m).expect_err("fused attention accepted");
+    let msg = e.to_string();
+    assert!(msg.contains("fused Attention op"), "{msg}");
+    // The error names the Attention node itself, by id and in the printed text.
+    let id = e.node_id.expect("no node named");
+    assert!(
+        m.main_graph().node(id).op.name().ends_with("Attention"),
+        "{msg}"
+    );
+    assert!(!e.node.is_empty() && msg.contains(&e.node), "{msg}");
+    assert!(!ortho_passes::kv_cache::has_cache(&m));
 }

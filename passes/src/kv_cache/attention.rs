@@ -41,16 +41,21 @@ fn is_core(m: &Module, g: &Graph, set: &HashSet<NodeId>, n: NodeId) -> bool {
 /// The rank of `v` as inferred, or an error naming the node that computes it.
 fn rank(m: &Module, g: &Graph, v: ValueId) -> Result<usize, PassError> {
     rank_of(g, v).ok_or_else(|| {
-            PassError::at_main(
-                m,
-                v.node,
-                "kv-cache needs the rank of the attention operands; shape inference found none",
-            )
-        })
+        PassError::at_main(
+            m,
+            v.node,
+            "kv-cache needs the rank of the attention operands; shape inference found none",
+        )
+    })
 }
 
 /// Finds the cut of the attention branch with nodes `nodes` (in graph order).
-pub fn cut(m: &Module, g: &Graph, nodes: &[NodeId], writer: NodeId) -> Result<AttentionCut, PassError> {
+pub fn cut(
+    m: &Module,
+    g: &Graph,
+    nodes: &[NodeId],
+    writer: NodeId,
+) -> Result<AttentionCut, PassError> {
     let set: HashSet<NodeId> = nodes.iter().copied().collect();
     let softmax = nodes
         .iter()
@@ -74,7 +79,11 @@ pub fn cut(m: &Module, g: &Graph, nodes: &[NodeId], writer: NodeId) -> Result<At
         queue.extend(g.node(n).inputs().map(|v| v.node));
     }
     let scores = scores.ok_or_else(|| {
-        PassError::at_main(m, softmax, "no score product MatMul(q, kᵀ) found behind this Softmax")
+        PassError::at_main(
+            m,
+            softmax,
+            "no score product MatMul(q, kᵀ) found behind this Softmax",
+        )
     })?;
     // Forwards from the softmax: the first core product that reads the probabilities on its left.
     let mut queue: VecDeque<NodeId> = VecDeque::from([softmax]);
@@ -95,21 +104,45 @@ pub fn cut(m: &Module, g: &Graph, nodes: &[NodeId], writer: NodeId) -> Result<At
         queue.extend(users.iter().map(|&(u, _)| u).filter(|u| set.contains(u)));
     }
     let output = output.ok_or_else(|| {
-        PassError::at_main(m, softmax, "no output product MatMul(p, v) found after this Softmax")
+        PassError::at_main(
+            m,
+            softmax,
+            "no output product MatMul(p, v) found after this Softmax",
+        )
     })?;
-    let k = g.node(scores).operand(1).ok_or_else(|| {
-        PassError::at_main(m, scores, "score product without a key operand")
-    })?;
-    let v = g.node(output).operand(1).ok_or_else(|| {
-        PassError::at_main(m, output, "output product without a value operand")
-    })?;
+    let k = g
+        .node(scores)
+        .operand(1)
+        .ok_or_else(|| PassError::at_main(m, scores, "score product without a key operand"))?;
+    let v = g
+        .node(output)
+        .operand(1)
+        .ok_or_else(|| PassError::at_main(m, output, "output product without a value operand"))?;
     let (kr, vr) = (rank(m, g, k)?, rank(m, g, v)?);
     if kr < 2 || vr < 2 {
-        return Err(PassError::at_main(m, scores, "attention operands of rank < 2"));
+        return Err(PassError::at_main(
+            m,
+            scores,
+            "attention operands of rank < 2",
+        ));
     }
     Ok(AttentionCut {
-        key: walk_back(m, g, CachePoint { value: k, axis: kr - 1 }),
-        value: walk_back(m, g, CachePoint { value: v, axis: vr - 2 }),
+        key: walk_back(
+            m,
+            g,
+            CachePoint {
+                value: k,
+                axis: kr - 1,
+            },
+        ),
+        value: walk_back(
+            m,
+            g,
+            CachePoint {
+                value: v,
+                axis: vr - 2,
+            },
+        ),
         scores,
         softmax,
     })
@@ -139,8 +172,7 @@ fn walk_back(m: &Module, g: &Graph, mut p: CachePoint) -> CachePoint {
                 else {
                     break;
                 };
-                let Some(out_rank) = rank_of(g, p.value)
-                else {
+                let Some(out_rank) = rank_of(g, p.value) else {
                     break;
                 };
                 let axes: Vec<usize> = axes

@@ -27,14 +27,27 @@ impl<'m> Emit<'m> {
     pub fn one(&mut self, op: Op, operands: &[ValueId], tag: &str, ty: Type) -> ValueId {
         let g = self.m.main_graph_mut();
         let id = g.add_node(op, operands.iter().map(|&v| Some(v)).collect(), Vec::new());
-        let v = ValueId { node: id, output: 0 };
+        let v = ValueId {
+            node: id,
+            output: 0,
+        };
         let name = self.name(&format!("kv_cache/{tag}"), v);
-        self.m.main_graph_mut().node_mut(id).outputs.push(Output::new(name, ty));
+        self.m
+            .main_graph_mut()
+            .node_mut(id)
+            .outputs
+            .push(Output::new(name, ty));
         v
     }
 
     /// A node with as many results as `like` has, typed unknown (shape inference types them).
-    pub fn copy_of(&mut self, op: Op, operands: Vec<Option<ValueId>>, results: usize, tag: &str) -> Vec<ValueId> {
+    pub fn copy_of(
+        &mut self,
+        op: Op,
+        operands: Vec<Option<ValueId>>,
+        results: usize,
+        tag: &str,
+    ) -> Vec<ValueId> {
         let g = self.m.main_graph_mut();
         let id = g.add_node(op, operands, Vec::new());
         (0..results as u32)
@@ -65,7 +78,14 @@ impl<'m> Emit<'m> {
     }
 
     /// `Slice(x, starts, ends, axes)` with 1-D i64 operands.
-    pub fn slice(&mut self, x: ValueId, starts: ValueId, ends: ValueId, axes: ValueId, tag: &str) -> ValueId {
+    pub fn slice(
+        &mut self,
+        x: ValueId,
+        starts: ValueId,
+        ends: ValueId,
+        axes: ValueId,
+        tag: &str,
+    ) -> ValueId {
         self.one(Op::Slice, &[x, starts, ends, axes], tag, Type::Unknown)
     }
 

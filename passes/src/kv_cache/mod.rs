@@ -24,8 +24,8 @@ mod emit;
 pub mod positions;
 
 use crate::pass::{PassContext, PassError, PassErrorKind, PassResult};
-use ortho_ir::analysis::transformer::BranchKind;
 use ortho_ir::analysis::analyze_transformer;
+use ortho_ir::analysis::transformer::BranchKind;
 use ortho_ir::{Dim, Module, Type, ValueId};
 
 crate::declare_pass! {
@@ -96,8 +96,10 @@ pub fn kv_cache(m: &mut Module) -> Result<KvCacheStats, PassError> {
     }
     if has_cache(m) {
         let n = g.inputs()[0];
-        return Err(PassError::at_main(m, n, "the model already has cache inputs (past_key_0)")
-            .with_kind(PassErrorKind::Unsupported));
+        return Err(
+            PassError::at_main(m, n, "the model already has cache inputs (past_key_0)")
+                .with_kind(PassErrorKind::Unsupported),
+        );
     }
     let [emb] = s.embeddings.as_slice() else {
         return Err(PassError::new(format!(
@@ -105,11 +107,23 @@ pub fn kv_cache(m: &mut Module) -> Result<KvCacheStats, PassError> {
             s.embeddings.len()
         )));
     };
-    let ids = g.node(emb.node).operand(1).filter(|v| g.inputs().contains(&v.node)).ok_or_else(|| {
-        PassError::at_main(m, emb.node, "the embedding lookup does not read a graph input (the token ids)")
-    })?;
+    let ids = g
+        .node(emb.node)
+        .operand(1)
+        .filter(|v| g.inputs().contains(&v.node))
+        .ok_or_else(|| {
+            PassError::at_main(
+                m,
+                emb.node,
+                "the embedding lookup does not read a graph input (the token ids)",
+            )
+        })?;
     if ortho_ir::analysis::util::rank_of(g, ids) != Some(2) {
-        return Err(PassError::at_main(m, ids.node, "the token ids must be [batch, sequence]"));
+        return Err(PassError::at_main(
+            m,
+            ids.node,
+            "the token ids must be [batch, sequence]",
+        ));
     }
     if let Some(&other) = g.inputs().iter().find(|&&n| n != ids.node) {
         return Err(PassError::at_main(
@@ -139,14 +153,25 @@ pub fn kv_cache(m: &mut Module) -> Result<KvCacheStats, PassError> {
     for i in 0..cuts.len() {
         for n in cache_names(i) {
             if let Some(v) = names.remove(&n) {
-                return Err(PassError::at_main(m, v.node, format!("a value is already named '{n}'")));
+                return Err(PassError::at_main(
+                    m,
+                    v.node,
+                    format!("a value is already named '{n}'"),
+                ));
             }
         }
     }
     let cache_type = |p: attention::CachePoint, dim: &str| -> Result<Type, PassError> {
-        let t = g.value_type(p.value).as_tensor().and_then(|t| t.shape.clone().map(|s| (t.dtype, s)));
+        let t = g
+            .value_type(p.value)
+            .as_tensor()
+            .and_then(|t| t.shape.clone().map(|s| (t.dtype, s)));
         let (dtype, mut shape) = t.ok_or_else(|| {
-            PassError::at_main(m, p.value.node, "kv-cache needs the shape of the cached tensor")
+            PassError::at_main(
+                m,
+                p.value.node,
+                "kv-cache needs the shape of the cached tensor",
+            )
         })?;
         shape[p.axis] = Dim::Sym(dim.to_string());
         Ok(Type::tensor(dtype, shape))
@@ -184,12 +209,17 @@ pub fn kv_cache(m: &mut Module) -> Result<KvCacheStats, PassError> {
             if past_len.is_none() {
                 let shape = em.shape(past, "past_shape");
                 let a = point.axis as i64;
-                let (s, e, ax) = (em.ints(&[a], "past_axis"), em.ints(&[a + 1], "past_axis_end"), em.ints(&[0], "axis0"));
+                let (s, e, ax) = (
+                    em.ints(&[a], "past_axis"),
+                    em.ints(&[a + 1], "past_axis_end"),
+                    em.ints(&[0], "axis0"),
+                );
                 past_len = Some(em.slice(shape, s, e, ax, "past_length"));
             }
         }
     }
-    let past_len: ValueId = past_len.ok_or_else(|| PassError::new("kv-cache found no attention branch"))?;
+    let past_len: ValueId =
+        past_len.ok_or_else(|| PassError::new("kv-cache found no attention branch"))?;
     let t = positions::rewrite(&mut em, ids, past_len)?;
     if t.tables == 0 {
         return Err(PassError::at_main(

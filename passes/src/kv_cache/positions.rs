@@ -40,7 +40,10 @@ fn deps(g: &Graph, order: &[NodeId], ids: ValueId) -> Deps {
         let node = g.node(n);
         if let Op::Shape(_) = node.op {
             // A shape does not depend on its operand's data, only on its (length-dependent) size.
-            if node.inputs().any(|v| data.contains(&v.node) || length.contains(&v.node)) {
+            if node
+                .inputs()
+                .any(|v| data.contains(&v.node) || length.contains(&v.node))
+            {
                 length.insert(n);
             }
             continue;
@@ -63,7 +66,12 @@ fn use_of(op: &Op, slot: usize) -> Option<Use> {
         (Op::RotaryEmbedding(_), 3) => Some(Use::Rows(-1)),
         (Op::RotaryEmbedding(_), 1 | 2) => Some(Use::Whole),
         (
-            Op::Reshape(_) | Op::Expand | Op::Tile | Op::Slice | Op::Unsqueeze | Op::Squeeze
+            Op::Reshape(_)
+            | Op::Expand
+            | Op::Tile
+            | Op::Slice
+            | Op::Unsqueeze
+            | Op::Squeeze
             | Op::Split(_),
             s,
         ) if s >= 1 => Some(Use::Keep),
@@ -140,7 +148,11 @@ pub fn rewrite(em: &mut Emit<'_>, ids: ValueId, past_len: ValueId) -> Result<Tab
     let mut copy: HashMap<ValueId, ValueId> = HashMap::new();
     for &n in &cone_order {
         let node = em.m.main_graph().node(n).clone();
-        let tag = node.outputs.first().map(|o| o.name.clone()).unwrap_or_default();
+        let tag = node
+            .outputs
+            .first()
+            .map(|o| o.name.clone())
+            .unwrap_or_default();
         if let Op::Shape(a) = &node.op {
             // Shape(ids) for P+S tokens; a start/end window is applied to the shifted shape.
             let full = em.shape(ids, "ids_shape");
@@ -159,9 +171,20 @@ pub fn rewrite(em: &mut Emit<'_>, ids: ValueId, past_len: ValueId) -> Result<Tab
             .iter()
             .map(|o| o.map(|v| copy.get(&v).copied().unwrap_or(v)))
             .collect();
-        let outs = em.copy_of(node.op.clone(), operands, node.outputs.len(), &format!("{tag}_full"));
+        let outs = em.copy_of(
+            node.op.clone(),
+            operands,
+            node.outputs.len(),
+            &format!("{tag}_full"),
+        );
         for (i, v) in outs.into_iter().enumerate() {
-            copy.insert(ValueId { node: n, output: i as u32 }, v);
+            copy.insert(
+                ValueId {
+                    node: n,
+                    output: i as u32,
+                },
+                v,
+            );
         }
     }
     let mut sliced: HashMap<(ValueId, i64), ValueId> = HashMap::new();
