@@ -260,34 +260,6 @@ fn main() {
     }
 }
 
-/// Zero-length caches for the cache inputs of `m` (batch 1).
-fn empty_caches(m: &ortho_ir::Module) -> Vec<(String, HostTensor)> {
-    let g = m.main_graph();
-    g.inputs()
-        .iter()
-        .skip(1)
-        .map(|&n| {
-            let o = &g.node(n).outputs[0];
-            let dims =
-                o.ty.as_tensor()
-                    .and_then(|t| t.shape.clone())
-                    .expect("cache shape");
-            let dims = dims
-                .iter()
-                .map(|d| match d {
-                    ortho_ir::Dim::Fixed(x) => *x as usize,
-                    ortho_ir::Dim::Sym(s) if s == ortho_passes::kv_cache::PAST_DIM => 0,
-                    _ => 1,
-                })
-                .collect();
-            (
-                o.name.clone(),
-                HostTensor::zeros(ortho_ir::DType::F32, dims).expect("zeros"),
-            )
-        })
-        .collect()
-}
-
 /// The caches after a prefill of `context` tokens.
 fn caches_after(p: &Plan, m: &ortho_ir::Module, context: usize) -> Vec<(String, HostTensor)> {
     let ids: Vec<i64> = (0..context).map(|i| (i as i64) * 37 % 1000 + 100).collect();
@@ -295,7 +267,7 @@ fn caches_after(p: &Plan, m: &ortho_ir::Module, context: usize) -> Vec<(String, 
         "input_ids".to_string(),
         HostTensor::from_vec(vec![1, context], ids).expect("ids"),
     )];
-    feeds.extend(empty_caches(m));
+    feeds.extend(ortho_opt::generate::empty_caches(m).expect("empty caches"));
     let refs: Vec<(&str, HostTensor)> =
         feeds.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
     let out = p.run(&refs).expect("prefill");
@@ -346,7 +318,8 @@ fn decode(runs: usize) {
         models.push((tag, m, file));
     }
     println!(
-        "\ndecode, 1 token after a context (ms per token, median of {runs}; tok/s = 1000 / ms)"
+        "\ndecode, 1 token after a context (ms per token, median of {}; tok/s = 1000 / ms)",
+        runs * 4
     );
     println!(
         "  {:<8} {:>3} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9}",

@@ -122,8 +122,9 @@ pub fn run(a: GenerateArgs, g: &GlobalArgs) -> DriverOutput {
     DriverOutput::from_result(run_inner(&a, g))
 }
 
-/// Zero-length caches for the cache inputs of `m` (batch 1, no cached positions).
-fn empty_caches(m: &Module) -> Result<Vec<(String, HostTensor)>, CliError> {
+/// Zero-length caches for the cache inputs of `m` (batch 1, no cached positions): the feeds of
+/// a prefill. Also used by the kv-cache tests and the decode bench.
+pub fn empty_caches(m: &Module) -> Result<Vec<(String, HostTensor)>, CliError> {
     let g = m.main_graph();
     let mut out = Vec::new();
     for &n in g.inputs().iter().skip(1) {

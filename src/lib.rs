@@ -12,7 +12,7 @@ mod cli;
 mod compare;
 mod error;
 mod eval;
-mod generate;
+pub mod generate;
 mod input;
 mod lm;
 mod opt;

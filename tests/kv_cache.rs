@@ -41,38 +41,6 @@ fn prefix(dir: &std::path::Path, layers: usize) -> std::path::PathBuf {
     out
 }
 
-/// Empty caches of the cached module's inputs (the position axis 0).
-fn empty_cache(m: &Module) -> Vec<(String, HostTensor)> {
-    let g = m.main_graph();
-    g.inputs()
-        .iter()
-        .skip(1)
-        .map(|&n| {
-            let o = &g.node(n).outputs[0];
-            let dims: Vec<usize> =
-                o.ty.as_tensor()
-                    .and_then(|t| t.shape.clone())
-                    .expect("cache shape")
-                    .iter()
-                    .map(|d| {
-                        d.fixed().map_or(
-                            if d.to_string().contains("batch") {
-                                1
-                            } else {
-                                0
-                            },
-                            |x| x as usize,
-                        )
-                    })
-                    .collect();
-            (
-                o.name.clone(),
-                HostTensor::zeros(ortho_ir::DType::F32, dims).expect("zeros"),
-            )
-        })
-        .collect()
-}
-
 /// Generates `steps` greedy tokens after `prompt` with the cached graph, checking every step's
 /// logits against the full graph's last row. Returns the largest |Δ| / max |logit| seen.
 fn cached_equals_full(full: &Module, prompt: &[i64], steps: usize) -> f64 {
@@ -82,7 +50,7 @@ fn cached_equals_full(full: &Module, prompt: &[i64], steps: usize) -> f64 {
     let fp = Plan::compile(full).expect("compile full");
     let cp = Plan::compile(&cached).expect("compile cached");
     let layers = st.layers;
-    let mut cache = empty_cache(&cached);
+    let mut cache = ortho_opt::generate::empty_caches(&cached).expect("empty caches");
     let mut all = prompt.to_vec();
     let mut new = prompt.to_vec();
     let mut worst = 0.0f64;
