@@ -11,7 +11,14 @@
 //!    relative to max |logit|, and the bytes of the blocks' linear weights and of the exported
 //!    files (dense default vs `--emit-sparse`).
 //!
-//! Environment: ORTHO_BENCH_RUNS (timed runs per cell, default 5). The machine is shared and
+//! 3. decode with a KV cache (`kv-cache` pass): one token after a context of 128 and 512,
+//!    dense and 2:4 (the same pruned weights, dense-with-zeros against `sparsify`), our engine
+//!    and onnxruntime on the same exported cached graph (dense-with-zeros: onnxruntime has no
+//!    compact form), 1 and 2 threads, side by side; then our engine's per-op profile of one
+//!    dense decode step at context 128.
+//!
+//! Environment: ORTHO_BENCH_RUNS (timed runs per cell, default 5), ORTHO_BENCH_PARTS (a comma
+//! list of kernels, model, decode; default all). The machine is shared and
 //! loaded: read the ratios measured side by side, not absolute times.
 
 use ortho_codegen::cpu::kernels::matmul::{gemm_into, Mat};
@@ -238,6 +245,212 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
     println!("sparse kernels: best instruction set {:?}", Isa::best());
-    kernels(runs);
-    model(runs);
+    // ORTHO_BENCH_PARTS=kernels,model,decode picks parts (default: all).
+    let parts =
+        std::env::var("ORTHO_BENCH_PARTS").unwrap_or_else(|_| "kernels,model,decode".into());
+    let on = |p: &str| parts.split(',').any(|x| x.trim() == p);
+    if on("kernels") {
+        kernels(runs);
+    }
+    if on("model") {
+        model(runs);
+    }
+    if on("decode") {
+        decode(runs);
+    }
+}
+
+/// The caches after a prefill of `context` tokens.
+fn caches_after(p: &Plan, m: &ortho_ir::Module, context: usize) -> Vec<(String, HostTensor)> {
+    let ids: Vec<i64> = (0..context).map(|i| (i as i64) * 37 % 1000 + 100).collect();
+    let mut feeds = vec![(
+        "input_ids".to_string(),
+        HostTensor::from_vec(vec![1, context], ids).expect("ids"),
+    )];
+    feeds.extend(ortho_opt::generate::empty_caches(m).expect("empty caches"));
+    let refs: Vec<(&str, HostTensor)> =
+        feeds.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+    let out = p.run(&refs).expect("prefill");
+    out.into_iter()
+        .skip(1)
+        .map(|(n, t)| (n.replacen("present", "past", 1), t))
+        .collect()
+}
+
+fn decode(runs: usize) {
+    let f = fixtures();
+    let path = f.join("smollm2-135m/decomposed.onnx");
+    if !path.exists() {
+        return;
+    }
+    let python = std::env::var_os("ORTHO_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| f.join("venv/bin/python"));
+    let dense = ortho_frontends::import_file(&path).expect("import");
+    let mut pruned = dense.clone();
+    let o = ortho_passes::transforms::prune::PruneOptions {
+        pattern: ortho_passes::sparsity::matrix::Pattern::NM { n: 2, m: 4 },
+        ..Default::default()
+    };
+    ortho_passes::transforms::prune::prune(&mut pruned, &o, None).expect("prune");
+    let mut compact = pruned.clone();
+    ortho_passes::transforms::sparsify::sparsify(&mut compact, &Default::default())
+        .expect("sparsify");
+    let tmp = std::env::temp_dir().join(format!("ortho-decode-bench-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&tmp);
+    let mut models = Vec::new();
+    for (tag, mut m) in [
+        ("dense", dense),
+        ("2:4 zeros", pruned),
+        ("2:4 compact", compact),
+    ] {
+        ortho_passes::kv_cache::kv_cache(&mut m).expect("kv-cache");
+        let file = tmp.join(format!("{}.onnx", tag.replace([' ', ':'], "_")));
+        if tag != "2:4 compact" {
+            let mut e = m.clone();
+            ortho_passes::transforms::lower_ortho_with(
+                &mut e,
+                ortho_passes::transforms::SparseExport::Dense,
+            )
+            .expect("lower");
+            ortho_frontends::export_file(&e, &file, &Default::default()).expect("export");
+        }
+        models.push((tag, m, file));
+    }
+    println!(
+        "\ndecode, 1 token after a context (ms per token, median of {}; tok/s = 1000 / ms)",
+        runs * 4
+    );
+    println!(
+        "  {:<8} {:>3} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9}",
+        "context",
+        "thr",
+        "dense",
+        "2:4",
+        "ort dense",
+        "ort 2:4",
+        "2:4/dense",
+        "dense/ort",
+        "2:4/ort"
+    );
+    // Ours: the dense and the compact 2:4 model (the zeros model is for onnxruntime only).
+    let mut plans: Vec<Plan> = [0usize, 2]
+        .iter()
+        .map(|&i| Plan::compile(&models[i].1).expect("compile"))
+        .collect();
+    for context in [128usize, 512] {
+        for threads in [1usize, 2] {
+            let mut ours = [0.0f64; 2];
+            for (k, i) in [0usize, 2].into_iter().enumerate() {
+                let p = &mut plans[k];
+                p.set_threads(threads);
+                let cache = caches_after(p, &models[i].1, context);
+                let mut feeds = vec![(
+                    "input_ids".to_string(),
+                    HostTensor::from_vec(vec![1, 1], vec![42i64]).expect("ids"),
+                )];
+                feeds.extend(cache);
+                ours[k] = time(runs * 4, || {
+                    let refs: Vec<(&str, HostTensor)> =
+                        feeds.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+                    std::hint::black_box(p.run(&refs).expect("decode"));
+                });
+            }
+            let ort = ort_decode(
+                &python,
+                &[&models[0].2, &models[1].2],
+                context,
+                threads,
+                runs * 4,
+            );
+            println!(
+                "  {context:<8} {threads:>3} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>8.2}x {:>8.2}x {:>8.2}x",
+                ours[0],
+                ours[1],
+                ort[0],
+                ort[1],
+                ours[0] / ours[1],
+                ort[0] / ours[0],
+                ort[1] / ours[1]
+            );
+        }
+    }
+    // Where a dense decode step spends its time (context 128, 2 threads).
+    let mut p = plans.into_iter().next().expect("plan");
+    p.set_threads(2);
+    let cache = caches_after(&p, &models[0].1, 128);
+    let mut feeds = vec![(
+        "input_ids".to_string(),
+        HostTensor::from_vec(vec![1, 1], vec![42i64]).expect("ids"),
+    )];
+    feeds.extend(cache);
+    let refs: Vec<(&str, HostTensor)> =
+        feeds.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+    let _ = p.run_profiled(&refs).expect("warm");
+    let (_, prof) = p.run_profiled(&refs).expect("profile");
+    println!(
+        "\ndense decode step, context 128, 2 threads: {:.2} ms; per op type:",
+        prof.total.as_secs_f64() * 1e3
+    );
+    for (op, d, n) in prof.ops.iter().take(12) {
+        println!("  {op:<20} {:>8.3} ms {n:>5} calls", d.as_secs_f64() * 1e3);
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// onnxruntime's median decode latency (ms) for each cached model at `context`.
+fn ort_decode(
+    python: &std::path::Path,
+    files: &[&PathBuf],
+    context: usize,
+    threads: usize,
+    runs: usize,
+) -> Vec<f64> {
+    let script = r#"
+import sys, time, numpy as np, onnxruntime as ort
+ctx, thr, runs = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+for path in sys.argv[4:]:
+    o = ort.SessionOptions(); o.intra_op_num_threads = thr; o.inter_op_num_threads = 1
+    s = ort.InferenceSession(path, o, providers=["CPUExecutionProvider"])
+    feeds = {}
+    for i in s.get_inputs()[1:]:
+        feeds[i.name] = np.zeros([1 if d == "batch" else 0 if isinstance(d, str) else d for d in i.shape], np.float32)
+    feeds["input_ids"] = (np.arange(ctx, dtype=np.int64) * 37 % 1000 + 100)[None]
+    names = [x.name for x in s.get_outputs()]
+    out = s.run(None, feeds)
+    for n, v in zip(names[1:], out[1:]):
+        feeds[n.replace("present", "past", 1)] = v
+    feeds["input_ids"] = np.array([[42]], np.int64)
+    s.run(None, feeds)
+    lat = []
+    for _ in range(runs):
+        t = time.perf_counter(); s.run(None, feeds); lat.append((time.perf_counter() - t) * 1e3)
+    print(sorted(lat)[len(lat) // 2])
+"#;
+    let mut args: Vec<String> = vec![
+        "-c".into(),
+        script.into(),
+        context.to_string(),
+        threads.to_string(),
+        runs.to_string(),
+    ];
+    args.extend(files.iter().map(|f| f.to_string_lossy().into_owned()));
+    let out = std::process::Command::new(python).args(&args).output();
+    match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect(),
+        Ok(o) => {
+            println!(
+                "  onnxruntime failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            vec![f64::NAN; files.len()]
+        }
+        Err(e) => {
+            println!("  onnxruntime not run ({e})");
+            vec![f64::NAN; files.len()]
+        }
+    }
 }

@@ -171,6 +171,7 @@ enum Command {
     Analyze(crate::analyze::AnalyzeArgs),
     Train(crate::train_cmd::TrainArgs),
     Shard(crate::shard::ShardArgs),
+    Generate(crate::generate::GenerateArgs),
 }
 
 impl Command {
@@ -182,6 +183,7 @@ impl Command {
             Command::Analyze(a) => crate::analyze::run(a),
             Command::Train(a) => crate::train_cmd::run(a, g),
             Command::Shard(a) => crate::shard::run(a, g),
+            Command::Generate(a) => crate::generate::run(a, g),
         }
     }
 }
@@ -195,6 +197,7 @@ const EXAMPLES: &str = "Examples:
   ortho-opt eval MODEL --tokenizer tokenizer.json --text FILE [--windows 16 --seqlen 128 --bos ID --json]
   ortho-opt compare A B --tokenizer tokenizer.json --text FILE [--windows N --seqlen L --json]
   ortho-opt analyze MODEL [--json]
+  ortho-opt generate MODEL --tokenizer tokenizer.json --prompt TEXT --max-new-tokens N [--greedy | --temperature T --top-p P --seed S]
   ortho-opt train MODEL --data FILE --steps N -o OUT.onnx [--lr --batch --seqlen --trainable --keep-zeros]
   ortho-opt help COMMAND                                # a command's options";
 

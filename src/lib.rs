@@ -13,6 +13,7 @@ mod compare;
 mod compare_locate;
 mod error;
 mod eval;
+pub mod generate;
 mod input;
 mod lm;
 mod opt;

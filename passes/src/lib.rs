@@ -22,6 +22,7 @@ pub mod captures;
 pub(crate) mod consteval;
 pub mod declare;
 pub mod factorize;
+pub mod kv_cache;
 pub mod linalg;
 pub mod manager;
 pub mod options;

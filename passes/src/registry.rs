@@ -23,6 +23,7 @@ static BUILTIN: &[&PassInfo] = &[
     &transforms::infer_shapes::INFO,
     &transforms::joint_basis::INFO,
     &transforms::kron_factorize::INFO,
+    &crate::kv_cache::INFO,
     &transforms::lora::INFO,
     &transforms::lora_merge::INFO,
     &transforms::lower_ortho::INFO,

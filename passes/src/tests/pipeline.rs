@@ -85,7 +85,7 @@ fn unknown_pass_names_position_and_suggests() {
     assert!(e.message.starts_with("unknown pass 'foo'"), "{}", e.message);
     assert!(
         e.message
-            .contains("known: autodiff, canonicalize, cse, dce, denoise-prune, denoise-rotate, fold-norms, fuse-elementwise, gauge-verify, infer-shapes, joint-basis, kron-factorize, lora, lora-merge, lower-ortho, lowrank-factorize, poet-merge, poet-reparam, prune, rotate-heads, rotate-residual, sparsify, fixpoint"),
+            .contains("known: autodiff, canonicalize, cse, dce, denoise-prune, denoise-rotate, fold-norms, fuse-elementwise, gauge-verify, infer-shapes, joint-basis, kron-factorize, kv-cache, lora, lora-merge, lower-ortho, lowrank-factorize, poet-merge, poet-reparam, prune, rotate-heads, rotate-residual, sparsify, fixpoint"),
         "{}",
         e.message
     );

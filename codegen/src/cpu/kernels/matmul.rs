@@ -73,6 +73,10 @@ pub fn gemm_into<T: GemmElem>(
         last(ldc, 1, m, n) < c.len() && ldc >= n,
         "gemm: dst out of bounds"
     );
+    if m == 1 && threads > 1 && n >= 2 * GEMV_SPLIT_COLUMNS && n * k * T::SIZE >= GEMV_SPLIT_BYTES {
+        gemv_split_columns(n, k, a, b, &mut c[..n], accumulate, alpha, beta, threads);
+        return;
+    }
     let flops = m as u64 * n as u64 * k as u64;
     let par = if threads > 1 && flops >= 1 << 18 {
         gemm::Parallelism::Rayon(threads)
@@ -104,6 +108,45 @@ pub fn gemm_into<T: GemmElem>(
             par,
         );
     }
+}
+
+/// One-row products (decode: one token times a weight) whose weight is at least this many bytes
+/// are split over the threads by output columns. `gemm`'s matrix-vector path runs on one thread
+/// whatever parallelism it is given, and a decode step is bound by streaming the weights from
+/// memory, which one core cannot do at the machine's full bandwidth; below this size the fork and
+/// join cost about what the second thread saves.
+const GEMV_SPLIT_BYTES: usize = 1 << 20;
+
+/// Columns per piece of a split one-row product are a multiple of this (four AVX-512 vectors of
+/// f32), so every piece but the last has no vector tail and each output is computed by the same
+/// instructions as in the unsplit product.
+const GEMV_SPLIT_COLUMNS: usize = 64;
+
+/// `c = alpha·c + beta·a·b` for a one-row `a` (`1×k`), split by output columns into one piece
+/// per thread; each piece is an independent single-threaded `gemm` call on a column slice of `b`.
+#[allow(clippy::too_many_arguments)]
+fn gemv_split_columns<T: GemmElem>(
+    n: usize,
+    k: usize,
+    a: Mat<'_, T>,
+    b: Mat<'_, T>,
+    c: &mut [T],
+    accumulate: bool,
+    alpha: T,
+    beta: T,
+    threads: usize,
+) {
+    let per = n.div_ceil(threads).div_ceil(GEMV_SPLIT_COLUMNS) * GEMV_SPLIT_COLUMNS;
+    c.par_chunks_mut(per).enumerate().for_each(|(i, ci)| {
+        let j0 = i * per;
+        let bi = Mat {
+            data: &b.data[j0 * b.cs..],
+            rs: b.rs,
+            cs: b.cs,
+        };
+        let w = ci.len();
+        gemm_into(1, w, k, a, bi, ci, w, accumulate, alpha, beta, 1);
+    });
 }
 
 /// The shapes of a MatMul after 1-D promotion: (batch of a, batch of b, m, k, n, output shape).
@@ -392,6 +435,64 @@ mod tests {
 
     fn t(shape: &[usize], v: Vec<f32>) -> HostTensor {
         HostTensor::from_vec(shape.to_vec(), v).expect("t")
+    }
+
+    /// A one-row product over 2 threads (split by columns) equals the 1-thread product bit for
+    /// bit, for a row-major and a transposed weight, with a column count that leaves a tail, and
+    /// both equal an f64 reference.
+    #[test]
+    fn one_row_product_split_over_threads_equals_one_thread() {
+        let (k, n) = (301usize, 1037usize);
+        assert!(n * k * 4 >= GEMV_SPLIT_BYTES);
+        // A fixed linear congruential sequence in [-1, 1): no random-number crate needed.
+        let mut state = 12345u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32) / (1u64 << 23) as f32 - 1.0
+        };
+        let a: Vec<f32> = (0..k).map(|_| next()).collect();
+        let w: Vec<f32> = (0..k * n).map(|_| next()).collect();
+        let am = Mat {
+            data: &a,
+            rs: k,
+            cs: 1,
+        };
+        let reference: Vec<f64> = (0..n)
+            .map(|j| (0..k).map(|i| a[i] as f64 * w[i * n + j] as f64).sum())
+            .collect();
+        // Row-major `k×n` weight, and the same values stored transposed (`n×k`).
+        let wt: Vec<f32> = (0..n * k).map(|x| w[(x % k) * n + x / k]).collect();
+        for b in [
+            Mat {
+                data: &w,
+                rs: n,
+                cs: 1,
+            },
+            Mat {
+                data: &wt,
+                rs: 1,
+                cs: k,
+            },
+        ] {
+            for accumulate in [false, true] {
+                let run = |threads: usize| {
+                    let mut c = vec![0.5f32; n];
+                    gemm_into(1, n, k, am, b, &mut c, n, accumulate, 1.0, 1.0, threads);
+                    c
+                };
+                let (one, two) = (run(1), run(2));
+                assert_eq!(one, two, "accumulate {accumulate}, b.rs {}", b.rs);
+                let base = if accumulate { 0.5 } else { 0.0 };
+                for (j, (&x, &r)) in two.iter().zip(&reference).enumerate() {
+                    assert!(
+                        (x as f64 - base - r).abs() <= 1e-4,
+                        "column {j}: {x} vs {r}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
