@@ -341,9 +341,22 @@ pub fn builtin(site: &KernelSite<'_>) -> KernelResult<Option<Box<dyn Kernel>>> {
             k(move |_, ins| index::onehot(ins, axis))
         }
         Op::Dropout(_) => {
-            // Inference: the identity, and an all-true mask when asked for.
+            // Inference: the identity, and an all-true mask when asked for. Training mode with a
+            // nonzero ratio draws a random mask no run of ours can reproduce, so it is refused
+            // rather than answered with the identity.
             let mask = site.output_used(1);
             k(move |_, ins| {
+                let training = ins
+                    .get(2)
+                    .is_some_and(|t| t.to_i64_vec().first().is_some_and(|&v| v != 0));
+                let ratio = ins
+                    .get(1)
+                    .map_or(0.5, |r| r.to_f64_vec().first().copied().unwrap_or(0.5));
+                if training && ratio != 0.0 {
+                    return Err(KernelError::unsupported(
+                        "Dropout in training mode with a nonzero ratio (a random mask)",
+                    ));
+                }
                 let shape = ins.req(0)?.shape().to_vec();
                 let mut r = shape::identity(ins)?;
                 if mask {
