@@ -159,6 +159,7 @@ fn run_one(model: &Path, ins: &[(String, String)], outs: &[(String, String)]) ->
                 format!("{domain}.{op}")
             })
         }
+        Err(RuntimeError::UnsupportedOps { ops, .. }) => return Outcome::NoKernel(ops.join(", ")),
         Err(e) => return Outcome::Error(format!("compile: {e}")),
     };
     let mut feeds: Vec<(&str, HostTensor)> = Vec::new();

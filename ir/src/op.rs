@@ -237,6 +237,9 @@ define_ops! {
         Pad(2, 4 => 1, 1) { mode: String = "mode" => String::from("constant") },
         OneHot(3, 3 => 1, 1) { axis: i64 = "axis" => -1 },
         Dropout(1, 3 => 1, 2) { seed: i64 = "seed" },
+        Hardmax(1, 1 => 1, 1) { axis: i64 = "axis" => -1 },
+        CumProd(2, 2 => 1, 1) { exclusive: i64 = "exclusive" => 0, reverse: i64 = "reverse" => 0 },
+        BitShift(2, 2 => 1, 1) { direction: String = "direction" },
         If(1, 1 => 1, VAR) { then_branch: GraphId = "then_branch", else_branch: GraphId = "else_branch" },
         Loop(2, VAR => 1, VAR) { body: GraphId = "body" },
     }

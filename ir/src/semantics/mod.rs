@@ -8,6 +8,9 @@
 //! - [`broadcast`]: multidirectional (numpy) broadcasting, for concrete and symbolic dims;
 //! - [`slice`]: Slice's clamping of starts/ends/steps;
 //! - [`reshape`]: Reshape, Squeeze, Unsqueeze and Flatten output dims;
+//! - [`einsum`]: the Einsum equation grammar and a general evaluation in f64;
+//! - [`indexing`]: GatherND / ScatterND / ScatterElements offsets, TopK's lane selection, Pad's
+//!   source map (element-generic, over plain slices);
 //! - [`movement`]: element-generic data movement (Gather, Concat, Where, Slice, Range,
 //!   ConstantOfShape) over plain slices, so a kernel and the folder run the same code.
 //!
@@ -17,6 +20,8 @@
 pub mod axis;
 pub mod broadcast;
 pub mod cast;
+pub mod einsum;
+pub mod indexing;
 pub mod movement;
 pub mod reshape;
 pub mod size;

@@ -533,12 +533,11 @@ fn infer_node(cx: &NodeCx, outer: &Scope) -> Infer {
         | Acos | Atan | Sinh | Cosh | Asinh | Acosh | Atanh | Erf | Sigmoid | Relu | Floor
         | Ceil | Round | Sign | Softplus | Softsign | HardSwish | Mish | BitwiseNot | Clip
         | Gelu(_) | LeakyRelu(_) | Elu(_) | Celu(_) | Selu(_) | HardSigmoid(_)
-        | ThresholdedRelu(_) | CumSum(_) | Trilu(_) | ScatterND(_) | ScatterElements(_) => {
-            ew::same(cx)
-        }
+        | ThresholdedRelu(_) | CumSum(_) | Trilu(_) | ScatterND(_) | ScatterElements(_)
+        | Hardmax(_) | CumProd(_) => ew::same(cx),
         Not | IsNaN | IsInf(_) => ew::same_shape_as(cx, DType::Bool),
         Add | Sub | Mul | Div | Mod(_) | PRelu | BitwiseAnd | BitwiseOr | BitwiseXor | Max
-        | Min | Sum | Mean => ew::broadcast_all(cx, None),
+        | Min | Sum | Mean | BitShift(_) => ew::broadcast_all(cx, None),
         And | Or | Xor | Equal | Less | LessOrEqual | Greater | GreaterOrEqual => {
             ew::broadcast_all(cx, Some(DType::Bool))
         }

@@ -131,6 +131,9 @@ pub enum Arith {
     BitAnd,
     BitOr,
     BitXor,
+    /// `BitShift` (unsigned types): a shift by the type's width or more gives 0.
+    ShiftLeft,
+    ShiftRight,
 }
 
 /// Numeric element types with the arithmetic ONNX defines for them.
@@ -224,7 +227,15 @@ macro_rules! num_int {
             }
             fn zero() -> Self { 0 }
             fn bits(self, o: Self, w: Arith) -> Self {
-                match w { Arith::BitAnd => self & o, Arith::BitOr => self | o, _ => self ^ o }
+                #[allow(unused_comparisons)]
+                let wide = o < 0 || (o as u64) >= <$t>::BITS as u64;
+                match w {
+                    Arith::BitAnd => self & o,
+                    Arith::BitOr => self | o,
+                    Arith::ShiftLeft => if wide { 0 } else { self << o },
+                    Arith::ShiftRight => if wide { 0 } else { self >> o },
+                    _ => self ^ o,
+                }
             }
         }
     )*};
@@ -247,7 +258,7 @@ fn arith_typed<T: Num>(
         Arith::Min => map2::<T, T, T>(cx, a, b, |x, y| if x.is_nan() || x < y { x } else { y }),
         Arith::Mod { fmod } => map2::<T, T, T>(cx, a, b, move |x, y| x.rem(y, fmod)),
         Arith::PRelu => map2::<T, T, T>(cx, a, b, |x, s| if x < T::zero() { x.mul(s) } else { x }),
-        Arith::BitAnd | Arith::BitOr | Arith::BitXor => {
+        Arith::BitAnd | Arith::BitOr | Arith::BitXor | Arith::ShiftLeft | Arith::ShiftRight => {
             map2::<T, T, T>(cx, a, b, move |x, y| x.bits(y, op))
         }
     }
@@ -358,7 +369,10 @@ fn arith_dispatch(
     a: &HostTensor,
     b: &HostTensor,
 ) -> KernelResult<HostTensor> {
-    let bitwise = matches!(op, Arith::BitAnd | Arith::BitOr | Arith::BitXor);
+    let bitwise = matches!(
+        op,
+        Arith::BitAnd | Arith::BitOr | Arith::BitXor | Arith::ShiftLeft | Arith::ShiftRight
+    );
     match a.dtype() {
         DType::F32 if !bitwise => arith_typed::<f32>(cx, op, a, b),
         DType::F64 if !bitwise => arith_typed::<f64>(cx, op, a, b),

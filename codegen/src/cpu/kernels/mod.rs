@@ -6,6 +6,7 @@
 pub mod attention;
 pub mod broadcast;
 pub mod cast;
+pub mod einsum;
 pub mod elementwise;
 pub mod factorized;
 pub mod index;
@@ -15,6 +16,7 @@ pub mod nn;
 pub mod nn_f64;
 pub mod reduce;
 pub mod scatter;
+pub mod select;
 pub mod shape;
 pub mod sparse;
 pub mod sparse_simd;
@@ -302,6 +304,44 @@ pub fn builtin(site: &KernelSite<'_>) -> KernelResult<Option<Box<dyn Kernel>>> {
             })?;
             k(move |_, ins| scatter::scatter_nd(ins, red))
         }
+        Op::ScatterElements(a) => {
+            let red = scatter::ScatterReduction::from_word(&a.reduction()).ok_or_else(|| {
+                KernelError::invalid(format!("ScatterElements reduction '{}'", a.reduction()))
+            })?;
+            let axis = a.axis();
+            k(move |_, ins| scatter::scatter_elements(ins, axis, red))
+        }
+        Op::Einsum(a) => {
+            let eq = a
+                .equation
+                .clone()
+                .ok_or(KernelError::invalid("Einsum needs 'equation'"))?;
+            k(move |_, ins| einsum::einsum(ins, &eq))
+        }
+        Op::GatherND(a) => {
+            let b = a.batch_dims();
+            k(move |_, ins| select::gather_nd(ins, b))
+        }
+        Op::TopK(a) => {
+            let (axis, largest) = (a.axis(), a.largest() != 0);
+            k(move |_, ins| select::topk(ins, axis, largest))
+        }
+        Op::Hardmax(a) => {
+            // Before opset 13 the default axis is 1 and the lane is the input seen as 2-D.
+            let legacy = site.opset > 0 && site.opset < 13;
+            let axis = a.axis.unwrap_or(if legacy { 1 } else { a.axis() });
+            k(move |_, ins| select::hardmax(ins, axis, legacy))
+        }
+        Op::Pad(a) => {
+            let mode = ortho_ir::semantics::indexing::PadMode::from_word(&a.mode())
+                .ok_or_else(|| KernelError::invalid(format!("Pad mode '{}'", a.mode())))?;
+            k(move |_, ins| select::pad(ins, mode))
+        }
+        Op::BitShift(a) => match a.direction.as_deref() {
+            Some("LEFT") => bin(Arith::ShiftLeft),
+            Some("RIGHT") => bin(Arith::ShiftRight),
+            d => return Err(KernelError::invalid(format!("BitShift direction {d:?}"))),
+        },
         Op::Shape(a) => {
             let (s, e) = (a.start, a.end);
             k(move |_, ins| shape::shape_of(ins, s, e))
@@ -329,7 +369,11 @@ pub fn builtin(site: &KernelSite<'_>) -> KernelResult<Option<Box<dyn Kernel>>> {
         }
         Op::CumSum(a) => {
             let (ex, rev) = (a.exclusive() != 0, a.reverse() != 0);
-            k(move |_, ins| index::cumsum(ins, ex, rev))
+            k(move |_, ins| index::cumsum(ins, ex, rev, index::Cumulative::Sum))
+        }
+        Op::CumProd(a) => {
+            let (ex, rev) = (a.exclusive() != 0, a.reverse() != 0);
+            k(move |_, ins| index::cumsum(ins, ex, rev, index::Cumulative::Prod))
         }
         Op::GatherElements(a) => {
             let axis = a.axis();
