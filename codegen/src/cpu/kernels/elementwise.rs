@@ -131,7 +131,9 @@ pub enum Arith {
     BitAnd,
     BitOr,
     BitXor,
-    /// `BitShift` (unsigned types): a shift by the type's width or more gives 0.
+    /// `BitShift`: bits shifted out are lost (a signed left shift wraps). A shift by a negative
+    /// amount or by the type's width or more gives 0, or −1 for a right shift of a negative
+    /// value (the sign fills every bit), as ONNX's reference defines it since opset 28.
     ShiftLeft,
     ShiftRight,
 }
@@ -233,7 +235,9 @@ macro_rules! num_int {
                     Arith::BitAnd => self & o,
                     Arith::BitOr => self | o,
                     Arith::ShiftLeft => if wide { 0 } else { self << o },
-                    Arith::ShiftRight => if wide { 0 } else { self >> o },
+                    // `>>` on signed types is arithmetic, as ONNX wants; `!0` is −1 there.
+                    #[allow(unused_comparisons)]
+                    Arith::ShiftRight => if !wide { self >> o } else if self < 0 { !0 } else { 0 },
                     _ => self ^ o,
                 }
             }
