@@ -3,7 +3,7 @@
 
 use crate::cpu::error::{KernelError, KernelResult};
 use crate::cpu::kernel::Inputs;
-use crate::cpu::tensor::{Elem, HostTensor};
+use crate::cpu::tensor::HostTensor;
 use ortho_ir::semantics::einsum::einsum_f64;
 
 pub fn einsum(ins: &mut Inputs<'_>, equation: &str) -> KernelResult<Vec<HostTensor>> {
@@ -26,12 +26,10 @@ pub fn einsum(ins: &mut Inputs<'_>, equation: &str) -> KernelResult<Vec<HostTens
         .map(|(v, t)| (v.as_slice(), t.shape()))
         .collect();
     let (dims, out) = einsum_f64(equation, &args)?;
-    Ok(vec![crate::with_dtype!(d, T => {
-        if d == ortho_ir::DType::Bool {
-            return Err(KernelError::dtype("Einsum is not defined for bool"));
-        }
-        HostTensor::make(dims, T::wrap(out.into_iter().map(T::from_f64).collect()))?
-    }, _ => return Err(KernelError::dtype(format!("Einsum is not defined for {d}"))))])
+    if d == ortho_ir::DType::Bool {
+        return Err(KernelError::dtype("Einsum is not defined for bool"));
+    }
+    Ok(vec![super::from_f64_as(d, dims, out)?])
 }
 
 #[cfg(test)]

@@ -1,9 +1,10 @@
-//! Index ops: ArgMax / ArgMin, CumSum / CumProd, GatherElements, NonZero, OneHot.
+//! Index ops: ArgMax / ArgMin, CumSum / CumProd, GatherElements, NonZero, OneHot, EyeLike.
 
 use super::shape::norm_axis;
 use crate::cpu::error::{KernelError, KernelResult};
 use crate::cpu::kernel::Inputs;
 use crate::cpu::tensor::{numel, strides, Elem, HostTensor};
+use ortho_ir::DType;
 
 /// (outer, dim, inner) of `shape` around `axis`.
 fn split3(shape: &[usize], axis: usize) -> (usize, usize, usize) {
@@ -254,4 +255,26 @@ pub fn onehot(ins: &mut Inputs<'_>, axis: i64) -> KernelResult<Vec<HostTensor>> 
         let v = values.data::<T>().ok_or(KernelError::dtype("dtype"))?;
         onehot_typed::<T>(&idx, ind.shape(), depth, v[0], v[1], a)?
     }, _ => return Err(KernelError::dtype(format!("not defined for {d}"))))])
+}
+
+/// `EyeLike(input)`: ones on the `k`-th diagonal of a 2-D tensor of the input's shape, in
+/// `dtype` (the input's element type when absent).
+pub fn eye_like(
+    ins: &mut Inputs<'_>,
+    dtype: Option<DType>,
+    k: i64,
+) -> KernelResult<Vec<HostTensor>> {
+    let x = ins.req(0)?;
+    let [rows, cols] = *x.shape() else {
+        return Err(KernelError::shape(format!(
+            "EyeLike needs a 2-D input, got {:?}",
+            x.shape()
+        )));
+    };
+    let d = dtype.unwrap_or(x.dtype());
+    let on = |e: usize| (e % cols.max(1)) as i64 - (e / cols.max(1)) as i64 == k;
+    Ok(vec![crate::with_dtype!(d, T => {
+        let v: Vec<T> = (0..rows * cols).map(|e| T::from_f64(if on(e) { 1.0 } else { 0.0 })).collect();
+        HostTensor::make(vec![rows, cols], T::wrap(v))?
+    }, _ => return Err(KernelError::dtype(format!("EyeLike is not defined for {d}"))))])
 }

@@ -4,16 +4,21 @@
 //! an op without a kernel returns `None`, which the plan reports as an unsupported op.
 
 pub mod attention;
+pub mod blocks;
 pub mod broadcast;
 pub mod cast;
+pub mod conv;
 pub mod einsum;
 pub mod elementwise;
 pub mod factorized;
 pub mod index;
+pub mod loss;
 pub mod mathf;
 pub mod matmul;
 pub mod nn;
 pub mod nn_f64;
+pub mod normalize;
+pub mod pool;
 pub mod reduce;
 pub mod scatter;
 pub mod select;
@@ -29,6 +34,34 @@ use elementwise::{Arith, Cmp, Logic};
 use ortho_ir::{AttrValue, DType, Module, Op};
 use reduce::Reduce;
 use unary::Unary;
+
+/// The loss ops' attributes, the reduction word checked at compile time.
+fn loss_attrs(ignore_index: Option<i64>, reduction: &str) -> KernelResult<loss::LossAttrs> {
+    let reduction = ortho_ir::semantics::loss::LossReduction::from_word(reduction)
+        .ok_or_else(|| KernelError::invalid(format!("loss reduction '{reduction}'")))?;
+    Ok(loss::LossAttrs {
+        ignore_index,
+        reduction,
+    })
+}
+
+use ortho_ir::semantics::pool::{PoolAttrs, PoolKind};
+
+/// Values computed in f64 as a tensor of element type `d`, each rounded once: how the kernels
+/// that evaluate an `ortho_ir::semantics` rule in f64 return their result.
+pub(crate) fn from_f64_as(d: DType, dims: Vec<usize>, v: Vec<f64>) -> KernelResult<HostTensor> {
+    use crate::cpu::tensor::Elem;
+    Ok(
+        crate::with_dtype!(d, T => HostTensor::make(dims, T::wrap(v.into_iter().map(T::from_f64).collect()))?,
+        _ => return Err(KernelError::dtype(format!("not defined for {d}")))),
+    )
+}
+
+/// DepthToSpace / SpaceToDepth `mode`, checked at compile time.
+fn block_mode(w: &str) -> KernelResult<ortho_ir::semantics::blocks::BlockMode> {
+    ortho_ir::semantics::blocks::BlockMode::from_word(w)
+        .ok_or_else(|| KernelError::invalid(format!("mode '{w}' (DCR or CRD)")))
+}
 
 fn k<F>(f: F) -> Option<Box<dyn Kernel>>
 where
@@ -249,17 +282,16 @@ pub fn builtin(site: &KernelSite<'_>) -> KernelResult<Option<Box<dyn Kernel>>> {
             k(move |cx, ins| nn::rotary(cx, ins, il, nh, rd))
         }
         Op::Attention(a) => {
-            if a.qk_matmul_output_mode() != 0 && site.output_used(3) {
-                return Err(KernelError::unsupported(
-                    "qk_matmul_output_mode other than 0 is not supported",
-                ));
-            }
             let attrs = attention::AttentionAttrs {
                 is_causal: a.is_causal() != 0,
                 q_heads: positive(a.q_num_heads),
                 kv_heads: positive(a.kv_num_heads),
                 scale: a.scale,
                 softcap: a.softcap(),
+                qk_mode: a.qk_matmul_output_mode(),
+                // −1 (the default) leaves a side of the window unbounded.
+                left_window: usize::try_from(a.left_window_size()).ok(),
+                right_window: usize::try_from(a.right_window_size()).ok(),
             };
             let want_qk = site.output_used(3);
             let outs = (0..3)
@@ -336,6 +368,93 @@ pub fn builtin(site: &KernelSite<'_>) -> KernelResult<Option<Box<dyn Kernel>>> {
             let mode = ortho_ir::semantics::indexing::PadMode::from_word(&a.mode())
                 .ok_or_else(|| KernelError::invalid(format!("Pad mode '{}'", a.mode())))?;
             k(move |_, ins| select::pad(ins, mode))
+        }
+        Op::NegativeLogLikelihoodLoss(a) => {
+            let at = loss_attrs(a.ignore_index, &a.reduction())?;
+            k(move |_, ins| loss::nll(ins, at))
+        }
+        Op::SoftmaxCrossEntropyLoss(a) => {
+            let at = loss_attrs(a.ignore_index, &a.reduction())?;
+            k(move |cx, ins| loss::softmax_cross_entropy(cx, ins, at))
+        }
+        Op::MaxPool(a) => {
+            let at = PoolAttrs::from(a);
+            let kind = PoolKind::Max {
+                col_major: a.storage_order() != 0,
+            };
+            let with_indices = site.output_used(1);
+            k(move |_, ins| pool::pool(ins, &at, kind, with_indices))
+        }
+        Op::AveragePool(a) => {
+            let at = PoolAttrs::from(a);
+            let kind = PoolKind::Average {
+                count_include_pad: a.count_include_pad() != 0,
+            };
+            k(move |_, ins| pool::pool(ins, &at, kind, false))
+        }
+        Op::LpPool(a) => {
+            let at = PoolAttrs::from(a);
+            let kind = PoolKind::Lp { p: a.p() as f64 };
+            k(move |_, ins| pool::pool(ins, &at, kind, false))
+        }
+        Op::GlobalAveragePool => {
+            let kind = PoolKind::Average {
+                count_include_pad: false,
+            };
+            k(move |_, ins| pool::global_pool(ins, kind))
+        }
+        Op::GlobalMaxPool => {
+            let kind = PoolKind::Max { col_major: false };
+            k(move |_, ins| pool::global_pool(ins, kind))
+        }
+        Op::Conv(a) => {
+            let at = PoolAttrs::from(a);
+            let group = a.group();
+            k(move |_, ins| conv::conv(ins, &at, group))
+        }
+        Op::BatchNormalization(a) => {
+            let eps = f64::from(a.epsilon());
+            // Training mode normalizes with the batch's statistics and blends the running ones.
+            let momentum = (a.training_mode() != 0).then_some(f64::from(a.momentum()));
+            k(move |_, ins| normalize::batch_norm(ins, eps, momentum))
+        }
+        Op::InstanceNormalization(a) => {
+            let eps = f64::from(a.epsilon());
+            k(move |_, ins| normalize::instance_norm(ins, eps))
+        }
+        Op::MeanVarianceNormalization(a) => {
+            let axes = a.axes();
+            k(move |_, ins| normalize::mean_variance(ins, &axes))
+        }
+        Op::LpNormalization(a) => {
+            let (axis, p) = (a.axis(), a.p());
+            k(move |_, ins| normalize::lp_normalize(ins, axis, p))
+        }
+        Op::EyeLike(a) => {
+            let (dtype, diag) = (a.dtype.map(DType::from_code), a.k());
+            k(move |_, ins| index::eye_like(ins, dtype, diag))
+        }
+        Op::Scatter(a) => {
+            // The deprecated Scatter (opset 9-10) is ScatterElements without a reduction.
+            let axis = a.axis();
+            k(move |_, ins| scatter::scatter_elements(ins, axis, scatter::ScatterReduction::None))
+        }
+        Op::ConvTranspose(a) => {
+            let at = ortho_ir::semantics::conv::TransposeAttrs::from(a);
+            let group = a.group();
+            k(move |_, ins| conv::conv_transpose(ins, &at, group))
+        }
+        Op::DepthToSpace(a) => {
+            let (b, mode) = (a.blocksize.unwrap_or(0), block_mode(&a.mode())?);
+            k(move |cx, ins| blocks::depth_to_space(cx, ins, b, mode))
+        }
+        Op::SpaceToDepth(a) => {
+            let (b, mode) = (a.blocksize.unwrap_or(0), block_mode(&a.mode())?);
+            k(move |cx, ins| blocks::space_to_depth(cx, ins, b, mode))
+        }
+        Op::ReverseSequence(a) => {
+            let (b, t) = (a.batch_axis(), a.time_axis());
+            k(move |_, ins| blocks::reverse_sequence(ins, b, t))
         }
         Op::BitShift(a) => match a.direction.as_deref() {
             Some("LEFT") => bin(Arith::ShiftLeft),
