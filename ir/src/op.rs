@@ -180,7 +180,7 @@ define_ops! {
         MatMul(2, 2 => 1), Expand(2, 2 => 1), Tile(2, 2 => 1), Where(3, 3 => 1), Range(3, 3 => 1),
         Size(1, 1 => 1), NonZero(1, 1 => 1), Squeeze(1, 2 => 1), Unsqueeze(2, 2 => 1),
         Slice(3, 5 => 1), Clip(1, 3 => 1), Max(1, VAR => 1), Min(1, VAR => 1), Sum(1, VAR => 1),
-        Mean(1, VAR => 1), GlobalAveragePool(1, 1 => 1), GlobalMaxPool(1, 1 => 1),
+        Mean(1, VAR => 1), GlobalAveragePool(1, 1 => 1), GlobalMaxPool(1, 1 => 1), Det(1, 1 => 1),
     }
     typed {
         Gemm(2, 3 => 1, 1) { alpha: f32 = "alpha" => 1.0, beta: f32 = "beta" => 1.0, trans_a: i64 = "transA" => 0, trans_b: i64 = "transB" => 0 },
@@ -256,6 +256,8 @@ define_ops! {
         DepthToSpace(1, 1 => 1, 1) { blocksize: i64 = "blocksize", mode: String = "mode" => String::from("DCR") },
         SpaceToDepth(1, 1 => 1, 1) { blocksize: i64 = "blocksize", mode: String = "mode" => String::from("DCR") },
         ReverseSequence(2, 2 => 1, 1) { batch_axis: i64 = "batch_axis" => 1, time_axis: i64 = "time_axis" => 0 },
+        Compress(2, 2 => 1, 1) { axis: i64 = "axis" },
+        Shrink(1, 1 => 1, 1) { bias: f32 = "bias" => 0.0, lambd: f32 = "lambd" => 0.5 },
         SoftmaxCrossEntropyLoss(2, 3 => 1, 2) { ignore_index: i64 = "ignore_index", reduction: String = "reduction" => String::from("mean") },
         If(1, 1 => 1, VAR) { then_branch: GraphId = "then_branch", else_branch: GraphId = "else_branch" },
         Loop(2, VAR => 1, VAR) { body: GraphId = "body" },

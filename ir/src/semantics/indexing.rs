@@ -317,6 +317,66 @@ pub fn pad<T: Copy>(
     Ok((out_dims, out))
 }
 
+/// `Compress`: the positions along an axis of size `dim` that `condition` keeps (a condition
+/// shorter than the axis drops the rest; a true beyond the axis is an error).
+pub fn compress_positions(condition: &[bool], dim: usize) -> SemResult<Vec<i64>> {
+    if condition.iter().skip(dim).any(|&c| c) {
+        return Err(SemError::Invalid(format!(
+            "condition selects past the end of an axis of {dim}"
+        )));
+    }
+    Ok(condition
+        .iter()
+        .take(dim)
+        .enumerate()
+        .filter(|&(_, &c)| c)
+        .map(|(i, _)| i as i64)
+        .collect())
+}
+
+/// `Det` of each trailing n×n matrix, by Gaussian elimination with partial pivoting in f64.
+pub fn det(data: &[f64], dims: &[usize]) -> SemResult<(Vec<usize>, Vec<f64>)> {
+    let r = dims.len();
+    if r < 2 || dims[r - 1] != dims[r - 2] {
+        return Err(SemError::Invalid(format!(
+            "Det needs square trailing matrices, got {dims:?}"
+        )));
+    }
+    let n = dims[r - 1];
+    let out_dims = dims[..r - 2].to_vec();
+    let count = checked_numel(&out_dims)?;
+    let mut out = Vec::with_capacity(count);
+    for b in 0..count {
+        let mut a = data[b * n * n..(b + 1) * n * n].to_vec();
+        let mut det = 1.0f64;
+        for col in 0..n {
+            let p = (col..n)
+                .max_by(|&i, &j| a[i * n + col].abs().total_cmp(&a[j * n + col].abs()))
+                .unwrap_or(col);
+            if a[p * n + col] == 0.0 {
+                det = 0.0;
+                break;
+            }
+            if p != col {
+                for k in 0..n {
+                    a.swap(p * n + k, col * n + k);
+                }
+                det = -det;
+            }
+            let piv = a[col * n + col];
+            det *= piv;
+            for i in col + 1..n {
+                let f = a[i * n + col] / piv;
+                for k in col..n {
+                    a[i * n + k] -= f * a[col * n + k];
+                }
+            }
+        }
+        out.push(det);
+    }
+    Ok((out_dims, out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,5 +426,16 @@ mod tests {
         );
         let (d, v) = pad(&[1, 2], &[1, 2], &[(0, 0), (1, 0)], PadMode::Constant, 9).expect("2d");
         assert_eq!((d, v), (vec![1, 3], vec![9, 1, 2]));
+    }
+
+    #[test]
+    fn compress_and_det() {
+        assert_eq!(
+            compress_positions(&[false, true, true], 4).expect("c"),
+            vec![1, 2]
+        );
+        assert!(compress_positions(&[false, false, true], 2).is_err());
+        let (d, v) = det(&[0.0, 1.0, 2.0, 3.0, 2.0, 0.0, 0.0, 2.0], &[2, 2, 2]).expect("det");
+        assert_eq!((d, v), (vec![2], vec![-2.0, 4.0]));
     }
 }

@@ -10,7 +10,7 @@
 //! - [`reshape`]: Reshape, Squeeze, Unsqueeze and Flatten output dims;
 //! - [`einsum`]: the Einsum equation grammar and a general evaluation in f64;
 //! - [`indexing`]: GatherND / ScatterND / ScatterElements offsets, TopK's lane selection, Pad's
-//!   source map (element-generic, over plain slices);
+//!   source map (element-generic, over plain slices), Compress's positions, Det;
 //! - [`loss`]: NegativeLogLikelihoodLoss (and SoftmaxCrossEntropyLoss through it): targets,
 //!   class weights, ignored positions and reductions;
 //! - [`pool`]: pooling windows (output sizes, explicit and automatic pads, ceil rounding) and

@@ -579,7 +579,8 @@ fn infer_node(cx: &NodeCx, outer: &Scope) -> Infer {
         | MeanVarianceNormalization(_)
         | LpNormalization(_)
         | Scatter(_)
-        | ReverseSequence(_) => ew::same(cx),
+        | ReverseSequence(_)
+        | Shrink(_) => ew::same(cx),
         EyeLike(a) => match a.dtype {
             Some(code) => ew::same_shape_as(cx, DType::from_code(code)),
             None => ew::same(cx),

@@ -3,6 +3,7 @@
 //! `builtin` reads a node's typed attributes once, at plan compile time, and returns a closure;
 //! an op without a kernel returns `None`, which the plan reports as an unsupported op.
 
+pub mod activation;
 pub mod attention;
 pub mod blocks;
 pub mod broadcast;
@@ -455,6 +456,15 @@ pub fn builtin(site: &KernelSite<'_>) -> KernelResult<Option<Box<dyn Kernel>>> {
         Op::ReverseSequence(a) => {
             let (b, t) = (a.batch_axis(), a.time_axis());
             k(move |_, ins| blocks::reverse_sequence(ins, b, t))
+        }
+        Op::Compress(a) => {
+            let axis = a.axis;
+            k(move |_, ins| select::compress(ins, axis))
+        }
+        Op::Det => k(|_, ins| select::det(ins)),
+        Op::Shrink(a) => {
+            let (l, b) = (f64::from(a.lambd()), f64::from(a.bias()));
+            k(move |_, ins| activation::shrink(ins, l, b))
         }
         Op::BitShift(a) => match a.direction.as_deref() {
             Some("LEFT") => bin(Arith::ShiftLeft),

@@ -1,4 +1,4 @@
-//! Selection ops: GatherND, TopK, Hardmax and Pad. The rules (index tuples and batch dims,
+//! Selection ops: GatherND, TopK, Hardmax, Pad, Compress (and Det, a per-matrix reduction). The rules (index tuples and batch dims,
 //! TopK's order and tie rule, Pad's modes and crops) are `ortho_ir::semantics::indexing`; this
 //! file adds the typed dispatch and the lanes.
 
@@ -146,6 +146,33 @@ pub fn pad(ins: &mut Inputs<'_>, mode: PadMode) -> KernelResult<Vec<HostTensor>>
         let (dims, v) = ix::pad(data, x.shape(), &amounts, mode, c)?;
         HostTensor::make(dims, T::wrap(v))?
     }, _ => return Err(not_defined("Pad", d)))])
+}
+
+/// `Compress(input, condition)` along `axis`, or over the flattened input without one.
+pub fn compress(ins: &mut Inputs<'_>, axis: Option<i64>) -> KernelResult<Vec<HostTensor>> {
+    let (x, c) = (ins.req(0)?, ins.req(1)?);
+    let cond: Vec<bool> = c.to_i64_vec().iter().map(|&v| v != 0).collect();
+    let (dims, a) = match axis {
+        Some(a) => (x.shape().to_vec(), norm_axis(a, x.rank())?),
+        None => (vec![x.numel()], 0),
+    };
+    let keep = ix::compress_positions(&cond, dims[a])?;
+    let d = x.dtype();
+    Ok(vec![crate::with_dtype!(d, T => {
+        let data = x.data::<T>().ok_or(not_defined("Compress", d))?;
+        let (od, v) = ortho_ir::semantics::movement::gather(data, &dims, &keep, &[keep.len()], a)?;
+        HostTensor::make(od, T::wrap(v))?
+    }, _ => return Err(not_defined("Compress", d)))])
+}
+
+/// `Det(X)`: the determinant of each trailing square matrix, in f64, rounded once.
+pub fn det(ins: &mut Inputs<'_>) -> KernelResult<Vec<HostTensor>> {
+    let x = ins.req(0)?;
+    if !x.dtype().is_float() {
+        return Err(not_defined("Det", x.dtype()));
+    }
+    let (dims, v) = ix::det(&x.to_f64_vec(), x.shape())?;
+    Ok(vec![super::from_f64_as(x.dtype(), dims, v)?])
 }
 
 #[cfg(test)]
