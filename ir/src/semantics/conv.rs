@@ -7,6 +7,42 @@ use super::pool::{pool_axes, PoolAttrs};
 use super::size::{checked_numel, strides};
 use super::{SemError, SemResult};
 
+/// Checks X `(N, C, spatial…)` against W (`(M, C / group, kernel…)` for Conv, `(C, M / group,
+/// kernel…)` transposed) and B; returns (group, M).
+fn check_operands(
+    op: &str,
+    xd: &[usize],
+    wd: &[usize],
+    bias: Option<&[f64]>,
+    group: i64,
+    transposed: bool,
+) -> SemResult<(usize, usize)> {
+    if xd.len() < 3 || wd.len() != xd.len() {
+        return Err(SemError::Invalid(format!(
+            "{op} needs X (N, C, spatial…) and W of the same rank, got {xd:?} and {wd:?}"
+        )));
+    }
+    let g = usize::try_from(group)
+        .ok()
+        .filter(|&g| g > 0)
+        .ok_or_else(|| SemError::Invalid(format!("group {group} must be positive")))?;
+    let c = xd[1];
+    let (fits, m) = if transposed {
+        (wd[0] == c && c % g == 0, wd[1] * g)
+    } else {
+        (wd[1] * g == c && wd[0] % g == 0, wd[0])
+    };
+    if !fits {
+        return Err(SemError::Invalid(format!(
+            "W {wd:?} with group {g} does not fit {c} input channels"
+        )));
+    }
+    if bias.is_some_and(|b| b.len() != m) {
+        return Err(SemError::Invalid(format!("B must have {m} values")));
+    }
+    Ok((g, m))
+}
+
 /// `Conv(x, w, b?)` over `x` `(N, C, spatial…)` and `w` `(M, C / group, kernel…)`: the output
 /// dims `(N, M, out…)` and values.
 pub fn conv_f64(
@@ -18,24 +54,8 @@ pub fn conv_f64(
     at: &PoolAttrs,
     group: i64,
 ) -> SemResult<(Vec<usize>, Vec<f64>)> {
-    if xd.len() < 3 || wd.len() != xd.len() {
-        return Err(SemError::Invalid(format!(
-            "Conv needs X (N, C, spatial…) and W of the same rank, got {xd:?} and {wd:?}"
-        )));
-    }
-    let g = usize::try_from(group)
-        .ok()
-        .filter(|&g| g > 0)
-        .ok_or_else(|| SemError::Invalid(format!("group {group} must be positive")))?;
-    let (n, c, m, cg) = (xd[0], xd[1], wd[0], wd[1]);
-    if cg * g != c || m % g != 0 {
-        return Err(SemError::Invalid(format!(
-            "W {wd:?} with group {g} does not fit {c} input channels"
-        )));
-    }
-    if bias.is_some_and(|b| b.len() != m) {
-        return Err(SemError::Invalid(format!("B must have {m} values")));
-    }
+    let (g, m) = check_operands("Conv", xd, wd, bias, group, false)?;
+    let (n, c, cg) = (xd[0], xd[1], wd[1]);
     let kernel: Vec<i64> = wd[2..].iter().map(|&k| k as i64).collect();
     if !at.kernel.is_empty() && at.kernel != kernel {
         return Err(SemError::Invalid(format!(
@@ -191,25 +211,8 @@ pub fn conv_transpose_f64(
     at: &TransposeAttrs,
     group: i64,
 ) -> SemResult<(Vec<usize>, Vec<f64>)> {
-    if xd.len() < 3 || wd.len() != xd.len() {
-        return Err(SemError::Invalid(format!(
-            "ConvTranspose needs X (N, C, spatial…) and W of the same rank, got {xd:?} and {wd:?}"
-        )));
-    }
-    let g = usize::try_from(group)
-        .ok()
-        .filter(|&g| g > 0)
-        .ok_or_else(|| SemError::Invalid(format!("group {group} must be positive")))?;
+    let (g, m) = check_operands("ConvTranspose", xd, wd, bias, group, true)?;
     let (n, c, mg) = (xd[0], xd[1], wd[1]);
-    if wd[0] != c || c % g != 0 {
-        return Err(SemError::Invalid(format!(
-            "W {wd:?} with group {g} does not fit {c} input channels"
-        )));
-    }
-    let m = mg * g;
-    if bias.is_some_and(|b| b.len() != m) {
-        return Err(SemError::Invalid(format!("B must have {m} values")));
-    }
     let ksp = &wd[2..];
     let axes = transpose_axes(&xd[2..], ksp, at)?;
     let out_sp: Vec<usize> = axes.iter().map(|a| a.0).collect();

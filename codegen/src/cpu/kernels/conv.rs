@@ -7,9 +7,14 @@ use crate::cpu::kernel::Inputs;
 use crate::cpu::tensor::HostTensor;
 use ortho_ir::semantics::conv::{conv_f64, conv_transpose_f64, TransposeAttrs};
 use ortho_ir::semantics::pool::PoolAttrs;
+use ortho_ir::semantics::SemResult;
 
-/// X and W, checked to share one float type.
-fn float_pair<'a>(ins: &'a Inputs<'_>, op: &str) -> KernelResult<(&'a HostTensor, &'a HostTensor)> {
+/// A convolution's f64 evaluation as `(x, x dims, w, w dims, b) → (dims, values)`.
+type Eval<'a> = dyn Fn(&[f64], &[usize], &[f64], &[usize], Option<&[f64]>) -> SemResult<(Vec<usize>, Vec<f64>)>
+    + 'a;
+
+/// Runs `eval` on X, W (one float type) and the optional B, rounding the result once.
+fn run(ins: &Inputs<'_>, op: &str, eval: &Eval<'_>) -> KernelResult<Vec<HostTensor>> {
     let (x, w) = (ins.req(0)?, ins.req(1)?);
     let d = x.dtype();
     if !d.is_float() || w.dtype() != d {
@@ -18,24 +23,22 @@ fn float_pair<'a>(ins: &'a Inputs<'_>, op: &str) -> KernelResult<(&'a HostTensor
             w.dtype()
         )));
     }
-    Ok((x, w))
-}
-
-/// `Conv(X, W, B?)`.
-pub fn conv(ins: &mut Inputs<'_>, at: &PoolAttrs, group: i64) -> KernelResult<Vec<HostTensor>> {
-    let (x, w) = float_pair(ins, "Conv")?;
-    let d = x.dtype();
     let b = ins.get(2).map(|b| b.to_f64_vec());
-    let (dims, y) = conv_f64(
+    let (dims, y) = eval(
         &x.to_f64_vec(),
         x.shape(),
         &w.to_f64_vec(),
         w.shape(),
         b.as_deref(),
-        at,
-        group,
     )?;
     Ok(vec![super::from_f64_as(d, dims, y)?])
+}
+
+/// `Conv(X, W, B?)`.
+pub fn conv(ins: &mut Inputs<'_>, at: &PoolAttrs, group: i64) -> KernelResult<Vec<HostTensor>> {
+    run(ins, "Conv", &|x, xd, w, wd, b| {
+        conv_f64(x, xd, w, wd, b, at, group)
+    })
 }
 
 /// `ConvTranspose(X, W, B?)`.
@@ -44,18 +47,9 @@ pub fn conv_transpose(
     at: &TransposeAttrs,
     group: i64,
 ) -> KernelResult<Vec<HostTensor>> {
-    let (x, w) = float_pair(ins, "ConvTranspose")?;
-    let b = ins.get(2).map(|b| b.to_f64_vec());
-    let (dims, y) = conv_transpose_f64(
-        &x.to_f64_vec(),
-        x.shape(),
-        &w.to_f64_vec(),
-        w.shape(),
-        b.as_deref(),
-        at,
-        group,
-    )?;
-    Ok(vec![super::from_f64_as(x.dtype(), dims, y)?])
+    run(ins, "ConvTranspose", &|x, xd, w, wd, b| {
+        conv_transpose_f64(x, xd, w, wd, b, at, group)
+    })
 }
 
 #[cfg(test)]
