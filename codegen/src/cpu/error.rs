@@ -12,6 +12,13 @@ pub enum RuntimeError {
         domain: String,
         node: String,
     },
+    /// Several op types without a kernel, all of them named (each with its node count) so that
+    /// a user learns the whole list at once; a single missing op type stays `UnsupportedOp`.
+    #[error("no kernels for {} ops: {} (first at {first_node})", .ops.len(), .ops.join(", "))]
+    UnsupportedOps {
+        ops: Vec<String>,
+        first_node: String,
+    },
     #[error("{node}: {error}")]
     Kernel { node: String, error: KernelError },
     #[error("missing input '{name}' (the model's inputs: {expected})")]

@@ -282,7 +282,7 @@ struct Built {
 }
 
 /// Decodes constants, records inputs and builds a kernel per node. Every node without a kernel
-/// is collected so that the error names the first one.
+/// is collected so that the error names every missing op type, before any work.
 fn build_steps(
     module: &Module,
     opts: &PlanOptions,
@@ -326,10 +326,41 @@ fn build_steps(
             }
         }
     }
-    match unsupported.into_iter().next() {
-        Some(e) => Err(e),
-        None => Ok(built),
+    unsupported_error(unsupported).map_or(Ok(built), Err)
+}
+
+/// One error for every node without a kernel: `UnsupportedOp` (the first node) when they share
+/// one op type, else `UnsupportedOps` naming each op type once with its node count, in order of
+/// first appearance.
+fn unsupported_error(errs: Vec<RuntimeError>) -> Option<RuntimeError> {
+    let mut ops: Vec<(String, usize)> = Vec::new();
+    let mut first_node = String::new();
+    for e in &errs {
+        if let RuntimeError::UnsupportedOp { op, domain, node } = e {
+            let name = if domain.is_empty() {
+                format!("'{op}'")
+            } else {
+                format!("'{op}' in domain '{domain}'")
+            };
+            if first_node.is_empty() {
+                first_node = node.clone();
+            }
+            match ops.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, c)) => *c += 1,
+                None => ops.push((name, 1)),
+            }
+        }
     }
+    if ops.len() < 2 {
+        return errs.into_iter().next();
+    }
+    Some(RuntimeError::UnsupportedOps {
+        ops: ops
+            .into_iter()
+            .map(|(n, c)| format!("{n} ({c} node{})", if c == 1 { "" } else { "s" }))
+            .collect(),
+        first_node,
+    })
 }
 
 /// Builds one node: a constant, an input, or a step with its kernel.

@@ -8,6 +8,17 @@
 //! - [`broadcast`]: multidirectional (numpy) broadcasting, for concrete and symbolic dims;
 //! - [`slice`]: Slice's clamping of starts/ends/steps;
 //! - [`reshape`]: Reshape, Squeeze, Unsqueeze and Flatten output dims;
+//! - [`einsum`]: the Einsum equation grammar and a general evaluation in f64;
+//! - [`indexing`]: GatherND / ScatterND / ScatterElements offsets, TopK's lane selection, Pad's
+//!   source map (element-generic, over plain slices), Compress's positions, Det;
+//! - [`loss`]: NegativeLogLikelihoodLoss (and SoftmaxCrossEntropyLoss through it): targets,
+//!   class weights, ignored positions and reductions;
+//! - [`pool`]: pooling windows (output sizes, explicit and automatic pads, ceil rounding) and
+//!   their evaluation;
+//! - [`conv`]: Conv and ConvTranspose in f64 over the pooling windows;
+//! - [`blocks`]: DepthToSpace / SpaceToDepth plans and ReverseSequence;
+//! - [`norm`]: BatchNormalization, InstanceNormalization, MeanVarianceNormalization and
+//!   LpNormalization (group moments, training-mode statistics);
 //! - [`movement`]: element-generic data movement (Gather, Concat, Where, Slice, Range,
 //!   ConstantOfShape) over plain slices, so a kernel and the folder run the same code.
 //!
@@ -15,9 +26,16 @@
 //! the copy itself.
 
 pub mod axis;
+pub mod blocks;
 pub mod broadcast;
 pub mod cast;
+pub mod conv;
+pub mod einsum;
+pub mod indexing;
+pub mod loss;
 pub mod movement;
+pub mod norm;
+pub mod pool;
 pub mod reshape;
 pub mod size;
 pub mod slice;

@@ -1,60 +1,15 @@
 //! `Einsum`: the equation is parsed (`"bij,bjk->bik"`, with `...` for broadcast dimensions and
 //! the implicit output form without `->`), labels are bound to operand dimensions, and the
-//! result shape is read off the output term.
+//! result shape is read off the output term. The grammar is `semantics::einsum`, which the
+//! engine's kernel evaluates with.
 
 use super::cx::{Infer, NodeCx};
 use super::dims::{broadcast, tensor, unify_dim};
 use super::ShapeError;
 use crate::op::attrs;
+use crate::semantics::einsum::{parse, Term};
 use crate::types::{DType, Dim};
 use std::collections::BTreeMap;
-
-/// One term of the equation: its labels, and where the ellipsis sits among them.
-#[derive(Debug, PartialEq)]
-struct Term {
-    labels: Vec<char>,
-    ellipsis: Option<usize>,
-}
-
-fn parse_term(t: &str) -> Result<Term, ShapeError> {
-    let mut labels = Vec::new();
-    let mut ellipsis = None;
-    let mut rest = t;
-    while let Some(c) = rest.chars().next() {
-        if let Some(r) = rest.strip_prefix("...") {
-            if ellipsis.is_some() {
-                return Err(ShapeError::Attribute(format!(
-                    "term '{t}' has two ellipses"
-                )));
-            }
-            ellipsis = Some(labels.len());
-            rest = r;
-        } else if c.is_ascii_alphabetic() {
-            labels.push(c);
-            rest = &rest[1..];
-        } else {
-            return Err(ShapeError::Attribute(format!(
-                "unexpected '{c}' in term '{t}'"
-            )));
-        }
-    }
-    Ok(Term { labels, ellipsis })
-}
-
-/// Parses an equation into input terms and the explicit output term, if any.
-fn parse(eq: &str) -> Result<(Vec<Term>, Option<Term>), ShapeError> {
-    let eq: String = eq.chars().filter(|c| !c.is_whitespace()).collect();
-    let (lhs, rhs) = match eq.split_once("->") {
-        Some((l, r)) => (l, Some(r)),
-        None => (eq.as_str(), None),
-    };
-    let inputs = lhs
-        .split(',')
-        .map(parse_term)
-        .collect::<Result<Vec<_>, _>>()?;
-    let output = rhs.map(parse_term).transpose()?;
-    Ok((inputs, output))
-}
 
 pub(crate) fn einsum(cx: &NodeCx, at: &attrs::Einsum) -> Infer {
     let Some(eq) = &at.equation else {

@@ -529,16 +529,66 @@ fn infer_node(cx: &NodeCx, outer: &Scope) -> Infer {
             .and_then(|o| outer.get(&o.name))
             .cloned()
             .unwrap_or_default()]),
-        Identity | Neg | Abs | Sqrt | Reciprocal | Exp | Log | Sin | Cos | Tan | Tanh | Asin
-        | Acos | Atan | Sinh | Cosh | Asinh | Acosh | Atanh | Erf | Sigmoid | Relu | Floor
-        | Ceil | Round | Sign | Softplus | Softsign | HardSwish | Mish | BitwiseNot | Clip
-        | Gelu(_) | LeakyRelu(_) | Elu(_) | Celu(_) | Selu(_) | HardSigmoid(_)
-        | ThresholdedRelu(_) | CumSum(_) | Trilu(_) | ScatterND(_) | ScatterElements(_) => {
-            ew::same(cx)
-        }
+        Identity
+        | Neg
+        | Abs
+        | Sqrt
+        | Reciprocal
+        | Exp
+        | Log
+        | Sin
+        | Cos
+        | Tan
+        | Tanh
+        | Asin
+        | Acos
+        | Atan
+        | Sinh
+        | Cosh
+        | Asinh
+        | Acosh
+        | Atanh
+        | Erf
+        | Sigmoid
+        | Relu
+        | Floor
+        | Ceil
+        | Round
+        | Sign
+        | Softplus
+        | Softsign
+        | HardSwish
+        | Mish
+        | BitwiseNot
+        | Clip
+        | Gelu(_)
+        | LeakyRelu(_)
+        | Elu(_)
+        | Celu(_)
+        | Selu(_)
+        | HardSigmoid(_)
+        | ThresholdedRelu(_)
+        | CumSum(_)
+        | Trilu(_)
+        | ScatterND(_)
+        | ScatterElements(_)
+        | Hardmax(_)
+        | CumProd(_)
+        | BatchNormalization(_)
+        | InstanceNormalization(_)
+        | MeanVarianceNormalization(_)
+        | LpNormalization(_)
+        | Scatter(_)
+        | ReverseSequence(_)
+        | Shrink(_) => ew::same(cx),
+        EyeLike(a) => match a.dtype {
+            Some(code) => ew::same_shape_as(cx, DType::from_code(code)),
+            None => ew::same(cx),
+        },
+        Conv(a) => nn::conv(cx, &crate::semantics::pool::PoolAttrs::from(a)),
         Not | IsNaN | IsInf(_) => ew::same_shape_as(cx, DType::Bool),
         Add | Sub | Mul | Div | Mod(_) | PRelu | BitwiseAnd | BitwiseOr | BitwiseXor | Max
-        | Min | Sum | Mean => ew::broadcast_all(cx, None),
+        | Min | Sum | Mean | BitShift(_) => ew::broadcast_all(cx, None),
         And | Or | Xor | Equal | Less | LessOrEqual | Greater | GreaterOrEqual => {
             ew::broadcast_all(cx, Some(DType::Bool))
         }
@@ -556,6 +606,12 @@ fn infer_node(cx: &NodeCx, outer: &Scope) -> Infer {
         RMSNormalization(a) => nn::rms_norm(cx, a),
         RotaryEmbedding(a) => nn::rotary(cx, a),
         Attention(a) => nn::attention(cx, a),
+        MaxPool(a) => nn::pool(cx, Some(&crate::semantics::pool::PoolAttrs::from(a))),
+        AveragePool(a) => nn::pool(cx, Some(&crate::semantics::pool::PoolAttrs::from(a))),
+        LpPool(a) => nn::pool(cx, Some(&crate::semantics::pool::PoolAttrs::from(a))),
+        GlobalAveragePool | GlobalMaxPool => nn::pool(cx, None),
+        NegativeLogLikelihoodLoss(a) => nn::loss(cx, &a.reduction()),
+        SoftmaxCrossEntropyLoss(a) => nn::loss(cx, &a.reduction()),
         ReduceMean(a) => reduce::reduce(cx, reduce_attrs!(a)),
         ReduceSum(a) => reduce::reduce(cx, reduce_attrs!(a)),
         ReduceMax(a) => reduce::reduce(cx, reduce_attrs!(a)),

@@ -271,3 +271,93 @@ pub(crate) fn attention(cx: &NodeCx, at: &attrs::Attention) -> Infer {
     }
     Ok(out)
 }
+
+/// `NegativeLogLikelihoodLoss` / `SoftmaxCrossEntropyLoss`: the loss (per position without a
+/// reduction, else a scalar) in the input's element type, and for the latter the optional
+/// log-probabilities like the scores.
+pub(crate) fn loss(cx: &NodeCx, reduction: &str) -> Infer {
+    let red = crate::semantics::loss::LossReduction::from_word(reduction)
+        .ok_or_else(|| ShapeError::Attribute(format!("unknown reduction '{reduction}'")))?;
+    let dims = match cx.shape(0) {
+        Some(s) => Some(
+            crate::semantics::loss::loss_dims(s, red)
+                .map_err(|e| ShapeError::Rank(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let mut out = vec![tensor(cx.dtype(0), dims), cx.ty(0).clone()];
+    out.truncate(cx.n_out());
+    Ok(out)
+}
+
+/// Pooling: `(N, C, out…)` with each spatial size from the window rule, unknown where the
+/// input's is; MaxPool's indices have the same dims (int64).
+pub(crate) fn pool(cx: &NodeCx, at: Option<&crate::semantics::pool::PoolAttrs>) -> Infer {
+    let Some(x) = cx.shape(0) else {
+        return Ok(vec![cx.ty(0).clone(), tensor(DType::I64, None)]);
+    };
+    if x.len() < 3 {
+        return Err(ShapeError::Rank(format!(
+            "pooling needs (N, C, spatial…) input, got rank {}",
+            x.len()
+        )));
+    }
+    let fixed: Option<Vec<usize>> = x[2..]
+        .iter()
+        .map(|d| d.fixed().and_then(|v| usize::try_from(v).ok()))
+        .collect();
+    let spatial: Vec<Dim> = match (at, fixed) {
+        // A global pooling keeps one position per spatial axis.
+        (None, _) => vec![Dim::Fixed(1); x.len() - 2],
+        (Some(at), Some(f)) => crate::semantics::pool::pool_axes(&f, at)
+            .map_err(|e| ShapeError::Attribute(e.to_string()))?
+            .iter()
+            .map(|a| Dim::Fixed(a.output as i64))
+            .collect(),
+        (Some(_), None) => vec![Dim::Unknown; x.len() - 2],
+    };
+    let mut dims = x[..2].to_vec();
+    dims.extend(spatial);
+    let mut out = vec![
+        tensor(cx.dtype(0), Some(dims.clone())),
+        tensor(DType::I64, Some(dims)),
+    ];
+    out.truncate(cx.n_out());
+    Ok(out)
+}
+
+/// `Conv`: `(N, M, out…)`, M from W, each spatial size from the window rule with W's kernel.
+pub(crate) fn conv(cx: &NodeCx, at: &crate::semantics::pool::PoolAttrs) -> Infer {
+    let (Some(x), Some(w)) = (cx.shape(0), cx.shape(1)) else {
+        return Ok(vec![tensor(cx.dtype(0), None)]);
+    };
+    if x.len() < 3 || w.len() != x.len() {
+        return Err(ShapeError::Rank(format!(
+            "Conv needs X (N, C, spatial…) and W of the same rank, got ranks {} and {}",
+            x.len(),
+            w.len()
+        )));
+    }
+    let fixed = |d: &[Dim]| -> Option<Vec<usize>> {
+        d.iter()
+            .map(|d| d.fixed().and_then(|v| usize::try_from(v).ok()))
+            .collect()
+    };
+    let spatial = match (fixed(&x[2..]), fixed(&w[2..])) {
+        (Some(xs), Some(ks)) => {
+            let at = crate::semantics::pool::PoolAttrs {
+                kernel: ks.iter().map(|&k| k as i64).collect(),
+                ..at.clone()
+            };
+            crate::semantics::pool::pool_axes(&xs, &at)
+                .map_err(|e| ShapeError::Attribute(e.to_string()))?
+                .iter()
+                .map(|a| Dim::Fixed(a.output as i64))
+                .collect()
+        }
+        _ => vec![Dim::Unknown; x.len() - 2],
+    };
+    let mut dims = vec![x[0].clone(), w[0].clone()];
+    dims.extend(spatial);
+    Ok(vec![tensor(cx.dtype(0), Some(dims))])
+}

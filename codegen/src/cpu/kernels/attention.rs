@@ -19,6 +19,13 @@ pub struct AttentionAttrs {
     pub kv_heads: Option<usize>,
     pub scale: Option<f32>,
     pub softcap: f32,
+    /// What the optional 4th output (`qk_matmul_output`) holds: 0 the scaled scores, 1 those
+    /// softcapped, 2 those plus the masks, 3 the attention weights.
+    pub qk_mode: i64,
+    /// The sliding window (opset 25): query position p sees keys p − left ..= p + right, no
+    /// bound on a side without a size.
+    pub left_window: Option<usize>,
+    pub right_window: Option<usize>,
 }
 
 /// A [B, H, S, D] view of a 3-D or 4-D operand: element strides of (b, h, s).
@@ -144,11 +151,6 @@ fn attention_f32(
     n_out: usize,
     want_qk: bool,
 ) -> KernelResult<Vec<HostTensor>> {
-    if want_qk {
-        return Err(KernelError::unsupported(
-            "the qk_matmul_output result is not supported",
-        ));
-    }
     let (q, k, v) = (ins.req(0)?, ins.req(1)?, ins.req(2)?);
     let (qd, kd, vd) = (
         q.as_f32().ok_or_else(|| {
@@ -223,6 +225,8 @@ fn attention_f32(
         scale,
         causal: a.is_causal,
         softcap: a.softcap,
+        left_window: a.left_window,
+        right_window: a.right_window,
     };
     let head = |idx: usize, o: &mut [f32], th: usize| heads.run(idx, o, th);
     let block = sq * dv;
@@ -246,11 +250,15 @@ fn attention_f32(
         HostTensor::make(vec![bsz, hq, sq, dv], TensorBuf::F32(out))?
     };
     let mut res = vec![y];
-    if n_out > 1 {
+    if n_out > 1 || want_qk {
         res.push(present(kdat, kv, past_k.is_some())?);
     }
-    if n_out > 2 {
+    if n_out > 2 || want_qk {
         res.push(present(vdat, vv, past_v.is_some())?);
+    }
+    if want_qk {
+        let qk = heads.qk_output(bsz, a.qk_mode)?;
+        res.push(HostTensor::make(vec![bsz, hq, sq, t], TensorBuf::F32(qk))?);
     }
     Ok(res)
 }
@@ -279,9 +287,91 @@ struct Heads<'a> {
     scale: f32,
     causal: bool,
     softcap: f32,
+    left_window: Option<usize>,
+    right_window: Option<usize>,
 }
 
 impl Heads<'_> {
+    /// Valid keys of batch `b` (opset 24 `nonpad_kv_seqlen`, else all).
+    fn kv_valid(&self, b: usize) -> usize {
+        self.nonpad
+            .map_or(self.t, |v| (v[b].max(0) as usize).min(self.t))
+    }
+
+    /// The keys query `i` of batch `b` may see, `lo..hi`: the valid keys, cut by the causal
+    /// frontier and the sliding window. Both are aligned at the query's absolute position
+    /// i + offset, the offset being the past length, or nonpad − S for an external cache.
+    fn keys(&self, b: usize, i: usize) -> (usize, usize) {
+        let offset: i64 = match self.nonpad {
+            Some(v) if self.past_len == 0 => v[b] - self.sq as i64,
+            _ => self.past_len as i64,
+        };
+        let (p, t) = (i as i64 + offset, self.t as i64);
+        let mut hi = self.kv_valid(b) as i64;
+        if self.causal {
+            hi = hi.min(p + 1);
+        }
+        if let Some(r) = self.right_window {
+            hi = hi.min(p + r as i64 + 1);
+        }
+        let lo = self.left_window.map_or(0, |l| p - l as i64);
+        (lo.clamp(0, t) as usize, hi.clamp(0, t) as usize)
+    }
+
+    /// The `qk_matmul_output` result, [B, Hq, S, T], computed row by row apart from the blocked
+    /// products (it is a diagnostic output, so the straightforward loop is enough). Mode 3
+    /// gives exactly the weights the output used, fully masked rows zero.
+    fn qk_output(&self, bsz: usize, mode: i64) -> KernelResult<Vec<f32>> {
+        if !(0..=3).contains(&mode) {
+            return Err(KernelError::invalid(format!(
+                "qk_matmul_output_mode {mode} (0 to 3)"
+            )));
+        }
+        let (t, d) = (self.t, self.qv.d);
+        let mut out = vec![0.0f32; bsz * self.hq * self.sq * t];
+        for (r, row) in out
+            .chunks_mut(t.max(1))
+            .enumerate()
+            .take(bsz * self.hq * self.sq)
+        {
+            let (b, h, i) = (r / (self.hq * self.sq), r / self.sq % self.hq, r % self.sq);
+            let qo = b * self.qv.sb + h * self.qv.sh + i * self.qv.ss;
+            let ko = b * self.kv.sb + (h / self.rep) * self.kv.sh;
+            for (j, x) in row.iter_mut().enumerate() {
+                let kj = &self.kdat[ko + j * self.kv.ss..][..d];
+                let dot: f32 = self.qd[qo..qo + d].iter().zip(kj).map(|(a, b)| a * b).sum();
+                *x = dot * self.scale;
+            }
+            let (lo, valid) = self.keys(b, i);
+            let mrow = b * self.mask.stride[0] + h * self.mask.stride[1] + i * self.mask.stride[2];
+            let (live, dead) = row.split_at_mut(valid);
+            if mode == 3 {
+                finish_row(live, self.mask, mrow, self.softcap, lo);
+                dead.fill(0.0);
+                continue;
+            }
+            if mode >= 1 && self.softcap > 0.0 {
+                for x in row.iter_mut() {
+                    *x = self.softcap * (*x / self.softcap).tanh();
+                }
+            }
+            if mode == 2 {
+                let (live, dead) = row.split_at_mut(valid);
+                dead.fill(f32::NEG_INFINITY);
+                let m = self.mask;
+                for (j, x) in live.iter_mut().enumerate() {
+                    let mo = mrow + j * m.stride[3];
+                    if j < lo || j >= m.len || m.keep.is_some_and(|mb| !mb[mo]) {
+                        *x = f32::NEG_INFINITY;
+                    } else if let Some(mf) = m.add {
+                        *x += mf[mo];
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The [S, Dv] output rows of (batch, head) pair `idx` into `o`: per block of query rows,
     /// the scores against the keys it can see, their softmax, and the weighted values; `th`
     /// threads for the products.
@@ -292,24 +382,12 @@ impl Heads<'_> {
         let ko = b * self.kv.sb + kh * self.kv.sh;
         let vo = b * self.vv.sb + kh * self.vv.sh;
         let mut scores = vec![0.0f32; self.rb * self.t];
-        let kv_valid = self
-            .nonpad
-            .map_or(self.t, |v| (v[b].max(0) as usize).min(self.t));
-        let offset: i64 = match self.nonpad {
-            Some(v) if self.past_len == 0 => v[b] - self.sq as i64,
-            _ => self.past_len as i64,
-        };
-        let frontier =
-            |i: usize| -> usize { (i as i64 + offset + 1).clamp(0, self.t as i64) as usize };
         let mut r0 = 0;
         while r0 < self.sq {
             let r1 = (r0 + self.rb).min(self.sq);
             let rows = r1 - r0;
-            let tn = if self.causal {
-                frontier(r1 - 1).min(kv_valid)
-            } else {
-                kv_valid
-            };
+            // The last row of the block sees the most keys (the bounds grow with the row).
+            let tn = self.keys(b, r1 - 1).1;
             let sc = &mut scores[..rows * tn.max(1)];
             gemm_into(
                 rows,
@@ -335,12 +413,12 @@ impl Heads<'_> {
             for r in 0..rows {
                 let i = r0 + r;
                 let row = &mut sc[r * tn..(r + 1) * tn];
-                let valid = if self.causal { frontier(i).min(tn) } else { tn };
-                let (live, dead) = row.split_at_mut(valid);
+                let (lo, hi) = self.keys(b, i);
+                let (live, dead) = row.split_at_mut(hi.min(tn));
                 dead.fill(0.0);
                 let mrow =
                     b * self.mask.stride[0] + h * self.mask.stride[1] + i * self.mask.stride[2];
-                finish_row(live, self.mask, mrow, self.softcap);
+                finish_row(live, self.mask, mrow, self.softcap, lo);
             }
             gemm_into(
                 rows,
@@ -471,19 +549,22 @@ fn mask_view(mask: Option<&HostTensor>, full: [usize; 4]) -> KernelResult<Mask<'
     }
 }
 
-/// Turns one row of live scores into attention weights: softcap, the mask (its row starts at
-/// element `mrow`), then a softmax; a fully masked row attends to nothing (all zeros).
+/// Turns one row of live scores into attention weights: softcap, the keys before `lo` (left
+/// of the sliding window) and the mask (its row starts at element `mrow`) removed, then a
+/// softmax; a fully masked row attends to nothing (all zeros).
 #[inline]
-fn finish_row(live: &mut [f32], mask: &Mask<'_>, mrow: usize, softcap: f32) {
+fn finish_row(live: &mut [f32], mask: &Mask<'_>, mrow: usize, softcap: f32, lo: usize) {
     if softcap > 0.0 {
         for x in live.iter_mut() {
             *x = softcap * (*x / softcap).tanh();
         }
     }
-    let mut any = !live.is_empty();
+    let lo = lo.min(live.len());
+    live[..lo].fill(f32::NEG_INFINITY);
+    let mut any = lo < live.len();
     if mask.keep.is_some() || mask.add.is_some() {
         any = false;
-        for (j, x) in live.iter_mut().enumerate() {
+        for (j, x) in live.iter_mut().enumerate().skip(lo) {
             let mo = mrow + j * mask.stride[3];
             if j >= mask.len || mask.keep.is_some_and(|mb| !mb[mo]) {
                 *x = f32::NEG_INFINITY;
@@ -606,6 +687,7 @@ mod tests {
                 kv_heads: Some(hkv),
                 scale: None,
                 softcap: 0.0,
+                ..AttentionAttrs::default()
             };
             let r = attention(
                 &mut cx,
@@ -621,5 +703,37 @@ mod tests {
                 assert!((g - w).abs() < 1e-5, "{g} vs {w}");
             }
         }
+    }
+
+    #[test]
+    fn qk_matmul_output_modes() {
+        // One head, 2 queries, 2 keys, head size 1, causal: q = [1, 2], k = [1, 3], scale 1.
+        let q = HostTensor::from_vec(vec![1, 1, 2, 1], vec![1.0f32, 2.0]).expect("q");
+        let k = HostTensor::from_vec(vec![1, 1, 2, 1], vec![1.0f32, 3.0]).expect("k");
+        let v = HostTensor::from_vec(vec![1, 1, 2, 1], vec![10.0f32, 20.0]).expect("v");
+        let mut pool = BufferPool::new();
+        let mut cx = ExecCx {
+            pool: &mut pool,
+            threads: 1,
+        };
+        let mut qk = |mode| {
+            let a = AttentionAttrs {
+                is_causal: true,
+                scale: Some(1.0),
+                qk_mode: mode,
+                ..AttentionAttrs::default()
+            };
+            let ins = [Some(&q), Some(&k), Some(&v)];
+            let r = attention(&mut cx, &mut Inputs::borrowed(&ins), a, 1, true).expect("att");
+            assert_eq!(r.len(), 4);
+            r[3].as_f32().expect("f32").to_vec()
+        };
+        // Raw scores q·k: [[1, 3], [2, 6]]; the causal mask hides key 1 from query 0.
+        assert_eq!(qk(0), vec![1.0, 3.0, 2.0, 6.0]);
+        assert_eq!(qk(2), vec![1.0, f32::NEG_INFINITY, 2.0, 6.0]);
+        let w = qk(3);
+        let e = (-4.0f32).exp();
+        assert_eq!(w[..2], [1.0, 0.0]);
+        assert!((w[2] - e / (1.0 + e)).abs() < 1e-6 && (w[3] - 1.0 / (1.0 + e)).abs() < 1e-6);
     }
 }

@@ -131,6 +131,11 @@ pub enum Arith {
     BitAnd,
     BitOr,
     BitXor,
+    /// `BitShift`: bits shifted out are lost (a signed left shift wraps). A shift by a negative
+    /// amount or by the type's width or more gives 0, or −1 for a right shift of a negative
+    /// value (the sign fills every bit), as ONNX's reference defines it since opset 28.
+    ShiftLeft,
+    ShiftRight,
 }
 
 /// Numeric element types with the arithmetic ONNX defines for them.
@@ -224,7 +229,17 @@ macro_rules! num_int {
             }
             fn zero() -> Self { 0 }
             fn bits(self, o: Self, w: Arith) -> Self {
-                match w { Arith::BitAnd => self & o, Arith::BitOr => self | o, _ => self ^ o }
+                #[allow(unused_comparisons)]
+                let wide = o < 0 || (o as u64) >= <$t>::BITS as u64;
+                match w {
+                    Arith::BitAnd => self & o,
+                    Arith::BitOr => self | o,
+                    Arith::ShiftLeft => if wide { 0 } else { self << o },
+                    // `>>` on signed types is arithmetic, as ONNX wants; `!0` is −1 there.
+                    #[allow(unused_comparisons)]
+                    Arith::ShiftRight => if !wide { self >> o } else if self < 0 { !0 } else { 0 },
+                    _ => self ^ o,
+                }
             }
         }
     )*};
@@ -247,7 +262,7 @@ fn arith_typed<T: Num>(
         Arith::Min => map2::<T, T, T>(cx, a, b, |x, y| if x.is_nan() || x < y { x } else { y }),
         Arith::Mod { fmod } => map2::<T, T, T>(cx, a, b, move |x, y| x.rem(y, fmod)),
         Arith::PRelu => map2::<T, T, T>(cx, a, b, |x, s| if x < T::zero() { x.mul(s) } else { x }),
-        Arith::BitAnd | Arith::BitOr | Arith::BitXor => {
+        Arith::BitAnd | Arith::BitOr | Arith::BitXor | Arith::ShiftLeft | Arith::ShiftRight => {
             map2::<T, T, T>(cx, a, b, move |x, y| x.bits(y, op))
         }
     }
@@ -358,7 +373,10 @@ fn arith_dispatch(
     a: &HostTensor,
     b: &HostTensor,
 ) -> KernelResult<HostTensor> {
-    let bitwise = matches!(op, Arith::BitAnd | Arith::BitOr | Arith::BitXor);
+    let bitwise = matches!(
+        op,
+        Arith::BitAnd | Arith::BitOr | Arith::BitXor | Arith::ShiftLeft | Arith::ShiftRight
+    );
     match a.dtype() {
         DType::F32 if !bitwise => arith_typed::<f32>(cx, op, a, b),
         DType::F64 if !bitwise => arith_typed::<f64>(cx, op, a, b),

@@ -1,9 +1,10 @@
-//! Index ops: ArgMax / ArgMin, CumSum, GatherElements, NonZero, OneHot.
+//! Index ops: ArgMax / ArgMin, CumSum / CumProd, GatherElements, NonZero, OneHot, EyeLike.
 
 use super::shape::norm_axis;
 use crate::cpu::error::{KernelError, KernelResult};
 use crate::cpu::kernel::Inputs;
 use crate::cpu::tensor::{numel, strides, Elem, HostTensor};
+use ortho_ir::DType;
 
 /// (outer, dim, inner) of `shape` around `axis`.
 fn split3(shape: &[usize], axis: usize) -> (usize, usize, usize) {
@@ -66,19 +67,33 @@ pub fn arg_extreme(
     ])
 }
 
+/// Which running reduction `cumsum` computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cumulative {
+    Sum,
+    Prod,
+}
+
 fn cumsum_typed<T: Elem>(
     x: &HostTensor,
     axis: usize,
     exclusive: bool,
     reverse: bool,
+    op: Cumulative,
 ) -> KernelResult<HostTensor> {
+    let product = op == Cumulative::Prod;
     let d = x.data::<T>().ok_or(KernelError::dtype("dtype"))?;
     let (outer, n, inner) = split3(x.shape(), axis);
     let float = T::DTYPE.is_float();
     let mut out = vec![T::default(); d.len()];
     for o in 0..outer {
         for i in 0..inner {
-            let (mut af, mut ai) = (0.0f64, 0i64);
+            // The running sum starts at 0, the running product at 1.
+            let (mut af, mut ai) = if product {
+                (1.0f64, 1i64)
+            } else {
+                (0.0f64, 0i64)
+            };
             for step in 0..n {
                 let k = if reverse { n - 1 - step } else { step };
                 let at = (o * n + k) * inner + i;
@@ -89,10 +104,11 @@ fn cumsum_typed<T: Elem>(
                         T::from_i64(ai)
                     };
                 }
-                if float {
-                    af += d[at].to_f64();
-                } else {
-                    ai = ai.wrapping_add(d[at].to_i64());
+                match (float, product) {
+                    (true, false) => af += d[at].to_f64(),
+                    (true, true) => af *= d[at].to_f64(),
+                    (false, false) => ai = ai.wrapping_add(d[at].to_i64()),
+                    (false, true) => ai = ai.wrapping_mul(d[at].to_i64()),
                 }
                 if !exclusive {
                     out[at] = if float {
@@ -107,10 +123,12 @@ fn cumsum_typed<T: Elem>(
     HostTensor::make(x.shape().to_vec(), T::wrap(out))
 }
 
+/// `CumSum(x, axis)` or `CumProd(x, axis)`.
 pub fn cumsum(
     ins: &mut Inputs<'_>,
     exclusive: bool,
     reverse: bool,
+    op: Cumulative,
 ) -> KernelResult<Vec<HostTensor>> {
     let x = ins.req(0)?;
     let axis = ins
@@ -122,7 +140,7 @@ pub fn cumsum(
     let a = norm_axis(axis, x.rank())?;
     let d = x.dtype();
     Ok(vec![
-        crate::with_dtype!(d, T => cumsum_typed::<T>(x, a, exclusive, reverse), _ => Err(KernelError::dtype(format!("not defined for {d}"))))?,
+        crate::with_dtype!(d, T => cumsum_typed::<T>(x, a, exclusive, reverse, op), _ => Err(KernelError::dtype(format!("not defined for {d}"))))?,
     ])
 }
 
@@ -237,4 +255,26 @@ pub fn onehot(ins: &mut Inputs<'_>, axis: i64) -> KernelResult<Vec<HostTensor>> 
         let v = values.data::<T>().ok_or(KernelError::dtype("dtype"))?;
         onehot_typed::<T>(&idx, ind.shape(), depth, v[0], v[1], a)?
     }, _ => return Err(KernelError::dtype(format!("not defined for {d}"))))])
+}
+
+/// `EyeLike(input)`: ones on the `k`-th diagonal of a 2-D tensor of the input's shape, in
+/// `dtype` (the input's element type when absent).
+pub fn eye_like(
+    ins: &mut Inputs<'_>,
+    dtype: Option<DType>,
+    k: i64,
+) -> KernelResult<Vec<HostTensor>> {
+    let x = ins.req(0)?;
+    let [rows, cols] = *x.shape() else {
+        return Err(KernelError::shape(format!(
+            "EyeLike needs a 2-D input, got {:?}",
+            x.shape()
+        )));
+    };
+    let d = dtype.unwrap_or(x.dtype());
+    let on = |e: usize| (e % cols.max(1)) as i64 - (e / cols.max(1)) as i64 == k;
+    Ok(vec![crate::with_dtype!(d, T => {
+        let v: Vec<T> = (0..rows * cols).map(|e| T::from_f64(if on(e) { 1.0 } else { 0.0 })).collect();
+        HostTensor::make(vec![rows, cols], T::wrap(v))?
+    }, _ => return Err(KernelError::dtype(format!("EyeLike is not defined for {d}"))))])
 }

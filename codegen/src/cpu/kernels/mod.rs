@@ -3,17 +3,25 @@
 //! `builtin` reads a node's typed attributes once, at plan compile time, and returns a closure;
 //! an op without a kernel returns `None`, which the plan reports as an unsupported op.
 
+pub mod activation;
 pub mod attention;
+pub mod blocks;
 pub mod broadcast;
 pub mod cast;
+pub mod conv;
+pub mod einsum;
 pub mod elementwise;
 pub mod factorized;
 pub mod index;
+pub mod loss;
 pub mod mathf;
 pub mod matmul;
 pub mod nn;
+pub mod normalize;
+pub mod pool;
 pub mod reduce;
 pub mod scatter;
+pub mod select;
 pub mod shape;
 pub mod sparse;
 pub mod sparse_simd;
@@ -26,6 +34,34 @@ use elementwise::{Arith, Cmp, Logic};
 use ortho_ir::{AttrValue, DType, Module, Op};
 use reduce::Reduce;
 use unary::Unary;
+
+/// The loss ops' attributes, the reduction word checked at compile time.
+fn loss_attrs(ignore_index: Option<i64>, reduction: &str) -> KernelResult<loss::LossAttrs> {
+    let reduction = ortho_ir::semantics::loss::LossReduction::from_word(reduction)
+        .ok_or_else(|| KernelError::invalid(format!("loss reduction '{reduction}'")))?;
+    Ok(loss::LossAttrs {
+        ignore_index,
+        reduction,
+    })
+}
+
+use ortho_ir::semantics::pool::{PoolAttrs, PoolKind};
+
+/// Values computed in f64 as a tensor of element type `d`, each rounded once: how the kernels
+/// that evaluate an `ortho_ir::semantics` rule in f64 return their result.
+pub(crate) fn from_f64_as(d: DType, dims: Vec<usize>, v: Vec<f64>) -> KernelResult<HostTensor> {
+    use crate::cpu::tensor::Elem;
+    Ok(
+        crate::with_dtype!(d, T => HostTensor::make(dims, T::wrap(v.into_iter().map(T::from_f64).collect()))?,
+        _ => return Err(KernelError::dtype(format!("not defined for {d}")))),
+    )
+}
+
+/// DepthToSpace / SpaceToDepth `mode`, checked at compile time.
+fn block_mode(w: &str) -> KernelResult<ortho_ir::semantics::blocks::BlockMode> {
+    ortho_ir::semantics::blocks::BlockMode::from_word(w)
+        .ok_or_else(|| KernelError::invalid(format!("mode '{w}' (DCR or CRD)")))
+}
 
 fn k<F>(f: F) -> Option<Box<dyn Kernel>>
 where
@@ -243,17 +279,16 @@ pub fn builtin(site: &KernelSite<'_>) -> KernelResult<Option<Box<dyn Kernel>>> {
             k(move |cx, ins| nn::rotary(cx, ins, il, nh, rd))
         }
         Op::Attention(a) => {
-            if a.qk_matmul_output_mode() != 0 && site.output_used(3) {
-                return Err(KernelError::unsupported(
-                    "qk_matmul_output_mode other than 0 is not supported",
-                ));
-            }
             let attrs = attention::AttentionAttrs {
                 is_causal: a.is_causal() != 0,
                 q_heads: positive(a.q_num_heads),
                 kv_heads: positive(a.kv_num_heads),
                 scale: a.scale,
                 softcap: a.softcap(),
+                qk_mode: a.qk_matmul_output_mode(),
+                // −1 (the default) leaves a side of the window unbounded.
+                left_window: usize::try_from(a.left_window_size()).ok(),
+                right_window: usize::try_from(a.right_window_size()).ok(),
             };
             let want_qk = site.output_used(3);
             let outs = (0..3)
@@ -298,6 +333,140 @@ pub fn builtin(site: &KernelSite<'_>) -> KernelResult<Option<Box<dyn Kernel>>> {
             })?;
             k(move |_, ins| scatter::scatter_nd(ins, red))
         }
+        Op::ScatterElements(a) => {
+            let red = scatter::ScatterReduction::from_word(&a.reduction()).ok_or_else(|| {
+                KernelError::invalid(format!("ScatterElements reduction '{}'", a.reduction()))
+            })?;
+            let axis = a.axis();
+            k(move |_, ins| scatter::scatter_elements(ins, axis, red))
+        }
+        Op::Einsum(a) => {
+            let eq = a
+                .equation
+                .clone()
+                .ok_or(KernelError::invalid("Einsum needs 'equation'"))?;
+            k(move |_, ins| einsum::einsum(ins, &eq))
+        }
+        Op::GatherND(a) => {
+            let b = a.batch_dims();
+            k(move |_, ins| select::gather_nd(ins, b))
+        }
+        Op::TopK(a) => {
+            let (axis, largest) = (a.axis(), a.largest() != 0);
+            k(move |_, ins| select::topk(ins, axis, largest))
+        }
+        Op::Hardmax(a) => {
+            // Before opset 13 the default axis is 1 and the lane is the input seen as 2-D.
+            let legacy = site.opset > 0 && site.opset < 13;
+            let axis = a.axis.unwrap_or(if legacy { 1 } else { a.axis() });
+            k(move |_, ins| select::hardmax(ins, axis, legacy))
+        }
+        Op::Pad(a) => {
+            let mode = ortho_ir::semantics::indexing::PadMode::from_word(&a.mode())
+                .ok_or_else(|| KernelError::invalid(format!("Pad mode '{}'", a.mode())))?;
+            k(move |_, ins| select::pad(ins, mode))
+        }
+        Op::NegativeLogLikelihoodLoss(a) => {
+            let at = loss_attrs(a.ignore_index, &a.reduction())?;
+            k(move |_, ins| loss::nll(ins, at))
+        }
+        Op::SoftmaxCrossEntropyLoss(a) => {
+            let at = loss_attrs(a.ignore_index, &a.reduction())?;
+            k(move |cx, ins| loss::softmax_cross_entropy(cx, ins, at))
+        }
+        Op::MaxPool(a) => {
+            let at = PoolAttrs::from(a);
+            let kind = PoolKind::Max {
+                col_major: a.storage_order() != 0,
+            };
+            let with_indices = site.output_used(1);
+            k(move |_, ins| pool::pool(ins, &at, kind, with_indices))
+        }
+        Op::AveragePool(a) => {
+            let at = PoolAttrs::from(a);
+            let kind = PoolKind::Average {
+                count_include_pad: a.count_include_pad() != 0,
+            };
+            k(move |_, ins| pool::pool(ins, &at, kind, false))
+        }
+        Op::LpPool(a) => {
+            let at = PoolAttrs::from(a);
+            let kind = PoolKind::Lp { p: a.p() as f64 };
+            k(move |_, ins| pool::pool(ins, &at, kind, false))
+        }
+        Op::GlobalAveragePool => {
+            let kind = PoolKind::Average {
+                count_include_pad: false,
+            };
+            k(move |_, ins| pool::global_pool(ins, kind))
+        }
+        Op::GlobalMaxPool => {
+            let kind = PoolKind::Max { col_major: false };
+            k(move |_, ins| pool::global_pool(ins, kind))
+        }
+        Op::Conv(a) => {
+            let at = PoolAttrs::from(a);
+            let group = a.group();
+            k(move |_, ins| conv::conv(ins, &at, group))
+        }
+        Op::BatchNormalization(a) => {
+            let eps = f64::from(a.epsilon());
+            // Training mode normalizes with the batch's statistics and blends the running ones.
+            let momentum = (a.training_mode() != 0).then_some(f64::from(a.momentum()));
+            k(move |_, ins| normalize::batch_norm(ins, eps, momentum))
+        }
+        Op::InstanceNormalization(a) => {
+            let eps = f64::from(a.epsilon());
+            k(move |_, ins| normalize::instance_norm(ins, eps))
+        }
+        Op::MeanVarianceNormalization(a) => {
+            let axes = a.axes();
+            k(move |_, ins| normalize::mean_variance(ins, &axes))
+        }
+        Op::LpNormalization(a) => {
+            let (axis, p) = (a.axis(), a.p());
+            k(move |_, ins| normalize::lp_normalize(ins, axis, p))
+        }
+        Op::EyeLike(a) => {
+            let (dtype, diag) = (a.dtype.map(DType::from_code), a.k());
+            k(move |_, ins| index::eye_like(ins, dtype, diag))
+        }
+        Op::Scatter(a) => {
+            // The deprecated Scatter (opset 9-10) is ScatterElements without a reduction.
+            let axis = a.axis();
+            k(move |_, ins| scatter::scatter_elements(ins, axis, scatter::ScatterReduction::None))
+        }
+        Op::ConvTranspose(a) => {
+            let at = ortho_ir::semantics::conv::TransposeAttrs::from(a);
+            let group = a.group();
+            k(move |_, ins| conv::conv_transpose(ins, &at, group))
+        }
+        Op::DepthToSpace(a) => {
+            let (b, mode) = (a.blocksize.unwrap_or(0), block_mode(&a.mode())?);
+            k(move |cx, ins| blocks::depth_to_space(cx, ins, b, mode))
+        }
+        Op::SpaceToDepth(a) => {
+            let (b, mode) = (a.blocksize.unwrap_or(0), block_mode(&a.mode())?);
+            k(move |cx, ins| blocks::space_to_depth(cx, ins, b, mode))
+        }
+        Op::ReverseSequence(a) => {
+            let (b, t) = (a.batch_axis(), a.time_axis());
+            k(move |_, ins| blocks::reverse_sequence(ins, b, t))
+        }
+        Op::Compress(a) => {
+            let axis = a.axis;
+            k(move |_, ins| select::compress(ins, axis))
+        }
+        Op::Det => k(|_, ins| select::det(ins)),
+        Op::Shrink(a) => {
+            let (l, b) = (f64::from(a.lambd()), f64::from(a.bias()));
+            k(move |_, ins| activation::shrink(ins, l, b))
+        }
+        Op::BitShift(a) => match a.direction.as_deref() {
+            Some("LEFT") => bin(Arith::ShiftLeft),
+            Some("RIGHT") => bin(Arith::ShiftRight),
+            d => return Err(KernelError::invalid(format!("BitShift direction {d:?}"))),
+        },
         Op::Shape(a) => {
             let (s, e) = (a.start, a.end);
             k(move |_, ins| shape::shape_of(ins, s, e))
@@ -325,7 +494,11 @@ pub fn builtin(site: &KernelSite<'_>) -> KernelResult<Option<Box<dyn Kernel>>> {
         }
         Op::CumSum(a) => {
             let (ex, rev) = (a.exclusive() != 0, a.reverse() != 0);
-            k(move |_, ins| index::cumsum(ins, ex, rev))
+            k(move |_, ins| index::cumsum(ins, ex, rev, index::Cumulative::Sum))
+        }
+        Op::CumProd(a) => {
+            let (ex, rev) = (a.exclusive() != 0, a.reverse() != 0);
+            k(move |_, ins| index::cumsum(ins, ex, rev, index::Cumulative::Prod))
         }
         Op::GatherElements(a) => {
             let axis = a.axis();
@@ -337,9 +510,22 @@ pub fn builtin(site: &KernelSite<'_>) -> KernelResult<Option<Box<dyn Kernel>>> {
             k(move |_, ins| index::onehot(ins, axis))
         }
         Op::Dropout(_) => {
-            // Inference: the identity, and an all-true mask when asked for.
+            // Inference: the identity, and an all-true mask when asked for. Training mode with a
+            // nonzero ratio draws a random mask no run of ours can reproduce, so it is refused
+            // rather than answered with the identity.
             let mask = site.output_used(1);
             k(move |_, ins| {
+                let training = ins
+                    .get(2)
+                    .is_some_and(|t| t.to_i64_vec().first().is_some_and(|&v| v != 0));
+                let ratio = ins
+                    .get(1)
+                    .map_or(0.5, |r| r.to_f64_vec().first().copied().unwrap_or(0.5));
+                if training && ratio != 0.0 {
+                    return Err(KernelError::unsupported(
+                        "Dropout in training mode with a nonzero ratio (a random mask)",
+                    ));
+                }
                 let shape = ins.req(0)?.shape().to_vec();
                 let mut r = shape::identity(ins)?;
                 if mask {

@@ -1,111 +1,122 @@
-//! ScatterND: writes (or, with `reduction = add`, adds) slices of `updates` into a copy of
-//! `data` at the positions `indices` names. Autodiff uses the add form as the gradient of
-//! Gather (an embedding's rows receive the sum of their tokens' gradients).
+//! ScatterND and ScatterElements: write (or combine, with `reduction = add | mul | max | min`)
+//! `updates` into a copy of `data` at the positions `indices` names. Autodiff uses ScatterND's
+//! add form as the gradient of Gather (an embedding's rows receive the sum of their tokens'
+//! gradients). The offsets come from `ortho_ir::semantics::indexing`.
 
 use crate::cpu::error::{KernelError, KernelResult};
 use crate::cpu::kernel::Inputs;
 use crate::cpu::tensor::{Elem, HostTensor};
+use ortho_ir::semantics::indexing as ix;
+pub use ortho_ir::semantics::indexing::ScatterReduction;
 
-/// How ScatterND combines an update with the value already there.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScatterReduction {
-    None,
-    Add,
-}
-
-impl ScatterReduction {
-    /// The ONNX attribute's word; `mul`, `max` and `min` have no kernel yet.
-    pub fn from_word(w: &str) -> Option<ScatterReduction> {
-        match w {
-            "none" => Some(ScatterReduction::None),
-            "add" => Some(ScatterReduction::Add),
-            _ => None,
-        }
+/// `d` combined with the update `s`: in f64 for floats (rounded once), wrapping i64 arithmetic
+/// for integers.
+fn combine<T: Elem>(red: ScatterReduction, d: T, s: T) -> T {
+    if T::DTYPE.is_float() {
+        let (a, b) = (d.to_f64(), s.to_f64());
+        T::from_f64(match red {
+            ScatterReduction::None => b,
+            ScatterReduction::Add => a + b,
+            ScatterReduction::Mul => a * b,
+            ScatterReduction::Max => a.max(b),
+            ScatterReduction::Min => a.min(b),
+        })
+    } else {
+        let (a, b) = (d.to_i64(), s.to_i64());
+        T::from_i64(match red {
+            ScatterReduction::None => b,
+            ScatterReduction::Add => a.wrapping_add(b),
+            ScatterReduction::Mul => a.wrapping_mul(b),
+            ScatterReduction::Max => a.max(b),
+            ScatterReduction::Min => a.min(b),
+        })
     }
 }
 
+/// Writes runs of `run` update elements to the data offsets `offs` (one per run, in order).
 fn scatter_typed<T: Elem>(
     data: HostTensor,
-    idx: &[i64],
-    k: usize,
+    offs: &[usize],
+    run: usize,
     upd: &HostTensor,
     red: ScatterReduction,
 ) -> KernelResult<HostTensor> {
     let shape = data.shape().to_vec();
-    let slice: usize = shape[k..].iter().product();
     let (_, buf) = data.into_parts();
     let mut out = T::into_vec(buf).map_err(|_| KernelError::dtype("data dtype"))?;
     let u = upd
         .data::<T>()
         .ok_or_else(|| KernelError::dtype("updates must have data's element type"))?;
-    // Row-major strides of the indexed leading axes.
-    let mut strides = vec![slice; k];
-    for i in (0..k.saturating_sub(1)).rev() {
-        strides[i] = strides[i + 1] * shape[i + 1];
-    }
-    for (j, tuple) in idx.chunks(k.max(1)).enumerate() {
-        let mut off = 0usize;
-        for (a, &ix) in tuple.iter().enumerate().take(k) {
-            let dim = shape[a] as i64;
-            let i = if ix < 0 { ix + dim } else { ix };
-            if i < 0 || i >= dim {
-                return Err(KernelError::invalid(format!(
-                    "ScatterND index {ix} out of range for a dim of {dim}"
-                )));
-            }
-            off += i as usize * strides[a];
-        }
-        let src = &u[j * slice..(j + 1) * slice];
-        let dst = &mut out[off..off + slice];
-        match red {
-            ScatterReduction::None => dst.copy_from_slice(src),
-            ScatterReduction::Add => {
-                for (d, &s) in dst.iter_mut().zip(src) {
-                    *d = T::from_f64(d.to_f64() + s.to_f64());
-                }
+    for (j, &off) in offs.iter().enumerate() {
+        let src = &u[j * run..(j + 1) * run];
+        let dst = &mut out[off..off + run];
+        if red == ScatterReduction::None {
+            dst.copy_from_slice(src);
+        } else {
+            for (d, &s) in dst.iter_mut().zip(src) {
+                *d = combine(red, *d, s);
             }
         }
     }
     HostTensor::make(shape, T::wrap(out))
 }
 
-/// `ScatterND(data, indices, updates)`.
-pub fn scatter_nd(ins: &mut Inputs<'_>, red: ScatterReduction) -> KernelResult<Vec<HostTensor>> {
+/// Data by value when this node is its last user, else a copy.
+fn owned_data(ins: &mut Inputs<'_>) -> KernelResult<HostTensor> {
+    match ins.take(0) {
+        Some(t) => Ok(t),
+        None => Ok(ins.req(0)?.clone()),
+    }
+}
+
+fn int_indices(ins: &Inputs<'_>, op: &str) -> KernelResult<(Vec<usize>, Vec<i64>)> {
     let ind = ins.req(1)?;
     if !ind.dtype().is_int() {
-        return Err(KernelError::dtype("ScatterND indices must be integers"));
+        return Err(KernelError::dtype(format!("{op} indices must be integers")));
     }
-    let (ishape, idx) = (ind.shape().to_vec(), ind.to_i64_vec());
+    Ok((ind.shape().to_vec(), ind.to_i64_vec()))
+}
+
+/// `ScatterND(data, indices, updates)`.
+pub fn scatter_nd(ins: &mut Inputs<'_>, red: ScatterReduction) -> KernelResult<Vec<HostTensor>> {
+    let (ishape, idx) = int_indices(ins, "ScatterND")?;
     let upd = ins.req(2)?.clone();
-    let data = match ins.take(0) {
-        Some(t) => t,
-        None => ins.req(0)?.clone(),
-    };
-    let k = *ishape
-        .last()
-        .ok_or_else(|| KernelError::shape("ScatterND indices must have rank ≥ 1"))?;
-    let r = data.rank();
-    if k == 0 || k > r {
+    let data = owned_data(ins)?;
+    let lay = ix::nd_layout(data.shape(), &ishape, 0)?;
+    if upd.shape() != lay.out_dims.as_slice() {
         return Err(KernelError::shape(format!(
-            "ScatterND: index tuples of {k} for data of rank {r}"
+            "ScatterND updates have shape {:?}, expected {:?}",
+            upd.shape(),
+            lay.out_dims
         )));
     }
-    let mut want = ishape[..ishape.len() - 1].to_vec();
-    want.extend_from_slice(&data.shape()[k..]);
-    if upd.shape() != want.as_slice() {
+    let offs = ix::nd_offsets(data.shape(), &lay, &idx)?;
+    let d = data.dtype();
+    Ok(vec![
+        crate::with_dtype!(d, T => scatter_typed::<T>(data, &offs, lay.slice, &upd, red), _ => Err(KernelError::dtype(format!("ScatterND is not defined for {d}"))))?,
+    ])
+}
+
+/// `ScatterElements(data, indices, updates)` along `axis`.
+pub fn scatter_elements(
+    ins: &mut Inputs<'_>,
+    axis: i64,
+    red: ScatterReduction,
+) -> KernelResult<Vec<HostTensor>> {
+    let (ishape, idx) = int_indices(ins, "ScatterElements")?;
+    let upd = ins.req(2)?.clone();
+    if upd.shape() != ishape.as_slice() {
         return Err(KernelError::shape(format!(
-            "ScatterND updates have shape {:?}, expected {want:?}",
+            "ScatterElements updates have shape {:?}, indices {ishape:?}",
             upd.shape()
         )));
     }
+    let data = owned_data(ins)?;
+    let a = super::shape::norm_axis(axis, data.rank())?;
+    let offs = ix::element_offsets(data.shape(), &ishape, &idx, a)?;
     let d = data.dtype();
-    if red == ScatterReduction::Add && !d.is_float() {
-        return Err(KernelError::unsupported(
-            "ScatterND reduction 'add' on integers",
-        ));
-    }
     Ok(vec![
-        crate::with_dtype!(d, T => scatter_typed::<T>(data, &idx, k, &upd, red), _ => Err(KernelError::dtype(format!("ScatterND is not defined for {d}"))))?,
+        crate::with_dtype!(d, T => scatter_typed::<T>(data, &offs, 1, &upd, red), _ => Err(KernelError::dtype(format!("ScatterElements is not defined for {d}"))))?,
     ])
 }
 
@@ -149,5 +160,31 @@ mod tests {
         let bad = HostTensor::from_vec(vec![1, 3], vec![1.0f32; 3]).expect("upd");
         let mut ins = Inputs::borrowed(&[Some(&data), Some(&idx), Some(&bad)]);
         assert!(scatter_nd(&mut ins, ScatterReduction::Add).is_err());
+    }
+
+    #[test]
+    fn reductions_and_scatter_elements() {
+        let data = || HostTensor::from_vec(vec![2, 2], vec![2.0f32, 3.0, 4.0, 5.0]).expect("data");
+        let idx = HostTensor::from_vec(vec![1, 1], vec![1i64]).expect("idx");
+        let upd = HostTensor::from_vec(vec![1, 2], vec![10.0f32, 1.0]).expect("upd");
+        assert_eq!(
+            run(data(), idx.clone(), upd.clone(), ScatterReduction::Mul),
+            vec![2.0, 3.0, 40.0, 5.0]
+        );
+        assert_eq!(
+            run(data(), idx.clone(), upd.clone(), ScatterReduction::Max),
+            vec![2.0, 3.0, 10.0, 5.0]
+        );
+        assert_eq!(
+            run(data(), idx, upd, ScatterReduction::Min),
+            vec![2.0, 3.0, 4.0, 1.0]
+        );
+        // ScatterElements along axis 1: row 0 column 1 and row 1 column 0 get 7 and 8.
+        let d = data();
+        let idx = HostTensor::from_vec(vec![2, 1], vec![1i64, 0]).expect("idx");
+        let upd = HostTensor::from_vec(vec![2, 1], vec![7.0f32, 8.0]).expect("upd");
+        let mut ins = Inputs::borrowed(&[Some(&d), Some(&idx), Some(&upd)]);
+        let out = scatter_elements(&mut ins, 1, ScatterReduction::None).expect("scatter");
+        assert_eq!(out[0].as_f32().expect("f32"), &[2.0, 7.0, 8.0, 5.0]);
     }
 }
