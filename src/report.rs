@@ -5,9 +5,7 @@ use ortho_ir::analysis::linear::match_linear;
 use ortho_ir::op::Op;
 use ortho_ir::Module;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::Path;
 
 /// Size and cost of a model, counted over every graph reachable from the main graph (subgraphs
@@ -173,24 +171,13 @@ impl RunReport {
     }
 }
 
-/// The SHA-256 of a file, read in chunks (outputs may be gigabytes).
+/// The SHA-256 and size of a file (read in chunks: outputs may be gigabytes).
 pub fn file_sha256(path: &Path) -> std::io::Result<OutputFile> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut bytes = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        bytes += n as u64;
-    }
+    let (sha256, bytes) = crate::shard::sha256::file_digest(path)?;
     Ok(OutputFile {
         path: path.display().to_string(),
         bytes,
-        sha256: hex(&h.finalize()),
+        sha256,
     })
 }
 
@@ -199,12 +186,8 @@ pub fn bytes_sha256(label: &str, b: &[u8]) -> OutputFile {
     OutputFile {
         path: label.to_string(),
         bytes: b.len() as u64,
-        sha256: hex(&Sha256::digest(b)),
+        sha256: crate::shard::sha256::bytes_hex(b),
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Where the exporter put the external data of `model` (`<model>.data` beside it).

@@ -99,13 +99,7 @@ fn run_inner(a: &TrainArgs, g: &GlobalArgs) -> Result<(String, String), CliError
     let ids = tokens(a, g)?;
     let module = crate::input::load_module(&a.model)?;
     let cfg = TrainConfig {
-        trainable: a
-            .trainable
-            .split('|')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect(),
+        trainable: ortho_passes::autodiff::split_patterns(&a.trainable),
         lr: a.lr,
         weight_decay: a.weight_decay,
         warmup_steps: a.warmup,

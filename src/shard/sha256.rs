@@ -1,4 +1,4 @@
-//! The SHA-256 digest of a shard file (the `sha2` crate), as the 64 lowercase hex digits the
+//! The SHA-256 digest of a shard or output file (the `sha2` crate), as the 64 lowercase hex digits the
 //! manifest records. Files are streamed in 1 MiB reads, so a shard is never held twice in memory.
 
 use sha2::{Digest, Sha256};
@@ -14,19 +14,32 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
-/// The SHA-256 of a file's bytes.
-pub fn file_hex(path: &Path) -> std::io::Result<String> {
+/// The SHA-256 (lowercase hex) and the length of a file's bytes. The one place files are
+/// hashed: shard manifests and the optimizer's `--report` both use it.
+pub fn file_digest(path: &Path) -> std::io::Result<(String, u64)> {
     let mut f = std::fs::File::open(path)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
     loop {
         let n = f.read(&mut buf)?;
         if n == 0 {
             break;
         }
         h.update(&buf[..n]);
+        bytes += n as u64;
     }
-    Ok(hex(&h.finalize()))
+    Ok((hex(&h.finalize()), bytes))
+}
+
+/// The SHA-256 of a file's bytes.
+pub fn file_hex(path: &Path) -> std::io::Result<String> {
+    Ok(file_digest(path)?.0)
+}
+
+/// The SHA-256 of bytes in memory (lowercase hex).
+pub fn bytes_hex(b: &[u8]) -> String {
+    hex(&Sha256::digest(b))
 }
 
 #[cfg(test)]

@@ -41,6 +41,16 @@ pub struct AutodiffSpec {
     pub trainable: Vec<String>,
 }
 
+/// Parameter name patterns as the command line and the `trainable` option spell them: patterns
+/// separated by `|`, blanks around them ignored, empty ones dropped.
+pub fn split_patterns(spec: &str) -> Vec<String> {
+    spec.split('|')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
 /// One operand a rule is missing for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MissingGrad {

@@ -43,13 +43,7 @@ fn run_pass(
 ) -> Result<PassResult, PassError> {
     let spec = AutodiffSpec {
         loss: opts.loss.clone(),
-        trainable: opts
-            .trainable
-            .split('|')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect(),
+        trainable: crate::autodiff::split_patterns(&opts.trainable),
     };
     let r = autodiff(m, &spec).map_err(|e| match &e {
         AutodiffError::Missing(list) => match list.0.first() {
