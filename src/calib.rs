@@ -1,5 +1,5 @@
 //! Calibration input for the optimizer command: `--calib-text FILE --tokenizer tokenizer.json`
-//! (or `--calib-ids FILE`) with `--calib-samples N --calib-seqlen L --calib-seed S`; the engine's
+//! (or `--calib-ids FILE`) with `--calib-samples N --calib-seqlen L --calib-seed S` (or `--calib-offsets FILE`); the engine's
 //! `--threads` and `--quiet` (alias `--calib-threads`, `--calib-quiet`) are the global options.
 //!
 //! Everything is checked before any pass runs: the text must hold at least N × L tokens, the
@@ -41,6 +41,11 @@ pub struct CalibArgs {
     /// Sequences per forward pass (default: as many as fit in 4096 tokens).
     #[arg(long = "calib-chunk")]
     pub chunk: Option<usize>,
+    /// Explicit window starts instead of seeded sampling: whitespace-separated token offsets
+    /// into the calibration ids, one window of --calib-seqlen tokens each (their count replaces
+    /// --calib-samples). Reproduces another tool's calibration set exactly.
+    #[arg(long = "calib-offsets", value_name = "FILE", conflicts_with = "seed")]
+    pub offsets: Option<PathBuf>,
 }
 
 impl CalibArgs {
@@ -72,15 +77,55 @@ impl SplitMix {
     }
 }
 
-/// `samples` windows of `seqlen` ids drawn from `ids` with `seed` (starts uniform over every
-/// position a whole window fits at).
-pub fn sample_windows(ids: &[u32], samples: usize, seqlen: usize, seed: u64) -> Vec<Vec<i64>> {
+/// The windows of `seqlen` ids starting at `offsets` (read from `path`); an offset whose window
+/// does not fit in `ids` is an error naming the file and the offset.
+pub fn windows_at(
+    ids: &[u32],
+    offsets: &[usize],
+    seqlen: usize,
+    path: &Path,
+) -> Result<Vec<Vec<i64>>, CliError> {
+    offsets
+        .iter()
+        .map(|&s| match s.checked_add(seqlen) {
+            Some(end) if end <= ids.len() => {
+                Ok(ids[s..end].iter().map(|&x| i64::from(x)).collect())
+            }
+            _ => Err(CliError::CalibrationOffsetOutOfRange {
+                path: path.to_path_buf(),
+                offset: s,
+                seqlen,
+                tokens: ids.len(),
+            }),
+        })
+        .collect()
+}
+
+/// The starts of `samples` windows of `seqlen` tokens in `tokens` ids, drawn with `seed`
+/// (uniform over every position a whole window fits at).
+pub fn sample_offsets(tokens: usize, samples: usize, seqlen: usize, seed: u64) -> Vec<usize> {
     let mut rng = SplitMix(seed);
-    let span = (ids.len() - seqlen + 1) as u64;
-    (0..samples)
-        .map(|_| {
-            let s = rng.below(span) as usize;
-            ids[s..s + seqlen].iter().map(|&x| i64::from(x)).collect()
+    let span = (tokens - seqlen + 1) as u64;
+    (0..samples).map(|_| rng.below(span) as usize).collect()
+}
+
+/// `samples` windows of `seqlen` ids drawn from `ids` with `seed` ([`sample_offsets`]).
+pub fn sample_windows(ids: &[u32], samples: usize, seqlen: usize, seed: u64) -> Vec<Vec<i64>> {
+    sample_offsets(ids.len(), samples, seqlen, seed)
+        .into_iter()
+        .map(|s| ids[s..s + seqlen].iter().map(|&x| i64::from(x)).collect())
+        .collect()
+}
+
+/// Window offsets: whitespace-separated decimal token positions.
+fn read_offsets(path: &Path) -> Result<Vec<usize>, CliError> {
+    let text = std::fs::read_to_string(path).map_err(CliError::io(path))?;
+    text.split_whitespace()
+        .map(|w| {
+            w.parse::<usize>().map_err(|_| CliError::NotAnOffset {
+                path: path.to_path_buf(),
+                word: w.to_string(),
+            })
         })
         .collect()
 }
@@ -129,7 +174,12 @@ pub fn build(
     if !a.given() {
         return Ok(None);
     }
-    if a.samples == 0 || a.seqlen < 2 {
+    let offsets = match &a.offsets {
+        Some(p) => Some((p, read_offsets(p)?)),
+        None => None,
+    };
+    let samples = offsets.as_ref().map_or(a.samples, |(_, o)| o.len());
+    if samples == 0 || a.seqlen < 2 {
         return Err(CliError::Usage(
             "--calib-samples must be ≥ 1 and --calib-seqlen ≥ 2",
         ));
@@ -154,7 +204,7 @@ pub fn build(
     };
     if ids.len()
         < ortho_ir::semantics::size::checked_mul(
-            a.samples,
+            samples,
             a.seqlen,
             "--calib-samples × --calib-seqlen",
         )?
@@ -162,7 +212,7 @@ pub fn build(
         return Err(CliError::TooFewCalibrationTokens {
             path: source.clone(),
             tokens: ids.len(),
-            samples: a.samples,
+            samples,
             seqlen: a.seqlen,
         });
     }
@@ -174,7 +224,10 @@ pub fn build(
             vocab,
         });
     }
-    let windows = sample_windows(&ids, a.samples, a.seqlen, a.seed);
+    let windows = match &offsets {
+        Some((p, o)) => windows_at(&ids, o, a.seqlen, p)?,
+        None => sample_windows(&ids, samples, a.seqlen, a.seed),
+    };
     let chunk = a.chunk.unwrap_or((4096 / a.seqlen).max(1)).max(1);
     let names: Vec<String> = {
         let g = m.main_graph();
@@ -203,18 +256,21 @@ pub fn build(
         );
     }
     let threads = g.threads.unwrap_or_else(|| CpuEvaluator::default().threads);
-    let estimate = estimate_bytes(m, a.samples, a.seqlen, chunk, width);
+    let estimate = estimate_bytes(m, samples, a.seqlen, chunk, width);
     let mib = |b: f64| b / (1024.0 * 1024.0);
     let quiet = g.quiet;
     {
         eprintln!(
-            "calibration: {} × {} tokens of {} (seed {}), {} chunks of ≤ {chunk} sequences, {threads} threads; \
+            "calibration: {} × {} tokens of {} ({}), {} chunks of ≤ {chunk} sequences, {threads} threads; \
              memory estimate ≈ {:.0} MiB (weights mapped + rewritten 2 × {:.0} MiB, residual cache 2 × {:.0} MiB, \
              one chunk's activations ≈ {:.0} MiB, Hessians ≈ {:.0} MiB)",
-            a.samples,
+            samples,
             a.seqlen,
             source.display(),
-            a.seed,
+            match &a.offsets {
+                Some(p) => format!("windows at the offsets of {}", p.display()),
+                None => format!("seed {}", a.seed),
+            },
             chunks.len(),
             mib(estimate.total()),
             mib(estimate.weights),
@@ -233,7 +289,7 @@ pub fn build(
     Ok(Some(Arc::new(Calibration {
         evaluator: Arc::new(CpuEvaluator { threads }),
         chunks,
-        samples: a.samples,
+        samples,
         seqlen: a.seqlen,
         progress,
     })))

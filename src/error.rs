@@ -157,6 +157,17 @@ pub enum CliError {
     /// A word of an ids file that is not a token id.
     #[error("{}: '{word}' is not a token id", .path.display())]
     NotATokenId { path: PathBuf, word: String },
+    /// A word of a calibration offsets file that is not a token position.
+    #[error("{}: '{word}' is not a token offset", .path.display())]
+    NotAnOffset { path: PathBuf, word: String },
+    /// A calibration window that does not fit in the calibration ids.
+    #[error("{}: the window at offset {offset} needs {seqlen} tokens but the calibration ids hold {tokens}", .path.display())]
+    CalibrationOffsetOutOfRange {
+        path: PathBuf,
+        offset: usize,
+        seqlen: usize,
+        tokens: usize,
+    },
     /// A report that serde_json cannot write.
     #[error("cannot write JSON: {0}")]
     Json(#[source] serde_json::Error),

@@ -567,3 +567,65 @@ fn window_sampling_is_seeded() {
         assert!(w.windows(2).all(|p| p[1] == p[0] + 1), "contiguous windows");
     }
 }
+
+/// `--calib-offsets` takes another tool's windows exactly: the offsets the seed would draw give
+/// the seed's bytes; an offset whose window does not fit, or a word that is not a number, is an
+/// error naming the file, before any work.
+#[test]
+fn explicit_window_offsets_reproduce_a_calibration_set() {
+    let (d, model, idp) = setup("prune-offsets", 200);
+    let pipeline = "prune{method=sparsegpt pattern=2:4}";
+    let seeded = prune_cli(&model, &idp, pipeline, "1");
+    assert_eq!(seeded.code, 0, "{}", seeded.stderr);
+    let offsets = ortho_opt::calib::sample_offsets(200, 4, 6, 1);
+    let with = |name: &str, text: &str| {
+        let p = d.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        let p = p.display().to_string();
+        let r = run(&[
+            &model,
+            "--elide-above=none",
+            &format!("--pass-pipeline={pipeline}"),
+            "--calib-ids",
+            &idp,
+            "--calib-offsets",
+            &p,
+            "--calib-seqlen",
+            "6",
+            "--calib-chunk",
+            "2",
+            "--calib-quiet",
+        ]);
+        (p, r)
+    };
+    let words: Vec<String> = offsets.iter().map(|o| o.to_string()).collect();
+    let (_, r) = with("offsets.txt", &words.join("\n"));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        r.stdout, seeded.stdout,
+        "the same windows give the same model"
+    );
+    assert!(r.stderr.contains("4 × 6 tokens"), "{}", r.stderr);
+    // Other windows give another model.
+    let (_, r) = with("other.txt", "0 10 20 30");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_ne!(r.stdout, seeded.stdout);
+    let (p, r) = with("far.txt", "0 195");
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains(&format!(
+            "{p}: the window at offset 195 needs 6 tokens but the calibration ids hold 200"
+        )),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stdout.is_empty());
+    let (p, r) = with("word.txt", "0 ten");
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr
+            .contains(&format!("{p}: 'ten' is not a token offset")),
+        "{}",
+        r.stderr
+    );
+}

@@ -211,7 +211,11 @@ fn reader_loss(
     loss
 }
 
-fn col_factor(m: MatRef<'_, f32>, q: MatRef<'_, f32>, inverse: bool) -> (Vec<f32>, Mat<f32>) {
+pub(crate) fn col_factor(
+    m: MatRef<'_, f32>,
+    q: MatRef<'_, f32>,
+    inverse: bool,
+) -> (Vec<f32>, Mat<f32>) {
     let mq = mm(m, q);
     let c = (0..q.ncols())
         .map(|b| {

@@ -5,6 +5,7 @@
 
 pub mod loss;
 pub mod optim;
+pub mod permute;
 
 #[cfg(test)]
 mod tests;

@@ -1,4 +1,5 @@
-//! Adam on the special orthogonal group through the Cayley map. Not a pass.
+//! Adam on the special orthogonal group through the Cayley map (default) or the paper's
+//! Q factor of QR(A). Not a pass.
 //!
 //! Each orthogonal block is `Q = (I − Ω/2)⁻¹ (I + Ω/2)` of a skew-symmetric `Ω`, initialized at 0,
 //! so the first iterate is exactly the identity. Adam (elementwise, so it keeps `Ω` skew exactly)
@@ -6,6 +7,12 @@
 //! `G = ∂L/∂Q`, clipped to a global norm over the free entries. Why Cayley and not the paper's
 //! QR(A): the map is smooth everywhere near I (QR's sign convention is not), every iterate is
 //! orthogonal to rounding, and `Ω = 0` gives I exactly, so "no progress" folds nothing.
+//!
+//! `Param::Qr` is DenoiseRotator's own parameterization, kept for comparison: a free `A = I`
+//! at the start, `Q = qf(A)` with the sign convention `diag(R) > 0` (the smooth branch; the
+//! reference's LAPACK convention differs from it by a diagonal of signs, which changes neither
+//! the entropy nor the pruned model), Adam on all `n²` entries of `A` with
+//! `∂L/∂A = (G + Q·copyltu(−GᵀQ)) R⁻ᵀ` (`copyltu` mirrors the lower triangle upwards).
 //!
 //! The Cayley map and its gradient are computed in f64; the objective sees `Q` cast to f32. The
 //! **best** iterate (lowest loss, the identity included) is returned, as f64 matrices rebuilt from
@@ -26,6 +33,17 @@ pub struct AdamOptions {
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
+    /// How an orthogonal block is parameterized.
+    pub param: Param,
+}
+
+/// The parameterization of each orthogonal block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Param {
+    /// `Q = (I − Ω/2)⁻¹ (I + Ω/2)`, `Ω` skew, starting at 0.
+    Cayley,
+    /// `Q` = the Q factor of `QR(A)`, `A` free, starting at `I` (DenoiseRotator's code).
+    Qr,
 }
 
 impl Default for AdamOptions {
@@ -37,6 +55,7 @@ impl Default for AdamOptions {
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
+            param: Param::Cayley,
         }
     }
 }
@@ -103,6 +122,56 @@ fn cayley(omega: &Mat<f64>) -> (Mat<f64>, Mat<f64>) {
     (q, m)
 }
 
+/// `A = QR` with `diag(R) > 0`.
+fn qr_positive(a: &Mat<f64>) -> (Mat<f64>, Mat<f64>) {
+    let f = a.qr();
+    let mut q = f.compute_Q();
+    let mut r = f.R().to_owned();
+    let n = a.nrows();
+    for k in 0..n {
+        if r[(k, k)] < 0.0 {
+            for i in 0..n {
+                q[(i, k)] = -q[(i, k)];
+            }
+            for j in 0..n {
+                r[(k, j)] = -r[(k, j)];
+            }
+        }
+    }
+    (q, r)
+}
+
+fn mm64(a: faer::MatRef<'_, f64>, b: faer::MatRef<'_, f64>) -> Mat<f64> {
+    let mut c = Mat::<f64>::zeros(a.nrows(), b.ncols());
+    matmul(c.as_mut(), Accum::Replace, a, b, 1.0, Par::rayon(0));
+    c
+}
+
+/// `∂L/∂A` of `Q = qf(A)` given `G = ∂L/∂Q` (and `∂L/∂R = 0`).
+pub(crate) fn qr_backward(q: &Mat<f64>, r: &Mat<f64>, g: &Mat<f64>) -> Mat<f64> {
+    let n = q.nrows();
+    // M = −GᵀQ, made "copyltu": the lower triangle (with the diagonal) mirrored upwards.
+    let gq = mm64(g.transpose(), q.as_ref());
+    let c = Mat::<f64>::from_fn(n, n, |i, j| if i >= j { -gq[(i, j)] } else { -gq[(j, i)] });
+    let mut x = mm64(q.as_ref(), c.as_ref());
+    for j in 0..n {
+        for i in 0..n {
+            x[(i, j)] += g[(i, j)];
+        }
+    }
+    // X R⁻ᵀ: R is upper triangular with a positive diagonal (near I here).
+    let rinv = r.partial_piv_lu().inverse();
+    mm64(x.as_ref(), rinv.transpose())
+}
+
+/// The orthogonal matrix of a block's parameters.
+fn block_q(param: Param, x: &Mat<f64>) -> Mat<f64> {
+    match param {
+        Param::Cayley => cayley_q(x),
+        Param::Qr => qr_positive(x).0,
+    }
+}
+
 /// The orthogonal matrix of a skew `Ω` (f64).
 pub fn cayley_q(omega: &Mat<f64>) -> Mat<f64> {
     cayley(omega).0
@@ -137,7 +206,12 @@ pub type Objective<'a> = dyn FnMut(&[Mat<f32>], &mut [Mat<f32>]) -> f64 + 'a;
 /// identity. `objective(qs, grads)` returns the loss at `qs` and adds `∂L/∂Q` into `grads`
 /// (zeroed before each call).
 pub fn optimize(sizes: &[usize], opts: &AdamOptions, objective: &mut Objective<'_>) -> Optimized {
-    let mut omega: Vec<Mat<f64>> = sizes.iter().map(|&n| Mat::zeros(n, n)).collect();
+    // The free parameters of each block: Ω (Cayley, at 0) or A (QR, at I).
+    let start = |n: usize| match opts.param {
+        Param::Cayley => Mat::zeros(n, n),
+        Param::Qr => Mat::identity(n, n),
+    };
+    let mut omega: Vec<Mat<f64>> = sizes.iter().map(|&n| start(n)).collect();
     let mut m1: Vec<Mat<f64>> = sizes.iter().map(|&n| Mat::zeros(n, n)).collect();
     let mut m2: Vec<Mat<f64>> = sizes.iter().map(|&n| Mat::zeros(n, n)).collect();
     let mut best_omega = omega.clone();
@@ -145,7 +219,14 @@ pub fn optimize(sizes: &[usize], opts: &AdamOptions, objective: &mut Objective<'
     let mut stop = StopReason::Iterations;
     let mut evaluations = 0;
     for t in 0..=opts.iters {
-        let maps: Vec<(Mat<f64>, Mat<f64>)> = omega.iter().map(cayley).collect();
+        // (Q, M) for Cayley, (Q, R) for QR.
+        let maps: Vec<(Mat<f64>, Mat<f64>)> = omega
+            .iter()
+            .map(|x| match opts.param {
+                Param::Cayley => cayley(x),
+                Param::Qr => qr_positive(x),
+            })
+            .collect();
         let qs32: Vec<Mat<f32>> = maps
             .iter()
             .map(|(q, _)| Mat::from_fn(q.nrows(), q.ncols(), |i, j| q[(i, j)] as f32))
@@ -174,6 +255,12 @@ pub fn optimize(sizes: &[usize], opts: &AdamOptions, objective: &mut Objective<'
         for ((q, m), g) in maps.iter().zip(&grads) {
             let n = q.nrows();
             let g64 = Mat::<f64>::from_fn(n, n, |i, j| g[(i, j)] as f64);
+            if opts.param == Param::Qr {
+                let a = qr_backward(q, m, &g64);
+                norm2 += a.norm_l2().powi(2);
+                gs.push(a);
+                continue;
+            }
             let qi = Mat::<f64>::from_fn(n, n, |i, j| q[(i, j)] + if i == j { 1.0 } else { 0.0 });
             let mut mg = Mat::<f64>::zeros(n, n);
             matmul(
@@ -231,11 +318,11 @@ pub fn optimize(sizes: &[usize], opts: &AdamOptions, objective: &mut Objective<'
     }
     if !best.is_finite() {
         // Not even the identity had a finite loss: fold nothing.
-        best_omega = sizes.iter().map(|&n| Mat::zeros(n, n)).collect();
+        best_omega = sizes.iter().map(|&n| start(n)).collect();
         best_iter = 0;
     }
     Optimized {
-        qs: best_omega.iter().map(cayley_q).collect(),
+        qs: best_omega.iter().map(|x| block_q(opts.param, x)).collect(),
         initial,
         best,
         best_iter,

@@ -37,7 +37,8 @@ use crate::calib::{block_spans, missing_calibration, walk_layers, Calibration, L
 use crate::linalg::layer_rotations::{self as rotations, LayerParts, Layers};
 use crate::options::{OptionError, OptionKind};
 use crate::pass::{PassContext, PassError, PassErrorKind, PassResult};
-use crate::rotation_search::optim::{optimize, AdamOptions};
+use crate::rotation_search::optim::{optimize, AdamOptions, Param};
+use crate::rotation_search::permute::permute_columns;
 use crate::rotation_search::{check_lr, layer_objective, LR, METHOD_KIND};
 use crate::sparsity::linears::{
     linear_weight, prune_block, record, set_linear_weight, PruneStats, ROLES,
@@ -61,6 +62,11 @@ pub enum Keep {
 crate::word_option_type!(Keep {
     Better = "better",
     Always = "always",
+});
+
+crate::word_option_type!(Param {
+    Cayley = "cayley",
+    Qr = "qr",
 });
 
 crate::pass_options! {
@@ -96,6 +102,24 @@ crate::pass_options! {
             name: "keep",
             default: Keep::Better,
             doc: "better: keep a block's rotation only if the pruned block's output is closer to the dense block's (both variants are run); always: keep every rotation.",
+        },
+        /// How each orthogonal block is parameterized for Adam.
+        pub param: Param = {
+            name: "param",
+            default: Param::Cayley,
+            doc: "cayley: Q = Cayley(Ω), Ω skew from 0; qr: Q = Q factor of QR(A), A free from I (DenoiseRotator's code).",
+        },
+        /// Whether an N:M pattern also permutes the rotated channels (see `rotation_search::permute`).
+        pub nm_permute: bool = {
+            name: "nm-permute",
+            default: false,
+            doc: "With an N:M pattern, compose a channel permutation into each block's rotations that spreads the important input channels over the groups of M (free: a permutation is orthogonal).",
+        },
+        /// Whether the per-KV-head V/O rotations are optimized too.
+        pub head_rotations: bool = {
+            name: "head-rotations",
+            default: true,
+            doc: "Also optimize one head_dim rotation per KV head on the V/O path (false: the residual rotation only).",
         },
     }
     check: DenoisePruneOptions::check;
@@ -318,15 +342,39 @@ fn search_rotation(
         &dense.objective_stats(),
     )?;
     let mut sizes = vec![layers.d];
-    sizes.extend(std::iter::repeat_n(lp.heads.head_dim, lp.heads.kv_heads));
+    let (hd, kv) = (lp.heads.head_dim, lp.heads.kv_heads);
+    if opts.head_rotations {
+        sizes.extend(std::iter::repeat_n(hd, kv));
+    }
     let adam = AdamOptions {
         iters: opts.iters,
         lr: opts.lr,
+        param: opts.param,
         ..AdamOptions::default()
     };
     let mut history = Vec::new();
     let t = std::time::Instant::now();
-    let r = optimize(&sizes, &adam, &mut layer_objective(&problem, &mut history));
+    let mut objective = layer_objective(&problem, &mut history);
+    let r = if opts.head_rotations {
+        optimize(&sizes, &adam, &mut objective)
+    } else {
+        // The head rotations stay the identity: the objective sees them, Adam does not.
+        let eye: Vec<Mat<f32>> = (0..kv).map(|_| Mat::identity(hd, hd)).collect();
+        let mut q1_only = |qs: &[Mat<f32>], gs: &mut [Mat<f32>]| {
+            let mut all: Vec<Mat<f32>> = qs.to_vec();
+            all.extend(eye.iter().cloned());
+            let mut g: Vec<Mat<f32>> = all
+                .iter()
+                .map(|q| Mat::zeros(q.nrows(), q.ncols()))
+                .collect();
+            let l = objective(&all, &mut g);
+            gs[0] = g.swap_remove(0);
+            l
+        };
+        let mut r = optimize(&sizes, &adam, &mut q1_only);
+        r.qs.extend((0..kv).map(|_| Mat::identity(hd, hd)));
+        r
+    };
     lcx.progress(&format!(
         "entropy {:.2} → {:.2} (best step {} of {}, {:.1} s)",
         r.initial,
@@ -336,23 +384,40 @@ fn search_rotation(
         t.elapsed().as_secs_f64()
     ));
     let mut qs = r.qs.into_iter();
-    let q1 = qs
+    let mut q1 = qs
         .next()
         .unwrap_or_else(|| Mat::identity(layers.d, layers.d));
+    let mut r2: Vec<Mat<f64>> = qs.collect();
+    let mut rotated = r.best_iter > 0;
+    if let (true, Pattern::NM { n, m }) = (opts.nm_permute, opts.pattern) {
+        let f32s =
+            |q: &Mat<f64>| Mat::<f32>::from_fn(q.nrows(), q.ncols(), |i, j| q[(i, j)] as f32);
+        let r2_32: Vec<Mat<f32>> = r2.iter().map(f32s).collect();
+        let p = problem.nm_permutation(f32s(&q1).as_ref(), &r2_32, n, m, 4);
+        let moved = p.stream.iter().enumerate().any(|(k, &c)| k != c)
+            || p.heads
+                .iter()
+                .any(|h| h.iter().enumerate().any(|(k, &c)| k != c));
+        lcx.progress(&format!(
+            "{n}:{m} channel permutation: stream proxy cost {:.2} → {:.2}, o heads {:.2} → {:.2}",
+            p.stream_cost.0, p.stream_cost.1, p.head_cost.0, p.head_cost.1
+        ));
+        if moved {
+            q1 = permute_columns(&q1, &p.stream);
+            for (r, perm) in r2.iter_mut().zip(&p.heads) {
+                *r = permute_columns(r, perm);
+            }
+            rotated = true;
+        }
+    }
     let block = BlockReport {
         entropy_before: r.initial,
         entropy_after: r.best,
         error_identity: None,
         error_rotated: None,
-        rotated: r.best_iter > 0,
+        rotated,
     };
-    Ok((
-        Rotation {
-            q1,
-            r2: qs.collect(),
-        },
-        block,
-    ))
+    Ok((Rotation { q1, r2 }, block))
 }
 
 /// Step 3 (`keep=better`): prunes the block both ways on its dense statistics, runs each
