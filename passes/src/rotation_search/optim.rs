@@ -159,9 +159,14 @@ pub(crate) fn qr_backward(q: &Mat<f64>, r: &Mat<f64>, g: &Mat<f64>) -> Mat<f64> 
             x[(i, j)] += g[(i, j)];
         }
     }
-    // X R⁻ᵀ: R is upper triangular with a positive diagonal (near I here).
-    let rinv = r.partial_piv_lu().inverse();
-    mm64(x.as_ref(), rinv.transpose())
+    // X R⁻ᵀ = (R⁻¹ Xᵀ)ᵀ: one triangular solve (R is upper triangular, diagonal positive).
+    let mut y = x.transpose().to_owned();
+    faer::linalg::triangular_solve::solve_upper_triangular_in_place(
+        r.as_ref(),
+        y.as_mut(),
+        Par::rayon(0),
+    );
+    y.transpose().to_owned()
 }
 
 /// The orthogonal matrix of a block's parameters.

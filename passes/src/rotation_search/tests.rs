@@ -512,3 +512,27 @@ fn nm_permutation_keeps_the_objective_and_lowers_the_proxy() {
         "entropy {a} vs {b} after the permutation"
     );
 }
+
+/// Seconds of one QR-parameterized step's linear algebra at SmolLM2's width (run by hand with
+/// `--ignored --nocapture`).
+#[test]
+#[ignore]
+fn time_qr_step_at_smollm2_size() {
+    let mut rng = Rng::new(2);
+    let n = 576;
+    let a = Mat::<f64>::from_fn(n, n, |i, j| (if i == j { 1.0 } else { 0.0 }) + 0.01 * rng.normal());
+    let g = Mat::<f64>::from_fn(n, n, |_, _| rng.normal());
+    let t = std::time::Instant::now();
+    let f = a.qr();
+    let t_qr = t.elapsed().as_secs_f64();
+    let q = f.compute_Q();
+    let t_q = t.elapsed().as_secs_f64();
+    let r = f.R().to_owned();
+    let _ = qr_backward(&q, &r, &g);
+    eprintln!(
+        "qr {:.3} s, Q {:.3} s, backward {:.3} s",
+        t_qr,
+        t_q - t_qr,
+        t.elapsed().as_secs_f64() - t_q
+    );
+}
