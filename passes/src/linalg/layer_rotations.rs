@@ -228,7 +228,7 @@ fn stack(a: Mat<f32>, b: Mat<f32>) -> Mat<f32> {
 
 /// Why a column factor could not be computed; `what` names the linear.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-enum FactorError {
+pub(crate) enum FactorError {
     #[error("no calibration statistics for {0}")]
     Missing(String),
     #[error("the damped input Hessian of {0} is not positive definite")]
@@ -267,6 +267,33 @@ fn factor_matrix(stat: &Stat, method: Importance, what: &str) -> Result<Mat<f32>
         Err(_) => return Err(FactorError::NotPositiveDefinite(what.to_string())),
     };
     Ok(Mat::from_fn(n, n, |i, j| inv[(i, j)] as f32))
+}
+
+/// The per-input-column factor of a method's importance `s_ab = W_ab² c_b` from a Gram
+/// statistic, unrotated: `diag(H)` (Wanda), `1 / diag((H + λI)⁻¹)` (SparseGPT), none
+/// (magnitude).
+pub(crate) fn column_factor(
+    stat: &Stat,
+    method: Importance,
+    what: &str,
+) -> Result<Option<Vec<f32>>, FactorError> {
+    if method == Importance::Magnitude {
+        return Ok(None);
+    }
+    let m = factor_matrix(stat, method, what)?;
+    let inverse = method == Importance::SparseGpt;
+    Ok(Some(
+        (0..m.nrows())
+            .map(|b| {
+                let e = m[(b, b)] as f64;
+                if inverse {
+                    (1.0 / e.max(1e-30)) as f32
+                } else {
+                    e.max(0.0) as f32
+                }
+            })
+            .collect(),
+    ))
 }
 
 /// Builds layer `i`'s problem; `stats` holds the three statistics of [`requests`] for it

@@ -224,6 +224,27 @@ impl LayerProblem {
     }
 }
 
+/// The permutation of the MLP's hidden channels (down's input columns; gate/up rows follow)
+/// that spreads down's importance over the `n:m` groups: `down` is the rotated `Q1ᵀ W_down`
+/// (d × hidden) and `c` its unrotated column factor. Returns the permutation and the proxy cost
+/// before → after.
+pub fn hidden_permutation(
+    down: MatRef<'_, f32>,
+    c: Option<&[f32]>,
+    n: usize,
+    m: usize,
+    sweeps: usize,
+) -> (Vec<usize>, f64, f64) {
+    let hidden = down.ncols();
+    if hidden % m != 0 {
+        return ((0..hidden).collect(), 0.0, 0.0);
+    }
+    let mut shares = vec![0.0f64; hidden];
+    let mut rows = Vec::new();
+    add_rows(down, c, &mut shares, &mut rows);
+    spread(&shares, &rows, n, m, sweeps)
+}
+
 /// `Q P` for a permutation `perm` (new position → old column): column `k` of the result is
 /// column `perm[k]` of `q`.
 pub fn permute_columns(q: &Mat<f64>, perm: &[usize]) -> Mat<f64> {

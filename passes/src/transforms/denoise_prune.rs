@@ -38,7 +38,7 @@ use crate::linalg::layer_rotations::{self as rotations, LayerParts, Layers};
 use crate::options::{OptionError, OptionKind};
 use crate::pass::{PassContext, PassError, PassErrorKind, PassResult};
 use crate::rotation_search::optim::{optimize, AdamOptions, Param};
-use crate::rotation_search::permute::permute_columns;
+use crate::rotation_search::permute::{hidden_permutation, permute_columns};
 use crate::rotation_search::{check_lr, layer_objective, LR, METHOD_KIND};
 use crate::sparsity::linears::{
     linear_weight, prune_block, record, set_linear_weight, PruneStats, ROLES,
@@ -208,10 +208,12 @@ impl DenseStats {
     }
 }
 
-/// The rotation chosen for one block (step 2).
+/// The rotation chosen for one block (step 2), with the MLP's hidden-channel permutation
+/// (new position → old channel) when `nm-permute` found one.
 struct Rotation {
     q1: Mat<f64>,
     r2: Vec<Mat<f64>>,
+    mlp: Option<Vec<usize>>,
 }
 
 /// Rotates and prunes every block of the main graph in order (see the module doc).
@@ -389,6 +391,7 @@ fn search_rotation(
         .unwrap_or_else(|| Mat::identity(layers.d, layers.d));
     let mut r2: Vec<Mat<f64>> = qs.collect();
     let mut rotated = r.best_iter > 0;
+    let mut mlp = None;
     if let (true, Pattern::NM { n, m }) = (opts.nm_permute, opts.pattern) {
         let f32s =
             |q: &Mat<f64>| Mat::<f32>::from_fn(q.nrows(), q.ncols(), |i, j| q[(i, j)] as f32);
@@ -409,6 +412,25 @@ fn search_rotation(
             }
             rotated = true;
         }
+        // The MLP's hidden channels: a permutation of gate/up rows and down columns, exact
+        // through the elementwise gate (biased gate/up would need their biases permuted: skipped).
+        if lp.gate.bias.is_none() && lp.up.bias.is_none() {
+            let c = rotations::column_factor(&Stat::Gram(dense.down.clone()), opts.method, "down")
+                .map_err(|e| {
+                    PassError::at_main(lcx.module_ref(), lp.down.node, e.to_string())
+                        .with_kind(PassErrorKind::Numeric)
+                })?;
+            let q1_32 = f32s(&q1);
+            let down_rot = crate::rotation_search::loss::mm(q1_32.transpose(), problem.down.as_ref());
+            let (perm, b, a) = hidden_permutation(down_rot.as_ref(), c.as_deref(), n, m, 4);
+            lcx.progress(&format!(
+                "{n}:{m} MLP hidden permutation: down proxy cost {b:.2} → {a:.2}"
+            ));
+            if perm.iter().enumerate().any(|(k, &c)| k != c) {
+                mlp = Some(perm);
+                rotated = true;
+            }
+        }
     }
     let block = BlockReport {
         entropy_before: r.initial,
@@ -417,7 +439,7 @@ fn search_rotation(
         error_rotated: None,
         rotated,
     };
-    Ok((Rotation { q1, r2 }, block))
+    Ok((Rotation { q1, r2, mlp }, block))
 }
 
 /// Step 3 (`keep=better`): prunes the block both ways on its dense statistics, runs each
@@ -436,6 +458,7 @@ fn check_rotation(
     let rot = LayerRotation {
         q1: &rotation.q1,
         r2: &rotation.r2,
+        mlp: rotation.mlp.as_deref(),
     };
     let plain = pruned_layer(lcx.module_ref(), lp, &hs, None, &spec)?;
     let turned = pruned_layer(lcx.module_ref(), lp, &hs, Some(&rot), &spec)?;
@@ -467,6 +490,9 @@ fn fold_rotation(
 ) -> Result<(), PassError> {
     let q1 = &rotation.q1;
     rotations::fold_layer(m, layers, i, q1, &rotation.r2)?;
+    if let Some(perm) = &rotation.mlp {
+        permute_hidden(m, &layers.layers[i], perm)?;
+    }
     match entry[i].take() {
         Some((k, b)) => {
             let p = rotations::premultiply_matmul(m, k, &b, q1)?;
@@ -483,6 +509,30 @@ fn fold_rotation(
         entry[i + 1] = Some((k, qt));
     }
     Ok(())
+}
+
+/// Permutes the MLP's hidden channels of one block: gate/up rows and down columns (new
+/// position `k` takes old channel `perm[k]`); the block computes the same function.
+fn permute_hidden(m: &mut Module, lp: &LayerParts, perm: &[usize]) -> Result<(), PassError> {
+    let current = |m: &Module, l: &Linear| match_linear(m, m.main_graph(), l.node).unwrap_or(*l);
+    for l in [&lp.gate, &lp.up] {
+        let l = current(m, l);
+        let (w, _, cols) = linear_weight(m, &l)?;
+        let p: Vec<f64> = perm
+            .iter()
+            .flat_map(|&old| w[old * cols..(old + 1) * cols].iter().copied())
+            .collect();
+        set_linear_weight(m, &l, &p)?;
+    }
+    let l = current(m, &lp.down);
+    let (w, rows, cols) = linear_weight(m, &l)?;
+    let mut p = vec![0.0; rows * cols];
+    for r in 0..rows {
+        for (k, &old) in perm.iter().enumerate() {
+            p[r * cols + k] = w[r * cols + old];
+        }
+    }
+    set_linear_weight(m, &l, &p)
 }
 
 /// The rotation part of a block's note line.

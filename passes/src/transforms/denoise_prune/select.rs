@@ -31,10 +31,23 @@ pub struct LayerHessians {
     pub down: Vec<f64>,
 }
 
-/// A layer's rotation: `Q1` on the residual stream and one `R2_j` per KV head.
+/// A layer's rotation: `Q1` on the residual stream, one `R2_j` per KV head, and optionally a
+/// permutation of the MLP's hidden channels (new position → old channel: gate/up rows and down
+/// columns).
 pub struct LayerRotation<'a> {
     pub q1: &'a Mat<f64>,
     pub r2: &'a [Mat<f64>],
+    pub mlp: Option<&'a [usize]>,
+}
+
+/// The permutation matrix `C` with `(A C)[:, k] = A[:, perm[k]]`.
+fn perm_matrix(perm: &[usize]) -> Mat<f64> {
+    let n = perm.len();
+    let mut c = Mat::<f64>::zeros(n, n);
+    for (k, &old) in perm.iter().enumerate() {
+        c[(old, k)] = 1.0;
+    }
+    c
 }
 
 fn square(h: &[f64]) -> Mat<f64> {
@@ -171,17 +184,32 @@ pub fn pruned_layer(
                 Some(r.q1.clone()),
                 Some(ro.transpose().to_owned()),
             ));
+            // The MLP permutation C: gate/up W' = Cᵀ W Q (P = C P' Qᵀ); down W' = Qᵀ W C with
+            // the Hessian Cᵀ H C (P = Q P' Cᵀ).
+            let c = r.mlp.map(perm_matrix);
             for l in [&lp.gate, &lp.up] {
-                jobs.push((
-                    l,
-                    mm(weight(l)?.as_ref(), q),
-                    hm_r.clone(),
-                    None,
-                    Some(qt.clone()),
-                ));
+                let w = mm(weight(l)?.as_ref(), q);
+                let w = match &c {
+                    Some(c) => mm(c.transpose(), w.as_ref()),
+                    None => w,
+                };
+                jobs.push((l, w, hm_r.clone(), c.clone(), Some(qt.clone())));
             }
             let down = mm(q.transpose(), weight(&lp.down)?.as_ref());
-            jobs.push((&lp.down, down, hd.clone(), Some(r.q1.clone()), None));
+            match &c {
+                Some(c) => {
+                    let down = mm(down.as_ref(), c.as_ref());
+                    let hd_c = mm(mm(c.transpose(), hd.as_ref()).as_ref(), c.as_ref());
+                    jobs.push((
+                        &lp.down,
+                        down,
+                        hd_c,
+                        Some(r.q1.clone()),
+                        Some(c.transpose().to_owned()),
+                    ));
+                }
+                None => jobs.push((&lp.down, down, hd.clone(), Some(r.q1.clone()), None)),
+            }
         }
     }
     for (l, w, hh, _, _) in &jobs {
