@@ -1,5 +1,6 @@
 //! `denoise-prune{method=sparsegpt|wanda|magnitude sparsity=0.5 pattern=unstructured|N:M
-//! iters=50 lr=0.01 rotation-samples=32 keep=better|always}`: DenoiseRotator's own protocol
+//! iters=50 lr=0.01 rotation-samples=32 keep=better|always nm-permute=true param=cayley|qr
+//! head-rotations=true}`: DenoiseRotator's own protocol
 //! (ALGORITHMS.md §2.1) — rotate each decoder layer, then prune it, one layer after the other —
 //! with a check that the rotation actually helps.
 //!
@@ -13,7 +14,12 @@
 //!    always uses the whole set);
 //! 2. minimizes the entropy objective of the method's importance scores over `Q1 ∈ SO(d)` and
 //!    one `R2_j ∈ SO(head_dim)` per KV head (Adam through the Cayley map, best iterate kept —
-//!    `rotation_search::optim`);
+//!    `rotation_search::optim`; `param=qr` is the reference code's QR(A) parameterization);
+//!    with an N:M pattern (`nm-permute`, default on), the rotated channels are then permuted so
+//!    that the important ones spread over the groups of M — the entropy is blind to channel
+//!    order, an N:M pattern is not (`rotation_search::permute`): the stream's permutation is
+//!    composed into `Q1`, each KV head's into `R2_j`, and the MLP's hidden channels (down's
+//!    input) are permuted in gate/up rows and down columns;
 //! 3. with `keep=better`, prunes the layer's seven linears on those Hessians both in the
 //!    original basis and rotated (`denoise_prune::select`), runs the block with each variant's weights
 //!    on the same sequences and keeps the rotation only when the block's output is closer to the
@@ -112,8 +118,8 @@ crate::pass_options! {
         /// Whether an N:M pattern also permutes the rotated channels (see `rotation_search::permute`).
         pub nm_permute: bool = {
             name: "nm-permute",
-            default: false,
-            doc: "With an N:M pattern, compose a channel permutation into each block's rotations that spreads the important input channels over the groups of M (free: a permutation is orthogonal).",
+            default: true,
+            doc: "With an N:M pattern (and iters > 0), compose channel permutations into each block's rotation that spread the important input channels over the groups of M: the stream and each KV head's positions (orthogonal, folded with the rotation) and the MLP's hidden channels (gate/up rows, down columns). false: the rotation alone.",
         },
         /// Whether the per-KV-head V/O rotations are optimized too.
         pub head_rotations: bool = {
@@ -392,7 +398,8 @@ fn search_rotation(
     let mut r2: Vec<Mat<f64>> = qs.collect();
     let mut rotated = r.best_iter > 0;
     let mut mlp = None;
-    if let (true, Pattern::NM { n, m }) = (opts.nm_permute, opts.pattern) {
+    // `iters=0` means no transform at all (exactly `prune`), so no permutation either.
+    if let (true, true, Pattern::NM { n, m }) = (opts.nm_permute, opts.iters > 0, opts.pattern) {
         let f32s =
             |q: &Mat<f64>| Mat::<f32>::from_fn(q.nrows(), q.ncols(), |i, j| q[(i, j)] as f32);
         let r2_32: Vec<Mat<f32>> = r2.iter().map(f32s).collect();
