@@ -749,6 +749,85 @@ fn input_truncated_while_mapped_is_an_error_not_sigbus() {
     assert!(!out.exists());
 }
 
+/// An input truncated by another process during the write itself (after the exporter's size
+/// check) faults with SIGBUS inside the write; the CLI's handler turns that into an error naming
+/// the file, status 1, and no output or temporary. The test-only hook
+/// `ortho_ir::output_sigbus::TEST_HOLD_ENV` stops the run right after the output temporary is
+/// created, so the truncation happens at a known point.
+#[test]
+fn input_truncated_during_the_write_is_an_error_naming_it() {
+    use std::io::{BufRead, Read};
+    use std::process::{Command, Stdio};
+    for extra in [None, Some("--external-data=0")] {
+        let d = TempDir::new("trunc-write");
+        let (inp, outd) = (d.path().join("in"), d.path().join("out"));
+        std::fs::create_dir_all(&inp).expect("mkdir");
+        std::fs::create_dir_all(&outd).expect("mkdir");
+        // 16 KiB of weights: below the exporter's in-kernel copy threshold (64 KiB), so the
+        // write reads them through the mapping.
+        let n = 4096usize;
+        let data: Vec<u8> = (0..n).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        let bin = inp.join("w.bin");
+        std::fs::write(&bin, &data).expect("write");
+        // The resolver maps the canonical path, and the message names what was mapped.
+        let named = bin.canonicalize().expect("canonical");
+        let mut m = model();
+        {
+            let g = m.graph.as_mut().expect("graph");
+            g.initializer[0].dims = vec![n as i64];
+            g.input[0] = vi("x", &[n as i64]);
+            g.output[0] = vi("y", &[n as i64]);
+        }
+        external(&mut m, "w.bin", 0, data.len() as u64);
+        let input = write(&inp, "m.onnx", &m);
+        let go = d.path().join("go");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ortho-opt"));
+        cmd.args([input.as_str(), "-o", s(&outd.join("out.onnx"))]);
+        cmd.args(extra);
+        let mut child = cmd
+            .env(ortho_ir::output_sigbus::TEST_HOLD_ENV, &go)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let mut err = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+        let mut seen = String::new();
+        loop {
+            let mut line = String::new();
+            let got = err.read_line(&mut line).expect("read stderr");
+            seen.push_str(&line);
+            if got == 0 || line.contains(ortho_ir::output_sigbus::TEST_HOLD_LINE) {
+                break;
+            }
+        }
+        assert!(
+            seen.contains(ortho_ir::output_sigbus::TEST_HOLD_LINE),
+            "the run never reached the write: {seen}"
+        );
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&bin)
+            .expect("open")
+            .set_len(0)
+            .expect("truncate");
+        std::fs::write(&go, b"").expect("go");
+        err.read_to_string(&mut seen).expect("read stderr");
+        let status = child.wait().expect("wait");
+        assert_eq!(status.code(), Some(1), "{extra:?}: {status:?}\n{seen}");
+        assert!(
+            seen.contains(&format!("input file '{}'", named.display()))
+                && seen.contains("truncated"),
+            "{extra:?}: {seen}"
+        );
+        let left: Vec<_> = std::fs::read_dir(&outd)
+            .expect("read dir")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "{extra:?}: files left behind: {left:?}");
+    }
+}
+
 // ---- Models that onnx's checker and onnxruntime reject are refused up front.
 
 #[test]
