@@ -129,7 +129,10 @@ pub(crate) fn calibration_sink(quiet: bool) -> Option<ortho_passes::calib::Progr
 /// Plan compilation's progress sink (`label` is e.g. "compile"): nodes built of the graph, with
 /// the op being built as the message. A chain of shards compiles several graphs: each starts a
 /// new report (the count goes back to 0). `None` with `-q`.
-pub(crate) fn compile_sink(label: &str, quiet: bool) -> Option<ortho_codegen::cpu::CompileProgress> {
+pub(crate) fn compile_sink(
+    label: &str,
+    quiet: bool,
+) -> Option<ortho_codegen::cpu::CompileProgress> {
     if quiet {
         return None;
     }

@@ -595,11 +595,14 @@ fn intermediate_beyond_memory_is_an_error_naming_the_node() {
     g.name = "g".into();
     g.input.push(vi("x", &[1]));
     let mut shape_in = vi("s", &[2]);
-    if let Some(type_proto::Value::TensorType(t)) = &mut shape_in.type_.as_mut().expect("type").value {
+    if let Some(type_proto::Value::TensorType(t)) =
+        &mut shape_in.type_.as_mut().expect("type").value
+    {
         t.elem_type = 7;
     }
     g.input.push(shape_in);
-    g.node.push(node("Expand", "big_expand", &["x", "s"], &["e"]));
+    g.node
+        .push(node("Expand", "big_expand", &["x", "s"], &["e"]));
     let mut sum = node("ReduceSum", "sum", &["e"], &["y"]);
     let mut keep = onnx_protobuf::AttributeProto::new();
     keep.name = "keepdims".into();
@@ -614,12 +617,24 @@ fn intermediate_beyond_memory_is_an_error_naming_the_node() {
     let x = d.path().join("x.npy");
     npy_f32(&x, &[1.0]);
     let sh = d.path().join("s.npy");
-    let dims: Vec<u8> = [1i64 << 22, 1 << 22].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let dims: Vec<u8> = [1i64 << 22, 1 << 22]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
     npy(&sh, "<i8", 2, &dims);
     let out_dir = d.path().join("out");
     let (xs, ss) = (format!("x={}", s(&x)), format!("s={}", s(&sh)));
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_ortho-opt"))
-        .args(["run", &input, "--input", &xs, "--input", &ss, "-o", s(&out_dir)])
+        .args([
+            "run",
+            &input,
+            "--input",
+            &xs,
+            "--input",
+            &ss,
+            "-o",
+            s(&out_dir),
+        ])
         .output()
         .expect("run");
     let err = String::from_utf8_lossy(&o.stderr);

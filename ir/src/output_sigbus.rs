@@ -124,7 +124,11 @@ mod imp {
         &buf[..n]
     }
 
-    extern "C" fn on_sigbus(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    extern "C" fn on_sigbus(
+        _sig: libc::c_int,
+        info: *mut libc::siginfo_t,
+        _ctx: *mut libc::c_void,
+    ) {
         DYING.store(true, Ordering::SeqCst);
         // SAFETY: the kernel passes a valid siginfo with SA_SIGINFO; si_addr is the fault address.
         let addr = unsafe { (*info).si_addr() } as usize;
