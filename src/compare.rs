@@ -141,8 +141,8 @@ fn run_inner(a: &CompareArgs, g: &GlobalArgs) -> Result<(String, String, Vec<Str
     let tokenizer = g.tokenizer("compare needs --tokenizer tokenizer.json")?;
     let w = tokenize(&a.text, tokenizer)?;
     let t0 = Instant::now();
-    let pa = crate::run::compile(&a.model_a, g.threads)?;
-    let pb = crate::run::compile(&a.model_b, g.threads)?;
+    let pa = crate::run::compile(&a.model_a, g.threads, g.quiet)?;
+    let pb = crate::run::compile(&a.model_b, g.threads, g.quiet)?;
     let compile_s = t0.elapsed().as_secs_f64();
     let mut progress = Progress::new("compare", "windows", w.ids.len(), g.quiet);
     let t1 = Instant::now();

@@ -273,7 +273,7 @@ fn run_inner(a: &EvalArgs, g: &GlobalArgs) -> Result<(String, String), CliError>
     let tokenizer = g.tokenizer("eval needs --tokenizer tokenizer.json")?;
     let w = tokenize(&a.text, tokenizer)?;
     let t0 = Instant::now();
-    let plan = crate::run::compile(&a.model, g.threads)?;
+    let plan = crate::run::compile(&a.model, g.threads, g.quiet)?;
     let compile_s = t0.elapsed().as_secs_f64();
     let mut progress = Progress::new("eval", "windows", w.ids.len(), g.quiet);
     let t1 = Instant::now();

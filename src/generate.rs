@@ -180,6 +180,7 @@ fn run_inner(a: &GenerateArgs, g: &GlobalArgs) -> Result<(String, String), CliEr
     if let Some(t) = g.threads {
         opts.threads = t.max(1);
     }
+    opts.progress = crate::progress::compile_sink("compile", g.quiet);
     let plan = Plan::compile_with(&m, &opts).map_err(|e| CliError::Compile {
         path: a.model.clone(),
         source: e.into(),

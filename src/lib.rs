@@ -22,6 +22,7 @@ mod passes_glue;
 pub mod poet_train;
 mod progress;
 mod report;
+mod report_calib;
 mod report_html;
 mod run;
 mod shard;

@@ -91,6 +91,12 @@ pub struct OptArgs {
     #[arg(long = "report", value_name = "FILE.json")]
     pub report: Option<PathBuf>,
 
+    /// Write a self-contained HTML page of the calibration passes' per-layer results to FILE:
+    /// sparsity of each linear, entropy before / after and the rotation kept (denoise-prune),
+    /// the pruned blocks' reconstruction errors; charts and one table row per layer.
+    #[arg(long = "report-html", value_name = "FILE.html")]
+    pub report_html: Option<PathBuf>,
+
     /// Do not record the ortho-opt version and the pipeline in the ONNX output's
     /// metadata_props (`ortho-opt.version`, `ortho-opt.pipeline`).
     #[arg(long = "no-provenance")]
@@ -373,6 +379,21 @@ fn process(
         }
         let text = serde_json::to_string_pretty(&r).map_err(CliError::Json)? + "\n";
         write_atomic(path, text.as_bytes()).map_err(CliError::io(path))?;
+    }
+    if let Some(path) = &a.report_html {
+        let summary = vec![
+            ("input".to_string(), input.display().to_string()),
+            (
+                "pipeline".to_string(),
+                passes
+                    .as_ref()
+                    .map_or(String::new(), |p| p.pipeline.clone()),
+            ),
+            ("command".to_string(), g.argv.join(" ")),
+        ];
+        let notes = passes.as_ref().map_or(&[][..], |p| &p.notes[..]);
+        let html = crate::report_calib::calibration_page(&summary, notes)?;
+        write_atomic(path, html.as_bytes()).map_err(CliError::io(path))?;
     }
     Ok(out)
 }

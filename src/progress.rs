@@ -125,3 +125,34 @@ pub(crate) fn calibration_sink(quiet: bool) -> Option<ortho_passes::calib::Progr
         }
     }))
 }
+
+/// Plan compilation's progress sink (`label` is e.g. "compile"): nodes built of the graph, with
+/// the op being built as the message. A chain of shards compiles several graphs: each starts a
+/// new report (the count goes back to 0). `None` with `-q`.
+pub(crate) fn compile_sink(
+    label: &str,
+    quiet: bool,
+) -> Option<ortho_codegen::cpu::CompileProgress> {
+    if quiet {
+        return None;
+    }
+    let label = label.to_string();
+    // The report is made at the first event, when the number of nodes is known.
+    let state: Mutex<Option<(Progress, usize)>> = Mutex::new(None);
+    Some(ortho_codegen::cpu::CompileProgress(Arc::new(
+        move |done: usize, total: usize, op: &str| {
+            let Ok(mut s) = state.lock() else { return };
+            let fresh = match &*s {
+                Some((p, last)) => p.total != total || done < *last,
+                None => true,
+            };
+            if fresh {
+                *s = Some((Progress::new(&label, "nodes", total, false), done));
+            }
+            if let Some((p, last)) = s.as_mut() {
+                *last = done;
+                p.update(done, op);
+            }
+        },
+    )))
+}

@@ -93,12 +93,15 @@ fn escape(s: &str) -> std::borrow::Cow<'_, str> {
     html_escape::encode_double_quoted_attribute(s)
 }
 
-/// A whole page: a title, a table of (key, value) rows, then the charts (SVG elements).
-pub fn page(title: &str, rows: &[(String, String)], charts: &[String]) -> String {
+/// The start of a page: its head, the title and a table of (key, value) rows; the caller adds
+/// the rest and closes it with `</body></html>`.
+pub fn page_start(title: &str, rows: &[(String, String)]) -> String {
     let mut html = format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>\n\
          <style>body{{font-family:sans-serif;margin:2em;max-width:960px}}\
-         td{{padding:2px 12px}}td:first-child{{color:#555}}</style></head><body>\n<h1>{t}</h1>\n<table>\n",
+         td{{padding:2px 12px}}td:first-child{{color:#555}}\
+         table.data{{border-collapse:collapse}}table.data td,table.data th{{border:1px solid #ccc;text-align:right}}\
+         </style></head><body>\n<h1>{t}</h1>\n<table>\n",
         t = escape(title)
     );
     for (k, v) in rows {
@@ -109,12 +112,36 @@ pub fn page(title: &str, rows: &[(String, String)], charts: &[String]) -> String
         ));
     }
     html.push_str("</table>\n");
+    html
+}
+
+/// A whole page: a title, a table of (key, value) rows, then the charts (SVG elements).
+pub fn page(title: &str, rows: &[(String, String)], charts: &[String]) -> String {
+    let mut html = page_start(title, rows);
     for c in charts {
         html.push_str("<figure>");
         html.push_str(c);
         html.push_str("</figure>\n");
     }
     html.push_str("</body></html>\n");
+    html
+}
+
+/// A data table with a header row; `id` names it for readers of the page.
+pub fn table(id: &str, head: &[String], body: &[Vec<String>]) -> String {
+    let mut html = format!("<table class=\"data\" id=\"{}\">\n<tr>", escape(id));
+    for h in head {
+        html.push_str(&format!("<th>{}</th>", escape(h)));
+    }
+    html.push_str("</tr>\n");
+    for row in body {
+        html.push_str("<tr>");
+        for c in row {
+            html.push_str(&format!("<td>{}</td>", escape(c)));
+        }
+        html.push_str("</tr>\n");
+    }
+    html.push_str("</table>\n");
     html
 }
 

@@ -29,9 +29,14 @@ pub struct RunArgs {
 }
 
 /// Compiles the main graph of the (verified) model at `path`, or the shard chain of a
-/// manifest (`manifest.json` or its folder).
-pub(crate) fn compile(path: &Path, threads: Option<usize>) -> Result<Runner, CliError> {
-    Runner::compile(path, threads)
+/// manifest (`manifest.json` or its folder), with progress on stderr unless `quiet`.
+pub(crate) fn compile(
+    path: &Path,
+    threads: Option<usize>,
+    quiet: bool,
+) -> Result<Runner, CliError> {
+    let progress = crate::progress::compile_sink("compile", quiet);
+    Runner::compile(path, threads, progress.as_ref())
 }
 
 /// The engine's error while running a model.
@@ -74,7 +79,7 @@ fn run_inner(a: &RunArgs, g: &GlobalArgs) -> Result<(String, String), CliError> 
         feeds.push((name.to_string(), t));
     }
     let t0 = Instant::now();
-    let plan = compile(&a.model, g.threads)?;
+    let plan = compile(&a.model, g.threads, g.quiet)?;
     let compile_s = t0.elapsed().as_secs_f64();
     let refs: Vec<(&str, HostTensor)> =
         feeds.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();

@@ -514,12 +514,9 @@ fn dash_output_writes_to_stdout() {
     assert_eq!(listing(d.path()), vec!["m.onnx"]);
 }
 
-/// A `.npy` file of f32 `values` with shape `[values.len()]`.
-fn npy_f32(path: &Path, values: &[f32]) {
-    let mut header = format!(
-        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({},), }}",
-        values.len()
-    );
+/// A `.npy` file of `n` elements of numpy type `descr` with shape `[n]`, from their bytes.
+fn npy(path: &Path, descr: &str, n: usize, data: &[u8]) {
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({n},), }}");
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');
     }
@@ -527,10 +524,14 @@ fn npy_f32(path: &Path, values: &[f32]) {
     let mut b = b"\x93NUMPY\x01\x00".to_vec();
     b.extend_from_slice(&(header.len() as u16).to_le_bytes());
     b.extend_from_slice(header.as_bytes());
-    for v in values {
-        b.extend_from_slice(&v.to_le_bytes());
-    }
+    b.extend_from_slice(data);
     std::fs::write(path, b).expect("write npy");
+}
+
+/// A `.npy` file of f32 `values` with shape `[values.len()]`.
+fn npy_f32(path: &Path, values: &[f32]) {
+    let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    npy(path, "<f4", values.len(), &data);
 }
 
 #[test]
@@ -581,6 +582,67 @@ fn constant_of_shape_beyond_memory_is_an_error() {
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("ConstantOfShape"), "{}", r.stderr);
     assert!(r.stderr.contains("available"), "{}", r.stderr);
+    assert!(!out_dir.exists());
+}
+
+/// An intermediate whose size comes from input data (Expand to a shape read from a `.npy`),
+/// so no static pre-check can see it: 2^44 f32 elements (64 TiB) cannot be allocated, and the
+/// engine reports that with the node instead of aborting.
+#[test]
+fn intermediate_beyond_memory_is_an_error_naming_the_node() {
+    let d = TempDir::new("size-expand");
+    let mut g = GraphProto::new();
+    g.name = "g".into();
+    g.input.push(vi("x", &[1]));
+    let mut shape_in = vi("s", &[2]);
+    if let Some(type_proto::Value::TensorType(t)) =
+        &mut shape_in.type_.as_mut().expect("type").value
+    {
+        t.elem_type = 7;
+    }
+    g.input.push(shape_in);
+    g.node
+        .push(node("Expand", "big_expand", &["x", "s"], &["e"]));
+    let mut sum = node("ReduceSum", "sum", &["e"], &["y"]);
+    let mut keep = onnx_protobuf::AttributeProto::new();
+    keep.name = "keepdims".into();
+    keep.type_ = onnx_protobuf::attribute_proto::AttributeType::INT.into();
+    keep.i = 0;
+    sum.attribute.push(keep);
+    g.node.push(sum);
+    g.output.push(vi("y", &[]));
+    let mut m = model();
+    m.graph = protobuf::MessageField::some(g);
+    let input = write(d.path(), "expand.onnx", &m);
+    let x = d.path().join("x.npy");
+    npy_f32(&x, &[1.0]);
+    let sh = d.path().join("s.npy");
+    let dims: Vec<u8> = [1i64 << 22, 1 << 22]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    npy(&sh, "<i8", 2, &dims);
+    let out_dir = d.path().join("out");
+    let (xs, ss) = (format!("x={}", s(&x)), format!("s={}", s(&sh)));
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_ortho-opt"))
+        .args([
+            "run",
+            &input,
+            "--input",
+            &xs,
+            "--input",
+            &ss,
+            "-o",
+            s(&out_dir),
+        ])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{:?}: {err}", o.status);
+    assert!(
+        err.contains("big_expand") && err.contains("cannot allocate 70368744177664 bytes"),
+        "{err}"
+    );
     assert!(!out_dir.exists());
 }
 
@@ -747,6 +809,85 @@ fn input_truncated_while_mapped_is_an_error_not_sigbus() {
         .expect_err("a truncated input cannot be exported");
     assert!(e.to_string().contains("shrank"), "{e}");
     assert!(!out.exists());
+}
+
+/// An input truncated by another process during the write itself (after the exporter's size
+/// check) faults with SIGBUS inside the write; the CLI's handler turns that into an error naming
+/// the file, status 1, and no output or temporary. The test-only hook
+/// `ortho_ir::output_sigbus::TEST_HOLD_ENV` stops the run right after the output temporary is
+/// created, so the truncation happens at a known point.
+#[test]
+fn input_truncated_during_the_write_is_an_error_naming_it() {
+    use std::io::{BufRead, Read};
+    use std::process::{Command, Stdio};
+    for extra in [None, Some("--external-data=0")] {
+        let d = TempDir::new("trunc-write");
+        let (inp, outd) = (d.path().join("in"), d.path().join("out"));
+        std::fs::create_dir_all(&inp).expect("mkdir");
+        std::fs::create_dir_all(&outd).expect("mkdir");
+        // 16 KiB of weights: below the exporter's in-kernel copy threshold (64 KiB), so the
+        // write reads them through the mapping.
+        let n = 4096usize;
+        let data: Vec<u8> = (0..n).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        let bin = inp.join("w.bin");
+        std::fs::write(&bin, &data).expect("write");
+        // The resolver maps the canonical path, and the message names what was mapped.
+        let named = bin.canonicalize().expect("canonical");
+        let mut m = model();
+        {
+            let g = m.graph.as_mut().expect("graph");
+            g.initializer[0].dims = vec![n as i64];
+            g.input[0] = vi("x", &[n as i64]);
+            g.output[0] = vi("y", &[n as i64]);
+        }
+        external(&mut m, "w.bin", 0, data.len() as u64);
+        let input = write(&inp, "m.onnx", &m);
+        let go = d.path().join("go");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ortho-opt"));
+        cmd.args([input.as_str(), "-o", s(&outd.join("out.onnx"))]);
+        cmd.args(extra);
+        let mut child = cmd
+            .env(ortho_ir::output_sigbus::TEST_HOLD_ENV, &go)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let mut err = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+        let mut seen = String::new();
+        loop {
+            let mut line = String::new();
+            let got = err.read_line(&mut line).expect("read stderr");
+            seen.push_str(&line);
+            if got == 0 || line.contains(ortho_ir::output_sigbus::TEST_HOLD_LINE) {
+                break;
+            }
+        }
+        assert!(
+            seen.contains(ortho_ir::output_sigbus::TEST_HOLD_LINE),
+            "the run never reached the write: {seen}"
+        );
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&bin)
+            .expect("open")
+            .set_len(0)
+            .expect("truncate");
+        std::fs::write(&go, b"").expect("go");
+        err.read_to_string(&mut seen).expect("read stderr");
+        let status = child.wait().expect("wait");
+        assert_eq!(status.code(), Some(1), "{extra:?}: {status:?}\n{seen}");
+        assert!(
+            seen.contains(&format!("input file '{}'", named.display()))
+                && seen.contains("truncated"),
+            "{extra:?}: {seen}"
+        );
+        let left: Vec<_> = std::fs::read_dir(&outd)
+            .expect("read dir")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "{extra:?}: files left behind: {left:?}");
+    }
 }
 
 // ---- Models that onnx's checker and onnxruntime reject are refused up front.

@@ -374,6 +374,19 @@ fn compare_decomposed_with_fused() {
     assert_eq!(j["positions"], 256);
 }
 
+/// The stderr of the `ortho-opt` binary run with `args` (and `-q` when `quiet`), which must
+/// succeed. A separate process, so that stderr is a pipe, not a terminal.
+fn stderr_of(args: &[&str], quiet: bool) -> String {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_ortho-opt"));
+    c.args(args);
+    if quiet {
+        c.arg("-q");
+    }
+    let o = c.output().expect("run ortho-opt");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stderr).expect("utf8 stderr")
+}
+
 /// Progress goes to stderr: off a terminal (here, a pipe) a line per quarter of the windows and
 /// one at the end — no `\r` bar redraws in logs; `-q` prints none.
 #[test]
@@ -384,22 +397,16 @@ fn progress_lines_off_a_terminal_and_none_with_quiet() {
     std::fs::write(&text, "a b c d ".repeat(20)).expect("text");
     let uniform = table_model(tmp.path(), "uniform.onnx", &[0.5; 16], 4);
     let eval = |quiet: bool| {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_ortho-opt"));
-        c.args([
+        let mut args = vec![
             "eval",
             s(&uniform),
             "--tokenizer",
             s(&tok),
             "--text",
             s(&text),
-        ]);
-        c.args(["--windows", "4", "--seqlen", "8", "--batch", "1"]);
-        if quiet {
-            c.arg("-q");
-        }
-        let o = c.output().expect("run ortho-opt");
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8(o.stderr).expect("utf8 stderr")
+        ];
+        args.extend(["--windows", "4", "--seqlen", "8", "--batch", "1"]);
+        stderr_of(&args, quiet)
     };
     let loud = eval(false);
     let lines: Vec<&str> = loud.lines().filter(|l| l.starts_with("eval: ")).collect();
@@ -409,4 +416,54 @@ fn progress_lines_off_a_terminal_and_none_with_quiet() {
     assert!(!loud.contains('\r'), "{loud:?}");
     let quiet = eval(true);
     assert!(!quiet.contains("windows"), "{quiet}");
+}
+
+/// Plan compilation reports progress too: compiling the real SmolLM2 (hundreds of nodes, every
+/// weight decoded) prints, off a terminal, a line per quarter of the nodes ending at all of
+/// them; `-q` prints none.
+#[test]
+fn compile_progress_lines_on_smollm2_and_none_with_quiet() {
+    let f = fixtures();
+    let model = f.join("smollm2-135m/decomposed.onnx");
+    let tok = f.join("smollm2-135m/tokenizer.json");
+    let text = f.join("text/sotu_eval.txt");
+    let eval = |quiet: bool| {
+        let mut args = vec![
+            "eval",
+            s(&model),
+            "--tokenizer",
+            s(&tok),
+            "--text",
+            s(&text),
+        ];
+        args.extend(["--windows", "1", "--seqlen", "8"]);
+        stderr_of(&args, quiet)
+    };
+    let loud = eval(false);
+    let lines: Vec<&str> = loud
+        .lines()
+        .filter(|l| l.starts_with("compile: "))
+        .collect();
+    assert_eq!(lines.len(), 4, "one line per quarter:\n{loud}");
+    // "compile: DONE/TOTAL nodes, T s[: OP]": the counts rise to the total.
+    let counts: Vec<(usize, usize)> = lines
+        .iter()
+        .map(|l| {
+            let f = l["compile: ".len()..].split(' ').next().expect("count");
+            let (d, t) = f.split_once('/').expect("d/t");
+            (d.parse().expect("done"), t.parse().expect("total"))
+        })
+        .collect();
+    let total = counts[0].1;
+    assert!(total > 100, "SmolLM2 has hundreds of nodes: {loud}");
+    assert!(
+        counts
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0 && w[1].1 == total),
+        "{loud}"
+    );
+    assert_eq!(counts[3].0, total, "{loud}");
+    assert!(!loud.contains('\r'), "{loud:?}");
+    let quiet = eval(true);
+    assert!(!quiet.contains("compile: "), "{quiet}");
 }

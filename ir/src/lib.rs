@@ -18,6 +18,7 @@ pub mod numeric;
 pub mod op;
 pub mod op_ortho;
 pub mod output;
+pub mod output_sigbus;
 pub mod semantics;
 pub mod shape;
 pub mod sparse;

@@ -10,7 +10,8 @@
 //! over them would replace the node with a regular file. A temporary is removed on every error
 //! path (dropping an uncommitted [`PendingFile`] deletes it); one left by a killed run carries
 //! [`TEMP_MARK`] and its process id in its name, so the next run into the same folder recognizes
-//! it (its process is gone) and removes it.
+//! it (its process is gone) and removes it. A process killed by SIGBUS (an input truncated while
+//! mapped) removes its temporaries itself: see [`crate::output_sigbus`].
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -99,6 +100,9 @@ pub fn remove_stale_temporaries(dir: &Path) -> usize {
 pub struct PendingFile {
     tmp: tempfile::NamedTempFile,
     target: PathBuf,
+    /// The temporary's entry in the SIGBUS handler's table (a process killed by a truncated
+    /// input removes it); dropped after `tmp`, so it outlives the file.
+    _sigbus: crate::output_sigbus::Registration,
 }
 
 impl PendingFile {
@@ -123,9 +127,12 @@ impl PendingFile {
             b.permissions(std::fs::Permissions::from_mode(0o666));
         }
         let tmp = b.tempfile_in(&dir)?;
+        let _sigbus = crate::output_sigbus::register_temp(tmp.path());
+        crate::output_sigbus::test_hold();
         Ok(PendingFile {
             tmp,
             target: target.to_path_buf(),
+            _sigbus,
         })
     }
 

@@ -23,12 +23,17 @@ pub enum Runner {
     Chain(Chain),
 }
 
-fn compile_file(path: &Path, threads: Option<usize>) -> Result<Plan, CliError> {
+fn compile_file(
+    path: &Path,
+    threads: Option<usize>,
+    progress: Option<&ortho_codegen::cpu::CompileProgress>,
+) -> Result<Plan, CliError> {
     let m = crate::input::load_module(path)?;
     let mut opts = PlanOptions::default();
     if let Some(t) = threads {
         opts.threads = t.max(1);
     }
+    opts.progress = progress.cloned();
     Plan::compile_with(&m, &opts).map_err(|e| CliError::Compile {
         path: path.to_path_buf(),
         source: e.into(),
@@ -36,8 +41,13 @@ fn compile_file(path: &Path, threads: Option<usize>) -> Result<Plan, CliError> {
 }
 
 impl Chain {
-    /// Loads a manifest (checking every shard's hash) and compiles its shards.
-    pub fn compile(path: &Path, threads: Option<usize>) -> Result<Chain, CliError> {
+    /// Loads a manifest (checking every shard's hash) and compiles its shards, telling
+    /// `progress` about each one's nodes.
+    pub fn compile(
+        path: &Path,
+        threads: Option<usize>,
+        progress: Option<&ortho_codegen::cpu::CompileProgress>,
+    ) -> Result<Chain, CliError> {
         let (manifest, dir) = Manifest::load(path, true)?;
         if let Some((shard, e)) = manifest.ahead() {
             return Err(ShardError::Chain {
@@ -54,7 +64,7 @@ impl Chain {
         let plans = manifest
             .shards
             .iter()
-            .map(|s| compile_file(&dir.join(&s.file), threads))
+            .map(|s| compile_file(&dir.join(&s.file), threads, progress))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Chain {
             manifest,
@@ -136,12 +146,16 @@ fn merge_profile(into: &mut Profile, p: Profile) {
 
 impl Runner {
     /// Compiles a model, or the chain of a manifest (a `.json` file or a folder holding
-    /// `manifest.json`).
-    pub fn compile(path: &Path, threads: Option<usize>) -> Result<Runner, CliError> {
+    /// `manifest.json`), telling `progress` how far each compilation is.
+    pub fn compile(
+        path: &Path,
+        threads: Option<usize>,
+        progress: Option<&ortho_codegen::cpu::CompileProgress>,
+    ) -> Result<Runner, CliError> {
         if super::manifest::is_manifest(path) {
-            Chain::compile(path, threads).map(Runner::Chain)
+            Chain::compile(path, threads, progress).map(Runner::Chain)
         } else {
-            compile_file(path, threads).map(Runner::One)
+            compile_file(path, threads, progress).map(Runner::One)
         }
     }
 

@@ -68,6 +68,13 @@ pub enum KernelError {
     /// Any other invalid operand or attribute (a missing operand, a bad attribute value).
     #[error("{0}")]
     Invalid(Cow<'static, str>),
+    /// The memory for a result could not be allocated (the executor names the node).
+    #[error("cannot allocate {bytes} bytes ({elements} elements of {dtype}) for a result: out of memory")]
+    Alloc {
+        bytes: usize,
+        elements: usize,
+        dtype: String,
+    },
 }
 
 impl KernelError {

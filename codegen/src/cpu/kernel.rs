@@ -248,7 +248,7 @@ pub fn elementwise_f32(f: ElementwiseFn) -> Box<dyn Kernel> {
                     None => slices.push(ins.req(i)?.as_f32().unwrap_or(&[])),
                 }
             }
-            let mut out = cx.pool.alloc::<f32>(n);
+            let mut out = cx.pool.alloc::<f32>(n)?;
             if cx.parallel(n) {
                 use rayon::prelude::*;
                 let chunk = n.div_ceil(cx.threads * 4).max(4096);

@@ -27,6 +27,6 @@ pub use kernel::{
     elementwise_f32, ElementwiseFn, ExecCx, Inputs, Kernel, KernelFactory, KernelRegistry,
     KernelSite,
 };
-pub use plan::{Plan, PlanOptions};
+pub use plan::{CompileProgress, Plan, PlanOptions};
 pub use pool::BufferPool;
 pub use tensor::{numel, strides, Elem, HostTensor, TensorBuf, BF16, F16};

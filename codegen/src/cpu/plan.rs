@@ -16,7 +16,19 @@ use crate::cpu::pool::BufferPool;
 use crate::cpu::tensor::HostTensor;
 use ortho_ir::{DType, Dim, Graph, Module, NodeId, Op, ValueId};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+/// Told how far a compilation is: `done` of `total` nodes have their kernel (and decoded
+/// constants), and the op type of the node being built now (empty at the end). Compiling a large model decodes every weight,
+/// which takes seconds; the CLI draws this as a progress bar.
+#[derive(Clone)]
+pub struct CompileProgress(pub Arc<dyn Fn(usize, usize, &str) + Send + Sync>);
+
+impl std::fmt::Debug for CompileProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CompileProgress")
+    }
+}
 
 /// Options of [`Plan::compile_with`].
 #[derive(Clone, Debug)]
@@ -28,6 +40,8 @@ pub struct PlanOptions {
     pub kernels: KernelRegistry,
     /// Evaluate nodes whose operands are all constants at compile time.
     pub fold_constants: bool,
+    /// Called after each node is built; `None` reports nothing.
+    pub progress: Option<CompileProgress>,
 }
 
 impl Default for PlanOptions {
@@ -38,6 +52,7 @@ impl Default for PlanOptions {
                 .unwrap_or(1),
             kernels: KernelRegistry::default(),
             fold_constants: true,
+            progress: None,
         }
     }
 }
@@ -297,7 +312,11 @@ fn build_steps(
         building: Vec::new(),
     };
     let mut unsupported: Vec<RuntimeError> = Vec::new();
-    for &n in order {
+    for (i, &n) in order.iter().enumerate() {
+        // `i` nodes are built; the op named is the one being built now.
+        if let Some(p) = &opts.progress {
+            p.0(i, order.len(), g.node(n).op.name());
+        }
         let out_slots: Vec<Option<usize>> = g
             .results(n)
             .iter()
@@ -325,6 +344,9 @@ fn build_steps(
                 e => return Err(e),
             }
         }
+    }
+    if let Some(p) = &opts.progress {
+        p.0(order.len(), order.len(), "");
     }
     unsupported_error(unsupported).map_or(Ok(built), Err)
 }

@@ -5,7 +5,12 @@
 //! the page faults of fresh large allocations (glibc maps big blocks anew on every `malloc`).
 //! Buffers come back with stale contents: kernels that do not overwrite every element ask for
 //! zeroed buffers.
+//!
+//! A fresh buffer is reserved with `try_reserve_exact`: a result larger than the memory the
+//! system grants (a shape computed from input data, an Expand or Tile to a huge shape) is a
+//! [`KernelError::Alloc`] that the executor reports with the node, never an abort.
 
+use crate::cpu::error::{KernelError, KernelResult};
 use crate::cpu::tensor::{Elem, TensorBuf};
 
 /// Buffers smaller than this are not worth keeping.
@@ -26,8 +31,9 @@ impl BufferPool {
         BufferPool::default()
     }
 
-    /// A vector of `n` elements whose contents are unspecified (stale data or zeros).
-    pub fn alloc<T: Elem>(&mut self, n: usize) -> Vec<T> {
+    /// A vector of `n` elements whose contents are unspecified (stale data or zeros); an error
+    /// when the system cannot provide the memory.
+    pub fn alloc<T: Elem>(&mut self, n: usize) -> KernelResult<Vec<T>> {
         if n >= MIN_KEEP {
             // Best fit among buffers of the right type that are not more than twice too large.
             let mut best: Option<(usize, usize)> = None;
@@ -48,19 +54,19 @@ impl BufferPool {
                     } else {
                         v.resize(n, T::default());
                     }
-                    return v;
+                    return Ok(v);
                 }
             }
         }
         self.misses += 1;
-        vec![T::default(); n]
+        try_vec(n)
     }
 
-    /// A vector of `n` default (zero) elements.
-    pub fn alloc_zeroed<T: Elem>(&mut self, n: usize) -> Vec<T> {
-        let mut v = self.alloc::<T>(n);
+    /// A vector of `n` default (zero) elements; an error when the memory is not available.
+    pub fn alloc_zeroed<T: Elem>(&mut self, n: usize) -> KernelResult<Vec<T>> {
+        let mut v = self.alloc::<T>(n)?;
         v.fill(T::default());
-        v
+        Ok(v)
     }
 
     /// Gives a buffer back for reuse.
@@ -89,6 +95,20 @@ impl BufferPool {
     }
 }
 
+/// A fresh vector of `n` default elements, or [`KernelError::Alloc`] with the bytes asked for
+/// when the allocator refuses (or the byte count does not fit a `usize`).
+pub fn try_vec<T: Elem>(n: usize) -> KernelResult<Vec<T>> {
+    let bytes = n.checked_mul(std::mem::size_of::<T>());
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| KernelError::Alloc {
+        bytes: bytes.unwrap_or(usize::MAX),
+        dtype: T::DTYPE.to_string(),
+        elements: n,
+    })?;
+    v.resize(n, T::default());
+    Ok(v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,15 +116,29 @@ mod tests {
     #[test]
     fn reuses_a_freed_buffer_of_the_right_type() {
         let mut p = BufferPool::new();
-        let v: Vec<f32> = p.alloc(10_000);
+        let v: Vec<f32> = p.alloc(10_000).expect("alloc");
         let ptr = v.as_ptr();
         p.recycle(TensorBuf::F32(v));
-        let i: Vec<i64> = p.alloc(10_000);
+        let i: Vec<i64> = p.alloc(10_000).expect("alloc");
         assert_ne!(i.as_ptr() as usize, ptr as usize);
-        let w: Vec<f32> = p.alloc(9_000);
+        let w: Vec<f32> = p.alloc(9_000).expect("alloc");
         assert_eq!(w.as_ptr(), ptr);
         assert_eq!(w.len(), 9_000);
-        let z: Vec<f32> = p.alloc_zeroed(5);
+        let z: Vec<f32> = p.alloc_zeroed(5).expect("alloc");
         assert!(z.iter().all(|&x| x == 0.0));
+    }
+
+    #[test]
+    fn an_allocation_beyond_memory_is_an_error() {
+        let mut p = BufferPool::new();
+        // 2^61 f64 elements: 2^64 bytes, more than any address space.
+        let e = p.alloc::<f64>(1 << 61).expect_err("too large");
+        assert!(matches!(e, KernelError::Alloc { elements, .. } if elements == 1 << 61));
+        // 2^44 f32 elements (64 TiB): a valid size no machine here grants.
+        let e = p.alloc::<f32>(1 << 44).expect_err("too large");
+        assert_eq!(
+            e.to_string(),
+            "cannot allocate 70368744177664 bytes (17592186044416 elements of f32) for a result: out of memory"
+        );
     }
 }

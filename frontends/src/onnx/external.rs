@@ -14,6 +14,9 @@ use std::sync::Arc;
 /// A read-only memory-mapped file.
 #[derive(Debug)]
 pub struct MappedFile {
+    /// The mapping's entry in the SIGBUS handler's table, so a truncation while mapped is
+    /// reported naming this file; declared first so it is dropped before the map.
+    _sigbus: Option<ortho_ir::output_sigbus::Registration>,
     map: Option<memmap2::Mmap>,
     file: File,
     path: PathBuf,
@@ -32,10 +35,16 @@ impl MappedFile {
             None
         } else {
             // SAFETY: the map is read-only; like every mmap-based reader we rely on the file not
-            // being truncated while the module is alive (the exporter refuses to write over it).
+            // being truncated while the module is alive (the exporter refuses to write over it,
+            // and the CLI's SIGBUS handler turns a truncation by another process into an error
+            // naming the file).
             Some(unsafe { memmap2::Mmap::map(&f) }.map_err(io)?)
         };
+        let _sigbus = map
+            .as_deref()
+            .map(|b| ortho_ir::output_sigbus::register_mapped(path, b));
         Ok(Arc::new(MappedFile {
+            _sigbus,
             map,
             file: f,
             path: path.to_path_buf(),

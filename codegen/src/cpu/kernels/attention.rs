@@ -197,7 +197,7 @@ fn attention_f32(
         ));
     }
     let threads = cx.threads;
-    let mut out = cx.pool.alloc::<f32>(bsz * hq * sq * dv);
+    let mut out = cx.pool.alloc::<f32>(bsz * hq * sq * dv)?;
     let pairs = bsz * hq;
     // Query rows go in blocks; with a causal mask a block only needs the keys up to its last
     // row, which skips about half of both products for long sequences.
@@ -242,7 +242,7 @@ fn attention_f32(
         }
     }
     let y = if three_d {
-        let mut y = cx.pool.alloc::<f32>(out.len());
+        let mut y = cx.pool.alloc::<f32>(out.len())?;
         heads_to_hidden(&out, &mut y, [bsz, hq, sq, dv]);
         cx.pool.recycle(TensorBuf::F32(out));
         HostTensor::make(vec![bsz, sq, hq * dv], TensorBuf::F32(y))?

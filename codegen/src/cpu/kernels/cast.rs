@@ -9,7 +9,7 @@ use ortho_ir::DType;
 
 fn convert<S: Elem, D: Elem>(cx: &mut ExecCx<'_>, x: &HostTensor) -> KernelResult<HostTensor> {
     let src = x.data::<S>().ok_or(KernelError::dtype("dtype"))?;
-    let mut out = cx.pool.alloc::<D>(src.len());
+    let mut out = cx.pool.alloc::<D>(src.len())?;
     // The element rules are `ortho_ir::semantics::cast`'s: integers (and bool) through i64,
     // integer → float rounded once, float sources through f64 (float → integer truncates toward
     // zero; in the cases ONNX leaves undefined, which the folder never folds, Rust's `as`
@@ -76,7 +76,7 @@ fn where_typed<T: Elem>(
         walk.inner_strides[1],
         walk.inner_strides[2],
     );
-    let mut out = cx.pool.alloc::<T>(numel(&shape));
+    let mut out = cx.pool.alloc::<T>(numel(&shape))?;
     fill_runs(cx, &walk, &mut out, |o, offs| {
         for (i, o) in o.iter_mut().enumerate() {
             *o = if cd[offs[0] + i * sc] {

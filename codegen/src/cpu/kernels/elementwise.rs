@@ -24,7 +24,7 @@ pub fn map2<A: Elem, B: Elem, O: Elem>(
     })?;
     let out_shape = broadcast_shapes(&[a.shape(), b.shape()])?;
     let n = numel(&out_shape);
-    let mut out = cx.pool.alloc::<O>(n);
+    let mut out = cx.pool.alloc::<O>(n)?;
     if a.shape() == out_shape.as_slice() && b.shape() == out_shape.as_slice() {
         fill_flat(cx, &mut out, |o, s| {
             for ((o, x), y) in o.iter_mut().zip(&ad[s..]).zip(&bd[s..]) {

@@ -77,7 +77,7 @@ fn typed<T: GemmElem>(
             rank,
         } => (
             m1 * m2,
-            kron::<T>(cx, xd, pd, qd, tokens, [m1, n1, m2, n2], rank, threads),
+            kron::<T>(cx, xd, pd, qd, tokens, [m1, n1, m2, n2], rank, threads)?,
         ),
         Factorized::LowRank { rank } => {
             let m = p.shape()[0];
@@ -105,7 +105,7 @@ fn typed<T: GemmElem>(
                 threads,
             );
             // y = h·Uᵀ: [T, r] × [r, m], U stored [m, r].
-            let mut y = cx.pool.alloc::<T>(tokens * m);
+            let mut y = cx.pool.alloc::<T>(tokens * m)?;
             gemm_into(
                 tokens,
                 m,
@@ -145,7 +145,7 @@ fn kron<T: GemmElem>(
     [m1, n1, m2, n2]: [usize; 4],
     r: usize,
     threads: usize,
-) -> Vec<T> {
+) -> KernelResult<Vec<T>> {
     // 1. Z[(t, j1), (k, i2)] = Σ_j2 X[(t, j1), j2]·B[k, i2, j2]: B read as [n2, r·m2].
     let rows = tokens * n1;
     let mut z = vec![T::ZERO; rows * r * m2];
@@ -215,7 +215,7 @@ fn kron<T: GemmElem>(
         threads,
     );
     // 4. Y[t, (i1, i2)].
-    let mut y = cx.pool.alloc::<T>(tokens * m1 * m2);
+    let mut y = cx.pool.alloc::<T>(tokens * m1 * m2)?;
     for i1 in 0..m1 {
         for t in 0..tokens {
             let src = i1 * cols + t * m2;
@@ -223,7 +223,7 @@ fn kron<T: GemmElem>(
             y[dst..dst + m2].copy_from_slice(&yp[src..src + m2]);
         }
     }
-    y
+    Ok(y)
 }
 
 #[cfg(test)]

@@ -216,7 +216,7 @@ fn matmul_gemm<T: GemmElem>(
     );
     let (m, k, n) = (s.m, s.k, s.n);
     let (brs, bcs) = if b_trans { (1, k) } else { (n, 1) };
-    let mut out = cx.pool.alloc::<T>(numel(&s.out));
+    let mut out = cx.pool.alloc::<T>(numel(&s.out))?;
     let threads = cx.threads;
     if numel(&s.b_batch) == 1 {
         // One GEMM with the batch folded into the rows of a.
@@ -393,7 +393,7 @@ fn gemm_op_typed<T: GemmElem>(
             }
             (v, true)
         }
-        _ => (cx.pool.alloc::<T>(m * n), false),
+        _ => (cx.pool.alloc::<T>(m * n)?, false),
     };
     gemm_into(
         m,

@@ -112,7 +112,7 @@ fn rms_norm_in<T: Float>(
     let x0 = ins.req(0)?;
     let wide = super::elementwise::widen_half(x0);
     let (x, xd, n, scale) = norm_input::<T>(cx, x0, &wide, axis, ins.get(1), "RMSNormalization")?;
-    let mut out = cx.pool.alloc::<T>(xd.len());
+    let mut out = cx.pool.alloc::<T>(xd.len())?;
     let eps = T::c(f64::from(eps));
     if n > 0 {
         rows(cx, xd, &mut out, n, |r, o| {
@@ -144,7 +144,7 @@ pub fn layer_norm(
         norm_input::<f32>(cx, x0, &wide, axis, ins.get(1), "LayerNormalization")?;
     let (_, bias) = row_params::<f32>(cx, x, axis, ins.get(2))?;
     let nrows = xd.len().checked_div(n).unwrap_or(0);
-    let mut out = cx.pool.alloc::<f32>(xd.len());
+    let mut out = cx.pool.alloc::<f32>(xd.len())?;
     let mut stats = vec![(0.0f32, 0.0f32); nrows];
     for (i, (r, o)) in xd
         .chunks(n.max(1))
@@ -272,7 +272,7 @@ pub fn rotary(
             cos_t.shape()
         )));
     }
-    let mut out = cx.pool.alloc::<f32>(xd.len());
+    let mut out = cx.pool.alloc::<f32>(xd.len())?;
     out.copy_from_slice(xd);
     for bi in 0..b {
         for si in 0..seq {

@@ -118,7 +118,7 @@ fn reduce_typed<T: Elem>(
                 1,
             )
         };
-    let mut out = cx.pool.alloc::<T>(outer * inner);
+    let mut out = cx.pool.alloc::<T>(outer * inner)?;
     if red == 0 && T::DTYPE == DType::Bool {
         // The empty reduction of bools: Max and Sum give false, Min and Prod true.
         out.fill(T::from_i64(i64::from(matches!(
@@ -330,7 +330,7 @@ pub fn softmax(
     match x.dtype() {
         DType::F32 if inner == 1 => {
             let xd = x.as_f32().ok_or(KernelError::dtype("dtype"))?;
-            let mut out = cx.pool.alloc::<f32>(xd.len());
+            let mut out = cx.pool.alloc::<f32>(xd.len())?;
             if cx.parallel(xd.len()) {
                 let rows = outer.div_ceil(cx.threads * 8).max(1);
                 out.par_chunks_mut(rows * n)

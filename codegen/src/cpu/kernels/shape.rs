@@ -85,10 +85,10 @@ fn gather_strided<T: Elem>(
     base: usize,
     out_shape: &[usize],
     st: Vec<usize>,
-) -> Vec<T> {
+) -> KernelResult<Vec<T>> {
     let walk = Walk::from_strides(out_shape, &[st]);
     let s = walk.inner_strides[0];
-    let mut out = cx.pool.alloc::<T>(numel(out_shape));
+    let mut out = cx.pool.alloc::<T>(numel(out_shape))?;
     fill_runs(cx, &walk, &mut out, |o, offs| {
         let src = &x[base + offs[0]..];
         if s == 1 {
@@ -99,7 +99,7 @@ fn gather_strided<T: Elem>(
             }
         }
     });
-    out
+    Ok(out)
 }
 
 fn transpose_typed<T: Elem>(
@@ -116,7 +116,7 @@ fn transpose_typed<T: Elem>(
         0,
         &shape,
         st,
-    );
+    )?;
     HostTensor::make(shape, T::wrap(out))
 }
 
@@ -156,7 +156,7 @@ pub fn expand_to<T: Elem>(
     let x = t.data::<T>().ok_or(KernelError::dtype("dtype"))?;
     let walk = Walk::new(shape, &[t.shape()]);
     let s = walk.inner_strides[0];
-    let mut out = cx.pool.alloc::<T>(numel(shape));
+    let mut out = cx.pool.alloc::<T>(size::checked_numel(shape)?)?;
     fill_runs(cx, &walk, &mut out, |o, offs| {
         if s == 1 {
             o.copy_from_slice(&x[offs[0]..offs[0] + o.len()]);
@@ -206,7 +206,7 @@ pub fn tile(cx: &mut ExecCx<'_>, ins: &mut Inputs<'_>) -> KernelResult<Vec<HostT
         })?;
     size::checked_numel(&shape)?;
     let d = x.dtype();
-    let v = crate::with_dtype!(d, T => T::wrap(gather_strided::<T>(cx, x.data::<T>().ok_or(KernelError::dtype("dtype"))?, 0, &view, st)), _ => return Err(KernelError::dtype(format!("not defined for {d}"))));
+    let v = crate::with_dtype!(d, T => T::wrap(gather_strided::<T>(cx, x.data::<T>().ok_or(KernelError::dtype("dtype"))?, 0, &view, st)?), _ => return Err(KernelError::dtype(format!("not defined for {d}"))));
     Ok(vec![HostTensor::make(shape, v)?])
 }
 
@@ -232,7 +232,7 @@ fn slice_typed<T: Elem>(
             .zip(&xs)
             .map(|(s, st)| s.step as usize * st)
             .collect();
-        let out = gather_strided(cx, xd, base, &shape, st);
+        let out = gather_strided(cx, xd, base, &shape, st)?;
         return HostTensor::make(shape, T::wrap(out));
     }
     // Negative steps: a plain index loop.
@@ -269,7 +269,7 @@ fn concat_typed<T: Elem>(
     axis: usize,
     shape: Vec<usize>,
 ) -> KernelResult<HostTensor> {
-    let mut out = cx.pool.alloc::<T>(numel(&shape));
+    let mut out = cx.pool.alloc::<T>(numel(&shape))?;
     let parts: Vec<(&[T], &[usize])> = xs
         .iter()
         .map(|x| Ok((x.data::<T>().ok_or(KernelError::dtype("dtype"))?, x.shape())))
@@ -318,7 +318,7 @@ fn split_typed<T: Elem>(
     let mut res = Vec::with_capacity(sizes.len());
     for &s in sizes {
         let n = s * inner;
-        let mut out = cx.pool.alloc::<T>(outer * n);
+        let mut out = cx.pool.alloc::<T>(outer * n)?;
         for o in 0..outer {
             out[o * n..(o + 1) * n].copy_from_slice(&xd[o * row + start..o * row + start + n]);
         }
@@ -370,7 +370,7 @@ fn gather_typed<T: Elem>(
 ) -> KernelResult<HostTensor> {
     let xd = x.data::<T>().ok_or(KernelError::dtype("dtype"))?;
     let shape = movement::gather_dims(x.shape(), idx_shape, axis);
-    let mut out = cx.pool.alloc::<T>(size::checked_numel(&shape)?);
+    let mut out = cx.pool.alloc::<T>(size::checked_numel(&shape)?)?;
     movement::gather_into(xd, x.shape(), idx, axis, &mut out)?;
     HostTensor::make(shape, T::wrap(out))
 }

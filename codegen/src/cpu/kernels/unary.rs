@@ -137,7 +137,7 @@ pub fn map1<A: Elem, O: Elem>(
     let xd = x.data::<A>().ok_or_else(|| {
         KernelError::dtype(format!("expected {} operand, got {}", A::DTYPE, x.dtype()))
     })?;
-    let mut out = cx.pool.alloc::<O>(xd.len());
+    let mut out = cx.pool.alloc::<O>(xd.len())?;
     fill_flat(cx, &mut out, |o, s| {
         for (o, v) in o.iter_mut().zip(&xd[s..]) {
             *o = f(*v);
@@ -318,7 +318,7 @@ pub fn unary(
             Some(t) => t,
             None => {
                 let x = ins.req(0)?;
-                let mut v = cx.pool.alloc::<f32>(x.numel());
+                let mut v = cx.pool.alloc::<f32>(x.numel())?;
                 v.copy_from_slice(x.as_f32().ok_or(KernelError::dtype("dtype"))?);
                 HostTensor::from_vec(x.shape().to_vec(), v)?
             }
