@@ -26,6 +26,7 @@ mod report_html;
 mod run;
 mod shard;
 pub mod train;
+pub mod train_ckpt;
 mod train_cmd;
 
 pub use cli::{Driver, GlobalArgs};
