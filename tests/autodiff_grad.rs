@@ -4,7 +4,7 @@
 
 mod gradcheck;
 
-use gradcheck::{inp, p, pr, property, Fill, Rng};
+use gradcheck::{inp, p, pr, property, property_ref, Fill, Rng};
 
 fn dims(rng: &mut Rng, rank: usize) -> Vec<usize> {
     (0..rank).map(|_| rng.int(1, 4)).collect()
@@ -665,4 +665,102 @@ fn fused_elementwise_regions_are_lowered_then_differentiated() {
     for (a, b) in g0.iter().zip(&g1) {
         assert!((a - b).abs() <= 1e-6 * a.abs().max(1.0), "{a} vs {b}");
     }
+}
+
+/// LayerNormalization has an f32 kernel only: its rule is checked in f64 against differences of
+/// the same function written in standard ops (mean, biased variance, ε inside the root).
+#[test]
+fn layer_normalization() {
+    property_ref("LayerNormalization", 4, |rng| {
+        let s = dims(rng, 3);
+        let two = rng.next_u64() % 2 == 0;
+        let (axis, axes, gshape) = if two {
+            (1, "1, 2", vec![s[1], s[2]])
+        } else {
+            (-1, "2", vec![s[2]])
+        };
+        let n_axes = if two { 2 } else { 1 };
+        // The bias sometimes broadcasts along the normalized axes.
+        let bshape = if rng.next_u64() % 2 == 0 {
+            gshape.clone()
+        } else {
+            vec![*gshape.last().expect("dims")]
+        };
+        let reference = format!(
+            "  %ax = const tensor<{n_axes}xi64> dense<[{axes}]>\n  %eps = const tensor<f64> dense<[0.001]>\n  %mu = onnx.ReduceMean(%x, %ax) {{keepdims = 1}} : ?\n  %xc = onnx.Sub(%x, %mu) : ?\n  %sq = onnx.Mul(%xc, %xc) : ?\n  %var = onnx.ReduceMean(%sq, %ax) {{keepdims = 1}} : ?\n  %ve = onnx.Add(%var, %eps) : ?\n  %sd = onnx.Sqrt(%ve) : ?\n  %xh = onnx.Div(%xc, %sd) : ?\n  %gy = onnx.Mul(%xh, %g) : ?\n  %y = onnx.Add(%gy, %b) : ?"
+        );
+        let fused = format!(
+            "  %y = onnx.LayerNormalization(%x, %g, %b) {{axis = {axis}, epsilon = 1e-3}} : ?"
+        );
+        (
+            vec![p("x", &s), pr("g", &gshape, 0.5, 1.5), p("b", &bshape)],
+            reference,
+            Some(fused),
+            "y",
+            None,
+        )
+    });
+}
+
+/// Max and Min over two or three broadcast operands; points within h of a tie are kinks.
+#[test]
+fn max_and_min() {
+    for op in ["Max", "Min"] {
+        property(op, 4, |rng| {
+            let r = rng.int(1, 3);
+            let a = dims(rng, r);
+            let b = broadcastable(rng, &a);
+            if rng.next_u64() % 2 == 0 {
+                (
+                    vec![p("a", &a), p("b", &b)],
+                    format!("  %y = onnx.{op}(%a, %b) : ?\n  %k = onnx.Sub(%a, %b) : ?"),
+                    "y",
+                    Some("k"),
+                )
+            } else {
+                let c = broadcastable(rng, &a);
+                (
+                    vec![p("a", &a), p("b", &b), p("c", &c)],
+                    format!(
+                        "  %y = onnx.{op}(%a, %b, %c) : ?\n  %ab = onnx.Sub(%a, %b) : ?\n  %ac = onnx.Sub(%a, %c) : ?\n  %bc = onnx.Sub(%b, %c) : ?\n  %k1 = onnx.Mul(%ab, %ac) : ?\n  %k = onnx.Mul(%k1, %bc) : ?"
+                    ),
+                    "y",
+                    Some("k"),
+                )
+            }
+        });
+    }
+}
+
+/// Clip with constant and with trained bounds (either may be absent); points within h of a
+/// bound are kinks.
+#[test]
+fn clip() {
+    property("Clip, constant bounds", 3, |rng| {
+        let s = dims(rng, 2);
+        (
+            vec![p("x", &s)],
+            "  %lo = const tensor<f64> dense<[-0.3]>\n  %hi = const tensor<f64> dense<[0.4]>\n  %y = onnx.Clip(%x, %lo, %hi) : ?\n  %xl = onnx.Sub(%x, %lo) : ?\n  %xh = onnx.Sub(%x, %hi) : ?\n  %k = onnx.Mul(%xl, %xh) : ?".into(),
+            "y",
+            Some("k"),
+        )
+    });
+    property("Clip, trained bounds", 3, |rng| {
+        let s = dims(rng, 3);
+        (
+            vec![p("x", &s), pr("lo", &[], -0.5, -0.1), pr("hi", &[], 0.1, 0.5)],
+            "  %y = onnx.Clip(%x, %lo, %hi) : ?\n  %xl = onnx.Sub(%x, %lo) : ?\n  %xh = onnx.Sub(%x, %hi) : ?\n  %k = onnx.Mul(%xl, %xh) : ?".into(),
+            "y",
+            Some("k"),
+        )
+    });
+    property("Clip, upper bound only", 2, |rng| {
+        let s = dims(rng, 2);
+        (
+            vec![p("x", &s), pr("hi", &[], -0.2, 0.2)],
+            "  %y = onnx.Clip(%x, _, %hi) : ?\n  %k = onnx.Sub(%x, %hi) : ?".into(),
+            "y",
+            Some("k"),
+        )
+    });
 }
