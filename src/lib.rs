@@ -16,6 +16,7 @@ mod eval;
 pub mod generate;
 mod input;
 mod lm;
+pub mod new_model;
 mod opt;
 mod output_policy;
 mod passes_glue;
