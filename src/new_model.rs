@@ -13,6 +13,7 @@
 //! the head N(0, 1/width), norm gains 1; the same seed gives the same bytes.
 
 use crate::{CliError, DriverOutput};
+use ortho_passes::poet::rng::SplitMix;
 use serde::Deserialize;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -128,22 +129,6 @@ impl LlamaConfig {
     }
 }
 
-/// Seeded Gaussian values (splitmix64 + Box–Muller).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64 + 1e-12
-    }
-    fn gauss(&mut self) -> f64 {
-        let (u, v) = (self.next(), self.next());
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-    }
-}
-
 fn constant(out: &mut String, name: &str, dims: &[usize], vals: impl Iterator<Item = String>) {
     let shape: Vec<String> = dims.iter().map(usize::to_string).collect();
     let vals: Vec<String> = vals.collect();
@@ -155,9 +140,11 @@ fn constant(out: &mut String, name: &str, dims: &[usize], vals: impl Iterator<It
     );
 }
 
-fn dense(out: &mut String, name: &str, dims: &[usize], sd: f64, rng: &mut Rng) {
+fn dense(out: &mut String, name: &str, dims: &[usize], sd: f64, rng: &mut SplitMix) {
     let n: usize = dims.iter().product();
-    let vals: Vec<String> = (0..n).map(|_| format!("{:.5}", sd * rng.gauss())).collect();
+    let vals: Vec<String> = (0..n)
+        .map(|_| format!("{:.5}", sd * rng.gaussian()))
+        .collect();
     constant(out, name, dims, vals.into_iter());
 }
 
@@ -179,7 +166,7 @@ pub fn llama_oir(c: &LlamaConfig) -> Result<String, ConfigError> {
     let dh = d / h;
     let group = h / kv;
     let mlp = c.mlp.unwrap_or(4 * d);
-    let mut rng = Rng(c.seed);
+    let mut rng = SplitMix::new(c.seed);
     let mut s = String::from("module {ir_version = 8, opset_import = [\"\" = 17]}\n");
     let _ = writeln!(
         s,
