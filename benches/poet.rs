@@ -17,7 +17,6 @@ use ortho_opt::poet_train::{PoetConfig, PoetTrainer};
 use ortho_opt::train::{TokenBatch, TrainConfig, Trainer, WindowSampler};
 use ortho_passes::poet::reparam::PoetReparamOptions;
 use ortho_passes::poet::{PoetInit, PoetKind};
-use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -35,146 +34,6 @@ fn env(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
-}
-
-/// Seeded Gaussian values (splitmix64 + Box–Muller).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64 + 1e-12
-    }
-    fn gauss(&mut self) -> f64 {
-        let (u, v) = (self.next(), self.next());
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-    }
-}
-
-fn dense(out: &mut String, name: &str, dims: &[usize], sd: f64, rng: &mut Rng) {
-    let n: usize = dims.iter().product();
-    let vals: Vec<String> = (0..n).map(|_| format!("{:.5}", sd * rng.gauss())).collect();
-    let shape: Vec<String> = dims.iter().map(usize::to_string).collect();
-    let _ = writeln!(
-        out,
-        "  %{name} = const tensor<{}xf32> dense<[{}]>",
-        shape.join("x"),
-        vals.join(", ")
-    );
-}
-
-fn ones(out: &mut String, name: &str, d: usize) {
-    let _ = writeln!(
-        out,
-        "  %{name} = const tensor<{d}xf32> dense<[{}]>",
-        vec!["1.0"; d].join(", ")
-    );
-}
-
-/// The tiny decoder as `.oir` text (input `input_ids` [b, ctx], output `logits`).
-fn tiny_llama(vocab: usize, d: usize, layers: usize, ctx: usize, seed: u64) -> String {
-    let mut rng = Rng(seed);
-    let mut s = String::from("module {ir_version = 8, opset_import = [\"\" = 17]}\n");
-    let _ = writeln!(
-        s,
-        "graph @tiny(%input_ids: tensor<\"b\"x{ctx}xi64>) -> (%logits) {{"
-    );
-    dense(&mut s, "embed", &[vocab, d], 1.0, &mut rng);
-    dense(
-        &mut s,
-        "head",
-        &[d, vocab],
-        1.0 / (d as f64).sqrt(),
-        &mut rng,
-    );
-    let _ = writeln!(s, "  %eps = const tensor<f32> dense<[1e-5]>");
-    let _ = writeln!(
-        s,
-        "  %scale = const tensor<f32> dense<[{}]>",
-        1.0 / (d as f64).sqrt()
-    );
-    let mask: Vec<String> = (0..ctx * ctx)
-        .map(|k| {
-            if k % ctx > k / ctx {
-                "-1e9".into()
-            } else {
-                "0.0".to_string()
-            }
-        })
-        .collect();
-    let _ = writeln!(
-        s,
-        "  %mask = const tensor<{ctx}x{ctx}xf32> dense<[{}]>",
-        mask.join(", ")
-    );
-    let sd = 1.0 / (d as f64).sqrt();
-    for l in 0..layers {
-        ones(&mut s, &format!("g1_{l}"), d);
-        ones(&mut s, &format!("g2_{l}"), d);
-        for w in ["wq", "wk", "wv", "wo"] {
-            dense(&mut s, &format!("{w}_{l}"), &[d, d], sd, &mut rng);
-        }
-        dense(&mut s, &format!("wg_{l}"), &[d, 4 * d], sd, &mut rng);
-        dense(&mut s, &format!("wu_{l}"), &[d, 4 * d], sd, &mut rng);
-        dense(&mut s, &format!("wd_{l}"), &[4 * d, d], 0.5 * sd, &mut rng);
-    }
-    ones(&mut s, "gf", d);
-    let _ = writeln!(
-        s,
-        "  %h0 = onnx.Gather(%embed, %input_ids) {{axis = 0}} : ?"
-    );
-    let norm = |s: &mut String, x: &str, g: &str, o: &str| {
-        let _ = writeln!(s, "  %{o}_sq = onnx.Mul(%{x}, %{x}) : ?");
-        let _ = writeln!(
-            s,
-            "  %{o}_mean = onnx.ReduceMean(%{o}_sq) {{axes = [-1], keepdims = 1}} : ?"
-        );
-        let _ = writeln!(s, "  %{o}_eps = onnx.Add(%{o}_mean, %eps) : ?");
-        let _ = writeln!(s, "  %{o}_rms = onnx.Sqrt(%{o}_eps) : ?");
-        let _ = writeln!(s, "  %{o}_n = onnx.Div(%{x}, %{o}_rms) : ?");
-        let _ = writeln!(s, "  %{o} = onnx.Mul(%{o}_n, %{g}) : ?");
-    };
-    let mut h = "h0".to_string();
-    for l in 0..layers {
-        norm(&mut s, &h, &format!("g1_{l}"), &format!("n1_{l}"));
-        for (o, w) in [("q", "wq"), ("k", "wk"), ("v", "wv")] {
-            let _ = writeln!(s, "  %{o}_{l} = onnx.MatMul(%n1_{l}, %{w}_{l}) : ?");
-        }
-        let _ = writeln!(
-            s,
-            "  %kT_{l} = onnx.Transpose(%k_{l}) {{perm = [0, 2, 1]}} : ?"
-        );
-        let _ = writeln!(s, "  %qk_{l} = onnx.MatMul(%q_{l}, %kT_{l}) : ?");
-        let _ = writeln!(s, "  %qks_{l} = onnx.Mul(%qk_{l}, %scale) : ?");
-        let _ = writeln!(s, "  %qkm_{l} = onnx.Add(%qks_{l}, %mask) : ?");
-        let _ = writeln!(s, "  %p_{l} = onnx.Softmax(%qkm_{l}) {{axis = -1}} : ?");
-        let _ = writeln!(s, "  %pv_{l} = onnx.MatMul(%p_{l}, %v_{l}) : ?");
-        let _ = writeln!(s, "  %o_{l} = onnx.MatMul(%pv_{l}, %wo_{l}) : ?");
-        let _ = writeln!(s, "  %r1_{l} = onnx.Add(%{h}, %o_{l}) : ?");
-        norm(
-            &mut s,
-            &format!("r1_{l}"),
-            &format!("g2_{l}"),
-            &format!("n2_{l}"),
-        );
-        let _ = writeln!(s, "  %gate_{l} = onnx.MatMul(%n2_{l}, %wg_{l}) : ?");
-        let _ = writeln!(s, "  %up_{l} = onnx.MatMul(%n2_{l}, %wu_{l}) : ?");
-        let _ = writeln!(s, "  %sig_{l} = onnx.Sigmoid(%gate_{l}) : ?");
-        let _ = writeln!(s, "  %silu_{l} = onnx.Mul(%gate_{l}, %sig_{l}) : ?");
-        let _ = writeln!(s, "  %gu_{l} = onnx.Mul(%silu_{l}, %up_{l}) : ?");
-        let _ = writeln!(s, "  %down_{l} = onnx.MatMul(%gu_{l}, %wd_{l}) : ?");
-        let _ = writeln!(s, "  %r2_{l} = onnx.Add(%r1_{l}, %down_{l}) : ?");
-        h = format!("r2_{l}");
-    }
-    norm(&mut s, &h, "gf", "nf");
-    let _ = writeln!(
-        s,
-        "  %logits = onnx.MatMul(%nf, %head) : tensor<\"b\"x{ctx}x{vocab}xf32>"
-    );
-    s.push_str("}\n");
-    s
 }
 
 fn main() {
@@ -195,7 +54,22 @@ fn main() {
     let train_ids: Vec<i64> = calib.iter().map(id).collect();
     let eval_ids: Vec<i64> = eval.iter().map(id).collect();
     let vocab = chars.len();
-    let model = tiny_llama(vocab, d, layers, ctx, 1);
+    // The decoder of `ortho-opt new-model`, single-head and without rotary embedding (as this
+    // comparison was first run).
+    let model = ortho_opt::new_model::llama_oir(&ortho_opt::new_model::LlamaConfig {
+        layers,
+        width: d,
+        heads: 1,
+        kv_heads: None,
+        vocab,
+        context: ctx,
+        mlp: None,
+        seed: 1,
+        rope: false,
+        rope_theta: 10000.0,
+        norm_eps: 1e-5,
+    })
+    .expect("a valid config");
     let m = ortho_ir::text::parse_module(&model).expect("tiny llama parses");
     let mut ev = WindowSampler::new(eval_ids, 16, ctx, 99).expect("eval windows");
     let eval_batch: TokenBatch = ev.next_batch();

@@ -172,6 +172,7 @@ enum Command {
     Train(crate::train_cmd::TrainArgs),
     Shard(crate::shard::ShardArgs),
     Generate(crate::generate::GenerateArgs),
+    NewModel(crate::new_model::NewModelArgs),
 }
 
 impl Command {
@@ -184,6 +185,7 @@ impl Command {
             Command::Train(a) => crate::train_cmd::run(a, g),
             Command::Shard(a) => crate::shard::run(a, g),
             Command::Generate(a) => crate::generate::run(a, g),
+            Command::NewModel(a) => crate::new_model::run(a),
         }
     }
 }
@@ -199,6 +201,7 @@ const EXAMPLES: &str = "Examples:
   ortho-opt analyze MODEL [--json]
   ortho-opt generate MODEL --tokenizer tokenizer.json --prompt TEXT --max-new-tokens N [--greedy | --temperature T --top-p P --seed S]
   ortho-opt train MODEL --data FILE --steps N -o OUT.onnx [--lr --batch --seqlen --trainable --keep-zeros]
+  ortho-opt new-model --config cfg.json -o tiny.onnx [--train-tokenizer TEXT --tokenizer-out tok.json]
   ortho-opt help COMMAND                                # a command's options";
 
 /// The entry point shared by the CLI and the tests.

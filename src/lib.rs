@@ -16,6 +16,7 @@ mod eval;
 pub mod generate;
 mod input;
 mod lm;
+pub mod new_model;
 mod opt;
 mod output_policy;
 mod passes_glue;
@@ -27,6 +28,7 @@ mod report_html;
 mod run;
 mod shard;
 pub mod train;
+pub mod train_ckpt;
 mod train_cmd;
 
 pub use cli::{Driver, GlobalArgs};

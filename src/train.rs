@@ -10,7 +10,9 @@ use ortho_passes::autodiff::loss::append_token_cross_entropy;
 use ortho_passes::autodiff::{
     autodiff, glob_match, parameters_as_inputs, select_params, AutodiffError, AutodiffSpec,
 };
-use ortho_passes::train::{cosine_with_warmup, AdamW, AdamWConfig, GradAccumulator, GroupSpec};
+use ortho_passes::train::{
+    cosine_with_warmup, AdamW, AdamWConfig, AdamWState, GradAccumulator, GroupSpec,
+};
 
 /// Why training failed.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +29,16 @@ pub enum TrainLoopError {
     MissingOutput(String),
     #[error("token data: {0}")]
     Data(String),
+    #[error(
+        "the saved state does not fit this model: parameter {index} is {got}, the model has {want}"
+    )]
+    StateMismatch {
+        index: usize,
+        got: String,
+        want: String,
+    },
+    #[error("the trainer was built without an evaluation plan (TrainConfig::eval)")]
+    NoEvalPlan,
 }
 
 /// A parameter group: its settings and the name patterns of its parameters.
@@ -61,6 +73,9 @@ pub struct TrainConfig {
     /// so a caller can replace them between steps without recompiling the plan (POET's frozen
     /// base and permutations, re-drawn at every merge). They are excluded from `trainable`.
     pub state: Vec<String>,
+    /// Also compile a forward-only plan over the same parameters, for held-out evaluation on
+    /// the current weights ([`Trainer::logits`]).
+    pub eval: bool,
 }
 
 impl Default for TrainConfig {
@@ -79,6 +94,7 @@ impl Default for TrainConfig {
             keep_zeros: false,
             threads: None,
             state: Vec::new(),
+            eval: false,
         }
     }
 }
@@ -170,6 +186,17 @@ pub struct StepReport {
     pub update_secs: f64,
 }
 
+/// Everything a later step depends on, besides the data sampler and the `state` constants:
+/// the step count, the parameters and the optimizer state (for checkpoints).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainerState {
+    pub step: u64,
+    pub names: Vec<String>,
+    pub shapes: Vec<Vec<usize>>,
+    pub values: Vec<Vec<f32>>,
+    pub opt: AdamWState,
+}
+
 /// A model compiled for training and its optimizer state.
 pub struct Trainer {
     plan: Plan,
@@ -185,6 +212,8 @@ pub struct Trainer {
     state_values: Vec<HostTensor>,
     opt: AdamW,
     step: u64,
+    /// The forward-only plan of the model with the same parameter and state inputs.
+    eval_plan: Option<Plan>,
 }
 
 impl Trainer {
@@ -207,6 +236,20 @@ impl Trainer {
                 .map(|n| ortho_ir::ValueId { node: n, output: 0 })
                 .filter(|&v| is_state(g.value_name(v)))
                 .collect()
+        };
+        // The forward-only plan is made from the model before the loss is appended; the
+        // clone's value ids are the original's, so the same parameters become inputs.
+        let eval_plan = if cfg.eval {
+            let mut fwd = model.clone();
+            parameters_as_inputs(&mut fwd, &params);
+            parameters_as_inputs(&mut fwd, &state);
+            let mut p = Plan::compile(&fwd)?;
+            if let Some(t) = cfg.threads {
+                p.set_threads(t);
+            }
+            Some(p)
+        } else {
+            None
         };
         let ce = append_token_cross_entropy(&mut model, &cfg.logits, "labels")?;
         let names = parameters_as_inputs(&mut model, &params);
@@ -305,6 +348,7 @@ impl Trainer {
             state_values,
             opt,
             step: 0,
+            eval_plan,
         })
     }
 
@@ -321,12 +365,7 @@ impl Trainer {
                 HostTensor::from_vec(vec![b.batch, b.seqlen], labels)?,
             ),
         ];
-        for ((n, s), v) in self.names.iter().zip(&self.shapes).zip(&self.values) {
-            feeds.push((n.as_str(), HostTensor::from_vec(s.clone(), v.clone())?));
-        }
-        for (n, v) in self.state_names.iter().zip(&self.state_values) {
-            feeds.push((n.as_str(), v.clone()));
-        }
+        feeds.extend(self.weight_feeds()?);
         let out = self.plan.run(&feeds)?;
         let find = |name: &str| {
             out.iter()
@@ -348,6 +387,78 @@ impl Trainer {
             });
         }
         Ok((loss, grads))
+    }
+
+    /// The feeds of every parameter and `state` constant at their current values.
+    fn weight_feeds(&self) -> Result<Vec<(&str, HostTensor)>, TrainLoopError> {
+        let mut feeds = Vec::with_capacity(self.names.len() + self.state_names.len());
+        for ((n, s), v) in self.names.iter().zip(&self.shapes).zip(&self.values) {
+            feeds.push((n.as_str(), HostTensor::from_vec(s.clone(), v.clone())?));
+        }
+        for (n, v) in self.state_names.iter().zip(&self.state_values) {
+            feeds.push((n.as_str(), v.clone()));
+        }
+        Ok(feeds)
+    }
+
+    /// The logits of equally long token windows on the current weights, from the forward-only
+    /// plan (built when `TrainConfig::eval` is set): held-out evaluation without a gradient.
+    pub fn logits(&self, windows: &[Vec<i64>]) -> Result<HostTensor, TrainLoopError> {
+        let plan = self.eval_plan.as_ref().ok_or(TrainLoopError::NoEvalPlan)?;
+        let (b, s) = (windows.len(), windows.first().map_or(0, Vec::len));
+        let ids: Vec<i64> = windows.iter().flatten().copied().collect();
+        let mut feeds = vec![(
+            self.cfg.input.as_str(),
+            HostTensor::from_vec(vec![b, s], ids)?,
+        )];
+        feeds.extend(self.weight_feeds()?);
+        plan.run(&feeds)?
+            .into_iter()
+            .find(|(n, _)| *n == self.cfg.logits)
+            .map(|(_, t)| t)
+            .ok_or_else(|| TrainLoopError::MissingOutput(self.cfg.logits.clone()))
+    }
+
+    /// The trainer's state, for a checkpoint.
+    pub fn export_state(&self) -> TrainerState {
+        TrainerState {
+            step: self.step,
+            names: self.names.clone(),
+            shapes: self.shapes.clone(),
+            values: self.values.clone(),
+            opt: self.opt.export_state(),
+        }
+    }
+
+    /// Continues from a state taken by [`Trainer::export_state`] of a trainer built from the
+    /// same model and configuration: every parameter's name and shape must match; on a
+    /// mismatch nothing is changed.
+    pub fn import_state(&mut self, s: TrainerState) -> Result<(), TrainLoopError> {
+        let n = self.names.len();
+        if s.names.len() != n || s.shapes.len() != n || s.values.len() != n {
+            return Err(TrainLoopError::StateMismatch {
+                index: s.names.len().min(n),
+                got: format!("one of {} parameters", s.names.len()),
+                want: format!("{n} parameters"),
+            });
+        }
+        for i in 0..n {
+            let elems: usize = self.shapes[i].iter().product();
+            if s.names[i] != self.names[i]
+                || s.shapes[i] != self.shapes[i]
+                || s.values[i].len() != elems
+            {
+                return Err(TrainLoopError::StateMismatch {
+                    index: i,
+                    got: format!("'{}' {:?}", s.names[i], s.shapes[i]),
+                    want: format!("'{}' {:?}", self.names[i], self.shapes[i]),
+                });
+            }
+        }
+        self.opt.import_state(s.opt)?;
+        self.values = s.values;
+        self.step = s.step;
+        Ok(())
     }
 
     /// The loss on `b` without updating anything (held-out evaluation).

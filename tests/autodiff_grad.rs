@@ -4,7 +4,7 @@
 
 mod gradcheck;
 
-use gradcheck::{inp, p, pr, property, Fill, Rng};
+use gradcheck::{inp, p, pr, property, property_ref, Fill, Rng};
 
 fn dims(rng: &mut Rng, rank: usize) -> Vec<usize> {
     (0..rank).map(|_| rng.int(1, 4)).collect()
@@ -664,5 +664,327 @@ fn fused_elementwise_regions_are_lowered_then_differentiated() {
     // The same ops in the same order once lowered: the same gradient to f32 rounding.
     for (a, b) in g0.iter().zip(&g1) {
         assert!((a - b).abs() <= 1e-6 * a.abs().max(1.0), "{a} vs {b}");
+    }
+}
+
+/// LayerNormalization has an f32 kernel only: its rule is checked in f64 against differences of
+/// the same function written in standard ops (mean, biased variance, ε inside the root).
+#[test]
+fn layer_normalization() {
+    property_ref("LayerNormalization", 4, |rng| {
+        let s = dims(rng, 3);
+        let two = rng.next_u64() % 2 == 0;
+        let (axis, axes, gshape) = if two {
+            (1, "1, 2", vec![s[1], s[2]])
+        } else {
+            (-1, "2", vec![s[2]])
+        };
+        let n_axes = if two { 2 } else { 1 };
+        // The bias sometimes broadcasts along the normalized axes.
+        let bshape = if rng.next_u64() % 2 == 0 {
+            gshape.clone()
+        } else {
+            vec![*gshape.last().expect("dims")]
+        };
+        let reference = format!(
+            "  %ax = const tensor<{n_axes}xi64> dense<[{axes}]>\n  %eps = const tensor<f64> dense<[0.001]>\n  %mu = onnx.ReduceMean(%x, %ax) {{keepdims = 1}} : ?\n  %xc = onnx.Sub(%x, %mu) : ?\n  %sq = onnx.Mul(%xc, %xc) : ?\n  %var = onnx.ReduceMean(%sq, %ax) {{keepdims = 1}} : ?\n  %ve = onnx.Add(%var, %eps) : ?\n  %sd = onnx.Sqrt(%ve) : ?\n  %xh = onnx.Div(%xc, %sd) : ?\n  %gy = onnx.Mul(%xh, %g) : ?\n  %y = onnx.Add(%gy, %b) : ?"
+        );
+        let fused = format!(
+            "  %y = onnx.LayerNormalization(%x, %g, %b) {{axis = {axis}, epsilon = 1e-3}} : ?"
+        );
+        (
+            vec![p("x", &s), pr("g", &gshape, 0.5, 1.5), p("b", &bshape)],
+            reference,
+            Some(fused),
+            "y",
+            None,
+        )
+    });
+}
+
+/// Max and Min over two or three broadcast operands; points within h of a tie are kinks.
+#[test]
+fn max_and_min() {
+    for op in ["Max", "Min"] {
+        property(op, 4, |rng| {
+            let r = rng.int(1, 3);
+            let a = dims(rng, r);
+            let b = broadcastable(rng, &a);
+            if rng.next_u64() % 2 == 0 {
+                (
+                    vec![p("a", &a), p("b", &b)],
+                    format!("  %y = onnx.{op}(%a, %b) : ?\n  %k = onnx.Sub(%a, %b) : ?"),
+                    "y",
+                    Some("k"),
+                )
+            } else {
+                let c = broadcastable(rng, &a);
+                (
+                    vec![p("a", &a), p("b", &b), p("c", &c)],
+                    format!(
+                        "  %y = onnx.{op}(%a, %b, %c) : ?\n  %ab = onnx.Sub(%a, %b) : ?\n  %ac = onnx.Sub(%a, %c) : ?\n  %bc = onnx.Sub(%b, %c) : ?\n  %k1 = onnx.Mul(%ab, %ac) : ?\n  %k = onnx.Mul(%k1, %bc) : ?"
+                    ),
+                    "y",
+                    Some("k"),
+                )
+            }
+        });
+    }
+}
+
+/// Clip with constant and with trained bounds (either may be absent); points within h of a
+/// bound are kinks.
+#[test]
+fn clip() {
+    property("Clip, constant bounds", 3, |rng| {
+        let s = dims(rng, 2);
+        (
+            vec![p("x", &s)],
+            "  %lo = const tensor<f64> dense<[-0.3]>\n  %hi = const tensor<f64> dense<[0.4]>\n  %y = onnx.Clip(%x, %lo, %hi) : ?\n  %xl = onnx.Sub(%x, %lo) : ?\n  %xh = onnx.Sub(%x, %hi) : ?\n  %k = onnx.Mul(%xl, %xh) : ?".into(),
+            "y",
+            Some("k"),
+        )
+    });
+    property("Clip, trained bounds", 3, |rng| {
+        let s = dims(rng, 3);
+        (
+            vec![p("x", &s), pr("lo", &[], -0.5, -0.1), pr("hi", &[], 0.1, 0.5)],
+            "  %y = onnx.Clip(%x, %lo, %hi) : ?\n  %xl = onnx.Sub(%x, %lo) : ?\n  %xh = onnx.Sub(%x, %hi) : ?\n  %k = onnx.Mul(%xl, %xh) : ?".into(),
+            "y",
+            Some("k"),
+        )
+    });
+    property("Clip, upper bound only", 2, |rng| {
+        let s = dims(rng, 2);
+        (
+            vec![p("x", &s), pr("hi", &[], -0.2, 0.2)],
+            "  %y = onnx.Clip(%x, _, %hi) : ?\n  %k = onnx.Sub(%x, %hi) : ?".into(),
+            "y",
+            Some("k"),
+        )
+    });
+}
+
+/// One Attention case: the fused op, and the same function in standard ops (the reference the
+/// differences are taken of). `layout3` picks `[B, S, H·D]` operands, else `[B, H, S, D]`.
+struct AttnCase {
+    b: usize,
+    s: usize,
+    t: usize,
+    hq: usize,
+    hkv: usize,
+    d: usize,
+    dv: usize,
+    layout3: bool,
+    causal: bool,
+    mask: bool,
+    scale: Option<f64>,
+}
+
+impl AttnCase {
+    fn draw(rng: &mut Rng, layout3: bool) -> AttnCase {
+        let hkv = rng.int(1, 2);
+        let hq = hkv * rng.int(1, 2);
+        let s = rng.int(1, 4);
+        let causal = rng.next_u64() % 2 == 0;
+        // Without a causal mask the keys may outnumber the queries (4-D only: the 3-D layout
+        // here keeps one sequence length).
+        let t = if causal || layout3 { s } else { rng.int(1, 4) };
+        AttnCase {
+            b: rng.int(1, 2),
+            s,
+            t,
+            hq,
+            hkv,
+            d: rng.int(1, 3),
+            dv: rng.int(1, 3),
+            layout3,
+            causal,
+            mask: rng.next_u64() % 2 == 0,
+            scale: (rng.next_u64() % 2 == 0).then(|| rng.uniform(0.3, 1.2)),
+        }
+    }
+
+    fn shapes(&self) -> [Vec<usize>; 3] {
+        let (b, s, t) = (self.b, self.s, self.t);
+        if self.layout3 {
+            [
+                vec![b, s, self.hq * self.d],
+                vec![b, t, self.hkv * self.d],
+                vec![b, t, self.hkv * self.dv],
+            ]
+        } else {
+            [
+                vec![b, self.hq, s, self.d],
+                vec![b, self.hkv, t, self.d],
+                vec![b, self.hkv, t, self.dv],
+            ]
+        }
+    }
+
+    fn inputs(&self) -> Vec<gradcheck::Inp> {
+        let [q, k, v] = self.shapes();
+        let mut i = vec![p("q", &q), p("k", &k), p("v", &v)];
+        if self.mask {
+            i.push(inp("m", &[self.s, self.t], Fill::Fixed(-1.0, 1.0)));
+        }
+        i
+    }
+
+    fn fused(&self) -> String {
+        let mut attrs = vec![format!("is_causal = {}", i64::from(self.causal))];
+        if self.layout3 {
+            attrs.push(format!("q_num_heads = {}", self.hq));
+            attrs.push(format!("kv_num_heads = {}", self.hkv));
+        }
+        if let Some(sc) = self.scale {
+            attrs.push(format!("scale = {sc}"));
+        }
+        let m = if self.mask { ", %m" } else { "" };
+        format!(
+            "  %y = onnx.Attention(%q, %k, %v{m}) {{{}}} : ?",
+            attrs.join(", ")
+        )
+    }
+
+    fn reference(&self) -> String {
+        let mut b = String::new();
+        let mut line = |s: String| {
+            b.push_str(&s);
+            b.push('\n');
+        };
+        let g = self.hq / self.hkv;
+        let heads = |line: &mut dyn FnMut(String), x: &str, h: usize| {
+            if self.layout3 {
+                line(format!(
+                    "  %{x}_s = const tensor<4xi64> dense<[0, 0, {h}, -1]>"
+                ));
+                line(format!("  %{x}_r = onnx.Reshape(%{x}, %{x}_s) : ?"));
+                line(format!(
+                    "  %{x}4 = onnx.Transpose(%{x}_r) {{perm = [0, 2, 1, 3]}} : ?"
+                ));
+            } else {
+                line(format!("  %{x}4 = onnx.Identity(%{x}) : ?"));
+            }
+        };
+        heads(&mut line, "q", self.hq);
+        heads(&mut line, "k", self.hkv);
+        heads(&mut line, "v", self.hkv);
+        for (x, w) in [("k", self.d), ("v", self.dv)] {
+            line(format!("  %{x}_ax = const tensor<1xi64> dense<[2]>"));
+            line(format!("  %{x}_u = onnx.Unsqueeze(%{x}4, %{x}_ax) : ?"));
+            line(format!(
+                "  %{x}_rep = const tensor<5xi64> dense<[1, 1, {g}, 1, 1]>"
+            ));
+            line(format!("  %{x}_e = onnx.Expand(%{x}_u, %{x}_rep) : ?"));
+            line(format!(
+                "  %{x}_hs = const tensor<4xi64> dense<[0, {}, -1, {w}]>",
+                self.hq
+            ));
+            line(format!("  %{x}h = onnx.Reshape(%{x}_e, %{x}_hs) : ?"));
+        }
+        let scale = self
+            .scale
+            .map_or(1.0 / (self.d as f32).sqrt(), |s| s as f32);
+        line(format!(
+            "  %scale = const tensor<f64> dense<[{:e}]>",
+            f64::from(scale)
+        ));
+        line("  %kt = onnx.Transpose(%kh) {perm = [0, 1, 3, 2]} : ?".into());
+        line("  %qk = onnx.MatMul(%q4, %kt) : ?".into());
+        line("  %sc0 = onnx.Mul(%qk, %scale) : ?".into());
+        let mut sc = "sc0".to_string();
+        if self.mask {
+            line(format!("  %sc1 = onnx.Add(%{sc}, %m) : ?"));
+            sc = "sc1".into();
+        }
+        if self.causal {
+            // Key j is hidden from query i when j > i (S = T here): −1e30, whose exponential
+            // is exactly 0 in f64.
+            let vals: Vec<&str> = (0..self.s * self.t)
+                .map(|k| {
+                    if k % self.t > k / self.t {
+                        "-1e30"
+                    } else {
+                        "0.0"
+                    }
+                })
+                .collect();
+            line(format!(
+                "  %cm = const tensor<{}x{}xf64> dense<[{}]>",
+                self.s,
+                self.t,
+                vals.join(", ")
+            ));
+            line(format!("  %sc2 = onnx.Add(%{sc}, %cm) : ?"));
+            sc = "sc2".into();
+        }
+        line(format!("  %p = onnx.Softmax(%{sc}) {{axis = -1}} : ?"));
+        if self.layout3 {
+            line("  %o4 = onnx.MatMul(%p, %vh) : ?".into());
+            line("  %ot = onnx.Transpose(%o4) {perm = [0, 2, 1, 3]} : ?".into());
+            line("  %os = const tensor<3xi64> dense<[0, 0, -1]>".into());
+            line("  %y = onnx.Reshape(%ot, %os) : ?".into());
+        } else {
+            line("  %y = onnx.MatMul(%p, %vh) : ?".into());
+        }
+        b
+    }
+}
+
+/// The fused kernel (f32 only) and the reference agree on the forward pass, so the reference
+/// the differences are taken of is the op's own function.
+fn attention_reference_matches_kernel(c: &AttnCase, rng: &mut Rng) {
+    use ortho_codegen::cpu::{HostTensor, Plan};
+    let inputs = c.inputs();
+    let sig: Vec<String> = inputs
+        .iter()
+        .map(|i| {
+            let d: Vec<String> = i.shape.iter().map(|x| x.to_string()).collect();
+            format!("%{}: tensor<{}xf32>", i.name, d.join("x"))
+        })
+        .collect();
+    let module = |body: &str| {
+        let text = format!(
+            "module {{ir_version = 10, opset_import = [\"\" = 23]}}\ngraph @g({}) -> (%y) {{\n{}\n}}\n",
+            sig.join(", "),
+            body.replace("xf64>", "xf32>").replace("tensor<f64>", "tensor<f32>")
+        );
+        Plan::compile(&ortho_ir::text::parse_module(&text).expect("parses")).expect("compiles")
+    };
+    let feeds: Vec<(&str, HostTensor)> = inputs
+        .iter()
+        .map(|i| {
+            let n: usize = i.shape.iter().product();
+            let v: Vec<f32> = (0..n).map(|_| rng.uniform(-1.0, 1.0) as f32).collect();
+            (
+                i.name,
+                HostTensor::from_vec(i.shape.clone(), v).expect("feed"),
+            )
+        })
+        .collect();
+    let a = module(&c.fused()).run(&feeds).expect("fused runs");
+    let r = module(&c.reference()).run(&feeds).expect("reference runs");
+    assert_eq!(a[0].1.shape(), r[0].1.shape());
+    let (x, y) = (a[0].1.to_f64_vec(), r[0].1.to_f64_vec());
+    for (u, w) in x.iter().zip(&y) {
+        assert!((u - w).abs() <= 1e-5, "fused {u} vs reference {w}");
+    }
+}
+
+#[test]
+fn fused_attention() {
+    for layout3 in [true, false] {
+        let tag = if layout3 {
+            "Attention 3-D"
+        } else {
+            "Attention 4-D"
+        };
+        let mut probe = Rng(77 + u64::from(layout3));
+        property_ref(tag, 6, |rng| {
+            let c = AttnCase::draw(rng, layout3);
+            attention_reference_matches_kernel(&c, &mut probe);
+            (c.inputs(), c.reference(), Some(c.fused()), "y", None)
+        });
     }
 }

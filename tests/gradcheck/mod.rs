@@ -142,6 +142,21 @@ pub struct Checked {
 /// `kink` names a value whose sign pattern must not change between `θ ± h`: a point where it
 /// does lies within h of a kink (Relu, Where on a computed condition) and is skipped.
 pub fn check(inputs: &[Inp], body: &str, out: &str, kink: Option<&str>, seed: u64) -> Checked {
+    check_ref(inputs, body, None, out, kink, seed)
+}
+
+/// As [`check`], with the gradient taken of `grad_body` (the op under test, which has no f64
+/// kernel) and the differences of `body` (the same function in standard ops): the gradient graph
+/// is run without the loss output, so the op's own forward node is dead and never runs; the
+/// rule must then build its gradient from operands and result gradients alone, in f64.
+pub fn check_ref(
+    inputs: &[Inp],
+    body: &str,
+    grad_body: Option<&str>,
+    out: &str,
+    kink: Option<&str>,
+    seed: u64,
+) -> Checked {
     let mut rng = Rng(seed);
     let feeds: Vec<HostTensor> = inputs.iter().map(|i| feed_of(i, &mut rng)).collect();
     // The output's shape, from a forward run.
@@ -162,14 +177,21 @@ pub fn check(inputs: &[Inp], body: &str, out: &str, kink: Option<&str>, seed: u6
         fill: Fill::Fixed(-1.0, 1.0),
     });
     let probe = feed_of(all.last().expect("probe"), &mut rng);
-    let body = format!(
-        "{body}\n  %probed = onnx.Mul(%{out}, %probe) : ?\n  %loss = onnx.ReduceSum(%probed) {{keepdims = 0}} : ?"
-    );
+    let with_loss = |body: &str| {
+        format!(
+            "{body}\n  %probed = onnx.Mul(%{out}, %probe) : ?\n  %loss = onnx.ReduceSum(%probed) {{keepdims = 0}} : ?"
+        )
+    };
     let mut outs = vec!["loss"];
     if let Some(k) = kink {
         outs.push(k);
     }
-    let mut m = parse_module(&module_text(&all, &body, &outs)).expect("loss graph parses");
+    let mut m = parse_module(&module_text(
+        &all,
+        &with_loss(grad_body.unwrap_or(body)),
+        &outs,
+    ))
+    .expect("loss graph parses");
     let params: Vec<&Inp> = inputs
         .iter()
         .filter(|i| matches!(i.fill, Fill::Param(..)))
@@ -182,10 +204,24 @@ pub fn check(inputs: &[Inp], body: &str, out: &str, kink: Option<&str>, seed: u6
     if let Err(d) = ortho_ir::verify::verify_module(&m) {
         panic!("the backward graph does not verify: {d:?}");
     }
-    let plan = Plan::compile(&m).expect("backward compiles");
+    let fd_plan = grad_body.map(|_| {
+        let r =
+            parse_module(&module_text(&all, &with_loss(body), &outs)).expect("reference parses");
+        Plan::compile(&r).expect("reference compiles")
+    });
+    if grad_body.is_some() {
+        m.main_graph_mut()
+            .outputs
+            .retain(|o| o.name.ends_with("_grad"));
+        // Shapes the gradient reads of the op's result (to spread a reduction's gradient) are
+        // static here: folded, so nothing left reads the op's forward result.
+        ortho_passes::transforms::canonicalize(&mut m, &Default::default());
+    }
+    let grad_plan = Plan::compile(&m).expect("backward compiles");
+    let plan = fd_plan.as_ref().unwrap_or(&grad_plan);
     let mut feeds: Vec<(&str, HostTensor)> = named;
     feeds.push(("probe", probe));
-    let res = plan.run(&feeds).expect("backward runs");
+    let res = grad_plan.run(&feeds).expect("backward runs");
     let get = |res: &[(String, HostTensor)], name: &str| -> Vec<f64> {
         res.iter()
             .find(|(n, _)| n == name)
@@ -248,15 +284,42 @@ pub fn property(
     draws: usize,
     mut case: impl FnMut(&mut Rng) -> (Vec<Inp>, String, &'static str, Option<&'static str>),
 ) {
+    property_ref(tag, draws, |rng| {
+        let (inputs, body, out, kink) = case(rng);
+        (inputs, body, None, out, kink)
+    })
+}
+
+/// As [`property`], each draw optionally with a gradient body (see [`check_ref`]).
+pub fn property_ref(
+    tag: &str,
+    draws: usize,
+    mut case: impl FnMut(
+        &mut Rng,
+    ) -> (
+        Vec<Inp>,
+        String,
+        Option<String>,
+        &'static str,
+        Option<&'static str>,
+    ),
+) {
     let mut rng = Rng(0x5eed ^ tag.len() as u64 * 7919);
     let mut worst = 0.0f64;
     for d in 0..draws {
-        let (inputs, body, out, kink) = case(&mut rng);
+        let (inputs, body, grad_body, out, kink) = case(&mut rng);
         let shapes: Vec<String> = inputs
             .iter()
             .map(|i| format!("{}{:?}", i.name, i.shape))
             .collect();
-        let c = check(&inputs, &body, out, kink, 1000 + d as u64);
+        let c = check_ref(
+            &inputs,
+            &body,
+            grad_body.as_deref(),
+            out,
+            kink,
+            1000 + d as u64,
+        );
         assert!(
             c.rel <= TOL,
             "{tag} draw {d} ({}): relative error {:.3e} > {TOL:e}",

@@ -89,6 +89,16 @@ pub struct StepStats {
     pub clip_scale: f64,
 }
 
+/// The optimizer's mutable state (see [`AdamW::export_state`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdamWState {
+    pub group_steps: Vec<u64>,
+    pub group_clips: Vec<Option<f64>>,
+    pub m: Vec<Vec<f32>>,
+    pub v: Vec<Vec<f32>>,
+    pub masks: Vec<Option<Vec<bool>>>,
+}
+
 /// The optimizer state: groups, the group of each parameter, first and second moments, masks.
 #[derive(Debug, Clone)]
 pub struct AdamW {
@@ -186,6 +196,64 @@ impl AdamW {
     /// The first and second moments of parameter `i` (for checkpoints).
     pub fn moments(&self, i: usize) -> (&[f32], &[f32]) {
         (&self.m[i], &self.v[i])
+    }
+
+    /// Everything a later step depends on (moments, masks, per-group step counts and clips),
+    /// for a checkpoint; [`AdamW::import_state`] restores it exactly.
+    pub fn export_state(&self) -> AdamWState {
+        AdamWState {
+            group_steps: self.groups.iter().map(|g| g.step).collect(),
+            group_clips: self.groups.iter().map(|g| g.spec.max_grad_norm).collect(),
+            m: self.m.clone(),
+            v: self.v.clone(),
+            masks: self.masks.clone(),
+        }
+    }
+
+    /// Restores a state taken by [`AdamW::export_state`] from an optimizer over the same
+    /// parameter sizes and groups; anything of another size is refused, nothing changed.
+    pub fn import_state(&mut self, s: AdamWState) -> Result<(), TrainError> {
+        let n = self.m.len();
+        for (got, want) in [(s.m.len(), n), (s.v.len(), n), (s.masks.len(), n)] {
+            if got != want {
+                return Err(TrainError::GradCount { got, want });
+            }
+        }
+        let groups = self.groups.len();
+        for got in [s.group_steps.len(), s.group_clips.len()] {
+            if got != groups {
+                return Err(TrainError::NoGroup {
+                    index: 0,
+                    group: got,
+                    groups,
+                });
+            }
+        }
+        for i in 0..n {
+            let want = self.m[i].len();
+            let mask = s.masks[i].as_ref().map_or(want, Vec::len);
+            for got in [s.m[i].len(), s.v[i].len(), mask] {
+                if got != want {
+                    return Err(TrainError::GradSize {
+                        index: i,
+                        got,
+                        want,
+                    });
+                }
+            }
+        }
+        for (g, (step, clip)) in self
+            .groups
+            .iter_mut()
+            .zip(s.group_steps.into_iter().zip(s.group_clips))
+        {
+            g.step = step;
+            g.spec.max_grad_norm = clip;
+        }
+        self.m = s.m;
+        self.v = s.v;
+        self.masks = s.masks;
+        Ok(())
     }
 
     /// One update of `params` from `grads`, the learning rates scaled by `lr_scale` (the

@@ -6,5 +6,5 @@
 pub mod adamw;
 pub mod schedule;
 
-pub use adamw::{AdamW, AdamWConfig, GroupSpec, StepStats, TrainError};
+pub use adamw::{AdamW, AdamWConfig, AdamWState, GroupSpec, StepStats, TrainError};
 pub use schedule::{cosine_with_warmup, GradAccumulator};

@@ -1,6 +1,10 @@
 //! Gradient rules of elementwise ops: arithmetic with broadcasting, the unary functions, Where,
 //! Cast and Expand. With `y = f(x)`, each rule multiplies the result gradient by `f'(x)`, written
 //! with `y` where that is cheaper (`exp`, `sigmoid`, `tanh`, `sqrt`, `reciprocal`).
+//! Max / Min (any number of broadcast operands) pass the gradient to every operand equal to the
+//! result (at a tie each tied operand gets all of it: a kink, where only a subgradient exists);
+//! Clip passes it to x where `min ≤ x ≤ max` and to the bound that is active elsewhere (for
+//! `min ≤ max`; with `min > max` the result is max everywhere, a degenerate clip not handled).
 
 use super::{unsupported, Site};
 use crate::autodiff::builder::{BResult, Builder};
@@ -24,6 +28,8 @@ pub fn supports(op: &Op, slot: usize) -> Option<bool> {
         | Op::Cast(_)
         | Op::Expand => slot == 0,
         Op::Where => slot == 1 || slot == 2,
+        Op::Max | Op::Min => true,
+        Op::Clip => slot < 3,
         _ => return None,
     })
 }
@@ -164,6 +170,40 @@ fn emit(b: &mut Builder<'_>, s: &Site) -> BResult<Vec<Option<ValueId>>> {
                 let a = s.x(b, 2)?;
                 let t = b.one(Op::Where, &[c, zero, dy], "where_grad");
                 dx[2] = Some(b.sum_to(t, a, &out)?);
+            }
+        }
+        Op::Max | Op::Min => {
+            let zero = b.scalar(b.dtype(y)?, 0.0, "zero");
+            for (slot, d) in dx.iter_mut().enumerate() {
+                if !s.wants(slot) {
+                    continue;
+                }
+                let a = s.x(b, slot)?;
+                let hit = b.one(Op::Equal, &[a, y], "selected");
+                let t = b.one(Op::Where, &[hit, dy, zero], "select_grad");
+                *d = Some(b.sum_to(t, a, &out)?);
+            }
+        }
+        Op::Clip => {
+            // Below the lower bound the result is min, above the upper one max, else x.
+            let x = s.x(b, 0)?;
+            let zero = b.scalar(b.dtype(y)?, 0.0, "zero");
+            let lo = s.x.get(1).copied().flatten();
+            let hi = s.x.get(2).copied().flatten();
+            let below = lo.map(|l| b.one(Op::Less, &[x, l], "below"));
+            let above = hi.map(|h| b.one(Op::Greater, &[x, h], "above"));
+            if s.wants(0) {
+                let mut t = dy;
+                for c in [below, above].into_iter().flatten() {
+                    t = b.one(Op::Where, &[c, zero, t], "clip_grad");
+                }
+                dx[0] = Some(t);
+            }
+            for (slot, bound, hit) in [(1, lo, below), (2, hi, above)] {
+                if let (true, Some(v), Some(c)) = (s.wants(slot), bound, hit) {
+                    let t = b.one(Op::Where, &[c, dy, zero], "bound_grad");
+                    dx[slot] = Some(b.sum_to(t, v, &out)?);
+                }
             }
         }
         op => {

@@ -10,6 +10,7 @@
 //! Structured ops other issues add (factorized linears, …) get their rule in `linear.rs`, next
 //! to MatMul and Gemm, as a new match arm of its `supports` and `apply`.
 
+mod attention;
 mod elementwise;
 mod linear;
 mod movement;
@@ -26,6 +27,7 @@ pub fn supports(op: &Op, slot: usize) -> bool {
         .or_else(|| movement::supports(op, slot))
         .or_else(|| reduce::supports(op, slot))
         .or_else(|| norm::supports(op, slot))
+        .or_else(|| attention::supports(op, slot))
         .unwrap_or(false)
 }
 
@@ -112,6 +114,9 @@ pub fn apply(
         return r;
     }
     if let Some(r) = norm::apply(b, &site) {
+        return r;
+    }
+    if let Some(r) = attention::apply(b, &site) {
         return r;
     }
     Err(unsupported(b, format!("no rule for {}", site.op.name())))

@@ -144,3 +144,34 @@ fn bad_sizes_are_errors() {
     ));
     assert!(AdamW::new(AdamWConfig::default(), vec![], &[1], vec![0]).is_err());
 }
+
+#[test]
+fn exported_state_resumes_exactly_and_bad_sizes_are_refused() {
+    let groups = || vec![group(0.1, 0.01, Some(0.7)), group(0.05, 0.0, None)];
+    let mut a = AdamW::new(AdamWConfig::default(), groups(), &[3, 2], vec![0, 1]).expect("opt");
+    a.set_mask(0, vec![true, false, true]).expect("mask");
+    let mut p = vec![vec![1.0f32, 0.0, -1.0], vec![0.5, 0.25]];
+    let g1 = vec![vec![0.3f32, 0.2, -0.1], vec![0.4, -0.6]];
+    let g2 = vec![vec![-0.2f32, 0.9, 0.5], vec![0.1, 0.2]];
+    a.step(&mut p, &g1, 1.0).expect("step");
+    a.set_group_clip(0, Some(0.3));
+    let saved = (a.export_state(), p.clone());
+    // A fresh optimizer (no mask, steps 0) given the state continues exactly as the original.
+    let mut b = AdamW::new(AdamWConfig::default(), groups(), &[3, 2], vec![0, 1]).expect("opt");
+    b.import_state(saved.0.clone()).expect("import");
+    let mut q = saved.1;
+    a.step(&mut p, &g2, 0.5).expect("step");
+    b.step(&mut q, &g2, 0.5).expect("step");
+    assert_eq!(p, q);
+    assert_eq!(a.export_state(), b.export_state());
+    assert_eq!(b.group_step(0), 2);
+    assert_eq!(p[0][1], 0.0, "the imported mask holds");
+    // Another layout is refused and leaves the optimizer as it was.
+    let mut c = AdamW::new(AdamWConfig::default(), groups(), &[3, 3], vec![0, 1]).expect("opt");
+    let before = c.export_state();
+    assert!(matches!(
+        c.import_state(saved.0),
+        Err(TrainError::GradSize { index: 1, .. })
+    ));
+    assert_eq!(c.export_state(), before);
+}
