@@ -520,7 +520,9 @@ fn nm_permutation_keeps_the_objective_and_lowers_the_proxy() {
 fn time_qr_step_at_smollm2_size() {
     let mut rng = Rng::new(2);
     let n = 576;
-    let a = Mat::<f64>::from_fn(n, n, |i, j| (if i == j { 1.0 } else { 0.0 }) + 0.01 * rng.normal());
+    let a = Mat::<f64>::from_fn(n, n, |i, j| {
+        (if i == j { 1.0 } else { 0.0 }) + 0.01 * rng.normal()
+    });
     let g = Mat::<f64>::from_fn(n, n, |_, _| rng.normal());
     let t = std::time::Instant::now();
     let f = a.qr();

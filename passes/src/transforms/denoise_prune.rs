@@ -170,6 +170,10 @@ pub struct BlockReport {
     pub error_identity: Option<f64>,
     pub error_rotated: Option<f64>,
     pub rotated: bool,
+    /// With `nm-permute`: the proxy cost (row-normalized importance an N:M selection removes,
+    /// summed over rows) before → after the permutations, for the stream's readers, o's heads
+    /// and down's hidden channels.
+    pub permutation: Option<[(f64, f64); 3]>,
 }
 
 /// What [`denoise_prune`] did.
@@ -398,6 +402,7 @@ fn search_rotation(
     let mut r2: Vec<Mat<f64>> = qs.collect();
     let mut rotated = r.best_iter > 0;
     let mut mlp = None;
+    let mut costs = None;
     // `iters=0` means no transform at all (exactly `prune`), so no permutation either.
     if let (true, true, Pattern::NM { n, m }) = (opts.nm_permute, opts.iters > 0, opts.pattern) {
         let f32s =
@@ -428,7 +433,8 @@ fn search_rotation(
                         .with_kind(PassErrorKind::Numeric)
                 })?;
             let q1_32 = f32s(&q1);
-            let down_rot = crate::rotation_search::loss::mm(q1_32.transpose(), problem.down.as_ref());
+            let down_rot =
+                crate::rotation_search::loss::mm(q1_32.transpose(), problem.down.as_ref());
             let (perm, b, a) = hidden_permutation(down_rot.as_ref(), c.as_deref(), n, m, 4);
             lcx.progress(&format!(
                 "{n}:{m} MLP hidden permutation: down proxy cost {b:.2} → {a:.2}"
@@ -437,6 +443,9 @@ fn search_rotation(
                 mlp = Some(perm);
                 rotated = true;
             }
+            costs = Some([p.stream_cost, p.head_cost, (b, a)]);
+        } else {
+            costs = Some([p.stream_cost, p.head_cost, (0.0, 0.0)]);
         }
     }
     let block = BlockReport {
@@ -445,6 +454,7 @@ fn search_rotation(
         error_identity: None,
         error_rotated: None,
         rotated,
+        permutation: costs,
     };
     Ok((Rotation { q1, r2, mlp }, block))
 }
@@ -549,6 +559,13 @@ fn block_note(line: &mut String, block: &BlockReport) {
         "; entropy {:.2} → {:.2}",
         block.entropy_before, block.entropy_after
     );
+    if let Some([s, h, d]) = block.permutation {
+        let _ = write!(
+            line,
+            "; permutation proxy cost stream {:.2} → {:.2}, heads {:.2} → {:.2}, mlp {:.2} → {:.2}",
+            s.0, s.1, h.0, h.1, d.0, d.1
+        );
+    }
     if let (Some(a), Some(b)) = (block.error_identity, block.error_rotated) {
         let _ = write!(
             line,
