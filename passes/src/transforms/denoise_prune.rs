@@ -18,8 +18,9 @@
 //!    with an N:M pattern (`nm-permute`, default on), the rotated channels are then permuted so
 //!    that the important ones spread over the groups of M — the entropy is blind to channel
 //!    order, an N:M pattern is not (`rotation_search::permute`): the stream's permutation is
-//!    composed into `Q1`, each KV head's into `R2_j`, and the MLP's hidden channels (down's
-//!    input) are permuted in gate/up rows and down columns;
+//!    composed into `Q1` and each KV head's into `R2_j`; `nm-permute-mlp=true` also permutes the
+//!    MLP's hidden channels (down's input) in gate/up rows and down columns (off by default: it
+//!    measured worse);
 //! 3. with `keep=better`, prunes the layer's seven linears on those Hessians both in the
 //!    original basis and rotated (`denoise_prune::select`), runs the block with each variant's weights
 //!    on the same sequences and keeps the rotation only when the block's output is closer to the
@@ -119,7 +120,13 @@ crate::pass_options! {
         pub nm_permute: bool = {
             name: "nm-permute",
             default: true,
-            doc: "With an N:M pattern (and iters > 0), compose channel permutations into each block's rotation that spread the important input channels over the groups of M: the stream and each KV head's positions (orthogonal, folded with the rotation) and the MLP's hidden channels (gate/up rows, down columns). false: the rotation alone.",
+            doc: "With an N:M pattern (and iters > 0), compose channel permutations into each block's rotation that spread the important input channels over the groups of M: the stream and each KV head's positions (orthogonal, folded with the rotation). false: the rotation alone.",
+        },
+        /// Whether `nm-permute` also permutes the MLP's hidden channels.
+        pub nm_permute_mlp: bool = {
+            name: "nm-permute-mlp",
+            default: false,
+            doc: "With nm-permute, also permute the MLP's hidden channels (gate/up rows, down columns) for down's groups (measured worse on SmolLM2 SparseGPT 2:4: 79.08 against 75.10).",
         },
         /// Whether the per-KV-head V/O rotations are optimized too.
         pub head_rotations: bool = {
@@ -426,7 +433,7 @@ fn search_rotation(
         }
         // The MLP's hidden channels: a permutation of gate/up rows and down columns, exact
         // through the elementwise gate (biased gate/up would need their biases permuted: skipped).
-        if lp.gate.bias.is_none() && lp.up.bias.is_none() {
+        if opts.nm_permute_mlp && lp.gate.bias.is_none() && lp.up.bias.is_none() {
             let c = rotations::column_factor(&Stat::Gram(dense.down.clone()), opts.method, "down")
                 .map_err(|e| {
                     PassError::at_main(lcx.module_ref(), lp.down.node, e.to_string())
