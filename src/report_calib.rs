@@ -40,6 +40,9 @@ pub struct LayerRow {
     pub error: Option<(Num, Num)>,
     /// Whether the block's rotation was kept (`None`: the pass does not rotate).
     pub rotated: Option<bool>,
+    /// `denoise-prune`'s N:M permutation: proxy cost before → after for the stream, o's heads
+    /// and the MLP's hidden channels (empty when the note has none).
+    pub permutation: Vec<(Num, Num)>,
 }
 
 impl LayerRow {
@@ -61,6 +64,7 @@ pub fn parse_layer_note(note: &str) -> Option<LayerRow> {
         entropy: None,
         error: None,
         rotated: None,
+        permutation: Vec::new(),
     };
     let mut parts = body.split(';').map(str::trim);
     // The first part lists `role P %` per pruned linear (and `role kept (kind)` for a linear
@@ -80,6 +84,13 @@ pub fn parse_layer_note(note: &str) -> Option<LayerRow> {
         } else if let Some(e) = p.strip_prefix("pruned block output error ") {
             let (a, b) = e.split_once(" unrotated,")?;
             row.error = Some((Num::parse(a)?, Num::parse(b.trim_end_matches("rotated"))?));
+        } else if let Some(e) = p.strip_prefix("permutation proxy cost ") {
+            // "stream A → B, heads C → D, mlp E → F"
+            for part in e.split(',') {
+                let (_, pair) = part.trim().split_once(' ')?;
+                let (a, b) = pair.split_once('→')?;
+                row.permutation.push((Num::parse(a)?, Num::parse(b)?));
+            }
         } else if p == "rotated" {
             row.rotated = Some(true);
         } else if p == "not rotated" {
@@ -202,10 +213,17 @@ fn layer_table(rows: &[LayerRow]) -> String {
             "entropy after",
             "error unrotated",
             "error rotated",
-            "rotation kept",
         ]
         .map(String::from),
     );
+    let permuted = rows.iter().any(|r| !r.permutation.is_empty());
+    if permuted {
+        for what in ["stream", "heads", "mlp"] {
+            head.push(format!("{what} N:M proxy before"));
+            head.push(format!("{what} N:M proxy after"));
+        }
+    }
+    head.push("rotation kept".into());
     let num = |n: Option<&Num>| n.map_or(String::new(), |n| n.text.clone());
     let body: Vec<Vec<String>> = rows
         .iter()
@@ -222,6 +240,13 @@ fn layer_table(rows: &[LayerRow]) -> String {
             cells.push(num(r.entropy.as_ref().map(|e| &e.1)));
             cells.push(num(r.error.as_ref().map(|e| &e.0)));
             cells.push(num(r.error.as_ref().map(|e| &e.1)));
+            if permuted {
+                for k in 0..3 {
+                    let pair = r.permutation.get(k);
+                    cells.push(num(pair.map(|p| &p.0)));
+                    cells.push(num(pair.map(|p| &p.1)));
+                }
+            }
             cells.push(match r.rotated {
                 Some(true) => "yes".into(),
                 Some(false) => "no".into(),
