@@ -233,6 +233,23 @@ fn objective(p: &LayerProblem) -> impl FnMut(&[Mat<f32>], &mut [Mat<f32>]) -> f6
     }
 }
 
+/// Re-evaluating the returned blocks gives the reported best loss (they are the best iterate).
+fn assert_best_reevaluates(
+    f: &mut impl FnMut(&[Mat<f32>], &mut [Mat<f32>]) -> f64,
+    r: &super::optim::Optimized,
+) {
+    let qs32: Vec<Mat<f32>> =
+        r.qs.iter()
+            .map(|q| Mat::from_fn(q.nrows(), q.ncols(), |i, j| q[(i, j)] as f32))
+            .collect();
+    let mut gs: Vec<Mat<f32>> =
+        r.qs.iter()
+            .map(|q| Mat::zeros(q.nrows(), q.ncols()))
+            .collect();
+    let again = f(&qs32, &mut gs);
+    assert!((again - r.best).abs() <= 1e-9 * r.best.abs().max(1.0));
+}
+
 #[test]
 fn optimizer_decreases_the_loss_and_stays_orthogonal() {
     for method in [
@@ -260,13 +277,7 @@ fn optimizer_decreases_the_loss_and_stays_orthogonal() {
             assert!(orthogonality_error(q) < 1e-12);
         }
         // The returned blocks are the best iterate: re-evaluating them gives the best loss.
-        let qs32: Vec<Mat<f32>> =
-            r.qs.iter()
-                .map(|q| Mat::from_fn(q.nrows(), q.ncols(), |i, j| q[(i, j)] as f32))
-                .collect();
-        let mut gs: Vec<Mat<f32>> = [8, 2, 2].iter().map(|&n| Mat::zeros(n, n)).collect();
-        let again = f(&qs32, &mut gs);
-        assert!((again - r.best).abs() <= 1e-9 * r.best.abs().max(1.0));
+        assert_best_reevaluates(&mut f, &r);
     }
 }
 
@@ -342,13 +353,7 @@ fn qr_parameterization_decreases_the_loss_and_stays_orthogonal() {
     for q in &r.qs {
         assert!(orthogonality_error(q) < 1e-12);
     }
-    let qs32: Vec<Mat<f32>> =
-        r.qs.iter()
-            .map(|q| Mat::from_fn(q.nrows(), q.ncols(), |i, j| q[(i, j)] as f32))
-            .collect();
-    let mut gs: Vec<Mat<f32>> = [8, 2, 2].iter().map(|&n| Mat::zeros(n, n)).collect();
-    let again = f(&qs32, &mut gs);
-    assert!((again - r.best).abs() <= 1e-9 * r.best.abs().max(1.0));
+    assert_best_reevaluates(&mut f, &r);
 }
 
 #[test]
