@@ -168,7 +168,7 @@ impl LayerProblem {
         add_rows(mv.as_ref(), attn_c.as_deref(), &mut shares, &mut rows);
         let gu = mm(self.gate_up.as_ref(), q1);
         add_rows(gu.as_ref(), mlp_c.as_deref(), &mut shares, &mut rows);
-        let (stream, b0, a0) = if d % m == 0 {
+        let (stream, b0, a0) = if d.is_multiple_of(m) {
             spread(&shares, &rows, n, m, sweeps)
         } else {
             ((0..d).collect(), 0.0, 0.0)
@@ -206,7 +206,7 @@ impl LayerProblem {
                     &mut hrows,
                 );
             }
-            if hd % m == 0 {
+            if hd.is_multiple_of(m) {
                 let (p, b, a) = spread(&sh, &hrows, n, m, sweeps);
                 b1 += b;
                 a1 += a;
@@ -236,7 +236,7 @@ pub fn hidden_permutation(
     sweeps: usize,
 ) -> (Vec<usize>, f64, f64) {
     let hidden = down.ncols();
-    if hidden % m != 0 {
+    if !hidden.is_multiple_of(m) {
         return ((0..hidden).collect(), 0.0, 0.0);
     }
     let mut shares = vec![0.0f64; hidden];
