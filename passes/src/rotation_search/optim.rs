@@ -107,18 +107,10 @@ fn cayley(omega: &Mat<f64>) -> (Mat<f64>, Mat<f64>) {
     } else {
         a.partial_piv_lu().inverse()
     };
-    let b = Mat::<f64>::from_fn(n, n, |i, j| {
-        (if i == j { 1.0 } else { 0.0 }) + 0.5 * omega[(i, j)]
+    // Q = M (I + Ω/2) = M (2I − A) = 2M − I, since M A = I: no product needed.
+    let q = Mat::<f64>::from_fn(n, n, |i, j| {
+        2.0 * m[(i, j)] - if i == j { 1.0 } else { 0.0 }
     });
-    let mut q = Mat::<f64>::zeros(n, n);
-    matmul(
-        q.as_mut(),
-        Accum::Replace,
-        m.as_ref(),
-        b.as_ref(),
-        1.0,
-        Par::rayon(0),
-    );
     (q, m)
 }
 
@@ -266,7 +258,7 @@ pub fn optimize(sizes: &[usize], opts: &AdamOptions, objective: &mut Objective<'
                 gs.push(a);
                 continue;
             }
-            let qi = Mat::<f64>::from_fn(n, n, |i, j| q[(i, j)] + if i == j { 1.0 } else { 0.0 });
+            // ∂L/∂Ω = skew(½ Mᵀ G (Q + I)ᵀ) and Q + I = 2M, so the product is Mᵀ G Mᵀ.
             let mut mg = Mat::<f64>::zeros(n, n);
             matmul(
                 mg.as_mut(),
@@ -281,8 +273,8 @@ pub fn optimize(sizes: &[usize], opts: &AdamOptions, objective: &mut Objective<'
                 x.as_mut(),
                 Accum::Replace,
                 mg.as_ref(),
-                qi.transpose(),
-                0.5,
+                m.transpose(),
+                1.0,
                 Par::rayon(0),
             );
             let a = Mat::<f64>::from_fn(n, n, |i, j| x[(i, j)] - x[(j, i)]);
