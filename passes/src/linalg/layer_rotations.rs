@@ -348,6 +348,7 @@ pub fn problem(
         attn_m: fm(0, &l.q)?,
         mlp_m: fm(1, &l.gate)?,
         o_m: fm(2, &l.o)?,
+        nm: None,
     })
 }
 

@@ -66,6 +66,8 @@ pub struct LayerProblem {
     pub mlp_m: Option<Mat<f32>>,
     /// The same for o's input (heads·head_dim square); only its diagonal blocks are read.
     pub o_m: Option<Mat<f32>>,
+    /// The N:M-aware term added to the entropy (`None`: the entropy alone).
+    pub nm: Option<NmTerm>,
     // down needs no statistics: its input is not rotated and its groups are columns, so a
     // per-column factor cancels in every normalized group.
 }
@@ -193,6 +195,94 @@ pub(crate) fn grouped_entropy(
     loss
 }
 
+/// The N:M-aware term of the objective: `weight · C`, where `C` sums over rows the
+/// row-normalized importance that an N:M selection by score removes (in every group of `m`
+/// consecutive input columns, the `m − n` smallest scores of the row) — the proxy cost the
+/// channel permutation (`permute`) lowers after the search, here lowered during it. Why: the
+/// entropy rewards concentrating a row's importance on few channels wherever they fall, while
+/// an N:M pattern must drop `m − n` of every group, so concentration inside one group is
+/// wasted; this term sees the groups.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NmTerm {
+    pub n: usize,
+    pub m: usize,
+    pub weight: f64,
+}
+
+/// `weight · C` of [`NmTerm`] for the rows of `w` (scores `s_ab = w_ab² c_b`, groups along the
+/// columns); adds `weight · ∂C/∂w` into `gw` and `weight · ∂C/∂c` into `gc`. `C` is piecewise
+/// smooth: inside a region where the selected entries do not change,
+/// `∂C_row/∂s_b = [b removed]/S − R/S²` (`R` the removed sum, `S` the row's sum). A matrix
+/// whose width is not a multiple of `m` adds nothing (N:M pruning refuses it).
+pub(crate) fn nm_cost(
+    w: MatRef<'_, f32>,
+    c: Option<&[f32]>,
+    term: &NmTerm,
+    gw: &mut Mat<f32>,
+    gc: Option<&mut [f64]>,
+) -> f64 {
+    let (rows, cols) = (w.nrows(), w.ncols());
+    let (n, m) = (term.n, term.m);
+    if m == 0 || n >= m || !cols.is_multiple_of(m) {
+        return 0.0;
+    }
+    let drop = m - n;
+    let factor = |b: usize| c.map_or(1.0f64, |c| c[b] as f64);
+    // Rows of `w` as contiguous columns of its transpose (the loop runs along rows).
+    let wt = w.transpose().to_owned();
+    let mut gt = Mat::<f64>::zeros(cols, rows);
+    let mut gc_acc = vec![0.0f64; cols];
+    let mut total = 0.0f64;
+    let mut s = vec![0.0f64; cols];
+    let mut removed = vec![false; cols];
+    let mut idx: Vec<usize> = Vec::with_capacity(m);
+    for a in 0..rows {
+        for b in 0..cols {
+            let x = wt[(b, a)] as f64;
+            s[b] = x * x * factor(b);
+        }
+        let sum: f64 = s.iter().sum();
+        if !(sum > 0.0 && sum.is_finite()) {
+            continue;
+        }
+        let mut r = 0.0f64;
+        for g in (0..cols).step_by(m) {
+            idx.clear();
+            idx.extend(g..g + m);
+            // Ascending by score, ties by position, so the selection is deterministic.
+            idx.sort_by(|&i, &j| s[i].total_cmp(&s[j]).then(i.cmp(&j)));
+            for (k, &b) in idx.iter().enumerate() {
+                removed[b] = k < drop;
+                if k < drop {
+                    r += s[b];
+                }
+            }
+        }
+        total += r / sum;
+        let base = r / (sum * sum);
+        for b in 0..cols {
+            let ds = if removed[b] { 1.0 / sum } else { 0.0 } - base;
+            let x = wt[(b, a)] as f64;
+            gt[(b, a)] = term.weight * ds * 2.0 * x * factor(b);
+            gc_acc[b] += term.weight * ds * x * x;
+        }
+    }
+    if gw.nrows() != rows || gw.ncols() != cols {
+        *gw = Mat::zeros(rows, cols);
+    }
+    for b in 0..cols {
+        for a in 0..rows {
+            gw[(a, b)] += gt[(b, a)] as f32;
+        }
+    }
+    if let (Some(_), Some(gc)) = (c, gc) {
+        for (g, acc) in gc.iter_mut().zip(&gc_acc) {
+            *g += acc;
+        }
+    }
+    term.weight * total
+}
+
 /// Column factor of a rotated input: `e = diag(Qᵀ M Q)`, `c = e` (Wanda) or `1/e` (SparseGPT).
 /// Returns `c` and `M Q` (kept for the backward step).
 /// The loss of readers `w` of the rotated stream (`W Q1`, grouped by rows, with column factor
@@ -201,14 +291,17 @@ fn reader_loss(
     w: MatRef<'_, f32>,
     q1: MatRef<'_, f32>,
     c: Option<&[f32]>,
+    nm: Option<&NmTerm>,
     gw: &mut Mat<f32>,
     gc: &mut [f64],
     gq1: &mut Mat<f32>,
-) -> f64 {
+) -> (f64, f64) {
     let a = mm(w, q1);
-    let loss = grouped_entropy(a.as_ref(), c, Groups::Rows, gw, Some(gc));
+    let loss = grouped_entropy(a.as_ref(), c, Groups::Rows, gw, Some(&mut *gc));
+    // The N:M term adds into the same ∂/∂(W Q1), so it must come before the product below.
+    let nm_part = nm.map_or(0.0, |t| nm_cost(a.as_ref(), c, t, gw, Some(gc)));
     mm_acc(gq1.as_mut(), w.transpose(), gw.as_ref());
-    loss
+    (loss, nm_part)
 }
 
 pub(crate) fn col_factor(
@@ -264,11 +357,13 @@ pub struct LossParts {
     pub o: f64,
     pub gate_up: f64,
     pub down: f64,
+    /// The weighted N:M term (0 without one), over q, k, v, o, gate and up.
+    pub nm: f64,
 }
 
 impl LossParts {
     pub fn total(&self) -> f64 {
-        self.qk + self.v + self.o + self.gate_up + self.down
+        self.qk + self.v + self.o + self.gate_up + self.down + self.nm
     }
 }
 
@@ -304,10 +399,13 @@ impl LayerProblem {
             .as_ref()
             .map(|m| col_factor(m.as_ref(), q1, inverse));
         let mut gc_attn = vec![0.0f64; self.d()];
-        parts.qk = reader_loss(
+        let nm = self.nm.as_ref();
+        let qk_nm;
+        (parts.qk, qk_nm) = reader_loss(
             self.qk.as_ref(),
             q1,
             attn_cf.as_ref().map(|(c, _)| c.as_slice()),
+            nm,
             &mut gw,
             &mut gc_attn,
             gq1,
@@ -326,6 +424,15 @@ impl LayerProblem {
             &mut gw,
             Some(&mut gc_attn),
         );
+        let v_nm = nm.map_or(0.0, |t| {
+            nm_cost(
+                vr.as_ref(),
+                attn_cf.as_ref().map(|(c, _)| c.as_slice()),
+                t,
+                &mut gw,
+                Some(&mut gc_attn),
+            )
+        });
         // V' = Rᵀ Mv: ∂Mv_j = R_j ∂V'_j, ∂R_j = Mv_j ∂V'_jᵀ.
         let mut gmv = Mat::<f32>::zeros(mv.nrows(), mv.ncols());
         for (j, r) in r2.iter().enumerate() {
@@ -349,10 +456,12 @@ impl LayerProblem {
             .as_ref()
             .map(|m| col_factor(m.as_ref(), q1, inverse));
         let mut gc_mlp = vec![0.0f64; self.d()];
-        parts.gate_up = reader_loss(
+        let gu_nm;
+        (parts.gate_up, gu_nm) = reader_loss(
             self.gate_up.as_ref(),
             q1,
             mlp_cf.as_ref().map(|(c, _)| c.as_slice()),
+            nm,
             &mut gw,
             &mut gc_mlp,
             gq1,
@@ -391,6 +500,16 @@ impl LayerProblem {
             &mut gw,
             Some(&mut gc_o),
         );
+        let o_nm = nm.map_or(0.0, |t| {
+            nm_cost(
+                op.as_ref(),
+                self.o_m.as_ref().map(|_| o_c.as_slice()),
+                t,
+                &mut gw,
+                Some(&mut gc_o),
+            )
+        });
+        parts.nm = qk_nm + v_nm + gu_nm + o_nm;
         mm_acc(gq1.as_mut(), n.as_ref(), gw.transpose());
         let gn = mm(q1, gw.as_ref());
         for (h, mr) in o_mr.iter().enumerate() {

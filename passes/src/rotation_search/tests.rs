@@ -1,7 +1,7 @@
 //! Unit tests of the DenoiseRotator maths: the analytic gradient against central finite
 //! differences of an independent f64 implementation of the loss, and the optimizer.
 
-use super::loss::{Heads, Importance, LayerProblem};
+use super::loss::{Heads, Importance, LayerProblem, NmTerm};
 use super::optim::{optimize, orthogonality_error, qr_backward, AdamOptions, Param, StopReason};
 use crate::linalg::orthogonal::Rng;
 use faer::Mat;
@@ -42,6 +42,7 @@ fn problem(method: Importance, seed: u64) -> LayerProblem {
         attn_m: with_m.then(|| spd(d, &mut rng)),
         mlp_m: with_m.then(|| spd(d, &mut rng)),
         o_m: with_m.then(|| spd(8, &mut rng)),
+        nm: None,
     }
 }
 
@@ -81,6 +82,24 @@ fn entropy(s: &[f64]) -> f64 {
         .filter(|&&x| x > 0.0)
         .map(|&x| (x / sum) * (x / sum).ln())
         .sum::<f64>()
+}
+
+/// The N:M term's cost, written out: per row, the `m − n` smallest scores of every group of
+/// `m` columns over the row's sum.
+fn nm_ref(w: &M, c: &[f64], n: usize, m: usize) -> f64 {
+    let mut total = 0.0;
+    for row in w {
+        let s: Vec<f64> = row.iter().zip(c).map(|(x, c)| x * x * c).collect();
+        let sum: f64 = s.iter().sum();
+        let mut removed = 0.0;
+        for g in s.chunks(m) {
+            let mut g = g.to_vec();
+            g.sort_by(|a, b| a.total_cmp(b));
+            removed += g[..m - n].iter().sum::<f64>();
+        }
+        total += removed / sum;
+    }
+    total
 }
 
 fn scores_loss(w: &M, c: &[f64], rows: bool, cols: bool) -> f64 {
@@ -124,7 +143,9 @@ fn reference_loss(p: &LayerProblem, q1: &M, r2: &[M]) -> f64 {
     let hd = p.heads.head_dim;
     let ca = factor(p.method, p.attn_m.as_ref(), q1);
     let cm = factor(p.method, p.mlp_m.as_ref(), q1);
-    let mut l = scores_loss(&mul(&to64(&p.qk), q1), &ca, true, false);
+    let nm = |w: &M, c: &[f64]| p.nm.map_or(0.0, |t| t.weight * nm_ref(w, c, t.n, t.m));
+    let qk = mul(&to64(&p.qk), q1);
+    let mut l = scores_loss(&qk, &ca, true, false) + nm(&qk, &ca);
     // v' = Rᵀ Wv Q1 with R block diagonal.
     let kvd = p.heads.kv_heads * hd;
     let mut r = vec![vec![0.0; kvd]; kvd];
@@ -136,8 +157,9 @@ fn reference_loss(p: &LayerProblem, q1: &M, r2: &[M]) -> f64 {
         }
     }
     let v = mul(&tr(&r), &mul(&to64(&p.v), q1));
-    l += scores_loss(&v, &ca, true, true);
-    l += scores_loss(&mul(&to64(&p.gate_up), q1), &cm, true, false);
+    l += scores_loss(&v, &ca, true, true) + nm(&v, &ca);
+    let gu = mul(&to64(&p.gate_up), q1);
+    l += scores_loss(&gu, &cm, true, false) + nm(&gu, &cm);
     let dc = vec![1.0; p.down.ncols()];
     l += scores_loss(&mul(&tr(q1), &to64(&p.down)), &dc, false, true);
     // o' = Q1ᵀ Wo R_rep, factor per query head from its KV head's R.
@@ -154,7 +176,8 @@ fn reference_loss(p: &LayerProblem, q1: &M, r2: &[M]) -> f64 {
         let mh = p.o_m.as_ref().map(|m| block(m, h * hd, h * hd, hd));
         co.extend(factor(p.method, mh.as_ref(), rj));
     }
-    l += scores_loss(&mul(&mul(&tr(q1), &to64(&p.o)), &rr), &co, true, true);
+    let o = mul(&mul(&tr(q1), &to64(&p.o)), &rr);
+    l += scores_loss(&o, &co, true, true) + nm(&o, &co);
     l
 }
 
@@ -174,12 +197,22 @@ fn to32(m: &M) -> Mat<f32> {
 
 #[test]
 fn gradient_matches_finite_differences() {
-    for (method, seed) in [
-        (Importance::Magnitude, 1),
-        (Importance::Wanda, 2),
-        (Importance::SparseGpt, 3),
+    // The last two add the N:M term (2:4, weighted so that it is not negligible).
+    for (method, seed, nm) in [
+        (Importance::Magnitude, 1, false),
+        (Importance::Wanda, 2, false),
+        (Importance::SparseGpt, 3, false),
+        (Importance::Wanda, 4, true),
+        (Importance::SparseGpt, 5, true),
     ] {
-        let p = problem(method, seed);
+        let mut p = problem(method, seed);
+        if nm {
+            p.nm = Some(NmTerm {
+                n: 2,
+                m: 4,
+                weight: 20.0,
+            });
+        }
         let mut rng = Rng::new(seed + 100);
         let q1 = near_identity(8, &mut rng);
         let r2: Vec<M> = (0..2).map(|_| near_identity(2, &mut rng)).collect();
@@ -475,6 +508,7 @@ fn time_one_evaluation_at_smollm2_size() {
         attn_m: Some(spd(d, &mut rng)),
         mlp_m: Some(spd(d, &mut rng)),
         o_m: Some(spd(576, &mut rng)),
+        nm: None,
     };
     let mut f = objective(&p);
     let t = std::time::Instant::now();
@@ -530,6 +564,7 @@ fn nm_permutation_keeps_the_objective_and_lowers_the_proxy() {
         attn_m: Some(spd(d, &mut rng)),
         mlp_m: Some(spd(d, &mut rng)),
         o_m: Some(spd(16, &mut rng)),
+        nm: None,
     };
     let q1 = Mat::<f64>::identity(d, d);
     let r2 = vec![Mat::<f64>::identity(4, 4); 2];

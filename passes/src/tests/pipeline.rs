@@ -188,6 +188,12 @@ fn unknown_and_bad_options() {
         e.message,
         "pass 'denoise-rotate': lr must be positive, got -1"
     );
+    let e = err("denoise-prune{nm-weight=-0.5}");
+    assert_eq!(e.kind, PipelineErrorKind::Refused);
+    assert_eq!(
+        e.message,
+        "pass 'denoise-prune': nm-weight must be a finite number ≥ 0, got -0.5"
+    );
 }
 
 #[test]

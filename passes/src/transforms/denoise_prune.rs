@@ -44,6 +44,7 @@ use crate::calib::{block_spans, missing_calibration, walk_layers, Calibration, L
 use crate::linalg::layer_rotations::{self as rotations, LayerParts, Layers};
 use crate::options::{OptionError, OptionKind};
 use crate::pass::{PassContext, PassError, PassErrorKind, PassResult};
+use crate::rotation_search::loss::{LayerProblem, NmTerm};
 use crate::rotation_search::optim::{optimize, AdamOptions, Param};
 use crate::rotation_search::permute::{hidden_permutation, permute_columns};
 use crate::rotation_search::{check_lr, layer_objective, LR, METHOD_KIND};
@@ -128,6 +129,13 @@ crate::pass_options! {
             default: false,
             doc: "With nm-permute, also permute the MLP's hidden channels (gate/up rows, down columns) for down's groups (measured worse on SmolLM2 SparseGPT 2:4: 79.08 against 75.10).",
         },
+        /// Weight of the N:M-aware term of the objective (see `rotation_search::loss::NmTerm`).
+        pub nm_weight: f64 = {
+            name: "nm-weight",
+            default: 0.0,
+            doc: "With an N:M pattern, add to the entropy the row-normalized importance the pattern would remove from q, k, v, o, gate and up, scaled to nm-weight × the entropy at the identity (0: the entropy alone).",
+            kind: OptionKind::Float,
+        },
         /// Whether the per-KV-head V/O rotations are optimized too.
         pub head_rotations: bool = {
             name: "head-rotations",
@@ -156,6 +164,12 @@ impl DenoisePruneOptions {
         self.spec()
             .validate()
             .map_err(|e| OptionError::Invalid(e.to_string()))?;
+        if !(self.nm_weight >= 0.0 && self.nm_weight.is_finite()) {
+            return Err(OptionError::Invalid(format!(
+                "nm-weight must be a finite number ≥ 0, got {}",
+                self.nm_weight
+            )));
+        }
         check_lr(self.lr)
     }
 }
@@ -353,13 +367,16 @@ fn search_rotation(
     opts: &DenoisePruneOptions,
 ) -> Result<(Rotation, BlockReport), PassError> {
     let lp = &layers.layers[i];
-    let problem = rotations::problem(
+    let mut problem = rotations::problem(
         lcx.module_ref(),
         layers,
         i,
         opts.method,
         &dense.objective_stats(),
     )?;
+    if let (true, Pattern::NM { n, m }) = (opts.nm_weight > 0.0, opts.pattern) {
+        problem.nm = nm_term(&problem, n, m, opts.nm_weight);
+    }
     let mut sizes = vec![layers.d];
     let (hd, kv) = (lp.heads.head_dim, lp.heads.kv_heads);
     if opts.head_rotations {
@@ -464,6 +481,29 @@ fn search_rotation(
         permutation: costs,
     };
     Ok((Rotation { q1, r2, mlp }, block))
+}
+
+/// The N:M term weighted so that it starts at `weight` × the entropy (both at the identity,
+/// where every search starts): the two are in unrelated units, and Adam's steps only see
+/// their ratio. `None` when the layer's matrices have no N:M groups to count.
+fn nm_term(problem: &LayerProblem, n: usize, m: usize, weight: f64) -> Option<NmTerm> {
+    let mut probe = problem.clone();
+    probe.nm = Some(NmTerm { n, m, weight: 1.0 });
+    let d = problem.d();
+    let hd = problem.heads.head_dim;
+    let eye = Mat::<f32>::identity(d, d);
+    let r2: Vec<Mat<f32>> = (0..problem.heads.kv_heads)
+        .map(|_| Mat::identity(hd, hd))
+        .collect();
+    let mut gq = Mat::<f32>::zeros(d, d);
+    let mut gr: Vec<Mat<f32>> = r2.iter().map(|_| Mat::zeros(hd, hd)).collect();
+    let parts = probe.loss_grad(eye.as_ref(), &r2, &mut gq, &mut gr);
+    let entropy = parts.total() - parts.nm;
+    (parts.nm > 0.0 && entropy.is_finite()).then(|| NmTerm {
+        n,
+        m,
+        weight: weight * entropy / parts.nm,
+    })
 }
 
 /// Step 3 (`keep=better`): prunes the block both ways on its dense statistics, runs each
