@@ -1,5 +1,5 @@
 //! `denoise-prune{method=sparsegpt|wanda|magnitude sparsity=0.5 pattern=unstructured|N:M
-//! iters=50 lr=0.01 rotation-samples=32 keep=better|always nm-permute=true param=cayley|qr
+//! iters=50 lr=0.01 rotation-samples=32 keep=better|always nm-permute=true nm-weight=… param=cayley|qr
 //! head-rotations=true}`: DenoiseRotator's own protocol
 //! (ALGORITHMS.md §2.1) — rotate each decoder layer, then prune it, one layer after the other —
 //! with a check that the rotation actually helps.
@@ -15,6 +15,9 @@
 //! 2. minimizes the entropy objective of the method's importance scores over `Q1 ∈ SO(d)` and
 //!    one `R2_j ∈ SO(head_dim)` per KV head (Adam through the Cayley map, best iterate kept —
 //!    `rotation_search::optim`; `param=qr` is the reference code's QR(A) parameterization);
+//!    with an N:M pattern and `nm-weight > 0`, the objective also counts, per group of M input
+//!    columns, the row-normalized importance the pattern would remove (`loss::NmTerm`, scaled
+//!    to `nm-weight` × the entropy at the identity), so the search itself sees the groups;
 //!    with an N:M pattern (`nm-permute`, default on), the rotated channels are then permuted so
 //!    that the important ones spread over the groups of M — the entropy is blind to channel
 //!    order, an N:M pattern is not (`rotation_search::permute`): the stream's permutation is
