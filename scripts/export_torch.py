@@ -97,7 +97,8 @@ def export_both(model, name, out_dir, vocab, output, with_mask, exporters, strip
         path = os.path.join(out_dir, f"{name}{suffix}.{exporter}.onnx")
         if exporter == "dynamo":
             batch = torch.export.Dim("batch", min=1, max=64)
-            seq = torch.export.Dim("seq", min=2, max=2048)
+            # The tiny models have 64-entry position tables; the seq bound has to respect them.
+            seq = torch.export.Dim("seq", min=2, max=64 if strip else 2048)
             shapes = {"input_ids": {0: batch, 1: seq}}
             if with_mask:
                 shapes["attention_mask"] = {0: batch, 1: seq}
@@ -194,6 +195,8 @@ def family_models(tiny):
     )
 
     width, layers, vocab, ffn = (32, 2, 128, 64) if tiny else (128, 2, 1024, 384)
+    # Learned position tables (GPT-2, BERT) are max_positions × width weights: small in the tiny files.
+    max_positions = 64 if tiny else 2048
     heads = 4
     head_dim = width // heads
     specs = {
@@ -209,7 +212,7 @@ def family_models(tiny):
                 head_dim=head_dim,
                 rms_norm_eps=1e-5,
                 rope_theta=10000.0,
-                max_position_embeddings=2048,
+                max_position_embeddings=max_positions,
                 tie_word_embeddings=True,
             ),
             "logits",
@@ -221,7 +224,7 @@ def family_models(tiny):
                 n_embd=width,
                 n_layer=layers,
                 n_head=heads,
-                n_positions=2048,
+                n_positions=max_positions,
                 n_inner=ffn,
                 activation_function="gelu_new",
             ),
@@ -235,7 +238,7 @@ def family_models(tiny):
                 num_hidden_layers=layers,
                 num_attention_heads=heads,
                 intermediate_size=ffn,
-                max_position_embeddings=2048,
+                max_position_embeddings=max_positions,
                 hidden_act="gelu",
             ),
             "hidden",
@@ -249,7 +252,7 @@ def family_models(tiny):
                 num_hidden_layers=layers,
                 num_attention_heads=heads,
                 num_key_value_heads=2,
-                max_position_embeddings=2048,
+                max_position_embeddings=max_positions,
                 tie_word_embeddings=True,
             ),
             "logits",
@@ -264,7 +267,7 @@ def family_models(tiny):
                 num_attention_heads=heads,
                 num_key_value_heads=1,
                 head_dim=head_dim,
-                max_position_embeddings=2048,
+                max_position_embeddings=max_positions,
                 sliding_window=4096,
                 attn_logit_softcapping=50.0,
                 final_logit_softcapping=30.0,
