@@ -80,10 +80,9 @@ fn relative_difference(got: &HostTensor, want: &HostTensor) -> f64 {
         want.as_f32().expect("f32 output"),
     );
     let scale = w.iter().fold(0.0f64, |m, &x| m.max(f64::from(x).abs()));
-    let diff = g
-        .iter()
-        .zip(w)
-        .fold(0.0f64, |m, (&a, &b)| m.max((f64::from(a) - f64::from(b)).abs()));
+    let diff = g.iter().zip(w).fold(0.0f64, |m, (&a, &b)| {
+        m.max((f64::from(a) - f64::from(b)).abs())
+    });
     diff / scale
 }
 
@@ -116,8 +115,13 @@ fn exports_equal_onnxruntime() {
             let (name, got) = outs.remove(0);
             assert_eq!(name, output, "{file}: first output");
             let rel = relative_difference(&got, &want);
-            eprintln!("{file} {batch}x{seq}: max |ours − onnxruntime| / max |onnxruntime| = {rel:.2e}");
-            assert!(rel <= 1e-4, "{file} {batch}x{seq}: relative difference {rel:.3e} > 1e-4");
+            eprintln!(
+                "{file} {batch}x{seq}: max |ours − onnxruntime| / max |onnxruntime| = {rel:.2e}"
+            );
+            assert!(
+                rel <= 1e-4,
+                "{file} {batch}x{seq}: relative difference {rel:.3e} > 1e-4"
+            );
         }
     }
 }
@@ -143,14 +147,30 @@ fn assert_llama_structure(s: &serde_json::Value, what: &str) {
             assert_eq!(a[proj]["out"], out, "{what}: {proj} projection of {b}");
         }
         let text = b.to_string();
-        assert!(text.contains("SwiGLU") || text.contains("swiglu"), "{what}: MLP of {b}");
+        assert!(
+            text.contains("SwiGLU") || text.contains("swiglu"),
+            "{what}: MLP of {b}"
+        );
     }
     let norms = s["norms"].as_array().expect("norms");
-    assert_eq!(norms.len(), 5, "{what}: two norms per block and the final one");
-    assert!(norms.iter().all(|n| n["description"] == "RMSNorm (decomposed)"), "{what}: {norms:?}");
+    assert_eq!(
+        norms.len(),
+        5,
+        "{what}: two norms per block and the final one"
+    );
+    assert!(
+        norms
+            .iter()
+            .all(|n| n["description"] == "RMSNorm (decomposed)"),
+        "{what}: {norms:?}"
+    );
     assert!(!s["final_norm"].is_null(), "{what}: final norm");
     assert_eq!(s["heads"].as_array().map(Vec::len), Some(1), "{what}: head");
-    assert_eq!(s["unmatched"].as_array().map(Vec::len), Some(0), "{what}: unmatched nodes");
+    assert_eq!(
+        s["unmatched"].as_array().map(Vec::len),
+        Some(0),
+        "{what}: unmatched nodes"
+    );
 }
 
 /// The dynamo export is analyzed as imported.
