@@ -4,7 +4,7 @@
 //! - ONNX Runtime's `SimplifiedLayerNormalization` and `SkipSimplifiedLayerNormalization` (the
 //!   latter also adds the residual: `sum = input + skip (+ bias)`, `out = rms(sum) ⊙ γ`);
 //! - the decomposed chains `Mul(x,x)|Pow(x,2) → ReduceMean → Add(eps) → Sqrt → Div(x, ·)`
-//!   (or `Sqrt → Reciprocal → Mul(x, ·)`, or `Pow(·, -0.5) → Mul(x, ·)`), optionally followed by
+//!   (or `Sqrt → Reciprocal|Div(1, ·) → Mul(x, ·)`, or `Pow(·, -0.5) → Mul(x, ·)`), optionally followed by
 //!   `Mul(γ)`; with `ReduceMean(x) → Sub(x, mean)` in front it is a LayerNorm, optionally
 //!   followed by `Add(β)`.
 //!
@@ -237,7 +237,7 @@ fn rms_core(m: &Module, g: &Graph, x: ValueId) -> Option<(ValueId, Vec<NodeId>, 
     let eps = const_scalar(m, g, eps_v)?;
     let mut nodes = vec![sq, mean, add];
     let next = sole_user(g, out0(add))?;
-    // The scaling by 1/rms: Sqrt→Div, Sqrt→Reciprocal→Mul, or Pow(-0.5)→Mul.
+    // The scaling by 1/rms: Sqrt→Div, Sqrt→Reciprocal|Div(1, ·)→Mul, or Pow(-0.5)→Mul.
     let scale_user = |r: ValueId, nodes: &mut Vec<NodeId>| -> Option<ValueId> {
         let u = sole_user(g, r)?;
         let un = g.node(u);
@@ -258,7 +258,18 @@ fn rms_core(m: &Module, g: &Graph, x: ValueId) -> Option<(ValueId, Vec<NodeId>, 
             nodes.push(next);
             let s = out0(next);
             let u = sole_user(g, s)?;
-            if matches!(g.node(u).op, Op::Reciprocal) {
+            let un = g.node(u);
+            // 1/rms as `Reciprocal(s)` or, as torch's TorchScript exporter spells `rsqrt`, as
+            // `Div(1, s)`.
+            let is_reciprocal = match un.op {
+                Op::Reciprocal => true,
+                Op::Div => {
+                    un.operand(1) == Some(s)
+                        && un.operand(0).and_then(|o| const_scalar(m, g, o)) == Some(1.0)
+                }
+                _ => false,
+            };
+            if is_reciprocal {
                 nodes.push(u);
                 scale_user(out0(u), &mut nodes)?
             } else {

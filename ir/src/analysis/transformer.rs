@@ -552,8 +552,14 @@ impl<'a> Ctx<'a> {
 
     /// Whether every user of `v` is a linear reader.
     fn only_readers(&self, v: ValueId) -> bool {
+        // `Shape`/`Size` users read only the dims (torch's TorchScript exporter takes the
+        // attention reshape sizes from the normed value), never the values a basis acts on.
         let users = self.g.users(v);
-        !users.is_empty() && users.iter().all(|(u, _)| self.readers.contains(u))
+        let mut value_users = users
+            .iter()
+            .filter(|(u, _)| !matches!(self.g.node(*u).op, Op::Shape(_) | Op::Size))
+            .peekable();
+        value_users.peek().is_some() && value_users.all(|(u, _)| self.readers.contains(u))
     }
 
     /// The writer nodes behind a branch output.
