@@ -47,7 +47,7 @@ fn matmul(b: &mut Builder<'_>, s: &Site) -> BResult<Vec<Option<ValueId>>> {
     let (a, w) = (s.x(b, 0)?, s.x(b, 1)?);
     let (ad, wd, yd) = (b.dims(a)?, b.dims(w)?, b.dims(s.y[0])?);
     if ad.len() < 2 || wd.len() < 2 {
-        return Err(unsupported(b, "MatMul with a 1-D operand"));
+        return matmul_vector(b, s, (a, ad.len()), (w, wd.len()), dy);
     }
     let batch = &yd[..yd.len() - 2];
     let mut dx = vec![None, None];
@@ -77,6 +77,60 @@ fn matmul(b: &mut Builder<'_>, s: &Site) -> BResult<Vec<Option<ValueId>>> {
                 b.sum_to(t, w, &shape)?
             }
         });
+    }
+    Ok(dx)
+}
+
+/// MatMul with a 1-D operand (ONNX reads a 1-D `A` as a row `[1, K]` and a 1-D `B` as a column
+/// `[K, 1]`, then drops that axis from the result): the products below restore the dropped
+/// axis of `dY` and sum the 1-D operand's gradient over every other axis. A low-rank
+/// `ortho.FactorizedLinear` of a single token lowers to this.
+fn matmul_vector(
+    b: &mut Builder<'_>,
+    s: &Site,
+    (a, ar): (ValueId, usize),
+    (w, wr): (ValueId, usize),
+    dy: ValueId,
+) -> BResult<Vec<Option<ValueId>>> {
+    let mut dx = vec![None, None];
+    // Every axis but the last of a rank-`r` product, for summing it down to a vector.
+    let lead = |r: usize| (0..r as i64 - 1).collect::<Vec<i64>>();
+    match (ar, wr) {
+        (1, 1) => {
+            // y = a·w is a scalar: dA = dY·w, dB = dY·a.
+            if s.wants(0) {
+                dx[0] = Some(b.mul(dy, w));
+            }
+            if s.wants(1) {
+                dx[1] = Some(b.mul(dy, a));
+            }
+        }
+        (1, _) => {
+            // y[…, n] = Σ_k a[k]·w[…, k, n].
+            let row = b.unsqueeze(dy, &[-2]);
+            if s.wants(0) {
+                let wt = b.transpose(w, swap_last(wr));
+                let t = b.one(Op::MatMul, &[row, wt], "dA");
+                dx[0] = Some(b.reduce_sum(t, &lead(wr), false));
+            }
+            if s.wants(1) {
+                let col = b.unsqueeze(a, &[-1]);
+                dx[1] = Some(b.one(Op::MatMul, &[col, row], "dB"));
+            }
+        }
+        _ => {
+            // y[…, m] = Σ_k a[…, m, k]·w[k].
+            let col = b.unsqueeze(dy, &[-1]);
+            if s.wants(0) {
+                let row = b.unsqueeze(w, &[0]);
+                dx[0] = Some(b.one(Op::MatMul, &[col, row], "dA"));
+            }
+            if s.wants(1) {
+                let row = b.unsqueeze(dy, &[-2]);
+                let t = b.one(Op::MatMul, &[row, a], "dB");
+                dx[1] = Some(b.reduce_sum(t, &lead(ar), false));
+            }
+        }
     }
     Ok(dx)
 }
