@@ -22,6 +22,8 @@ use ortho_codegen::cpu::{HostTensor, Plan};
 use ortho_ir::{DType, Op};
 use ortho_opt::train::{TokenBatch, TrainConfig, Trainer, WindowSampler};
 use ortho_passes::autodiff::{autodiff, parameters_as_inputs, select_params, AutodiffSpec};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -315,21 +317,6 @@ fn compare_step(size: &str, py: &Result<PathBuf, String>) {
     }
 }
 
-/// splitmix64 for the probe and ids of the gradient comparison.
-struct Mix(u64);
-impl Mix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// The full f32 gradient of the 2-block prefix (`ortho_opt::train_prefix`, the same prefix as
 /// `tests/autodiff_real.rs`) w.r.t. the embedding and every weight of blocks 0 and 1, ours
 /// against PyTorch's, norm-wise relative error per tensor.
@@ -371,10 +358,10 @@ fn compare_gradients(py: &Result<PathBuf, String>) {
     .expect("autodiff of the prefix");
     let mut plan = Plan::compile(&m).expect("compiles");
     plan.set_threads(threads());
-    let mut rng = Mix(2024);
-    let ids: Vec<i64> = (0..seq).map(|_| (rng.next() % 49152) as i64).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(2024);
+    let ids: Vec<i64> = (0..seq).map(|_| rng.random_range(0..49152i64)).collect();
     let probe: Vec<f32> = (0..seq * width)
-        .map(|_| (rng.unit() * 2.0 - 1.0) as f32)
+        .map(|_| rng.random_range(-1.0f32..1.0))
         .collect();
     let mut feeds: Vec<(&str, HostTensor)> = vec![
         (
