@@ -439,6 +439,7 @@ fn compare_gradients(py: &Result<PathBuf, String>) {
             "  {n:<48} ‖g‖ {:>10.4e}  relative error {rel:.3e}",
             row["norm"].as_f64().unwrap_or(0.0)
         );
+        // Written so that a NaN error counts as the worst.
         if !(rel <= worst.1) {
             worst = (n, rel);
         }
