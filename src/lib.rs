@@ -30,6 +30,7 @@ mod shard;
 pub mod train;
 pub mod train_ckpt;
 mod train_cmd;
+pub mod train_prefix;
 
 pub use cli::{Driver, GlobalArgs};
 pub use error::CliError;

@@ -4,7 +4,7 @@
 //! (`ortho_passes::train`) over seeded token windows. Nothing here prints; the `train` command
 //! (when it exists) reports progress from the returned [`StepReport`]s.
 
-use ortho_codegen::cpu::{HostTensor, Plan, RuntimeError};
+use ortho_codegen::cpu::{Elem, HostTensor, Plan, Profile, RuntimeError, TensorBuf};
 use ortho_ir::{DType, Module, Op, TensorData};
 use ortho_passes::autodiff::loss::append_token_cross_entropy;
 use ortho_passes::autodiff::{
@@ -352,10 +352,10 @@ impl Trainer {
         })
     }
 
-    /// Runs the plan on one batch: the loss and every gradient.
-    fn forward_backward(&self, b: &TokenBatch) -> Result<(f64, Vec<Vec<f32>>), TrainLoopError> {
+    /// The token inputs and labels of one batch.
+    fn batch_feeds(&self, b: &TokenBatch) -> Result<Vec<(&str, HostTensor)>, TrainLoopError> {
         let (inputs, labels) = split_windows(b);
-        let mut feeds: Vec<(&str, HostTensor)> = vec![
+        Ok(vec![
             (
                 self.cfg.input.as_str(),
                 HostTensor::from_vec(vec![b.batch, b.seqlen], inputs)?,
@@ -364,29 +364,105 @@ impl Trainer {
                 self.labels.as_str(),
                 HostTensor::from_vec(vec![b.batch, b.seqlen], labels)?,
             ),
-        ];
-        feeds.extend(self.weight_feeds()?);
-        let out = self.plan.run(&feeds)?;
-        let find = |name: &str| {
-            out.iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, t)| t)
-                .ok_or_else(|| TrainLoopError::MissingOutput(name.to_string()))
-        };
-        let loss = find(&self.loss)?
+        ])
+    }
+
+    /// The loss and every gradient from the plan's outputs; the gradients are moved out of
+    /// the outputs, not copied.
+    fn read_outputs(
+        &self,
+        out: Vec<(String, HostTensor)>,
+    ) -> Result<(f64, Vec<Vec<f32>>), TrainLoopError> {
+        let mut by_name: std::collections::HashMap<String, HostTensor> = out.into_iter().collect();
+        let loss = by_name
+            .get(&self.loss)
+            .ok_or_else(|| TrainLoopError::MissingOutput(self.loss.clone()))?
             .to_f64_vec()
             .first()
             .copied()
             .unwrap_or(f64::NAN);
         let mut grads = Vec::with_capacity(self.grads.len());
         for g in &self.grads {
-            let t = find(g)?;
-            grads.push(match t.as_f32() {
-                Some(v) => v.to_vec(),
-                None => t.to_f64_vec().into_iter().map(|x| x as f32).collect(),
+            let t = by_name
+                .remove(g)
+                .ok_or_else(|| TrainLoopError::MissingOutput(g.clone()))?;
+            let (_, buf) = t.into_parts();
+            grads.push(match f32::into_vec(buf) {
+                Ok(v) => v,
+                Err(other) => HostTensor::new(vec![other.len()], other)?
+                    .to_f64_vec()
+                    .into_iter()
+                    .map(|x| x as f32)
+                    .collect(),
             });
         }
         Ok((loss, grads))
+    }
+
+    /// Runs the plan on one batch with copies of the weights: the loss and every gradient.
+    fn forward_backward(&self, b: &TokenBatch) -> Result<(f64, Vec<Vec<f32>>), TrainLoopError> {
+        let mut feeds = self.batch_feeds(b)?;
+        feeds.extend(self.weight_feeds()?);
+        let out = self.plan.run(&feeds)?;
+        self.read_outputs(out)
+    }
+
+    /// As [`Trainer::forward_backward`], with the weights moved into the feeds and back rather
+    /// than copied (a copy of every weight per step costs time and as much memory again as
+    /// the model), optionally timing every op type.
+    fn forward_backward_moving(
+        &mut self,
+        b: &TokenBatch,
+        profiled: bool,
+    ) -> Result<(f64, Vec<Vec<f32>>, Option<Profile>), TrainLoopError> {
+        // Lengths are checked first so that wrapping the moved vectors cannot fail half way
+        // (a caller may have resized one through `parameters_mut`).
+        for (i, (v, s)) in self.values.iter().zip(&self.shapes).enumerate() {
+            if v.len() != s.iter().product::<usize>() {
+                return Err(TrainLoopError::StateMismatch {
+                    index: i,
+                    got: format!("{} values", v.len()),
+                    want: format!("'{}' {:?}", self.names[i], s),
+                });
+            }
+        }
+        let values = std::mem::take(&mut self.values);
+        let mut weights = Vec::with_capacity(values.len());
+        for (v, s) in values.into_iter().zip(&self.shapes) {
+            weights.push(HostTensor::new(s.clone(), TensorBuf::F32(v))?);
+        }
+        let run = {
+            let mut feeds = self.batch_feeds(b)?;
+            feeds.extend(self.names.iter().map(|n| n.as_str()).zip(weights));
+            for (n, v) in self.state_names.iter().zip(&self.state_values) {
+                feeds.push((n.as_str(), v.clone()));
+            }
+            let run = if profiled {
+                self.plan.run_profiled(&feeds).map(|(o, p)| (o, Some(p)))
+            } else {
+                self.plan.run(&feeds).map(|o| (o, None))
+            };
+            // The weights go back whatever the run's outcome (they were built as f32 above).
+            let back: Vec<Vec<f32>> = feeds
+                .into_iter()
+                .skip(2)
+                .take(self.names.len())
+                .filter_map(|(_, t)| f32::into_vec(t.into_parts().1).ok())
+                .collect();
+            (run, back)
+        };
+        let (run, back) = run;
+        self.values = back;
+        let (out, prof) = run?;
+        let (loss, grads) = self.read_outputs(out)?;
+        Ok((loss, grads, prof))
+    }
+
+    /// Runs the forward+backward plan once on `b` with every op type timed, without updating
+    /// anything: where a step's time goes (`cargo bench --bench train` prints it).
+    pub fn profile(&mut self, b: &TokenBatch) -> Result<(f64, Profile), TrainLoopError> {
+        let (loss, _, prof) = self.forward_backward_moving(b, true)?;
+        Ok((loss, prof.unwrap_or_default()))
     }
 
     /// The feeds of every parameter and `state` constant at their current values.
@@ -474,7 +550,7 @@ impl Trainer {
         let mut tokens = 0;
         let mut single = None;
         for b in micro {
-            let (l, g) = self.forward_backward(b)?;
+            let (l, g, _) = self.forward_backward_moving(b, false)?;
             loss += l;
             tokens += b.batch * b.seqlen;
             if micro.len() == 1 {

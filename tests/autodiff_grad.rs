@@ -132,6 +132,28 @@ fn matmul_batched_and_broadcast() {
             None,
         )
     });
+    // A 1-D operand on either side or both (a row or a column vector), the other batched or not.
+    property("MatMul 1-D operand", 6, |rng| {
+        let (b, m, k, n) = (rng.int(1, 3), rng.int(1, 4), rng.int(1, 5), rng.int(1, 4));
+        let batched = rng.next_u64() % 2 == 0;
+        let full = |mut d: Vec<usize>| {
+            if batched {
+                d.insert(0, b);
+            }
+            d
+        };
+        let (sa, sb) = match rng.int(0, 2) {
+            0 => (vec![k], full(vec![k, n])),
+            1 => (full(vec![m, k]), vec![k]),
+            _ => (vec![k], vec![k]),
+        };
+        (
+            vec![p("a", &sa), p("b", &sb)],
+            "  %y = onnx.MatMul(%a, %b) : ?".into(),
+            "y",
+            None,
+        )
+    });
 }
 
 #[test]
@@ -532,6 +554,64 @@ fn slice_with_constant_bounds() {
     });
 }
 
+/// One axis of a stepped slice: (start, end, step) reading at least one element of `d`.
+fn stepped_axis(rng: &mut Rng, d: usize) -> (i64, i64, i64) {
+    let step = [-3i64, -2, -1, 2, 3][rng.int(0, 4)];
+    let start = rng.int(0, d - 1) as i64;
+    if step > 0 {
+        let end = rng.int(start as usize + 1, d) as i64;
+        (start, if end == d as i64 { i64::MAX } else { end }, step)
+    } else {
+        // Down to an index before `start`, or past the front (i64::MIN: −1 would mean d − 1).
+        let end = rng.int(0, start as usize + 1) as i64 - 1;
+        (start, if end < 0 { i64::MIN } else { end }, step)
+    }
+}
+
+/// Slices with steps other than 1, negative ones included, on every axis or some; the first
+/// draw also reverses a whole axis (step −1 over all of it), which reads every element.
+#[test]
+fn slice_with_steps() {
+    let mut first = true;
+    property("Slice with steps", 6, |rng| {
+        let s = vec![rng.int(2, 6), rng.int(1, 5), rng.int(3, 7)];
+        let mut axes: Vec<i64> = vec![0, 2];
+        let mut parts: Vec<(i64, i64, i64)> = axes
+            .iter()
+            .map(|&a| stepped_axis(rng, s[a as usize]))
+            .collect();
+        if first {
+            first = false;
+            parts[1] = (-1, i64::MIN, -1);
+        } else if rng.next_u64() % 2 == 0 {
+            // A unit-step axis beside the stepped ones.
+            axes.push(1);
+            parts.push((0, s[1] as i64, 1));
+        }
+        let list = |f: fn(&(i64, i64, i64)) -> i64| {
+            parts
+                .iter()
+                .map(|t| f(t).to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let k = axes.len();
+        let ax: Vec<String> = axes.iter().map(i64::to_string).collect();
+        (
+            vec![p("x", &s)],
+            format!(
+                "  %st = const tensor<{k}xi64> dense<[{}]>\n  %en = const tensor<{k}xi64> dense<[{}]>\n  %ax = const tensor<{k}xi64> dense<[{}]>\n  %sp = const tensor<{k}xi64> dense<[{}]>\n  %y = onnx.Slice(%x, %st, %en, %ax, %sp) : ?",
+                list(|t| t.0),
+                list(|t| t.1),
+                ax.join(", "),
+                list(|t| t.2),
+            ),
+            "y",
+            None,
+        )
+    });
+}
+
 #[test]
 fn rms_normalization() {
     property("RMSNormalization", 4, |rng| {
@@ -696,6 +776,49 @@ fn layer_normalization() {
             vec![p("x", &s), pr("g", &gshape, 0.5, 1.5), p("b", &bshape)],
             reference,
             Some(fused),
+            "y",
+            None,
+        )
+    });
+}
+
+/// `ortho.FactorizedLinear` (Kronecker sum and low rank, see `ortho_ir::factorized`): the
+/// gradient w.r.t. the input and both factors, through the op's lowering to standard ops, against
+/// differences of the op's own f64 kernel.
+#[test]
+fn factorized_linear() {
+    property("FactorizedLinear kron", 4, |rng| {
+        let (m1, n1, m2, n2, r) = (
+            rng.int(1, 3),
+            rng.int(1, 3),
+            rng.int(1, 3),
+            rng.int(1, 3),
+            rng.int(1, 3),
+        );
+        let lead_rank = rng.int(0, 2);
+        let lead = dims(rng, lead_rank);
+        let mut xs = lead;
+        xs.push(n1 * n2);
+        (
+            vec![p("x", &xs), p("a", &[r, m1, n1]), p("b", &[r, m2, n2])],
+            format!(
+                "  %y = ortho.FactorizedLinear(%x, %a, %b) {{kind = \"kron\", rank = {r}, shape = [{m1}, {n1}, {m2}, {n2}]}} : ?"
+            ),
+            "y",
+            None,
+        )
+    });
+    property("FactorizedLinear lowrank", 4, |rng| {
+        let (m, n, r) = (rng.int(1, 5), rng.int(1, 5), rng.int(1, 3));
+        let lead_rank = rng.int(0, 2);
+        let lead = dims(rng, lead_rank);
+        let mut xs = lead;
+        xs.push(n);
+        (
+            vec![p("x", &xs), p("u", &[m, r]), p("v", &[n, r])],
+            format!(
+                "  %y = ortho.FactorizedLinear(%x, %u, %v) {{kind = \"lowrank\", rank = {r}}} : ?"
+            ),
             "y",
             None,
         )

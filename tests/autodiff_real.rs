@@ -8,7 +8,7 @@ mod gradcheck;
 use common::fixtures;
 use gradcheck::Rng;
 use ortho_codegen::cpu::{HostTensor, Plan};
-use ortho_ir::{attrs, DType, GraphOutput, Module, Op, TensorData, Type};
+use ortho_ir::{attrs, DType, Module, Op, TensorData, Type};
 use ortho_passes::autodiff::{autodiff, parameters_as_inputs, select_params, AutodiffSpec};
 
 /// Every f32 initializer becomes f64, every `Cast` to f32 a `Cast` to f64, and value types are
@@ -52,42 +52,7 @@ fn two_block_prefix_directional_derivative_f64() {
     to_f64(&mut m);
     let (seq, width) = (6usize, 576usize);
     // The prefix: blocks 0 and 1; loss = Σ h ⊙ probe over the stream after block 1.
-    let g = m.main_graph_mut();
-    let h = g.value_names()["model.layers.1/resid_mlp_out"];
-    // The probe carries the stream's symbolic batch and sequence dims, so its broadcasting
-    // against the stream is known statically.
-    let ids_ty = g.value_type(g.value_names()["input_ids"]).clone();
-    let mut dims = ids_ty
-        .as_tensor()
-        .and_then(|t| t.shape.clone())
-        .expect("input_ids is ranked");
-    dims.push(ortho_ir::Dim::Fixed(width as i64));
-    let probe = g.add_input("probe", Type::tensor(DType::F64, dims));
-    let prod = g.add_node(
-        Op::Mul,
-        vec![Some(h), Some(probe)],
-        vec![ortho_ir::Output::new("probed", Type::Unknown)],
-    );
-    let loss = g.add_node(
-        Op::ReduceSum(attrs::ReduceSum {
-            keepdims: Some(0),
-            ..Default::default()
-        }),
-        vec![Some(ortho_ir::ValueId {
-            node: prod,
-            output: 0,
-        })],
-        vec![ortho_ir::Output::new("loss", Type::Unknown)],
-    );
-    g.outputs = vec![GraphOutput {
-        value: ortho_ir::ValueId {
-            node: loss,
-            output: 0,
-        },
-        name: "loss".into(),
-    }];
-    ortho_passes::dce(&mut m);
-    ortho_ir::shape::infer_shapes(&mut m);
+    ortho_opt::train_prefix::prefix_with_probe(&mut m, 2, width, DType::F64).expect("prefix");
 
     let patterns = vec![
         "model.layers.0.*".to_string(),

@@ -95,8 +95,14 @@ fn module_text(inputs: &[Inp], body: &str, outputs: &[&str]) -> String {
         .map(|i| format!("%{}: {}", i.name, ty(&i.shape, dtype_of(&i.fill))))
         .collect();
     let outs: Vec<String> = outputs.iter().map(|o| format!("%{o}")).collect();
+    // ortho-opt's own ops (a factorized linear) need their domain imported.
+    let ortho = if body.contains("ortho.") {
+        ", \"ortho\" = 1"
+    } else {
+        ""
+    };
     format!(
-        "module {{ir_version = 9, opset_import = [\"\" = 18]}}\ngraph @g({}) -> ({}) {{\n{}\n}}\n",
+        "module {{ir_version = 9, opset_import = [\"\" = 18{ortho}]}}\ngraph @g({}) -> ({}) {{\n{}\n}}\n",
         sig.join(", "),
         outs.join(", "),
         body

@@ -16,6 +16,11 @@
 //!
 //! Parameters and moments are stored in f32; each update is computed in f64 and rounded once.
 
+use rayon::prelude::*;
+
+/// Elements per parallel task of the update (large enough that scheduling is negligible).
+const UPDATE_CHUNK: usize = 1 << 16;
+
 /// Why a step was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TrainError {
@@ -287,21 +292,27 @@ impl AdamW {
         }
         // Masked gradient entries count as zero everywhere (norms and moments); gradients are
         // read in f64 without being copied, the clip factors applied on the fly.
-        let masked = |i: usize, k: usize| self.masks[i].as_ref().is_some_and(|m| !m[k]);
-        let mut sq = vec![0.0f64; n];
-        for (i, gi) in grads.iter().enumerate() {
-            let mut s = 0.0f64;
-            for (k, &x) in gi.iter().enumerate() {
-                if masked(i, k) {
-                    continue;
+        // Tensors are summed in parallel, each one in order, so the norm's bits do not depend
+        // on the thread count.
+        let masks = &self.masks;
+        let sq: Vec<f64> = grads
+            .par_iter()
+            .enumerate()
+            .map(|(i, gi)| {
+                let keep = masks[i].as_deref();
+                let mut s = 0.0f64;
+                for (k, &x) in gi.iter().enumerate() {
+                    if keep.is_some_and(|km| !km[k]) {
+                        continue;
+                    }
+                    if !x.is_finite() {
+                        return Err(TrainError::NonFinite { index: i });
+                    }
+                    s += f64::from(x) * f64::from(x);
                 }
-                if !x.is_finite() {
-                    return Err(TrainError::NonFinite { index: i });
-                }
-                s += f64::from(x) * f64::from(x);
-            }
-            sq[i] = s;
-        }
+                Ok(s)
+            })
+            .collect::<Result<_, _>>()?;
         let grad_norm = sq.iter().sum::<f64>().sqrt();
         let clip_scale = match self.cfg.max_grad_norm {
             Some(max) if grad_norm > max => max / grad_norm,
@@ -328,19 +339,29 @@ impl AdamW {
             for &i in &members {
                 let (p, m, v) = (&mut params[i], &mut self.m[i], &mut self.v[i]);
                 let keep = self.masks[i].as_deref();
-                for k in 0..p.len() {
-                    if keep.is_some_and(|km| !km[k]) {
-                        p[k] = 0.0;
-                        continue;
-                    }
-                    let gk = f64::from(grads[i][k]) * scale;
-                    let mk = b1 * f64::from(m[k]) + (1.0 - b1) * gk;
-                    let vk = b2 * f64::from(v[k]) + (1.0 - b2) * gk * gk;
-                    let upd = (mk / c1) / ((vk / c2).sqrt() + eps);
-                    p[k] = (f64::from(p[k]) * decay - lr * upd) as f32;
-                    m[k] = mk as f32;
-                    v[k] = vk as f32;
-                }
+                let g = &grads[i];
+                // Every element's update is independent: chunks run in parallel with results
+                // identical to a sequential loop.
+                p.par_chunks_mut(UPDATE_CHUNK)
+                    .zip(m.par_chunks_mut(UPDATE_CHUNK))
+                    .zip(v.par_chunks_mut(UPDATE_CHUNK))
+                    .enumerate()
+                    .for_each(|(c, ((p, m), v))| {
+                        let base = c * UPDATE_CHUNK;
+                        for k in 0..p.len() {
+                            if keep.is_some_and(|km| !km[base + k]) {
+                                p[k] = 0.0;
+                                continue;
+                            }
+                            let gk = f64::from(g[base + k]) * scale;
+                            let mk = b1 * f64::from(m[k]) + (1.0 - b1) * gk;
+                            let vk = b2 * f64::from(v[k]) + (1.0 - b2) * gk * gk;
+                            let upd = (mk / c1) / ((vk / c2).sqrt() + eps);
+                            p[k] = (f64::from(p[k]) * decay - lr * upd) as f32;
+                            m[k] = mk as f32;
+                            v[k] = vk as f32;
+                        }
+                    });
             }
         }
         Ok(StepStats {

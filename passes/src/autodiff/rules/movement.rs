@@ -15,7 +15,7 @@ pub fn supports(op: &Op, slot: usize) -> Option<bool> {
             slot == 0
         }
         Op::Split(_) => slot == 0,
-        // Constant starts/ends/axes, steps of 1, a fully shaped operand (checked when emitted).
+        // Constant starts/ends/axes/steps and a fully shaped operand (checked when emitted).
         Op::Slice => slot == 0,
         Op::Concat(_) => true,
         // Rows of a table (an embedding) along axis 0; other axes would need a transpose.
@@ -148,8 +148,11 @@ fn emit(b: &mut Builder<'_>, s: &Site) -> BResult<Vec<Option<ValueId>>> {
     Ok(dx)
 }
 
-/// Slice's gradient: the result gradient with zeros concatenated before and after it along each
-/// sliced axis, which needs constant slice bounds, unit steps and a fully shaped operand.
+/// Slice's gradient, which needs constant slice bounds and a fully shaped operand. With unit
+/// steps: the result gradient with zeros concatenated before and after it along each sliced
+/// axis. With any other step (negative ones included): the result gradient scattered into a
+/// zero tensor of the operand's shape at the constant index of every element read
+/// ([`strided_slice`]).
 fn slice(b: &mut Builder<'_>, s: &Site) -> BResult<ValueId> {
     let x = s.x(b, 0)?;
     let dy = s.dy0(b)?;
@@ -181,15 +184,16 @@ fn slice(b: &mut Builder<'_>, s: &Site) -> BResult<ValueId> {
         consts[3].as_deref(),
     )
     .map_err(|e| unsupported(b, e.to_string()))?;
+    if plan.iter().any(|p| p.step != 1 && p.len > 1) {
+        return strided_slice(b, x, dy, &plan);
+    }
     let dt = b.dtype(x)?;
     let mut cur: Vec<usize> = plan.iter().map(|p| p.len).collect();
     let mut g = dy;
     for (ax, (p, &dim)) in plan.iter().zip(&dims).enumerate() {
+        // A whole axis read forwards needs no padding (a reversed one took the strided path).
         if p.len == dim {
             continue;
-        }
-        if p.step != 1 {
-            return Err(unsupported(b, "Slice with a step other than 1"));
         }
         let before = p.start.max(0) as usize;
         let after = dim - before - p.len;
@@ -224,4 +228,54 @@ fn slice(b: &mut Builder<'_>, s: &Site) -> BResult<ValueId> {
         cur[ax] = dim;
     }
     Ok(g)
+}
+
+/// The largest index table [`strided_slice`] builds (elements × rank), so a stepped slice of a
+/// huge tensor is refused by name instead of filling memory with indices.
+const MAX_STRIDED_INDICES: usize = 1 << 24;
+
+/// The gradient of a slice with steps other than 1: `ScatterND(zeros, idx, dy)` where `idx`
+/// holds, for each result element in row-major order, the operand index it was read from
+/// (`start + i · step` on every axis). The indices are distinct, so no reduction is needed.
+fn strided_slice(
+    b: &mut Builder<'_>,
+    x: ValueId,
+    dy: ValueId,
+    plan: &[ortho_ir::semantics::slice::SliceAxis],
+) -> BResult<ValueId> {
+    let out: Vec<usize> = plan.iter().map(|p| p.len).collect();
+    let n: usize = out.iter().product();
+    let rank = plan.len();
+    if n == 0 {
+        return b.zeros_like(x);
+    }
+    if n.saturating_mul(rank) > MAX_STRIDED_INDICES {
+        return Err(unsupported(
+            b,
+            format!("Slice with steps reading {n} elements (index table too large)"),
+        ));
+    }
+    let mut idx = Vec::with_capacity(n * rank);
+    let mut pos = vec![0usize; rank];
+    for _ in 0..n {
+        idx.extend(
+            plan.iter()
+                .zip(&pos)
+                .map(|(p, &i)| p.start + i as i64 * p.step),
+        );
+        // The next result position in row-major order (the last axis fastest).
+        for ax in (0..rank).rev() {
+            pos[ax] += 1;
+            if pos[ax] < out[ax] {
+                break;
+            }
+            pos[ax] = 0;
+        }
+    }
+    let mut shape: Vec<i64> = out.iter().map(|&d| d as i64).collect();
+    shape.push(rank as i64);
+    let idx = b.konst(ortho_ir::TensorData::from_i64(shape, &idx), "slice_indices");
+    let zeros = b.zeros_like(x)?;
+    let op = Op::ScatterND(attrs::ScatterND::default());
+    Ok(b.one(op, &[zeros, idx, dy], "slice_grad"))
 }
