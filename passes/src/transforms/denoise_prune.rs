@@ -1,5 +1,5 @@
 //! `denoise-prune{method=sparsegpt|wanda|magnitude sparsity=0.5 pattern=unstructured|N:M
-//! iters=50 lr=0.01 rotation-samples=32 keep=better|always nm-permute=true nm-weight=… param=cayley|qr
+//! iters=50 lr=0.01 rotation-samples=32 keep=better|always nm-permute=true nm-weight=0.3 param=cayley|qr
 //! head-rotations=true}`: DenoiseRotator's own protocol
 //! (ALGORITHMS.md §2.1) — rotate each decoder layer, then prune it, one layer after the other —
 //! with a check that the rotation actually helps.
@@ -135,8 +135,8 @@ crate::pass_options! {
         /// Weight of the N:M-aware term of the objective (see `rotation_search::loss::NmTerm`).
         pub nm_weight: f64 = {
             name: "nm-weight",
-            default: 0.0,
-            doc: "With an N:M pattern, add to the entropy the row-normalized importance the pattern would remove from q, k, v, o, gate and up, scaled to nm-weight × the entropy at the identity (0: the entropy alone).",
+            default: 0.3,
+            doc: "With an N:M pattern, add to the entropy the row-normalized importance the pattern would remove from q, k, v, o, gate and up, scaled to nm-weight × the entropy at the identity (0: the entropy alone; 0.3 measured SparseGPT 2:4 73.28 against 75.10, Wanda 2:4 93.67 against 130.21).",
             kind: OptionKind::Float,
         },
         /// Whether the per-KV-head V/O rotations are optimized too.
