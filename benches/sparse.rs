@@ -21,6 +21,7 @@
 //! list of kernels, model, decode; default all). The machine is shared and
 //! loaded: read the ratios measured side by side, not absolute times.
 
+use ortho_codegen::cpu::kernels::gemv;
 use ortho_codegen::cpu::kernels::matmul::{gemm_into, Mat};
 use ortho_codegen::cpu::kernels::sparse::{sparse_2_4, Isa};
 use ortho_codegen::cpu::{HostTensor, Plan};
@@ -322,16 +323,18 @@ fn decode(runs: usize) {
         runs * 4
     );
     println!(
-        "  {:<8} {:>3} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9}",
+        "  {:<8} {:>3} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
         "context",
         "thr",
+        "dense gemm",
         "dense",
         "2:4",
         "ort dense",
         "ort 2:4",
         "2:4/dense",
         "dense/ort",
-        "2:4/ort"
+        "2:4/ort",
+        "gemv gain"
     );
     // Ours: the dense and the compact 2:4 model (the zeros model is for onnxruntime only).
     let mut plans: Vec<Plan> = [0usize, 2]
@@ -340,9 +343,12 @@ fn decode(runs: usize) {
         .collect();
     for context in [128usize, 512] {
         for threads in [1usize, 2] {
-            let mut ours = [0.0f64; 2];
-            for (k, i) in [0usize, 2].into_iter().enumerate() {
-                let p = &mut plans[k];
+            // ours[2]: the dense model with one-row products through the `gemm` crate (the path
+            // before `kernels::gemv`), measured in the same minute.
+            let mut ours = [0.0f64; 3];
+            for (k, i) in [0usize, 2, 0].into_iter().enumerate() {
+                gemv::set_enabled(k != 2);
+                let p = &mut plans[k.min(1)];
                 p.set_threads(threads);
                 let cache = caches_after(p, &models[i].1, context);
                 let mut feeds = vec![(
@@ -356,6 +362,7 @@ fn decode(runs: usize) {
                     std::hint::black_box(p.run(&refs).expect("decode"));
                 });
             }
+            gemv::set_enabled(true);
             let ort = ort_decode(
                 &python,
                 &[&models[0].2, &models[1].2],
@@ -364,20 +371,21 @@ fn decode(runs: usize) {
                 runs * 4,
             );
             println!(
-                "  {context:<8} {threads:>3} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>8.2}x {:>8.2}x {:>8.2}x",
+                "  {context:<8} {threads:>3} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>8.2}x {:>8.2}x {:>8.2}x {:>8.2}x",
+                ours[2],
                 ours[0],
                 ours[1],
                 ort[0],
                 ort[1],
                 ours[0] / ours[1],
                 ort[0] / ours[0],
-                ort[1] / ours[1]
+                ort[1] / ours[1],
+                ours[2] / ours[0]
             );
         }
     }
-    // Where a dense decode step spends its time (context 128, 2 threads).
+    // Where a dense decode step spends its time (context 128), with and without the gemv kernel.
     let mut p = plans.into_iter().next().expect("plan");
-    p.set_threads(2);
     let cache = caches_after(&p, &models[0].1, 128);
     let mut feeds = vec![(
         "input_ids".to_string(),
@@ -386,15 +394,23 @@ fn decode(runs: usize) {
     feeds.extend(cache);
     let refs: Vec<(&str, HostTensor)> =
         feeds.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
-    let _ = p.run_profiled(&refs).expect("warm");
-    let (_, prof) = p.run_profiled(&refs).expect("profile");
-    println!(
-        "\ndense decode step, context 128, 2 threads: {:.2} ms; per op type:",
-        prof.total.as_secs_f64() * 1e3
-    );
-    for (op, d, n) in prof.ops.iter().take(12) {
-        println!("  {op:<20} {:>8.3} ms {n:>5} calls", d.as_secs_f64() * 1e3);
+    for threads in [1usize, 2] {
+        for on in [true, false] {
+            gemv::set_enabled(on);
+            p.set_threads(threads);
+            let _ = p.run_profiled(&refs).expect("warm");
+            let (_, prof) = p.run_profiled(&refs).expect("profile");
+            println!(
+                "\ndense decode step, context 128, {threads} thread(s), one-row products by {}: {:.2} ms; per op type:",
+                if on { "kernels::gemv" } else { "the gemm crate" },
+                prof.total.as_secs_f64() * 1e3
+            );
+            for (op, d, n) in prof.ops.iter().take(5) {
+                println!("  {op:<20} {:>8.3} ms {n:>5} calls", d.as_secs_f64() * 1e3);
+            }
+        }
     }
+    gemv::set_enabled(true);
     let _ = std::fs::remove_dir_all(&tmp);
 }
 

@@ -12,6 +12,7 @@ mod error;
 mod evaluator;
 mod exec;
 /// Cranelift-compiled kernels for `ortho.FusedElementwise` (owned by the fusion work).
+pub mod handoff;
 pub mod jit;
 mod kernel;
 pub mod kernels;

@@ -21,10 +21,43 @@ pub struct Mat<'a, T> {
 pub trait GemmElem: Elem {
     const ZERO: Self;
     const ONE: Self;
+    /// A one-row product through a dedicated kernel (`super::gemv`), when this type has one and
+    /// the operands fit it; returns whether it ran.
+    #[allow(clippy::too_many_arguments)]
+    fn gemv(
+        _n: usize,
+        _k: usize,
+        _a: Mat<'_, Self>,
+        _b: Mat<'_, Self>,
+        _c: &mut [Self],
+        _accumulate: bool,
+        _alpha: Self,
+        _beta: Self,
+        _threads: usize,
+    ) -> bool {
+        false
+    }
 }
 impl GemmElem for f32 {
     const ZERO: f32 = 0.0;
     const ONE: f32 = 1.0;
+    fn gemv(
+        n: usize,
+        k: usize,
+        a: Mat<'_, f32>,
+        b: Mat<'_, f32>,
+        c: &mut [f32],
+        accumulate: bool,
+        alpha: f32,
+        beta: f32,
+        threads: usize,
+    ) -> bool {
+        if !super::gemv::applies(1, &b) {
+            return false;
+        }
+        super::gemv::gemv_f32(n, k, a.data, a.cs, b, c, accumulate, alpha, beta, threads);
+        true
+    }
 }
 impl GemmElem for f64 {
     const ZERO: f64 = 0.0;
@@ -73,6 +106,11 @@ pub fn gemm_into<T: GemmElem>(
         last(ldc, 1, m, n) < c.len() && ldc >= n,
         "gemm: dst out of bounds"
     );
+    // A decode step's products stream the weights from memory: the dedicated kernel reads them as
+    // long contiguous runs on every thread (see `gemv.rs`); `gemm`'s one-row path does not.
+    if m == 1 && T::gemv(n, k, a, b, &mut c[..n], accumulate, alpha, beta, threads) {
+        return;
+    }
     if m == 1 && threads > 1 && n >= 2 * GEMV_SPLIT_COLUMNS && n * k * T::SIZE >= GEMV_SPLIT_BYTES {
         gemv_split_columns(n, k, a, b, &mut c[..n], accumulate, alpha, beta, threads);
         return;

@@ -12,6 +12,7 @@ pub mod conv;
 pub mod einsum;
 pub mod elementwise;
 pub mod factorized;
+pub mod gemv;
 pub mod index;
 pub mod loss;
 pub mod mathf;
