@@ -7,11 +7,15 @@
 //! `(√L + noise)/σ_min` and for the sharper `‖𝒜⁺r‖ + noise/σ_min` (`bound_lsq`).
 //!
 //! Run with `cargo bench --bench joint_basis`. Environment: `BENCH_TRIALS` (default 5),
-//! `BENCH_DIMS` (default `16,32,64`).
+//! `BENCH_DIMS` (default `16,32,64`), `BENCH_NO_PROBE=1` (general case: no ambiguity probe,
+//! as before issue 20's second round). Trials excluded as ambiguous or inconsistent (module doc
+//! of `joint_basis`) are counted (`amb/inc`), and
+//! every certified trial whose bound misses is printed with its loss, the loss at the true
+//! basis V (noisy data, unpolished), and η².
 
 use ortho_passes::linalg::joint_basis::synthetic::{distance_to_exact, generate};
 use ortho_passes::linalg::joint_basis::{
-    joint_basis, JointOptions, JointProblem, Regime, Structure,
+    certify, joint_basis, JointOptions, JointProblem, NotCertified, Regime, Stop, Structure,
 };
 use ortho_passes::linalg::orthogonal::Rng;
 use std::time::Instant;
@@ -35,14 +39,16 @@ fn main() {
         .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![16, 32, 64]);
     let epsilons = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2];
+    let no_probe = std::env::var("BENCH_NO_PROBE").is_ok_and(|v| v == "1");
     println!(
-        "{:<5} {:>3} {:>2} {:>7} {:>6} {:>10} {:>9} {:>10} {:>10} {:>10} {:>9} {:>10} {:>10} {:>7}",
+        "{:<5} {:>3} {:>2} {:>7} {:>6} {:>10} {:>7} {:>9} {:>10} {:>10} {:>10} {:>9} {:>10} {:>10} {:>7}",
         "kind",
         "d",
         "N",
         "eps",
         "trials",
         "certified",
+        "amb/inc",
         "covered",
         "med tight",
         "max tight",
@@ -69,7 +75,7 @@ fn main() {
                 let mut med_bounds = Vec::new();
                 for &eps in &epsilons {
                     let mut rng = Rng::new(1000 + d as u64 * 7 + n as u64);
-                    let (mut cert, mut cov, mut cov_lsq) = (0, 0, 0);
+                    let (mut cert, mut cov, mut cov_lsq, mut ambig, mut incons) = (0, 0, 0, 0, 0);
                     let mut ratios_lsq = Vec::new();
                     let (mut ratios, mut bounds) = (Vec::new(), Vec::new());
                     let start = Instant::now();
@@ -78,6 +84,7 @@ fn main() {
                         let opts = JointOptions {
                             structure,
                             seed: t as u64,
+                            probe_factor: if no_probe { 0.0 } else { 25.0 },
                             ..JointOptions::default()
                         };
                         let jb = match joint_basis(
@@ -92,6 +99,29 @@ fn main() {
                         };
                         let dist = distance_to_exact(&jb.u, &s, structure);
                         bounds.push(jb.bound);
+                        match jb.regime {
+                            Regime::NotCertified(NotCertified::Ambiguous { .. }) => ambig += 1,
+                            Regime::NotCertified(NotCertified::Inconsistent { .. }) => incons += 1,
+                            _ => {}
+                        }
+                        if jb.regime == Regime::Certified && jb.bound < dist {
+                            // The loss of the true basis on the noisy data, for comparison.
+                            let at_v = certify(
+                                &s.noisy,
+                                s.basis.clone(),
+                                Stop::Converged { sweeps: 0 },
+                                ortho_passes::linalg::joint_basis::Noise::Given(s.noise),
+                                &opts,
+                            )
+                            .map(|c| c.loss)
+                            .unwrap_or(f64::NAN);
+                            println!(
+                                "  miss: trial {t}: distance {dist:.3e} > bound {:.3e}; L(U) {:.3e}, L(V) {at_v:.3e}, η² {:.3e}",
+                                jb.bound,
+                                jb.loss,
+                                s.noise * s.noise
+                            );
+                        }
                         if jb.regime == Regime::Certified {
                             cert += 1;
                             if jb.bound >= dist {
@@ -117,13 +147,14 @@ fn main() {
                     let mb = median(bounds);
                     med_bounds.push((eps, mb));
                     println!(
-                        "{:<5} {:>3} {:>2} {:>7.0e} {:>6} {:>10} {:>9} {:>10.2} {:>10.2} {:>10.2e} {:>9} {:>10.2} {:>10.2} {:>7.2}",
+                        "{:<5} {:>3} {:>2} {:>7.0e} {:>6} {:>10} {:>7} {:>9} {:>10.2} {:>10.2} {:>10.2e} {:>9} {:>10.2} {:>10.2} {:>7.2}",
                         kind,
                         d,
                         n,
                         eps,
                         trials,
                         format!("{cert}/{trials}"),
+                        format!("{ambig}/{incons}"),
                         format!("{cov}/{cert}"),
                         median(ratios.clone()),
                         ratios.iter().copied().fold(f64::NAN, f64::max),

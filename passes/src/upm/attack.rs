@@ -48,6 +48,10 @@ use faer::{Accum, Mat, Par};
 use ortho_ir::analysis::analyze_gauge;
 use ortho_ir::{DType, Module, NodeId, TensorId};
 
+/// The dense f64 matrix type of the inputs and results (faer's), named so that callers
+/// without a faer dependency (the example) can spell it.
+pub type Matrix = Mat<f64>;
+
 /// Options of [`attack`].
 #[derive(Debug, Clone)]
 pub struct AttackOptions {

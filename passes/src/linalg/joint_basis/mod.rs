@@ -54,6 +54,14 @@
 //! Exact joint bases form a discrete set (orderings × column signs); the bound is about the one
 //! nearest to `U`, with the same column order.
 //!
+//! # Consistency
+//! The first-order equation `𝒜_U(Y) = −r(T̂) + ε·w` can only hold if the part of `r(T̂)` outside
+//! the range of 𝒜_U is noise: `‖(I − P_𝒜) r(T̂)‖ ≤ ‖ε·w‖ ≤ ε√Σ‖W_n‖²`. When it is larger (computed
+//! with the least-squares term, d ≤ `dense_max_dim`), no exact basis is within the
+//! linearization's reach of U — U is a spurious minimum — and the result is
+//! [`NotCertified::Inconsistent`]. (At a critical point `P_𝒜 r = 0`, so this reads `√L ≤ noise`:
+//! every exact basis has `L(U_o) ≤ noise²`.)
+//!
 //! # Ambiguity (general case)
 //! The bound assumes that the exact basis is the one near `U`; it cannot see an exact basis
 //! elsewhere. Every exact basis `U_o` has `L(U_o) ≤ η²` (η = ε√Σ‖W_n‖²), so another orthogonal
@@ -210,7 +218,8 @@ pub struct JointOptions {
     /// level; the certificate cannot tell it apart, so the lowest loss over restarts is used.
     pub restarts: usize,
     /// General case: adjacent swaps whose unpolished loss is at most this times noise² are
-    /// polished and tested for ambiguity (module doc, "Ambiguity"); 0 turns the probe off.
+    /// polished and tested for ambiguity (module doc, "Ambiguity"); 0 turns the probe and the
+    /// comparison of restarts off.
     pub probe_factor: f64,
 }
 
@@ -255,6 +264,10 @@ pub enum NotCertified {
     },
     /// σ_min(𝒜_U) (or its Weyl lower bound) is not positive.
     Singular { sigma_min: f64 },
+    /// The residual outside the range of 𝒜_U, `‖(I − P_𝒜) r(T̂)‖`, exceeds the noise: the
+    /// first-order equation `𝒜_U(Y) = −r + ε·w` has no solution with `‖ε·w‖ ≤ noise`, so no
+    /// exact basis lies within the linearization's reach of U (a spurious local minimum).
+    Inconsistent { residual: f64, noise: f64 },
     /// General case: another orthogonal basis, `distance` away from U (more than twice the
     /// bound), fits the data within the noise (`loss ≤ noise²`), so the data do not determine
     /// which flag is exact (module doc, "Ambiguity"). `plane`: the adjacent swap (k, k+1) that
@@ -281,6 +294,10 @@ impl std::fmt::Display for NotCertified {
             NotCertified::Singular { sigma_min } => {
                 write!(f, "σ_min (lower bound) {sigma_min:.3e} ≤ 0")
             }
+            NotCertified::Inconsistent { residual, noise } => write!(
+                f,
+                "inconsistent: residual outside the range of 𝒜_U {residual:.3e} > noise {noise:.3e} (no exact basis within reach)"
+            ),
             NotCertified::Ambiguous {
                 plane,
                 loss,
@@ -453,7 +470,7 @@ pub fn joint_basis(
             let (_, u, stop) = found.swap_remove(best);
             let mut jb = certify(&mats, u, stop, problem.noise.clone(), opts)?;
             // Another restart that fits within the noise far from U: ambiguous.
-            if jb.regime == Regime::Certified {
+            if jb.regime == Regime::Certified && opts.probe_factor > 0.0 {
                 let eta = problem.noise.value();
                 for (l, v, _) in &found {
                     let distance = ambiguity::signed_distance(&jb.u, v);
@@ -509,11 +526,19 @@ pub fn certify(
     } else {
         f64::INFINITY
     };
-    let lsq_term = if sigma_min > 0.0 && d <= opts.dense_max_dim {
+    let lsq = if sigma_min > 0.0 && d <= opts.dense_max_dim {
         operator::lsq_step_norm(&ts, opts.structure)
     } else {
         None
     };
+    let lsq_term = lsq.map(|(t, _)| t);
+    // ‖(I − P_𝒜) r‖: the part of the residual no first-order step removes.
+    let orthogonal_residual = lsq.map(|(_, p2)| (loss - p2).max(0.0).sqrt());
+    // f64 rounding of `UᵀM̂U` (and of an exact set's own construction) is not noise the caller
+    // declared: allow a few d·ε_mach of the matrices' norm before calling the residual
+    // inconsistent.
+    let scale = ts.iter().map(|t| t.squared_norm_l2()).sum::<f64>().sqrt();
+    let rounding = 64.0 * d as f64 * f64::EPSILON * scale;
     let bound_lsq = match lsq_term {
         // min: the two are equal in exact arithmetic when 𝒜ᵀr is parallel to the smallest
         // singular direction; rounding must not make the sharper figure the larger one.
@@ -533,6 +558,8 @@ pub fn certify(
             bound,
             max: opts.max_bound,
         })
+    } else if let Some(rho) = orthogonal_residual.filter(|&rho| rho > eta + rounding) {
+        Regime::NotCertified(NotCertified::Inconsistent { residual: rho, noise: eta })
     } else {
         Regime::Certified
     };

@@ -231,14 +231,14 @@ pub fn sigma_min_weyl(ts: &[Mat<f64>], structure: Structure) -> f64 {
 }
 
 /// `‖𝒜⁺ r‖` for the stacked residual `r` of `ts` (the first-order step that the residual alone
-/// asks for), by least squares through the normal equations `𝒜ᵀ𝒜 y = 𝒜ᵀ r` (Cholesky of the
+/// asks for) and `‖P_𝒜 r‖²` (its projection on the range of 𝒜), by least squares through the normal equations `𝒜ᵀ𝒜 y = 𝒜ᵀ r` (Cholesky of the
 /// sparse-built Gram). `None` when the Gram is not positive definite (σ_min = 0 numerically):
 /// the caller falls back to `√L/σ_min`.
-pub(super) fn lsq_step_norm(ts: &[Mat<f64>], structure: Structure) -> Option<f64> {
+pub(super) fn lsq_step_norm(ts: &[Mat<f64>], structure: Structure) -> Option<(f64, f64)> {
     let cols = columns(ts, structure);
     let m = cols.len();
     if m == 0 {
-        return Some(0.0);
+        return Some((0.0, 0.0));
     }
     let rows = ts.len() * m;
     let g = gram(&cols, rows);
@@ -253,5 +253,8 @@ pub(super) fn lsq_step_norm(ts: &[Mat<f64>], structure: Structure) -> Option<f64
     let res = Mat::from_fn(m, 1, |k, _| b[(k, 0)] - gy[(k, 0)]);
     y += llt.solve(&res);
     let n = y.norm_l2();
-    n.is_finite().then_some(n)
+    // ‖𝒜y‖² = yᵀ(𝒜ᵀ𝒜)y: the part of ‖r‖² that a first-order step can remove.
+    let gy = &g * &y;
+    let proj2 = (0..m).map(|k| y[(k, 0)] * gy[(k, 0)]).sum::<f64>().max(0.0);
+    (n.is_finite() && proj2.is_finite()).then_some((n, proj2))
 }
