@@ -123,6 +123,9 @@ pub struct AttackReport {
     pub column_bounds: Vec<Option<f64>>,
     /// `bound_A + bound_B` when both whole-basis certificates hold.
     pub whole_bound: Option<f64>,
+    /// Mean variance `ulp²/12` of epoch B's rounding errors over its stream constants (the
+    /// independent-rounding model of [`AttackReport::predicted_column_errors`]).
+    pub rounding_variance: f64,
 }
 
 impl AttackReport {
@@ -142,6 +145,23 @@ impl AttackReport {
             .map(|b| b * b)
             .sum::<f64>()
             .sqrt()
+    }
+
+    /// An estimate, not a bound: the expected `‖(R̂ − R) u_B,i‖` if epoch B's rounding errors
+    /// were independent, zero-mean, of the mean variance σ² (round to nearest: `ulp²/12`).
+    /// First order, `δu_i = Σ_j u_j E_ji/(λ_i − λ_j)` with `E_ji = (Xu_j)ᵀΔu_i + (Xu_i)ᵀΔu_j`, whose
+    /// variance is `σ²(λ_i + λ_j)`; so `E‖δu_i‖² = σ² Σ_j (λ_i + λ_j)/(λ_i − λ_j)²`.
+    pub fn predicted_column_errors(&self) -> Vec<f64> {
+        let lam = &self.b.basis.diagonals[0];
+        (0..self.d)
+            .map(|i| {
+                let s: f64 = (0..self.d)
+                    .filter(|&j| j != i)
+                    .map(|j| (lam[i] + lam[j]).abs() / (lam[i] - lam[j]).powi(2))
+                    .sum();
+                (self.rounding_variance * s).sqrt()
+            })
+            .collect()
     }
 
     /// Measured errors against a known `R`: per column `‖(R̂ − R) u_B,i‖`.
@@ -321,6 +341,21 @@ pub fn attack(
         _ => None,
     };
     let rows = xa.iter().map(Mat::nrows).sum();
+    // ulp(x) = 2u·2^⌊log₂|x|⌋ for a stored x (u the unit roundoff).
+    let (mut var, mut count) = (0.0, 0usize);
+    for x in xb {
+        for j in 0..x.ncols() {
+            for i in 0..x.nrows() {
+                let v = x[(i, j)].abs();
+                if v > 0.0 {
+                    let ulp = 2.0 * u * v.log2().floor().exp2();
+                    var += ulp * ulp / 12.0;
+                }
+                count += 1;
+            }
+        }
+    }
+    let rounding_variance = var / count.max(1) as f64;
     Ok(AttackReport {
         d,
         rows,
@@ -331,6 +366,7 @@ pub fn attack(
         r_hat,
         column_bounds,
         whole_bound,
+        rounding_variance,
     })
 }
 
@@ -442,6 +478,15 @@ mod tests {
         // f32 rounding: the estimate is accurate to ~1e-6 where identified.
         let worst = ids.iter().map(|&i| errs[i]).fold(0.0, f64::max);
         assert!(worst < 1e-4, "worst identified error {worst}");
+        // The independent-rounding estimate explains the measured error (an estimate: loose
+        // factor both ways).
+        let pred = rep.predicted_column_errors();
+        let (m2, p2): (f64, f64) = ids
+            .iter()
+            .map(|&i| (errs[i] * errs[i], pred[i] * pred[i]))
+            .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+        let ratio = (m2 / p2).sqrt();
+        assert!(ratio > 0.2 && ratio < 5.0, "measured/predicted {ratio}");
         // The Procrustes fit agrees with the true change to rounding.
         let p = procrustes(&xa, &xb).unwrap();
         assert!((&p - &r).norm_l2() < 1e-5);
