@@ -48,7 +48,11 @@ fn compare(rep: &AttackReport, r: &Matrix, name: &str) -> bool {
     let predicted_ids = ids.iter().map(|&i| pred[i] * pred[i]).sum::<f64>().sqrt();
     let whole = (&rep.r_hat - r).norm_l2();
     let not_ids: Vec<usize> = (0..rep.d).filter(|i| !ids.contains(i)).collect();
-    let measured_rest = not_ids.iter().map(|&i| errs[i] * errs[i]).sum::<f64>().sqrt();
+    let measured_rest = not_ids
+        .iter()
+        .map(|&i| errs[i] * errs[i])
+        .sum::<f64>()
+        .sqrt();
     println!(
         "against {name}: identified subspace ({} of {} directions): certified ‖(R̂−R)U_B,I‖_F ≤ {:.3e}, measured {:.3e} (independent-rounding estimate {predicted_ids:.3e}); per direction covered {covered}/{} (median bound/measured {med:.1}); not identified directions: measured {:.3e}; whole ‖R̂ − R‖_F measured {whole:.3e}{}",
         ids.len(),
@@ -85,7 +89,10 @@ fn main() -> Result<(), Error> {
         }
     }
     let [pa, pb] = &paths[..] else {
-        return Err("usage: upm_joint_attack SHARD_A.onnx SHARD_B.onnx [--seed S --epoch E --kind K]".into());
+        return Err(
+            "usage: upm_joint_attack SHARD_A.onnx SHARD_B.onnx [--seed S --epoch E --kind K]"
+                .into(),
+        );
     };
     let t = Instant::now();
     let ma = ortho_frontends::import_file(pa)?;

@@ -328,10 +328,12 @@ pub fn attack(
     let ua_s = Mat::from_fn(d, d, |r, i| a.basis.u[(r, perm[i])] * signs[i]);
     let r_hat = &ua_s * b.basis.u.transpose();
     let column_bounds = (0..d)
-        .map(|i| match (a.direction_bounds[perm[i]], b.direction_bounds[i]) {
-            (Some(x), Some(y)) => Some(x + y),
-            _ => None,
-        })
+        .map(
+            |i| match (a.direction_bounds[perm[i]], b.direction_bounds[i]) {
+                (Some(x), Some(y)) => Some(x + y),
+                _ => None,
+            },
+        )
         .collect();
     let certified = |e: &EpochBasis| {
         (e.basis.regime == crate::linalg::joint_basis::Regime::Certified).then_some(e.basis.bound)
@@ -526,11 +528,15 @@ mod tests {
             AttackError::Empty
         );
         assert!(matches!(
-            attack(&[a.clone()], &[b], &AttackOptions::default()),
+            attack(std::slice::from_ref(&a), &[b], &AttackOptions::default()),
             Err(AttackError::Shape { index: 0, .. })
         ));
         assert!(matches!(
-            attack(&[a.clone()], &[a.clone(), a], &AttackOptions::default()),
+            attack(
+                std::slice::from_ref(&a),
+                &[a.clone(), a],
+                &AttackOptions::default()
+            ),
             Err(AttackError::Count { a: 1, b: 2 })
         ));
     }

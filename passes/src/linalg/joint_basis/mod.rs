@@ -559,7 +559,10 @@ pub fn certify(
             max: opts.max_bound,
         })
     } else if let Some(rho) = orthogonal_residual.filter(|&rho| rho > eta + rounding) {
-        Regime::NotCertified(NotCertified::Inconsistent { residual: rho, noise: eta })
+        Regime::NotCertified(NotCertified::Inconsistent {
+            residual: rho,
+            noise: eta,
+        })
     } else {
         Regime::Certified
     };

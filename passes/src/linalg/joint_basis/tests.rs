@@ -260,7 +260,11 @@ fn sharper_bound_is_below_the_spec_bound_and_still_covers() {
             assert!(lsq <= jb.loss.sqrt() / jb.sigma_min * (1.0 + 1e-9));
             assert!(jb.bound_lsq <= jb.bound);
             if jb.regime == Regime::Certified {
-                assert!(jb.bound_lsq >= dist, "{structure:?}: {} < {dist}", jb.bound_lsq);
+                assert!(
+                    jb.bound_lsq >= dist,
+                    "{structure:?}: {} < {dist}",
+                    jb.bound_lsq
+                );
             }
         }
     }
@@ -309,5 +313,8 @@ fn a_spurious_minimum_is_not_certified() {
         }
     }
     assert!(spurious >= 10, "only {spurious} spurious minima reached");
-    assert!(true_certified >= 5, "true basis certified {true_certified}/6");
+    assert!(
+        true_certified >= 5,
+        "true basis certified {true_certified}/6"
+    );
 }
