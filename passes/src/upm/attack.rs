@@ -534,7 +534,7 @@ mod tests {
         assert!(matches!(
             attack(
                 std::slice::from_ref(&a),
-                &[a.clone(), a],
+                &[a.clone(), a.clone()],
                 &AttackOptions::default()
             ),
             Err(AttackError::Count { a: 1, b: 2 })
