@@ -376,7 +376,7 @@ fn run_pass(
             Regime::NotCertified(why) => format!("not certified ({why})"),
         };
         cx.note(format!(
-            "layer {} {}: off-diagonal mass {:.3e}, min joint gap {:.3e}, noise {:.3e}, σ_min ({:?}) {:.3e}, bound {:.3e}: {regime}; identified {identified} of {} directions, {} groups (largest {largest}); stop {:?}",
+            "layer {} {}: off-diagonal mass {:.3e}, min joint gap {:.3e}, noise {:.3e}, σ_min ({:?}) {:.3e}, bound {:.3e}{}: {regime}; identified {identified} of {} directions, {} groups (largest {largest}); stop {:?}",
             b.layer,
             b.input,
             jb.loss / n,
@@ -385,6 +385,10 @@ fn run_pass(
             jb.sigma_method,
             jb.sigma_min,
             jb.bound,
+            match jb.lsq_term {
+                Some(_) => format!(" (least-squares form {:.3e})", jb.bound_lsq),
+                None => String::new(),
+            },
             jb.u.nrows(),
             b.groups.len(),
             jb.stop

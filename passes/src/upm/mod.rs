@@ -20,6 +20,7 @@
 //! neighbours. Numerics: every weight is decoded to f64, transformed and encoded once into its
 //! storage dtype per epoch; `B_i` is composed in f64 from its stored value.
 
+pub mod attack;
 pub mod heads;
 
 use crate::linalg::orthogonal::{left_multiply_transposed, right_multiply, Orthogonal};

@@ -37,11 +37,39 @@
 //! (the eigenvalues of a skew `Y` are `iθ` and `|1 − e^{iθ}| ≤ |θ|`). Together:
 //! `‖U − U_o‖_F ≤ (√L(U) + ε·√Σ‖W_n‖²) / σ_min(𝒜_U)` to first order.
 //!
+//! **Sharper first term.** The first-order equation is linear in `Y`:
+//! `𝒜_U(Y) = −r(T̂) + ε·w` with `w = (r(U_oᵀ W_n U_o))_n`, `‖w‖ ≤ √Σ‖W_n‖²`. `𝒜_U` has full
+//! column rank when σ_min > 0, so the equation (consistent, since `U_o` exists) has the unique
+//! solution `Y = 𝒜_U⁺(−r(T̂) + ε·w)`, and the triangle inequality with `‖𝒜_U⁺‖ = 1/σ_min` gives
+//! `‖Y‖_F ≤ ‖𝒜_U⁺ r(T̂)‖ + ε·√Σ‖W_n‖² / σ_min` — never larger than the bound above, since
+//! `‖𝒜_U⁺ r‖ ≤ √L/σ_min`. The first term is computed exactly (least squares,
+//! [`JointBasis::bound_lsq`]) wherever 𝒜_U is formed (d ≤ `dense_max_dim`); it is the
+//! Gauss–Newton step, and vanishes at a critical point of `L` (the gradient of `L` is `2𝒜_Uᵀ r`),
+//! where the bound is then the noise term alone. Both are reported; the regime is judged on the
+//! spec's `bound` (the larger), so the certified set does not depend on the sharpening.
+//!
 //! The neglected term is `O(‖T̂‖·‖Y‖²)`, so the statement is only meaningful when the bound is
 //! small and the gap is well above the noise; [`Regime`] is that computed criterion (bound ≤
 //! `max_bound`, σ_min ≥ `noise_factor`·ε√Σ‖W_n‖²). Outside it the result is "not certified".
 //! Exact joint bases form a discrete set (orderings × column signs); the bound is about the one
 //! nearest to `U`, with the same column order.
+//!
+//! # Consistency
+//! The first-order equation `𝒜_U(Y) = −r(T̂) + ε·w` can only hold if the part of `r(T̂)` outside
+//! the range of 𝒜_U is noise: `‖(I − P_𝒜) r(T̂)‖ ≤ ‖ε·w‖ ≤ ε√Σ‖W_n‖²`. When it is larger (computed
+//! with the least-squares term, d ≤ `dense_max_dim`), no exact basis is within the
+//! linearization's reach of U — U is a spurious minimum — and the result is
+//! [`NotCertified::Inconsistent`]. (At a critical point `P_𝒜 r = 0`, so this reads `√L ≤ noise`:
+//! every exact basis has `L(U_o) ≤ noise²`.)
+//!
+//! # Ambiguity (general case)
+//! The bound assumes that the exact basis is the one near `U`; it cannot see an exact basis
+//! elsewhere. Every exact basis `U_o` has `L(U_o) ≤ η²` (η = ε√Σ‖W_n‖²), so another orthogonal
+//! point far from `U` with `L ≤ η²` is as consistent with the data as `U`. Triangularization with
+//! few matrices meets this (an adjacent swap of the flag is nearly invariant under one scalar
+//! coincidence per extra matrix): the general case probes every adjacent swap and compares the
+//! restarts (`ambiguity.rs`), and a fit within the noise more than twice the bound away makes
+//! the result [`NotCertified::Ambiguous`].
 //!
 //! # σ_min(𝒜_U)
 //! - [`SigmaMethod::DenseSvd`]: singular values of the stacked (N·m)×m matrix of `𝒜_U`
@@ -63,6 +91,7 @@
 //! uses `M̂_n = (A_n + B_n)/2` and `‖(A_n − B_n)/2‖` has the same distribution as the noise of the
 //! mean when the two halves' noises are independent and symmetric — an estimate, not a bound.
 
+mod ambiguity;
 mod operator;
 mod optimize;
 pub mod synthetic;
@@ -188,6 +217,10 @@ pub struct JointOptions {
     /// approximate triangularizer of another column order whose loss is still at the noise
     /// level; the certificate cannot tell it apart, so the lowest loss over restarts is used.
     pub restarts: usize,
+    /// General case: adjacent swaps whose unpolished loss is at most this times noise² are
+    /// polished and tested for ambiguity (module doc, "Ambiguity"); 0 turns the probe and the
+    /// comparison of restarts off.
+    pub probe_factor: f64,
 }
 
 impl Default for JointOptions {
@@ -202,6 +235,7 @@ impl Default for JointOptions {
             max_bound: 0.1,
             noise_factor: 10.0,
             restarts: 3,
+            probe_factor: 25.0,
         }
     }
 }
@@ -230,6 +264,20 @@ pub enum NotCertified {
     },
     /// σ_min(𝒜_U) (or its Weyl lower bound) is not positive.
     Singular { sigma_min: f64 },
+    /// The residual outside the range of 𝒜_U, `‖(I − P_𝒜) r(T̂)‖`, exceeds the noise: the
+    /// first-order equation `𝒜_U(Y) = −r + ε·w` has no solution with `‖ε·w‖ ≤ noise`, so no
+    /// exact basis lies within the linearization's reach of U (a spurious local minimum).
+    Inconsistent { residual: f64, noise: f64 },
+    /// General case: another orthogonal basis, `distance` away from U (more than twice the
+    /// bound), fits the data within the noise (`loss ≤ noise²`), so the data do not determine
+    /// which flag is exact (module doc, "Ambiguity"). `plane`: the adjacent swap (k, k+1) that
+    /// led to it, or `None` when another restart found it.
+    Ambiguous {
+        plane: Option<usize>,
+        loss: f64,
+        noise: f64,
+        distance: f64,
+    },
 }
 
 impl std::fmt::Display for NotCertified {
@@ -245,6 +293,26 @@ impl std::fmt::Display for NotCertified {
             } => write!(f, "σ_min {sigma_min:.3e} < {factor}·noise {noise:.3e}"),
             NotCertified::Singular { sigma_min } => {
                 write!(f, "σ_min (lower bound) {sigma_min:.3e} ≤ 0")
+            }
+            NotCertified::Inconsistent { residual, noise } => write!(
+                f,
+                "inconsistent: residual outside the range of 𝒜_U {residual:.3e} > noise {noise:.3e} (no exact basis within reach)"
+            ),
+            NotCertified::Ambiguous {
+                plane,
+                loss,
+                noise,
+                distance,
+            } => {
+                let from = match plane {
+                    Some(k) => format!("swapping columns {k}, {}", k + 1),
+                    None => "another restart".into(),
+                };
+                write!(
+                    f,
+                    "ambiguous: a basis {distance:.3e} away ({from}) fits within the noise (√L {:.3e} ≤ {noise:.3e})",
+                    loss.sqrt()
+                )
             }
         }
     }
@@ -271,6 +339,11 @@ pub struct JointBasis {
     pub noise: Noise,
     /// `(√L + noise)/σ_min`, +∞ when σ_min ≤ 0.
     pub bound: f64,
+    /// `‖𝒜_U⁺ r‖ + noise/σ_min` (module doc, "sharper first term"); equal to `bound` when 𝒜_U
+    /// is not formed (d > `dense_max_dim`, see `lsq_term`).
+    pub bound_lsq: f64,
+    /// `‖𝒜_U⁺ r‖`, or `None` when it was not computed (d > `dense_max_dim` or a singular Gram).
+    pub lsq_term: Option<f64>,
     pub regime: Regime,
     pub stop: Stop,
     /// `diag(Uᵀ M̂_n U)` per matrix: the joint eigenvalues in the order of U's columns.
@@ -383,18 +456,36 @@ pub fn joint_basis(
             optimize::jacobi(&mats, u0, opts.max_sweeps, opts.tol)
         }
         Structure::General => {
-            let mut best: Option<(f64, Mat<f64>, Stop)> = None;
+            let mut found: Vec<(f64, Mat<f64>, Stop)> = Vec::new();
             for k in 0..opts.restarts.max(1) {
                 let mut rng = Rng::new(opts.seed.wrapping_add(k as u64));
                 let u0 = optimize::initial_basis(&mats, opts.structure, &mut rng)?;
                 let (u, stop) = optimize::gauss_newton(&mats, u0, opts.max_sweeps, opts.tol)?;
                 let l = operator::loss(&operator::conjugate_all(&mats, &u), opts.structure);
-                if best.as_ref().is_none_or(|b| l < b.0) {
-                    best = Some((l, u, stop));
+                found.push((l, u, stop));
+            }
+            let best = (0..found.len())
+                .min_by(|&a, &b| found[a].0.total_cmp(&found[b].0))
+                .ok_or(JointBasisError::Empty)?;
+            let (_, u, stop) = found.swap_remove(best);
+            let mut jb = certify(&mats, u, stop, problem.noise.clone(), opts)?;
+            // Another restart that fits within the noise far from U: ambiguous.
+            if jb.regime == Regime::Certified && opts.probe_factor > 0.0 {
+                let eta = problem.noise.value();
+                for (l, v, _) in &found {
+                    let distance = ambiguity::signed_distance(&jb.u, v);
+                    if *l <= eta * eta && distance > 2.0 * jb.bound {
+                        jb.regime = Regime::NotCertified(NotCertified::Ambiguous {
+                            plane: None,
+                            loss: *l,
+                            noise: eta,
+                            distance,
+                        });
+                        break;
+                    }
                 }
             }
-            let (_, u, stop) = best.ok_or(JointBasisError::Empty)?;
-            (u, stop)
+            return Ok(jb);
         }
     };
     certify(&mats, u, stop, problem.noise.clone(), opts)
@@ -435,6 +526,25 @@ pub fn certify(
     } else {
         f64::INFINITY
     };
+    let lsq = if sigma_min > 0.0 && d <= opts.dense_max_dim {
+        operator::lsq_step_norm(&ts, opts.structure)
+    } else {
+        None
+    };
+    let lsq_term = lsq.map(|(t, _)| t);
+    // ‖(I − P_𝒜) r‖: the part of the residual no first-order step removes.
+    let orthogonal_residual = lsq.map(|(_, p2)| (loss - p2).max(0.0).sqrt());
+    // f64 rounding of `UᵀM̂U` (and of an exact set's own construction) is not noise the caller
+    // declared: allow a few d·ε_mach of the matrices' norm before calling the residual
+    // inconsistent.
+    let scale = ts.iter().map(|t| t.squared_norm_l2()).sum::<f64>().sqrt();
+    let rounding = 64.0 * d as f64 * f64::EPSILON * scale;
+    let bound_lsq = match lsq_term {
+        // min: the two are equal in exact arithmetic when 𝒜ᵀr is parallel to the smallest
+        // singular direction; rounding must not make the sharper figure the larger one.
+        Some(t) => (t + eta / sigma_min).min(bound),
+        None => bound,
+    };
     let regime = if sigma_min <= 0.0 || d < 2 && loss > 0.0 {
         Regime::NotCertified(NotCertified::Singular { sigma_min })
     } else if sigma_min < opts.noise_factor * eta {
@@ -448,8 +558,27 @@ pub fn certify(
             bound,
             max: opts.max_bound,
         })
+    } else if let Some(rho) = orthogonal_residual.filter(|&rho| rho > eta + rounding) {
+        Regime::NotCertified(NotCertified::Inconsistent {
+            residual: rho,
+            noise: eta,
+        })
     } else {
         Regime::Certified
+    };
+    let regime = match regime {
+        Regime::Certified if opts.structure == Structure::General && opts.probe_factor > 0.0 => {
+            match ambiguity::probe_swaps(mats, &u, eta * eta, 2.0 * bound, opts.probe_factor)? {
+                Some(a) => Regime::NotCertified(NotCertified::Ambiguous {
+                    plane: Some(a.plane),
+                    loss: a.loss,
+                    noise: eta,
+                    distance: a.distance,
+                }),
+                None => Regime::Certified,
+            }
+        }
+        r => r,
     };
     let diagonals = ts
         .iter()
@@ -462,6 +591,8 @@ pub fn certify(
         sigma_method: method,
         noise,
         bound,
+        bound_lsq,
+        lsq_term,
         regime,
         stop,
         diagonals,

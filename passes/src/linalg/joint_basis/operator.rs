@@ -6,6 +6,7 @@
 
 use super::{JointBasisError, Structure};
 use faer::linalg::matmul::matmul;
+use faer::linalg::solvers::Solve;
 use faer::{Accum, Mat, Par, Side};
 
 /// Index of the pair (i, j), i > j.
@@ -227,4 +228,33 @@ pub fn sigma_min_weyl(ts: &[Mat<f64>], structure: Structure) -> f64 {
         }
     }
     c * min_gap - 2.0 * off2.sqrt()
+}
+
+/// `‖𝒜⁺ r‖` for the stacked residual `r` of `ts` (the first-order step that the residual alone
+/// asks for) and `‖P_𝒜 r‖²` (its projection on the range of 𝒜), by least squares through the normal equations `𝒜ᵀ𝒜 y = 𝒜ᵀ r` (Cholesky of the
+/// sparse-built Gram). `None` when the Gram is not positive definite (σ_min = 0 numerically):
+/// the caller falls back to `√L/σ_min`.
+pub(super) fn lsq_step_norm(ts: &[Mat<f64>], structure: Structure) -> Option<(f64, f64)> {
+    let cols = columns(ts, structure);
+    let m = cols.len();
+    if m == 0 {
+        return Some((0.0, 0.0));
+    }
+    let rows = ts.len() * m;
+    let g = gram(&cols, rows);
+    let r = residual(ts, structure);
+    let rhs = apply_transpose(&cols, &r);
+    let llt = g.llt(Side::Lower).ok()?;
+    let b = Mat::from_fn(m, 1, |k, _| rhs[k]);
+    let mut y = llt.solve(&b);
+    // One step of iterative refinement: the normal equations square the condition number, and
+    // the term is tiny near a critical point (𝒜ᵀ r ≈ 0), so correct the solve once in f64.
+    let gy = &g * &y;
+    let res = Mat::from_fn(m, 1, |k, _| b[(k, 0)] - gy[(k, 0)]);
+    y += llt.solve(&res);
+    let n = y.norm_l2();
+    // ‖𝒜y‖² = yᵀ(𝒜ᵀ𝒜)y: the part of ‖r‖² that a first-order step can remove.
+    let gy = &g * &y;
+    let proj2 = (0..m).map(|k| y[(k, 0)] * gy[(k, 0)]).sum::<f64>().max(0.0);
+    (n.is_finite() && proj2.is_finite()).then_some((n, proj2))
 }
