@@ -342,3 +342,17 @@ pub fn property_ref(
     }
     eprintln!("{tag}: {draws} draws, worst relative error {worst:.2e}");
 }
+
+/// Random dims for a rank-`rank` operand (the range `Rng::int` draws from).
+pub fn dims(rng: &mut Rng, rank: usize) -> Vec<usize> {
+    (0..rank).map(|_| rng.int(1, 4)).collect()
+}
+
+/// A shape `s` broadcasts to: some dims set to 1 and maybe leading dims dropped.
+pub fn broadcastable(rng: &mut Rng, s: &[usize]) -> Vec<usize> {
+    let drop = rng.int(0, s.len());
+    s[drop..]
+        .iter()
+        .map(|&d| if rng.next_u64() % 2 == 0 { 1 } else { d })
+        .collect()
+}

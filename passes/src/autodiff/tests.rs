@@ -1,5 +1,5 @@
 //! Structural tests of the autodiff transformation (numeric gradient checks against finite
-//! differences run on the engine, in the workspace's `tests/autodiff_grad.rs`).
+//! differences run on the engine, in the workspace's `tests/autodiff_grad*.rs`).
 
 use super::*;
 use ortho_ir::text::parse_module;
