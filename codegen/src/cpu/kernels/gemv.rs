@@ -110,20 +110,26 @@ pub fn gemv_f32(
 
 /// An output buffer shared by the pieces of one split product, each of which writes its own
 /// range (the callers' SAFETY comments say why the ranges are disjoint).
-#[derive(Clone, Copy)]
-pub(crate) struct SyncPtr(*mut f32, usize);
-// SAFETY: only `slice` reads the pointer, under the disjointness contract above.
-unsafe impl Sync for SyncPtr {}
-unsafe impl Send for SyncPtr {}
-impl SyncPtr {
-    pub(crate) fn new(y: &mut [f32]) -> SyncPtr {
+pub(crate) struct SyncPtr<T>(*mut T, usize);
+impl<T> Clone for SyncPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SyncPtr<T> {}
+// SAFETY: only `slice` reads the pointer, under the disjointness contract above; the elements
+// are plain numbers sent between threads.
+unsafe impl<T: Send> Sync for SyncPtr<T> {}
+unsafe impl<T: Send> Send for SyncPtr<T> {}
+impl<T> SyncPtr<T> {
+    pub(crate) fn new(y: &mut [T]) -> SyncPtr<T> {
         SyncPtr(y.as_mut_ptr(), y.len())
     }
     /// `y[start .. start + len]`.
     ///
     /// # Safety
     /// No other live reference may overlap the range, and `y` must outlive the slice.
-    pub(crate) unsafe fn slice<'a>(self, start: usize, len: usize) -> &'a mut [f32] {
+    pub(crate) unsafe fn slice<'a>(self, start: usize, len: usize) -> &'a mut [T] {
         assert!(start + len <= self.1, "piece out of the output");
         unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
     }

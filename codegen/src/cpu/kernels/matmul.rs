@@ -3,6 +3,7 @@
 //! weight is just `rs = 1, cs = K`.
 
 use super::broadcast::{broadcast_shapes, Walk};
+use crate::cpu::handoff;
 use crate::cpu::error::{KernelError, KernelResult};
 use crate::cpu::kernel::{ExecCx, Inputs, Kernel};
 use crate::cpu::tensor::{numel, Elem, HostTensor};
@@ -305,9 +306,24 @@ fn matmul_gemm<T: GemmElem>(
             gemm_into(m, n, k, am, bm, c, n, false, T::ZERO, T::ONE, th);
         };
         if threads > 1 && pairs.len() > 1 {
-            out.par_chunks_mut(m * n)
-                .zip(pairs.par_iter())
-                .for_each(|(c, p)| one(c, p, 1));
+            // Decode's attention products (one per head, a few µs each) split through the
+            // spinning handoff: waking a rayon worker costs more than such a product.
+            let parts = threads.min(handoff::parallelism()).min(pairs.len());
+            let per = pairs.len().div_ceil(parts);
+            let op = super::gemv::SyncPtr::new(&mut out);
+            let piece = |i: usize| {
+                for j in i * per..((i + 1) * per).min(pairs.len()) {
+                    // SAFETY: product j writes only `out[j·m·n .. (j+1)·m·n]`, and each j
+                    // belongs to exactly one piece.
+                    let c = unsafe { op.slice(j * m * n, m * n) };
+                    one(c, &pairs[j], 1);
+                }
+            };
+            if parts <= 1 || !handoff::run(parts, &piece) {
+                out.par_chunks_mut(m * n)
+                    .zip(pairs.par_iter())
+                    .for_each(|(c, p)| one(c, p, 1));
+            }
         } else {
             for (c, p) in out.chunks_mut(m * n).zip(&pairs) {
                 one(c, p, threads);
