@@ -10,7 +10,10 @@ use ortho_codegen::cpu::kernels::matmul::{gemm_into, Mat};
 use std::time::Instant;
 
 fn main() {
-    let reps: usize = std::env::var("BENCH_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(15);
+    let reps: usize = std::env::var("BENCH_REPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15);
     let (d, f, kv, vocab, layers) = (576usize, 1536usize, 192usize, 49152usize, 30usize);
     let mut shapes = Vec::new();
     for _ in 0..layers {
@@ -65,16 +68,31 @@ fn main() {
     let bytes: usize = shapes.iter().map(|&(k, n)| k * n * 4).sum();
     let x: Vec<f32> = (0..f).map(|_| rnd()).collect();
     let mut y = vec![0f32; vocab];
-    println!("one decode step: {} products, {:.1} MB of weights, median of {reps}", shapes.len(), bytes as f64 / 1e6);
-    println!("{:<8} {:>7} {:>12} {:>8} {:>12} {:>8} {:>8}", "threads", "", "gemm ms", "GB/s", "gemv ms", "GB/s", "ratio");
+    println!(
+        "one decode step: {} products, {:.1} MB of weights, median of {reps}",
+        shapes.len(),
+        bytes as f64 / 1e6
+    );
+    println!(
+        "{:<8} {:>7} {:>12} {:>8} {:>12} {:>8} {:>8}",
+        "threads", "", "gemm ms", "GB/s", "gemv ms", "GB/s", "ratio"
+    );
     for threads in [1usize, 2] {
         let mut step = |which: u8| {
             let t = Instant::now();
             for (w, &(k, n)) in weights.iter().zip(&shapes) {
-                let b = Mat { data: &w[..], rs: n, cs: 1 };
+                let b = Mat {
+                    data: &w[..],
+                    rs: n,
+                    cs: 1,
+                };
                 if which == 0 {
                     set_enabled(false);
-                    let a = Mat { data: &x[..], rs: k, cs: 1 };
+                    let a = Mat {
+                        data: &x[..],
+                        rs: k,
+                        cs: 1,
+                    };
                     gemm_into(1, n, k, a, b, &mut y[..n], n, false, 0.0, 1.0, threads);
                     set_enabled(true);
                 } else {
@@ -95,6 +113,15 @@ fn main() {
         v.sort_by(f64::total_cmp);
         let (gm, vm) = (g[reps / 2], v[reps / 2]);
         let gbs = |ms: f64| bytes as f64 / 1e6 / ms;
-        println!("{:<8} {:>7} {:>12.2} {:>8.1} {:>12.2} {:>8.1} {:>7.2}x", threads, "", gm, gbs(gm), vm, gbs(vm), gm / vm);
+        println!(
+            "{:<8} {:>7} {:>12.2} {:>8.1} {:>12.2} {:>8.1} {:>7.2}x",
+            threads,
+            "",
+            gm,
+            gbs(gm),
+            vm,
+            gbs(vm),
+            gm / vm
+        );
     }
 }

@@ -233,7 +233,10 @@ fn plot(path: &str, pts: &[(usize, f64, f64, f64, f64)]) -> Result<(), Box<dyn s
     let hi = ys.iter().copied().fold(0.0, f64::max).max(lo * 10.0) * 2.0;
     for (k, (panel, title)) in panels
         .iter()
-        .zip(["symmetric (joint diagonalization)", "general (joint triangularization)"])
+        .zip([
+            "symmetric (joint diagonalization)",
+            "general (joint triangularization)",
+        ])
         .enumerate()
     {
         let mut chart = ChartBuilder::on(panel)
@@ -253,7 +256,12 @@ fn plot(path: &str, pts: &[(usize, f64, f64, f64, f64)]) -> Result<(), Box<dyn s
         let series = [
             (2usize, 0.85, RGBColor(120, 120, 120), "true distance"),
             (3, 1.0, RGBColor(31, 119, 180), "bound (√L + ε‖W‖) / σ_min"),
-            (4, 1.18, RGBColor(214, 39, 40), "sharper bound ‖𝒜⁺r‖ + ε‖W‖ / σ_min"),
+            (
+                4,
+                1.18,
+                RGBColor(214, 39, 40),
+                "sharper bound ‖𝒜⁺r‖ + ε‖W‖ / σ_min",
+            ),
         ];
         for (field, shift, color, label) in series {
             let val = |p: &(usize, f64, f64, f64, f64)| match field {

@@ -167,12 +167,7 @@ pub fn run(parts: usize, f: &(dyn Fn(usize) + Sync)) -> bool {
     for (i, s) in workers.iter().enumerate() {
         // SAFETY: this caller holds the lock and the worker finished its previous job (every
         // `run` waits for its jobs), so nobody reads `job` now.
-        unsafe {
-            *s.job.get() = Job {
-                f: fp,
-                part: i + 1,
-            }
-        };
+        unsafe { *s.job.get() = Job { f: fp, part: i + 1 } };
         let t = s.posted.fetch_add(1, SeqCst) + 1;
         if s.parked.load(SeqCst) {
             if let Some(th) = s.thread.get() {
@@ -206,6 +201,33 @@ pub fn run(parts: usize, f: &(dyn Fn(usize) + Sync)) -> bool {
         }
     }
     true
+}
+
+/// An output buffer shared by the pieces of one split product (the parts of one [`run`]), each of
+/// which writes its own range (the callers' SAFETY comments say why the ranges are disjoint).
+pub(crate) struct SyncPtr<T>(*mut T, usize);
+impl<T> Clone for SyncPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SyncPtr<T> {}
+// SAFETY: only `slice` reads the pointer, under the disjointness contract above; the elements
+// are plain numbers sent between threads.
+unsafe impl<T: Send> Sync for SyncPtr<T> {}
+unsafe impl<T: Send> Send for SyncPtr<T> {}
+impl<T> SyncPtr<T> {
+    pub(crate) fn new(y: &mut [T]) -> SyncPtr<T> {
+        SyncPtr(y.as_mut_ptr(), y.len())
+    }
+    /// `y[start .. start + len]`.
+    ///
+    /// # Safety
+    /// No other live reference may overlap the range, and `y` must outlive the slice.
+    pub(crate) unsafe fn slice<'a>(self, start: usize, len: usize) -> &'a mut [T] {
+        assert!(start + len <= self.1, "piece out of the output");
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
+    }
 }
 
 #[cfg(test)]

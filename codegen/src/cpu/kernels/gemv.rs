@@ -4,14 +4,13 @@
 //! A decode step streams every weight of the model from memory once, so this product is bound by
 //! memory bandwidth, not by arithmetic: what matters is that the weight is read as long
 //! contiguous runs (the hardware prefetchers follow them) by every thread at once, and that each
-//! loaded vector feeds its FMA without a second trip through memory. Rows of `W` are walked four
+//! loaded vector feeds its FMA without a second trip through memory. Rows of `W` are walked eight
 //! at a time, each contributing `x[i]·W[i, cols]` to a block of outputs that stays in L1; the
 //! columns are split over the threads, so every thread streams its own contiguous share of each
 //! row. Each output is the same sum in the same order whatever the thread count (bit-identical).
 
-
 use super::matmul::Mat;
-use crate::cpu::handoff;
+use crate::cpu::handoff::{self, SyncPtr};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
@@ -35,7 +34,7 @@ pub fn set_enabled(on: bool) {
     OVERRIDE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
 }
 
-/// Outputs per block: 2,048 f32 (8 KiB of `y`) stay in L1 while four rows stream through.
+/// Outputs per block: 2,048 f32 (8 KiB of `y`) stay in L1 while eight rows stream through.
 const COL_BLOCK: usize = 2048;
 
 /// Columns per thread piece are a multiple of this (four AVX-512 vectors), so every piece but the
@@ -65,7 +64,10 @@ pub fn gemv_f32(
 ) {
     assert!(b.cs == 1, "gemv: weight columns must be contiguous");
     assert!(y.len() >= n && (k == 0 || (k - 1) * xs < x.len()));
-    assert!(k == 0 || (k - 1) * b.rs + n <= b.data.len(), "gemv: rhs out of bounds");
+    assert!(
+        k == 0 || (k - 1) * b.rs + n <= b.data.len(),
+        "gemv: rhs out of bounds"
+    );
     // Gather the (possibly strided) input row once and fold beta into it: each output is then
     // Σ_i xb[i]·W[i, j], and beta·Σ equals Σ beta·x_i only up to rounding, which is accepted here
     // as in any GEMM that scales its packed operand.
@@ -108,34 +110,7 @@ pub fn gemv_f32(
     }
 }
 
-/// An output buffer shared by the pieces of one split product, each of which writes its own
-/// range (the callers' SAFETY comments say why the ranges are disjoint).
-pub(crate) struct SyncPtr<T>(*mut T, usize);
-impl<T> Clone for SyncPtr<T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<T> Copy for SyncPtr<T> {}
-// SAFETY: only `slice` reads the pointer, under the disjointness contract above; the elements
-// are plain numbers sent between threads.
-unsafe impl<T: Send> Sync for SyncPtr<T> {}
-unsafe impl<T: Send> Send for SyncPtr<T> {}
-impl<T> SyncPtr<T> {
-    pub(crate) fn new(y: &mut [T]) -> SyncPtr<T> {
-        SyncPtr(y.as_mut_ptr(), y.len())
-    }
-    /// `y[start .. start + len]`.
-    ///
-    /// # Safety
-    /// No other live reference may overlap the range, and `y` must outlive the slice.
-    pub(crate) unsafe fn slice<'a>(self, start: usize, len: usize) -> &'a mut [T] {
-        assert!(start + len <= self.1, "piece out of the output");
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
-    }
-}
-
-/// `y += Σ_i x[i]·W[i, j0 .. j0 + y.len()]`, four rows at a time, on the best instruction set.
+/// `y += Σ_i x[i]·W[i, j0 .. j0 + y.len()]`, eight rows at a time, on the best instruction set.
 fn rows_into(x: &[f32], b: Mat<'_, f32>, j0: usize, y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -211,15 +186,21 @@ mod tests {
             .collect()
     }
 
-    /// Odd shapes (tails that are not multiples of a vector, of four rows or of a column block)
+    /// Odd shapes (tails that are not multiples of a vector, of eight rows or of a column block)
     /// agree with an f64 reference, and 1, 2 and 3 threads give the same bits.
     #[test]
     fn gemv_matches_reference_and_is_thread_invariant() {
         for &(k, n) in &[(1usize, 1usize), (3, 17), (5, 129), (576, 2100), (13, 4099)] {
             let x: Vec<f32> = (0..k).map(|i| ((i * 7 % 11) as f32 - 5.0) / 3.0).collect();
-            let w: Vec<f32> = (0..k * n).map(|i| ((i * 13 % 17) as f32 - 8.0) / 5.0).collect();
+            let w: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 13 % 17) as f32 - 8.0) / 5.0)
+                .collect();
             let want = reference(n, k, &x, &w);
-            let b = Mat { data: &w[..], rs: n, cs: 1 };
+            let b = Mat {
+                data: &w[..],
+                rs: n,
+                cs: 1,
+            };
             let mut first: Option<Vec<f32>> = None;
             for threads in [1, 2, 3] {
                 let mut y = vec![f32::NAN; n];
@@ -238,7 +219,10 @@ mod tests {
             gemv_f32(n, k, &x, 1, b, &mut y, true, 0.5, 2.0, 2);
             for j in 0..n {
                 let tol = 2e-5 * (1.0 + want[j].abs()) * (k as f64).sqrt();
-                assert!((y[j] as f64 - (0.5 + 2.0 * want[j])).abs() <= tol, "acc k={k} n={n} j={j}");
+                assert!(
+                    (y[j] as f64 - (0.5 + 2.0 * want[j])).abs() <= tol,
+                    "acc k={k} n={n} j={j}"
+                );
             }
         }
     }

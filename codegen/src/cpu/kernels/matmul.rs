@@ -3,8 +3,8 @@
 //! weight is just `rs = 1, cs = K`.
 
 use super::broadcast::{broadcast_shapes, Walk};
-use crate::cpu::handoff;
 use crate::cpu::error::{KernelError, KernelResult};
+use crate::cpu::handoff;
 use crate::cpu::kernel::{ExecCx, Inputs, Kernel};
 use crate::cpu::tensor::{numel, Elem, HostTensor};
 use ortho_ir::DType;
@@ -310,7 +310,7 @@ fn matmul_gemm<T: GemmElem>(
             // spinning handoff: waking a rayon worker costs more than such a product.
             let parts = threads.min(handoff::parallelism()).min(pairs.len());
             let per = pairs.len().div_ceil(parts);
-            let op = super::gemv::SyncPtr::new(&mut out);
+            let op = handoff::SyncPtr::new(&mut out);
             let piece = |i: usize| {
                 for j in i * per..((i + 1) * per).min(pairs.len()) {
                     // SAFETY: product j writes only `out[j·m·n .. (j+1)·m·n]`, and each j

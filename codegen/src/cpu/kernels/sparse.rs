@@ -14,12 +14,11 @@
 //! Patterns other than 2:4, and f64, use the scalar path (f64 accumulation).
 
 use crate::cpu::error::{KernelError, KernelResult};
+use crate::cpu::handoff::{self, SyncPtr};
 use crate::cpu::kernel::{ExecCx, Inputs};
 use crate::cpu::tensor::{Elem, HostTensor};
 use ortho_ir::sparse::NmSparse;
 use ortho_ir::DType;
-use super::gemv::SyncPtr;
-use crate::cpu::handoff;
 use rayon::prelude::*;
 
 /// Token count from which the transposed GEMM is used instead of a GEMV per token.
