@@ -169,8 +169,21 @@ impl TensorData {
     }
 
     pub fn from_f32(dims: Vec<i64>, vals: &[f32]) -> Self {
-        let bytes = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
-        Self::from_bytes(DType::F32, dims, bytes)
+        // On a little-endian host the f32 memory is already the stored bytes: one copy into
+        // the shared buffer (a model's worth of merged weights is hundreds of MB, and the
+        // per-element path took longer than computing them).
+        let storage = if cfg!(target_endian = "little") {
+            Storage::Bytes(Arc::from(bytemuck::cast_slice::<f32, u8>(vals)))
+        } else {
+            Storage::Bytes(vals.iter().flat_map(|v| v.to_le_bytes()).collect())
+        };
+        TensorData {
+            dtype: DType::F32,
+            dims,
+            storage,
+            name: String::new(),
+            doc: String::new(),
+        }
     }
 
     pub fn from_i64(dims: Vec<i64>, vals: &[i64]) -> Self {

@@ -74,12 +74,22 @@ fn read_named(
 
 /// The host state of the POET weight whose subgraph ends at `at`.
 pub fn read_state(m: &Module, at: NodeId, rec: &PoetRecord) -> Result<PoetState, PassError> {
-    let names = m.main_graph().value_names();
-    let (base, dims) = read_named(m, &names, at, &rec.base_name())?;
-    let (rp, _) = read_named(m, &names, at, &rec.rows_perm_name())?;
-    let (cp, _) = read_named(m, &names, at, &rec.cols_perm_name())?;
-    let (skew_rows, _) = read_named(m, &names, at, &rec.skew_rows_name())?;
-    let (skew_cols, _) = read_named(m, &names, at, &rec.skew_cols_name())?;
+    read_state_named(m, &m.main_graph().value_names(), at, rec)
+}
+
+/// [`read_state`] with the graph's value names already collected (a merge reads hundreds of
+/// weights from one unchanged graph; the names map is built once).
+pub fn read_state_named(
+    m: &Module,
+    names: &HashMap<String, ValueId>,
+    at: NodeId,
+    rec: &PoetRecord,
+) -> Result<PoetState, PassError> {
+    let (base, dims) = read_named(m, names, at, &rec.base_name())?;
+    let (rp, _) = read_named(m, names, at, &rec.rows_perm_name())?;
+    let (cp, _) = read_named(m, names, at, &rec.cols_perm_name())?;
+    let (skew_rows, _) = read_named(m, names, at, &rec.skew_rows_name())?;
+    let (skew_cols, _) = read_named(m, names, at, &rec.skew_cols_name())?;
     let bad = |why: &str| {
         PassError::at_main(m, at, format!("POET weight '{}': {why}", rec.stem))
             .with_kind(PassErrorKind::Weights)
@@ -142,29 +152,51 @@ pub(crate) fn remove_dead_chain(m: &mut Module, start: NodeId) {
     }
 }
 
+/// One merged weight, computed before the module changes.
+struct Merged {
+    w: Vec<f32>,
+    rows: usize,
+    cols: usize,
+    err: f64,
+}
+
 /// Merges every POET weight of `m` (see the module docs).
 pub fn poet_merge(m: &mut Module) -> Result<PoetMergeStats, PassError> {
+    use rayon::prelude::*;
     let found = find_poet(m);
-    // Every state is read before the module changes.
-    let mut states = Vec::with_capacity(found.len());
-    for (n, rec) in &found {
-        states.push(read_state(m, *n, rec)?);
-    }
+    // Every weight is read and merged before the module changes. Weights run in parallel, each
+    // single-threaded: one holds its f64 base only while it is merged, so the peak is the
+    // merged f32 weights, not the whole model in f64.
+    let names = m.main_graph().value_names();
+    let module: &Module = m;
+    let merged: Vec<Merged> = found
+        .par_iter()
+        .map(|(n, rec)| {
+            let state = read_state_named(module, &names, *n, rec)?;
+            let (w, err) = state.materialize_f32_with_error();
+            Ok(Merged {
+                w,
+                rows: state.rows,
+                cols: state.cols,
+                err,
+            })
+        })
+        .collect::<Result<_, PassError>>()?;
     let mut stats = PoetMergeStats::default();
-    for ((n, rec), state) in found.iter().zip(&states) {
-        let (w, err) = state.materialize_with_error();
+    for ((n, rec), done) in found.iter().zip(merged) {
         let out = ValueId {
             node: *n,
             output: 0,
         };
         let name = m.main_graph().value_name(out).to_string();
+        let (rows, cols, err) = (done.rows, done.cols, done.err);
         let t = m.add_tensor(TensorData::from_f32(
-            vec![state.rows as i64, state.cols as i64],
-            &w.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+            vec![rows as i64, cols as i64],
+            &done.w,
         ));
         let ty = Type::tensor(
             ortho_ir::DType::F32,
-            vec![Dim::Fixed(state.rows as i64), Dim::Fixed(state.cols as i64)],
+            vec![Dim::Fixed(rows as i64), Dim::Fixed(cols as i64)],
         );
         let g = m.main_graph_mut();
         g.node_mut(*n).outputs[0].name = format!("{name}.merged_away");
@@ -174,10 +206,8 @@ pub fn poet_merge(m: &mut Module) -> Result<PoetMergeStats, PassError> {
         stats.weights += 1;
         stats.max_orthogonality_error = stats.max_orthogonality_error.max(err);
         stats.lines.push(format!(
-            "{} ({}x{}, {} b={}): max ‖RᵀR − I‖_F {err:.2e}",
+            "{} ({rows}x{cols}, {} b={}): max ‖RᵀR − I‖_F {err:.2e}",
             rec.stem,
-            state.rows,
-            state.cols,
             rec.kind.word(),
             rec.block
         ));

@@ -29,6 +29,7 @@ pub mod cayley;
 pub mod emit;
 pub mod lora;
 pub mod lora_merge;
+pub mod materialize;
 pub mod merge;
 pub mod reparam;
 pub mod rng;
@@ -212,12 +213,12 @@ impl PoetState {
         self.skew_cols.iter_mut().for_each(|x| *x = 0.0);
     }
 
-    /// The orthogonal blocks of one side: the truncated Cayley–Neumann map of each, by the
-    /// same Horner steps as [`cayley::cnp`] with faer products (the merge of a large model
-    /// evaluates thousands of blocks).
+    /// The orthogonal blocks of one side: the truncated Cayley–Neumann map of each with faer
+    /// products (the merge of a large model evaluates thousands of blocks), the power sum by
+    /// [`neumann_sum`] — the same polynomial as [`cayley::cnp`]'s Horner steps, in ⌊k/2⌋ (+1 for
+    /// odd k) products instead of k − 1 (equal up to f64 rounding; tested).
     pub fn rotations(&self, skews: &[f64]) -> Vec<faer::Mat<f64>> {
-        use faer::linalg::matmul::matmul;
-        use faer::{Accum, Mat, MatRef, Par};
+        use faer::{Mat, MatRef};
         let b = self.block;
         let t = tri_count(b).max(1);
         skews
@@ -225,81 +226,10 @@ impl PoetState {
             .map(|p| {
                 let qv = skew(p, b);
                 let q = MatRef::from_row_major_slice(&qv, b, b);
-                let mut s = q.to_owned();
-                for _ in 1..self.terms {
-                    // S ← Q + Q·S.
-                    let mut next = q.to_owned();
-                    matmul(next.as_mut(), Accum::Add, q, s.as_ref(), 1.0, Par::Seq);
-                    s = next;
-                }
+                let s = neumann_sum(q, self.terms);
                 Mat::from_fn(b, b, |i, j| f64::from(u8::from(i == j)) + 2.0 * s[(i, j)])
             })
             .collect()
-    }
-
-    /// The weight the subgraph computes, `Π_rᵀ·D_r·B·D_c·Π_c` (`rows × cols`), in f64, and
-    /// the largest `‖RᵀR − I‖_F` of its blocks: one `b × b` by `b × cols` product per row
-    /// block and one `rows × b` by `b × b` product per column block (faer).
-    pub fn materialize_with_error(&self) -> (Vec<f64>, f64) {
-        use faer::linalg::matmul::matmul;
-        use faer::{Accum, Mat, MatRef, Par};
-        let (r, c, b) = (self.rows, self.cols, self.block);
-        let rows = self.rotations(&self.skew_rows);
-        let cols = self.rotations(&self.skew_cols);
-        let err = rows
-            .iter()
-            .chain(&cols)
-            .map(|q| {
-                let mut g = Mat::<f64>::zeros(b, b);
-                matmul(
-                    g.as_mut(),
-                    Accum::Replace,
-                    q.transpose(),
-                    q.as_ref(),
-                    1.0,
-                    Par::Seq,
-                );
-                let mut s = 0.0;
-                for i in 0..b {
-                    for j in 0..b {
-                        let d = g[(i, j)] - f64::from(u8::from(i == j));
-                        s += d * d;
-                    }
-                }
-                s.sqrt()
-            })
-            .fold(0.0, f64::max);
-        let mut m = MatRef::from_row_major_slice(&self.base, r, c).to_owned();
-        // Rows: block j of D_r multiplies rows j·b … (j+1)·b of B.
-        for (j, rot) in rows.iter().enumerate() {
-            let old: Mat<f64> = m.as_ref().subrows(j * b, b).to_owned();
-            let dst = m.as_mut().subrows_mut(j * b, b);
-            matmul(
-                dst,
-                Accum::Replace,
-                rot.as_ref(),
-                old.as_ref(),
-                1.0,
-                Par::rayon(0),
-            );
-        }
-        // Columns: columns j·b … (j+1)·b times block j of D_c.
-        for (j, rot) in cols.iter().enumerate() {
-            let old: Mat<f64> = m.as_ref().subcols(j * b, b).to_owned();
-            let dst = m.as_mut().subcols_mut(j * b, b);
-            matmul(
-                dst,
-                Accum::Replace,
-                old.as_ref(),
-                rot.as_ref(),
-                1.0,
-                Par::rayon(0),
-            );
-        }
-        let w = (0..r * c)
-            .map(|k| m[(self.rows_perm[k / c], self.cols_perm[k % c])])
-            .collect();
-        (w, err)
     }
 
     /// The weight the subgraph computes (see [`PoetState::materialize_with_error`]).
@@ -316,6 +246,46 @@ impl PoetState {
     pub fn trainable(&self) -> usize {
         self.skew_rows.len() + self.skew_cols.len()
     }
+}
+
+/// `S = Q + Q² + … + Q^k` for a `b × b` matrix in ⌊k/2⌋ (+1 when k is odd) products: with
+/// `A = Q + Q²`, an even `k` is `A·(I + Q² + … + Q^{k−2})` by Horner steps in `Q²`
+/// (`T ← A + Q²·T`), and an odd `k` is `Q + Q·S_{k−1}`. Horner steps in `Q` take k − 1.
+pub fn neumann_sum(q: faer::MatRef<'_, f64>, k: usize) -> faer::Mat<f64> {
+    use faer::linalg::matmul::matmul;
+    use faer::{Accum, Mat, Par};
+    let b = q.nrows();
+    if k <= 1 {
+        return if k == 1 {
+            q.to_owned()
+        } else {
+            Mat::zeros(b, b)
+        };
+    }
+    let mut q2 = Mat::<f64>::zeros(b, b);
+    matmul(q2.as_mut(), Accum::Replace, q, q, 1.0, Par::Seq);
+    let a = &q2 + q;
+    let mut t = a.clone();
+    for _ in 1..k / 2 {
+        // T ← A + Q²·T.
+        let mut next = a.clone();
+        matmul(
+            next.as_mut(),
+            Accum::Add,
+            q2.as_ref(),
+            t.as_ref(),
+            1.0,
+            Par::Seq,
+        );
+        t = next;
+    }
+    if k % 2 == 1 {
+        // S_k = Q + Q·S_{k−1}.
+        let mut next = q.to_owned();
+        matmul(next.as_mut(), Accum::Add, q, t.as_ref(), 1.0, Par::Seq);
+        t = next;
+    }
+    t
 }
 
 /// The divisors of `g` a block size may take, from 16 (the sizes a useful block has) or, when
@@ -382,15 +352,22 @@ mod tests {
     /// The faer Horner steps of `rotations` agree with the reference `cayley::cnp`.
     #[test]
     fn rotations_agree_with_the_reference_map() {
+        for terms in 1..=6 {
+            rotations_agree_at(terms);
+        }
+    }
+
+    fn rotations_agree_at(terms: usize) {
         let w = random(8 * 8, 1);
-        let mut s = PoetState::new(&w, 8, 8, PoetKind::Bs, 4, 3, &mut SplitMix::new(2)).unwrap();
+        let mut s =
+            PoetState::new(&w, 8, 8, PoetKind::Bs, 4, terms, &mut SplitMix::new(2)).unwrap();
         s.skew_rows = random(s.skew_rows.len(), 5)
             .iter()
             .map(|x| 0.1 * x)
             .collect();
         for (blk, rot) in s.rotations(&s.skew_rows).iter().enumerate() {
             let p = &s.skew_rows[blk * 6..(blk + 1) * 6];
-            let want = cayley::cnp(&skew(p, 4), 4, 3);
+            let want = cayley::cnp(&skew(p, 4), 4, terms);
             for i in 0..4 {
                 for j in 0..4 {
                     assert!((rot[(i, j)] - want[i * 4 + j]).abs() < 1e-14);
