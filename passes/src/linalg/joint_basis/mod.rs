@@ -491,6 +491,48 @@ pub fn joint_basis(
     certify(&mats, u, stop, problem.noise.clone(), opts)
 }
 
+/// Polish a given orthogonal start `u0` with this module's optimizer (Jacobi sweeps or
+/// Gauss–Newton) and certify the result, ambiguity probe included but without restarts: for a
+/// rotation from elsewhere (a learned one, an attacker's estimate) and for oracle starts in the
+/// validation bench.
+pub fn joint_basis_from(
+    problem: &JointProblem,
+    u0: Mat<f64>,
+    opts: &JointOptions,
+) -> Result<JointBasis, JointBasisError> {
+    let d = validate(problem, opts.structure)?;
+    if u0.nrows() != d || u0.ncols() != d {
+        return Err(JointBasisError::DimMismatch {
+            index: problem.matrices.len(),
+            expected: d,
+            got: u0.nrows(),
+        });
+    }
+    if opts.structure == Structure::General && d > opts.dense_max_dim {
+        return Err(JointBasisError::TooLarge {
+            d,
+            max: opts.dense_max_dim,
+        });
+    }
+    let (mats, (u, stop)) = match opts.structure {
+        Structure::Symmetric => {
+            let mats: Vec<Mat<f64>> = problem
+                .matrices
+                .iter()
+                .map(|m| Mat::from_fn(d, d, |i, j| 0.5 * (m[(i, j)] + m[(j, i)])))
+                .collect();
+            let r = optimize::jacobi(&mats, u0, opts.max_sweeps, opts.tol);
+            (mats, r)
+        }
+        Structure::General => {
+            let mats = problem.matrices.clone();
+            let r = optimize::gauss_newton(&mats, u0, opts.max_sweeps, opts.tol)?;
+            (mats, r)
+        }
+    };
+    certify(&mats, u, stop, problem.noise.clone(), opts)
+}
+
 /// The certificate of a given orthogonal `u` (any source: this module's optimizer, a learned
 /// rotation, …) for the matrices `mats`.
 pub fn certify(
