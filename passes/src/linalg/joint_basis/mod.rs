@@ -92,6 +92,7 @@
 //! mean when the two halves' noises are independent and symmetric — an estimate, not a bound.
 
 mod ambiguity;
+mod flag;
 mod operator;
 mod optimize;
 pub mod synthetic;
@@ -101,6 +102,7 @@ mod tests;
 use crate::linalg::orthogonal::Rng;
 use faer::Mat;
 
+pub use flag::FlagSearch;
 pub use operator::{joint_gaps, sigma_min_weyl};
 
 /// Largest number of columns (d(d−1)/2) for which σ_min is taken from a dense SVD of the stacked
@@ -221,6 +223,11 @@ pub struct JointOptions {
     /// polished and tested for ambiguity (module doc, "Ambiguity"); 0 turns the probe and the
     /// comparison of restarts off.
     pub probe_factor: f64,
+    /// General case: how the start's flag is searched (`flag.rs`): Gauss–Newton steps that
+    /// screen every eigenvector of the deflated combination, how many of the best go on, and
+    /// for how many more steps. `candidates: 0, screen_steps: 0` is the unrefined greedy start
+    /// of issue 20's first rounds.
+    pub flag: FlagSearch,
 }
 
 impl Default for JointOptions {
@@ -236,6 +243,11 @@ impl Default for JointOptions {
             noise_factor: 10.0,
             restarts: 3,
             probe_factor: 25.0,
+            flag: FlagSearch {
+                screen_steps: 2,
+                candidates: 4,
+                steps: 6,
+            },
         }
     }
 }
@@ -452,14 +464,14 @@ pub fn joint_basis(
     let (u, stop) = match opts.structure {
         Structure::Symmetric => {
             let mut rng = Rng::new(opts.seed);
-            let u0 = optimize::initial_basis(&mats, opts.structure, &mut rng)?;
+            let u0 = optimize::initial_basis(&mats, opts.structure, opts.flag, &mut rng)?;
             optimize::jacobi(&mats, u0, opts.max_sweeps, opts.tol)
         }
         Structure::General => {
             let mut found: Vec<(f64, Mat<f64>, Stop)> = Vec::new();
             for k in 0..opts.restarts.max(1) {
                 let mut rng = Rng::new(opts.seed.wrapping_add(k as u64));
-                let u0 = optimize::initial_basis(&mats, opts.structure, &mut rng)?;
+                let u0 = optimize::initial_basis(&mats, opts.structure, opts.flag, &mut rng)?;
                 let (u, stop) = optimize::gauss_newton(&mats, u0, opts.max_sweeps, opts.tol)?;
                 let l = operator::loss(&operator::conjugate_all(&mats, &u), opts.structure);
                 found.push((l, u, stop));
