@@ -11,7 +11,9 @@
 //! `BENCH_KINDS` (`sym`/`symmetric`, `gen`/`general`; default both), `BENCH_NS` (default
 //! `2,4,8`), `BENCH_EPS` (default `1e-6,1e-5,1e-4,1e-3,1e-2`) — a filtered run draws the same
 //! problems as the full grid (the generator is seeded per d, N and ε); `BENCH_VERBOSE=1` prints
-//! one line per trial (regime, loss, distance, seconds). `BENCH_NO_PROBE=1` (general case: no ambiguity probe,
+//! one line per trial (regime, loss, distance, seconds); `BENCH_FLAG=SC,C,S` and
+//! `BENCH_RESTARTS=K` set the general case's start search (`JointOptions::flag`: screening
+//! steps, candidates, steps; `0,0,0` is the unrefined greedy start) and restarts. `BENCH_NO_PROBE=1` (general case: no ambiguity probe,
 //! as before issue 20's second round). Trials excluded as ambiguous or inconsistent (module doc
 //! of `joint_basis`) are counted (`amb/inc`), and
 //! every certified trial whose bound misses is printed with its loss, the loss at the true
@@ -27,15 +29,11 @@
 
 use ortho_passes::linalg::joint_basis::synthetic::{distance_to_exact, generate};
 use ortho_passes::linalg::joint_basis::{
-    certify, joint_basis, joint_basis_from, JointOptions, JointProblem, NotCertified, Regime, Stop, Structure,
+    certify, joint_basis, joint_basis_from, FlagSearch, JointOptions, JointProblem, NotCertified,
+    Regime, Stop, Structure,
 };
 use ortho_passes::linalg::orthogonal::Rng;
 use std::time::Instant;
-
-// Experiments on the general case's start (BENCH_START): the library's own file.
-#[allow(dead_code)]
-#[path = "../passes/src/linalg/joint_basis/flag.rs"]
-mod flag;
 
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
@@ -72,15 +70,18 @@ fn main() {
             .as_ref()
             .is_none_or(|k| k.iter().any(|x| x == short || x == long))
     };
-    // BENCH_START=SC,C,S (general case): start from `flag::common_flag` with SC screening
-    // steps, C candidates and S steps, BENCH_RESTARTS starts (default 1), each polished and certified by joint_basis_from.
-    let start_exp: Option<(usize, usize, usize)> = list("BENCH_START").and_then(|v| {
-        Some((v.first()?.parse().ok()?, v.get(1)?.parse().ok()?, v.get(2)?.parse().ok()?))
+    // BENCH_FLAG=SC,C,S and BENCH_RESTARTS=K (general case): `JointOptions::flag` (screening
+    // steps, candidates, steps) and `restarts`, for experiments on the start.
+    let flag_search: Option<FlagSearch> = list("BENCH_FLAG").and_then(|v| {
+        Some(FlagSearch {
+            screen_steps: v.first()?.parse().ok()?,
+            candidates: v.get(1)?.parse().ok()?,
+            steps: v.get(2)?.parse().ok()?,
+        })
     });
-    let exp_restarts: u64 = std::env::var("BENCH_RESTARTS")
+    let restarts: Option<usize> = std::env::var("BENCH_RESTARTS")
         .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
+        .and_then(|s| s.parse().ok());
     let verbose = std::env::var("BENCH_VERBOSE").is_ok_and(|v| v == "1");
     // Exclusions at ε ≤ 1e-3: (all, the oracle start is certified, the oracle is not).
     let mut excl = (0usize, 0usize, 0usize);
@@ -133,6 +134,8 @@ fn main() {
                     let mut ratios_lsq = Vec::new();
                     let (mut ratios, mut bounds) = (Vec::new(), Vec::new());
                     let start = Instant::now();
+                    // Time spent on the oracle diagnostic, left out of s/trial.
+                    let mut oracle_secs = 0.0;
                     for t in 0..trials {
                         let s = generate(d, n, structure, eps, &mut rng);
                         let trial_start = Instant::now();
@@ -140,37 +143,12 @@ fn main() {
                             structure,
                             seed: t as u64,
                             probe_factor: if no_probe { 0.0 } else { 25.0 },
+                            flag: flag_search.unwrap_or(JointOptions::default().flag),
+                            restarts: restarts.unwrap_or(JointOptions::default().restarts),
                             ..JointOptions::default()
                         };
                         let problem = JointProblem::new(s.noisy.clone(), s.noise);
-                        let result = match (start_exp, structure) {
-                            (Some((sc, c, st)), Structure::General) => {
-                                let mut best: Option<ortho_passes::linalg::joint_basis::JointBasis> = None;
-                                for k in 0..exp_restarts {
-                                    let mut r = Rng::new(t as u64 + k);
-                                    let mu: Vec<f64> = (0..n).map(|_| 0.5 + r.uniform()).collect();
-                                    let u0 = flag::common_flag(
-                                        &s.noisy,
-                                        &mu,
-                                        flag::FlagSearch { screen_steps: sc, candidates: c, steps: st },
-                                    )
-                                    .expect("flag");
-                                    if verbose {
-                                        println!(
-                                            "    start {k}: ‖U0 − V‖ {:.3e} ({:.1} s)",
-                                            distance_to_exact(&u0, &s, structure),
-                                            trial_start.elapsed().as_secs_f64()
-                                        );
-                                    }
-                                    let jb = joint_basis_from(&problem, u0, &opts).expect("polish");
-                                    if best.as_ref().is_none_or(|b| jb.loss < b.loss) {
-                                        best = Some(jb);
-                                    }
-                                }
-                                Ok(best.expect("one restart"))
-                            }
-                            _ => joint_basis(&problem, &opts),
-                        };
+                        let result = joint_basis(&problem, &opts);
                         let jb = match result {
                             Ok(jb) => jb,
                             Err(e) => {
@@ -195,11 +173,13 @@ fn main() {
                             );
                         }
                         if let (Regime::NotCertified(why), true) = (&jb.regime, eps <= 1e-3) {
+                            let oracle_start = Instant::now();
                             let oracle = joint_basis_from(
                                 &JointProblem::new(s.noisy.clone(), s.noise),
                                 s.basis.clone(),
                                 &opts,
                             );
+                            oracle_secs += oracle_start.elapsed().as_secs_f64();
                             excl.0 += 1;
                             let text = match oracle {
                                 Ok(o) => {
@@ -270,7 +250,7 @@ fn main() {
                             ratios_lsq.push(jb.bound_lsq / dist);
                         }
                     }
-                    let per = start.elapsed().as_secs_f64() / trials as f64;
+                    let per = (start.elapsed().as_secs_f64() - oracle_secs) / trials as f64;
                     if eps <= 1e-3 {
                         excluded_small.0 += trials - cert;
                         excluded_small.1 += trials;

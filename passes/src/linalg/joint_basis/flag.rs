@@ -192,10 +192,7 @@ pub fn common_flag(mats: &[Mat<f64>], mu: &[f64], search: FlagSearch) -> Option<
             if search.candidates > 0 {
                 scored = polish(scored, search.steps);
             }
-            scored
-                .into_iter()
-                .min_by(|a, b| a.0.total_cmp(&b.0))?
-                .1
+            scored.into_iter().min_by(|a, b| a.0.total_cmp(&b.0))?.1
         };
         let col = &basis * &x;
         for i in 0..d {

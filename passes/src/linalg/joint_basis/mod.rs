@@ -11,9 +11,13 @@
 //! triangles) or the strictly lower triangle (general case).
 //!
 //! # Optimizer
-//! Both cases start from the eigenbasis of a seeded random positive combination `Σ μ_n M̂_n`
-//! (general case: the eigenvectors sorted by decreasing eigenvalue, orthonormalized by QR, which
-//! is a real Schur basis of the combination when its spectrum is real). The symmetric case then
+//! Both cases start from a seeded random positive combination `Σ μ_n M̂_n`. Symmetric case: its
+//! eigenbasis. General case (`flag.rs`): non-commuting triangular sets share one invariant flag,
+//! built one vector at a time — at each step every eigenvector of the deflated combination is
+//! refined by Gauss–Newton on its joint eigen-residual `Σ_n ‖B_n x − (xᵀB_n x)x‖²` (a well
+//! conditioned problem, unlike the eigenvectors of one nearly triangular matrix, whose
+//! conditioning degrades exponentially with d), the best refined vector is kept and the matrices
+//! are deflated to its complement ([`FlagSearch`]). The symmetric case then
 //! runs Jacobi sweeps (Cardoso–Souloumiac): for each plane (p, q) the rotation that minimizes the
 //! joint `(p, q)` off-diagonal mass has a closed form (the smallest eigenvector of a 2×2 matrix),
 //! and the rest of the off-diagonal mass is invariant under it, so every rotation lowers `L`.

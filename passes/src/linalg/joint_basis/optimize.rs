@@ -32,8 +32,9 @@ pub(super) fn initial_basis(
             let u = e.U();
             Ok(Mat::from_fn(d, d, |i, j| u[(i, d - 1 - j)]))
         }
-        Structure::General => flag::common_flag(mats, &mu, search)
-            .ok_or(JointBasisError::Decomposition("eigendecomposition of Σ μ_n B_n")),
+        Structure::General => flag::common_flag(mats, &mu, search).ok_or(
+            JointBasisError::Decomposition("eigendecomposition of Σ μ_n B_n"),
+        ),
     }
 }
 
