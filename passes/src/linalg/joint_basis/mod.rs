@@ -11,9 +11,13 @@
 //! triangles) or the strictly lower triangle (general case).
 //!
 //! # Optimizer
-//! Both cases start from the eigenbasis of a seeded random positive combination `Σ μ_n M̂_n`
-//! (general case: the eigenvectors sorted by decreasing eigenvalue, orthonormalized by QR, which
-//! is a real Schur basis of the combination when its spectrum is real). The symmetric case then
+//! Both cases start from a seeded random positive combination `Σ μ_n M̂_n`. Symmetric case: its
+//! eigenbasis. General case (`flag.rs`): non-commuting triangular sets share one invariant flag,
+//! built one vector at a time — at each step every eigenvector of the deflated combination is
+//! refined by Gauss–Newton on its joint eigen-residual `Σ_n ‖B_n x − (xᵀB_n x)x‖²` (a well
+//! conditioned problem, unlike the eigenvectors of one nearly triangular matrix, whose
+//! conditioning degrades exponentially with d), the best refined vector is kept and the matrices
+//! are deflated to its complement ([`FlagSearch`]). The symmetric case then
 //! runs Jacobi sweeps (Cardoso–Souloumiac): for each plane (p, q) the rotation that minimizes the
 //! joint `(p, q)` off-diagonal mass has a closed form (the smallest eigenvector of a 2×2 matrix),
 //! and the rest of the off-diagonal mass is invariant under it, so every rotation lowers `L`.
@@ -92,6 +96,7 @@
 //! mean when the two halves' noises are independent and symmetric — an estimate, not a bound.
 
 mod ambiguity;
+mod flag;
 mod operator;
 mod optimize;
 pub mod synthetic;
@@ -101,6 +106,7 @@ mod tests;
 use crate::linalg::orthogonal::Rng;
 use faer::Mat;
 
+pub use flag::FlagSearch;
 pub use operator::{joint_gaps, sigma_min_weyl};
 
 /// Largest number of columns (d(d−1)/2) for which σ_min is taken from a dense SVD of the stacked
@@ -221,6 +227,11 @@ pub struct JointOptions {
     /// polished and tested for ambiguity (module doc, "Ambiguity"); 0 turns the probe and the
     /// comparison of restarts off.
     pub probe_factor: f64,
+    /// General case: how the start's flag is searched (`flag.rs`): Gauss–Newton steps that
+    /// screen every eigenvector of the deflated combination, how many of the best go on, and
+    /// for how many more steps. `candidates: 0, screen_steps: 0` is the unrefined greedy start
+    /// of issue 20's first rounds.
+    pub flag: FlagSearch,
 }
 
 impl Default for JointOptions {
@@ -236,6 +247,11 @@ impl Default for JointOptions {
             noise_factor: 10.0,
             restarts: 3,
             probe_factor: 25.0,
+            flag: FlagSearch {
+                screen_steps: 2,
+                candidates: 4,
+                steps: 6,
+            },
         }
     }
 }
@@ -452,14 +468,14 @@ pub fn joint_basis(
     let (u, stop) = match opts.structure {
         Structure::Symmetric => {
             let mut rng = Rng::new(opts.seed);
-            let u0 = optimize::initial_basis(&mats, opts.structure, &mut rng)?;
+            let u0 = optimize::initial_basis(&mats, opts.structure, opts.flag, &mut rng)?;
             optimize::jacobi(&mats, u0, opts.max_sweeps, opts.tol)
         }
         Structure::General => {
             let mut found: Vec<(f64, Mat<f64>, Stop)> = Vec::new();
             for k in 0..opts.restarts.max(1) {
                 let mut rng = Rng::new(opts.seed.wrapping_add(k as u64));
-                let u0 = optimize::initial_basis(&mats, opts.structure, &mut rng)?;
+                let u0 = optimize::initial_basis(&mats, opts.structure, opts.flag, &mut rng)?;
                 let (u, stop) = optimize::gauss_newton(&mats, u0, opts.max_sweeps, opts.tol)?;
                 let l = operator::loss(&operator::conjugate_all(&mats, &u), opts.structure);
                 found.push((l, u, stop));
@@ -486,6 +502,48 @@ pub fn joint_basis(
                 }
             }
             return Ok(jb);
+        }
+    };
+    certify(&mats, u, stop, problem.noise.clone(), opts)
+}
+
+/// Polish a given orthogonal start `u0` with this module's optimizer (Jacobi sweeps or
+/// Gauss–Newton) and certify the result, ambiguity probe included but without restarts: for a
+/// rotation from elsewhere (a learned one, an attacker's estimate) and for oracle starts in the
+/// validation bench.
+pub fn joint_basis_from(
+    problem: &JointProblem,
+    u0: Mat<f64>,
+    opts: &JointOptions,
+) -> Result<JointBasis, JointBasisError> {
+    let d = validate(problem, opts.structure)?;
+    if u0.nrows() != d || u0.ncols() != d {
+        return Err(JointBasisError::DimMismatch {
+            index: problem.matrices.len(),
+            expected: d,
+            got: u0.nrows(),
+        });
+    }
+    if opts.structure == Structure::General && d > opts.dense_max_dim {
+        return Err(JointBasisError::TooLarge {
+            d,
+            max: opts.dense_max_dim,
+        });
+    }
+    let (mats, (u, stop)) = match opts.structure {
+        Structure::Symmetric => {
+            let mats: Vec<Mat<f64>> = problem
+                .matrices
+                .iter()
+                .map(|m| Mat::from_fn(d, d, |i, j| 0.5 * (m[(i, j)] + m[(j, i)])))
+                .collect();
+            let r = optimize::jacobi(&mats, u0, opts.max_sweeps, opts.tol);
+            (mats, r)
+        }
+        Structure::General => {
+            let mats = problem.matrices.clone();
+            let r = optimize::gauss_newton(&mats, u0, opts.max_sweeps, opts.tol)?;
+            (mats, r)
         }
     };
     certify(&mats, u, stop, problem.noise.clone(), opts)

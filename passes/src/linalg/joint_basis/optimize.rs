@@ -1,34 +1,30 @@
 //! The optimizers of `joint_basis`: the initial basis, Jacobi sweeps (symmetric case) and
 //! damped Gauss–Newton on O(d) (general case).
 
+use super::flag::{self, FlagSearch};
 use super::operator::{self, pair};
 use super::{JointBasisError, Stop, Structure};
 use crate::linalg::orthogonal::Rng;
 use faer::linalg::solvers::Solve;
 use faer::{Mat, Side};
 
-/// The eigenbasis of a seeded random positive combination `Σ μ_n M_n`, μ_n uniform in
-/// [0.5, 1.5]. Symmetric: its orthonormal eigenvectors, decreasing eigenvalue. General: the
-/// eigenvectors sorted by decreasing real part of the eigenvalue and orthonormalized by QR — a
-/// Schur basis when the spectrum is real (with complex pairs the real parts still give an
-/// orthogonal start, and the descent does the rest).
+/// The start from a seeded random positive combination `Σ μ_n M_n`, μ_n uniform in [0.5, 1.5].
+/// Symmetric: its orthonormal eigenvectors, decreasing eigenvalue. General: the common flag
+/// built one refined vector at a time from the combination's eigenvectors (`flag.rs`).
 pub(super) fn initial_basis(
     mats: &[Mat<f64>],
     structure: Structure,
+    search: FlagSearch,
     rng: &mut Rng,
 ) -> Result<Mat<f64>, JointBasisError> {
     let d = mats[0].nrows();
-    let mut c = Mat::<f64>::zeros(d, d);
-    for m in mats {
-        let mu = 0.5 + rng.uniform();
-        for j in 0..d {
-            for i in 0..d {
-                c[(i, j)] += mu * m[(i, j)];
-            }
-        }
-    }
+    let mu: Vec<f64> = mats.iter().map(|_| 0.5 + rng.uniform()).collect();
     match structure {
         Structure::Symmetric => {
+            let mut c = Mat::<f64>::zeros(d, d);
+            for (m, &w) in mats.iter().zip(&mu) {
+                c += faer::Scale(w) * m;
+            }
             let e = c
                 .self_adjoint_eigen(Side::Lower)
                 .map_err(|_| JointBasisError::Decomposition("eigendecomposition of Σ μ_n M_n"))?;
@@ -36,99 +32,10 @@ pub(super) fn initial_basis(
             let u = e.U();
             Ok(Mat::from_fn(d, d, |i, j| u[(i, d - 1 - j)]))
         }
-        Structure::General => common_flag(mats, &c),
+        Structure::General => flag::common_flag(mats, &mu, search).ok_or(
+            JointBasisError::Decomposition("eigendecomposition of Σ μ_n B_n"),
+        ),
     }
-}
-
-/// The general case's start. Non-commuting jointly triangularizable matrices share one
-/// invariant flag, so only one eigenvalue order of the combination is a joint triangularizer:
-/// pick, at each step, the eigenvector of the (deflated) combination that is closest to a
-/// common eigenvector of all matrices (smallest `Σ_n ‖B_n x − (xᵀB_n x) x‖²`), append it, and
-/// deflate every matrix to the orthogonal complement of the chosen vectors. d steps, each one
-/// eigendecomposition of a shrinking matrix.
-fn common_flag(mats: &[Mat<f64>], c: &Mat<f64>) -> Result<Mat<f64>, JointBasisError> {
-    let d = c.nrows();
-    let mut u = Mat::<f64>::zeros(d, d);
-    // `basis`: orthonormal columns spanning the complement of the chosen vectors.
-    let mut basis = Mat::<f64>::identity(d, d);
-    for k in 0..d {
-        let rem = d - k;
-        let proj = |m: &Mat<f64>| basis.transpose() * m * &basis;
-        let bc = proj(c);
-        let bs: Vec<Mat<f64>> = mats.iter().map(proj).collect();
-        let x = if rem == 1 {
-            Mat::from_fn(1, 1, |_, _| 1.0)
-        } else {
-            let e = bc
-                .eigen()
-                .map_err(|_| JointBasisError::Decomposition("eigendecomposition of Σ μ_n M_n"))?;
-            let order: Vec<usize> = (0..rem).collect();
-            let vecs = real_eigenvectors(e.U(), &order);
-            let mut best = (f64::INFINITY, 0);
-            for j in 0..rem {
-                let x = vecs.col(j);
-                let nx = x.norm_l2();
-                if nx == 0.0 {
-                    continue;
-                }
-                let mut score = 0.0;
-                for b in &bs {
-                    let bx = b * x;
-                    let rq = (x.transpose() * &bx) / (nx * nx);
-                    let r = bx - faer::Scale(rq) * x;
-                    score += r.squared_norm_l2() / (nx * nx);
-                }
-                if score < best.0 {
-                    best = (score, j);
-                }
-            }
-            let x = vecs.col(best.1);
-            let nx = x.norm_l2();
-            Mat::from_fn(rem, 1, |i, _| x[i] / nx)
-        };
-        let col = &basis * &x;
-        for i in 0..d {
-            u[(i, k)] = col[(i, 0)];
-        }
-        if rem > 1 {
-            // New complement: the orthogonal complement of x inside the current one, from a
-            // full QR of x (its last rem−1 columns).
-            let q = x.qr().compute_Q();
-            let rest = Mat::from_fn(rem, rem - 1, |i, j| q[(i, j + 1)]);
-            basis = &basis * &rest;
-        }
-    }
-    Ok(u)
-}
-
-/// Real vectors from complex eigenvectors in the given column order: each column is first
-/// multiplied by the phase that makes its largest entry real (an eigenvector of a real
-/// eigenvalue is a real vector times a complex scalar), then its real part is taken.
-pub(super) fn real_eigenvectors(v: faer::MatRef<'_, faer::c64>, order: &[usize]) -> Mat<f64> {
-    let d = v.nrows();
-    let mut out = Mat::<f64>::zeros(d, order.len());
-    for (j, &k) in order.iter().enumerate() {
-        let mut best = faer::c64::new(1.0, 0.0);
-        let mut best_abs = 0.0;
-        for i in 0..d {
-            let z = v[(i, k)];
-            let a = (z.re * z.re + z.im * z.im).sqrt();
-            if a > best_abs {
-                best_abs = a;
-                best = z;
-            }
-        }
-        let (pr, pi) = if best_abs > 0.0 {
-            (best.re / best_abs, -best.im / best_abs)
-        } else {
-            (1.0, 0.0)
-        };
-        for i in 0..d {
-            let z = v[(i, k)];
-            out[(i, j)] = z.re * pr - z.im * pi;
-        }
-    }
-    out
 }
 
 /// Jacobi joint diagonalization. For the plane (p, q) and the rotation `u_p ← c u_p + s u_q`,
