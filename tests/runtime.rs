@@ -340,3 +340,73 @@ fn decomposed_logits_match_onnxruntime() {
 fn fused_logits_match_onnxruntime() {
     logits_match_onnxruntime("fused");
 }
+
+/// Attention's `Q·Kᵀ` over cached keys: `MatMul(q, Unsqueeze(Transpose(k, swap of the last two
+/// axes), batch axis))`, and the same without the Unsqueeze. The plan reads `k` transposed in
+/// place (the Transpose and the Unsqueeze are not run), and the products equal the sums written
+/// out here. An Unsqueeze that lands in the matrix axes is left alone and still computes the
+/// right thing through the copy.
+#[test]
+fn matmul_reads_a_swapped_operand_in_place() {
+    let src = r#"module {ir_version = 8, opset_import = ["" = 17]}
+graph @attn(%q: tensor<2x3x2x1x4xf32>, %k: tensor<2x3x5x4xf32>, %q4: tensor<2x3x2x4xf32>, %p: tensor<2x3x4x1x5xf32>) -> (%s, %t, %u) {
+  %c2 = const tensor<1xi64> dense<[2]>
+  %cm1 = const tensor<1xi64> dense<[-1]>
+  %kt = onnx.Transpose(%k) {perm = [0, 1, 3, 2]} : tensor<2x3x4x5xf32>
+  %kt_u = onnx.Unsqueeze(%kt, %c2) : tensor<2x3x1x4x5xf32>
+  %s = onnx.MatMul(%q, %kt_u) : tensor<2x3x2x1x5xf32>
+  %t = onnx.MatMul(%q4, %kt) : tensor<2x3x2x5xf32>
+  %kt2 = onnx.Transpose(%k) {perm = [0, 1, 3, 2]} : tensor<2x3x4x5xf32>
+  %kt_m = onnx.Unsqueeze(%kt2, %cm1) : tensor<2x3x4x5x1xf32>
+  %u = onnx.MatMul(%p, %kt_m) : tensor<2x3x4x1x1xf32>
+}
+"#;
+    let m = ortho_ir::text::parse_module(src).expect("parse");
+    let plan = Plan::compile(&m).expect("compile");
+    let val = |i: usize| ((i * 37 + 11) % 23) as f32 / 7.0 - 1.5;
+    let q: Vec<f32> = (0..2 * 3 * 2 * 4).map(val).collect();
+    let k: Vec<f32> = (0..2 * 3 * 5 * 4).map(|i| val(i + 5)).collect();
+    let q4: Vec<f32> = (0..2 * 3 * 2 * 4).map(|i| val(i + 9)).collect();
+    let p: Vec<f32> = (0..2 * 3 * 4 * 5).map(|i| val(i + 3)).collect();
+    let feed = |shape: Vec<usize>, v: &[f32]| HostTensor::from_vec(shape, v.to_vec()).unwrap();
+    let out = plan
+        .run(&[
+            ("q", feed(vec![2, 3, 2, 1, 4], &q)),
+            ("k", feed(vec![2, 3, 5, 4], &k)),
+            ("q4", feed(vec![2, 3, 2, 4], &q4)),
+            ("p", feed(vec![2, 3, 4, 1, 5], &p)),
+        ])
+        .expect("run");
+    // s[b,h,r,0,t] = Σ_d q[b,h,r,0,d]·k[b,h,t,d]; t likewise from q4;
+    // u[b,h,d,0,0] = Σ_t p[b,h,d,0,t]·k[b,h,t,d].
+    let kat = |b: usize, h: usize, t: usize, d: usize| k[((b * 3 + h) * 5 + t) * 4 + d];
+    let (mut want_s, mut want_t, mut want_u) = (Vec::new(), Vec::new(), Vec::new());
+    for b in 0..2 {
+        for h in 0..3 {
+            for r in 0..2 {
+                for t in 0..5 {
+                    let row = ((b * 3 + h) * 2 + r) * 4;
+                    want_s.push((0..4).map(|d| q[row + d] * kat(b, h, t, d)).sum::<f32>());
+                    want_t.push((0..4).map(|d| q4[row + d] * kat(b, h, t, d)).sum::<f32>());
+                }
+            }
+            for d in 0..4 {
+                let row = ((b * 3 + h) * 4 + d) * 5;
+                want_u.push((0..5).map(|t| p[row + t] * kat(b, h, t, d)).sum::<f32>());
+            }
+        }
+    }
+    let close = |got: &HostTensor, want: &[f32], name: &str| {
+        let g = got.as_f32().expect("f32");
+        assert_eq!(g.len(), want.len(), "{name}");
+        for (i, (a, b)) in g.iter().zip(want).enumerate() {
+            assert!((a - b).abs() < 1e-5, "{name}[{i}]: {a} vs {b}");
+        }
+    };
+    close(&out[0].1, &want_s, "s");
+    close(&out[1].1, &want_t, "t");
+    close(&out[2].1, &want_u, "u");
+    // Steps: s and t read k in place (kt and kt_u are not run); kt2, kt_m and u run (that
+    // Unsqueeze inserts a matrix axis, so it is not folded).
+    assert_eq!(plan.num_steps(), 5, "steps");
+}
