@@ -64,14 +64,14 @@ fn onnxruntime_agrees_with_the_fused_kernel() {
                 layers: layers(vec![0, 1, 2, 3]),
                 ..KronFactorizeOptions::default()
             };
-            kron_factorize(&mut m, &o).expect("kron-factorize");
+            kron_factorize(&mut m, &o, None).expect("kron-factorize");
         } else {
             let o = LowrankFactorizeOptions {
                 budget: 0.5,
                 layers: layers(vec![4, 5, 6, 7]),
                 ..LowrankFactorizeOptions::default()
             };
-            lowrank_factorize(&mut m, &o).expect("lowrank-factorize");
+            lowrank_factorize(&mut m, &o, None).expect("lowrank-factorize");
         }
         let plan = Plan::compile(&m).expect("compile");
         let feed = HostTensor::from_vec(vec![1, ids.len()], ids.clone()).expect("feed");

@@ -9,6 +9,7 @@ pub mod lower;
 pub mod matrix;
 pub mod options;
 pub mod plan;
+pub mod whiten;
 
 use crate::pass::{PassContext, PassError, PassResult};
 use apply::{factorize, FactorizeSpec, FactorizeStats};
@@ -20,7 +21,8 @@ pub(crate) fn run(
     spec: &FactorizeSpec,
     cx: &mut PassContext,
 ) -> Result<PassResult, PassError> {
-    let s = factorize(m, spec)?;
+    let calib = cx.calibration().cloned();
+    let s = factorize(m, spec, calib.as_ref())?;
     report(cx, &s);
     Ok(PassResult::changed(s.linears > 0))
 }
@@ -41,13 +43,14 @@ pub(crate) fn report(cx: &mut PassContext, s: &FactorizeStats) {
         cx.note("no linear factorized".to_string());
     } else {
         cx.note(format!(
-        "{} linears: {} of {} params kept ({:.2} %, {:.2} % removed), MACs per token {:.2} % of dense, rel. error {:.4} overall, {:.4} at most",
+        "{} linears: {} of {} params kept ({:.2} %, {:.2} % removed), MACs per token {:.2} % of dense, {} {:.4} overall, {:.4} at most",
         s.linears,
         s.factor_params,
         s.dense_params,
         pct(s.factor_params, s.dense_params),
         100.0 - pct(s.factor_params, s.dense_params),
         pct(s.factor_macs, s.dense_macs),
+        apply::err_name(s.activation),
         s.total_rel_error,
         s.max_rel_error
     ));

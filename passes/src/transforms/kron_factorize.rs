@@ -20,7 +20,8 @@
 //! matrix).
 
 use crate::factorize::apply::{factorize, FactorizeSpec, FactorizeStats, Method};
-use crate::factorize::options::{check_target, RankSpec, ShapeSpec, BUDGET, MAX_FLOPS, RANK};
+use crate::calib::Calibration;
+use crate::factorize::options::{check_target, CALIB, RankSpec, ShapeSpec, BUDGET, MAX_FLOPS, RANK};
 use crate::options::OptionError;
 use crate::pass::{PassContext, PassError, PassResult};
 use crate::selection::{BlockSelection, RoleSelection, LAYERS, LINEARS};
@@ -39,6 +40,7 @@ crate::pass_options! {
             doc: "auto (searched per matrix), or m1xn1: every A_k is m1×n1 (m1 | out, n1 | in).",
         },
         pub max_flops: f64 = MAX_FLOPS,
+        pub calib: bool = CALIB,
         pub layers: BlockSelection = LAYERS,
         pub linears: RoleSelection = LINEARS,
     }
@@ -59,6 +61,7 @@ impl KronFactorizeOptions {
             max_flops: self.max_flops,
             layers: self.layers.0.clone(),
             roles: self.linears.0.clone(),
+            calib: self.calib,
         }
     }
 }
@@ -74,8 +77,9 @@ crate::declare_pass! {
 pub fn kron_factorize(
     m: &mut Module,
     opts: &KronFactorizeOptions,
+    calib: Option<&Calibration>,
 ) -> Result<FactorizeStats, PassError> {
-    factorize(m, &opts.spec())
+    factorize(m, &opts.spec(), calib)
 }
 
 fn run_pass(
