@@ -15,6 +15,7 @@
 use super::matrix::{self, FactorError, KronShape};
 use super::options::{check_target, RankSpec, ShapeSpec};
 use super::plan::{allocate, uniform_rank, Item};
+use super::als;
 use super::whiten::{self, Whitening};
 use crate::calib::{missing_calibration, Calibration};
 use crate::linalg::replace::{swap_linears, LinearSwap};
@@ -50,6 +51,8 @@ pub struct FactorizeSpec {
     pub roles: Vec<&'static str>,
     /// Activation-aware: fit `‖X(W − Ŵ)ᵀ‖` on calibration data (see `whiten`).
     pub calib: bool,
+    /// ALS steps on the exact activation objective after a Kronecker fit (`calib` only).
+    pub als_steps: usize,
 }
 
 impl FactorizeSpec {
@@ -79,6 +82,15 @@ pub struct FactorizeStats {
     /// Whether the errors are of the layers' outputs on calibration data (`calib`), not of
     /// the weights.
     pub activation: bool,
+    /// Kronecker fits with calibration that start from the weight-only fit (better under the
+    /// exact Gram than the fit whitened by its Kronecker-factored approximation).
+    pub plain_starts: usize,
+    /// ALS: matrices refined, skipped (system too large), and their summed squared output
+    /// errors before and after.
+    pub als_refined: usize,
+    pub als_skipped: usize,
+    pub als_before: f64,
+    pub als_after: f64,
     /// One line per linear.
     pub lines: Vec<String>,
     /// Chosen linears left as they are because they are factorized already (`layer 0 q`).
@@ -255,7 +267,7 @@ pub fn factorize(
         }
     }
     // 2. With calibration, the input Grams (the module is only read by the walk).
-    let mut grams: HashMap<ValueId, faer::Mat<f64>> = match calib {
+    let grams_mut: HashMap<ValueId, faer::Mat<f64>> = match calib {
         Some(c) => {
             let wanted: Vec<(usize, ValueId)> =
                 targets.iter().map(|t| (t.block, t.l.input)).collect();
@@ -263,6 +275,7 @@ pub fn factorize(
         }
         None => HashMap::new(),
     };
+    let mut grams = grams_mut;
     let mut full_l: HashMap<ValueId, Arc<faer::Mat<f64>>> = HashMap::new();
     let mut kron_l: HashMap<(ValueId, usize), Whitening> = HashMap::new();
     // 3. Candidate shapes, each with its spectrum.
@@ -318,8 +331,10 @@ pub fn factorize(
             t.cands[c].sigma = sigma;
         }
     }
-    // The Grams are in the whitening factors now.
-    grams.clear();
+    // The Grams stay for the Kronecker fits' exact error (and ALS); low rank needs only `L`.
+    if spec.method == Method::LowRank {
+        grams.clear();
+    }
     drop(kron_l);
     // 4. A shape per matrix, then ranks.
     let keep = 1.0 - spec.budget;
@@ -402,11 +417,35 @@ pub fn factorize(
                 if let Some(Whitening::Kron(l1, l2)) = white {
                     whiten::unwhiten_kron(l1, l2, &mut pa, &mut pb, s);
                 }
-                // The factored Gram's tail is not the error under the exact one: measure it.
-                if let Some(l) = &t.gram_l {
-                    let approx = matrix::kron_dense(&pa, &pb, s, r);
-                    let delta: Vec<f64> = t.w.iter().zip(&approx).map(|(a, b)| a - b).collect();
-                    tail = whiten::output_error(l, &delta, t.m, t.n);
+                // The factored Gram's tail is not the error under the exact one: measure it,
+                // start from the weight-only fit where that is better, then refine (ALS).
+                if let (Some(l), Some(h)) = (&t.gram_l, grams.get(&t.l.input)) {
+                    let err = |a: &[f64], b: &[f64]| {
+                        let approx = matrix::kron_dense(a, b, s, r);
+                        let d: Vec<f64> = t.w.iter().zip(&approx).map(|(x, y)| x - y).collect();
+                        whiten::output_error(l, &d, t.m, t.n)
+                    };
+                    tail = err(&pa, &pb);
+                    let plain = matrix::decompose(&matrix::rearrange(&t.w, s))
+                        .and_then(|d| d.factors(r, "weight's factorization"))
+                        .map_err(|e| numeric(m, t, e))?;
+                    let (qa, qb) = matrix::kron_factors(&plain, s);
+                    let plain_err = err(&qa, &qb);
+                    if plain_err < tail {
+                        (pa, pb, tail) = (qa, qb, plain_err);
+                        stats.plain_starts += 1;
+                    }
+                    if spec.als_steps > 0 {
+                        match als::refine(&t.w, h, l, s, r, &mut pa, &mut pb, spec.als_steps) {
+                            Some(done) => {
+                                tail = done.after;
+                                stats.als_before += done.before;
+                                stats.als_after += done.after;
+                                stats.als_refined += 1;
+                            }
+                            None => stats.als_skipped += 1,
+                        }
+                    }
                 }
                 let op = Factorized::KronSum {
                     m1: s.m1,

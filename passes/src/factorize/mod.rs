@@ -4,6 +4,7 @@
 //! block linears (`apply`), and the op's export form in standard ONNX (`lower`, called by
 //! `lower-ortho`).
 
+pub mod als;
 pub mod apply;
 pub mod lower;
 pub mod matrix;
@@ -54,6 +55,26 @@ pub(crate) fn report(cx: &mut PassContext, s: &FactorizeStats) {
         s.total_rel_error,
         s.max_rel_error
     ));
+    }
+    if s.plain_starts > 0 {
+        cx.note(format!(
+            "{} Kronecker fits start from the weight-only fit (lower output error than the fit whitened by the Kronecker-factored Gram)",
+            s.plain_starts
+        ));
+    }
+    if s.als_refined + s.als_skipped > 0 {
+        cx.note(format!(
+            "ALS on the exact Gram: {} linears refined, output error (sum of squares) {:.4e} -> {:.4e} ({:.2} % lower){}",
+            s.als_refined,
+            s.als_before,
+            s.als_after,
+            100.0 * (1.0 - s.als_after / s.als_before.max(f64::MIN_POSITIVE)),
+            if s.als_skipped > 0 {
+                format!(", {} skipped (system above {} unknowns)", s.als_skipped, als::MAX_UNKNOWNS)
+            } else {
+                String::new()
+            }
+        ));
     }
     cx.stat("linears", s.linears as u64);
     cx.stat("dense-params", s.dense_params as u64);

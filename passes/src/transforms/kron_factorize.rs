@@ -22,7 +22,7 @@
 use crate::factorize::apply::{factorize, FactorizeSpec, FactorizeStats, Method};
 use crate::calib::Calibration;
 use crate::factorize::options::{check_target, CALIB, RankSpec, ShapeSpec, BUDGET, MAX_FLOPS, RANK};
-use crate::options::OptionError;
+use crate::options::{OptionError, OptionKind};
 use crate::pass::{PassContext, PassError, PassResult};
 use crate::selection::{BlockSelection, RoleSelection, LAYERS, LINEARS};
 use ortho_ir::Module;
@@ -41,6 +41,13 @@ crate::pass_options! {
         },
         pub max_flops: f64 = MAX_FLOPS,
         pub calib: bool = CALIB,
+        /// ALS steps on the exact activation objective.
+        pub als_steps: usize = {
+            name: "als-steps",
+            default: 0,
+            doc: "With calib: alternating least-squares steps on the exact output error (the full input Gram) after the whitened fit; 0: none.",
+            kind: OptionKind::Int { min: 0, max: 1000 },
+        },
         pub layers: BlockSelection = LAYERS,
         pub linears: RoleSelection = LINEARS,
     }
@@ -49,6 +56,12 @@ crate::pass_options! {
 
 impl KronFactorizeOptions {
     fn check(&self) -> Result<(), OptionError> {
+        if self.als_steps > 0 && !self.calib {
+            return Err(OptionError::Invalid(
+                "als-steps needs calib=true (the steps minimize the output error on calibration data)"
+                    .into(),
+            ));
+        }
         check_target(self.budget, self.max_flops)
     }
 
@@ -62,6 +75,7 @@ impl KronFactorizeOptions {
             layers: self.layers.0.clone(),
             roles: self.linears.0.clone(),
             calib: self.calib,
+            als_steps: self.als_steps,
         }
     }
 }

@@ -51,6 +51,7 @@ impl LowrankFactorizeOptions {
             layers: self.layers.0.clone(),
             roles: self.linears.0.clone(),
             calib: self.calib,
+            als_steps: 0,
         }
     }
 }
