@@ -58,7 +58,13 @@ fn half_step(
     let n2 = s.n2;
     // Column index of H / W for (first-factor col, second-factor col).
     let col = |jx: usize, jy: usize| if first { jx * n2 + jy } else { jy * n2 + jx };
-    let row = |ix: usize, iy: usize| if first { ix * s.m2 + iy } else { iy * s.m2 + ix };
+    let row = |ix: usize, iy: usize| {
+        if first {
+            ix * s.m2 + iy
+        } else {
+            iy * s.m2 + ix
+        }
+    };
     // C_{kk'} = Y_kᵀ·Y_k' (qy × qy).
     let mut c = vec![0.0; r * r * qy * qy];
     for k in 0..r {
@@ -208,8 +214,9 @@ mod tests {
         let s = KronShape::new(m, n, 2, 3).expect("shape");
         let w = rnd(m * n, 4);
         let z = rnd(50 * n, 5);
-        let x = Mat::from_fn(50, n, |t, j| z[t * n + j] * if j % 5 == 0 { 6.0 } else { 1.0 }
-            + z[t * n + (j + 1) % n]);
+        let x = Mat::from_fn(50, n, |t, j| {
+            z[t * n + j] * if j % 5 == 0 { 6.0 } else { 1.0 } + z[t * n + (j + 1) % n]
+        });
         let hm = x.transpose() * &x;
         let flat: Vec<f64> = (0..n * n).map(|k| hm[(k / n, k % n)]).collect();
         let h = damped(&flat, n, 0.01);

@@ -12,10 +12,10 @@
 //! that do not divide, a rank above full, a weight that cannot be read) is checked before the
 //! module changes.
 
+use super::als;
 use super::matrix::{self, FactorError, KronShape};
 use super::options::{check_target, RankSpec, ShapeSpec};
 use super::plan::{allocate, uniform_rank, Item};
-use super::als;
 use super::whiten::{self, Whitening};
 use crate::calib::{missing_calibration, Calibration};
 use crate::linalg::replace::{swap_linears, LinearSwap};

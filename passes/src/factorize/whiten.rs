@@ -57,7 +57,11 @@ pub fn cholesky(h: &Mat<f64>) -> Result<Mat<f64>, FactorError> {
         if let Ok(llt) = a.llt(Side::Lower) {
             return Ok(llt.L().to_owned());
         }
-        jitter = if jitter == 0.0 { 1e-8 * mean } else { jitter * 100.0 };
+        jitter = if jitter == 0.0 {
+            1e-8 * mean
+        } else {
+            jitter * 100.0
+        };
     }
     Err(FactorError::NotPositive)
 }
@@ -77,7 +81,9 @@ pub fn nearest_kron_gram(
         m2: n2,
         n2,
     };
-    let svd = rearrange(&flat, s).thin_svd().map_err(|_| FactorError::Svd)?;
+    let svd = rearrange(&flat, s)
+        .thin_svd()
+        .map_err(|_| FactorError::Svd)?;
     let sigma = svd.S().column_vector()[0];
     let (u, v) = (svd.U(), svd.V());
     let sym = |k: usize, col: MatRef<'_, f64>, scale: f64| {
@@ -291,7 +297,10 @@ mod tests {
             unwhiten_lowrank(&l, &mut v, r);
             let err = output_error(&l, &sub(&w, &lowrank_dense(&f.left, &v, m, n, r)), m, n);
             let tail = f.tail_energy();
-            assert!((err - tail).abs() <= 1e-9 * (1.0 + tail), "rank {r}: {err} vs {tail}");
+            assert!(
+                (err - tail).abs() <= 1e-9 * (1.0 + tail),
+                "rank {r}: {err} vs {tail}"
+            );
             let plain = truncated(&as_mat(&w, m, n), r, "w").expect("svd");
             let plain_err = output_error(
                 &l,
@@ -300,7 +309,10 @@ mod tests {
                 n,
             );
             let scale = output_error(&l, &w, m, n);
-            assert!(err <= plain_err + 1e-12 * scale, "rank {r}: {err} > {plain_err}");
+            assert!(
+                err <= plain_err + 1e-12 * scale,
+                "rank {r}: {err} > {plain_err}"
+            );
             gained |= err < 0.9 * plain_err;
             if r == full {
                 assert!(err <= 1e-18 * output_error(&l, &w, m, n).max(1.0), "{err}");
@@ -351,7 +363,10 @@ mod tests {
                 let plain_err = output_error(&l, &sub(&w, &kron_dense(&pa, &pb, s, r)), m, n);
                 if exact_gram {
                     let tail = f.tail_energy();
-                    assert!((err - tail).abs() <= 1e-9 * (1.0 + tail), "{r}: {err} vs {tail}");
+                    assert!(
+                        (err - tail).abs() <= 1e-9 * (1.0 + tail),
+                        "{r}: {err} vs {tail}"
+                    );
                     let scale = output_error(&l, &w, m, n);
                     assert!(err <= plain_err + 1e-12 * scale, "{r}: {err} > {plain_err}");
                 }

@@ -19,9 +19,11 @@
 //! shapes that do not divide a weight, a rank above a matrix's full rank (each naming the
 //! matrix).
 
-use crate::factorize::apply::{factorize, FactorizeSpec, FactorizeStats, Method};
 use crate::calib::Calibration;
-use crate::factorize::options::{check_target, CALIB, RankSpec, ShapeSpec, BUDGET, MAX_FLOPS, RANK};
+use crate::factorize::apply::{factorize, FactorizeSpec, FactorizeStats, Method};
+use crate::factorize::options::{
+    check_target, RankSpec, ShapeSpec, BUDGET, CALIB, MAX_FLOPS, RANK,
+};
 use crate::options::{OptionError, OptionKind};
 use crate::pass::{PassContext, PassError, PassResult};
 use crate::selection::{BlockSelection, RoleSelection, LAYERS, LINEARS};

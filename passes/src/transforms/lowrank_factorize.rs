@@ -14,9 +14,9 @@
 //! Refused before any change: a budget outside (0, 1), a rank above
 //! `min(m, n)` (naming the matrix).
 
-use crate::factorize::apply::{factorize, FactorizeSpec, FactorizeStats, Method};
 use crate::calib::Calibration;
-use crate::factorize::options::{check_target, CALIB, RankSpec, BUDGET, MAX_FLOPS, RANK};
+use crate::factorize::apply::{factorize, FactorizeSpec, FactorizeStats, Method};
+use crate::factorize::options::{check_target, RankSpec, BUDGET, CALIB, MAX_FLOPS, RANK};
 use crate::options::OptionError;
 use crate::pass::{PassContext, PassError, PassResult};
 use crate::selection::{BlockSelection, RoleSelection, LAYERS, LINEARS};
