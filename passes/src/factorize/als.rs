@@ -173,7 +173,8 @@ pub fn refine(
             break;
         };
         let e = err(&na, &nb);
-        if !(e <= cur * (1.0 + 1e-9)) {
+        // A step that raises the error (rounding) or is not finite ends the iteration.
+        if e.is_nan() || e > cur * (1.0 + 1e-9) {
             break;
         }
         *a = na;

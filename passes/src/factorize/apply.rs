@@ -26,6 +26,7 @@ use ortho_ir::analysis::linear::{Linear, LinearOp};
 use ortho_ir::factorized::Factorized;
 use ortho_ir::op_ortho::OrthoOp;
 use ortho_ir::{Module, ValueId};
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -300,9 +301,9 @@ pub fn factorize(
         };
         let v = t.l.input;
         if let Some(h) = grams.get(&v) {
-            if !full_l.contains_key(&v) {
+            if let Entry::Vacant(slot) = full_l.entry(v) {
                 let l = whiten::cholesky(h).map_err(|e| numeric(m, t, e))?;
-                full_l.insert(v, Arc::new(l));
+                slot.insert(Arc::new(l));
             }
             t.gram_l = full_l.get(&v).cloned();
         }
@@ -311,12 +312,12 @@ pub fn factorize(
                 (_, None) => None,
                 (None, Some(_)) => t.gram_l.clone().map(Whitening::Full),
                 (Some(s), Some(h)) => {
-                    if !kron_l.contains_key(&(v, s.n1)) {
+                    if let Entry::Vacant(slot) = kron_l.entry((v, s.n1)) {
                         let (h1, h2) = whiten::nearest_kron_gram(h, s.n1, s.n2)
                             .map_err(|e| numeric(m, t, e))?;
                         let l1 = whiten::cholesky(&h1).map_err(|e| numeric(m, t, e))?;
                         let l2 = whiten::cholesky(&h2).map_err(|e| numeric(m, t, e))?;
-                        kron_l.insert((v, s.n1), Whitening::Kron(Arc::new(l1), Arc::new(l2)));
+                        slot.insert(Whitening::Kron(Arc::new(l1), Arc::new(l2)));
                     }
                     kron_l.get(&(v, s.n1)).cloned()
                 }
