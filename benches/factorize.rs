@@ -126,6 +126,7 @@ fn main() {
                         budget: b,
                         ..KronFactorizeOptions::default()
                     },
+                    None,
                 ),
                 _ => lowrank_factorize(
                     &mut m,
@@ -133,6 +134,7 @@ fn main() {
                         budget: b,
                         ..LowrankFactorizeOptions::default()
                     },
+                    None,
                 ),
             }
             .expect("factorize");

@@ -6,7 +6,10 @@
 //!   1e-5; at half the parameters the compressed model amplifies f32 rounding: even the same
 //!   lowered graph differs by ~2e-5 × max |logit| between onnxruntime and our engine, against
 //!   ~3e-6 for the dense model. The measured values are printed.);
-//! - bad options fail with an error naming the matrix, exit 1, nothing written.
+//! - the same with `calib=true` (activation-aware, 4 × 64 calibration tokens): the whitening is
+//!   undone exactly;
+//! - bad options fail with an error naming the matrix, exit 1, nothing written; `calib=true`
+//!   without calibration data fails with `missing_calibration`'s message, nothing written.
 
 mod common;
 
@@ -18,7 +21,8 @@ use ortho_passes::transforms::lowrank_factorize::{lowrank_factorize, LowrankFact
 fn exact_at_full_rank(pipeline: &str) {
     let tmp = TempDir::new("factorize-full");
     let out = tmp.path().join("full.onnx");
-    let r = opt_smollm(pipeline, &out, false);
+    // Activation-aware pipelines get 4 × 64 tokens of calibration.
+    let r = opt_smollm(pipeline, &out, pipeline.contains("calib=true"));
     assert_eq!(r.code, 0, "{}", r.stderr);
     let model = fixtures().join("smollm2-135m/decomposed.onnx");
     let c = compare_on_sotu(&model.to_string_lossy(), &out.to_string_lossy());
@@ -37,6 +41,14 @@ fn kron_full_rank_is_exact() {
 #[test]
 fn lowrank_full_rank_is_exact() {
     exact_at_full_rank("lowrank-factorize{rank=full}");
+}
+
+/// With calibration the fit is of the whitened weight; undoing the whitening must give `W`
+/// back at full rank.
+#[test]
+fn calibrated_full_rank_is_exact() {
+    exact_at_full_rank("lowrank-factorize{rank=full calib=true}");
+    exact_at_full_rank("kron-factorize{rank=full shapes=24x24 calib=true}");
 }
 
 /// Our engine on the module with the fused op against onnxruntime on its lowered export, for a
@@ -64,14 +76,14 @@ fn onnxruntime_agrees_with_the_fused_kernel() {
                 layers: layers(vec![0, 1, 2, 3]),
                 ..KronFactorizeOptions::default()
             };
-            kron_factorize(&mut m, &o).expect("kron-factorize");
+            kron_factorize(&mut m, &o, None).expect("kron-factorize");
         } else {
             let o = LowrankFactorizeOptions {
                 budget: 0.5,
                 layers: layers(vec![4, 5, 6, 7]),
                 ..LowrankFactorizeOptions::default()
             };
-            lowrank_factorize(&mut m, &o).expect("lowrank-factorize");
+            lowrank_factorize(&mut m, &o, None).expect("lowrank-factorize");
         }
         let plan = Plan::compile(&m).expect("compile");
         let feed = HostTensor::from_vec(vec![1, ids.len()], ids.clone()).expect("feed");
@@ -152,6 +164,15 @@ fn bad_options_name_the_matrix_and_write_nothing() {
         ),
         ("kron-factorize{budget=1.5}", "budget 1.5 is outside (0, 1)"),
         ("lowrank-factorize{budget=0}", "outside (0, 1)"),
+        // Activation-aware without calibration data: the typed error, before any work.
+        (
+            "kron-factorize{calib=true}",
+            "kron-factorize needs calibration data",
+        ),
+        (
+            "lowrank-factorize{budget=0.5 calib=true}",
+            "lowrank-factorize needs calibration data",
+        ),
     ] {
         let r = opt_smollm(pipeline, &out, false);
         assert_eq!(r.code, 1, "{pipeline}: {}", r.stderr);

@@ -28,6 +28,8 @@ pub enum FactorError {
     },
     #[error("the SVD did not converge")]
     Svd,
+    #[error("the calibration Gram is not positive definite, even damped")]
+    NotPositive,
 }
 
 /// Factor shapes of a Kronecker sum: `A_k: m1×n1`, `B_k: m2×n2`.

@@ -4,11 +4,13 @@
 //! block linears (`apply`), and the op's export form in standard ONNX (`lower`, called by
 //! `lower-ortho`).
 
+pub mod als;
 pub mod apply;
 pub mod lower;
 pub mod matrix;
 pub mod options;
 pub mod plan;
+pub mod whiten;
 
 use crate::pass::{PassContext, PassError, PassResult};
 use apply::{factorize, FactorizeSpec, FactorizeStats};
@@ -20,7 +22,8 @@ pub(crate) fn run(
     spec: &FactorizeSpec,
     cx: &mut PassContext,
 ) -> Result<PassResult, PassError> {
-    let s = factorize(m, spec)?;
+    let calib = cx.calibration().cloned();
+    let s = factorize(m, spec, calib.as_ref())?;
     report(cx, &s);
     Ok(PassResult::changed(s.linears > 0))
 }
@@ -41,16 +44,37 @@ pub(crate) fn report(cx: &mut PassContext, s: &FactorizeStats) {
         cx.note("no linear factorized".to_string());
     } else {
         cx.note(format!(
-        "{} linears: {} of {} params kept ({:.2} %, {:.2} % removed), MACs per token {:.2} % of dense, rel. error {:.4} overall, {:.4} at most",
+        "{} linears: {} of {} params kept ({:.2} %, {:.2} % removed), MACs per token {:.2} % of dense, {} {:.4} overall, {:.4} at most",
         s.linears,
         s.factor_params,
         s.dense_params,
         pct(s.factor_params, s.dense_params),
         100.0 - pct(s.factor_params, s.dense_params),
         pct(s.factor_macs, s.dense_macs),
+        apply::err_name(s.activation),
         s.total_rel_error,
         s.max_rel_error
     ));
+    }
+    if s.plain_starts > 0 {
+        cx.note(format!(
+            "{} Kronecker fits start from the weight-only fit (lower output error than the fit whitened by the Kronecker-factored Gram)",
+            s.plain_starts
+        ));
+    }
+    if s.als_refined + s.als_skipped > 0 {
+        cx.note(format!(
+            "ALS on the exact Gram: {} linears refined, output error (sum of squares) {:.4e} -> {:.4e} ({:.2} % lower){}",
+            s.als_refined,
+            s.als_before,
+            s.als_after,
+            100.0 * (1.0 - s.als_after / s.als_before.max(f64::MIN_POSITIVE)),
+            if s.als_skipped > 0 {
+                format!(", {} skipped (system above {} unknowns)", s.als_skipped, als::MAX_UNKNOWNS)
+            } else {
+                String::new()
+            }
+        ));
     }
     cx.stat("linears", s.linears as u64);
     cx.stat("dense-params", s.dense_params as u64);

@@ -27,6 +27,14 @@ pub const MAX_FLOPS: OptionDecl<f64> = OptionDecl {
     doc: "Cap on each factorized linear's multiply-adds per token, as a fraction of the dense layer's (0: no cap).",
 };
 
+/// `calib`.
+pub const CALIB: OptionDecl<bool> = OptionDecl {
+    name: "calib",
+    kind: OptionKind::Bool,
+    default: || false,
+    doc: "Activation-aware: minimize the layers' output error on the calibration data (--calib-text), whitening by the input Gram (damped 0.01), not the weights' error.",
+};
+
 /// The `rank` option.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RankSpec {

@@ -19,9 +19,12 @@
 //! shapes that do not divide a weight, a rank above a matrix's full rank (each naming the
 //! matrix).
 
+use crate::calib::Calibration;
 use crate::factorize::apply::{factorize, FactorizeSpec, FactorizeStats, Method};
-use crate::factorize::options::{check_target, RankSpec, ShapeSpec, BUDGET, MAX_FLOPS, RANK};
-use crate::options::OptionError;
+use crate::factorize::options::{
+    check_target, RankSpec, ShapeSpec, BUDGET, CALIB, MAX_FLOPS, RANK,
+};
+use crate::options::{OptionError, OptionKind};
 use crate::pass::{PassContext, PassError, PassResult};
 use crate::selection::{BlockSelection, RoleSelection, LAYERS, LINEARS};
 use ortho_ir::Module;
@@ -39,6 +42,14 @@ crate::pass_options! {
             doc: "auto (searched per matrix), or m1xn1: every A_k is m1×n1 (m1 | out, n1 | in).",
         },
         pub max_flops: f64 = MAX_FLOPS,
+        pub calib: bool = CALIB,
+        /// ALS steps on the exact activation objective.
+        pub als_steps: usize = {
+            name: "als-steps",
+            default: 0,
+            doc: "With calib: alternating least-squares steps on the exact output error (the full input Gram) after the whitened fit; 0: none.",
+            kind: OptionKind::Int { min: 0, max: 1000 },
+        },
         pub layers: BlockSelection = LAYERS,
         pub linears: RoleSelection = LINEARS,
     }
@@ -47,6 +58,12 @@ crate::pass_options! {
 
 impl KronFactorizeOptions {
     fn check(&self) -> Result<(), OptionError> {
+        if self.als_steps > 0 && !self.calib {
+            return Err(OptionError::Invalid(
+                "als-steps needs calib=true (the steps minimize the output error on calibration data)"
+                    .into(),
+            ));
+        }
         check_target(self.budget, self.max_flops)
     }
 
@@ -59,6 +76,8 @@ impl KronFactorizeOptions {
             max_flops: self.max_flops,
             layers: self.layers.0.clone(),
             roles: self.linears.0.clone(),
+            calib: self.calib,
+            als_steps: self.als_steps,
         }
     }
 }
@@ -74,8 +93,9 @@ crate::declare_pass! {
 pub fn kron_factorize(
     m: &mut Module,
     opts: &KronFactorizeOptions,
+    calib: Option<&Calibration>,
 ) -> Result<FactorizeStats, PassError> {
-    factorize(m, &opts.spec())
+    factorize(m, &opts.spec(), calib)
 }
 
 fn run_pass(

@@ -14,8 +14,9 @@
 //! Refused before any change: a budget outside (0, 1), a rank above
 //! `min(m, n)` (naming the matrix).
 
+use crate::calib::Calibration;
 use crate::factorize::apply::{factorize, FactorizeSpec, FactorizeStats, Method};
-use crate::factorize::options::{check_target, RankSpec, BUDGET, MAX_FLOPS, RANK};
+use crate::factorize::options::{check_target, RankSpec, BUDGET, CALIB, MAX_FLOPS, RANK};
 use crate::options::OptionError;
 use crate::pass::{PassContext, PassError, PassResult};
 use crate::selection::{BlockSelection, RoleSelection, LAYERS, LINEARS};
@@ -28,6 +29,7 @@ crate::pass_options! {
         pub budget: f64 = BUDGET,
         pub rank: RankSpec = RANK,
         pub max_flops: f64 = MAX_FLOPS,
+        pub calib: bool = CALIB,
         pub layers: BlockSelection = LAYERS,
         pub linears: RoleSelection = LINEARS,
     }
@@ -48,6 +50,8 @@ impl LowrankFactorizeOptions {
             max_flops: self.max_flops,
             layers: self.layers.0.clone(),
             roles: self.linears.0.clone(),
+            calib: self.calib,
+            als_steps: 0,
         }
     }
 }
@@ -63,8 +67,9 @@ crate::declare_pass! {
 pub fn lowrank_factorize(
     m: &mut Module,
     opts: &LowrankFactorizeOptions,
+    calib: Option<&Calibration>,
 ) -> Result<FactorizeStats, PassError> {
-    factorize(m, &opts.spec())
+    factorize(m, &opts.spec(), calib)
 }
 
 fn run_pass(
