@@ -115,20 +115,7 @@ struct Building {
     foldable: bool,
     /// Set for a 2-D Transpose of a constant: the slot of what it transposes.
     transpose2d_of: Option<usize>,
-    /// Set for the shape-only steps a MatMul may read through (see `rewrite_swapped_operands`).
-    view_of: Option<ViewOf>,
     is_matmul: bool,
-}
-
-/// A step that only relabels or transposes its operand, as a MatMul's second operand may read
-/// it in place.
-#[derive(Debug, Clone)]
-enum ViewOf {
-    /// A Transpose that swaps the last two axes of a float tensor of known rank (≥ 2), leaving
-    /// the others.
-    SwapLast2 { slot: usize, rank: usize },
-    /// An Unsqueeze by constant axes.
-    Unsqueeze { slot: usize, axes: Vec<i64> },
 }
 
 impl Plan {
@@ -182,7 +169,6 @@ impl Plan {
         }
 
         rewrite_transposed_matmuls(&mut building, &is_output);
-        rewrite_swapped_operands(&mut building);
         remove_dead(&mut building, &is_output);
         let mut pool = BufferPool::new();
         if opts.fold_constants {
@@ -516,7 +502,6 @@ fn build_node(
                     .filter(|&s| consts[s].as_ref().is_some_and(|c| c.rank() == 2)),
                 _ => None,
             };
-            let view_of = view_of(g, node, op, &ins, &built.consts);
             building.push(Building {
                 desc: g.describe(n),
                 op: op.name().to_string(),
@@ -525,7 +510,6 @@ fn build_node(
                 outputs: out_slots,
                 foldable: !op.has_side_effects() && !matches!(op, Op::Opaque(_)),
                 transpose2d_of,
-                view_of,
                 is_matmul: matches!(op, Op::MatMul),
             });
         }
@@ -670,92 +654,6 @@ fn rewrite_transposed_matmuls(building: &mut [Building], is_output: &[bool]) {
         building[i].inputs[1] = Some(w);
         building[i].kernel = kernels::matmul::matmul_transposed_b_kernel();
         building[i].op = "MatMul".into();
-    }
-}
-
-/// What a Transpose or Unsqueeze node is as a view of its operand (`None` for anything else,
-/// and where the operand's type does not tell the rank, or the dtype has no transposed GEMM).
-fn view_of(
-    g: &ortho_ir::Graph,
-    node: &ortho_ir::Node,
-    op: &Op,
-    ins: &[Option<usize>],
-    consts: &[Option<HostTensor>],
-) -> Option<ViewOf> {
-    let slot = ins.first().copied().flatten()?;
-    match op {
-        Op::Transpose(a) => {
-            let x = node.operands().first().copied().flatten()?;
-            let ty = g.value_type(x);
-            let rank = ty.as_tensor()?.rank()?;
-            let float = matches!(
-                ty.dtype()?,
-                DType::F32 | DType::F64 | DType::F16 | DType::BF16
-            );
-            let perm = a.perm.as_deref()?;
-            let swaps = rank >= 2
-                && perm.len() == rank
-                && perm[..rank - 2]
-                    .iter()
-                    .enumerate()
-                    .all(|(i, &p)| p == i as i64)
-                && perm[rank - 2] == rank as i64 - 1
-                && perm[rank - 1] == rank as i64 - 2;
-            (float && swaps).then_some(ViewOf::SwapLast2 { slot, rank })
-        }
-        Op::Unsqueeze => {
-            let axes = consts[ins.get(1).copied().flatten()?]
-                .as_ref()?
-                .to_i64_vec();
-            Some(ViewOf::Unsqueeze { slot, axes })
-        }
-        _ => None,
-    }
-}
-
-/// `MatMul(a, Transpose(x))` and `MatMul(a, Unsqueeze(Transpose(x), axes))` where the Transpose
-/// swaps the last two axes (attention's `Q·Kᵀ` over the cached keys): the MatMul reads `x`
-/// transposed in place, and the copy the Transpose made is gone (the dead steps are removed
-/// after). The Unsqueeze is folded into the operand's shape when every axis it inserts is a
-/// batch axis (it moves no data); otherwise nothing is rewritten.
-fn rewrite_swapped_operands(building: &mut [Building]) {
-    let mut producer: HashMap<usize, usize> = HashMap::new();
-    for (i, b) in building.iter().enumerate() {
-        for s in b.outputs.iter().flatten() {
-            producer.insert(*s, i);
-        }
-    }
-    let swapped = |slot: usize| match producer.get(&slot).map(|&p| &building[p].view_of) {
-        Some(Some(ViewOf::SwapLast2 { slot, rank })) => Some((*slot, *rank)),
-        _ => None,
-    };
-    let mut rewrites = Vec::new();
-    for (i, b) in building.iter().enumerate() {
-        if !b.is_matmul || b.op != "MatMul" {
-            continue;
-        }
-        let Some(Some(bslot)) = b.inputs.get(1).copied() else {
-            continue;
-        };
-        let found = match producer.get(&bslot).map(|&p| &building[p].view_of) {
-            Some(Some(ViewOf::SwapLast2 { slot, .. })) => Some((*slot, None)),
-            Some(Some(ViewOf::Unsqueeze { slot, axes })) => swapped(*slot).and_then(|(x, rank)| {
-                let out_rank = (rank + axes.len()) as i64;
-                let batch_only = axes.iter().all(|&a| {
-                    let a = if a < 0 { a + out_rank } else { a };
-                    (0..out_rank - 2).contains(&a)
-                });
-                batch_only.then(|| (x, Some(axes.clone())))
-            }),
-            _ => None,
-        };
-        if let Some((x, axes)) = found {
-            rewrites.push((i, x, axes));
-        }
-    }
-    for (i, x, axes) in rewrites {
-        building[i].inputs[1] = Some(x);
-        building[i].kernel = kernels::matmul::matmul_swapped_b_kernel(axes);
     }
 }
 

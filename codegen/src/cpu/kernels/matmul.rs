@@ -237,26 +237,17 @@ fn mm_shape(a: &[usize], b: &[usize]) -> KernelResult<MmShape> {
     })
 }
 
-/// `a · b`, or `a · bᵀ` (the last two axes swapped) with `b_trans`. `b_stored` is the shape
-/// `b`'s data is read as (its own, or with batch axes of 1 inserted by a folded Unsqueeze).
 fn matmul_gemm<T: GemmElem>(
     cx: &mut ExecCx<'_>,
     a: &HostTensor,
     b: &HostTensor,
-    b_stored: &[usize],
     b_trans: bool,
 ) -> KernelResult<HostTensor> {
-    let mut bshape = b_stored.to_vec();
-    let r = bshape.len();
-    if b_trans {
-        if r < 2 {
-            return Err(KernelError::shape(format!(
-                "a transposed MatMul operand needs rank 2 or more, got {:?}",
-                b.shape()
-            )));
-        }
-        bshape.swap(r - 2, r - 1);
-    }
+    let bshape: Vec<usize> = if b_trans {
+        b.shape().iter().rev().copied().collect()
+    } else {
+        b.shape().to_vec()
+    };
     let s = mm_shape(a.shape(), &bshape)?;
     let (ad, bd) = (
         a.data::<T>().ok_or(KernelError::dtype("dtype"))?,
@@ -382,11 +373,11 @@ pub fn matmul(
 ) -> KernelResult<Vec<HostTensor>> {
     let (a, b) = (ins.req(0)?, ins.req(1)?);
     let r = match super::elementwise::same_dtype(a, b)? {
-        DType::F32 => matmul_gemm::<f32>(cx, a, b, b.shape(), b_trans),
-        DType::F64 => matmul_gemm::<f64>(cx, a, b, b.shape(), b_trans),
-        DType::F16 | DType::BF16 => super::elementwise::via_f32(&[a, b], |t| {
-            matmul_gemm::<f32>(cx, t[0], t[1], t[1].shape(), b_trans)
-        }),
+        DType::F32 => matmul_gemm::<f32>(cx, a, b, b_trans),
+        DType::F64 => matmul_gemm::<f64>(cx, a, b, b_trans),
+        DType::F16 | DType::BF16 => {
+            super::elementwise::via_f32(&[a, b], |t| matmul_gemm::<f32>(cx, t[0], t[1], b_trans))
+        }
         d if b_trans => Err(KernelError::dtype(format!(
             "transposed MatMul is not defined for {d}"
         ))),
@@ -399,32 +390,6 @@ pub fn matmul(
         d => Err(KernelError::dtype(format!("MatMul is not defined for {d}"))),
     }?;
     Ok(vec![r])
-}
-
-/// `MatMul(a, Unsqueeze?(Transpose(x)))` where the Transpose swaps the last two axes and
-/// operand 1 is the untransposed `x` (see the plan's `rewrite_swapped_operands`): `x` is read
-/// in place, as the shape `unsqueeze` gives it when the Unsqueeze was folded (batch axes only,
-/// checked when the plan was built).
-pub fn matmul_swapped_b_kernel(unsqueeze: Option<Vec<i64>>) -> Box<dyn Kernel> {
-    Box::new(move |cx: &mut ExecCx<'_>, ins: &mut Inputs<'_>| {
-        let (a, x) = (ins.req(0)?, ins.req(1)?);
-        let stored = match &unsqueeze {
-            Some(axes) => ortho_ir::semantics::reshape::unsqueeze_dims(x.shape(), axes)
-                .map_err(|e| KernelError::shape(e.to_string()))?,
-            None => x.shape().to_vec(),
-        };
-        let r = match super::elementwise::same_dtype(a, x)? {
-            DType::F32 => matmul_gemm::<f32>(cx, a, x, &stored, true),
-            DType::F64 => matmul_gemm::<f64>(cx, a, x, &stored, true),
-            DType::F16 | DType::BF16 => super::elementwise::via_f32(&[a, x], |t| {
-                matmul_gemm::<f32>(cx, t[0], t[1], &stored, true)
-            }),
-            d => Err(KernelError::dtype(format!(
-                "transposed MatMul is not defined for {d}"
-            ))),
-        }?;
-        Ok(vec![r])
-    })
 }
 
 /// `MatMul(x, Wᵀ)` where operand 1 is the untransposed 2-D `W` (see the plan's rewrite).
