@@ -251,15 +251,7 @@ mod tests {
     use super::*;
 
     fn rnd(n: usize, seed: u64) -> Vec<f64> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(7);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-            })
-            .collect()
+        crate::factorize::test_rnd(n, seed, 7)
     }
 
     fn frob2(a: &[f64], b: &[f64]) -> f64 {

@@ -80,3 +80,18 @@ pub(crate) fn report(cx: &mut PassContext, s: &FactorizeStats) {
     cx.stat("dense-params", s.dense_params as u64);
     cx.stat("factor-params", s.factor_params as u64);
 }
+
+/// A seeded xorshift stream in [-1, 1) for the factorize tests (`salt` keeps each module's
+/// draws as they were).
+#[cfg(test)]
+pub(crate) fn test_rnd(n: usize, seed: u64, salt: u64) -> Vec<f64> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(salt);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+        })
+        .collect()
+}

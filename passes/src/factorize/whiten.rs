@@ -241,15 +241,7 @@ mod tests {
     use crate::factorize::matrix::{as_mat, kron_dense, kron_factors, truncated};
 
     fn rnd(n: usize, seed: u64) -> Vec<f64> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(11);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-            })
-            .collect()
+        crate::factorize::test_rnd(n, seed, 11)
     }
 
     /// `XᵀX` of `tokens` rows of correlated features (`X = Z·M`, `M` random), damped.
